@@ -1,0 +1,77 @@
+# lanner — two commands on a fresh Debian 12 machine:
+#   make run    install everything, build the BPF objects, start the agent (streams events)
+#   make test   the same setup, then the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON     ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+CLANG      ?= clang-19
+BPFTOOL    ?= bpftool
+BUILD      := build
+VMLINUX_H  := $(BUILD)/vmlinux/vmlinux.h
+ARCH_DEF   := -D__TARGET_ARCH_x86
+APT_PKGS   := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 python3-venv python3-dev make procps util-linux
+
+BPF_SRCS   := $(shell find lanner sensors exporter policy netdp -name '*.bpf.c' 2>/dev/null)
+BPF_OBJS   := $(foreach s,$(BPF_SRCS),$(dir $(s))obj/$(notdir $(s:.c=.o)))
+BPF_HDRS   := $(shell find lanner sensors exporter policy netdp -name '*.h' 2>/dev/null)
+BPF_CFLAGS := -g -O2 -target bpf $(ARCH_DEF) -Wall -Werror -Wno-unused-function -Wno-gnu-variable-sized-type-not-at-end \
+              -I$(BUILD)/vmlinux -Ilanner/bpf/include -I/usr/include/$(shell uname -m)-linux-gnu
+
+AGENT_ARGS ?=
+
+.PHONY: help setup deps venv bpf run test clean
+help:
+	@echo "make run    set up (apt, .venv, BPF objects) and start the agent"
+	@echo "make test   set up and run the test suite"
+	@echo "make bpf    (re)build the BPF objects only"
+	@echo "make clean  remove build outputs and the virtualenv"
+
+setup: deps venv bpf
+
+# apt packages: installed only when one is missing, so a second run does nothing.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> apt-get install$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "==> apt packages present"; fi
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> virtualenv $(VENV)"
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -m pip install -q --upgrade pip
+	@$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+$(VMLINUX_H):
+	@test -r /sys/kernel/btf/vmlinux || { echo "error: /sys/kernel/btf/vmlinux is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF=y); lanner's CO-RE objects need it" >&2; exit 1; }
+	@mkdir -p $(dir $@)
+	@echo "==> $@ from /sys/kernel/btf/vmlinux"
+	@$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+define BPF_RULE
+$(dir $(1))obj/$(notdir $(1:.c=.o)): $(1) $(VMLINUX_H) $(BPF_HDRS)
+	@mkdir -p $$(dir $$@)
+	@echo "==> clang $$<"
+	@$(CLANG) $(BPF_CFLAGS) -I$(dir $(1)) -c $$< -o $$@
+endef
+$(foreach s,$(BPF_SRCS),$(eval $(call BPF_RULE,$(s))))
+
+bpf: $(BPF_OBJS)
+
+run: setup
+	@echo "==> starting the agent (Ctrl-C stops it and detaches every program)"
+	$(VENV)/bin/lanner agent $(AGENT_ARGS)
+
+test: setup
+	@echo "==> test suite"
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(BUILD) $(VENV) $(BPF_OBJS) *.egg-info

@@ -1,0 +1,212 @@
+"""A small BTF reader: enough to derive record layouts and ``.rodata`` offsets from a BPF object.
+
+The BPF objects are compiled with ``-g`` so their ``.BTF`` section describes every record the kernel
+sends to user space. Decoders are built from that description (see :mod:`lanner.bpf.records`), so the
+C header stays the single definition of each record.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BTF_MAGIC = 0xEB9F
+
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD, KIND_TYPEDEF = range(1, 9)
+KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC = range(9, 16)
+KIND_FLOAT, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = range(16, 20)
+
+_MODIFIERS = {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
+
+
+class BtfError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    type_id: int
+    bit_offset: int
+    bitfield_size: int = 0
+
+
+@dataclass
+class BtfType:
+    id: int
+    kind: int
+    name: str
+    size_or_type: int
+    vlen: int
+    kind_flag: bool
+    # kind-specific payloads
+    int_bits: int = 0
+    int_signed: bool = False
+    array: tuple[int, int] | None = None  # (elem type, nelems)
+    members: list[Member] = field(default_factory=list)
+    enum_values: dict[str, int] = field(default_factory=dict)
+    secinfo: list[tuple[int, int, int]] = field(default_factory=list)  # DATASEC (var type, offset, size)
+    params: list[tuple[str, int]] = field(default_factory=list)  # FUNC_PROTO
+
+
+class Btf:
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24:
+            raise BtfError("BTF blob too short")
+        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC:
+            raise BtfError(f"bad BTF magic {magic:#x}")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
+        self.types: list[BtfType | None] = [None]  # id 0 is void
+        self._by_name: dict[tuple[int, str], int] = {}
+        self._parse(data, hdr_len + type_off, hdr_len + type_off + type_len)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_elf(cls, path: str | Path) -> "Btf":
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as fh:
+            elf = ELFFile(fh)
+            sec = elf.get_section_by_name(".BTF")
+            if sec is None:
+                raise BtfError(f"{path}: no .BTF section (compile with clang -g)")
+            btf = cls(sec.data())
+            btf._fixup_datasecs(elf)
+            return btf
+
+    def _fixup_datasecs(self, elf) -> None:
+        """clang leaves DATASEC variable offsets at 0 in object files; take them from the symbol
+        table, as libbpf does at open time."""
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            return
+        index = {elf.get_section(i).name: i for i in range(elf.num_sections())}
+        by_sec: dict[int, dict[str, int]] = {}
+        for sym in symtab.iter_symbols():
+            shndx = sym["st_shndx"]
+            if isinstance(shndx, int):
+                by_sec.setdefault(shndx, {})[sym.name] = sym["st_value"]
+        for t in self.types:
+            if t is None or t.kind != KIND_DATASEC or t.name not in index:
+                continue
+            values = by_sec.get(index[t.name], {})
+            fixed = []
+            for var_tid, off, size in t.secinfo:
+                var = self.types[var_tid]
+                fixed.append((var_tid, values.get(var.name, off) if var else off, size))
+            t.secinfo = fixed
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Btf":
+        return cls(Path(path).read_bytes())
+
+    def _str(self, off: int) -> str:
+        end = self._strings.find(b"\0", off)
+        return self._strings[off:end].decode()
+
+    def _parse(self, data: bytes, pos: int, end: int) -> None:
+        tid = 1
+        unpack = struct.unpack_from
+        while pos < end:
+            name_off, info, size_or_type = unpack("<III", data, pos)
+            pos += 12
+            vlen = info & 0xFFFF
+            kind = (info >> 24) & 0x1F
+            kflag = bool(info >> 31)
+            t = BtfType(tid, kind, self._str(name_off), size_or_type, vlen, kflag)
+            if kind == KIND_INT:
+                (enc,) = unpack("<I", data, pos)
+                pos += 4
+                t.int_bits = enc & 0xFF
+                t.int_signed = bool((enc >> 24) & 1)
+            elif kind == KIND_ARRAY:
+                elem, _idx, n = unpack("<III", data, pos)
+                pos += 12
+                t.array = (elem, n)
+            elif kind in (KIND_STRUCT, KIND_UNION):
+                for _ in range(vlen):
+                    m_name, m_type, m_off = unpack("<III", data, pos)
+                    pos += 12
+                    if kflag:
+                        t.members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
+                    else:
+                        t.members.append(Member(self._str(m_name), m_type, m_off))
+            elif kind == KIND_ENUM:
+                for _ in range(vlen):
+                    e_name, e_val = unpack("<Ii", data, pos)
+                    pos += 8
+                    t.enum_values[self._str(e_name)] = e_val
+            elif kind == KIND_ENUM64:
+                for _ in range(vlen):
+                    e_name, lo, hi = unpack("<III", data, pos)
+                    pos += 12
+                    t.enum_values[self._str(e_name)] = (hi << 32) | lo
+            elif kind == KIND_FUNC_PROTO:
+                for _ in range(vlen):
+                    p_name, p_type = unpack("<II", data, pos)
+                    pos += 8
+                    t.params.append((self._str(p_name), p_type))
+            elif kind == KIND_VAR:
+                pos += 4
+            elif kind == KIND_DATASEC:
+                for _ in range(vlen):
+                    t.secinfo.append(unpack("<III", data, pos))
+                    pos += 12
+            elif kind == KIND_DECL_TAG:
+                pos += 4
+            elif kind not in (KIND_PTR, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT,
+                              KIND_FUNC, KIND_FLOAT, KIND_TYPE_TAG):
+                raise BtfError(f"unknown BTF kind {kind} at type {tid}")
+            self.types.append(t)
+            if t.name:
+                self._by_name.setdefault((kind, t.name), tid)
+            tid += 1
+
+    # ---------------------------------------------------------------- queries
+    def find(self, name: str, kind: int) -> BtfType:
+        tid = self._by_name.get((kind, name))
+        if tid is None:
+            raise BtfError(f"BTF has no type {name!r} of kind {kind}")
+        return self.types[tid]  # type: ignore[return-value]
+
+    def struct(self, name: str) -> BtfType:
+        return self.find(name, KIND_STRUCT)
+
+    def resolve(self, tid: int) -> BtfType | None:
+        """Skip typedefs and qualifiers."""
+        t = self.types[tid]
+        while t is not None and t.kind in _MODIFIERS:
+            t = self.types[t.size_or_type]
+        return t
+
+    def sizeof(self, tid: int) -> int:
+        t = self.resolve(tid)
+        if t is None:
+            raise BtfError("sizeof(void)")
+        if t.kind in (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64, KIND_FLOAT, KIND_DATASEC):
+            return t.size_or_type
+        if t.kind == KIND_PTR:
+            return 8
+        if t.kind == KIND_ARRAY:
+            elem, n = t.array  # type: ignore[misc]
+            return self.sizeof(elem) * n
+        raise BtfError(f"cannot size BTF kind {t.kind}")
+
+    def enum(self, name: str) -> dict[str, int]:
+        try:
+            return dict(self.find(name, KIND_ENUM).enum_values)
+        except BtfError:
+            return dict(self.find(name, KIND_ENUM64).enum_values)
+
+    def datasec_vars(self, section: str) -> dict[str, tuple[int, int, int]]:
+        """Variables of a data section: name -> (offset, size, var type id)."""
+        sec = self.find(section, KIND_DATASEC)
+        out = {}
+        for var_tid, off, size in sec.secinfo:
+            var = self.types[var_tid]
+            assert var is not None
+            out[var.name] = (off, size, var.size_or_type)
+        return out

@@ -1,0 +1,3 @@
+"""placeholder"""
+from pathlib import Path
+PROCESS_OBJECT = Path(__file__).parent / "bpf" / "obj" / "process.bpf.o"

@@ -1,0 +1,112 @@
+"""The libbpf binding, BTF-derived records and the ring-buffer consumer, against the real kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from lanner.bpf.btf import BtfError
+from lanner.bpf.objects import BpfError, BpfObject, Codec
+from lanner.bpf.records import RecordLayout
+from lanner.bpf.ringbuf import RingBuffer
+
+pytestmark = pytest.mark.bpf
+
+
+def test_record_layout_comes_from_btf(process_obj_path):
+    obj = BpfObject.open(process_obj_path)
+    try:
+        exec_l = RecordLayout.from_btf(obj.btf, "exec_event")
+        exit_l = RecordLayout.from_btf(obj.btf, "exit_event")
+        assert exec_l.names[:3] == ("hdr.op", "hdr.pad0", "hdr.pad1")
+        assert "creds.cap_effective" in exec_l.names and "ns.pid_for_children" in exec_l.names
+        assert exec_l.struct.size == exec_l.tail_offset == exec_l.size  # data[] starts right after
+        assert exit_l.names[-1] == "exit_code"
+        with pytest.raises(BtfError):
+            RecordLayout.from_btf(obj.btf, "no_such_record")
+        with pytest.raises(KeyError, match="no field"):
+            exec_l.index("nope")
+        rodata = obj.btf.datasec_vars(".rodata")
+        assert rodata["cfg_args_max"][0] != rodata["cfg_emit_clone"][0]
+    finally:
+        obj.close()
+
+
+def test_unknown_config_and_late_config_are_refused(process_obj_path, mounts):
+    with BpfObject.open(process_obj_path) as obj:
+        with pytest.raises(KeyError, match="no config variable"):
+            obj.set_config(not_a_var=1)
+        obj.load()
+        with pytest.raises(RuntimeError, match="before load"):
+            obj.set_config(cfg_args_max=1)
+
+
+def test_exec_record_round_trip_and_rodata_config(process_obj_path, mounts, tmp_path):
+    with BpfObject.open(process_obj_path) as obj:
+        obj.set_config(cfg_args_max=16)  # tiny argv limit, read by the program as a constant
+        obj.resize_map("events", 1 << 20)
+        obj.load()
+        for prog in obj.programs.values():
+            prog.attach()
+        assert len(obj.links) == 3
+        rb = RingBuffer(obj.map("events"))
+        layout = RecordLayout.from_btf(obj.btf, "exec_event")
+        i_pid, i_flen, i_alen, i_asize, i_flags = layout.indexes("key.pid", "filename_len", "args_len",
+                                                                   "args_size", "flags")
+        p = subprocess.run(["/bin/echo", "a" * 40, "tail"], stdout=subprocess.DEVNULL)
+        assert p.returncode == 0
+        found = None
+        deadline = time.monotonic() + 5
+        while found is None and time.monotonic() < deadline:
+            rb.wait(0.2)
+            for raw in rb.read_batch():
+                if raw[0] != 1:
+                    continue
+                t = layout.struct.unpack_from(raw)
+                name = raw[layout.tail_offset : layout.tail_offset + t[i_flen]]
+                if name == b"/bin/echo":
+                    found = t
+        assert found is not None, "no exec record for /bin/echo"
+        assert found[i_alen] == 16 and found[i_asize] == len(b"/bin/echo\0" + b"a" * 40 + b"\0tail\0")
+        assert found[i_flags] & 1  # LANNER_EXEC_TRUNC_ARGS
+        rb.close()
+    assert obj.links == []  # closing the object destroyed every link
+
+
+def test_map_ops_typed_and_batch(process_obj_path, mounts):
+    with BpfObject.open(process_obj_path) as obj:
+        obj.load()
+        m = obj.map("execve_map", key=Codec.struct("<I"), value=Codec.struct("<IIQIIQ"))
+        for k in range(1_000_000, 1_000_050):
+            m.update(k, (k, 0, 7, 1, 0, 9))
+        assert m.lookup(1_000_003) == (1_000_003, 0, 7, 1, 0, 9)
+        assert m.lookup(5) is None
+        batch = dict(m.lookup_batch(chunk=16))
+        assert len(batch) == 50 and batch[1_000_049][2] == 7
+        m.update_batch([(2_000_000 + i, (i, 0, 1, 0, 0, 0)) for i in range(10)])
+        assert sorted(m.keys())[-1] == 2_000_009
+        assert m.delete(2_000_000) and not m.delete(2_000_000)
+        assert m.delete_batch([2_000_000 + i for i in range(1, 10)]) == 9
+        lost = obj.map("lanner_lost", key=Codec.struct("<I"), value=Codec.struct("<Q"))
+        assert lost.percpu and lost.sum_percpu(0) == 0
+        with pytest.raises(ValueError):
+            obj.map("execve_map", key=Codec.struct("<Q"))
+
+
+def test_verifier_failure_is_reported_with_the_log(tmp_path, mounts):
+    src = tmp_path / "bad.bpf.c"
+    src.write_text(
+        '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\nchar LICENSE[] SEC("license") = "GPL";\n'
+        'SEC("tp/syscalls/sys_enter_getpid") int bad(void *ctx) { int *p = 0; return *(volatile int *)(p + 1); }\n'
+    )
+    from tests.conftest import ROOT
+
+    out = tmp_path / "bad.bpf.o"
+    subprocess.run(["clang-19", "-g", "-O2", "-target", "bpf", f"-I{ROOT}/build/vmlinux", "-c", str(src), "-o", str(out)],
+                   check=True)
+    with BpfObject.open(out) as obj:
+        with pytest.raises(BpfError) as ei:
+            obj.load()
+    assert "libbpf log" in str(ei.value) and "invalid mem access" in str(ei.value)
