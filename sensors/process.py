@@ -1,3 +1,278 @@
-"""placeholder"""
+"""Process sensor: exec, clone and exit records from ``process.bpf.c``.
+
+The loader opens the CO-RE object, applies the agent's configuration before load, attaches the three
+sched tracepoint programs, seeds ``execve_map`` with the processes that already run, and decodes ring
+buffer batches into records. The record layouts come from the object's BTF (``process.h`` is the only
+definition).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
+
+from lanner.bpf.objects import BPF_NOEXIST, BpfError, BpfObject, Codec, Map
+from lanner.bpf.records import RecordLayout
+
+log = logging.getLogger("lanner.sensors.process")
+
 PROCESS_OBJECT = Path(__file__).parent / "bpf" / "obj" / "process.bpf.o"
+
+OP_EXEC, OP_CLONE, OP_EXIT = 1, 2, 5
+OP_NAMES = {OP_EXEC: "exec", OP_CLONE: "clone", OP_EXIT: "exit"}
+
+# exec_event.flags (process.h)
+F_TRUNC_ARGS = 1 << 0
+F_TRUNC_FILENAME = 1 << 1
+F_TRUNC_PATH = 1 << 2
+F_ERROR_CWD = 1 << 3
+F_ROOT_CWD = 1 << 4
+F_SCRIPT = 1 << 5
+F_PARENT_MISS = 1 << 6
+F_ERROR_ARGS = 1 << 7
+F_CWD_UNREACHABLE = 1 << 8
+
+ARGS_MAX = 8192  # LANNER_ARGS_MAX in process.h
+_KEY = Codec.struct("<I")
+_ENTRY = Codec.struct("<IIQIIQ")  # struct execve_entry: key {pid, pad, ktime}, parent {pid, pad, ktime}
+
+
+@dataclass(frozen=True, slots=True)
+class Creds:
+    uid: int
+    gid: int
+    suid: int
+    sgid: int
+    euid: int
+    egid: int
+    fsuid: int
+    fsgid: int
+    securebits: int
+    auid: int
+    cap_permitted: int
+    cap_effective: int
+    cap_inheritable: int
+
+
+@dataclass(frozen=True, slots=True)
+class Namespaces:
+    uts: int
+    ipc: int
+    mnt: int
+    pid: int
+    pid_for_children: int
+    net: int
+    time: int
+    time_for_children: int
+    cgroup: int
+    user: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRecord:
+    ktime: int
+    pid: int
+    tid: int
+    ppid: int
+    nspid: int
+    parent_ktime: int  # 0 when the kernel did not know the parent's identity
+    flags: int
+    cgroup_id: int
+    exe_ino: int
+    creds: Creds
+    ns: Namespaces
+    filename: str  # as passed to execve (may be relative)
+    exe: str  # absolute path of the file the kernel ran (the interpreter for a script)
+    cwd: str
+    argv: tuple[str, ...]
+    args_size: int  # argv bytes in the process, before truncation
+
+    @property
+    def binary(self) -> str:
+        """Absolute path of what was executed: the script for a script, else the filename."""
+        name = self.filename
+        if self.flags & F_TRUNC_FILENAME and not self.flags & F_SCRIPT and self.exe:
+            return self.exe  # the resolved file is complete where the passed name was cut
+        if name.startswith("/"):
+            return os.path.normpath(name) if ("/." in name or "//" in name) else name
+        if not name or self.flags & F_ERROR_CWD:
+            return self.exe or name
+        return os.path.normpath(os.path.join(self.cwd, name))
+
+    @property
+    def is_script(self) -> bool:
+        return bool(self.flags & F_SCRIPT)
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The arguments after the program. For a script the kernel runs
+        ``[interpreter, (shebang arg), script, args...]``; the arguments are those after the script."""
+        argv = self.argv
+        if self.flags & F_SCRIPT:
+            for i in range(1, min(len(argv), 3)):
+                if argv[i] == self.filename:
+                    return argv[i + 1:]
+        return argv[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class CloneRecord:
+    ktime: int
+    pid: int
+    tid: int
+    nspid: int
+    parent_pid: int
+    parent_ktime: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
+    ktime: int
+    pid: int
+    tid: int
+    exec_ktime: int  # the identity that exited (0 if unknown to the kernel)
+    exit_code: int
+
+    @property
+    def status(self) -> int:
+        return (self.exit_code >> 8) & 0xFF
+
+    @property
+    def signal(self) -> int:
+        return self.exit_code & 0x7F
+
+
+Record = ExecRecord | CloneRecord | ExitRecord
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class ProcessDecoder:
+    """Turns raw ring-buffer records into typed records, one ``unpack_from`` per fixed part."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        ex = RecordLayout.from_btf(obj.btf, "exec_event")
+        cl = RecordLayout.from_btf(obj.btf, "clone_event")
+        xt = RecordLayout.from_btf(obj.btf, "exit_event")
+        self._exec = ex.struct
+        self._exec_tail = ex.tail_offset
+        self._clone = cl.struct
+        self._exit = xt.struct
+        self._ex_i = ex.indexes(
+            "hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "flags", "cgroup_id", "exe_ino",
+            "args_size", "filename_len", "exe_len", "cwd_len", "args_len",
+        )
+        first_cred = ex.index("creds.uid")
+        first_ns = ex.index("ns.uts")
+        self._cred_slice = slice(first_cred, first_cred + len(Creds.__slots__))
+        self._ns_slice = slice(first_ns, first_ns + len(Namespaces.__slots__))
+        assert ex.names[first_cred:first_cred + len(Creds.__slots__)] == tuple(f"creds.{n}" for n in Creds.__slots__)
+        assert ex.names[first_ns:first_ns + len(Namespaces.__slots__)] == tuple(f"ns.{n}" for n in Namespaces.__slots__)
+        self._cl_i = cl.indexes("hdr.ktime", "key.pid", "tid", "nspid", "parent.pid", "parent.ktime")
+        self._xt_i = xt.indexes("hdr.ktime", "key.pid", "tid", "key.ktime", "exit_code")
+
+    def decode(self, raws: Iterable[bytes]) -> list[Record]:
+        out: list[Record] = []
+        append = out.append
+        for raw in raws:
+            op = raw[0]
+            if op == OP_EXEC:
+                append(self._decode_exec(raw))
+            elif op == OP_EXIT:
+                t = self._exit.unpack_from(raw)
+                a, b, c, d, e = self._xt_i
+                append(ExitRecord(t[a], t[b], t[c], t[d], t[e]))
+            elif op == OP_CLONE:
+                t = self._clone.unpack_from(raw)
+                a, b, c, d, e, f = self._cl_i
+                append(CloneRecord(t[a], t[b], t[c], t[d], t[e], t[f]))
+            else:
+                log.warning("unknown process record op %d (%d bytes)", op, len(raw))
+        return out
+
+    def _decode_exec(self, raw: bytes) -> ExecRecord:
+        t = self._exec.unpack_from(raw)
+        (i_kt, i_pid, i_tid, i_ppid, i_nspid, i_pkt, i_fl, i_cg, i_ino, i_asz, i_fn, i_exe, i_cwd, i_args) = self._ex_i
+        pos = self._exec_tail
+        fn_end = pos + t[i_fn]
+        exe_end = fn_end + t[i_exe]
+        cwd_end = exe_end + t[i_cwd]
+        args_end = cwd_end + t[i_args]
+        args_raw = raw[cwd_end:args_end]
+        if args_raw.endswith(b"\0"):
+            args_raw = args_raw[:-1]
+        argv = tuple(_text(a) for a in args_raw.split(b"\0")) if args_raw else ()
+        return ExecRecord(
+            t[i_kt], t[i_pid], t[i_tid], t[i_ppid], t[i_nspid], t[i_pkt], t[i_fl], t[i_cg], t[i_ino],
+            Creds(*t[self._cred_slice]), Namespaces(*t[self._ns_slice]),
+            _text(raw[pos:fn_end]), _text(raw[fn_end:exe_end]), _text(raw[exe_end:cwd_end]), argv, t[i_asz],
+        )
+
+
+@dataclass(frozen=True)
+class ProcessSensorConfig:
+    ringbuf_bytes: int = 8 << 20
+    execve_map_entries: int = 65536
+    args_max: int = ARGS_MAX
+    emit_clone: bool = True
+
+
+class ProcessSensor:
+    """Owns the process BPF object: load, attach, seed, read, close."""
+
+    name = "process"
+
+    def __init__(self, config: ProcessSensorConfig, object_path: Path = PROCESS_OBJECT) -> None:
+        if not 1 <= config.args_max <= ARGS_MAX:
+            raise ValueError(f"args_max must be 1..{ARGS_MAX}, got {config.args_max}")
+        rb = config.ringbuf_bytes
+        if rb < 4096 or rb & (rb - 1):
+            raise ValueError(f"ring buffer size must be a power of two of at least 4096 bytes, got {rb}")
+        self.config = config
+        self.obj = BpfObject.open(object_path)
+        try:
+            self.obj.set_config(cfg_args_max=config.args_max, cfg_emit_clone=int(config.emit_clone))
+            self.obj.resize_map("events", rb)
+            self.obj.resize_map("execve_map", config.execve_map_entries)
+            self.obj.load()
+            self.decoder = ProcessDecoder(self.obj)
+            self.execve_map: Map = self.obj.map("execve_map", key=_KEY, value=_ENTRY)
+            self.lost_map: Map = self.obj.map("lanner_lost", key=_KEY, value=Codec.struct("<Q"))
+        except BaseException:
+            self.obj.close()
+            raise
+
+    def attach(self) -> None:
+        try:
+            for prog in self.obj.programs.values():
+                prog.attach()
+        except BpfError:
+            self.obj.detach_all()
+            raise
+
+    def seed(self, entries: Iterable[tuple[int, int, int, int]]) -> int:
+        """Record already-running processes as (pid, ktime, ppid, parent_ktime) without overwriting
+        identities the programs wrote since attach. Returns how many were added."""
+        added = 0
+        for pid, ktime, ppid, pktime in entries:
+            try:
+                self.execve_map.update(pid, (pid, 0, ktime, ppid, 0, pktime), BPF_NOEXIST)
+                added += 1
+            except BpfError as exc:
+                if exc.errno != 17:  # EEXIST: an exec or fork since attach already knows better
+                    raise
+        return added
+
+    def events_map(self) -> Map:
+        return self.obj.map("events")
+
+    def lost_total(self) -> dict[str, int]:
+        return {name: self.lost_map.sum_percpu(op) for op, name in OP_NAMES.items()}
+
+    def close(self) -> None:
+        self.obj.close()

@@ -35,3 +35,130 @@ def process_obj_path() -> Path:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real agent, started as users start it (the `lanner agent` command), stopped by PID.
+
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunningAgent:
+    proc: subprocess.Popen
+    export_file: Path
+    socket: Path
+    node: str
+    stderr_path: Path
+    _offset: dict = field(default_factory=dict)
+
+    def status(self) -> dict:
+        from lanner.localapi import LocalApiClient
+
+        return LocalApiClient(self.socket).status()
+
+    def events(self) -> list[dict]:
+        """Every event exported so far (all rotated files included, oldest first)."""
+        files = sorted(self.export_file.parent.glob(self.export_file.name + ".*"),
+                       key=lambda p: -int(p.name.rsplit(".", 1)[1]) if p.name.rsplit(".", 1)[1].isdigit() else 0)
+        out = []
+        for f in files + [self.export_file]:
+            if f.exists():
+                out += [json.loads(line) for line in f.read_text().splitlines() if line]
+        return out
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "event") -> list[dict]:
+        """Wait until predicate(events) is truthy; return those events (all of them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            evs = self.events()
+            got = predicate(evs)
+            if got:
+                return evs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; {len(evs)} events seen; agent log tail:\n"
+                                     + self.stderr_path.read_text()[-2000:])
+            if self.proc.poll() is not None:
+                raise AssertionError("agent died:\n" + self.stderr_path.read_text()[-4000:])
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict | None = None) -> RunningAgent:
+    export = tmp_path / "export" / "events.log"
+    sock = tmp_path / "agent.sock"
+    err = tmp_path / "agent.stderr"
+    cmd = [sys.executable, "-m", "lanner", "agent", "--no-export-stdout", "--export-filename", str(export),
+           "--socket", str(sock), "--node-name", node, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL,
+                            env=env)
+    agent = RunningAgent(proc, export, sock, node, err)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError("agent failed to start:\n" + err.read_text()[-4000:])
+        if sock.exists():
+            try:
+                if agent.status().get("ready_s") is not None:
+                    return agent
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            agent.stop()
+            raise AssertionError("agent not ready after 30 s:\n" + err.read_text()[-4000:])
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def agent(tmp_path):
+    a = start_agent(tmp_path)
+    yield a
+    a.stop()
+
+
+def execs(events: list[dict], **match) -> list[dict]:
+    """process_exec process objects whose fields equal ``match``."""
+    out = []
+    for e in events:
+        p = e.get("process_exec", {}).get("process")
+        if p and all(p.get(k) == v for k, v in match.items()):
+            out.append(e["process_exec"])
+    return out
+
+
+def exits(events: list[dict], **match) -> list[dict]:
+    out = []
+    for e in events:
+        body = e.get("process_exit")
+        if body and all(body["process"].get(k) == v for k, v in match.items()):
+            out.append(body)
+    return out
+
+
+def _wait_one(agent: RunningAgent, finder, what: str, timeout: float, match: dict) -> dict:
+    evs = agent.wait_for(lambda e: finder(e, **match), timeout=timeout, what=f"{what} {match}")
+    found = finder(evs, **match)
+    assert len(found) == 1, f"expected one {what} matching {match}, got {len(found)}: {found}"
+    return found[0]
+
+
+def wait_exec(agent: RunningAgent, timeout: float = 10.0, **match) -> dict:
+    """The one process_exec body whose process matches ``match``."""
+    return _wait_one(agent, execs, "process_exec", timeout, match)
+
+
+def wait_exit(agent: RunningAgent, timeout: float = 10.0, **match) -> dict:
+    return _wait_one(agent, exits, "process_exit", timeout, match)

@@ -9,6 +9,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define PF_KTHREAD 0x00200000
+
 /* read-only configuration, set by the loader before load */
 const volatile __u32 cfg_args_max = LANNER_ARGS_MAX; /* clamp argv to this many bytes (<= LANNER_ARGS_MAX) */
 const volatile __u8 cfg_emit_clone = 1;
@@ -22,7 +24,7 @@ struct {
 } execve_map SEC(".maps");
 
 /* Per-CPU scratch: the exec record is assembled here and copied to the ring buffer at its real size. */
-#define EXEC_DATA_SIZE (4 * LANNER_PATH_MAX + LANNER_ARGS_MAX + LANNER_FILENAME_MAX)
+#define EXEC_DATA_SIZE (LANNER_FILENAME_MAX + 2 * LANNER_PATH_MAX + LANNER_ARGS_MAX) /* exactly what fits; per-CPU values are capped at 32 KiB */
 struct exec_scratch {
 	struct exec_event ev;
 	char data[EXEC_DATA_SIZE];
@@ -243,6 +245,8 @@ int BPF_PROG(lanner_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (tgid != BPF_CORE_READ(child, pid))
 		return 0; /* a new thread: same process */
+	if (BPF_CORE_READ(child, flags) & PF_KTHREAD)
+		return 0; /* kernel threads are not reported */
 	ptgid = BPF_CORE_READ(parent, tgid);
 	entry.key.pid = tgid;
 	entry.key.ktime = bpf_ktime_get_ns();
@@ -281,6 +285,8 @@ int BPF_PROG(lanner_exit, struct task_struct *task)
 
 	/* only the last thread of the group ends the process */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	if (BPF_CORE_READ(task, flags) & PF_KTHREAD)
 		return 0;
 
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);

@@ -14,7 +14,7 @@
 #define LANNER_ARGS_MAX 8192        /* bytes of argv (NUL separated) carried per exec */
 #define LANNER_PATH_MAX 4096        /* bytes of one resolved path */
 #define LANNER_PATH_COMPONENTS 128  /* directory levels walked per path */
-#define LANNER_FILENAME_MAX 1024    /* bytes of the filename passed to execve */
+#define LANNER_FILENAME_MAX 4096    /* bytes of the filename passed to execve */
 
 /* exec_event.flags */
 #define LANNER_EXEC_TRUNC_ARGS (1 << 0)     /* argv longer than the limit */

@@ -1,0 +1,178 @@
+"""Tetragon-compatible JSON for process events.
+
+Field names follow Tetragon's protojson output (proto field names, zero scalars omitted, wrapper types
+such as ``pid``/``uid`` always present, 64-bit integers as strings). A process never changes once
+cached, so its JSON object is rendered once and reused as an ``orjson.Fragment`` in every event that
+names it (its own exec and exit, its children's events): each event then costs one small
+``orjson.dumps``.
+
+Not emitted: ``refcnt`` (it changes over a process's life, so a memoised rendering cannot carry it),
+``pod``/``docker`` (filled by the datapath's enrichment when it lands).
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, Process
+
+# Tetragon's CapabilitiesType enum names; bit 1 really is "DAC_OVERRIDE" there, without the prefix
+CAPABILITIES = (
+    "CAP_CHOWN", "DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+SECUREBITS = ("SecBitNoRoot", "SecBitNoRootLocked", "SecBitNoSetUidFixup", "SecBitNoSetUidFixupLocked",
+              "SecBitKeepCaps", "SecBitKeepCapsLocked", "SecBitNoCapAmbientRaise", "SecBitNoCapAmbientRaiseLocked")
+NS_FIELDS = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user")
+
+# flag words in the order Tetragon prints them
+FLAG_ORDER = ("execve", "procFS", "truncFilename", "truncArgs", "taskWalk", "miss", "needsAUID", "errorFilename",
+              "errorArgs", "needsCWD", "nocwd", "rootcwd", "errorCWD", "clone")
+_FLAG_RANK = {f: i for i, f in enumerate(FLAG_ORDER)}
+
+
+def cap_names(mask: int) -> list[str]:
+    return [CAPABILITIES[i] for i in range(len(CAPABILITIES)) if mask >> i & 1]
+
+
+def join_arguments(args: tuple[str, ...] | list[str]) -> str:
+    """Tetragon's ``arguments``: space separated, an argument containing a space in double quotes."""
+    return " ".join(f'"{a}"' if " " in a else a for a in args)
+
+
+def order_flags(flags: tuple[str, ...] | list[str]) -> str:
+    return " ".join(sorted(flags, key=lambda f: _FLAG_RANK.get(f, len(FLAG_ORDER))))
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+class KtimeClock:
+    """Converts ``bpf_ktime_get_ns`` (CLOCK_MONOTONIC) to RFC 3339 UTC with nanoseconds."""
+
+    def __init__(self) -> None:
+        self.resync()
+        self._sec = -1
+        self._prefix = ""
+
+    def resync(self) -> None:
+        self.offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def wall_ns(self, ktime: int) -> int:
+        return ktime + self.offset_ns
+
+    def rfc3339(self, ktime: int) -> str:
+        sec, ns = divmod(ktime + self.offset_ns, 1_000_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{ns:09d}Z"
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    node_name: str
+    process_cred: bool = False  # cap + process_credentials (Tetragon: --enable-process-cred)
+    process_ns: bool = False  # ns (Tetragon: --enable-process-ns)
+
+
+class ProcessEventEncoder:
+    def __init__(self, options: EncoderOptions, host_ns: tuple[int, ...], clock: KtimeClock) -> None:
+        self.opts = options
+        self.node = options.node_name
+        self.host_ns = dict(zip(NS_FIELDS, host_ns))
+        self.clock = clock
+        self._dumps = orjson.dumps
+        self._fragment = orjson.Fragment
+
+    # ------------------------------------------------------------------ processes
+    def process_dict(self, p: Process) -> dict:
+        c = p.creds
+        d: dict = {
+            "exec_id": p.exec_id,
+            "pid": p.pid,
+            "uid": c.uid,
+            "cwd": p.cwd,
+            "binary": p.binary,
+        }
+        args = join_arguments(p.args)
+        if args:
+            d["arguments"] = args
+        d["flags"] = order_flags(p.flags)
+        d["start_time"] = self.clock.rfc3339(p.start_ns)
+        d["auid"] = c.auid
+        if p.parent_exec_id:
+            d["parent_exec_id"] = p.parent_exec_id
+        if self.opts.process_cred:
+            cap = {}
+            for name, mask in (("permitted", c.cap_permitted), ("effective", c.cap_effective),
+                               ("inheritable", c.cap_inheritable)):
+                if mask:
+                    cap[name] = cap_names(mask)
+            if cap:
+                d["cap"] = cap
+        if self.opts.process_ns and p.ns is not None:
+            ns = {}
+            for name in NS_FIELDS:
+                inum = getattr(p.ns, name)
+                if inum:
+                    ns[name] = {"inum": inum, "is_host": True} if self.host_ns.get(name) == inum else {"inum": inum}
+            if ns:
+                d["ns"] = ns
+        d["tid"] = p.tid
+        if self.opts.process_cred:
+            pc = {"uid": c.uid, "gid": c.gid, "euid": c.euid, "egid": c.egid, "suid": c.suid, "sgid": c.sgid,
+                  "fsuid": c.fsuid, "fsgid": c.fsgid}
+            if c.securebits:
+                pc["securebits"] = [SECUREBITS[i] for i in range(len(SECUREBITS)) if c.securebits >> i & 1]
+            d["process_credentials"] = pc
+        if p.exe and p.exe != p.binary:
+            f: dict = {"path": p.exe}
+            if p.exe_ino:
+                f["inode"] = {"number": str(p.exe_ino)}
+            d["binary_properties"] = {"file": f}
+        return d
+
+    def process_fragment(self, p: Process) -> orjson.Fragment:
+        frag = p.encoded
+        if frag is None:
+            frag = p.encoded = self._fragment(self._dumps(self.process_dict(p)))
+        return frag
+
+    # ------------------------------------------------------------------ events
+    def exec_event(self, p: Process, parent: Process | None) -> bytes:
+        body: dict = {"process": self.process_fragment(p)}
+        if parent is not None:
+            body["parent"] = self.process_fragment(parent)
+        return self._dumps({"process_exec": body, "node_name": self.node, "time": self.clock.rfc3339(p.start_ns)})
+
+    def exit_event(self, p: Process, parent: Process | None, ktime: int, status: int, sig: int) -> bytes:
+        body: dict = {"process": self.process_fragment(p)}
+        if parent is not None:
+            body["parent"] = self.process_fragment(parent)
+        if sig:
+            body["signal"] = signal_name(sig)
+        if status:
+            body["status"] = status
+        t = self.clock.rfc3339(ktime)
+        body["time"] = t
+        return self._dumps({"process_exit": body, "node_name": self.node, "time": t})
+
+
+__all__ = [
+    "CAPABILITIES", "EncoderOptions", "FLAG_CLONE", "FLAG_EXECVE", "KtimeClock", "ProcessEventEncoder",
+    "cap_names", "join_arguments", "order_flags", "signal_name",
+]

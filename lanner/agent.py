@@ -1,0 +1,378 @@
+"""The agent: sensors -> process cache -> encoder -> sinks and local subscribers.
+
+One thread runs everything from a selector loop: the ring buffer's fd, the local API socket and its
+clients. Ring-buffer records are drained in batches, decoded with one ``unpack_from`` per record,
+resolved against the process cache and encoded to JSON lines; each batch is then written to the sinks
+and offered to the subscribers in one go. Housekeeping (cache GC, loss accounting, flushing) runs at
+most once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lanner import __version__
+from lanner.bpf import fs
+from lanner.bpf.ringbuf import RingBuffer
+from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
+from lanner.exporter.sinks import RotatingFileSink, Sink, StreamSink
+from lanner.localapi import DEFAULT_SOCKET, LocalApiServer, OutEvent
+from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, FLAG_PROCFS, Process, ProcessCache, make_exec_id
+from lanner.sensors import procfs
+from lanner.sensors.process import (
+    F_ERROR_CWD, F_TRUNC_ARGS, F_TRUNC_FILENAME, CloneRecord, ExecRecord, ExitRecord, ProcessSensor,
+    ProcessSensorConfig,
+)
+
+log = logging.getLogger("lanner.agent")
+
+BATCH = 4096
+HOUSEKEEPING_S = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str = field(default_factory=socket.gethostname)
+    export_stdout: bool = True
+    export_file: str | None = None
+    export_file_max_mb: float = 10.0
+    export_file_max_backups: int = 5
+    export_file_compress: bool = False
+    export_file_perm: int = 0o600
+    socket_path: Path = DEFAULT_SOCKET
+    pin_dir: Path | None = None  # e.g. /sys/fs/bpf/lanner: pin the process maps there while running
+    process_cache_size: int = 65536
+    process_cache_grace_s: float = 30.0
+    rb_size: int = 8 << 20
+    execve_map_entries: int = 65536
+    args_max: int = 8192
+    procfs_seed: bool = True
+    process_cred: bool = False
+    process_ns: bool = False
+    run_probe: bool = True
+
+
+@dataclass
+class AgentCounters:
+    events: dict[str, int] = field(default_factory=lambda: {"process_exec": 0, "process_exit": 0})
+    records: int = 0
+    exit_misses: int = 0
+    parent_misses: int = 0
+    lost_reported: int = 0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.cfg = config
+        self.counters = AgentCounters()
+        self.started_mono = time.monotonic()
+        self.ready_s: float | None = None
+        self.probe_summary: dict = {}
+        self._stop = threading.Event()
+        self._sinks: list[Sink] = []
+        self._file_sink: RotatingFileSink | None = None
+        self._pins: list[Path] = []
+        self.sensor: ProcessSensor | None = None
+        self.ring: RingBuffer | None = None
+        self.server: LocalApiServer | None = None
+        self.clock = KtimeClock()
+        self.cache = ProcessCache(config.node_name, config.process_cache_size,
+                                  int(config.process_cache_grace_s * 1e9))
+        self.encoder = ProcessEventEncoder(
+            EncoderOptions(config.node_name, config.process_cred, config.process_ns),
+            tuple(getattr(procfs.host_namespaces(), n) for n in procfs.NS_NAMES), self.clock)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load and attach everything; on any failure undo what was done and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        for m in fs.ensure_mounts():
+            if m.mounted_now:
+                log.info("mounted %s at %s", m.fstype, m.path)
+        if self.cfg.run_probe:
+            self._probe()
+        self._open_sinks()
+        self.sensor = ProcessSensor(ProcessSensorConfig(
+            ringbuf_bytes=self.cfg.rb_size, execve_map_entries=self.cfg.execve_map_entries,
+            args_max=self.cfg.args_max))
+        self.ring = RingBuffer(self.sensor.events_map())
+        self.sensor.attach()
+        if self.cfg.pin_dir is not None:
+            self._pin_maps(self.cfg.pin_dir)
+        if self.cfg.procfs_seed:
+            self._seed_from_procfs()
+        self.server = LocalApiServer(self.cfg.socket_path, self.status, __version__)
+        self.ready_s = time.monotonic() - self.started_mono
+        log.info("ready in %.3f s: node %s, %d processes cached, socket %s", self.ready_s, self.cfg.node_name,
+                 len(self.cache), self.cfg.socket_path)
+
+    def _probe(self) -> None:
+        try:
+            from lanner.kernel.probe import run_probe
+        except ImportError:  # pragma: no cover - probe module always ships
+            return
+        result = run_probe()
+        self.probe_summary = {name: f.supported for name, f in result.features.items()}
+        for reason in result.unavailable_reasons():
+            log.info("kernel: %s", reason)
+        missing = [f for f in ("tp_btf", "ringbuf", "bpf_loop") if not result.supports(f)]
+        if missing:
+            raise RuntimeError(
+                "the process sensor needs " + ", ".join(missing) + " which this kernel lacks (see 'lanner probe')")
+
+    def _open_sinks(self) -> None:
+        if self.cfg.export_stdout:
+            self._sinks.append(StreamSink())
+        if self.cfg.export_file:
+            self._file_sink = RotatingFileSink(
+                self.cfg.export_file, int(self.cfg.export_file_max_mb * (1 << 20)), self.cfg.export_file_max_backups,
+                self.cfg.export_file_compress, self.cfg.export_file_perm)
+            self._sinks.append(self._file_sink)
+
+    def _pin_maps(self, root: Path) -> None:
+        assert self.sensor is not None
+        d = fs.pin_dir(root)
+        for name in ("execve_map", "lanner_lost"):
+            path = d / f"process_{name}"
+            if path.exists():
+                path.unlink()  # a stale pin from an agent that did not exit cleanly
+            self.sensor.obj.map(name).pin(str(path))
+            self._pins.append(path)
+
+    def _seed_from_procfs(self) -> None:
+        assert self.sensor is not None
+        t0 = time.monotonic()
+        snap = procfs.snapshot()
+        known = {s.pid: s.ktime for s in snap}
+        self.sensor.seed((s.pid, s.ktime, s.ppid, known.get(s.ppid, 0)) for s in snap)
+        now = time.monotonic_ns()
+        for s in snap:
+            if self.cache.current(s.pid) is not None:
+                continue
+            parent = self.cache.current(s.ppid)
+            self.cache.insert(Process(
+                key=(s.pid, s.ktime), exec_id=self.cache.exec_id(s.pid, s.ktime),
+                parent_key=parent.key if parent else None, parent_exec_id=parent.exec_id if parent else "",
+                pid=s.pid, tid=s.pid, nspid=s.nspid, binary=s.binary, args=s.argv[1:], cwd=s.cwd,
+                flags=(FLAG_PROCFS,) + (("rootcwd",) if s.cwd == "/" else ()), start_ns=s.ktime, creds=s.creds,
+                ns=s.ns, cgroup_id=s.cgroup_id,
+            ), now)
+        log.info("seeded %d processes from /proc in %.3f s", len(snap), time.monotonic() - t0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.sensor is not None:
+            self.sensor.close()  # destroys every link: nothing stays attached
+            self.sensor = None
+        for p in self._pins:
+            p.unlink(missing_ok=True)
+        self._pins.clear()
+        for s in self._sinks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self._sinks.clear()
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> None:
+        assert self.ring is not None and self.server is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.ring.fd, selectors.EVENT_READ, None)
+        self.server.register(sel)
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+        try:
+            while not self._stop.is_set():
+                for key, mask in sel.select(timeout=0.25):
+                    if key.data is not None:
+                        key.data(mask)
+                self.drain()
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    self.housekeeping()
+                    next_housekeeping = now + HOUSEKEEPING_S
+        finally:
+            sel.close()
+
+    def drain(self, max_batches: int = 64) -> int:
+        """Consume what the ring buffer holds (bounded, so sockets get served too)."""
+        assert self.ring is not None and self.sensor is not None
+        total = 0
+        for _ in range(max_batches):
+            raws = self.ring.read_batch(BATCH)
+            if not raws:
+                break
+            total += len(raws)
+            self.emit(self.handle(self.sensor.decoder.decode(raws)))
+        if total:
+            for s in self._sinks:
+                s.flush()
+        return total
+
+    def emit(self, out: list[OutEvent]) -> None:
+        if not out:
+            return
+        lines = [e.line for e in out]
+        for s in self._sinks:
+            s.write_lines(lines)
+        if self.server is not None:
+            self.server.publish(out)
+
+    def housekeeping(self) -> None:
+        self.cache.gc(time.monotonic_ns())
+        if self.sensor is not None:
+            lost = sum(self.sensor.lost_total().values())
+            if lost > self.counters.lost_reported:
+                log.warning("ring buffer full: %d events lost so far (raise --rb-size)", lost)
+                self.counters.lost_reported = lost
+        for s in self._sinks:
+            s.flush()
+
+    # ------------------------------------------------------------------ records -> events
+    def handle(self, records: list) -> list[OutEvent]:
+        out: list[OutEvent] = []
+        now = time.monotonic_ns()
+        self.counters.records += len(records)
+        events = self.counters.events
+        for r in records:
+            if type(r) is ExecRecord:
+                proc, parent = self._on_exec(r, now)
+                out.append(OutEvent("process_exec", proc.pid, proc.binary, self.encoder.exec_event(proc, parent)))
+                events["process_exec"] += 1
+            elif type(r) is ExitRecord:
+                proc = self.cache.resolve(r.pid, r.exec_ktime)
+                if proc is None:
+                    self.counters.exit_misses += 1
+                    proc = self._stub(r.pid, r.exec_ktime, now)
+                parent = self.cache.get(proc.parent_key) if proc.parent_key else None
+                out.append(OutEvent("process_exit", proc.pid, proc.binary,
+                                    self.encoder.exit_event(proc, parent, r.ktime, r.status, r.signal)))
+                events["process_exit"] += 1
+                self.cache.exit(proc, now)
+            elif type(r) is CloneRecord:
+                self._on_clone(r, now)
+        return out
+
+    def _on_exec(self, r: ExecRecord, now: int) -> tuple[Process, Process | None]:
+        prev = self.cache.current(r.pid)
+        parent = self.cache.resolve(r.ppid, r.parent_ktime)
+        flags = [FLAG_EXECVE]
+        if prev is not None and FLAG_CLONE in prev.flags:
+            flags.append(FLAG_CLONE)
+        if r.flags & F_TRUNC_ARGS:
+            flags.append("truncArgs")
+        if r.flags & F_TRUNC_FILENAME:
+            flags.append("truncFilename")
+        if r.flags & F_ERROR_CWD:
+            flags.append("errorCWD")
+        elif r.cwd == "/":
+            flags.append("rootcwd")
+        if parent is None:
+            flags.append("miss")
+            self.counters.parent_misses += 1
+        binary = r.binary
+        proc = Process(
+            key=(r.pid, r.ktime), exec_id=self.cache.exec_id(r.pid, r.ktime),
+            parent_key=parent.key if parent else None, parent_exec_id=parent.exec_id if parent else "",
+            pid=r.pid, tid=r.tid, nspid=r.nspid, binary=binary, args=r.arguments, cwd=r.cwd, flags=tuple(flags),
+            start_ns=r.ktime, creds=r.creds, ns=r.ns, cgroup_id=r.cgroup_id,
+            exe=r.exe if r.exe != binary else "", exe_ino=r.exe_ino,
+        )
+        self.cache.insert(proc, now)
+        return proc, parent
+
+    def _on_clone(self, r: CloneRecord, now: int) -> None:
+        parent = self.cache.resolve(r.parent_pid, r.parent_ktime)
+        if parent is None:
+            self.counters.parent_misses += 1
+            return  # nothing to inherit; its exec (if any) will carry full details
+        self.cache.insert(Process(
+            key=(r.pid, r.ktime), exec_id=self.cache.exec_id(r.pid, r.ktime), parent_key=parent.key,
+            parent_exec_id=parent.exec_id, pid=r.pid, tid=r.tid, nspid=r.nspid, binary=parent.binary,
+            args=parent.args, cwd=parent.cwd, flags=(FLAG_CLONE,), start_ns=r.ktime, creds=parent.creds,
+            ns=parent.ns, cgroup_id=parent.cgroup_id, exe=parent.exe, exe_ino=parent.exe_ino,
+        ), now)
+
+    def _stub(self, pid: int, ktime: int, now: int) -> Process:
+        """An exit for a process the agent never saw start: report what the kernel told us."""
+        from lanner.sensors.process import Creds
+
+        return Process(key=(pid, ktime), exec_id=make_exec_id(self.cfg.node_name, ktime, pid) if ktime else "",
+                       parent_key=None, parent_exec_id="", pid=pid, tid=pid, nspid=0, binary="", args=(), cwd="",
+                       flags=("miss",), start_ns=ktime or now, creds=Creds(*([0] * 9), 0xFFFFFFFF, 0, 0, 0),
+                       ns=None, cgroup_id=0, alive=True)
+
+    # ------------------------------------------------------------------ status
+    def lost(self) -> dict[str, int]:
+        return self.sensor.lost_total() if self.sensor else {}
+
+    def status(self) -> dict:
+        lost = self.lost()
+        st = self.cache.stats
+        return {
+            "version": __version__,
+            "node_name": self.cfg.node_name,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "ready_s": self.ready_s,
+            "sensors": ["process"] if self.sensor else [],
+            "events": dict(self.counters.events),
+            "records": self.counters.records,
+            "ringbuf": {
+                "size_bytes": self.ring.size if self.ring else 0,
+                "lost": lost,
+                "lost_total": sum(lost.values()),
+            },
+            "process_cache": {"size": len(self.cache), "capacity": st.capacity, "evictions": st.evictions,
+                              "misses": st.misses, "collected": st.collected},
+            "misses": {"exit": self.counters.exit_misses, "parent": self.counters.parent_misses},
+            "export": {
+                "file": self.cfg.export_file,
+                "rotations": self._file_sink.rotations if self._file_sink else 0,
+                "bytes": self._file_sink.bytes_written if self._file_sink else 0,
+            },
+            "local_api": self.server.stats() if self.server else {},
+            "kernel": self.probe_summary,
+        }
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Start, serve until SIGINT/SIGTERM, then detach everything."""
+    agent = Agent(config)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        agent.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        agent.start()
+        agent.run()
+    finally:
+        agent.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+        log.info("stopped; all programs detached")
+    return 0
