@@ -146,7 +146,7 @@ class Agent:
     def _pin_maps(self, root: Path) -> None:
         assert self.sensor is not None
         d = fs.pin_dir(root)
-        for name in ("execve_map", "lanner_lost"):
+        for name in ("events", "execve_map", "lanner_lost"):
             path = d / f"process_{name}"
             if path.exists():
                 path.unlink()  # a stale pin from an agent that did not exit cleanly
@@ -177,6 +177,16 @@ class Agent:
         self._stop.set()
 
     def close(self) -> None:
+        if self.sensor is not None:
+            if self.ring is not None:
+                try:
+                    self.drain()  # what is already in the ring buffer still gets exported
+                except OSError as exc:
+                    log.warning("final drain failed: %s", exc)
+            self._report_loss()
+            total = self.counters.lost_reported
+            if total:
+                log.warning("%d events were lost in total because the ring buffer was full", total)
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -242,13 +252,16 @@ class Agent:
 
     def housekeeping(self) -> None:
         self.cache.gc(time.monotonic_ns())
+        self._report_loss()
+        for s in self._sinks:
+            s.flush()
+
+    def _report_loss(self) -> None:
         if self.sensor is not None:
             lost = sum(self.sensor.lost_total().values())
             if lost > self.counters.lost_reported:
                 log.warning("ring buffer full: %d events lost so far (raise --rb-size)", lost)
                 self.counters.lost_reported = lost
-        for s in self._sinks:
-            s.flush()
 
     # ------------------------------------------------------------------ records -> events
     def handle(self, records: list) -> list[OutEvent]:

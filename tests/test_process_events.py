@@ -214,7 +214,7 @@ def test_clean_shutdown_detaches_everything(tmp_path):
     pin_dir = Path(f"/sys/fs/bpf/lanner-test-{os.getpid()}")
     a = start_agent(tmp_path, "--bpf-pin-dir", str(pin_dir))
     try:
-        assert sorted(p.name for p in pin_dir.iterdir()) == ["process_execve_map", "process_lanner_lost"]
+        assert sorted(p.name for p in pin_dir.iterdir()) == ["process_events", "process_execve_map", "process_lanner_lost"]
         progs = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout
         assert "lanner_exec" in progs and "lanner_exit" in progs and "lanner_fork" in progs
     finally:

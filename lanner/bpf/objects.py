@@ -23,7 +23,7 @@ log = logging.getLogger("lanner.bpf")
 # enum bpf_map_type values used here
 MAP_TYPE_HASH, MAP_TYPE_ARRAY, MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY = 1, 2, 5, 6
 MAP_TYPE_LRU_HASH, MAP_TYPE_LRU_PERCPU_HASH, MAP_TYPE_RINGBUF = 9, 10, 27
-PERCPU_MAP_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH, 14, 21}
+PERCPU_MAP_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH, 21}  # 21: percpu cgroup storage
 
 ENOTSUPP = 524  # kernel-internal "operation not supported" (no batch ops for this map type)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -164,14 +164,25 @@ class Program:
         rc = L.bpf_tc_hook_create(ctypes.byref(hook))
         if rc < 0 and rc != -errno.EEXIST:
             _check_rc(rc, f"create clsact on ifindex {ifindex}")
+        created_qdisc = rc == 0
+
+        def remove_qdisc() -> None:
+            if created_qdisc:  # only a clsact this attach created; someone else's stays
+                both = L.bpf_tc_hook(sz=ctypes.sizeof(L.bpf_tc_hook), ifindex=ifindex,
+                                     attach_point=BPF_TC_INGRESS | BPF_TC_EGRESS)
+                L.bpf_tc_hook_destroy(ctypes.byref(both))
+
         opts = L.bpf_tc_opts(sz=ctypes.sizeof(L.bpf_tc_opts), prog_fd=self.fd, handle=handle, priority=priority)
         with L.log_capture.capture() as cap:
-            _check_rc(L.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
-                      f"attach {self.name} to tc {'ingress' if ingress else 'egress'} ifindex {ifindex}", cap)
+            rc = L.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+            if rc < 0:
+                remove_qdisc()
+            _check_rc(rc, f"attach {self.name} to tc {'ingress' if ingress else 'egress'} ifindex {ifindex}", cap)
 
         def detach() -> None:
             d = L.bpf_tc_opts(sz=ctypes.sizeof(L.bpf_tc_opts), handle=handle, priority=priority)
             L.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(d))
+            remove_qdisc()
 
         link = Link(None, f"{self.name} -> tc ifindex {ifindex}", destroy=detach)
         self._obj._links.append(link)
@@ -461,6 +472,21 @@ class BpfObject:
     def resize_map(self, name: str, max_entries: int) -> None:
         ptr = self._map_ptr(name)
         _check_rc(L.bpf_map__set_max_entries(ptr, max_entries), f"resize map {name} to {max_entries}")
+
+    def reuse_map(self, name: str, fd: int) -> None:
+        """Before load: use an existing map (e.g. opened from a pin) instead of creating this one."""
+        if self._loaded:
+            raise RuntimeError("reuse_map must run before load()")
+        _check_rc(L.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse fd {fd} for map {name}")
+
+    def reuse_pinned_map(self, name: str, pin_path: str) -> None:
+        fd = L.bpf_obj_get(pin_path.encode())
+        if fd < 0:
+            raise BpfError(f"open pinned map {pin_path}", ctypes.get_errno())
+        try:
+            self.reuse_map(name, fd)
+        finally:
+            os.close(fd)  # libbpf keeps its own duplicate
 
     def set_pin_path(self, name: str, path: str) -> None:
         _check_rc(L.bpf_map__set_pin_path(self._map_ptr(name), path.encode()), f"set pin path of {name}")

@@ -1,0 +1,135 @@
+"""Agent I/O under load: rotation, ring-buffer loss accounting, getevents and status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import execs, exits, start_agent
+
+pytestmark = pytest.mark.bpf
+
+LANNER = [sys.executable, "-m", "lanner"]
+
+
+def _burst(n: int, marker: str) -> None:
+    """n fork+execs of /bin/true, each tagged with the marker."""
+    script = f'i=0; while [ $i -lt {n} ]; do /bin/true {marker} $i; i=$((i+1)); done'
+    subprocess.run(["/bin/sh", "-c", script], check=True)
+
+
+def test_rotation_under_load_loses_no_line(tmp_path):
+    a = start_agent(tmp_path, "--export-file-max-size-mb", "0.02", "--export-file-max-backups", "1000")
+    try:
+        _burst(600, "rot-marker")
+        evs = a.wait_for(lambda e: len([x for x in exits(e) if x["process"].get("arguments", "").startswith("rot-marker")]) == 600,
+                         timeout=60, what="600 marker exits")
+        st = a.status()
+    finally:
+        a.stop()
+    files = list(a.export_file.parent.iterdir())
+    assert len(files) > 20, "the test must rotate many times"
+    assert st["export"]["rotations"] == len(files) - 1
+    lines = 0
+    for f in files:
+        data = f.read_bytes()
+        assert data.endswith(b"\n")
+        for line in data.splitlines():
+            json.loads(line)  # every line is whole
+            lines += 1
+        assert len(data) <= 0.02 * (1 << 20) + 8192
+    # every event the agent counted is in the files, once
+    assert lines == len(a.events()) >= st["events"]["process_exec"] + st["events"]["process_exit"]
+    marker_execs = [e for e in execs(evs) if e["process"].get("arguments", "").startswith("rot-marker")]
+    assert sorted(int(e["process"]["arguments"].split()[1]) for e in marker_execs) == list(range(600))
+
+
+def test_tiny_ring_buffer_makes_loss_counter_rise(tmp_path):
+    a = start_agent(tmp_path, "--rb-size", "4096")
+    try:
+        assert a.status()["ringbuf"]["size_bytes"] == 4096
+        os.kill(a.proc.pid, signal.SIGSTOP)  # nobody consumes: the 4 KiB ring fills at once
+        try:
+            _burst(200, "loss-marker")
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        st = a.status()
+        lost = st["ringbuf"]["lost"]
+        assert st["ringbuf"]["lost_total"] > 100
+        assert lost["exec"] > 50 and lost["exit"] > 50
+        assert st["ringbuf"]["lost_total"] == sum(lost.values())
+        got = len([e for e in execs(a.events()) if e["process"].get("arguments", "").startswith("loss-marker")])
+        assert got + lost["exec"] >= 200  # every marker exec is either exported or counted lost
+    finally:
+        a.stop()
+    assert "events lost" in a.stderr_path.read_text()
+
+
+def test_getevents_compact_follows_the_live_stream_with_filters(tmp_path):
+    a = start_agent(tmp_path)
+    client = None
+    try:
+        client = subprocess.Popen(
+            LANNER + ["getevents", "-o", "compact", "--socket", str(a.socket), "--process", "true$",
+                      "--event-types", "PROCESS_EXEC"],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + 10
+        while a.status()["local_api"]["subscribers"] < 1:
+            assert time.monotonic() < deadline, "getevents did not subscribe"
+            time.sleep(0.05)
+        subprocess.run(["/bin/echo", "not-shown"], stdout=subprocess.DEVNULL)
+        subprocess.run(["/bin/true", "compact-marker", "a b"])
+        line = client.stdout.readline().rstrip("\n")
+        assert line == '🚀 process testnode /bin/true compact-marker "a b"'
+    finally:
+        if client:
+            client.terminate()
+            client.wait()
+        a.stop()
+
+
+def test_getevents_json_from_a_pipe_and_bad_requests(tmp_path):
+    a = start_agent(tmp_path)
+    try:
+        subprocess.run(["/bin/true", "pipe-marker"])
+        a.wait_for(lambda e: exits(e, arguments="pipe-marker"))
+    finally:
+        a.stop()
+    data = a.export_file.read_bytes()
+    p = subprocess.run(LANNER + ["getevents", "-o", "compact", "--process", "/bin/true"], input=data,
+                       capture_output=True)
+    out = p.stdout.decode().splitlines()
+    assert p.returncode == 0
+    assert "🚀 process testnode /bin/true pipe-marker" in out and "💥 exit    testnode /bin/true pipe-marker 0" in out
+    assert all("/bin/true" in line for line in out)
+    # bad filter: a clear error naming the field
+    p = subprocess.run(LANNER + ["getevents", "-e", "PROCESS_NOPE"], input=data.decode(), capture_output=True, text=True)
+    assert p.returncode == 1 and "event_types: unknown event type 'PROCESS_NOPE'" in p.stderr
+    # no agent: a clear error naming the socket
+    p = subprocess.run(LANNER + ["getevents", "--socket", str(tmp_path / "none.sock")], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "none.sock" in p.stderr and "lanner agent" in p.stderr
+
+
+def test_status_and_version_commands(tmp_path):
+    a = start_agent(tmp_path)
+    try:
+        p = subprocess.run(LANNER + ["status", "-o", "json", "--socket", str(a.socket)], capture_output=True, text=True)
+        st = json.loads(p.stdout)
+        assert st["pid"] == a.proc.pid and st["sensors"] == ["process"] and st["ringbuf"]["lost_total"] == 0
+        assert st["process_cache"]["size"] > 3  # seeded from /proc
+        assert st["kernel"]["tracepoint"] is True and st["kernel"]["kprobe"] is False
+        p = subprocess.run(LANNER + ["status", "--socket", str(a.socket)], capture_output=True, text=True)
+        assert p.returncode == 0 and "lost 0" in p.stdout and f"pid {a.proc.pid}" in p.stdout
+        p = subprocess.run(LANNER + ["version", "--socket", str(a.socket)], capture_output=True, text=True)
+        assert "client  0.1.0" in p.stdout and "agent   0.1.0" in p.stdout
+    finally:
+        a.stop()
+    p = subprocess.run(LANNER + ["status", "--socket", str(a.socket)], capture_output=True, text=True)
+    assert p.returncode == 1 and "is 'lanner agent' running?" in p.stderr
