@@ -133,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", choices=["text", "json"], default="text")
     s.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
 
-    pr = sub.add_parser("probe", help="report which eBPF features this kernel supports", add_help=False)
-    pr.add_argument("args", nargs=argparse.REMAINDER)
+    pr = sub.add_parser("probe", help="report which eBPF features this kernel supports",
+                        description="Load a tiny program per feature (program and attach types, helpers) and "
+                                    "report what this kernel supports, why not where it does not, and which "
+                                    "mechanism the agent picks for each kind of hook. Needs root.")
+    pr.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     v = sub.add_parser("version", help="client and agent versions")
     v.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
@@ -275,7 +278,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from lanner.kernel.probe import main as probe_main
 
-    return probe_main(args.args)
+    return probe_main(["-o", args.output])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,3 +133,12 @@ def test_status_and_version_commands(tmp_path):
         a.stop()
     p = subprocess.run(LANNER + ["status", "--socket", str(a.socket)], capture_output=True, text=True)
     assert p.returncode == 1 and "is 'lanner agent' running?" in p.stderr
+
+
+def test_probe_command_reports_this_kernel_truthfully():
+    p = subprocess.run(LANNER + ["probe", "-o", "json"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    feats = json.loads(p.stdout)["features"]
+    assert feats["tracepoint"]["supported"] is True
+    for name in ("kprobe", "fentry", "lsm"):
+        assert feats[name]["supported"] is False and feats[name]["detail"]
