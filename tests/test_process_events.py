@@ -208,6 +208,24 @@ def test_process_started_before_agent_is_seeded_from_proc(tmp_path):
             pre.kill()
 
 
+def _prog_ids_of(pid: int) -> set[int]:
+    """BPF program ids held open by a process (from /proc/PID/fdinfo)."""
+    ids = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            for line in fdinfo.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return ids
+
+
+def _loaded_prog_ids(name: str) -> set[int]:
+    out = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    return {int(m.group(1)) for m in re.finditer(rf"^(\d+): \S+\s+name {name}\b", out, re.M)}
+
+
 def test_clean_shutdown_detaches_everything(tmp_path):
     from tests.conftest import start_agent
 
@@ -215,13 +233,14 @@ def test_clean_shutdown_detaches_everything(tmp_path):
     a = start_agent(tmp_path, "--bpf-pin-dir", str(pin_dir))
     try:
         assert sorted(p.name for p in pin_dir.iterdir()) == ["process_events", "process_execve_map", "process_lanner_lost"]
-        progs = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout
-        assert "lanner_exec" in progs and "lanner_exit" in progs and "lanner_fork" in progs
+        ours = _prog_ids_of(a.proc.pid)
+        assert len(ours & _loaded_prog_ids("lanner_exec")) == 1
+        assert len(ours & (_loaded_prog_ids("lanner_exit") | _loaded_prog_ids("lanner_fork"))) == 2
     finally:
         rc = a.stop()
     assert rc == 0
-    progs = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout
-    assert "lanner_exec" not in progs and "lanner_exit" not in progs
+    still = _loaded_prog_ids("lanner_exec") | _loaded_prog_ids("lanner_exit") | _loaded_prog_ids("lanner_fork")
+    assert not (ours & still), "programs of the stopped agent are still loaded"
     assert not a.socket.exists()
     assert not any(pin_dir.iterdir())
     pin_dir.rmdir()
@@ -231,10 +250,10 @@ def test_bad_configuration_is_refused_clearly(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lanner", "agent", "--rb-size", "5000", "--no-export-stdout"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "--rb-size must be a power of two" in p.stderr
+    before = _loaded_prog_ids("lanner_exec")
     p = subprocess.run([sys.executable, "-m", "lanner", "agent", "--bpf-pin-dir", "/sys/fs/bpf/elsewhere",
                         "--no-export-stdout", "--socket", str(tmp_path / "s.sock"), "--skip-probe"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "must be under /sys/fs/bpf/lanner" in p.stderr
     assert not (tmp_path / "s.sock").exists()
-    progs = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout
-    assert "lanner_exec" not in progs  # the failed start left nothing loaded
+    assert _loaded_prog_ids("lanner_exec") <= before  # the failed start left nothing loaded
