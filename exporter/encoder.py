@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal as _signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -90,8 +91,10 @@ class EncoderOptions:
 
 
 class ProcessEventEncoder:
-    def __init__(self, options: EncoderOptions, host_ns: tuple[int, ...], clock: KtimeClock) -> None:
+    def __init__(self, options: EncoderOptions, host_ns: tuple[int, ...], clock: KtimeClock,
+                 redactor: Any = None) -> None:
         self.opts = options
+        self.redactor = redactor  # exporter.fieldfilters.Redactor: applied once per process
         self.node = options.node_name
         self.host_ns = dict(zip(NS_FIELDS, host_ns))
         self.clock = clock
@@ -109,6 +112,8 @@ class ProcessEventEncoder:
             "binary": p.binary,
         }
         args = join_arguments(p.args)
+        if args and self.redactor:
+            args = self.redactor.arguments(p.binary, args)
         if args:
             d["arguments"] = args
         d["flags"] = order_flags(p.flags)

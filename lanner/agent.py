@@ -23,8 +23,12 @@ from lanner import __version__
 from lanner.bpf import fs
 from lanner.bpf.ringbuf import RingBuffer
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
+from lanner.exporter.fieldfilters import FieldFilterSet, Redactor
+from lanner.exporter.filters import EventFilter, FilterSet
+from lanner.exporter.pipeline import ExportPipeline, OutEvent
+from lanner.exporter.ratelimit import ExportRateLimiter
 from lanner.exporter.sinks import RotatingFileSink, Sink, StreamSink
-from lanner.localapi import DEFAULT_SOCKET, LocalApiServer, OutEvent
+from lanner.localapi import DEFAULT_SOCKET, LocalApiServer
 from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, FLAG_PROCFS, Process, ProcessCache, make_exec_id
 from lanner.sensors import procfs
 from lanner.sensors.process import (
@@ -58,6 +62,11 @@ class AgentConfig:
     process_cred: bool = False
     process_ns: bool = False
     run_probe: bool = True
+    export_allowlist: tuple[EventFilter, ...] = ()
+    export_denylist: tuple[EventFilter, ...] = ()
+    field_filters: FieldFilterSet = field(default_factory=FieldFilterSet)
+    redaction: Redactor = field(default_factory=Redactor)
+    export_rate_limit: int = -1  # events per minute; -1: unlimited
 
 
 @dataclass
@@ -77,7 +86,9 @@ class Agent:
         self.ready_s: float | None = None
         self.probe_summary: dict = {}
         self._stop = threading.Event()
-        self._sinks: list[Sink] = []
+        self.export = ExportPipeline(
+            [], FilterSet(config.export_allowlist, config.export_denylist), config.field_filters,
+            ExportRateLimiter(config.export_rate_limit) if config.export_rate_limit >= 0 else None)
         self._file_sink: RotatingFileSink | None = None
         self._pins: list[Path] = []
         self.sensor: ProcessSensor | None = None
@@ -88,7 +99,8 @@ class Agent:
                                   int(config.process_cache_grace_s * 1e9))
         self.encoder = ProcessEventEncoder(
             EncoderOptions(config.node_name, config.process_cred, config.process_ns),
-            tuple(getattr(procfs.host_namespaces(), n) for n in procfs.NS_NAMES), self.clock)
+            tuple(getattr(procfs.host_namespaces(), n) for n in procfs.NS_NAMES), self.clock,
+            config.redaction or None)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -135,13 +147,14 @@ class Agent:
                 "the process sensor needs " + ", ".join(missing) + " which this kernel lacks (see 'lanner probe')")
 
     def _open_sinks(self) -> None:
+        sinks: list[Sink] = self.export.sinks
         if self.cfg.export_stdout:
-            self._sinks.append(StreamSink())
+            sinks.append(StreamSink())
         if self.cfg.export_file:
             self._file_sink = RotatingFileSink(
                 self.cfg.export_file, int(self.cfg.export_file_max_mb * (1 << 20)), self.cfg.export_file_max_backups,
                 self.cfg.export_file_compress, self.cfg.export_file_perm)
-            self._sinks.append(self._file_sink)
+            sinks.append(self._file_sink)
 
     def _pin_maps(self, root: Path) -> None:
         assert self.sensor is not None
@@ -184,6 +197,11 @@ class Agent:
                 except OSError as exc:
                     log.warning("final drain failed: %s", exc)
             self._report_loss()
+            self.export.report_rate_limit(self.cfg.node_name, self.clock.rfc3339(time.monotonic_ns()))
+            ev = self.counters.events
+            log.info("events: %d produced, %d exported, %d filtered out, %d rate-limited", sum(ev.values()),
+                     self.export.counters.exported, self.export.counters.filtered,
+                     self.export.rate_limiter.dropped_total if self.export.rate_limiter else 0)
             total = self.counters.lost_reported
             if total:
                 log.warning("%d events were lost in total because the ring buffer was full", total)
@@ -199,12 +217,8 @@ class Agent:
         for p in self._pins:
             p.unlink(missing_ok=True)
         self._pins.clear()
-        for s in self._sinks:
-            try:
-                s.close()
-            except OSError:
-                pass
-        self._sinks.clear()
+        self.export.close()
+        self.export.sinks.clear()
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -237,24 +251,21 @@ class Agent:
             total += len(raws)
             self.emit(self.handle(self.sensor.decoder.decode(raws)))
         if total:
-            for s in self._sinks:
-                s.flush()
+            self.export.flush()
         return total
 
     def emit(self, out: list[OutEvent]) -> None:
         if not out:
             return
-        lines = [e.line for e in out]
-        for s in self._sinks:
-            s.write_lines(lines)
+        self.export.write(out)
         if self.server is not None:
             self.server.publish(out)
 
     def housekeeping(self) -> None:
         self.cache.gc(time.monotonic_ns())
         self._report_loss()
-        for s in self._sinks:
-            s.flush()
+        self.export.report_rate_limit(self.cfg.node_name, self.clock.rfc3339(time.monotonic_ns()))
+        self.export.flush()
 
     def _report_loss(self) -> None:
         if self.sensor is not None:
@@ -272,7 +283,7 @@ class Agent:
         for r in records:
             if type(r) is ExecRecord:
                 proc, parent = self._on_exec(r, now)
-                out.append(OutEvent("process_exec", proc.pid, proc.binary, self.encoder.exec_event(proc, parent)))
+                out.append(OutEvent("process_exec", proc, parent, self.encoder.exec_event(proc, parent)))
                 events["process_exec"] += 1
             elif type(r) is ExitRecord:
                 proc = self.cache.resolve(r.pid, r.exec_ktime)
@@ -280,7 +291,7 @@ class Agent:
                     self.counters.exit_misses += 1
                     proc = self._stub(r.pid, r.exec_ktime, now)
                 parent = self.cache.get(proc.parent_key) if proc.parent_key else None
-                out.append(OutEvent("process_exit", proc.pid, proc.binary,
+                out.append(OutEvent("process_exit", proc, parent,
                                     self.encoder.exit_event(proc, parent, r.ktime, r.status, r.signal)))
                 events["process_exit"] += 1
                 self.cache.exit(proc, now)
@@ -365,6 +376,9 @@ class Agent:
                 "file": self.cfg.export_file,
                 "rotations": self._file_sink.rotations if self._file_sink else 0,
                 "bytes": self._file_sink.bytes_written if self._file_sink else 0,
+                "exported": self.export.counters.exported,
+                "filtered": self.export.counters.filtered,
+                "rate_limited": self.export.rate_limiter.dropped_total if self.export.rate_limiter else 0,
             },
             "local_api": self.server.stats() if self.server else {},
             "kernel": self.probe_summary,

@@ -82,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export-file-compress", action="store_true", help="gzip rotated files")
     g.add_argument("--export-file-perm", type=_perm, default=0o600, metavar="MODE",
                    help="file mode of the export file (octal)")
+    g.add_argument("--export-allowlist", metavar="FILTERS",
+                   help="export only events matching one of these filters: Tetragon's format, one JSON filter per "
+                        "line, inline or @FILE (e.g. '{\"event_set\":[\"PROCESS_EXEC\"]}')")
+    g.add_argument("--export-denylist", metavar="FILTERS",
+                   help="drop events matching any of these filters (wins over the allowlist)")
+    g.add_argument("--field-filters", metavar="FILTERS",
+                   help="include/exclude fields per event type, e.g. "
+                        "'{\"fields\":\"process.binary,process.pid\",\"action\":\"INCLUDE\"}'")
+    g.add_argument("--redaction-filters", metavar="FILTERS",
+                   help="replace regex capture groups in arguments with *****, e.g. "
+                        "'{\"redact\":[\"--password[= ](\\\\S+)\"]}'")
+    g.add_argument("--export-rate-limit", type=int, default=-1, metavar="N",
+                   help="export at most N events per minute (-1: no limit); drops are reported as rate_limit_info")
     g.add_argument("--enable-process-cred", action="store_true",
                    help="include cap and process_credentials in process objects (off by default, as in "
                         "Tetragon: they add about 3 KB to every event)")
@@ -163,6 +176,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"lanner agent: --rb-size must be a power of two of at least 4096 bytes, got {args.rb_size}",
               file=sys.stderr)
         return 2
+    from lanner.exporter.fieldfilters import FieldFilterSet, Redactor
+    from lanner.exporter.filters import FilterError, load_filter_arg
+
+    try:
+        allow = load_filter_arg(args.export_allowlist, "--export-allowlist")
+        deny = load_filter_arg(args.export_denylist, "--export-denylist")
+        fields = FieldFilterSet.parse_lines(_arg_text(args.field_filters), "--field-filters")
+        redact = Redactor.parse_lines(_arg_text(args.redaction_filters), "--redaction-filters")
+    except (FilterError, OSError) as exc:
+        print(f"lanner agent: {exc}", file=sys.stderr)
+        return 2
+    if args.export_rate_limit < -1:
+        print("lanner agent: --export-rate-limit must be -1 (no limit) or >= 0", file=sys.stderr)
+        return 2
     cfg = AgentConfig(
         node_name=args.node_name, export_stdout=args.export_stdout, export_file=args.export_file,
         export_file_max_mb=args.export_file_max_size_mb, export_file_max_backups=args.export_file_max_backups,
@@ -170,12 +197,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
         socket_path=args.socket, pin_dir=args.bpf_pin_dir, process_cache_size=args.process_cache_size,
         rb_size=args.rb_size, execve_map_entries=args.execve_map_entries, args_max=args.args_max,
         procfs_seed=args.procfs_seed, process_cred=args.enable_process_cred, process_ns=args.enable_process_ns,
-        run_probe=not args.skip_probe)
+        run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
+        redaction=redact, export_rate_limit=args.export_rate_limit)
     try:
         return run_agent(cfg)
     except (OSError, RuntimeError, ValueError) as exc:
         logging.getLogger("lanner").error("%s", exc)
         return 1
+
+
+def _arg_text(value: str | None) -> str:
+    """A filter flag's text: inline, or @FILE."""
+    if not value:
+        return ""
+    if value.startswith("@"):
+        return Path(value[1:]).read_text()
+    return value
 
 
 def _event_types(values: list[str]) -> list[str]:
@@ -189,11 +226,21 @@ def cmd_getevents(args: argparse.Namespace) -> int:
     import orjson
 
     from lanner.exporter.compact import CompactFormatter
-    from lanner.localapi import AgentUnavailable, EventFilter, LocalApiClient, OutEvent, RequestError
+    from lanner.exporter.filters import JsonEventView
+    from lanner.localapi import AgentUnavailable, LocalApiClient, RequestError, request_filters
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     fmt = CompactFormatter(color=color, timestamps=args.timestamps)
-    req = {"event_types": _event_types(args.event_types), "pids": args.pid, "binary_regex": args.process}
+    from lanner.exporter.filters import FilterError, event_kind
+
+    types = _event_types(args.event_types)
+    try:
+        for t in types:
+            event_kind(t, "--event-types")
+    except FilterError as exc:
+        print(f"lanner getevents: {exc}", file=sys.stderr)
+        return 2
+    req = {"event_types": types, "pids": args.pid, "binary_regex": args.process}
     out = sys.stdout
 
     def show(line: bytes) -> None:
@@ -207,15 +254,13 @@ def cmd_getevents(args: argparse.Namespace) -> int:
 
     try:
         if not sys.stdin.isatty() and not _stdin_is_empty_device():
-            flt = EventFilter.from_request(req)
+            flt = request_filters(req)
             for raw in sys.stdin.buffer:
                 raw = raw.strip()
                 if not raw:
                     continue
-                ev = orjson.loads(raw)
-                kind = next((k for k in ev if k.startswith("process_")), "")
-                proc = ev.get(kind, {}).get("process", {})
-                if flt.matches(OutEvent(kind, proc.get("pid", 0), proc.get("binary", ""), raw)):
+                view = JsonEventView.from_event(orjson.loads(raw))
+                if view is not None and flt.admits(view):
                     show(raw)
             return 0
         for line in LocalApiClient(args.socket).stream(req):

@@ -3,14 +3,14 @@
 A client connects to a unix socket (root-owned, mode 0660), sends one JSON request line, and reads
 JSON lines back:
 
-* ``{"op": "getevents", "event_types": [...], "pids": [...], "binary_regex": [...]}``: the live
-  stream, filtered in the agent;
+* ``{"op": "getevents", "allow_list": [...], "deny_list": [...]}`` (Tetragon's Filter objects) or the
+  shorthands ``event_types``/``pids``/``binary_regex``: the live stream, filtered in the agent;
 * ``{"op": "status"}`` and ``{"op": "version"}``: one reply line, then the agent closes.
 
 The server lives in the agent's own event loop (no thread): it is non-blocking, and a slow reader never
 blocks the agent. Each subscriber has a bounded output buffer; past it, events for that subscriber
 are dropped and counted, and the count is in ``status``. The request/stream split is the same one
-the gRPC ``GetEvents`` API has, so a gRPC front end can reuse ``Subscriber`` and ``EventFilter``.
+the gRPC ``GetEvents`` API has; both use ``lanner.exporter.filters``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import selectors
 import socket
 import stat
@@ -28,82 +27,44 @@ from typing import Callable, Iterator
 
 import orjson
 
+from lanner.exporter.filters import FilterError, FilterSet
+from lanner.exporter.pipeline import OutEvent
+
 log = logging.getLogger("lanner.localapi")
 
 DEFAULT_SOCKET = Path("/var/run/lanner/agent.sock")
-EVENT_TYPES = ("process_exec", "process_exit")
 MAX_REQUEST = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class OutEvent:
-    """One exported event with the fields filters look at, next to its encoded JSON line."""
-
-    kind: str
-    pid: int
-    binary: str
-    line: bytes
 
 
 class RequestError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class EventFilter:
-    """Keys are ANDed; values within a key are ORed. Empty means everything."""
-
-    event_types: frozenset[str] = frozenset()
-    pids: frozenset[int] = frozenset()
-    binary_regex: tuple[re.Pattern[str], ...] = ()
-
-    @classmethod
-    def from_request(cls, req: dict) -> "EventFilter":
-        types = req.get("event_types") or []
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            raise RequestError("event_types must be a list of strings")
-        norm = set()
-        for t in types:
-            name = normalize_event_type(t)
-            if name is None:
-                raise RequestError(f"event_types: unknown event type {t!r}; known: {', '.join(EVENT_TYPES)}")
-            norm.add(name)
-        pids = req.get("pids") or []
-        if not isinstance(pids, list) or not all(isinstance(p, int) and p >= 0 for p in pids):
-            raise RequestError("pids must be a list of non-negative integers")
-        regexes = req.get("binary_regex") or []
-        if not isinstance(regexes, list):
-            raise RequestError("binary_regex must be a list of regular expressions")
-        compiled = []
-        for rx in regexes:
-            try:
-                compiled.append(re.compile(rx))
-            except (re.error, TypeError) as exc:
-                raise RequestError(f"binary_regex: {rx!r} is not a valid regular expression: {exc}") from None
-        return cls(frozenset(norm), frozenset(pids), tuple(compiled))
-
-    def matches(self, ev: OutEvent) -> bool:
-        if self.event_types and ev.kind not in self.event_types:
-            return False
-        if self.pids and ev.pid not in self.pids:
-            return False
-        if self.binary_regex and not any(rx.search(ev.binary) for rx in self.binary_regex):
-            return False
-        return True
-
-
-def normalize_event_type(name: str) -> str | None:
-    """Accept ``process_exec``, ``PROCESS_EXEC`` or ``exec``."""
-    n = name.strip().lower()
-    if not n.startswith("process_"):
-        n = "process_" + n
-    return n if n in EVENT_TYPES else None
+def request_filters(req: dict) -> FilterSet:
+    """The getevents request's filters: ``allow_list``/``deny_list`` in Tetragon's Filter format, plus the
+    shorthands ``event_types``, ``pids`` and ``binary_regex`` (one allow filter, keys ANDed)."""
+    short: dict = {}
+    if req.get("event_types"):
+        short["event_set"] = req["event_types"]
+    if req.get("pids"):
+        short["pid"] = req["pids"]
+    if req.get("binary_regex"):
+        short["binary_regex"] = req["binary_regex"]
+    allow = list(req.get("allow_list") or [])
+    if short:
+        if allow:
+            raise RequestError("use either allow_list or the event_types/pids/binary_regex shorthands")
+        allow = [short]
+    try:
+        return FilterSet.from_lists(allow, req.get("deny_list") or [])
+    except FilterError as exc:
+        raise RequestError(str(exc)) from None
 
 
 @dataclass(eq=False)
 class Subscriber:
     sock: socket.socket
-    flt: EventFilter
+    flt: FilterSet
     max_buffer: int
     out: bytearray = field(default_factory=bytearray)
     sent: int = 0
@@ -114,7 +75,7 @@ class Subscriber:
         out = self.out
         limit = self.max_buffer
         for ev in events:
-            if not self.flt.matches(ev):
+            if not self.flt.admits(ev):
                 continue
             if len(out) + len(ev.line) + 1 > limit:
                 self.dropped += 1
@@ -210,8 +171,7 @@ class LocalApiServer:
             elif op == "version":
                 self._reply_and_close(p, {"version": self._version})
             elif op == "getevents":
-                flt = EventFilter.from_request(req)
-                self._subscribe(p, flt)
+                self._subscribe(p, request_filters(req))
             else:
                 raise RequestError(f"unknown op {op!r}; expected getevents, status or version")
         except (orjson.JSONDecodeError, RequestError) as exc:
@@ -236,7 +196,7 @@ class LocalApiServer:
             pass
         self._drop_pending(p)
 
-    def _subscribe(self, p: _Pending, flt: EventFilter) -> None:
+    def _subscribe(self, p: _Pending, flt: FilterSet) -> None:
         assert self._sel is not None
         self._pending.pop(p.sock.fileno(), None)
         sub = Subscriber(p.sock, flt, self.max_buffer)

@@ -110,7 +110,7 @@ def test_getevents_json_from_a_pipe_and_bad_requests(tmp_path):
     assert all("/bin/true" in line for line in out)
     # bad filter: a clear error naming the field
     p = subprocess.run(LANNER + ["getevents", "-e", "PROCESS_NOPE"], input=data.decode(), capture_output=True, text=True)
-    assert p.returncode == 1 and "event_types: unknown event type 'PROCESS_NOPE'" in p.stderr
+    assert p.returncode == 2 and "--event-types: unknown event type 'PROCESS_NOPE'" in p.stderr
     # no agent: a clear error naming the socket
     p = subprocess.run(LANNER + ["getevents", "--socket", str(tmp_path / "none.sock")], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True)
