@@ -67,6 +67,9 @@ class AgentConfig:
     field_filters: FieldFilterSet = field(default_factory=FieldFilterSet)
     redaction: Redactor = field(default_factory=Redactor)
     export_rate_limit: int = -1  # events per minute; -1: unlimited
+    metrics_address: str | None = None  # [ADDR]:PORT; None: off
+    health_address: str | None = None  # [ADDR]:PORT; None: off
+    bpf_stats: bool = False  # enable the kernel's per-program run-time stats while running
 
 
 @dataclass
@@ -76,6 +79,8 @@ class AgentCounters:
     exit_misses: int = 0
     parent_misses: int = 0
     lost_reported: int = 0
+    by_binary: dict[tuple[str, str], int] = field(default_factory=dict)  # (event type, binary) -> count
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class Agent:
@@ -94,6 +99,10 @@ class Agent:
         self.sensor: ProcessSensor | None = None
         self.ring: RingBuffer | None = None
         self.server: LocalApiServer | None = None
+        self.metrics = None
+        self.health = None
+        self._bpf_stats_fd = -1
+        self.last_loop = time.monotonic()
         self.clock = KtimeClock()
         self.cache = ProcessCache(config.node_name, config.process_cache_size,
                                   int(config.process_cache_grace_s * 1e9))
@@ -128,6 +137,20 @@ class Agent:
         if self.cfg.procfs_seed:
             self._seed_from_procfs()
         self.server = LocalApiServer(self.cfg.socket_path, self.status, __version__)
+        if self.cfg.bpf_stats:
+            from lanner.metrics import enable_bpf_stats
+
+            self._bpf_stats_fd = enable_bpf_stats()
+        if self.cfg.metrics_address is not None:
+            from lanner.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, self.cfg.metrics_address)
+        if self.cfg.health_address is not None:
+            from lanner.health import HealthServer
+
+            self.health = HealthServer(self.cfg.health_address, lambda: self.last_loop,
+                                       lambda: self.ready_s is not None)
+        self.last_loop = time.monotonic()
         self.ready_s = time.monotonic() - self.started_mono
         log.info("ready in %.3f s: node %s, %d processes cached, socket %s", self.ready_s, self.cfg.node_name,
                  len(self.cache), self.cfg.socket_path)
@@ -190,6 +213,13 @@ class Agent:
         self._stop.set()
 
     def close(self) -> None:
+        for srv in (self.health, self.metrics):
+            if srv is not None:
+                srv.close()
+        self.health = self.metrics = None
+        if self._bpf_stats_fd >= 0:
+            os.close(self._bpf_stats_fd)
+            self._bpf_stats_fd = -1
         if self.sensor is not None:
             if self.ring is not None:
                 try:
@@ -233,7 +263,7 @@ class Agent:
                     if key.data is not None:
                         key.data(mask)
                 self.drain()
-                now = time.monotonic()
+                now = self.last_loop = time.monotonic()
                 if now >= next_housekeeping:
                     self.housekeeping()
                     next_housekeeping = now + HOUSEKEEPING_S
@@ -280,11 +310,14 @@ class Agent:
         now = time.monotonic_ns()
         self.counters.records += len(records)
         events = self.counters.events
+        by_binary = self.counters.by_binary
         for r in records:
             if type(r) is ExecRecord:
                 proc, parent = self._on_exec(r, now)
                 out.append(OutEvent("process_exec", proc, parent, self.encoder.exec_event(proc, parent)))
                 events["process_exec"] += 1
+                k = ("process_exec", proc.binary)
+                by_binary[k] = by_binary.get(k, 0) + 1
             elif type(r) is ExitRecord:
                 proc = self.cache.resolve(r.pid, r.exec_ktime)
                 if proc is None:
@@ -294,6 +327,8 @@ class Agent:
                 out.append(OutEvent("process_exit", proc, parent,
                                     self.encoder.exit_event(proc, parent, r.ktime, r.status, r.signal)))
                 events["process_exit"] += 1
+                k = ("process_exit", proc.binary)
+                by_binary[k] = by_binary.get(k, 0) + 1
                 self.cache.exit(proc, now)
             elif type(r) is CloneRecord:
                 self._on_clone(r, now)
@@ -349,6 +384,15 @@ class Agent:
                        ns=None, cgroup_id=0, alive=True)
 
     # ------------------------------------------------------------------ status
+    def subscriber_drops(self) -> int:
+        return self.server.stats()["dropped"] if self.server else 0
+
+    def programs(self) -> list[tuple[str, str, str, int]]:
+        """(sensor, program, attach point, fd) of every loaded program."""
+        if self.sensor is None:
+            return []
+        return [("process", p.name, p.section, p.fd) for p in self.sensor.obj.programs.values()]
+
     def lost(self) -> dict[str, int]:
         return self.sensor.lost_total() if self.sensor else {}
 
@@ -381,6 +425,8 @@ class Agent:
                 "rate_limited": self.export.rate_limiter.dropped_total if self.export.rate_limiter else 0,
             },
             "local_api": self.server.stats() if self.server else {},
+            "metrics_address": self.metrics.address if self.metrics else None,
+            "health_address": self.health.address if self.health else None,
             "kernel": self.probe_summary,
         }
 

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-probe", action="store_true", help="do not probe kernel features at start")
     g = a.add_argument_group("service")
     g.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="local API socket (getevents, status)")
+    g.add_argument("--metrics-server", metavar="[ADDR]:PORT", default=None,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; e.g. :2112)")
+    g.add_argument("--health-server-address", metavar="[ADDR]:PORT", default=":6789",
+                   help="HTTP /healthz and /readyz for Kubernetes probes; empty disables it")
+    g.add_argument("--enable-bpf-stats", action="store_true",
+                   help="enable the kernel's BPF run-time statistics while the agent runs "
+                        "(tetragon_overhead_program_* metrics)")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     # ---------------------------------------------------------------- getevents
@@ -198,7 +205,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         rb_size=args.rb_size, execve_map_entries=args.execve_map_entries, args_max=args.args_max,
         procfs_seed=args.procfs_seed, process_cred=args.enable_process_cred, process_ns=args.enable_process_ns,
         run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
-        redaction=redact, export_rate_limit=args.export_rate_limit)
+        redaction=redact, export_rate_limit=args.export_rate_limit, metrics_address=args.metrics_server,
+        health_address=args.health_server_address or None, bpf_stats=args.enable_bpf_stats)
     try:
         return run_agent(cfg)
     except (OSError, RuntimeError, ValueError) as exc:

@@ -102,7 +102,7 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
     sock = tmp_path / "agent.sock"
     err = tmp_path / "agent.stderr"
     cmd = [sys.executable, "-m", "lanner", "agent", "--no-export-stdout", "--export-filename", str(export),
-           "--socket", str(sock), "--node-name", node, *extra]
+           "--socket", str(sock), "--node-name", node, "--health-server-address", "127.0.0.1:0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL,
                             env=env)
     agent = RunningAgent(proc, export, sock, node, err)

@@ -145,6 +145,7 @@ bpf_map_update_batch = _fn(
 )
 bpf_map_delete_batch = _fn("bpf_map_delete_batch", c_int, c_int, P, POINTER(c_uint32), POINTER(bpf_map_batch_opts))
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
+bpf_enable_stats = _fn("bpf_enable_stats", c_int, c_int)
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
 # tc
 bpf_tc_hook_create = _fn("bpf_tc_hook_create", c_int, POINTER(bpf_tc_hook))
