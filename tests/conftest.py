@@ -68,7 +68,9 @@ class RunningAgent:
         out = []
         for f in files + [self.export_file]:
             if f.exists():
-                out += [json.loads(line) for line in f.read_text().splitlines() if line]
+                data = f.read_text()
+                data = data[: data.rfind("\n") + 1]  # a line still being written is not an event yet
+                out += [json.loads(line) for line in data.splitlines() if line]
         return out
 
     def wait_for(self, predicate, timeout: float = 10.0, what: str = "event") -> list[dict]:

@@ -35,7 +35,7 @@ def test_rotation_under_load_loses_no_line(tmp_path):
         a.stop()
     files = list(a.export_file.parent.iterdir())
     assert len(files) > 20, "the test must rotate many times"
-    assert st["export"]["rotations"] == len(files) - 1
+    assert len(files) - 1 >= st["export"]["rotations"] > 10  # backups = rotations (more may follow the snapshot)
     lines = 0
     for f in files:
         data = f.read_bytes()
