@@ -14,7 +14,7 @@ VMLINUX_H  := $(BUILD)/vmlinux/vmlinux.h
 ARCH_DEF   := -D__TARGET_ARCH_x86
 APT_PKGS   := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 python3-venv python3-dev make procps util-linux
 
-BPF_SRCS   := $(shell find lanner sensors exporter policy netdp -name '*.bpf.c' 2>/dev/null)
+BPF_SRCS   := $(shell find lanner sensors exporter policy netdp bench -name '*.bpf.c' 2>/dev/null)
 BPF_OBJS   := $(foreach s,$(BPF_SRCS),$(dir $(s))obj/$(notdir $(s:.c=.o)))
 BPF_HDRS   := $(shell find lanner sensors exporter policy netdp -name '*.h' 2>/dev/null)
 BPF_CFLAGS := -g -O2 -target bpf $(ARCH_DEF) -Wall -Werror -Wno-unused-function -Wno-gnu-variable-sized-type-not-at-end \
@@ -29,7 +29,7 @@ help:
 	@echo "make bpf    (re)build the BPF objects only"
 	@echo "make clean  remove build outputs and the virtualenv"
 
-setup: deps venv bpf
+setup: deps venv bpf proto
 
 # apt packages: installed only when one is missing, so a second run does nothing.
 deps:
@@ -64,6 +64,26 @@ endef
 $(foreach s,$(BPF_SRCS),$(eval $(call BPF_RULE,$(s))))
 
 bpf: $(BPF_OBJS)
+
+# gRPC API: Tetragon-compatible .proto files (exporter/api/v1) compiled into the
+# lanner.exporter.api.gen.tetragon package; regenerated only when a .proto changes.
+PROTO_ROOT := exporter/api/v1
+PROTO_GEN  := exporter/api/gen
+PROTO_SRCS := $(wildcard $(PROTO_ROOT)/tetragon/*.proto)
+PROTO_PY   := $(patsubst $(PROTO_ROOT)/%.proto,$(PROTO_GEN)/%_pb2.py,$(PROTO_SRCS))
+
+.PHONY: proto
+proto: $(PROTO_PY)
+
+$(PROTO_PY) &: $(PROTO_SRCS) | $(VENV)/.installed
+	@echo "==> protoc $(PROTO_ROOT)/tetragon/*.proto -> $(PROTO_GEN)/tetragon"
+	@mkdir -p $(PROTO_GEN)/tetragon
+	@$(VPY) -m grpc_tools.protoc -I $(PROTO_ROOT) --python_out=$(PROTO_GEN) --grpc_python_out=$(PROTO_GEN) \
+	    --pyi_out=$(PROTO_GEN) $(PROTO_SRCS) \
+	  && sed -i -e 's/^from tetragon import /from lanner.exporter.api.gen.tetragon import /' \
+	    $(PROTO_GEN)/tetragon/*_pb2.py $(PROTO_GEN)/tetragon/*_pb2_grpc.py $(PROTO_GEN)/tetragon/*_pb2.pyi \
+	  && touch $(PROTO_PY) \
+	  || { rm -f $(PROTO_PY); exit 1; }
 
 run: setup
 	@echo "==> starting the agent (Ctrl-C stops it and detaches every program)"

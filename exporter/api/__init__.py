@@ -1,0 +1,1 @@
+"""Tetragon-compatible gRPC API: .proto sources under v1/, generated Python under gen/ (``make proto``)."""

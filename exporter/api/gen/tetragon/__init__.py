@@ -1,0 +1,1 @@
+"""``tetragon`` protobuf package, generated from exporter/api/v1/tetragon/*.proto by ``make proto``."""
