@@ -30,6 +30,7 @@ class OutEvent:
     line: bytes
     policy_name: str = ""
     ancestors: tuple[Any, ...] = ()
+    pb: bytes | None = None  # GetEventsResponse wire bytes, built only while gRPC clients follow
 
 
 @dataclass

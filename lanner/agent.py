@@ -28,7 +28,7 @@ from lanner.exporter.filters import EventFilter, FilterSet
 from lanner.exporter.pipeline import ExportPipeline, OutEvent
 from lanner.exporter.ratelimit import ExportRateLimiter
 from lanner.exporter.sinks import RotatingFileSink, Sink, StreamSink
-from lanner.localapi import DEFAULT_SOCKET, LocalApiServer
+from lanner.exporter.grpc_api import GrpcApiServer, GrpcConfig, ProtoEventEncoder
 from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, FLAG_PROCFS, Process, ProcessCache, make_exec_id
 from lanner.sensors import procfs
 from lanner.sensors.process import (
@@ -51,7 +51,7 @@ class AgentConfig:
     export_file_max_backups: int = 5
     export_file_compress: bool = False
     export_file_perm: int = 0o600
-    socket_path: Path = DEFAULT_SOCKET
+    grpc: GrpcConfig | None = field(default_factory=GrpcConfig)  # None: no API server
     pin_dir: Path | None = None  # e.g. /sys/fs/bpf/lanner: pin the process maps there while running
     process_cache_size: int = 65536
     process_cache_grace_s: float = 30.0
@@ -98,7 +98,7 @@ class Agent:
         self._pins: list[Path] = []
         self.sensor: ProcessSensor | None = None
         self.ring: RingBuffer | None = None
-        self.server: LocalApiServer | None = None
+        self.server: GrpcApiServer | None = None
         self.metrics = None
         self.health = None
         self._bpf_stats_fd = -1
@@ -110,6 +110,7 @@ class Agent:
             EncoderOptions(config.node_name, config.process_cred, config.process_ns),
             tuple(getattr(procfs.host_namespaces(), n) for n in procfs.NS_NAMES), self.clock,
             config.redaction or None)
+        self.proto = ProtoEventEncoder(self.encoder, config.node_name)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -136,13 +137,14 @@ class Agent:
             self._pin_maps(self.cfg.pin_dir)
         if self.cfg.procfs_seed:
             self._seed_from_procfs()
-        self.server = LocalApiServer(self.cfg.socket_path, self.status, __version__)
+        if self.cfg.grpc is not None:
+            self.server = GrpcApiServer(self, self.cfg.grpc)
         if self.cfg.bpf_stats:
-            from lanner.metrics import enable_bpf_stats
+            from lanner.exporter.metrics import enable_bpf_stats
 
             self._bpf_stats_fd = enable_bpf_stats()
         if self.cfg.metrics_address is not None:
-            from lanner.metrics import MetricsServer
+            from lanner.exporter.metrics import MetricsServer
 
             self.metrics = MetricsServer(self, self.cfg.metrics_address)
         if self.cfg.health_address is not None:
@@ -152,8 +154,8 @@ class Agent:
                                        lambda: self.ready_s is not None)
         self.last_loop = time.monotonic()
         self.ready_s = time.monotonic() - self.started_mono
-        log.info("ready in %.3f s: node %s, %d processes cached, socket %s", self.ready_s, self.cfg.node_name,
-                 len(self.cache), self.cfg.socket_path)
+        log.info("ready in %.3f s: node %s, %d processes cached, API %s", self.ready_s, self.cfg.node_name,
+                 len(self.cache), self.server.address if self.server else "off")
 
     def _probe(self) -> None:
         try:
@@ -252,16 +254,13 @@ class Agent:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
-        assert self.ring is not None and self.server is not None
+        assert self.ring is not None
         sel = selectors.DefaultSelector()
         sel.register(self.ring.fd, selectors.EVENT_READ, None)
-        self.server.register(sel)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         try:
             while not self._stop.is_set():
-                for key, mask in sel.select(timeout=0.25):
-                    if key.data is not None:
-                        key.data(mask)
+                sel.select(timeout=0.25)
                 self.drain()
                 now = self.last_loop = time.monotonic()
                 if now >= next_housekeeping:
@@ -311,10 +310,13 @@ class Agent:
         self.counters.records += len(records)
         events = self.counters.events
         by_binary = self.counters.by_binary
+        pb = self.server is not None and self.server.has_subscribers
+        proto = self.proto
         for r in records:
             if type(r) is ExecRecord:
                 proc, parent = self._on_exec(r, now)
-                out.append(OutEvent("process_exec", proc, parent, self.encoder.exec_event(proc, parent)))
+                out.append(OutEvent("process_exec", proc, parent, self.encoder.exec_event(proc, parent),
+                                    pb=proto.exec_event(proc, parent) if pb else None))
                 events["process_exec"] += 1
                 k = ("process_exec", proc.binary)
                 by_binary[k] = by_binary.get(k, 0) + 1
@@ -325,7 +327,8 @@ class Agent:
                     proc = self._stub(r.pid, r.exec_ktime, now)
                 parent = self.cache.get(proc.parent_key) if proc.parent_key else None
                 out.append(OutEvent("process_exit", proc, parent,
-                                    self.encoder.exit_event(proc, parent, r.ktime, r.status, r.signal)))
+                                    self.encoder.exit_event(proc, parent, r.ktime, r.status, r.signal),
+                                    pb=proto.exit_event(proc, parent, r.ktime, r.status, r.signal) if pb else None))
                 events["process_exit"] += 1
                 k = ("process_exit", proc.binary)
                 by_binary[k] = by_binary.get(k, 0) + 1
@@ -387,6 +390,12 @@ class Agent:
     def subscriber_drops(self) -> int:
         return self.server.stats()["dropped"] if self.server else 0
 
+    def version(self) -> str:
+        return __version__
+
+    def probes(self) -> dict[str, bool]:
+        return dict(self.probe_summary)
+
     def programs(self) -> list[tuple[str, str, str, int]]:
         """(sensor, program, attach point, fd) of every loaded program."""
         if self.sensor is None:
@@ -424,7 +433,8 @@ class Agent:
                 "filtered": self.export.counters.filtered,
                 "rate_limited": self.export.rate_limiter.dropped_total if self.export.rate_limiter else 0,
             },
-            "local_api": self.server.stats() if self.server else {},
+            "api": {"address": self.server.address if self.server else None,
+                    **(self.server.stats() if self.server else {})},
             "metrics_address": self.metrics.address if self.metrics else None,
             "health_address": self.health.address if self.health else None,
             "kernel": self.probe_summary,

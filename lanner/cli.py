@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lanner import __version__
-from lanner.localapi import DEFAULT_SOCKET
+from lanner.exporter.grpc_api import DEFAULT_ADDRESS, DEFAULT_INFO_FILE
 
 EPILOG = """\
 examples:
@@ -120,7 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "running; removed at exit")
     g.add_argument("--skip-probe", action="store_true", help="do not probe kernel features at start")
     g = a.add_argument_group("service")
-    g.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="local API socket (getevents, status)")
+    g.add_argument("--server-address", default=DEFAULT_ADDRESS, metavar="ADDR",
+                   help="gRPC API (Tetragon's FineGuidanceSensors): unix:///path or host:port; empty disables it")
+    g.add_argument("--server-tls-cert-file", metavar="PEM", help="serve TCP with TLS using this certificate")
+    g.add_argument("--server-tls-key-file", metavar="PEM", help="the TLS private key")
+    g.add_argument("--server-tls-client-ca-files", metavar="PEM",
+                   help="require client certificates signed by this CA (mTLS)")
+    g.add_argument("--enable-deprecated-tracingpolicy-grpc", action="store_true",
+                   help="serve the deprecated EnableTracingPolicy/DisableTracingPolicy RPCs")
+    g.add_argument("--info-file", type=Path, default=DEFAULT_INFO_FILE,
+                   help="where the agent writes its API address for clients")
     g.add_argument("--metrics-server", metavar="[ADDR]:PORT", default=None,
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; e.g. :2112)")
     g.add_argument("--health-server-address", metavar="[ADDR]:PORT", default=":6789",
@@ -132,26 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---------------------------------------------------------------- getevents
     e = sub.add_parser(
-        "getevents", help="follow the running agent's events",
+        "getevents", help="follow the running agent's events (gRPC GetEvents)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Print the agent's live event stream. Filters are applied in the agent: flags of different "
-                    "kinds are ANDed, repeated values ORed. When stdin is a pipe, events are read from it "
-                    "instead (e.g. to render an export file compactly).",
+        description="Print the agent's live event stream. Filters run in the agent: different flags are ANDed, "
+                    "repeated values ORed (Tetragon's Filter semantics). When stdin is a pipe, JSON events are "
+                    "read from it instead (e.g. to render an export file compactly).",
         epilog="examples:\n  lanner getevents -o compact\n  lanner getevents --pid 1234 -e PROCESS_EXIT\n"
-               "  cat /var/log/lanner/events.log | lanner getevents -o compact")
+               "  lanner getevents --namespace default --pod 'web-.*'\n"
+               "  lanner getevents -o compact < /var/log/lanner/events.log")
     e.add_argument("-o", "--output", choices=["json", "compact"], default="json")
     e.add_argument("--process", action="append", default=[], metavar="REGEX",
                    help="only processes whose binary matches (repeatable)")
     e.add_argument("--pid", action="append", type=int, default=[], help="only this pid (repeatable)")
     e.add_argument("-e", "--event-types", action="append", default=[], metavar="TYPES",
-                   help="comma-separated: PROCESS_EXEC, PROCESS_EXIT")
+                   help="comma-separated: PROCESS_EXEC, PROCESS_EXIT, PROCESS_KPROBE, ...")
+    e.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                   help="only pods in this Kubernetes namespace (repeatable)")
+    e.add_argument("--host", action="store_true", help="only host processes (not in a pod)")
+    e.add_argument("--pod", action="append", default=[], metavar="REGEX", help="only pods whose name matches")
+    e.add_argument("--policy-names", action="append", default=[], metavar="NAME",
+                   help="only events of this tracing policy (repeatable)")
+    e.add_argument("-f", "--field-filter", dest="include_fields", metavar="FIELDS",
+                   help="only these fields, comma-separated (e.g. process.binary,process.pid)")
+    e.add_argument("-F", "--exclude-fields", metavar="FIELDS", help="drop these fields, comma-separated")
     e.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     e.add_argument("--timestamps", action="store_true", help="prefix compact lines with the event time")
-    e.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    e.add_argument("--reconnect", action="store_true", help="keep retrying when the agent is down or restarts")
+    _client_flags(e)
 
-    s = sub.add_parser("status", help="the running agent's counters (events, losses, cache)")
+    s = sub.add_parser("status", help="the running agent's counters (events, losses, cache, API clients)")
     s.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    s.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    _client_flags(s)
 
     pr = sub.add_parser("probe", help="report which eBPF features this kernel supports",
                         description="Load a tiny program per feature (program and attach types, helpers) and "
@@ -160,8 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     v = sub.add_parser("version", help="client and agent versions")
-    v.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    _client_flags(v)
     return p
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--server-address", metavar="ADDR",
+                   help=f"the agent's gRPC API (default: from {DEFAULT_INFO_FILE}, else {DEFAULT_ADDRESS})")
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    g.add_argument("--tls-ca-file", metavar="PEM", help="verify the server with this CA (TCP with TLS)")
+    g.add_argument("--tls-cert-file", metavar="PEM", help="client certificate (mTLS)")
+    g.add_argument("--tls-key-file", metavar="PEM", help="client key (mTLS)")
+    g.add_argument("--tls-server-name", metavar="NAME", help="expected server name in its certificate")
+
+
+def _client(args: argparse.Namespace):
+    from lanner.client import AgentClient, TlsOptions
+
+    return AgentClient(args.server_address, args.timeout,
+                       TlsOptions(args.tls_ca_file, args.tls_cert_file, args.tls_key_file, args.tls_server_name))
 
 
 def _setup_logging(level: str) -> None:
@@ -197,11 +235,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.export_rate_limit < -1:
         print("lanner agent: --export-rate-limit must be -1 (no limit) or >= 0", file=sys.stderr)
         return 2
+    from lanner.exporter.grpc_api import GrpcConfig
+
+    grpc_cfg = None
+    if args.server_address:
+        grpc_cfg = GrpcConfig(address=args.server_address, tls_cert=args.server_tls_cert_file,
+                              tls_key=args.server_tls_key_file, tls_client_ca=args.server_tls_client_ca_files,
+                              enable_deprecated_policy_rpcs=args.enable_deprecated_tracingpolicy_grpc,
+                              info_file=args.info_file)
     cfg = AgentConfig(
         node_name=args.node_name, export_stdout=args.export_stdout, export_file=args.export_file,
         export_file_max_mb=args.export_file_max_size_mb, export_file_max_backups=args.export_file_max_backups,
         export_file_compress=args.export_file_compress, export_file_perm=args.export_file_perm,
-        socket_path=args.socket, pin_dir=args.bpf_pin_dir, process_cache_size=args.process_cache_size,
+        grpc=grpc_cfg, pin_dir=args.bpf_pin_dir, process_cache_size=args.process_cache_size,
         rb_size=args.rb_size, execve_map_entries=args.execve_map_entries, args_max=args.args_max,
         procfs_seed=args.procfs_seed, process_cred=args.enable_process_cred, process_ns=args.enable_process_ns,
         run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
@@ -230,25 +276,47 @@ def _event_types(values: list[str]) -> list[str]:
     return out
 
 
+def _filter_request(args: argparse.Namespace) -> dict:
+    """The getevents flags as one Tetragon Filter (keys ANDed)."""
+    from lanner.exporter.filters import FilterError, event_kind
+
+    f: dict = {}
+    types = _event_types(args.event_types)
+    if types:
+        try:
+            f["event_set"] = [event_kind(t, "--event-types").upper() for t in types]
+        except FilterError as exc:
+            raise ValueError(str(exc)) from None
+    if args.pid:
+        f["pid"] = args.pid
+    if args.process:
+        f["binary_regex"] = args.process
+    if args.namespace or args.host:
+        f["namespace"] = args.namespace + ([""] if args.host else [])
+    if args.pod:
+        f["pod_regex"] = args.pod
+    if args.policy_names:
+        f["policy_names"] = args.policy_names
+    return f
+
+
 def cmd_getevents(args: argparse.Namespace) -> int:
+    import time
+
     import orjson
 
+    from lanner.client import AgentUnavailable, ApiError, event_json
     from lanner.exporter.compact import CompactFormatter
-    from lanner.exporter.filters import JsonEventView
-    from lanner.localapi import AgentUnavailable, LocalApiClient, RequestError, request_filters
+    from lanner.exporter.filters import FilterError, FilterSet, JsonEventView
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     fmt = CompactFormatter(color=color, timestamps=args.timestamps)
-    from lanner.exporter.filters import FilterError, event_kind
-
-    types = _event_types(args.event_types)
     try:
-        for t in types:
-            event_kind(t, "--event-types")
-    except FilterError as exc:
+        flt = _filter_request(args)
+        fset = FilterSet.from_lists([flt] if flt else [], [])
+    except (ValueError, FilterError) as exc:
         print(f"lanner getevents: {exc}", file=sys.stderr)
         return 2
-    req = {"event_types": types, "pids": args.pid, "binary_regex": args.process}
     out = sys.stdout
 
     def show(line: bytes) -> None:
@@ -262,22 +330,63 @@ def cmd_getevents(args: argparse.Namespace) -> int:
 
     try:
         if not sys.stdin.isatty() and not _stdin_is_empty_device():
-            flt = request_filters(req)
-            for raw in sys.stdin.buffer:
-                raw = raw.strip()
-                if not raw:
-                    continue
-                view = JsonEventView.from_event(orjson.loads(raw))
-                if view is not None and flt.admits(view):
-                    show(raw)
-            return 0
-        for line in LocalApiClient(args.socket).stream(req):
-            show(line)
-    except (AgentUnavailable, RequestError) as exc:
+            return _events_from_stdin(fset, args, show)
+        request = _events_request(flt, args)
+        while True:
+            try:
+                with _client(args) as client:
+                    for ev in client.events(request):
+                        show(event_json(ev))
+                if not args.reconnect:
+                    return 0
+            except AgentUnavailable as exc:
+                if not args.reconnect:
+                    raise
+                print(f"lanner getevents: {exc}; retrying in 2 s", file=sys.stderr)
+            time.sleep(2)
+    except (AgentUnavailable, ApiError) as exc:
         print(f"lanner getevents: {exc}", file=sys.stderr)
         return 1
     except (BrokenPipeError, KeyboardInterrupt):
         return 0
+
+
+def _events_request(flt: dict, args: argparse.Namespace):
+    from google.protobuf import json_format
+
+    from lanner.exporter.api.gen.tetragon import events_pb2
+
+    req = events_pb2.GetEventsRequest()
+    if flt:
+        json_format.ParseDict(flt, req.allow_list.add())
+    for fields, action in ((args.include_fields, events_pb2.INCLUDE), (args.exclude_fields, events_pb2.EXCLUDE)):
+        if fields:
+            ff = req.field_filters.add(action=action)
+            ff.fields.paths.extend(p.strip() for p in fields.split(",") if p.strip())
+    return req
+
+
+def _events_from_stdin(fset, args: argparse.Namespace, show) -> int:
+    import orjson
+
+    from lanner.exporter.fieldfilters import FieldFilterSet
+    from lanner.exporter.filters import JsonEventView
+
+    lines = []
+    if args.include_fields:
+        lines.append(orjson.dumps({"fields": args.include_fields, "action": "INCLUDE"}).decode())
+    if args.exclude_fields:
+        lines.append(orjson.dumps({"fields": args.exclude_fields, "action": "EXCLUDE"}).decode())
+    ff = FieldFilterSet.parse_lines("\n".join(lines), "fields")
+    for raw in sys.stdin.buffer:
+        raw = raw.strip()
+        if not raw:
+            continue
+        ev = orjson.loads(raw)
+        view = JsonEventView.from_event(ev)
+        if view is None or not fset.admits(view):
+            continue
+        show(orjson.dumps(ff.apply(view.kind, ev)) if ff else raw)
     return 0
 
 
@@ -295,34 +404,37 @@ def _stdin_is_empty_device() -> bool:
 def cmd_status(args: argparse.Namespace) -> int:
     import orjson
 
-    from lanner.localapi import AgentUnavailable, LocalApiClient
+    from lanner.client import AgentUnavailable, ApiError
 
     try:
-        st = LocalApiClient(args.socket).status()
-    except AgentUnavailable as exc:
+        with _client(args) as client:
+            st = client.status()
+    except (AgentUnavailable, ApiError) as exc:
         print(f"lanner status: {exc}", file=sys.stderr)
         return 1
     if args.output == "json":
         print(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
         return 0
-    rb, pc = st["ringbuf"], st["process_cache"]
+    rb, pc, api = st["ringbuf"], st["process_cache"], st.get("api", {})
     print(f"agent      running (pid {st['pid']}, version {st['version']}, node {st['node_name']}, "
           f"up {st['uptime_s']:.0f}s, ready in {st['ready_s']:.2f}s)")
     print(f"sensors    {', '.join(st['sensors'])}")
     print("events     " + ", ".join(f"{k} {v}" for k, v in st["events"].items()))
     print(f"ringbuf    {rb['size_bytes']} bytes, lost {rb['lost_total']}")
     print(f"cache      {pc['size']}/{pc['capacity']} processes, evictions {pc['evictions']}, misses {pc['misses']}")
-    print(f"clients    {st['local_api'].get('subscribers', 0)} following, dropped {st['local_api'].get('dropped', 0)}")
+    print(f"api        {api.get('address')}: {api.get('clients', 0)} clients following, "
+          f"dropped {api.get('dropped', 0)}")
     return 0
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from lanner.localapi import AgentUnavailable, LocalApiClient
+    from lanner.client import AgentUnavailable, ApiError
 
     print(f"client  {__version__}")
     try:
-        print(f"agent   {LocalApiClient(args.socket, timeout=2).request({'op': 'version'})['version']}")
-    except (AgentUnavailable, OSError):
+        with _client(args) as client:
+            print(f"agent   {client.version()}")
+    except (AgentUnavailable, ApiError):
         print("agent   not running")
     return 0
 

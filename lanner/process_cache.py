@@ -51,6 +51,7 @@ class Process:
     alive: bool = True
     # encoders may memoise their rendering of this (immutable) process here
     encoded: Any = field(default=None, repr=False)
+    encoded_pb: Any = field(default=None, repr=False)
 
     @property
     def ktime(self) -> int:

@@ -56,10 +56,15 @@ class RunningAgent:
     stderr_path: Path
     _offset: dict = field(default_factory=dict)
 
-    def status(self) -> dict:
-        from lanner.localapi import LocalApiClient
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
 
-        return LocalApiClient(self.socket).status()
+    def status(self) -> dict:
+        from lanner.client import AgentClient
+
+        with AgentClient(self.address, timeout=5) as c:
+            return c.status()
 
     def events(self) -> list[dict]:
         """Every event exported so far (all rotated files included, oldest first)."""
@@ -101,10 +106,11 @@ class RunningAgent:
 
 def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict | None = None) -> RunningAgent:
     export = tmp_path / "export" / "events.log"
-    sock = tmp_path / "agent.sock"
+    sock = tmp_path / "lanner.sock"
     err = tmp_path / "agent.stderr"
     cmd = [sys.executable, "-m", "lanner", "agent", "--no-export-stdout", "--export-filename", str(export),
-           "--socket", str(sock), "--node-name", node, "--health-server-address", "127.0.0.1:0", *extra]
+           "--server-address", f"unix://{sock}", "--info-file", str(tmp_path / "lanner-info.json"),
+           "--node-name", node, "--health-server-address", "127.0.0.1:0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL,
                             env=env)
     agent = RunningAgent(proc, export, sock, node, err)
@@ -116,7 +122,7 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
             try:
                 if agent.status().get("ready_s") is not None:
                     return agent
-            except OSError:
+            except (OSError, RuntimeError):
                 pass
         if time.monotonic() > deadline:
             agent.stop()

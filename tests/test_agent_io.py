@@ -76,11 +76,11 @@ def test_getevents_compact_follows_the_live_stream_with_filters(tmp_path):
     client = None
     try:
         client = subprocess.Popen(
-            LANNER + ["getevents", "-o", "compact", "--socket", str(a.socket), "--process", "true$",
+            LANNER + ["getevents", "-o", "compact", "--server-address", a.address, "--process", "true$",
                       "--event-types", "PROCESS_EXEC"],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         deadline = time.monotonic() + 10
-        while a.status()["local_api"]["subscribers"] < 1:
+        while a.status()["api"]["clients"] < 1:
             assert time.monotonic() < deadline, "getevents did not subscribe"
             time.sleep(0.05)
         subprocess.run(["/bin/echo", "not-shown"], stdout=subprocess.DEVNULL)
@@ -111,27 +111,28 @@ def test_getevents_json_from_a_pipe_and_bad_requests(tmp_path):
     # bad filter: a clear error naming the field
     p = subprocess.run(LANNER + ["getevents", "-e", "PROCESS_NOPE"], input=data.decode(), capture_output=True, text=True)
     assert p.returncode == 2 and "--event-types: unknown event type 'PROCESS_NOPE'" in p.stderr
-    # no agent: a clear error naming the socket
-    p = subprocess.run(LANNER + ["getevents", "--socket", str(tmp_path / "none.sock")], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True)
+    # no agent: a clear error naming the address
+    p = subprocess.run(LANNER + ["getevents", "--server-address", f"unix://{tmp_path}/none.sock", "--timeout", "2"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "none.sock" in p.stderr and "lanner agent" in p.stderr
 
 
 def test_status_and_version_commands(tmp_path):
     a = start_agent(tmp_path)
     try:
-        p = subprocess.run(LANNER + ["status", "-o", "json", "--socket", str(a.socket)], capture_output=True, text=True)
+        p = subprocess.run(LANNER + ["status", "-o", "json", "--server-address", a.address], capture_output=True, text=True)
         st = json.loads(p.stdout)
         assert st["pid"] == a.proc.pid and st["sensors"] == ["process"] and st["ringbuf"]["lost_total"] == 0
         assert st["process_cache"]["size"] > 3  # seeded from /proc
         assert st["kernel"]["tracepoint"] is True and st["kernel"]["kprobe"] is False
-        p = subprocess.run(LANNER + ["status", "--socket", str(a.socket)], capture_output=True, text=True)
+        p = subprocess.run(LANNER + ["status", "--server-address", a.address], capture_output=True, text=True)
         assert p.returncode == 0 and "lost 0" in p.stdout and f"pid {a.proc.pid}" in p.stdout
-        p = subprocess.run(LANNER + ["version", "--socket", str(a.socket)], capture_output=True, text=True)
+        p = subprocess.run(LANNER + ["version", "--server-address", a.address], capture_output=True, text=True)
         assert "client  0.1.0" in p.stdout and "agent   0.1.0" in p.stdout
     finally:
         a.stop()
-    p = subprocess.run(LANNER + ["status", "--socket", str(a.socket)], capture_output=True, text=True)
+    p = subprocess.run(LANNER + ["status", "--server-address", a.address, "--timeout", "2"], capture_output=True,
+                       text=True, timeout=30)
     assert p.returncode == 1 and "is 'lanner agent' running?" in p.stderr
 
 

@@ -80,6 +80,6 @@ def test_health_reports_a_stalled_loop_and_unknown_paths():
 
 def test_bad_server_addresses_are_refused(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lanner", "agent", "--metrics-server", "nope", "--no-export-stdout", "--skip-probe",
-                        "--socket", str(tmp_path / "s"), "--health-server-address", ""],
+                        "--server-address", f"unix://{tmp_path}/s", "--health-server-address", ""],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "--metrics-server: 'nope' is not [ADDR]:PORT" in p.stderr

@@ -252,7 +252,7 @@ def test_bad_configuration_is_refused_clearly(tmp_path):
     assert p.returncode == 2 and "--rb-size must be a power of two" in p.stderr
     before = _loaded_prog_ids("lanner_exec")
     p = subprocess.run([sys.executable, "-m", "lanner", "agent", "--bpf-pin-dir", "/sys/fs/bpf/elsewhere",
-                        "--no-export-stdout", "--socket", str(tmp_path / "s.sock"), "--skip-probe"],
+                        "--no-export-stdout", "--server-address", f"unix://{tmp_path}/s.sock", "--skip-probe"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "must be under /sys/fs/bpf/lanner" in p.stderr
     assert not (tmp_path / "s.sock").exists()

@@ -1,0 +1,450 @@
+"""The agent's gRPC API: ``tetragon.FineGuidanceSensors``, wire-compatible with Tetragon's.
+
+Tools built on Tetragon's protos (the ``tetra`` CLI, SIEM forwarders) work against lanner unchanged.
+Served on a unix socket by default (root-owned, mode 0660), optionally on TCP with TLS or mTLS.
+
+``GetEvents`` is the hot path. Each process's protobuf is rendered once (from the same dict as its
+JSON, so both always agree) and memoised; an event's wire bytes are then assembled by concatenating
+length-delimited fields, once per event however many clients follow. Every client has a bounded
+queue: when a slow client's queue is full its events are dropped and counted
+(``tetragon_notify_overflowed_events_total``), and the agent never waits for it.
+
+One extra method outside Tetragon's service, ``/lanner.v1.Agent/Status``, returns the agent's status
+as JSON (raw bytes in, raw bytes out) for ``lanner status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import grpc
+import orjson
+from google.protobuf import json_format
+
+from lanner.exporter.api.gen.tetragon import events_pb2, sensors_pb2, tetragon_pb2
+from lanner.exporter.fieldfilters import FieldFilter, FieldFilterSet
+from lanner.exporter.filters import EVENT_TYPES, FilterError, FilterSet
+from lanner.exporter.pipeline import OutEvent
+
+log = logging.getLogger("lanner.grpc")
+
+SERVICE = "tetragon.FineGuidanceSensors"
+STATUS_METHOD = "/lanner.v1.Agent/Status"
+DEFAULT_ADDRESS = "unix:///var/run/lanner/lanner.sock"
+DEFAULT_INFO_FILE = Path("/var/run/lanner/lanner-info.json")
+_KIND_BY_NUMBER = {v: k for k, v in EVENT_TYPES.items()}
+
+
+# ---------------------------------------------------------------------------------------- wire format
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(field_no: int, payload: bytes) -> bytes:
+    """A length-delimited field (message, string, bytes)."""
+    return _varint(field_no << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _vi(field_no: int, value: int) -> bytes:
+    return _varint(field_no << 3) + _varint(value)
+
+
+def _timestamp(wall_ns: int) -> bytes:
+    sec, ns = divmod(wall_ns, 1_000_000_000)
+    return (_vi(1, sec) if sec else b"") + (_vi(2, ns) if ns else b"")
+
+
+class ProtoEventEncoder:
+    """``GetEventsResponse`` wire bytes for process events."""
+
+    def __init__(self, json_encoder: Any, node_name: str) -> None:
+        self.json = json_encoder  # exporter.encoder.ProcessEventEncoder: the one rendering of a process
+        self.clock = json_encoder.clock
+        self._node = _ld(1000, node_name.encode())
+
+    def process_bytes(self, p: Any) -> bytes:
+        pb = p.encoded_pb
+        if pb is None:
+            msg = json_format.ParseDict(self.json.process_dict(p), tetragon_pb2.Process())
+            pb = p.encoded_pb = msg.SerializeToString()
+        return pb
+
+    def _body(self, p: Any, parent: Any | None) -> bytes:
+        b = _ld(1, self.process_bytes(p))
+        if parent is not None:
+            b += _ld(2, self.process_bytes(parent))
+        return b
+
+    def exec_event(self, p: Any, parent: Any | None) -> bytes:
+        return _ld(1, self._body(p, parent)) + self._node + _ld(1001, _timestamp(self.clock.wall_ns(p.start_ns)))
+
+    def exit_event(self, p: Any, parent: Any | None, ktime: int, status: int, sig: int) -> bytes:
+        from lanner.exporter.encoder import signal_name
+
+        ts = _timestamp(self.clock.wall_ns(ktime))
+        body = self._body(p, parent)
+        if sig:
+            body += _ld(3, signal_name(sig).encode())
+        if status:
+            body += _vi(4, status)
+        body += _ld(5, ts)
+        return _ld(5, body) + self._node + _ld(1001, ts)
+
+
+# ---------------------------------------------------------------------------------------- subscribers
+def request_filters(req: events_pb2.GetEventsRequest) -> tuple[FilterSet, FieldFilterSet]:
+    def as_dict(f: events_pb2.Filter) -> dict:
+        return json_format.MessageToDict(f, preserving_proto_field_name=True)
+
+    try:
+        fs = FilterSet.from_lists([as_dict(f) for f in req.allow_list], [as_dict(f) for f in req.deny_list])
+    except FilterError as exc:
+        raise ValueError(str(exc)) from None
+    ffs = []
+    for i, ff in enumerate(req.field_filters):
+        kinds = frozenset(_KIND_BY_NUMBER[t] for t in ff.event_set if t in _KIND_BY_NUMBER)
+        paths = tuple(tuple(p.split(".")) for p in ff.fields.paths)
+        if not paths:
+            raise ValueError(f"field_filters[{i}].fields: no field paths")
+        ffs.append(FieldFilter(paths, kinds, ff.invert_event_set.value, ff.action == events_pb2.INCLUDE))
+    return fs, FieldFilterSet(tuple(ffs))
+
+
+@dataclass(eq=False)
+class GrpcSubscriber:
+    filters: FilterSet
+    field_filters: FieldFilterSet
+    max_queue: int
+    queue: deque = field(default_factory=deque)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    sent: int = 0
+    dropped: int = 0
+    closed: bool = False
+
+    def offer(self, events: list[OutEvent]) -> None:
+        added = 0
+        admits = self.filters.admits
+        q = self.queue
+        for ev in events:
+            if ev.pb is None or not admits(ev):
+                continue  # (no pb: the batch was encoded before this client joined)
+            if len(q) >= self.max_queue:
+                self.dropped += 1
+                continue
+            q.append(ev.pb if not self.field_filters else self._filtered(ev))
+            added += 1
+        if added:
+            with self.cond:
+                self.cond.notify()
+
+    def _filtered(self, ev: OutEvent) -> bytes:
+        d = self.field_filters.apply(ev.kind, orjson.loads(ev.line))
+        return json_format.ParseDict(d, events_pb2.GetEventsResponse(), ignore_unknown_fields=True).SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------- policies
+class PolicyManager(Protocol):
+    """What the API needs from the policy engine."""
+
+    def add(self, yaml_text: str) -> None: ...
+    def delete(self, name: str, namespace: str) -> None: ...
+    def list(self) -> list[sensors_pb2.TracingPolicyStatus]: ...
+    def configure(self, name: str, namespace: str, enable: bool | None, mode: int | None) -> None: ...
+
+
+class NoPolicyEngine:
+    """Used until a policy engine is attached: every policy request gets a clear refusal."""
+
+    reason = "this lanner agent has no TracingPolicy engine loaded"
+
+    def add(self, yaml_text: str) -> None:
+        raise NotImplementedError(self.reason)
+
+    def delete(self, name: str, namespace: str) -> None:
+        raise KeyError(f"tracing policy {name!r} not found")
+
+    def list(self) -> list[sensors_pb2.TracingPolicyStatus]:
+        return []
+
+    def configure(self, name: str, namespace: str, enable: bool | None, mode: int | None) -> None:
+        raise KeyError(f"tracing policy {name!r} not found")
+
+
+# ---------------------------------------------------------------------------------------- the server
+@dataclass(frozen=True)
+class GrpcConfig:
+    address: str = DEFAULT_ADDRESS  # unix:///path or host:port
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: mTLS (clients must present a certificate signed by it)
+    enable_deprecated_policy_rpcs: bool = False
+    max_queue: int = 10000  # events per client before drops
+    max_clients: int = 64
+    info_file: Path | None = DEFAULT_INFO_FILE
+
+
+class AgentFacade(Protocol):
+    """What the server needs from the agent."""
+
+    def status(self) -> dict: ...
+    def version(self) -> str: ...
+    def probes(self) -> dict[str, bool]: ...
+
+
+class GrpcApiServer:
+    def __init__(self, agent: AgentFacade, config: GrpcConfig, policies: PolicyManager | None = None) -> None:
+        self.agent = agent
+        self.cfg = config
+        self.policies: PolicyManager = policies or NoPolicyEngine()
+        self._subs: tuple[GrpcSubscriber, ...] = ()
+        self._subs_lock = threading.Lock()
+        self.dropped_closed = 0  # drops of clients that have gone
+        self._stopping = threading.Event()
+        self._socket_path: Path | None = None
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=config.max_clients + 8,
+                                                      thread_name_prefix="lanner-grpc"),
+                                   options=[("grpc.so_reuseport", 0)])
+        self._server.add_generic_rpc_handlers((self._handlers(), self._lanner_handlers()))
+        self.address = self._bind()
+        self._server.start()
+        if self._socket_path is not None:
+            os.chmod(self._socket_path, 0o660)
+        self._write_info()
+        log.info("gRPC API on %s", self.address)
+
+    # ---- binding
+    def _bind(self) -> str:
+        addr = self.cfg.address
+        if addr.startswith("unix://"):
+            path = Path(addr[len("unix://"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_symlink():
+                if not stat.S_ISSOCK(path.lstat().st_mode):
+                    raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+                if _socket_in_use(path):
+                    raise RuntimeError(f"another agent is already serving {path}")
+                path.unlink()
+            self._socket_path = path
+            old = os.umask(0o117)
+            try:
+                self._server.add_insecure_port(addr)
+            finally:
+                os.umask(old)
+            return addr
+        if self.cfg.tls_cert or self.cfg.tls_key:
+            if not (self.cfg.tls_cert and self.cfg.tls_key):
+                raise ValueError("TLS needs both --server-tls-cert-file and --server-tls-key-file")
+            key = Path(self.cfg.tls_key).read_bytes()
+            cert = Path(self.cfg.tls_cert).read_bytes()
+            ca = Path(self.cfg.tls_client_ca).read_bytes() if self.cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+            port = self._server.add_secure_port(addr, creds)
+        else:
+            port = self._server.add_insecure_port(addr)
+        if port == 0:
+            raise OSError(f"--server-address {addr}: cannot listen there")
+        host = addr.rsplit(":", 1)[0]
+        return f"{host}:{port}"
+
+    def _write_info(self) -> None:
+        if self.cfg.info_file is None:
+            return
+        info = {"server_address": self.address, "version": self.agent.version(), "pid": os.getpid()}
+        self.cfg.info_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cfg.info_file.with_name(self.cfg.info_file.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
+        tmp.replace(self.cfg.info_file)
+
+    # ---- event fan-out (called from the agent's thread)
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subs)
+
+    def publish(self, events: list[OutEvent]) -> None:
+        for sub in self._subs:
+            sub.offer(events)
+
+    def stats(self) -> dict:
+        subs = self._subs
+        return {"clients": len(subs), "dropped": self.dropped_closed + sum(s.dropped for s in subs),
+                "sent": sum(s.sent for s in subs)}
+
+    # ---- RPCs
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Callable, req_cls: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req_cls.FromString, response_serializer=lambda m: m.SerializeToString())
+
+        s = sensors_pb2
+        deprecated = self._deprecated
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "GetEvents": grpc.unary_stream_rpc_method_handler(
+                self._get_events, request_deserializer=events_pb2.GetEventsRequest.FromString,
+                response_serializer=None),  # the stream carries pre-encoded bytes
+            "GetHealth": unary(self._get_health, tetragon_pb2.GetHealthStatusRequest),
+            "GetVersion": unary(lambda r, c: s.GetVersionResponse(version=self.agent.version()), s.GetVersionRequest),
+            "GetInfo": unary(self._get_info, s.GetInfoRequest),
+            "AddTracingPolicy": unary(self._add_policy, s.AddTracingPolicyRequest),
+            "DeleteTracingPolicy": unary(self._delete_policy, s.DeleteTracingPolicyRequest),
+            "ListTracingPolicies": unary(self._list_policies, s.ListTracingPoliciesRequest),
+            "ConfigureTracingPolicy": unary(self._configure_policy, s.ConfigureTracingPolicyRequest),
+            "EnableTracingPolicy": unary(self._enable_policy, s.EnableTracingPolicyRequest),
+            "DisableTracingPolicy": unary(self._disable_policy, s.DisableTracingPolicyRequest),
+            "ListDomains": unary(lambda r, c: s.ListDomainsResponse(domains=["grpc", "static"]), s.ListDomainsRequest),
+            "ListSensors": unary(deprecated("ListSensors"), s.ListSensorsRequest),
+            "EnableSensor": unary(deprecated("EnableSensor"), s.EnableSensorRequest),
+            "DisableSensor": unary(deprecated("DisableSensor"), s.DisableSensorRequest),
+            "RemoveSensor": unary(deprecated("RemoveSensor"), s.RemoveSensorRequest),
+            "RuntimeHook": unary(lambda r, c: tetragon_pb2.RuntimeHookResponse(), tetragon_pb2.RuntimeHookRequest),
+            "GetDebug": unary(self._get_debug, s.GetDebugRequest),
+            "SetDebug": unary(self._set_debug, s.SetDebugRequest),
+        })
+
+    def _lanner_handlers(self) -> grpc.GenericRpcHandler:
+        status = grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: orjson.dumps(self.agent.status()), request_deserializer=None, response_serializer=None)
+        return grpc.method_handlers_generic_handler("lanner.v1.Agent", {"Status": status})
+
+    def _get_events(self, request: events_pb2.GetEventsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            flt, ff = request_filters(request)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        sub = GrpcSubscriber(flt, ff, self.cfg.max_queue)
+        with self._subs_lock:
+            self._subs = self._subs + (sub,)
+        log.debug("GetEvents client %s connected (%d clients)", context.peer(), len(self._subs))
+        try:
+            while context.is_active() and not self._stopping.is_set():
+                with sub.cond:
+                    if not sub.queue:
+                        sub.cond.wait(timeout=0.5)
+                q = sub.queue
+                while q:
+                    item = q.popleft()
+                    sub.sent += 1
+                    yield item
+        finally:
+            with self._subs_lock:
+                self._subs = tuple(s for s in self._subs if s is not sub)
+                self.dropped_closed += sub.dropped
+
+    def _get_health(self, request: Any, context: Any) -> tetragon_pb2.GetHealthStatusResponse:
+        return tetragon_pb2.GetHealthStatusResponse(health_status=[tetragon_pb2.HealthStatus(
+            event=tetragon_pb2.HEALTH_STATUS_TYPE_STATUS, status=tetragon_pb2.HEALTH_STATUS_RUNNING,
+            details="running")])
+
+    def _get_info(self, request: Any, context: Any) -> sensors_pb2.GetInfoResponse:
+        from google.protobuf.wrappers_pb2 import BoolValue
+
+        probes = [sensors_pb2.GetInfoResponse.Probe(Name=k, Enabled=BoolValue(value=v))
+                  for k, v in sorted(self.agent.probes().items())]
+        return sensors_pb2.GetInfoResponse(version=self.agent.version(), name="lanner", probes=probes)
+
+    def _deprecated(self, name: str) -> Callable:
+        def handler(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          f"{name} is deprecated and not served by lanner; use the TracingPolicy RPCs")
+        return handler
+
+    def _policy_call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except KeyError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
+        except NotImplementedError as exc:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except (ValueError, RuntimeError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def _add_policy(self, r: Any, c: Any) -> Any:
+        self._policy_call(c, lambda: self.policies.add(r.yaml))
+        return sensors_pb2.AddTracingPolicyResponse()
+
+    def _delete_policy(self, r: Any, c: Any) -> Any:
+        self._policy_call(c, lambda: self.policies.delete(r.name, r.namespace))
+        return sensors_pb2.DeleteTracingPolicyResponse()
+
+    def _list_policies(self, r: Any, c: Any) -> Any:
+        return sensors_pb2.ListTracingPoliciesResponse(policies=self._policy_call(c, self.policies.list))
+
+    def _configure_policy(self, r: Any, c: Any) -> Any:
+        enable = r.enable if r.HasField("enable") else None
+        mode = r.mode if r.HasField("mode") else None
+        self._policy_call(c, lambda: self.policies.configure(r.name, r.namespace, enable, mode))
+        return sensors_pb2.ConfigureTracingPolicyResponse()
+
+    def _enable_policy(self, r: Any, c: grpc.ServicerContext) -> Any:
+        self._require_deprecated(c, "EnableTracingPolicy")
+        self._policy_call(c, lambda: self.policies.configure(r.name, r.namespace, True, None))
+        return sensors_pb2.EnableTracingPolicyResponse()
+
+    def _disable_policy(self, r: Any, c: grpc.ServicerContext) -> Any:
+        self._require_deprecated(c, "DisableTracingPolicy")
+        self._policy_call(c, lambda: self.policies.configure(r.name, r.namespace, False, None))
+        return sensors_pb2.DisableTracingPolicyResponse()
+
+    def _require_deprecated(self, context: grpc.ServicerContext, name: str) -> None:
+        if not self.cfg.enable_deprecated_policy_rpcs:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{name} is deprecated: use ConfigureTracingPolicy, or start the agent with "
+                          "--enable-deprecated-tracingpolicy-grpc")
+
+    def _get_debug(self, request: sensors_pb2.GetDebugRequest, context: Any) -> sensors_pb2.GetDebugResponse:
+        level = logging.getLogger("lanner").getEffectiveLevel()
+        names = {logging.DEBUG: "LOG_LEVEL_DEBUG", logging.INFO: "LOG_LEVEL_INFO",
+                 logging.WARNING: "LOG_LEVEL_WARN", logging.ERROR: "LOG_LEVEL_ERROR"}
+        return sensors_pb2.GetDebugResponse(flag=request.flag, level=sensors_pb2.LogLevel.Value(
+            names.get(level, "LOG_LEVEL_INFO")))
+
+    def _set_debug(self, request: sensors_pb2.SetDebugRequest, context: Any) -> sensors_pb2.SetDebugResponse:
+        name = sensors_pb2.LogLevel.Name(request.level)
+        py = {"LOG_LEVEL_DEBUG": logging.DEBUG, "LOG_LEVEL_TRACE": logging.DEBUG, "LOG_LEVEL_INFO": logging.INFO,
+              "LOG_LEVEL_WARN": logging.WARNING, "LOG_LEVEL_ERROR": logging.ERROR}.get(name)
+        if py is not None:
+            logging.getLogger("lanner").setLevel(py)
+            log.info("log level set to %s over the API", name)
+        return sensors_pb2.SetDebugResponse(flag=request.flag, level=request.level)
+
+    # ---- shutdown
+    def close(self) -> None:
+        self._stopping.set()
+        for sub in self._subs:
+            with sub.cond:
+                sub.cond.notify_all()
+        self._server.stop(grace=1.0).wait(3)
+        if self._socket_path is not None:
+            self._socket_path.unlink(missing_ok=True)
+        if self.cfg.info_file is not None:
+            try:
+                info = orjson.loads(self.cfg.info_file.read_bytes())
+                if info.get("pid") == os.getpid():
+                    self.cfg.info_file.unlink()
+            except (OSError, orjson.JSONDecodeError):
+                pass
+
+
+def _socket_in_use(path: Path) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
