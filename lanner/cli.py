@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require client certificates signed by this CA (mTLS)")
     g.add_argument("--enable-deprecated-tracingpolicy-grpc", action="store_true",
                    help="serve the deprecated EnableTracingPolicy/DisableTracingPolicy RPCs")
+    g.add_argument("--server-client-queue-size", type=_positive_int, default=10000, metavar="N",
+                   help="events buffered per GetEvents client; a client that falls further behind loses events "
+                        "(counted in tetragon_notify_overflowed_events_total), the agent never waits for it")
     g.add_argument("--info-file", type=Path, default=DEFAULT_INFO_FILE,
                    help="where the agent writes its API address for clients")
     g.add_argument("--metrics-server", metavar="[ADDR]:PORT", default=None,
@@ -242,6 +245,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         grpc_cfg = GrpcConfig(address=args.server_address, tls_cert=args.server_tls_cert_file,
                               tls_key=args.server_tls_key_file, tls_client_ca=args.server_tls_client_ca_files,
                               enable_deprecated_policy_rpcs=args.enable_deprecated_tracingpolicy_grpc,
+                              max_queue=args.server_client_queue_size,
                               info_file=args.info_file)
     cfg = AgentConfig(
         node_name=args.node_name, export_stdout=args.export_stdout, export_file=args.export_file,

@@ -114,11 +114,14 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL,
                             env=env)
     agent = RunningAgent(proc, export, sock, node, err)
+    info = tmp_path / "lanner-info.json"
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
             raise AssertionError("agent failed to start:\n" + err.read_text()[-4000:])
-        if sock.exists():
+        if info.exists():
+            if not json.loads(info.read_text())["server_address"].startswith("unix://"):
+                return agent  # a TCP/TLS agent: its API is up once the info file is written
             try:
                 if agent.status().get("ready_s") is not None:
                     return agent
