@@ -196,7 +196,7 @@ class Agent:
         t0 = time.monotonic()
         snap = procfs.snapshot()
         known = {s.pid: s.ktime for s in snap}
-        self.sensor.seed((s.pid, s.ktime, s.ppid, known.get(s.ppid, 0)) for s in snap)
+        self.sensor.seed((s.pid, s.ktime, s.ppid, known.get(s.ppid, 0), s.binary) for s in snap)
         now = time.monotonic_ns()
         for s in snap:
             if self.cache.current(s.pid) is not None:

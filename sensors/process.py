@@ -37,7 +37,9 @@ F_CWD_UNREACHABLE = 1 << 8
 
 ARGS_MAX = 8192  # LANNER_ARGS_MAX in process.h
 _KEY = Codec.struct("<I")
-_ENTRY = Codec.struct("<IIQIIQ")  # struct execve_entry: key {pid, pad, ktime}, parent {pid, pad, ktime}
+BINARY_MAX = 256  # LANNER_BINARY_MAX
+# struct execve_entry: key {pid, pad, ktime}, parent {pid, pad, ktime}, binary_len, flags, binary[256]
+_ENTRY = Codec.struct(f"<IIQIIQII{BINARY_MAX}s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +257,14 @@ class ProcessSensor:
             self.obj.detach_all()
             raise
 
-    def seed(self, entries: Iterable[tuple[int, int, int, int]]) -> int:
-        """Record already-running processes as (pid, ktime, ppid, parent_ktime) without overwriting
-        identities the programs wrote since attach. Returns how many were added."""
+    def seed(self, entries: Iterable[tuple[int, int, int, int, str]]) -> int:
+        """Record already-running processes as (pid, ktime, ppid, parent_ktime, binary) without
+        overwriting identities the programs wrote since attach. Returns how many were added."""
         added = 0
-        for pid, ktime, ppid, pktime in entries:
+        for pid, ktime, ppid, pktime, binary in entries:
+            b = binary.encode(errors="surrogateescape")[: BINARY_MAX - 1]
             try:
-                self.execve_map.update(pid, (pid, 0, ktime, ppid, 0, pktime), BPF_NOEXIST)
+                self.execve_map.update(pid, (pid, 0, ktime, ppid, 0, pktime, len(b), 0, b), BPF_NOEXIST)
                 added += 1
             except BpfError as exc:
                 if exc.errno != 17:  # EEXIST: an exec or fork since attach already knows better

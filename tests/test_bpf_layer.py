@@ -78,14 +78,14 @@ def test_exec_record_round_trip_and_rodata_config(process_obj_path, mounts, tmp_
 def test_map_ops_typed_and_batch(process_obj_path, mounts):
     with BpfObject.open(process_obj_path) as obj:
         obj.load()
-        m = obj.map("execve_map", key=Codec.struct("<I"), value=Codec.struct("<IIQIIQ"))
+        m = obj.map("execve_map", key=Codec.struct("<I"), value=Codec.struct("<IIQIIQII256s"))
         for k in range(1_000_000, 1_000_050):
-            m.update(k, (k, 0, 7, 1, 0, 9))
-        assert m.lookup(1_000_003) == (1_000_003, 0, 7, 1, 0, 9)
+            m.update(k, (k, 0, 7, 1, 0, 9, 4, 0, b"/bin"))
+        assert m.lookup(1_000_003) == (1_000_003, 0, 7, 1, 0, 9, 4, 0, b"/bin".ljust(256, b"\0"))
         assert m.lookup(5) is None
         batch = dict(m.lookup_batch(chunk=16))
         assert len(batch) == 50 and batch[1_000_049][2] == 7
-        m.update_batch([(2_000_000 + i, (i, 0, 1, 0, 0, 0)) for i in range(10)])
+        m.update_batch([(2_000_000 + i, (i, 0, 1, 0, 0, 0, 0, 0, b"")) for i in range(10)])
         assert sorted(m.keys())[-1] == 2_000_009
         assert m.delete(2_000_000) and not m.delete(2_000_000)
         assert m.delete_batch([2_000_000 + i for i in range(1, 10)]) == 9

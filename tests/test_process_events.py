@@ -257,3 +257,35 @@ def test_bad_configuration_is_refused_clearly(tmp_path):
     assert p.returncode == 1 and "must be under /sys/fs/bpf/lanner" in p.stderr
     assert not (tmp_path / "s.sock").exists()
     assert _loaded_prog_ids("lanner_exec") <= before  # the failed start left nothing loaded
+
+
+def test_execve_map_keeps_each_live_process_binary_for_policies(tmp_path):
+    """Policy programs match binaries in the kernel through execve_map; check what it holds."""
+    from lanner.bpf import libbpf as L
+    from lanner.bpf.objects import Codec, Map
+    from tests.conftest import start_agent
+
+    pin_dir = Path(f"/sys/fs/bpf/lanner-test-bin-{os.getpid()}")
+    a = start_agent(tmp_path, "--bpf-pin-dir", str(pin_dir))
+    sleeper = subprocess.Popen(["/bin/sleep", "30"])
+    code = "import os,time\npid=os.fork()\nif pid==0:\n  time.sleep(30)\n  os._exit(0)\nprint(pid,flush=True)\ntime.sleep(30)"
+    forker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(forker.stdout.readline())
+        wait_exec(a, pid=sleeper.pid)
+        fd = L.bpf_obj_get(str(pin_dir / "process_execve_map").encode())
+        assert fd >= 0
+        m = Map("execve_map", fd, 1, 4, 296, 65536, Codec.struct("<I"), Codec.struct("<IIQIIQII256s"))
+        pid, _, ktime, ppid, _, _, blen, _, binary = m.lookup(sleeper.pid)
+        assert binary.rstrip(b"\0") == b"/bin/sleep" and blen == len(b"/bin/sleep") and ktime > 0
+        c = m.lookup(child)
+        assert c[8].rstrip(b"\0") == sys.executable.encode()  # a forked child runs its parent's binary
+        assert c[3] == forker.pid
+        os.close(fd)
+    finally:
+        for p in (sleeper, forker):
+            p.kill()
+            p.wait()
+        os.kill(child, 9) if child else None
+        a.stop()
+        pin_dir.rmdir()

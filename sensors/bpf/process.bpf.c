@@ -29,6 +29,7 @@ struct exec_scratch {
 	struct exec_event ev;
 	char data[EXEC_DATA_SIZE];
 	struct lanner_path_buf path;
+	struct execve_entry entry;
 };
 
 struct {
@@ -135,7 +136,7 @@ int BPF_PROG(lanner_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	__u32 zero = 0, off = 0, len, status;
 	struct exec_scratch *s = bpf_map_lookup_elem(&exec_heap, &zero);
 	__u64 id = bpf_get_current_pid_tgid();
-	struct execve_entry entry = {};
+	struct execve_entry *entry;
 	struct exec_event *ev;
 	const char *filename, *interp;
 	struct path root, pwd, exe;
@@ -229,31 +230,55 @@ int BPF_PROG(lanner_exec, struct task_struct *task, pid_t old_pid, struct linux_
 		size = sizeof(struct exec_event) + EXEC_DATA_SIZE;
 	lanner_output(LANNER_OP_EXEC, ev, size);
 
-	entry.key = ev->key;
-	entry.parent = ev->parent;
-	bpf_map_update_elem(&execve_map, &ev->key.pid, &entry, BPF_ANY);
+	/* the binary policies match on: the absolute filename, else the file the kernel ran */
+	entry = &s->entry;
+	__builtin_memset(entry, 0, sizeof(*entry));
+	entry->key = ev->key;
+	entry->parent = ev->parent;
+	if (ev->filename_len && s->data[0] == '/' && !(ev->flags & (LANNER_EXEC_SCRIPT | LANNER_EXEC_TRUNC_FILENAME))) {
+		len = ev->filename_len < LANNER_BINARY_MAX - 1 ? ev->filename_len : LANNER_BINARY_MAX - 1;
+		bpf_probe_read_kernel(entry->binary, len & (LANNER_BINARY_MAX - 1), &s->data[0]);
+	} else {
+		__u32 at = ev->filename_len & (LANNER_FILENAME_MAX - 1);
+
+		len = ev->exe_len < LANNER_BINARY_MAX - 1 ? ev->exe_len : LANNER_BINARY_MAX - 1;
+		bpf_probe_read_kernel(entry->binary, len & (LANNER_BINARY_MAX - 1), &s->data[at]);
+	}
+	entry->binary_len = len;
+	bpf_map_update_elem(&execve_map, &ev->key.pid, entry, BPF_ANY);
 	return 0;
 }
 
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(lanner_fork, struct task_struct *parent, struct task_struct *child)
 {
-	struct execve_entry entry = {};
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&exec_heap, &zero);
+	struct execve_entry *entry, *pentry;
 	struct clone_event *ev;
 	__u32 tgid = BPF_CORE_READ(child, tgid);
 	__u32 ptgid;
 
+	if (!s)
+		return 0;
 	if (tgid != BPF_CORE_READ(child, pid))
 		return 0; /* a new thread: same process */
 	if (BPF_CORE_READ(child, flags) & PF_KTHREAD)
 		return 0; /* kernel threads are not reported */
 	ptgid = BPF_CORE_READ(parent, tgid);
-	entry.key.pid = tgid;
-	entry.key.ktime = bpf_ktime_get_ns();
-	lookup_key(ptgid, &entry.parent);
-	if (!entry.parent.ktime)
-		entry.parent.pid = ptgid;
-	bpf_map_update_elem(&execve_map, &tgid, &entry, BPF_ANY);
+	entry = &s->entry;
+	pentry = bpf_map_lookup_elem(&execve_map, &ptgid);
+	if (pentry) {
+		__builtin_memcpy(entry, pentry, sizeof(*entry)); /* the child runs its parent's binary */
+		entry->parent = pentry->key;
+	} else {
+		__builtin_memset(entry, 0, sizeof(*entry));
+		entry->parent.pid = ptgid;
+	}
+	entry->key.pid = tgid;
+	entry->key.pad = 0;
+	entry->key.ktime = bpf_ktime_get_ns();
+	bpf_map_update_elem(&execve_map, &tgid, entry, BPF_ANY);
 	if (!cfg_emit_clone)
 		return 0;
 
@@ -266,9 +291,9 @@ int BPF_PROG(lanner_fork, struct task_struct *parent, struct task_struct *child)
 	ev->hdr.pad0 = 0;
 	ev->hdr.pad1 = 0;
 	ev->hdr.cpu = bpf_get_smp_processor_id();
-	ev->hdr.ktime = entry.key.ktime;
-	ev->key = entry.key;
-	ev->parent = entry.parent;
+	ev->hdr.ktime = entry->key.ktime;
+	ev->key = entry->key;
+	ev->parent = entry->parent;
 	ev->tid = tgid;
 	ev->nspid = task_nspid(child);
 	bpf_ringbuf_submit(ev, 0);

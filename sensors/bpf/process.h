@@ -112,8 +112,17 @@ struct exit_event {
 	__u32 exit_code; /* wait status: (code << 8) | signal */
 };
 
-/* execve_map value: the current identity of a live process */
+#define LANNER_BINARY_MAX 256 /* bytes of the binary path kept per live process (for policies) */
+
+/*
+ * execve_map value: the current identity of a live process, and the binary it runs (absolute path,
+ * zero padded, so policy programs can use it directly as a hash or LPM key for matchBinaries).
+ * Shared with the policy programs, which read it by reusing this map.
+ */
 struct execve_entry {
 	struct proc_key key;
 	struct proc_key parent;
+	__u32 binary_len;
+	__u32 flags;
+	char binary[LANNER_BINARY_MAX];
 };
