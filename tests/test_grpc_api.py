@@ -174,7 +174,10 @@ def test_slow_client_never_blocks_the_agent_and_drops_are_counted(gen, tmp_path)
     a = start_agent(tmp_path, "--metrics-server", "127.0.0.1:0", "--server-client-queue-size", "50")
     try:
         ev = gen["events_pb2"]
-        ch, s = stub(gen, a)
+        # no BDP probing: the stuck client's HTTP/2 window stays at 64 KiB, so the server cannot hide the
+        # backlog in transport buffers and the per-client queue has to absorb (and then drop) it
+        ch = grpc.insecure_channel(a.address, options=[("grpc.http2.bdp_probe", 0)])
+        s = gen["sensors_pb2_grpc"].FineGuidanceSensorsStub(ch)
         with ch:
             # a client that asks for everything and never reads
             stuck = s.GetEvents(ev.GetEventsRequest())
