@@ -70,6 +70,9 @@ class AgentConfig:
     metrics_address: str | None = None  # [ADDR]:PORT; None: off
     health_address: str | None = None  # [ADDR]:PORT; None: off
     bpf_stats: bool = False  # enable the kernel's per-program run-time stats while running
+    tracing_policies: tuple[Path, ...] = ()  # files (every YAML document in them) loaded at start
+    tracing_policy_dir: Path | None = None  # every *.yaml / *.yml in it, loaded at start
+    policy_engine: bool = True
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Agent:
         self.sensor: ProcessSensor | None = None
         self.ring: RingBuffer | None = None
         self.server: GrpcApiServer | None = None
+        self.engine = None  # lanner.policy.engine.PolicyEngine once started
         self.metrics = None
         self.health = None
         self._bpf_stats_fd = -1
@@ -137,8 +141,10 @@ class Agent:
             self._pin_maps(self.cfg.pin_dir)
         if self.cfg.procfs_seed:
             self._seed_from_procfs()
+        if self.cfg.policy_engine:
+            self._start_policy_engine()
         if self.cfg.grpc is not None:
-            self.server = GrpcApiServer(self, self.cfg.grpc)
+            self.server = GrpcApiServer(self, self.cfg.grpc, self.engine)
         if self.cfg.bpf_stats:
             from lanner.exporter.metrics import enable_bpf_stats
 
@@ -170,6 +176,33 @@ class Agent:
         if missing:
             raise RuntimeError(
                 "the process sensor needs " + ", ".join(missing) + " which this kernel lacks (see 'lanner probe')")
+
+    def _start_policy_engine(self) -> None:
+        try:
+            from lanner.policy.engine import EngineContext, PolicyEngine
+        except ImportError as exc:  # the engine ships with the policy package; absent, policies are refused
+            log.warning("TracingPolicy engine unavailable: %s", exc)
+            return
+        assert self.sensor is not None
+        self.engine = PolicyEngine(EngineContext(
+            probe=dict(self.probe_summary), execve_map_fd=self.sensor.obj.map("execve_map").fd, cache=self.cache,
+            encoder=self.encoder, proto=self.proto, node_name=self.cfg.node_name))
+        for path in self._policy_files():
+            try:
+                self.engine.add(path.read_text(), source=str(path))
+                log.info("loaded tracing policy file %s", path)
+            except (OSError, ValueError) as exc:
+                self.counters.errors["policy_load"] = self.counters.errors.get("policy_load", 0) + 1
+                log.error("tracing policy %s not loaded: %s", path, exc)
+
+    def _policy_files(self) -> list[Path]:
+        files = list(self.cfg.tracing_policies)
+        d = self.cfg.tracing_policy_dir
+        if d is not None:
+            if not d.is_dir():
+                raise FileNotFoundError(f"--tracing-policy-dir {d}: not a directory")
+            files += sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml"))
+        return files
 
     def _open_sinks(self) -> None:
         sinks: list[Sink] = self.export.sinks
@@ -215,6 +248,9 @@ class Agent:
         self._stop.set()
 
     def close(self) -> None:
+        if self.engine is not None and self.sensor is None:
+            self.engine.close()
+            self.engine = None
         for srv in (self.health, self.metrics):
             if srv is not None:
                 srv.close()
@@ -240,6 +276,9 @@ class Agent:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.engine is not None:
+            self.engine.close()  # detaches every policy program
+            self.engine = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
@@ -257,6 +296,8 @@ class Agent:
         assert self.ring is not None
         sel = selectors.DefaultSelector()
         sel.register(self.ring.fd, selectors.EVENT_READ, None)
+        if self.engine is not None:
+            sel.register(self.engine.ring.fd, selectors.EVENT_READ, None)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         try:
             while not self._stop.is_set():
@@ -279,6 +320,17 @@ class Agent:
                 break
             total += len(raws)
             self.emit(self.handle(self.sensor.decoder.decode(raws)))
+        if self.engine is not None:
+            # policy events after the process events of the same moment, so their processes are cached
+            for _ in range(max_batches):
+                raws = self.engine.ring.read_batch(BATCH)
+                if not raws:
+                    break
+                total += len(raws)
+                out = self.engine.handle(raws, self.server is not None and self.server.has_subscribers)
+                for ev in out:
+                    self.counters.events[ev.kind] = self.counters.events.get(ev.kind, 0) + 1
+                self.emit(out)
         if total:
             self.export.flush()
         return total
@@ -400,10 +452,17 @@ class Agent:
         """(sensor, program, attach point, fd) of every loaded program."""
         if self.sensor is None:
             return []
-        return [("process", p.name, p.section, p.fd) for p in self.sensor.obj.programs.values()]
+        progs = [("process", p.name, p.section, p.fd) for p in self.sensor.obj.programs.values()]
+        if self.engine is not None:
+            progs += self.engine.programs()
+        return progs
 
     def lost(self) -> dict[str, int]:
-        return self.sensor.lost_total() if self.sensor else {}
+        lost = self.sensor.lost_total() if self.sensor else {}
+        if self.engine is not None:
+            for k, v in self.engine.lost_total().items():
+                lost[f"policy_{k}"] = lost.get(f"policy_{k}", 0) + v
+        return lost
 
     def status(self) -> dict:
         lost = self.lost()
@@ -414,7 +473,8 @@ class Agent:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "ready_s": self.ready_s,
-            "sensors": ["process"] if self.sensor else [],
+            "sensors": (["process"] if self.sensor else []) + (["policy"] if self.engine else []),
+            "policies": len(self.engine.list()) if self.engine else 0,
             "events": dict(self.counters.events),
             "records": self.counters.records,
             "ringbuf": {

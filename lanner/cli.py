@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="argv bytes captured per exec (1..8192); longer argv is flagged truncArgs")
     g.add_argument("--procfs", dest="procfs_seed", action=argparse.BooleanOptionalAction, default=True,
                    help="seed the cache with processes already running (flag procFS)")
+    g = a.add_argument_group("tracing policies")
+    g.add_argument("--tracing-policy", action="append", type=Path, default=[], metavar="FILE",
+                   help="load this TracingPolicy file at start (repeatable)")
+    g.add_argument("--tracing-policy-dir", type=Path, metavar="DIR",
+                   help="load every *.yaml/*.yml TracingPolicy in this directory at start")
     g = a.add_argument_group("BPF")
     g.add_argument("--rb-size", type=_size, default=8 << 20, metavar="BYTES",
                    help="ring buffer size, a power of two >= 4096 (e.g. 8M); events are lost, and counted, "
@@ -184,6 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("version", help="client and agent versions")
     _client_flags(v)
+
+    # ---------------------------------------------------------------- tracingpolicy
+    tp = sub.add_parser(
+        "tracingpolicy", aliases=["tp"], help="manage TracingPolicies in the running agent",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Add, list, delete, enable and disable Tetragon-format TracingPolicies "
+                    "(cilium.io/v1alpha1 TracingPolicy and TracingPolicyNamespaced) in the running agent.",
+        epilog="examples:\n  lanner tracingpolicy add policy.yaml\n  lanner tp list -o json\n"
+               "  lanner tp set-mode my-policy monitor\n  lanner tp delete my-policy")
+    tps = tp.add_subparsers(dest="tp_command", metavar="ACTION")
+    t = tps.add_parser("add", help="load a policy file (all documents in it)")
+    t.add_argument("file", type=Path)
+    t.add_argument("--mode", choices=["enforce", "monitor"], help="override the policy's mode")
+    _client_flags(t)
+    t = tps.add_parser("list", help="policies with state, mode, hooks and errors")
+    t.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    _client_flags(t)
+    for name, hlp in (("delete", "unload a policy"), ("enable", "re-attach a disabled policy"),
+                      ("disable", "detach a policy, keeping it loaded")):
+        t = tps.add_parser(name, help=hlp)
+        t.add_argument("name")
+        t.add_argument("-n", "--namespace", default="", help="namespace of a TracingPolicyNamespaced")
+        _client_flags(t)
+    t = tps.add_parser("set-mode", help="switch a policy between enforce and monitor")
+    t.add_argument("name")
+    t.add_argument("mode", choices=["enforce", "monitor"])
+    t.add_argument("-n", "--namespace", default="")
+    _client_flags(t)
     return p
 
 
@@ -256,7 +289,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         procfs_seed=args.procfs_seed, process_cred=args.enable_process_cred, process_ns=args.enable_process_ns,
         run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
         redaction=redact, export_rate_limit=args.export_rate_limit, metrics_address=args.metrics_server,
-        health_address=args.health_server_address or None, bpf_stats=args.enable_bpf_stats)
+        health_address=args.health_server_address or None, bpf_stats=args.enable_bpf_stats,
+        tracing_policies=tuple(args.tracing_policy), tracing_policy_dir=args.tracing_policy_dir)
     try:
         return run_agent(cfg)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -443,6 +477,85 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracingpolicy(args: argparse.Namespace) -> int:
+    import orjson
+    from google.protobuf import json_format
+
+    from lanner.client import AgentUnavailable, ApiError
+    from lanner.exporter.api.gen.tetragon import sensors_pb2
+
+    if not args.tp_command:
+        print("lanner tracingpolicy: choose an action: add, list, delete, enable, disable, set-mode "
+              "(see lanner tracingpolicy --help)", file=sys.stderr)
+        return 2
+    mode_value = {"enforce": sensors_pb2.TP_MODE_ENFORCE, "monitor": sensors_pb2.TP_MODE_MONITOR}
+    try:
+        with _client(args) as client:
+            if args.tp_command == "add":
+                try:
+                    text = args.file.read_text()
+                except OSError as exc:
+                    print(f"lanner tracingpolicy add: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+                    return 2
+                if args.mode:
+                    text = _with_mode(text, args.mode)
+                client.add_policy(text)
+                print(f"loaded {args.file}")
+            elif args.tp_command == "list":
+                policies = client.list_policies()
+                if args.output == "json":
+                    print(orjson.dumps([json_format.MessageToDict(p, preserving_proto_field_name=True)
+                                        for p in policies], option=orjson.OPT_INDENT_2).decode())
+                else:
+                    _print_policies(policies)
+            elif args.tp_command == "delete":
+                client.delete_policy(args.name, args.namespace)
+                print(f"deleted {args.name}")
+            elif args.tp_command in ("enable", "disable"):
+                client.configure_policy(args.name, args.namespace, enable=args.tp_command == "enable")
+                print(f"{args.tp_command}d {args.name}")
+            elif args.tp_command == "set-mode":
+                client.configure_policy(args.name, args.namespace, mode=mode_value[args.mode])
+                print(f"{args.name}: mode {args.mode}")
+    except (AgentUnavailable, ApiError) as exc:
+        print(f"lanner tracingpolicy {args.tp_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _with_mode(text: str, mode: str) -> str:
+    """Set spec.options policy-mode in every document of a policy file."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    for d in docs:
+        if isinstance(d, dict) and isinstance(d.get("spec"), dict):
+            opts = [o for o in d["spec"].get("options") or [] if o.get("name") != "policy-mode"]
+            d["spec"]["options"] = opts + [{"name": "policy-mode", "value": mode}]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _print_policies(policies: list) -> None:
+    from lanner.exporter.api.gen.tetragon import sensors_pb2
+
+    rows = [("ID", "NAME", "STATE", "NAMESPACE", "SENSORS", "KERNELMEMORY", "MODE", "NPOST", "NENFORCE",
+             "NMONITOR")]
+    for p in policies:
+        st = p.stats.action_counters if p.HasField("stats") else None
+        rows.append((str(p.id), p.name, sensors_pb2.TracingPolicyState.Name(p.state).removeprefix("TP_STATE_").lower(),
+                     p.namespace or "(global)", ",".join(p.sensors),
+                     f"{p.kernel_memory_bytes / 1024:.0f} kB",
+                     sensors_pb2.TracingPolicyMode.Name(p.mode).removeprefix("TP_MODE_").lower(),
+                     str(getattr(st, "post", 0) if st else 0), str(getattr(st, "signal", 0) if st else 0),
+                     str(getattr(st, "monitor_signal", 0) if st else 0)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for p in policies:
+        if p.error:
+            print(f"\n{p.name}: {p.error}")
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from lanner.kernel.probe import main as probe_main
@@ -454,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"agent": cmd_agent, "getevents": cmd_getevents, "status": cmd_status, "version": cmd_version,
-                "probe": cmd_probe}
+                "probe": cmd_probe, "tracingpolicy": cmd_tracingpolicy, "tp": cmd_tracingpolicy}
     if args.command is None:
         parser.print_help()
         return 2

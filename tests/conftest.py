@@ -68,14 +68,21 @@ class RunningAgent:
 
     def events(self) -> list[dict]:
         """Every event exported so far (all rotated files included, oldest first)."""
+        for _ in range(20):
+            try:
+                return self._read_events()
+            except FileNotFoundError:  # a rotation renamed a file while we listed them: list again
+                time.sleep(0.02)
+        return self._read_events()
+
+    def _read_events(self) -> list[dict]:
         files = sorted(self.export_file.parent.glob(self.export_file.name + ".*"),
                        key=lambda p: -int(p.name.rsplit(".", 1)[1]) if p.name.rsplit(".", 1)[1].isdigit() else 0)
         out = []
         for f in files + [self.export_file]:
-            if f.exists():
-                data = f.read_text()
-                data = data[: data.rfind("\n") + 1]  # a line still being written is not an event yet
-                out += [json.loads(line) for line in data.splitlines() if line]
+            data = f.read_text()
+            data = data[: data.rfind("\n") + 1]  # a line still being written is not an event yet
+            out += [json.loads(line) for line in data.splitlines() if line]
         return out
 
     def wait_for(self, predicate, timeout: float = 10.0, what: str = "event") -> list[dict]:

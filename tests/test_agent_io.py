@@ -72,11 +72,15 @@ def test_tiny_ring_buffer_makes_loss_counter_rise(tmp_path):
 
 
 def test_getevents_compact_follows_the_live_stream_with_filters(tmp_path):
+    import shutil
+
+    marker = tmp_path / "compact-true"  # a binary only this test runs
+    shutil.copy("/bin/true", marker)
     a = start_agent(tmp_path)
     client = None
     try:
         client = subprocess.Popen(
-            LANNER + ["getevents", "-o", "compact", "--server-address", a.address, "--process", "true$",
+            LANNER + ["getevents", "-o", "compact", "--server-address", a.address, "--process", "compact-true$",
                       "--event-types", "PROCESS_EXEC"],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         deadline = time.monotonic() + 10
@@ -84,9 +88,9 @@ def test_getevents_compact_follows_the_live_stream_with_filters(tmp_path):
             assert time.monotonic() < deadline, "getevents did not subscribe"
             time.sleep(0.05)
         subprocess.run(["/bin/echo", "not-shown"], stdout=subprocess.DEVNULL)
-        subprocess.run(["/bin/true", "compact-marker", "a b"])
+        subprocess.run([str(marker), "compact-marker", "a b"])
         line = client.stdout.readline().rstrip("\n")
-        assert line == '🚀 process testnode /bin/true compact-marker "a b"'
+        assert line == f'🚀 process testnode {marker} compact-marker "a b"'
     finally:
         if client:
             client.terminate()
@@ -122,7 +126,7 @@ def test_status_and_version_commands(tmp_path):
     try:
         p = subprocess.run(LANNER + ["status", "-o", "json", "--server-address", a.address], capture_output=True, text=True)
         st = json.loads(p.stdout)
-        assert st["pid"] == a.proc.pid and st["sensors"] == ["process"] and st["ringbuf"]["lost_total"] == 0
+        assert st["pid"] == a.proc.pid and "process" in st["sensors"] and st["ringbuf"]["lost_total"] == 0
         assert st["process_cache"]["size"] > 3  # seeded from /proc
         assert st["kernel"]["tracepoint"] is True and st["kernel"]["kprobe"] is False
         p = subprocess.run(LANNER + ["status", "--server-address", a.address], capture_output=True, text=True)
