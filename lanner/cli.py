@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load this TracingPolicy file at start (repeatable)")
     g.add_argument("--tracing-policy-dir", type=Path, metavar="DIR",
                    help="load every *.yaml/*.yml TracingPolicy in this directory at start")
+    g.add_argument("--builtin-rules", action="store_true",
+                   help="load lanner's built-in rules (sensitive files, privilege changes, kernel modules, ptrace, "
+                        "mounts; see rules/README.md)")
     g = a.add_argument_group("BPF")
     g.add_argument("--rb-size", type=_size, default=8 << 20, metavar="BYTES",
                    help="ring buffer size, a power of two >= 4096 (e.g. 8M); events are lost, and counted, "
@@ -290,12 +293,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
         redaction=redact, export_rate_limit=args.export_rate_limit, metrics_address=args.metrics_server,
         health_address=args.health_server_address or None, bpf_stats=args.enable_bpf_stats,
-        tracing_policies=tuple(args.tracing_policy), tracing_policy_dir=args.tracing_policy_dir)
+        tracing_policies=tuple(args.tracing_policy) + (tuple(_builtin_rules()) if args.builtin_rules else ()),
+        tracing_policy_dir=args.tracing_policy_dir)
     try:
         return run_agent(cfg)
     except (OSError, RuntimeError, ValueError) as exc:
         logging.getLogger("lanner").error("%s", exc)
         return 1
+
+
+def _builtin_rules() -> list[Path]:
+    import lanner.rules
+
+    return sorted(Path(lanner.rules.__file__).parent.glob("*.yaml"))
 
 
 def _arg_text(value: str | None) -> str:
