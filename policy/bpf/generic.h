@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * TracingPolicy engine records: the one definition of the per-hook configuration the Python
+ * compiler (lanner.policy.compiler) writes into maps, and of the event record the generic programs
+ * send. Python reads these layouts from the object's BTF (lanner.bpf.records / btf sizes).
+ */
+#pragma once
+
+#define GEN_OP 9 /* lanner_event_hdr.op of policy events; also its lanner_lost slot */
+
+/* limits (docs/policy-engine.md) */
+#define GEN_MAX_ARGS 5
+#define GEN_MAX_SELECTORS 5
+#define GEN_MAX_FILTERS 8      /* matchArgs + matchReturnArgs entries per selector */
+#define GEN_MAX_RANGES 4       /* inline ranges/masks per filter (sets of values live in maps) */
+#define GEN_MAX_PIDS 4
+#define GEN_MAX_NS 4           /* matchNamespaces entries per selector */
+#define GEN_MAX_NS_VALUES 4
+#define GEN_STR_MAX 254        /* bytes of a string kept for matching and reporting (253 chars + NUL) */
+#define GEN_PARENT_LEVELS 8    /* matchPIDs followForks / matchBinaries followChildren ancestor walk */
+#define GEN_RET_ARG 7          /* gen_filter.arg for the return value */
+
+/* gen_arg.type: how an argument is read */
+#define GA_NONE 0
+#define GA_INT 1          /* integer of gen_arg.size bytes, sign-extended when is_signed */
+#define GA_USTR 2         /* user pointer to a NUL-terminated string */
+#define GA_KSTR 3         /* kernel pointer to a NUL-terminated string */
+#define GA_DATALOC 4      /* tracepoint __data_loc string (u32: len << 16 | offset in the record) */
+#define GA_INLINE_STR 5   /* char array inside the tracepoint record */
+#define GA_UBUF 6         /* user buffer, size from the arg at size_arg (1-based) */
+#define GA_FD 7           /* file descriptor -> absolute path of the file */
+#define GA_USOCKADDR 8    /* user struct sockaddr: val = family, aux = port, str = address bytes */
+#define GA_IOVEC 9        /* user struct iovec array, count from size_arg: first buffer */
+
+/* gen_filter.kind */
+#define GF_INT 1          /* value in set (set_id) or in one of the ranges */
+#define GF_MASK 2         /* value & lo[i] != 0 for some i */
+#define GF_STR_EQ 3       /* string in the hash set set_id */
+#define GF_STR_PREFIX 4   /* a prefix of the string is in LPM set set_id */
+#define GF_STR_POSTFIX 5  /* a prefix of the reversed string is in LPM set set_id */
+#define GF_ADDR 6         /* address (sockaddr str) in CIDR LPM set set_id (v4) / set_id2 (v6) */
+
+/* gen_filter.flags */
+#define GFF_NEGATE (1 << 0)
+#define GFF_SIGNED (1 << 1)
+#define GFF_AUX (1 << 2)  /* compare the arg's aux value (sockaddr port, buffer size) */
+#define GFF_RET (1 << 3)  /* matchReturnArgs: evaluated at return */
+
+/* gen_selector operators */
+#define GOP_NONE 0
+#define GOP_IN 1
+#define GOP_NOTIN 2
+#define GOP_PREFIX 3
+#define GOP_NOTPREFIX 4
+#define GOP_POSTFIX 5
+#define GOP_NOTPOSTFIX 6
+
+/* gen_selector.pid_flags */
+#define GPF_FOLLOW 1
+#define GPF_NSPID 2
+
+/* gen_selector.flags */
+#define GSF_POST (1 << 0)
+#define GSF_SIGNAL (1 << 1)
+#define GSF_HAS_RET (1 << 2)
+
+/* gen_hook.flags */
+#define GHF_ENFORCE (1 << 0) /* policy mode enforce: signals are sent */
+#define GHF_EXIT (1 << 1)    /* the return half of a hook: pair = the entry hook's id */
+#define GHF_HAS_RET (1 << 2) /* entry half of a return hook: store, the exit half emits */
+#define GHF_UPROBE (1 << 3)  /* args come from pt_regs (off = argument number) */
+
+/* namespace types (gen_ns.type), in struct proc_ns order */
+#define GNS_UTS 0
+#define GNS_IPC 1
+#define GNS_MNT 2
+#define GNS_PID 3
+#define GNS_PID_FOR_CHILDREN 4
+#define GNS_NET 5
+#define GNS_TIME 6
+#define GNS_TIME_FOR_CHILDREN 7
+#define GNS_CGROUP 8
+#define GNS_USER 9
+
+struct gen_arg {
+	__u16 off;     /* offset in the tracepoint record, or argument number (uprobe) */
+	__u8 size;     /* bytes of the raw field */
+	__u8 type;     /* GA_* */
+	__u8 is_signed;
+	__u8 size_arg; /* 1-based index of the args entry that holds the size (GA_UBUF/GA_IOVEC) */
+	__u16 pad;
+};
+
+struct gen_filter {
+	__u8 arg;     /* index in the hook's args, or GEN_RET_ARG */
+	__u8 kind;    /* GF_* */
+	__u8 flags;   /* GFF_* */
+	__u8 nranges;
+	__u16 set_id;
+	__u16 set_id2;
+	__u64 lo[GEN_MAX_RANGES];
+	__u64 hi[GEN_MAX_RANGES];
+};
+
+struct gen_ns {
+	__u8 type;
+	__u8 op;
+	__u8 nvals;
+	__u8 pad;
+	__u32 vals[GEN_MAX_NS_VALUES];
+};
+
+struct gen_selector {
+	__u8 nfilters;
+	__u8 pid_op;
+	__u8 pid_flags;
+	__u8 npids;
+	__u8 bin_op;
+	__u8 bin_follow;
+	__u8 nns;
+	__u8 cap_op;
+	__u16 bin_set;
+	__u8 cap_type; /* 0 effective, 1 inheritable, 2 permitted */
+	__u8 pad0;
+	__u32 pids[GEN_MAX_PIDS];
+	__u64 cap_mask;
+	struct gen_ns ns[GEN_MAX_NS];
+	__u32 action; /* KPROBE_ACTION_* number reported in the event */
+	__u32 flags;  /* GSF_* */
+	__u32 signal;
+	__u32 pad1;
+	__u64 rate_limit_ns;
+	struct gen_filter filters[GEN_MAX_FILTERS];
+};
+
+struct gen_hook {
+	__u32 flags;
+	__u32 nargs;
+	__u32 nselectors;
+	__u32 pair;
+	__u16 ret_off; /* tracepoint exit half: the ret field */
+	__u8 ret_size;
+	__u8 ret_signed;
+	__u32 pad;
+	struct gen_arg args[GEN_MAX_ARGS];
+	struct gen_selector sel[GEN_MAX_SELECTORS];
+};
+
+/* a string as a map key: hash sets use prefixlen as a "truncated" marker (0 = complete), LPM sets
+ * use it as the prefix length in bits over {set_id (big endian), s} */
+struct gen_str {
+	__u32 prefixlen;
+	__u8 set_hi;
+	__u8 set_lo;
+	char s[GEN_STR_MAX];
+};
+
+struct gen_int_key {
+	__u32 set_id;
+	__u32 pad;
+	__u64 val;
+};
+
+/* gen_event.flags */
+#define GEF_RETURN (1 << 0)  /* ret is set */
+#define GEF_NOPROC (1 << 1)  /* the process had no execve_map entry */
+#define GEF_SIGNALED (1 << 2)
+
+struct gen_event {
+	struct lanner_event_hdr hdr;
+	struct proc_key key;
+	__u32 hook_id;
+	__u32 tid;
+	__u32 selector;
+	__u32 action;
+	__u32 flags;
+	__u32 nargs;
+	__s64 ret;
+	__u64 vals[GEN_MAX_ARGS];
+	__u64 aux[GEN_MAX_ARGS];
+	__u32 lens[GEN_MAX_ARGS]; /* bytes in str[i].s */
+	__u32 trunc;              /* bit i: arg i's string was truncated */
+	struct gen_str str[GEN_MAX_ARGS];
+};
+
+struct gen_ratelimit_key {
+	__u32 hook_id;
+	__u32 selector;
+	__u64 vals[GEN_MAX_ARGS];
+	__u64 head[GEN_MAX_ARGS][2]; /* first 16 bytes of each string */
+};

@@ -1,0 +1,771 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * The generic policy datapath shared by generic_tp.bpf.c and generic_uprobe.bpf.c: maps, argument
+ * readers, selector evaluation and actions. A program finds its hook's configuration with its
+ * bpf_cookie (the hook id); nothing here depends on a particular policy.
+ */
+#pragma once
+
+#include <lanner/common.bpf.h>
+#include <bpf/bpf_endian.h>
+#include "../../sensors/bpf/process.h"
+#include <lanner/path.bpf.h>
+#include "generic.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* v clamped to [0, n) in the register the verifier sees (clang may otherwise check a copy) */
+#define GEN_BOUND(v, n) ({ __u64 __v = (v); asm volatile("if %0 < %1 goto +1; %0 = 0;" : "+r"(__v) : "i"(n)); __v; })
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct execve_entry);
+} execve_map SEC(".maps"); /* the process sensor's map, reused by fd */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct gen_hook);
+} gen_hooks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct gen_int_key);
+	__type(value, __u8);
+} gen_int_set SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct gen_str);
+	__type(value, __u8);
+} gen_str_set SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct gen_str);
+	__type(value, __u8);
+} gen_str_lpm SEC(".maps");
+
+struct gen_scratch {
+	struct gen_event ev;
+	struct gen_str rev[GEN_MAX_ARGS]; /* reversed strings, for Postfix */
+	struct gen_str bin;               /* the current binary */
+	struct gen_str binrev;
+	struct gen_str key;               /* lookup key under construction */
+	struct gen_ratelimit_key rl;
+	__u32 rev_done;                   /* bit i: rev[i] is ready */
+	__u32 pad;
+	struct lanner_path_buf pb;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_scratch);
+} gen_heap SEC(".maps");
+
+/* entry half of a return hook -> its event, until the exit half runs */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct gen_event);
+} gen_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct gen_ratelimit_key);
+	__type(value, __u64);
+} gen_ratelimit SEC(".maps");
+
+/* per hook id: [0] matched, [1] posted, [2] signaled, [3] rate limited */
+#define GEN_STAT_SLOTS 4
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64[GEN_STAT_SLOTS]);
+} gen_stats SEC(".maps");
+
+static __always_inline void gen_stat(__u32 hook_id, __u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&gen_stats, &hook_id);
+
+	if (v && slot < GEN_STAT_SLOTS)
+		v[slot] += 1;
+}
+
+/* ------------------------------------------------------------------------------ argument reading */
+struct gen_read_ctx {
+	__u64 ctx;  /* tracepoint record or pt_regs address */
+	struct gen_hook *hook;
+	struct gen_scratch *s;
+	__u64 raw[GEN_MAX_ARGS];
+};
+
+static __always_inline __u64 gen_raw(__u64 ctx, struct gen_hook *hook, struct gen_arg *a)
+{
+	__u64 v = 0;
+
+	if (hook->flags & GHF_UPROBE) {
+		struct pt_regs *regs = (struct pt_regs *)ctx;
+
+		switch (a->off) {
+		case 0: v = BPF_CORE_READ(regs, di); break;
+		case 1: v = BPF_CORE_READ(regs, si); break;
+		case 2: v = BPF_CORE_READ(regs, dx); break;
+		case 3: v = BPF_CORE_READ(regs, cx); break;
+		case 4: v = BPF_CORE_READ(regs, r8); break;
+		case 5: v = BPF_CORE_READ(regs, r9); break;
+		}
+		return v;
+	}
+	bpf_probe_read_kernel(&v, a->size <= 8 ? a->size & 15 : 8, (void *)(ctx + a->off));
+	return v;
+}
+
+static __always_inline __u64 gen_extend(__u64 v, __u32 size, __u32 is_signed)
+{
+	switch (size) {
+	case 1: return is_signed ? (__u64)(__s64)(__s8)v : (v & 0xff);
+	case 2: return is_signed ? (__u64)(__s64)(__s16)v : (v & 0xffff);
+	case 4: return is_signed ? (__u64)(__s64)(__s32)v : (v & 0xffffffff);
+	}
+	return v;
+}
+
+static __always_inline struct file *gen_fd_file(__u64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	struct file *f = NULL;
+
+	if (fd >= max)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline void gen_read_fd(struct gen_scratch *s, __u32 i, __u64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *f = gen_fd_file(fd);
+	struct path root;
+	__u32 status = 0, pos, len;
+
+	if (!f || i >= GEN_MAX_ARGS)
+		return;
+	root = BPF_CORE_READ(task, fs, root);
+	pos = lanner_resolve_path(&f->f_path, &root, &s->pb, &status);
+	if (pos >= LANNER_PATH_MAX)
+		return;
+	len = LANNER_PATH_MAX - pos;
+	if (len > GEN_STR_MAX - 1) {
+		len = GEN_STR_MAX - 1;
+		s->ev.trunc |= 1 << i;
+	}
+	bpf_probe_read_kernel(s->ev.str[i].s, len & 255, &s->pb.buf[pos & (LANNER_PATH_MAX - 1)]);
+	s->ev.lens[i] = len;
+}
+
+static __always_inline void gen_set_strlen(struct gen_scratch *s, __u32 i, long n)
+{
+	if (i >= GEN_MAX_ARGS)
+		return;
+	if (n <= 0) {
+		s->ev.lens[i] = 0;
+		return;
+	}
+	n -= 1; /* the NUL */
+	if (n >= GEN_STR_MAX - 1)
+		s->ev.trunc |= 1 << i;
+	s->ev.lens[i] = n;
+}
+
+static long gen_read_arg(__u32 i, void *data)
+{
+	struct gen_read_ctx *rc = data;
+	struct gen_hook *hook = rc->hook;
+	struct gen_scratch *s = rc->s;
+	struct gen_arg *a;
+	__u64 v, p;
+	long n;
+
+	if (i >= GEN_MAX_ARGS)
+		return 1;
+	if (i >= hook->nargs)
+		return 1;
+	i = GEN_BOUND(i, GEN_MAX_ARGS);
+	a = &hook->args[i];
+	v = gen_raw(rc->ctx, hook, a);
+	rc->raw[i] = v;
+	s->ev.vals[i] = gen_extend(v, a->size, a->is_signed);
+	__builtin_memset(&s->ev.str[i], 0, sizeof(s->ev.str[i]));
+	switch (a->type) {
+	case GA_USTR:
+		n = bpf_probe_read_user_str(s->ev.str[i].s, GEN_STR_MAX, (void *)v);
+		gen_set_strlen(s, i, n);
+		break;
+	case GA_KSTR:
+		n = bpf_probe_read_kernel_str(s->ev.str[i].s, GEN_STR_MAX, (void *)v);
+		gen_set_strlen(s, i, n);
+		break;
+	case GA_DATALOC:
+		p = rc->ctx + (v & 0xffff);
+		n = bpf_probe_read_kernel_str(s->ev.str[i].s, GEN_STR_MAX, (void *)p);
+		gen_set_strlen(s, i, n);
+		break;
+	case GA_INLINE_STR:
+		n = bpf_probe_read_kernel_str(s->ev.str[i].s, a->size < GEN_STR_MAX ? a->size : GEN_STR_MAX,
+					      (void *)(rc->ctx + a->off));
+		gen_set_strlen(s, i, n);
+		s->ev.vals[i] = 0;
+		break;
+	case GA_UBUF:
+	case GA_IOVEC: {
+		__u32 si = a->size_arg ? a->size_arg - 1 : 0;
+		__u64 size = 0;
+
+		/* the size arg is read first if it comes later in the list */
+		if (si < GEN_MAX_ARGS && si < hook->nargs) {
+			if (si < i)
+				size = s->ev.vals[si];
+			else
+				size = gen_extend(gen_raw(rc->ctx, hook, &hook->args[si]), hook->args[si].size,
+						  hook->args[si].is_signed);
+		}
+		if (a->type == GA_IOVEC) {
+			struct iovec iov = {};
+
+			if (size == 0)
+				break;
+			bpf_probe_read_user(&iov, sizeof(iov), (void *)v);
+			v = (__u64)iov.iov_base;
+			size = iov.iov_len;
+		}
+		s->ev.aux[i] = size;
+		if (size > GEN_STR_MAX - 1) {
+			size = GEN_STR_MAX - 1;
+			s->ev.trunc |= 1 << i;
+		}
+		if (size && bpf_probe_read_user(s->ev.str[i].s, size & 255, (void *)v) == 0)
+			s->ev.lens[i] = size;
+		break;
+	}
+	case GA_FD:
+		gen_read_fd(s, i, s->ev.vals[i]);
+		break;
+	case GA_USOCKADDR: {
+		struct sockaddr_in6 sa = {};
+
+		bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
+		s->ev.vals[i] = sa.sin6_family;
+		s->ev.aux[i] = bpf_ntohs(sa.sin6_port);
+		if (sa.sin6_family == 2 /* AF_INET */) {
+			struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+
+			__builtin_memcpy(s->ev.str[i].s, &in->sin_addr, 4);
+			s->ev.lens[i] = 4;
+		} else if (sa.sin6_family == 10 /* AF_INET6 */) {
+			__builtin_memcpy(s->ev.str[i].s, &sa.sin6_addr, 16);
+			s->ev.lens[i] = 16;
+		}
+		break;
+	}
+	}
+	return 0;
+}
+
+/* ----------------------------------------------------------------------------- string matching */
+struct gen_rev_ctx {
+	char *src;
+	char *dst;
+	__u32 len;
+};
+
+static long gen_rev_step(__u32 j, void *data)
+{
+	struct gen_rev_ctx *r = data;
+	__u32 from;
+
+	if (j >= r->len || r->len > GEN_STR_MAX)
+		return 1;
+	from = r->len - 1 - j;
+	if (from >= GEN_STR_MAX || j >= GEN_STR_MAX)
+		return 1;
+	j = GEN_BOUND(j, GEN_STR_MAX);
+	from = GEN_BOUND(from, GEN_STR_MAX);
+	r->dst[j] = r->src[from];
+	return 0;
+}
+
+static __always_inline void gen_reverse(struct gen_str *dst, struct gen_str *src, __u32 len)
+{
+	struct gen_rev_ctx r = { .src = src->s, .dst = dst->s, .len = len };
+
+	__builtin_memset(dst, 0, sizeof(*dst));
+	bpf_loop(GEN_STR_MAX, gen_rev_step, &r, 0);
+}
+
+/* exact match of str (len bytes, zero padded) in hash set set_id */
+static __always_inline bool gen_str_in_set(struct gen_scratch *s, struct gen_str *str, __u32 len, bool trunc,
+					   __u16 set_id)
+{
+	__builtin_memcpy(&s->key, str, sizeof(s->key));
+	s->key.prefixlen = trunc ? 0xffffffff : 0;
+	s->key.set_hi = set_id >> 8;
+	s->key.set_lo = set_id & 0xff;
+	return bpf_map_lookup_elem(&gen_str_set, &s->key) != NULL;
+}
+
+/* some prefix of str (len bytes) is in LPM set set_id */
+static __always_inline bool gen_str_in_lpm(struct gen_scratch *s, struct gen_str *str, __u32 len, __u16 set_id)
+{
+	__builtin_memcpy(&s->key, str, sizeof(s->key));
+	if (len > GEN_STR_MAX)
+		len = GEN_STR_MAX;
+	s->key.prefixlen = 16 + 8 * len;
+	s->key.set_hi = set_id >> 8;
+	s->key.set_lo = set_id & 0xff;
+	return bpf_map_lookup_elem(&gen_str_lpm, &s->key) != NULL;
+}
+
+/* ------------------------------------------------------------------------------- selector checks */
+struct gen_sel_ctx {
+	struct gen_hook *hook;
+	struct gen_scratch *s;
+	struct gen_selector *sel;
+	__u32 phase_ret;  /* 1: evaluating matchReturnArgs only */
+	__u32 ok;
+	__s32 match;      /* first matching selector, -1 none */
+	__u32 pad;
+};
+
+static __always_inline bool gen_int_match(struct gen_filter *f, __u64 v)
+{
+	bool hit = false;
+
+	if (f->set_id) {
+		struct gen_int_key k = { .set_id = f->set_id, .val = v };
+
+		hit = bpf_map_lookup_elem(&gen_int_set, &k) != NULL;
+	}
+#pragma unroll
+	for (int r = 0; r < GEN_MAX_RANGES; r++) {
+		if (hit || r >= f->nranges)
+			break;
+		if (f->kind == GF_MASK) {
+			hit = (v & f->lo[r]) != 0;
+		} else if (f->flags & GFF_SIGNED) {
+			hit = (__s64)v >= (__s64)f->lo[r] && (__s64)v <= (__s64)f->hi[r];
+		} else {
+			hit = v >= f->lo[r] && v <= f->hi[r];
+		}
+	}
+	return hit;
+}
+
+static long gen_filter_step(__u32 j, void *data)
+{
+	struct gen_sel_ctx *c = data;
+	struct gen_scratch *s = c->s;
+	struct gen_filter *f;
+	__u32 a, len;
+	bool hit = false, trunc;
+
+	if (j >= GEN_MAX_FILTERS || j >= c->sel->nfilters)
+		return 1;
+	j = GEN_BOUND(j, GEN_MAX_FILTERS);
+	f = &c->sel->filters[j];
+	if (!!(f->flags & GFF_RET) != !!c->phase_ret)
+		return 0;
+	a = f->arg;
+	if (a == GEN_RET_ARG) {
+		hit = gen_int_match(f, (__u64)s->ev.ret);
+		goto done;
+	}
+	if (a >= GEN_MAX_ARGS)
+		return 0;
+	a = GEN_BOUND(a, GEN_MAX_ARGS);
+	len = s->ev.lens[a];
+	if (len > GEN_STR_MAX)
+		len = GEN_STR_MAX;
+	trunc = s->ev.trunc & (1 << a);
+	switch (f->kind) {
+	case GF_INT:
+	case GF_MASK:
+		hit = gen_int_match(f, (f->flags & GFF_AUX) ? s->ev.aux[a] : s->ev.vals[a]);
+		break;
+	case GF_STR_EQ:
+		hit = gen_str_in_set(s, &s->ev.str[a], len, trunc, f->set_id);
+		break;
+	case GF_STR_PREFIX:
+		hit = gen_str_in_lpm(s, &s->ev.str[a], len, f->set_id);
+		break;
+	case GF_STR_POSTFIX:
+		if (!(s->rev_done & (1 << a))) {
+			gen_reverse(&s->rev[a], &s->ev.str[a], len);
+			s->rev_done |= 1 << a;
+		}
+		hit = gen_str_in_lpm(s, &s->rev[a], len, f->set_id);
+		break;
+	case GF_ADDR:
+		if (s->ev.vals[a] == 2 && f->set_id)
+			hit = gen_str_in_lpm(s, &s->ev.str[a], 4, f->set_id);
+		else if (s->ev.vals[a] == 10 && f->set_id2)
+			hit = gen_str_in_lpm(s, &s->ev.str[a], 16, f->set_id2);
+		break;
+	}
+done:
+	if (f->flags & GFF_NEGATE)
+		hit = !hit;
+	if (!hit) {
+		c->ok = 0;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 gen_ns_inum(struct task_struct *task, __u32 type)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(task, nsproxy);
+
+	switch (type) {
+	case GNS_UTS: return BPF_CORE_READ(nsp, uts_ns, ns.inum);
+	case GNS_IPC: return BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+	case GNS_MNT: return BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+	case GNS_PID: {
+		struct pid *p = BPF_CORE_READ(task, thread_pid);
+		__u32 level = BPF_CORE_READ(p, level);
+
+		return BPF_CORE_READ(p, numbers[level].ns, ns.inum);
+	}
+	case GNS_PID_FOR_CHILDREN: return BPF_CORE_READ(nsp, pid_ns_for_children, ns.inum);
+	case GNS_NET: return BPF_CORE_READ(nsp, net_ns, ns.inum);
+	case GNS_TIME: return BPF_CORE_READ(nsp, time_ns, ns.inum);
+	case GNS_TIME_FOR_CHILDREN: return BPF_CORE_READ(nsp, time_ns_for_children, ns.inum);
+	case GNS_CGROUP: return BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+	case GNS_USER: return BPF_CORE_READ(task, cred, user_ns, ns.inum);
+	}
+	return 0;
+}
+
+static __always_inline bool gen_pid_in(struct gen_selector *sel, __u32 pid)
+{
+	bool hit = false;
+
+#pragma unroll
+	for (int k = 0; k < GEN_MAX_PIDS; k++)
+		if (k < sel->npids && sel->pids[k] == pid)
+			hit = true;
+	return hit;
+}
+
+static __always_inline bool gen_check_pids(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	bool hit;
+
+	if (sel->pid_flags & GPF_NSPID) {
+		struct pid *p = BPF_CORE_READ(task, group_leader, thread_pid);
+		__u32 level = BPF_CORE_READ(p, level);
+
+		pid = BPF_CORE_READ(p, numbers[level].nr);
+	}
+	hit = gen_pid_in(sel, pid);
+	if (!hit && (sel->pid_flags & GPF_FOLLOW) && !(sel->pid_flags & GPF_NSPID)) {
+		__u32 cur = pid;
+
+#pragma unroll
+		for (int l = 0; l < GEN_PARENT_LEVELS; l++) {
+			struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &cur);
+
+			if (!e || hit)
+				break;
+			cur = e->parent.pid;
+			if (!cur)
+				break;
+			hit = gen_pid_in(sel, cur);
+		}
+	}
+	return sel->pid_op == GOP_IN ? hit : !hit;
+}
+
+static __always_inline bool gen_check_binary(struct gen_scratch *s, struct gen_selector *sel)
+{
+	__u32 len = s->bin.prefixlen; /* the binary's length is kept in prefixlen of s->bin */
+	bool hit = false;
+
+	switch (sel->bin_op) {
+	case GOP_IN:
+	case GOP_NOTIN:
+		hit = gen_str_in_set(s, &s->bin, len, false, sel->bin_set);
+		break;
+	case GOP_PREFIX:
+	case GOP_NOTPREFIX:
+		hit = gen_str_in_lpm(s, &s->bin, len, sel->bin_set);
+		break;
+	case GOP_POSTFIX:
+	case GOP_NOTPOSTFIX:
+		if (!(s->rev_done & (1 << 31))) {
+			gen_reverse(&s->binrev, &s->bin, len);
+			s->rev_done |= 1 << 31;
+		}
+		hit = gen_str_in_lpm(s, &s->binrev, len, sel->bin_set);
+		break;
+	default:
+		return true;
+	}
+	if (sel->bin_op == GOP_NOTIN || sel->bin_op == GOP_NOTPREFIX || sel->bin_op == GOP_NOTPOSTFIX)
+		hit = !hit;
+	return hit;
+}
+
+static __always_inline bool gen_check_caps(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	__u64 caps;
+	bool hit;
+
+	if (sel->cap_type == 1)
+		caps = BPF_CORE_READ(cred, cap_inheritable.val);
+	else if (sel->cap_type == 2)
+		caps = BPF_CORE_READ(cred, cap_permitted.val);
+	else
+		caps = BPF_CORE_READ(cred, cap_effective.val);
+	hit = (caps & sel->cap_mask) != 0;
+	return sel->cap_op == GOP_IN ? hit : !hit;
+}
+
+static __always_inline bool gen_check_ns(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+#pragma unroll
+	for (int n = 0; n < GEN_MAX_NS; n++) {
+		struct gen_ns *ns = &sel->ns[n];
+		__u32 inum;
+		bool hit = false;
+
+		if (n >= sel->nns)
+			break;
+		inum = gen_ns_inum(task, ns->type);
+#pragma unroll
+		for (int k = 0; k < GEN_MAX_NS_VALUES; k++)
+			if (k < ns->nvals && ns->vals[k] == inum)
+				hit = true;
+		if (ns->op == GOP_NOTIN)
+			hit = !hit;
+		if (!hit)
+			return false;
+	}
+	return true;
+}
+
+static long gen_selector_step(__u32 i, void *data)
+{
+	struct gen_sel_ctx *c = data;
+	struct gen_selector *sel;
+
+	if (i >= GEN_MAX_SELECTORS || i >= c->hook->nselectors)
+		return 1;
+	i = GEN_BOUND(i, GEN_MAX_SELECTORS);
+	sel = &c->hook->sel[i];
+	c->sel = sel;
+	c->ok = 1;
+	if (sel->pid_op && !gen_check_pids(sel))
+		return 0;
+	if (sel->bin_op && !gen_check_binary(c->s, sel))
+		return 0;
+	if (sel->nns && !gen_check_ns(sel))
+		return 0;
+	if (sel->cap_op && !gen_check_caps(sel))
+		return 0;
+	bpf_loop(GEN_MAX_FILTERS, gen_filter_step, c, 0);
+	if (!c->ok)
+		return 0;
+	c->match = i;
+	return 1;
+}
+
+/* --------------------------------------------------------------------------------------- actions */
+static __always_inline bool gen_rate_limited(struct gen_scratch *s, struct gen_selector *sel)
+{
+	struct gen_ratelimit_key *k = &s->rl;
+	__u64 now = bpf_ktime_get_ns(), *last;
+
+	__builtin_memset(k, 0, sizeof(*k));
+	k->hook_id = s->ev.hook_id;
+	k->selector = s->ev.selector;
+#pragma unroll
+	for (int i = 0; i < GEN_MAX_ARGS; i++) {
+		k->vals[i] = s->ev.vals[i];
+		__builtin_memcpy(&k->head[i][0], s->ev.str[i].s, 16);
+	}
+	last = bpf_map_lookup_elem(&gen_ratelimit, k);
+	if (last && now - *last < sel->rate_limit_ns)
+		return true;
+	bpf_map_update_elem(&gen_ratelimit, k, &now, BPF_ANY);
+	return false;
+}
+
+/* apply the matched selector's actions and post the event */
+static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch *s)
+{
+	__u32 si = s->ev.selector;
+	struct gen_selector *sel;
+
+	gen_stat(s->ev.hook_id, 0);
+	if (si >= GEN_MAX_SELECTORS) { /* no selectors: Post */
+		s->ev.action = 0;
+		goto post;
+	}
+	si = GEN_BOUND(si, GEN_MAX_SELECTORS);
+	sel = &hook->sel[si];
+	s->ev.action = sel->action;
+	if ((sel->flags & GSF_SIGNAL) && (hook->flags & GHF_ENFORCE)) {
+		bpf_send_signal(sel->signal);
+		s->ev.flags |= GEF_SIGNALED;
+		gen_stat(s->ev.hook_id, 2);
+	}
+	if (!(sel->flags & GSF_POST))
+		return 0;
+	if (sel->rate_limit_ns && gen_rate_limited(s, sel)) {
+		gen_stat(s->ev.hook_id, 3);
+		return 0;
+	}
+post:
+	s->ev.hdr.ktime = bpf_ktime_get_ns();
+	if (lanner_output(GEN_OP, &s->ev, sizeof(s->ev)) == 0)
+		gen_stat(s->ev.hook_id, 1);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------ entry points */
+static __always_inline struct gen_scratch *gen_begin(__u32 hook_id)
+{
+	__u32 zero = 0, tgid;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct gen_scratch *s = bpf_map_lookup_elem(&gen_heap, &zero);
+	struct execve_entry *e;
+
+	if (!s)
+		return NULL;
+	tgid = pid_tgid >> 32;
+	s->rev_done = 0;
+	s->ev.hdr.op = GEN_OP;
+	s->ev.hdr.cpu = bpf_get_smp_processor_id();
+	s->ev.hook_id = hook_id;
+	s->ev.tid = (__u32)pid_tgid;
+	s->ev.flags = 0;
+	s->ev.trunc = 0;
+	s->ev.ret = 0;
+	s->ev.selector = GEN_MAX_SELECTORS;
+	e = bpf_map_lookup_elem(&execve_map, &tgid);
+	__builtin_memset(&s->bin, 0, sizeof(s->bin));
+	if (e) {
+		__u32 blen = e->binary_len;
+
+		s->ev.key = e->key;
+		if (blen > GEN_STR_MAX - 1)
+			blen = GEN_STR_MAX - 1;
+		bpf_probe_read_kernel(s->bin.s, blen & 255, e->binary);
+		s->bin.prefixlen = blen;
+	} else {
+		s->ev.key.pid = tgid;
+		s->ev.key.pad = 0;
+		s->ev.key.ktime = 0;
+		s->ev.flags |= GEF_NOPROC;
+	}
+	return s;
+}
+
+static __always_inline __u64 gen_inflight_key(__u32 hook_id)
+{
+	return (bpf_get_current_pid_tgid() << 32) | hook_id;
+}
+
+static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *hook)
+{
+	struct gen_scratch *s = gen_begin(hook_id);
+	struct gen_read_ctx rc = {};
+	struct gen_sel_ctx c = {};
+	__u64 key;
+	__u32 len;
+
+	if (!s)
+		return 0;
+	rc.ctx = ctx;
+	rc.hook = hook;
+	rc.s = s;
+	s->ev.nargs = hook->nargs;
+	bpf_loop(GEN_MAX_ARGS, gen_read_arg, &rc, 0);
+	if (hook->nselectors) {
+		c.hook = hook;
+		c.s = s;
+		c.match = -1;
+		bpf_loop(GEN_MAX_SELECTORS, gen_selector_step, &c, 0);
+		if (c.match < 0)
+			return 0;
+		s->ev.selector = c.match;
+	}
+	if (hook->flags & GHF_HAS_RET) {
+		key = gen_inflight_key(hook_id);
+		len = s->bin.prefixlen; /* keep the binary out of the event: nothing to do */
+		(void)len;
+		bpf_map_update_elem(&gen_inflight, &key, &s->ev, BPF_ANY);
+		return 0;
+	}
+	return gen_finish(hook, s);
+}
+
+static __always_inline int gen_exit(__s64 ret, struct gen_hook *exit_hook)
+{
+	__u32 zero = 0, entry_id = exit_hook->pair;
+	__u64 key = gen_inflight_key(entry_id);
+	struct gen_event *saved = bpf_map_lookup_elem(&gen_inflight, &key);
+	struct gen_scratch *s;
+	struct gen_hook *hook;
+	struct gen_sel_ctx c = {};
+	__u32 si;
+
+	if (!saved)
+		return 0;
+	s = bpf_map_lookup_elem(&gen_heap, &zero);
+	hook = bpf_map_lookup_elem(&gen_hooks, &entry_id);
+	if (!s || !hook) {
+		bpf_map_delete_elem(&gen_inflight, &key);
+		return 0;
+	}
+	bpf_probe_read_kernel(&s->ev, sizeof(s->ev), saved);
+	bpf_map_delete_elem(&gen_inflight, &key);
+	s->rev_done = 0;
+	s->ev.ret = ret;
+	s->ev.flags |= GEF_RETURN;
+	si = s->ev.selector;
+	if (si < GEN_MAX_SELECTORS && (hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)].flags & GSF_HAS_RET)) {
+		si = GEN_BOUND(si, GEN_MAX_SELECTORS);
+		c.hook = hook;
+		c.s = s;
+		c.sel = &hook->sel[si];
+		c.phase_ret = 1;
+		c.ok = 1;
+		bpf_loop(GEN_MAX_FILTERS, gen_filter_step, &c, 0);
+		if (!c.ok)
+			return 0;
+	}
+	return gen_finish(hook, s);
+}

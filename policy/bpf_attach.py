@@ -1,0 +1,37 @@
+"""Attach helpers with a BPF cookie (the engine's hook id), on top of :mod:`lanner.bpf`.
+
+``lanner.bpf.objects.Program`` has no cookie variants of its attach calls; the libbpf entry point for
+tracepoints with options is declared here, and the uprobe one reuses ``bpf_uprobe_opts`` (which
+already has ``bpf_cookie``). Links are registered with the program's object, so ``BpfObject.close``
+still detaches everything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import POINTER, c_char_p, c_size_t, c_uint64, c_void_p
+
+from lanner.bpf import libbpf as L
+from lanner.bpf.objects import Link, Program
+
+
+class bpf_tracepoint_opts(ctypes.Structure):
+    _fields_ = [("sz", c_size_t), ("bpf_cookie", c_uint64)]
+
+
+_attach_tp_opts = L.lib.bpf_program__attach_tracepoint_opts
+_attach_tp_opts.restype = c_void_p
+_attach_tp_opts.argtypes = [c_void_p, c_char_p, c_char_p, POINTER(bpf_tracepoint_opts)]
+
+
+def attach_tracepoint(prog: Program, category: str, event: str, cookie: int) -> Link:
+    opts = bpf_tracepoint_opts(sz=ctypes.sizeof(bpf_tracepoint_opts), bpf_cookie=cookie)
+    return prog._link(lambda: _attach_tp_opts(prog._ptr, category.encode(), event.encode(), ctypes.byref(opts)),
+                      f"tracepoint {category}/{event} cookie {cookie}")
+
+
+def attach_uprobe(prog: Program, binary: str, offset: int, cookie: int, retprobe: bool = False) -> Link:
+    opts = L.bpf_uprobe_opts(sz=ctypes.sizeof(L.bpf_uprobe_opts), retprobe=retprobe, bpf_cookie=cookie)
+    what = f"{'uretprobe' if retprobe else 'uprobe'} {binary}:{hex(offset)} cookie {cookie}"
+    return prog._link(lambda: L.bpf_program__attach_uprobe_opts(prog._ptr, -1, binary.encode(), offset,
+                                                               ctypes.byref(opts)), what)

@@ -1,0 +1,690 @@
+"""TracingPolicy -> map entries for the generic BPF programs (policy/bpf/generic_core.bpf.h).
+
+Nothing is compiled on the node: every hook becomes one or two ``struct gen_hook`` values (keyed by
+hook id, the bpf_cookie of its attachment) plus entries in the shared value-set maps:
+
+* ``gen_int_set``   {set_id, value} for Equal/InMap/NotEqual/NotInMap on integers (O(1) per event
+  whatever the number of values);
+* ``gen_str_set``   zero-padded strings for Equal/NotEqual and matchBinaries In/NotIn;
+* ``gen_str_lpm``   LPM keys {set_id, bytes} for Prefix, Postfix (reversed bytes), CIDRs and
+  matchBinaries Prefix/Postfix.
+
+Each hook is classified against the kernel probe result; a hook the kernel (or this build) cannot
+serve is listed in :attr:`CompiledPolicy.unavailable` with the precise reason and is not loaded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import syscalls, tracefs
+from .model import (
+    ArgSpec, IntRange, KProbeSpec, ListRef, MatchArg, Selector, TracepointSpec, TracingPolicy, UProbeSpec,
+)
+from .uprobe import SymbolError, resolve_symbols
+
+# ------------------------------------------------------------------ constants mirrored from generic.h
+GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
+GEN_MAX_PIDS, GEN_MAX_NS, GEN_MAX_NS_VALUES, GEN_STR_MAX, GEN_RET_ARG = 4, 4, 4, 254, 7
+GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADDR, GA_IOVEC = range(1, 10)
+GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
+GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET = 1, 2, 4, 8
+GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
+GPF_FOLLOW, GPF_NSPID = 1, 2
+GSF_POST, GSF_SIGNAL, GSF_HAS_RET = 1, 2, 4
+GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE = 1, 2, 4, 8
+NS_TYPES = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5, "Time": 6,
+            "TimeForChildren": 7, "Cgroup": 8, "User": 9}
+NS_PROC = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
+           "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup",
+           "User": "user"}
+CAP_TYPES = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
+ACTIONS = {"Post": 1, "Sigkill": 3, "Override": 5, "GetUrl": 7, "DnsLookup": 8, "NoPost": 9, "Signal": 10,
+           "TrackSock": 11, "UntrackSock": 12, "NotifyEnforcer": 13, "CleanupEnforcerNotification": 14, "Set": 15}
+ACTION_NAMES = {v: f"KPROBE_ACTION_{k.upper()}" for k, v in ACTIONS.items()}
+ACTION_NAMES[0] = "KPROBE_ACTION_POST"
+FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
+            "AF_PACKET": 17}
+
+INT_TYPES = {  # policy type -> (bytes, signed)
+    "int": (4, True), "sint32": (4, True), "int32": (4, True), "uint32": (4, False), "int8": (1, True),
+    "sint8": (1, True), "uint8": (1, False), "int16": (2, True), "sint16": (2, True), "uint16": (2, False),
+    "long": (8, True), "int64": (8, True), "sint64": (8, True), "ulong": (8, False), "uint64": (8, False),
+    "size_t": (8, False), "syscall64": (8, False),
+}
+STRING_TYPES = {"string", "filename", "data_loc"}
+U64 = (1 << 64) - 1
+
+
+class Unavailable(Exception):
+    """A hook that cannot be served; the message is the precise reason."""
+
+
+@dataclass
+class ArgPlan:
+    """How to report one argument (events.py) and how BPF reads it (gen_arg)."""
+
+    type: str        # policy type (int, string, fd, char_buf, sockaddr, ...)
+    gen_type: int
+    size: int
+    signed: bool
+    label: str | None = None
+
+
+@dataclass
+class HookUnit:
+    """One gen_hook value: an attachment target (or two, for entry + exit) and its config."""
+
+    hook_id: int
+    config: dict[str, Any]
+    attach: list[tuple]  # ("tp", category, event) | ("uprobe", path, offset, retprobe)
+    exit_id: int | None = None
+    exit_config: dict[str, Any] | None = None
+    exit_attach: list[tuple] = field(default_factory=list)
+    # event metadata
+    event_kind: str = "process_tracepoint"
+    function_name: str = ""
+    subsys: str = ""
+    event: str = ""
+    path: str = ""
+    symbol: str = ""
+    offset: int = 0
+
+
+@dataclass
+class HookPlan:
+    path: str       # spec.tracepoints[0]
+    kind: str
+    display: str
+    units: list[HookUnit]
+    args: list[ArgPlan]
+    ret: ArgPlan | None
+    message: str | None
+    tags: tuple[str, ...]
+    mechanism: str  # how it is served here: tracepoint, syscall tracepoints, uprobe
+
+
+@dataclass
+class CompiledPolicy:
+    hooks: list[HookPlan] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    int_sets: dict[int, list[int]] = field(default_factory=dict)
+    str_sets: dict[int, list[bytes]] = field(default_factory=dict)
+    lpm_sets: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # set -> [(bits, bytes)]
+    set_ids: list[int] = field(default_factory=list)
+    hook_ids: list[int] = field(default_factory=list)
+    enforcing: bool = False  # has Sigkill/Signal actions
+
+
+class Compiler:
+    """Compiles policies; ``alloc_hook``/``alloc_set`` hand out ids (the engine owns them)."""
+
+    def __init__(self, probe: dict[str, bool], alloc_hook: Callable[[], int], alloc_set: Callable[[], int]) -> None:
+        self.probe = probe
+        self.alloc_hook = alloc_hook
+        self.alloc_set = alloc_set
+
+    def supports(self, feature: str) -> bool:
+        return bool(self.probe.get(feature, False))
+
+    # ----------------------------------------------------------------------------------- entry
+    def compile(self, policy: TracingPolicy, enforce: bool) -> CompiledPolicy:
+        out = CompiledPolicy()
+        if policy.spec.loader:
+            out.unavailable.append("spec.loader: process_loader events are not served by this lanner build")
+        counters = {"kprobes": 0, "fentries": 0, "tracepoints": 0, "uprobes": 0, "usdts": 0, "lsmhooks": 0}
+        for kind, display, spec in policy.hooks():
+            attr = {"kprobe": "kprobes", "fentry": "fentries", "tracepoint": "tracepoints", "uprobe": "uprobes",
+                    "usdt": "usdts", "lsmhook": "lsmhooks"}[kind]
+            path = f"{attr}[{counters[attr]}]"
+            counters[attr] += 1
+            scratch = CompiledPolicy()
+            try:
+                plan = self._hook(policy, kind, path, display, spec, scratch, enforce)
+            except Unavailable as exc:
+                out.unavailable.append(f"hook {path} {display}: {exc}")
+                continue
+            except (ValueError, KeyError, TypeError, OSError) as exc:  # never crash on an odd policy
+                out.unavailable.append(f"hook {path} {display}: cannot be compiled: {exc!r}")
+                continue
+            out.hooks.append(plan)
+            for name in ("int_sets", "str_sets", "lpm_sets"):
+                getattr(out, name).update(getattr(scratch, name))
+            out.set_ids += scratch.set_ids
+            out.hook_ids += scratch.hook_ids
+            out.enforcing |= scratch.enforcing
+        return out
+
+    def _hook(self, policy: TracingPolicy, kind: str, path: str, display: str, spec: Any, cp: CompiledPolicy,
+              enforce: bool) -> HookPlan:
+        if kind in ("kprobe", "fentry"):
+            assert isinstance(spec, KProbeSpec)
+            if not spec.syscall or kind == "fentry":
+                feat = "kprobe" if kind == "kprobe" else "fentry"
+                what = "kprobe attach" if kind == "kprobe" else "fentry (BPF trampoline) programs"
+                if not self.supports(feat):
+                    raise Unavailable(f"needs {what}, which this kernel lacks ({feat}: not supported, see "
+                                      "'lanner probe')")
+                raise Unavailable(f"{what} is available but this lanner build serves only tracepoints, syscall "
+                                  "tracepoints and uprobes")
+            return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
+        if kind == "lsmhook":
+            if not self.supports("lsm"):
+                raise Unavailable("needs BPF LSM programs, which this kernel lacks (lsm: not supported)")
+            raise Unavailable("BPF LSM is available but this lanner build does not serve lsmhooks")
+        if kind == "usdt":
+            raise Unavailable("USDT probes are not served by this lanner build")
+        if kind == "tracepoint":
+            return self._tracepoint(policy, path, display, spec, cp, enforce)
+        if kind == "uprobe":
+            return self._uprobe(policy, path, display, spec, cp, enforce)
+        raise Unavailable(f"unknown hook kind {kind}")
+
+    # ----------------------------------------------------------------------------- hook kinds
+    def _tracepoint(self, policy, path, display, spec: TracepointSpec, cp, enforce) -> HookPlan:
+        if spec.raw:
+            raise Unavailable("raw tracepoints (TP_PROTO arguments) are not served by this lanner build")
+        if not self.supports("tracepoint"):
+            raise Unavailable("needs tracepoint programs, which this kernel lacks")
+        try:
+            fmt = tracefs.read_format(spec.subsystem, spec.event)
+        except FileNotFoundError:
+            raise Unavailable(f"tracepoint {spec.subsystem}/{spec.event} does not exist on this kernel") from None
+        gen_args, plans = [], []
+        for i, a in enumerate(spec.args):
+            if a.index >= len(fmt.fields):
+                raise Unavailable(f"args[{i}]: index {a.index} is past the {len(fmt.fields)} fields of "
+                                  f"{spec.subsystem}/{spec.event}")
+            f = fmt.fields[a.index]
+            gen_args.append(self._tp_arg(i, a, f, user=spec.subsystem in ("syscalls", "raw_syscalls")))
+            plans.append(gen_args[-1][1])
+        positions = list(range(len(spec.args)))
+        hid = self._new_hook(cp)
+        cfg = self._config(policy, spec.selectors, [g for g, _ in gen_args], plans, positions, spec.args, cp,
+                           enforce, has_ret=False, uprobe=False)
+        unit = HookUnit(hid, cfg, [("tp", spec.subsystem, spec.event)], event_kind="process_tracepoint",
+                        subsys=spec.subsystem, event=spec.event)
+        return HookPlan(path, "tracepoint", display, [unit], plans, None, spec.message, spec.tags, "tracepoint")
+
+    def _syscall_kprobe(self, policy, path, display, spec: KProbeSpec, cp, enforce) -> HookPlan:
+        if not self.supports("tracepoint"):
+            raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
+        if spec.list_name:
+            lst = policy.spec.list_named(spec.list_name)
+            if lst is None or not lst.values:
+                raise Unavailable(f"list {spec.list_name} has no values to hook (generated lists are not "
+                                  "served by this lanner build)")
+            calls = list(lst.values)
+        else:
+            calls = [spec.call]
+        for sel in spec.selectors:
+            if sel.match_return_args and not spec.return_:
+                raise Unavailable("matchReturnArgs needs return: true")
+        units, plans, ret_plan = [], [], None
+        for call in calls:
+            name = syscalls.bare(call)
+            try:
+                fmt = tracefs.read_format("syscalls", f"sys_enter_{name}")
+                xfmt = tracefs.read_format("syscalls", f"sys_exit_{name}") if spec.return_ else None
+            except FileNotFoundError:
+                raise Unavailable(f"needs kprobe attach, which this kernel lacks (kprobe: not supported), and "
+                                  f"there is no syscalls/sys_enter_{name} tracepoint to serve {call}") from None
+            sys_fields = [f for f in fmt.fields if f.index > 4]  # after __syscall_nr
+            gen_args, plans = [], []
+            for i, a in enumerate(spec.args):
+                if a.index >= len(sys_fields):
+                    raise Unavailable(f"args[{i}]: index {a.index}: {name} has {len(sys_fields)} arguments")
+                g = self._tp_arg(i, a, sys_fields[a.index], user=True, syscall=True)
+                gen_args.append(g[0])
+                plans.append(g[1])
+            positions = [a.index for a in spec.args]
+            hid = self._new_hook(cp)
+            cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
+                               has_ret=spec.return_, uprobe=False)
+            unit = HookUnit(hid, cfg, [("tp", "syscalls", f"sys_enter_{name}")], event_kind="process_kprobe",
+                            function_name=syscalls.function_name(name))
+            if spec.return_:
+                assert xfmt is not None
+                retf = xfmt.field("ret")
+                rtype = spec.return_arg.type if spec.return_arg else "int"
+                size, signed = INT_TYPES.get(rtype, (8, True))
+                ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
+                xid = self._new_hook(cp)
+                unit.exit_id = xid
+                unit.exit_config = {"flags": GHF_EXIT, "pair": hid, "ret_off": retf.offset if retf else 16,
+                                    "ret_size": size, "ret_signed": int(signed)}
+                unit.exit_attach = [("tp", "syscalls", f"sys_exit_{name}")]
+            units.append(unit)
+        return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags,
+                        "syscall tracepoints")
+
+    def _uprobe(self, policy, path, display, spec: UProbeSpec, cp, enforce) -> HookPlan:
+        if not self.supports("uprobe"):
+            raise Unavailable("needs uprobes, which this kernel lacks")
+        if spec.addrs or spec.ref_ctr_offsets or spec.binary_digests:
+            raise Unavailable("addrs, refCtrOffsets and binaryDigests are not served by this lanner build")
+        if not os.path.exists(spec.path):
+            raise Unavailable(f"{spec.path} does not exist")
+        if spec.symbols:
+            try:
+                offsets = resolve_symbols(spec.path, spec.symbols)
+            except (SymbolError, OSError) as exc:
+                raise Unavailable(str(exc)) from None
+            targets = [(s, offsets[s]) for s in spec.symbols]
+        else:
+            targets = [("", o) for o in spec.offsets]
+        gen_args, plans = [], []
+        for i, a in enumerate(spec.args):
+            g = self._reg_arg(i, a)
+            gen_args.append(g[0])
+            plans.append(g[1])
+        positions = [a.index for a in spec.args]
+        units, ret_plan = [], None
+        for sym, off in targets:
+            hid = self._new_hook(cp)
+            cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
+                               has_ret=spec.return_, uprobe=True)
+            unit = HookUnit(hid, cfg, [("uprobe", spec.path, off, False)], event_kind="process_uprobe",
+                            path=spec.path, symbol=sym, offset=off)
+            if spec.return_:
+                rtype = spec.return_arg.type if spec.return_arg else "int"
+                size, signed = INT_TYPES.get(rtype, (8, True))
+                ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
+                xid = self._new_hook(cp)
+                unit.exit_id = xid
+                unit.exit_config = {"flags": GHF_EXIT | GHF_UPROBE, "pair": hid}
+                unit.exit_attach = [("uprobe", spec.path, off, True)]
+            units.append(unit)
+        return HookPlan(path, "uprobe", display, units, plans, ret_plan, spec.message, spec.tags, "uprobe")
+
+    # -------------------------------------------------------------------------------- arguments
+    def _tp_arg(self, i: int, a: ArgSpec, f: tracefs.TpField, user: bool, syscall: bool = False):
+        t = a.type
+        if a.resolve or a.btf_type or a.return_copy:
+            raise Unavailable(f"args[{i}]: resolve/btfType/returnCopy need BTF-typed kprobe arguments")
+        if t == "auto":
+            t = "string" if f.is_string_like else "int64" if f.signed else "uint64"
+            if f.size < 8 and not f.is_string_like:
+                t = {1: "int8", 2: "int16", 4: "int"}[f.size] if f.signed else {1: "uint8", 2: "uint16", 4: "uint32"}.get(f.size, "uint64")
+        gen: dict[str, Any] = {"off": f.offset, "size": min(f.size, 8), "type": GA_INT,
+                               "is_signed": int(f.signed), "size_arg": 0}
+        if t in INT_TYPES:
+            size, signed = INT_TYPES[t]
+            gen.update(size=min(size, f.size) if not f.is_data_loc else 4, is_signed=int(signed))
+            if not syscall and f.size < size:
+                gen["is_signed"] = int(f.signed)
+            return gen, ArgPlan(t, GA_INT, gen["size"], bool(gen["is_signed"]), a.label)
+        if t in STRING_TYPES:
+            if f.is_data_loc:
+                gen.update(type=GA_DATALOC, size=4)
+            elif f.is_char_array:
+                gen.update(type=GA_INLINE_STR, size=min(f.size, 255))
+            elif f.is_pointer or syscall:
+                gen.update(type=GA_USTR if user else GA_KSTR, size=8)
+            else:
+                raise Unavailable(f"args[{i}]: field {f.name} ({f.ctype}) is not a string")
+            return gen, ArgPlan(t, gen["type"], gen["size"], False, a.label)
+        if t in ("char_buf", "char_iovec", "const_buf"):
+            if not user:
+                raise Unavailable(f"args[{i}]: {t} is served for syscall arguments only")
+            if not a.size_arg_index:
+                raise Unavailable(f"args[{i}]: {t} needs sizeArgIndex")
+            gen.update(type=GA_IOVEC if t == "char_iovec" else GA_UBUF, size=8, size_arg=0)
+            gen["_size_arg_index"] = a.size_arg_index
+            return gen, ArgPlan(t, gen["type"], 8, False, a.label)
+        if t == "fd":
+            gen.update(type=GA_FD, size=4, is_signed=1)
+            return gen, ArgPlan(t, GA_FD, 4, True, a.label)
+        if t == "sockaddr" and user:
+            gen.update(type=GA_USOCKADDR, size=8)
+            return gen, ArgPlan(t, GA_USOCKADDR, 8, False, a.label)
+        raise Unavailable(f"args[{i}]: type {t} is not available on {'syscall ' if syscall else ''}tracepoint "
+                          f"field {f.name} ({f.ctype}); it needs kprobe/BTF arguments")
+
+    def _reg_arg(self, i: int, a: ArgSpec):
+        t = "uint64" if a.type == "auto" else a.type
+        if a.index > 5:
+            raise Unavailable(f"args[{i}]: uprobe argument index {a.index} is past the 6 register arguments")
+        gen: dict[str, Any] = {"off": a.index, "size": 8, "type": GA_INT, "is_signed": 0, "size_arg": 0}
+        if t in INT_TYPES:
+            size, signed = INT_TYPES[t]
+            gen.update(size=size, is_signed=int(signed))
+            return gen, ArgPlan(t, GA_INT, size, signed, a.label)
+        if t in STRING_TYPES:
+            gen.update(type=GA_USTR)
+            return gen, ArgPlan(t, GA_USTR, 8, False, a.label)
+        if t in ("char_buf", "const_buf"):
+            if not a.size_arg_index:
+                raise Unavailable(f"args[{i}]: {t} needs sizeArgIndex")
+            gen.update(type=GA_UBUF)
+            gen["_size_arg_index"] = a.size_arg_index
+            return gen, ArgPlan(t, GA_UBUF, 8, False, a.label)
+        if t == "fd":
+            gen.update(type=GA_FD, size=4, is_signed=1)
+            return gen, ArgPlan(t, GA_FD, 4, True, a.label)
+        if t == "sockaddr":
+            gen.update(type=GA_USOCKADDR)
+            return gen, ArgPlan(t, GA_USOCKADDR, 8, False, a.label)
+        raise Unavailable(f"args[{i}]: type {t} is not available on uprobes")
+
+    # --------------------------------------------------------------------------------- config
+    def _new_hook(self, cp: CompiledPolicy) -> int:
+        hid = self.alloc_hook()
+        cp.hook_ids.append(hid)
+        return hid
+
+    def _new_set(self, cp: CompiledPolicy) -> int:
+        sid = self.alloc_set()
+        cp.set_ids.append(sid)
+        return sid
+
+    def _config(self, policy, selectors, gen_args, plans, positions, specargs, cp, enforce, has_ret,
+                uprobe) -> dict[str, Any]:
+        if len(gen_args) > GEN_MAX_ARGS:
+            raise Unavailable(f"{len(gen_args)} args; the limit is {GEN_MAX_ARGS}")
+        if len(selectors) > GEN_MAX_SELECTORS:
+            raise Unavailable(f"{len(selectors)} selectors; the limit is {GEN_MAX_SELECTORS}")
+        cfg: dict[str, Any] = {"flags": (GHF_HAS_RET if has_ret else 0) | (GHF_UPROBE if uprobe else 0),
+                               "nargs": len(gen_args), "nselectors": len(selectors)}
+        # sizeArgIndex (1-based, naming the arg whose *index* is that minus 1) -> position in args
+        for i, g in enumerate(gen_args):
+            sai = g.pop("_size_arg_index", None)
+            if sai:
+                want = sai - 1
+                pos = positions.index(want) if want in positions else None
+                if pos is None:
+                    raise Unavailable(f"args[{i}]: sizeArgIndex {sai} names an argument the hook does not read; "
+                                      f"add it to args")
+                g["size_arg"] = pos + 1
+            for k, v in g.items():
+                cfg[f"args[{i}].{k}"] = v
+        for si, sel in enumerate(selectors):
+            self._selector(policy, sel, si, cfg, plans, positions, specargs, cp, has_ret)
+        if enforce:
+            cfg["flags"] |= GHF_ENFORCE
+        return cfg
+
+    def _selector(self, policy, sel: Selector, si, cfg, plans, positions, specargs, cp, has_ret) -> None:
+        p = f"sel[{si}]."
+        where = f"selectors[{si}]"
+        for attr, what in (("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
+                           ("match_namespace_changes", "matchNamespaceChanges"),
+                           ("match_capability_changes", "matchCapabilityChanges"),
+                           ("match_return_actions", "matchReturnActions")):
+            if getattr(sel, attr):
+                raise Unavailable(f"{where}.{what} is not served by this lanner build (needs exec-time state "
+                                  "or kprobe data the generic programs do not record)" if "Changes" in what
+                                  else f"{where}.{what} is not served by this lanner build")
+        if sel.match_workloads is not None:
+            raise Unavailable(f"{where}.matchWorkloads needs the pod/container map, not served by this build")
+        # filters
+        filters = []
+        for m in sel.match_args:
+            filters.append(self._arg_filter(policy, m, plans, positions, specargs, cp, f"{where}.matchArgs", False))
+        for m in sel.match_return_args:
+            if not has_ret:
+                raise Unavailable(f"{where}.matchReturnArgs needs return: true")
+            filters.append(self._arg_filter(policy, m, plans, positions, specargs, cp,
+                                            f"{where}.matchReturnArgs", True))
+        if len(filters) > GEN_MAX_FILTERS:
+            raise Unavailable(f"{where}: {len(filters)} argument filters; the limit is {GEN_MAX_FILTERS}")
+        flags = 0
+        for fi, f in enumerate(filters):
+            for k, v in f.items():
+                if isinstance(v, list):
+                    for r, x in enumerate(v):
+                        cfg[f"{p}filters[{fi}].{k}[{r}]"] = x & U64
+                else:
+                    cfg[f"{p}filters[{fi}].{k}"] = v
+            if f["flags"] & GFF_RET:
+                flags |= GSF_HAS_RET
+        cfg[f"{p}nfilters"] = len(filters)
+        # matchPIDs
+        if len(sel.match_pids) > 1:
+            raise Unavailable(f"{where}.matchPIDs: more than one entry is not served by this build")
+        for mp in sel.match_pids:
+            if len(mp.values) > GEN_MAX_PIDS:
+                raise Unavailable(f"{where}.matchPIDs: {len(mp.values)} values; the limit is {GEN_MAX_PIDS}")
+            cfg[f"{p}pid_op"] = GOP[mp.operator]
+            cfg[f"{p}pid_flags"] = (GPF_FOLLOW if mp.follow_forks else 0) | (GPF_NSPID if mp.is_namespace_pid else 0)
+            cfg[f"{p}npids"] = len(mp.values)
+            for k, v in enumerate(mp.values):
+                cfg[f"{p}pids[{k}]"] = v
+        # matchBinaries
+        if len(sel.match_binaries) > 1:
+            raise Unavailable(f"{where}.matchBinaries: at most one entry")
+        for mb in sel.match_binaries:
+            if mb.follow_children:
+                raise Unavailable(f"{where}.matchBinaries followChildren is not served by this lanner build")
+            op = GOP.get(mb.operator)
+            if op is None:
+                raise Unavailable(f"{where}.matchBinaries operator {mb.operator} is not served")
+            sid = self._new_set(cp)
+            vals = [v.encode() for v in mb.values]
+            for v in vals:
+                if len(v) > GEN_STR_MAX - 1:
+                    raise Unavailable(f"{where}.matchBinaries value longer than {GEN_STR_MAX - 1} bytes")
+            if op in (1, 2):
+                cp.str_sets[sid] = vals
+            elif op in (3, 4):
+                cp.lpm_sets[sid] = [(8 * len(v), v) for v in vals]
+            else:
+                cp.lpm_sets[sid] = [(8 * len(v), v[::-1]) for v in vals]
+            cfg[f"{p}bin_op"] = op
+            cfg[f"{p}bin_set"] = sid
+        # matchNamespaces
+        if len(sel.match_namespaces) > GEN_MAX_NS:
+            raise Unavailable(f"{where}.matchNamespaces: {len(sel.match_namespaces)} entries; limit {GEN_MAX_NS}")
+        for n, mn in enumerate(sel.match_namespaces):
+            if len(mn.values) > GEN_MAX_NS_VALUES:
+                raise Unavailable(f"{where}.matchNamespaces[{n}]: more than {GEN_MAX_NS_VALUES} values")
+            cfg[f"{p}ns[{n}].type"] = NS_TYPES[mn.namespace]
+            cfg[f"{p}ns[{n}].op"] = GOP[mn.operator]
+            cfg[f"{p}ns[{n}].nvals"] = len(mn.values)
+            for k, v in enumerate(mn.values):
+                cfg[f"{p}ns[{n}].vals[{k}]"] = host_ns(mn.namespace) if v == "host_ns" else int(v)
+        cfg[f"{p}nns"] = len(sel.match_namespaces)
+        # matchCapabilities
+        if len(sel.match_capabilities) > 1:
+            raise Unavailable(f"{where}.matchCapabilities: at most one entry is served")
+        for mc in sel.match_capabilities:
+            if mc.is_namespace_capability:
+                raise Unavailable(f"{where}.matchCapabilities isNamespaceCapability is not served")
+            cfg[f"{p}cap_op"] = GOP[mc.operator]
+            cfg[f"{p}cap_type"] = CAP_TYPES[mc.type]
+            cfg[f"{p}cap_mask"] = mc.mask
+        # actions
+        post, reported, sig, rate = True, None, 0, 0
+        for a in sel.match_actions:
+            if a.kernel_stack_trace or a.user_stack_trace or a.ima_hash:
+                raise Unavailable(f"{where}: {a.action} stack traces / imaHash are not served by this build")
+            if a.action == "Post":
+                rate = (a.rate_limit_seconds or 0) * 1_000_000_000
+                if a.rate_limit_scope not in (None, "thread", "process") and rate:
+                    pass  # scope: the args hash is per hook+selector (global) in this build
+            elif a.action == "NoPost":
+                post = False
+            elif a.action in ("Sigkill", "Signal"):
+                if not self.supports("send_signal"):
+                    raise Unavailable(f"{where}: {a.action} needs bpf_send_signal, which this kernel lacks")
+                sig = 9 if a.action == "Sigkill" else (a.arg_sig or 0)
+                if not 0 < sig < 65:
+                    raise Unavailable(f"{where}: Signal needs argSig 1..64")
+                reported = reported or ACTIONS[a.action]
+                cp.enforcing = True
+            elif a.action in ("Override", "NotifyEnforcer"):
+                raise Unavailable(f"{where}: {a.action} needs fmod_ret or override_return, which this kernel "
+                                  f"lacks (fmod_ret: {'yes' if self.supports('fmod_ret') else 'no'}, override_return: "
+                                  f"{'yes' if self.supports('override_return') else 'no'})")
+            else:
+                raise Unavailable(f"{where}: action {a.action} is not served by this lanner build")
+        if reported is None:
+            reported = ACTIONS["Post"] if post else ACTIONS["NoPost"]
+        cfg[f"{p}action"] = reported
+        cfg[f"{p}flags"] = flags | (GSF_POST if post else 0) | (GSF_SIGNAL if sig else 0)
+        cfg[f"{p}signal"] = sig
+        cfg[f"{p}rate_limit_ns"] = rate
+
+    def _arg_filter(self, policy, m: MatchArg, plans, positions, specargs, cp, where, ret: bool) -> dict:
+        op = m.operator
+        if ret:
+            pos, plan = GEN_RET_ARG, ArgPlan("int", GA_INT, 8, True)
+        else:
+            if m.args:
+                pos = m.args[0]
+                if len(m.args) > 1:
+                    raise Unavailable(f"{where}: args with more than one position is not served")
+            else:
+                pos = positions.index(m.index) if m.index in positions and not _tp_positions(positions) \
+                    else m.index
+            if not 0 <= pos < len(plans):
+                raise Unavailable(f"{where}: index {m.index} names no argument of the hook")
+            plan = plans[pos]
+        f: dict[str, Any] = {"arg": pos, "kind": GF_INT, "flags": GFF_RET if ret else 0, "nranges": 0,
+                             "set_id": 0, "set_id2": 0, "lo": [], "hi": []}
+        neg = op.startswith("Not")
+        base = op[3:] if neg else op
+        if neg:
+            f["flags"] |= GFF_NEGATE
+        values = list(m.parsed) if m.parsed else list(m.values)
+        values = self._expand_lists(policy, values, plan, where)
+        is_str = plan.gen_type in (GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_IOVEC) and \
+            plan.type != "fd" or (plan.type == "fd" and base in ("Prefix", "Postfix") or
+                                  (plan.type == "fd" and any(isinstance(v, str) for v in values)))
+        if plan.gen_type == GA_USOCKADDR:
+            return self._sockaddr_filter(f, base, values, cp, where)
+        if is_str:
+            enc = [str(v).encode() for v in values]
+            for v in enc:
+                if len(v) > GEN_STR_MAX - 1:
+                    raise Unavailable(f"{where}: value longer than {GEN_STR_MAX - 1} bytes")
+            sid = self._new_set(cp)
+            f["set_id"] = sid
+            if base in ("Equal", "InMap"):
+                f["kind"] = GF_STR_EQ
+                cp.str_sets[sid] = enc
+            elif base == "Prefix":
+                f["kind"] = GF_STR_PREFIX
+                cp.lpm_sets[sid] = [(8 * len(v), v) for v in enc]
+            elif base == "Postfix":
+                f["kind"] = GF_STR_POSTFIX
+                cp.lpm_sets[sid] = [(8 * len(v), v[::-1]) for v in enc]
+            else:
+                raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
+            return f
+        if plan.signed:
+            f["flags"] |= GFF_SIGNED
+        ints, ranges = [], []
+        for v in values:
+            if isinstance(v, IntRange):
+                ranges.append((v.lo, v.hi))
+            elif isinstance(v, int):
+                ints.append(v)
+            else:
+                try:
+                    ints.append(int(str(v), 0))
+                except ValueError:
+                    raise Unavailable(f"{where}: value {v!r} is not an integer") from None
+        lo_min = -(1 << 63) if plan.signed else 0
+        hi_max = (1 << 63) - 1 if plan.signed else U64
+        if base in ("Equal", "InMap", "InRange"):
+            pass
+        elif base == "GreaterThan" or base == "GT":
+            ranges += [(v + 1, hi_max) for v in ints]
+            ints = []
+        elif base == "LessThan" or base == "LT":
+            ranges += [(lo_min, v - 1) for v in ints]
+            ints = []
+        elif base == "Mask":
+            f["kind"] = GF_MASK
+            ranges = [(v, v) for v in ints]
+            ints = []
+        else:
+            raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
+        if len(ranges) > GEN_MAX_RANGES:  # expand small ranges into the set
+            if sum(hi - lo + 1 for lo, hi in ranges) > 65536:
+                raise Unavailable(f"{where}: more than {GEN_MAX_RANGES} ranges spanning over 65536 values")
+            for lo, hi in ranges:
+                ints.extend(range(lo, hi + 1))
+            ranges = []
+        if ints:
+            sid = self._new_set(cp)
+            f["set_id"] = sid
+            cp.int_sets[sid] = [x & U64 for x in ints]
+        f["nranges"] = len(ranges)
+        f["lo"] = [lo for lo, _ in ranges]
+        f["hi"] = [hi for _, hi in ranges]
+        return f
+
+    def _sockaddr_filter(self, f, base, values, cp, where) -> dict:
+        if base == "Family":
+            f["set_id"] = sid = self._new_set(cp)
+            cp.int_sets[sid] = [FAMILIES[v] if isinstance(v, str) and v in FAMILIES else int(v) for v in values]
+            return f
+        if base in ("SPort", "DPort", "SPortPriv", "DPortPriv", "SportPriv", "DportPriv"):
+            f["flags"] |= GFF_AUX
+            if base.lower().endswith("portpriv"):
+                f["nranges"], f["lo"], f["hi"] = 1, [0], [1023]
+                return f
+            ints = [v for v in values if isinstance(v, int)]
+            ranges = [(v.lo, v.hi) for v in values if isinstance(v, IntRange)]
+            if ints:
+                f["set_id"] = sid = self._new_set(cp)
+                cp.int_sets[sid] = ints
+            if len(ranges) > GEN_MAX_RANGES:
+                raise Unavailable(f"{where}: more than {GEN_MAX_RANGES} port ranges")
+            f["nranges"], f["lo"], f["hi"] = len(ranges), [a for a, _ in ranges], [b for _, b in ranges]
+            return f
+        if base in ("SAddr", "DAddr"):
+            f["kind"] = GF_ADDR
+            v4, v6 = [], []
+            for v in values:
+                net = v if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else \
+                    ipaddress.ip_network(str(v), strict=False)
+                (v4 if net.version == 4 else v6).append((net.prefixlen, net.network_address.packed))
+            if v4:
+                f["set_id"] = sid = self._new_set(cp)
+                cp.lpm_sets[sid] = v4
+            if v6:
+                f["set_id2"] = sid = self._new_set(cp)
+                cp.lpm_sets[sid] = v6
+            return f
+        raise Unavailable(f"{where}: operator {base} on sockaddr arguments is not served (SAddr, DAddr, SPort, "
+                          "DPort, Family are)")
+
+    def _expand_lists(self, policy, values, plan, where) -> list:
+        out = []
+        for v in values:
+            if isinstance(v, ListRef) or (isinstance(v, str) and v.startswith("list:")):
+                name = v.name if isinstance(v, ListRef) else v[5:]
+                lst = policy.spec.list_named(name)
+                if lst is None:
+                    raise Unavailable(f"{where}: list {name} not defined")
+                if lst.type in ("generated_syscalls", "generated_ftrace") or (lst.type is None and not lst.values):
+                    raise Unavailable(f"{where}: generated list {name} is not served by this lanner build")
+                for x in lst.values:
+                    if lst.is_syscall_list:
+                        nr = syscalls.number(x)
+                        if nr is None:
+                            raise Unavailable(f"{where}: list {name}: unknown syscall {x}")
+                        out.append(nr)
+                    else:
+                        out.append(x)
+            else:
+                out.append(v)
+        return out
+
+
+def _tp_positions(positions: list[int]) -> bool:
+    """Tracepoint hooks pass positions == list(range(n)): matchArgs index is then a position."""
+    return positions == list(range(len(positions)))
+
+
+def host_ns(name: str) -> int:
+    """The host's namespace inode (pid 1's where readable, else the kernel's initial inode numbers)."""
+    from lanner.sensors import procfs
+
+    return int(getattr(procfs.host_namespaces(), NS_PROC[name]))
