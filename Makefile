@@ -87,7 +87,7 @@ $(PROTO_PY) &: $(PROTO_SRCS) | $(VENV)/.installed
 
 run: setup
 	@echo "==> starting the agent (Ctrl-C stops it and detaches every program)"
-	$(VENV)/bin/lanner agent --builtin-rules $(AGENT_ARGS)
+	$(VENV)/bin/lanner agent $(AGENT_ARGS)
 
 test: setup
 	@echo "==> test suite"

@@ -114,11 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = a.add_argument_group("tracing policies")
     g.add_argument("--tracing-policy", action="append", type=Path, default=[], metavar="FILE",
                    help="load this TracingPolicy file at start (repeatable)")
-    g.add_argument("--tracing-policy-dir", type=Path, metavar="DIR",
-                   help="load every *.yaml/*.yml TracingPolicy in this directory at start")
-    g.add_argument("--builtin-rules", action="store_true",
-                   help="load lanner's built-in rules (sensitive files, privilege changes, kernel modules, ptrace, "
-                        "mounts; see rules/README.md)")
+    g.add_argument("--tracing-policy-dir", metavar="DIR", default=None,
+                   help="load every *.yaml/*.yml TracingPolicy in this directory at start (default: lanner's "
+                        "built-in rules: sensitive files, privilege changes, kernel modules, ptrace, mounts; "
+                        "see rules/README.md); an empty value loads none")
     g = a.add_argument_group("BPF")
     g.add_argument("--rb-size", type=_size, default=8 << 20, metavar="BYTES",
                    help="ring buffer size, a power of two >= 4096 (e.g. 8M); events are lost, and counted, "
@@ -293,8 +292,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
         redaction=redact, export_rate_limit=args.export_rate_limit, metrics_address=args.metrics_server,
         health_address=args.health_server_address or None, bpf_stats=args.enable_bpf_stats,
-        tracing_policies=tuple(args.tracing_policy) + (tuple(_builtin_rules()) if args.builtin_rules else ()),
-        tracing_policy_dir=args.tracing_policy_dir)
+        tracing_policies=tuple(args.tracing_policy),
+        tracing_policy_dir=_builtin_rules_dir() if args.tracing_policy_dir is None
+        else (Path(args.tracing_policy_dir) if args.tracing_policy_dir else None))
     try:
         return run_agent(cfg)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -302,10 +302,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 1
 
 
-def _builtin_rules() -> list[Path]:
+def _builtin_rules_dir() -> Path:
     import lanner.rules
 
-    return sorted(Path(lanner.rules.__file__).parent.glob("*.yaml"))
+    return Path(lanner.rules.__file__).parent
 
 
 def _arg_text(value: str | None) -> str:

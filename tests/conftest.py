@@ -117,7 +117,7 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
     err = tmp_path / "agent.stderr"
     cmd = [sys.executable, "-m", "lanner", "agent", "--no-export-stdout", "--export-filename", str(export),
            "--server-address", f"unix://{sock}", "--info-file", str(tmp_path / "lanner-info.json"),
-           "--node-name", node, "--health-server-address", "127.0.0.1:0", *extra]
+           "--node-name", node, "--health-server-address", "127.0.0.1:0", "--tracing-policy-dir", "", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL,
                             env=env)
     agent = RunningAgent(proc, export, sock, node, err)

@@ -39,7 +39,7 @@ def test_agent_serves_builtin_rules_and_policy_cli(tmp_path):
     from tests.conftest import start_agent
 
     lanner = [sys.executable, "-m", "lanner"]
-    a = start_agent(tmp_path, "--builtin-rules")
+    a = start_agent(tmp_path, "--tracing-policy-dir", lanner_rules_dir())
     try:
         p = subprocess.run(lanner + ["tp", "list", "-o", "json", "--server-address", a.address],
                            capture_output=True, text=True, timeout=30)
