@@ -17,9 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from .filters import FilterError, event_kind
+from .filters import FilterError, event_kind, json_lines
 
 REDACTED = "*****"
 
@@ -82,17 +80,7 @@ class FieldFilterSet:
 
     @classmethod
     def parse_lines(cls, text: str, source: str) -> "FieldFilterSet":
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            try:
-                obj = orjson.loads(s)
-            except orjson.JSONDecodeError as exc:
-                raise FilterError(f"{source}:{n}: not valid JSON: {exc}") from None
-            out.append(FieldFilter.parse(obj, f"{source}:{n}"))
-        return cls(tuple(out))
+        return cls(tuple(FieldFilter.parse(obj, where) for where, obj in json_lines(text, source)))
 
     def __bool__(self) -> bool:
         return bool(self.filters)
@@ -178,17 +166,7 @@ class Redactor:
 
     @classmethod
     def parse_lines(cls, text: str, source: str) -> "Redactor":
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            try:
-                obj = orjson.loads(s)
-            except orjson.JSONDecodeError as exc:
-                raise FilterError(f"{source}:{n}: not valid JSON: {exc}") from None
-            out.append(RedactionFilter.parse(obj, f"{source}:{n}"))
-        return cls(tuple(out))
+        return cls(tuple(RedactionFilter.parse(obj, where) for where, obj in json_lines(text, source)))
 
     def __bool__(self) -> bool:
         return bool(self.filters)
