@@ -315,9 +315,9 @@ class FilterSet:
                    tuple(EventFilter.parse(o, f"{where}deny_list[{i}]") for i, o in enumerate(deny)))
 
 
-def parse_filter_lines(text: str, source: str) -> tuple[EventFilter, ...]:
-    """Tetragon's export list format: one JSON filter object per line (blank lines and # comments skipped)."""
-    out = []
+def json_lines(text: str, source: str) -> Iterable[tuple[str, Any]]:
+    """Tetragon's filter-list format: one JSON object per line (blank lines and # comments skipped).
+    Yields (``source:line``, object) so errors can name the line."""
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith("#"):
@@ -326,8 +326,12 @@ def parse_filter_lines(text: str, source: str) -> tuple[EventFilter, ...]:
             obj = orjson.loads(s)
         except orjson.JSONDecodeError as exc:
             raise FilterError(f"{source}:{n}: not valid JSON: {exc}") from None
-        out.append(EventFilter.parse(obj, f"{source}:{n}"))
-    return tuple(out)
+        yield f"{source}:{n}", obj
+
+
+def parse_filter_lines(text: str, source: str) -> tuple[EventFilter, ...]:
+    """Export allow/deny lists: one JSON filter object per line."""
+    return tuple(EventFilter.parse(obj, where) for where, obj in json_lines(text, source))
 
 
 def load_filter_arg(value: str | None, name: str) -> tuple[EventFilter, ...]:
