@@ -1,0 +1,137 @@
+"""Events/s delivered to one and to four gRPC GetEvents clients with zero loss, against the file sink alone.
+
+Same flood source as event_rate.py (bench/bpf/flood.bpf.o writes synthetic exec+exit record pairs
+into the agent's ring buffer for each getppid() of this process). For each configuration the offered
+rate steps up; a step counts as delivered with zero loss when the kernel lost nothing (the agent's
+loss counter), no client dropped anything (the agent's per-client queue counter), every client
+received every event and the file has every line.
+
+Configurations, in the same run and the same agent build:
+  * file   -- the JSON export file only (the baseline);
+  * grpc1  -- the file plus one GetEvents client;
+  * grpc4  -- the file plus four GetEvents clients.
+Each client is a separate process reading the stream as raw messages (counting, not decoding), so its
+CPU is not the agent's; on this 2-core machine they still compete with the agent for CPU.
+
+Usage: .venv/bin/python bench/grpc_rate.py [--steps 10,20,30,40,60,80] [--step-s 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+READER = r"""
+import sys, time, grpc
+addr, out = sys.argv[1], sys.argv[2]
+ch = grpc.insecure_channel(addr)
+call = ch.unary_stream("/tetragon.FineGuidanceSensors/GetEvents", request_serializer=None,
+                       response_deserializer=None)(b"")
+n, last = 0, 0.0
+open(out, "w").write("0")
+try:
+    for _ in call:
+        n += 1
+        now = time.monotonic()
+        if now - last > 0.1:
+            open(out, "w").write(str(n)); last = now
+except grpc.RpcError:
+    pass
+finally:
+    open(out, "w").write(str(n))
+"""
+
+
+def read_count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: list[float], step_s: float) -> list[dict]:
+    pin = stack.pin_dir(f"grpc-{name}")
+    agent = C.start_agent(stack, work, "--tracing-policy-dir", "", "--skip-probe", pin_dir=pin, name=name)
+    agent.wait_ready()
+    flood = C.Flood(pin_dir=pin)
+    stack.callback(flood.close)
+    readers = []
+    for i in range(clients):
+        out = work / f"{name}-reader{i}.count"
+        p = subprocess.Popen([C.PY, "-c", READER, agent.address, str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        stack.callback(lambda p=p: (p.poll() is None and p.send_signal(signal.SIGTERM), p.wait(10)))
+        readers.append((p, out))
+    deadline = time.monotonic() + 20
+    while agent.status()["api"].get("clients", 0) < clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {clients} readers did not connect")
+        time.sleep(0.05)
+    lines = C.LineCounter(agent.export_file)
+    results = []
+    for rate in steps:
+        flood.set(50, exits=True)
+        st0 = agent.status()
+        got0 = [read_count(o) for _, o in readers]
+        lines0 = lines.poll()
+        sub0 = flood.submitted()
+        r = C.pace(rate * 1000, step_s, flood.per_call)
+        submitted = flood.submitted() - sub0
+        deadline = time.monotonic() + 15
+        while True:  # catch up: the file and every reader
+            time.sleep(0.2)
+            done_file = lines.poll() - lines0 >= submitted
+            got = [read_count(o) - g for (_, o), g in zip(readers, got0)]
+            if done_file and all(g >= submitted for g in got) or time.monotonic() > deadline:
+                break
+        st1 = agent.status()
+        lost = st1["ringbuf"]["lost_total"] - st0["ringbuf"]["lost_total"]
+        dropped = st1["api"].get("dropped", 0) - st0["api"].get("dropped", 0)
+        exported = lines.poll() - lines0
+        res = {"config": name, "rate_k": rate, "offered_per_s": r["offered"] / r["wall_s"], "submitted": submitted,
+               "lost": lost, "dropped": dropped, "exported": exported, "received": got}
+        res["ok"] = lost == 0 and dropped == 0 and exported >= submitted and all(g >= submitted for g in got)
+        results.append(res)
+        print(f"  {name:6} {rate:>5.0f}k/s offered {res['offered_per_s'] / 1000:7.1f}k/s  lost {lost:>7}  "
+              f"client drops {dropped:>7}  exported {exported:>8}/{submitted}  "
+              f"received {','.join(str(g) for g in got) or '-':>20}  {'zero-loss' if res['ok'] else 'LOSS'}",
+              flush=True)
+        if not res["ok"]:
+            break
+        lines.truncate()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", default="10,20,30,40,60,80,100", help="offered rates, thousands of events/s")
+    ap.add_argument("--step-s", type=float, default=3.0)
+    args = ap.parse_args()
+    C.require_root()
+    steps = [float(x) for x in args.steps.split(",")]
+    print("grpc_rate:", C.machine())
+    best = {}
+    with C.Cleanup(budget_s=170) as stack:
+        work = stack.tempdir("lanner-grpc-bench-")
+        for name, clients in (("file", 0), ("grpc1", 1), ("grpc4", 4)):
+            print(f"\n{name}: {clients} gRPC client(s)")
+            res = run_config(stack, work, name, clients, steps, args.step_s)
+            ok = [r["offered_per_s"] for r in res if r["ok"]]
+            best[name] = max(ok) if ok else 0.0
+    print("\nhighest zero-loss rate (events/s; the ladder's last passing step):")
+    base = best["file"] or float("nan")
+    for name, v in best.items():
+        print(f"  {name:6} {v / 1000:7.1f}k/s  ({v / base:.2f}x of the file sink alone)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Where the agent's time per event goes: each pipeline stage timed alone, in one process.
+
+Synthetic exec+exit pairs from bench/bpf/flood.bpf.o (the process sensor's exact record layouts) are
+written into a private ring buffer, then pushed through the agent's own code one stage at a time:
+
+  read    lanner.bpf.ringbuf.RingBuffer.read_batch (copy records out of the ring)
+  decode  the process sensor's ProcessDecoder (bytes -> typed records)
+  handle  Agent.handle: process cache (insert / resolve / exit) and JSON encoding
+  emit    Agent.emit: the export pipeline and its file sink (write + flush); no gRPC subscriber
+
+Times are CPU time of this process (``time.process_time``), so other load on the machine barely
+moves them. ``handle`` is also timed with Python's cyclic garbage collector disabled, to show what
+the collector costs once the cache holds many objects. The sum gives the single-core ceiling of the
+agent's pipeline (the agent is one Python thread).
+
+Usage: .venv/bin/python bench/pipeline_breakdown.py [--pairs 30000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def make_records(n_pairs: int) -> list[bytes]:
+    from lanner.bpf.ringbuf import RingBuffer
+
+    flood = C.Flood(rb_size=1 << 27)
+    try:
+        flood.set(100, True)
+        for _ in range(-(-n_pairs // 100)):
+            os.getppid()
+        ring = RingBuffer(flood.obj.map("events"))
+        raws: list[bytes] = []
+        try:
+            while True:
+                b = ring.read_batch(4096)
+                if not b:
+                    break
+                raws += b
+        finally:
+            ring.close()
+        if flood.lost():
+            raise RuntimeError(f"{flood.lost()} records lost while generating")
+        return raws
+    finally:
+        flood.close()
+
+
+def new_agent(work: Path, tag: str):
+    from lanner.agent import Agent, AgentConfig
+
+    a = Agent(AgentConfig(node_name="bench", export_stdout=False, export_file=str(work / f"{tag}.log"),
+                          export_file_max_mb=1e6, grpc=None))
+    a._open_sinks()
+    # seed the cache from /proc as the agent does at start (the flood's parent is this process);
+    # the kernel map seeding is skipped: there is no sensor here
+    a.sensor = types.SimpleNamespace(seed=lambda entries: sum(1 for _ in entries))
+    a._seed_from_procfs()
+    a.sensor = None
+    return a
+
+
+def timed(fn, *args):
+    t0 = time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=30_000, help="exec+exit pairs per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--budget-s", type=float, default=115.0)
+    args = ap.parse_args()
+    C.require_root()
+    from lanner.bpf.btf import Btf
+    from lanner.bpf.ringbuf import RingBuffer
+    from lanner.sensors.process import PROCESS_OBJECT, ProcessDecoder
+
+    print(f"pipeline_breakdown: machine {C.machine()}; {args.pairs} exec+exit pairs per round, "
+          f"{args.rounds} rounds, CPU time per event (median)")
+    load = C.LoadMonitor()
+    stages: dict[str, list[float]] = {k: [] for k in ("read", "decode", "handle", "handle (gc off)", "emit")}
+    sizes = {}
+    with C.Cleanup(args.budget_s) as stack:
+        work = stack.tempdir("lanner-bench-pipeline-")
+
+        class _Obj:
+            btf = Btf.from_elf(PROCESS_OBJECT)
+
+        decoder = ProcessDecoder(_Obj())  # type: ignore[arg-type]
+        for _ in range(args.rounds):
+            # read: refill a ring and time only the copy-out
+            flood = C.Flood(rb_size=1 << 27)
+            stack.callback(flood.close)
+            flood.set(100, True)
+            for _ in range(-(-args.pairs // 100)):
+                os.getppid()
+            ring = RingBuffer(flood.obj.map("events"))
+            raws: list[bytes] = []
+            t0 = time.process_time()
+            while True:
+                b = ring.read_batch(4096)
+                if not b:
+                    break
+                raws += b
+            t_read = time.process_time() - t0
+            ring.close()
+            flood.close()
+            n = len(raws)
+            sizes = {"exec": len(raws[0]), "exit": len(raws[1])}
+
+            recs, t_dec = timed(decoder.decode, raws)
+            a = new_agent(work, "gc-on")
+            gc.collect()
+            out, t_handle = timed(a.handle, recs)
+            _, t_emit = timed(lambda: (a.emit(out), a.export.flush()))
+            a.close()
+
+            recs2 = decoder.decode(raws)
+            b = new_agent(work, "gc-off")
+            gc.collect()
+            gc.disable()
+            try:
+                _, t_handle_nogc = timed(b.handle, recs2)
+            finally:
+                gc.enable()
+            b.close()
+            for k, t in (("read", t_read), ("decode", t_dec), ("handle", t_handle), ("handle (gc off)", t_handle_nogc),
+                         ("emit", t_emit)):
+                stages[k].append(t / n * 1e6)
+            for f in work.glob("*.log"):
+                f.unlink()
+            del raws, recs, recs2, out
+
+    med = {k: C.median(v) for k, v in stages.items()}
+    total = med["read"] + med["decode"] + med["handle"] + med["emit"]
+    total_nogc = total - med["handle"] + med["handle (gc off)"]
+    print(f"\n  record sizes: exec {sizes['exec']} B, exit {sizes['exit']} B (ring payload)")
+    print(f"  {'stage':16} {'us/event':>9} {'share':>7}")
+    for k in ("read", "decode", "handle", "emit"):
+        print(f"  {k:16} {med[k]:9.2f} {100 * med[k] / total:6.1f}%")
+    print(f"  {'total':16} {total:9.2f}   -> one core drains at most {C.fmt_rate(1e6 / total)} events/s")
+    print(f"  handle with gc disabled: {med['handle (gc off)']:.2f} us/event "
+          f"(the collector costs {med['handle'] - med['handle (gc off)']:.2f} us/event here); "
+          f"total {total_nogc:.2f} -> {C.fmt_rate(1e6 / total_nogc)} events/s")
+    print("\n" + load.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
