@@ -546,24 +546,33 @@ def _with_mode(text: str, mode: str) -> str:
 
 
 def _print_policies(policies: list) -> None:
+    """The `tetra tp list` table, then per policy one line per hook (TracingPolicyStatus.info: how each
+    hook is served, or why it is unavailable, with its in-kernel counters) and the error if any."""
     from lanner.exporter.api.gen.tetragon import sensors_pb2
 
     rows = [("ID", "NAME", "STATE", "NAMESPACE", "SENSORS", "KERNELMEMORY", "MODE", "NPOST", "NENFORCE",
              "NMONITOR")]
     for p in policies:
         st = p.stats.action_counters if p.HasField("stats") else None
+        enforce = (st.signal + st.override + st.notify_enforcer + st.set) if st else 0
+        monitor = (st.monitor_signal + st.monitor_override + st.monitor_notify_enforcer + st.monitor_set) if st else 0
         rows.append((str(p.id), p.name, sensors_pb2.TracingPolicyState.Name(p.state).removeprefix("TP_STATE_").lower(),
                      p.namespace or "(global)", ",".join(p.sensors),
-                     f"{p.kernel_memory_bytes / 1024:.0f} kB",
+                     f"{p.kernel_memory_bytes / 1024:.2f} kB",
                      sensors_pb2.TracingPolicyMode.Name(p.mode).removeprefix("TP_MODE_").lower(),
-                     str(getattr(st, "post", 0) if st else 0), str(getattr(st, "signal", 0) if st else 0),
-                     str(getattr(st, "monitor_signal", 0) if st else 0)))
+                     str(st.post if st else 0), str(enforce), str(monitor)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     for p in policies:
-        if p.error:
-            print(f"\n{p.name}: {p.error}")
+        hooks = [h for h in p.info.split("; ") if h] if p.info else []
+        if not hooks and not p.error:
+            continue
+        print(f"\n{p.name}{' (' + p.namespace + ')' if p.namespace else ''}:")
+        for h in hooks:
+            print(f"  {h}")
+        if p.error and not hooks:
+            print(f"  error: {p.error}")
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

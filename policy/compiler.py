@@ -36,6 +36,10 @@ GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostf
 GPF_FOLLOW, GPF_NSPID = 1, 2
 GSF_POST, GSF_SIGNAL, GSF_HAS_RET = 1, 2, 4
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE = 1, 2, 4, 8
+# gen_stats slots (generic.h GST_*)
+GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST = range(7)
+GST_SLOTS = 8
+GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limited", "post_lost")
 NS_TYPES = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5, "Time": 6,
             "TimeForChildren": 7, "Cgroup": 8, "User": 9}
 NS_PROC = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
@@ -111,6 +115,8 @@ class HookPlan:
 class CompiledPolicy:
     hooks: list[HookPlan] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, display, reason) per unavailable
+    order: list[str] = field(default_factory=list)  # hook paths in policy order (spec.loader first if set)
     int_sets: dict[int, list[int]] = field(default_factory=dict)
     str_sets: dict[int, list[bytes]] = field(default_factory=dict)
     lpm_sets: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # set -> [(bits, bytes)]
@@ -134,21 +140,29 @@ class Compiler:
     def compile(self, policy: TracingPolicy, enforce: bool) -> CompiledPolicy:
         out = CompiledPolicy()
         if policy.spec.loader:
-            out.unavailable.append("spec.loader: process_loader events are not served by this lanner build")
+            reason = "process_loader events are not served by this lanner build"
+            out.unavailable.append(f"spec.loader: {reason}")
+            out.skipped.append(("spec.loader", "", reason))
+            out.order.append("spec.loader")
         counters = {"kprobes": 0, "fentries": 0, "tracepoints": 0, "uprobes": 0, "usdts": 0, "lsmhooks": 0}
+        scoped = workload_scoping(policy)
         for kind, display, spec in policy.hooks():
             attr = {"kprobe": "kprobes", "fentry": "fentries", "tracepoint": "tracepoints", "uprobe": "uprobes",
                     "usdt": "usdts", "lsmhook": "lsmhooks"}[kind]
             path = f"{attr}[{counters[attr]}]"
             counters[attr] += 1
+            out.order.append(path)
             scratch = CompiledPolicy()
             try:
+                if scoped:  # never run a pod-scoped policy on every process
+                    raise Unavailable(f"{scoped} selects pods/containers, but this lanner build has no pod or "
+                                      "container identity: workload scoping is not served")
                 plan = self._hook(policy, kind, path, display, spec, scratch, enforce)
-            except Unavailable as exc:
-                out.unavailable.append(f"hook {path} {display}: {exc}")
-                continue
-            except (ValueError, KeyError, TypeError, OSError) as exc:  # never crash on an odd policy
-                out.unavailable.append(f"hook {path} {display}: cannot be compiled: {exc!r}")
+            except (Unavailable, ValueError, KeyError, TypeError, OSError) as exc:  # never crash on an odd policy
+                reason = str(exc) if isinstance(exc, Unavailable) else f"cannot be compiled: {exc!r}"
+                out.unavailable.append(f"hook {path} {display}: {reason}")
+                out.skipped.append((path, display, reason))
+                out.set_ids += scratch.set_ids  # allocated before the failure: freed with the policy
                 continue
             out.hooks.append(plan)
             for name in ("int_sets", "str_sets", "lpm_sets"):
@@ -342,7 +356,7 @@ class Compiler:
             gen.update(type=GA_USOCKADDR, size=8)
             return gen, ArgPlan(t, GA_USOCKADDR, 8, False, a.label)
         raise Unavailable(f"args[{i}]: type {t} is not available on {'syscall ' if syscall else ''}tracepoint "
-                          f"field {f.name} ({f.ctype}); it needs kprobe/BTF arguments")
+                          f"field {f.name} ({f.ctype}): it needs kprobe/BTF arguments")
 
     def _reg_arg(self, i: int, a: ArgSpec):
         t = "uint64" if a.type == "auto" else a.type
@@ -384,9 +398,9 @@ class Compiler:
     def _config(self, policy, selectors, gen_args, plans, positions, specargs, cp, enforce, has_ret,
                 uprobe) -> dict[str, Any]:
         if len(gen_args) > GEN_MAX_ARGS:
-            raise Unavailable(f"{len(gen_args)} args; the limit is {GEN_MAX_ARGS}")
+            raise Unavailable(f"{len(gen_args)} args, the limit is {GEN_MAX_ARGS}")
         if len(selectors) > GEN_MAX_SELECTORS:
-            raise Unavailable(f"{len(selectors)} selectors; the limit is {GEN_MAX_SELECTORS}")
+            raise Unavailable(f"{len(selectors)} selectors, the limit is {GEN_MAX_SELECTORS}")
         cfg: dict[str, Any] = {"flags": (GHF_HAS_RET if has_ret else 0) | (GHF_UPROBE if uprobe else 0),
                                "nargs": len(gen_args), "nselectors": len(selectors)}
         # sizeArgIndex (1-based, naming the arg whose *index* is that minus 1) -> position in args
@@ -396,7 +410,7 @@ class Compiler:
                 want = sai - 1
                 pos = positions.index(want) if want in positions else None
                 if pos is None:
-                    raise Unavailable(f"args[{i}]: sizeArgIndex {sai} names an argument the hook does not read; "
+                    raise Unavailable(f"args[{i}]: sizeArgIndex {sai} names an argument the hook does not read, "
                                       f"add it to args")
                 g["size_arg"] = pos + 1
             for k, v in g.items():
@@ -430,7 +444,7 @@ class Compiler:
             filters.append(self._arg_filter(policy, m, plans, positions, specargs, cp,
                                             f"{where}.matchReturnArgs", True))
         if len(filters) > GEN_MAX_FILTERS:
-            raise Unavailable(f"{where}: {len(filters)} argument filters; the limit is {GEN_MAX_FILTERS}")
+            raise Unavailable(f"{where}: {len(filters)} argument filters, the limit is {GEN_MAX_FILTERS}")
         flags = 0
         for fi, f in enumerate(filters):
             for k, v in f.items():
@@ -447,7 +461,7 @@ class Compiler:
             raise Unavailable(f"{where}.matchPIDs: more than one entry is not served by this build")
         for mp in sel.match_pids:
             if len(mp.values) > GEN_MAX_PIDS:
-                raise Unavailable(f"{where}.matchPIDs: {len(mp.values)} values; the limit is {GEN_MAX_PIDS}")
+                raise Unavailable(f"{where}.matchPIDs: {len(mp.values)} values, the limit is {GEN_MAX_PIDS}")
             cfg[f"{p}pid_op"] = GOP[mp.operator]
             cfg[f"{p}pid_flags"] = (GPF_FOLLOW if mp.follow_forks else 0) | (GPF_NSPID if mp.is_namespace_pid else 0)
             cfg[f"{p}npids"] = len(mp.values)
@@ -477,7 +491,8 @@ class Compiler:
             cfg[f"{p}bin_set"] = sid
         # matchNamespaces
         if len(sel.match_namespaces) > GEN_MAX_NS:
-            raise Unavailable(f"{where}.matchNamespaces: {len(sel.match_namespaces)} entries; limit {GEN_MAX_NS}")
+            raise Unavailable(f"{where}.matchNamespaces: {len(sel.match_namespaces)} entries, the limit is "
+                              f"{GEN_MAX_NS}")
         for n, mn in enumerate(sel.match_namespaces):
             if len(mn.values) > GEN_MAX_NS_VALUES:
                 raise Unavailable(f"{where}.matchNamespaces[{n}]: more than {GEN_MAX_NS_VALUES} values")
@@ -516,6 +531,9 @@ class Compiler:
                 reported = reported or ACTIONS[a.action]
                 cp.enforcing = True
             elif a.action in ("Override", "NotifyEnforcer"):
+                if self.supports("fmod_ret") or self.supports("override_return"):
+                    raise Unavailable(f"{where}: {a.action} needs an fmod_ret or kprobe override_return program on "
+                                      "the call: the kernel has one, but this lanner build does not serve it")
                 raise Unavailable(f"{where}: {a.action} needs fmod_ret or override_return, which this kernel "
                                   f"lacks (fmod_ret: {'yes' if self.supports('fmod_ret') else 'no'}, override_return: "
                                   f"{'yes' if self.supports('override_return') else 'no'})")
@@ -575,6 +593,8 @@ class Compiler:
             else:
                 raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
             return f
+        if base not in ("Equal", "InMap", "InRange", "GreaterThan", "GT", "LessThan", "LT", "Mask"):
+            raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
         if plan.signed:
             f["flags"] |= GFF_SIGNED
         ints, ranges = [], []
@@ -676,6 +696,19 @@ class Compiler:
             else:
                 out.append(v)
         return out
+
+
+def workload_scoping(policy: TracingPolicy) -> str:
+    """What scopes the policy to pods or containers ("" if nothing does). Tetragon runs such a policy
+    only for the selected pods (and host processes only with hostSelector: {}); lanner cannot tell a
+    pod's process from any other, so serving it would apply the policy to every process."""
+    if policy.namespaced:
+        return f"TracingPolicyNamespaced (namespace {policy.namespace})"
+    if policy.spec.pod_selector is not None:
+        return "spec.podSelector"
+    if policy.spec.container_selector is not None:
+        return "spec.containerSelector"
+    return ""
 
 
 def _tp_positions(positions: list[int]) -> bool:

@@ -23,7 +23,10 @@ from lanner.exporter.api.gen.tetragon import sensors_pb2
 from lanner.exporter.pipeline import OutEvent
 
 from . import bpf_attach
-from .compiler import GEN_STR_MAX, GHF_ENFORCE, CompiledPolicy, Compiler, HookPlan, HookUnit
+from .compiler import (
+    GEN_STR_MAX, GHF_ENFORCE, GST_MONITOR_SIGNAL, GST_NAMES, GST_POST, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
+    Compiler, HookPlan, HookUnit,
+)
 from .errors import PolicyError
 from .events import EventDecoder, build_event
 from .loader import load_policies
@@ -37,6 +40,10 @@ UPROBE_OBJECT = OBJ_DIR / "generic_uprobe.bpf.o"
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_lpm", "gen_heap", "gen_inflight",
                "gen_ratelimit", "gen_stats", "events", "lanner_lost")
+# A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
+# to the same event with EEXIST), so a second hook on an event already served runs on another loaded
+# instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
+MAX_TP_INSTANCES = 64
 # features this build attaches itself when the probe result does not mention them (attach errors are
 # reported per hook); the rest are assumed absent unless the probe says otherwise
 DEFAULT_FEATURES = {"tracepoint": True, "uprobe": True, "uretprobe": True, "send_signal": True, "raw_tp": True}
@@ -44,6 +51,10 @@ DEFAULT_FEATURES = {"tracepoint": True, "uprobe": True, "uretprobe": True, "send
 _INT_KEY = struct.Struct("<IIQ")
 _STR_KEY = struct.Struct(f"<IBB{GEN_STR_MAX}s")
 ONE = b"\x01"
+# kernel_memory_bytes estimate (see docs/policies.md "Kernel memory"): bytes the kernel holds for one
+# element, from include/linux/bpf / kernel/bpf/hashtab.c and lpm_trie.c on x86_64
+HTAB_ELEM_HEADER = 48  # struct htab_elem before the key
+LPM_NODE_HEADER = 24   # struct lpm_trie_node before the data (child[2], prefixlen, flags)
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class _Policy:
     enabled: bool = True
     links: list[Link] = field(default_factory=list)
     attach_errors: list[str] = field(default_factory=list)
+    attach_failed: dict[str, str] = field(default_factory=dict)  # hook path -> why its attach failed
 
     @property
     def name(self) -> str:
@@ -102,6 +114,9 @@ class PolicyEngine:
         self.tp = BpfObject.open(TP_OBJECT)
         self.up: BpfObject | None = None
         self.ring: RingBuffer | None = None
+        self._tp_pool: list[BpfObject] = [self.tp]  # generic_tp instances; [0] owns the maps
+        self._tp_busy: dict[tuple[str, str], set[int]] = {}  # tracepoint -> instances attached to it
+        self._link_slot: dict[int, tuple[tuple[str, str], int]] = {}  # id(link) -> (tracepoint, instance)
         try:
             self.tp.reuse_map("execve_map", ctx.execve_map_fd)
             self.tp.resize_map("events", ctx.ringbuf_bytes)
@@ -115,6 +130,9 @@ class PolicyEngine:
             self.str_set = self.tp.map("gen_str_set")
             self.lpm = self.tp.map("gen_str_lpm")
             self.stats_map = self.tp.map("gen_stats", key=Codec.struct("<I"))
+            if self.stats_map.value_size != 8 * GST_SLOTS:
+                raise RuntimeError(f"{TP_OBJECT}: gen_stats has {self.stats_map.value_size} bytes per hook, this "
+                                   f"engine expects {8 * GST_SLOTS}: rebuild with 'make bpf'")
             self.lost_map = self.tp.map("lanner_lost", key=Codec.struct("<I"), value=Codec.struct("<Q"))
             lay = RecordLayout.from_btf(self.tp.btf, "gen_hook")
             self._hook_layout = lay
@@ -174,7 +192,7 @@ class PolicyEngine:
             for plan in compiled.hooks:
                 for unit in plan.units:
                     self.hooks_map.update(unit.hook_id, self._pack_hook(unit.config))
-                    self.stats_map.update(unit.hook_id, [b"\0" * 32] * self.stats_map.ncpus)
+                    self.stats_map.update(unit.hook_id, [b"\0" * self.stats_map.value_size] * self.stats_map.ncpus)
                     if unit.exit_id is not None:
                         self.hooks_map.update(unit.exit_id, self._pack_hook(unit.exit_config or {}))
                     self._meta[unit.hook_id] = _HookMeta(p.name, plan, unit)
@@ -206,6 +224,26 @@ class PolicyEngine:
         self._free_sets.extend(c.set_ids)
         c.set_ids = []
 
+    def _tp_instance(self, tp: tuple[str, str]) -> int:
+        """A generic_tp instance not yet attached to tracepoint ``tp`` (loaded on demand)."""
+        busy = self._tp_busy.get(tp, set())
+        for i in range(len(self._tp_pool)):
+            if i not in busy:
+                return i
+        if len(self._tp_pool) >= MAX_TP_INSTANCES:
+            raise OSError(f"more than {MAX_TP_INSTANCES} hooks on tracepoint {tp[0]}/{tp[1]}")
+        obj = BpfObject.open(TP_OBJECT)
+        try:
+            for name in SHARED_MAPS:
+                obj.reuse_map(name, self.tp.map(name).fd)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        self._tp_pool.append(obj)
+        log.debug("loaded generic_tp instance %d (tracepoint %s/%s)", len(self._tp_pool) - 1, *tp)
+        return len(self._tp_pool) - 1
+
     def _attach_unit(self, unit: HookUnit) -> list[Link]:
         links: list[Link] = []
         assert self.up is not None
@@ -213,7 +251,12 @@ class PolicyEngine:
             for hid, targets in ((unit.exit_id, unit.exit_attach), (unit.hook_id, unit.attach)):
                 for t in targets:
                     if t[0] == "tp":
-                        links.append(bpf_attach.attach_tracepoint(self.tp.program("generic_tp"), t[1], t[2], hid))
+                        tp = (t[1], t[2])
+                        i = self._tp_instance(tp)
+                        link = bpf_attach.attach_tracepoint(self._tp_pool[i].program("generic_tp"), t[1], t[2], hid)
+                        self._tp_busy.setdefault(tp, set()).add(i)
+                        self._link_slot[id(link)] = (tp, i)
+                        links.append(link)
                     else:
                         prog = self.up.program("generic_uretprobe" if t[3] else "generic_uprobe")
                         links.append(bpf_attach.attach_uprobe(prog, t[1], t[2], hid, retprobe=t[3]))
@@ -224,6 +267,7 @@ class PolicyEngine:
 
     def _attach(self, p: _Policy) -> None:
         p.attach_errors = []
+        p.attach_failed = {}
         for plan in list(p.compiled.hooks):
             hook_links: list[Link] = []
             try:
@@ -233,13 +277,19 @@ class PolicyEngine:
                 self._destroy(hook_links)
                 first = str(exc).split("\n", 1)[0]
                 p.attach_errors.append(f"hook {plan.path} {plan.display}: attach failed: {first}")
+                p.attach_failed[plan.path] = first
                 continue
             p.links += hook_links
 
     def _destroy(self, links: list[Link]) -> None:
         for link in links:
             link.destroy()
-            for obj in (self.tp, self.up):
+            slot = self._link_slot.pop(id(link), None)
+            if slot is not None:
+                self._tp_busy[slot[0]].discard(slot[1])
+                if not self._tp_busy[slot[0]]:
+                    del self._tp_busy[slot[0]]
+            for obj in (*self._tp_pool, self.up):
                 if obj is not None and link in obj._links:
                     obj._links.remove(link)
 
@@ -284,16 +334,73 @@ class PolicyEngine:
                     p.links = []
                 p.enabled = enable
 
-    def _stats(self, p: _Policy) -> tuple[int, int]:
-        post = sig = 0
+    def _hook_counters(self, unit: HookUnit) -> list[int]:
+        """The GST_* counters of one hook, summed over CPUs (kernel map gen_stats)."""
+        out = [0] * len(GST_NAMES)
+        v = self.stats_map.lookup(unit.hook_id)
+        for cpu in v or ():
+            for i in range(len(out)):
+                out[i] += int.from_bytes(cpu[8 * i:8 * i + 8], "little")
+        return out
+
+    def _elem_bytes(self, m: Any, lpm: bool = False) -> int:
+        """Kernel bytes of one element of a shared map (the per-element cost, without rounding)."""
+        r8 = lambda n: (n + 7) & ~7  # noqa: E731
+        if lpm:
+            return LPM_NODE_HEADER + (m.key_size - 4) + m.value_size
+        if m.percpu:
+            return HTAB_ELEM_HEADER + r8(m.key_size) + 8 + r8(m.value_size) * m.ncpus
+        return HTAB_ELEM_HEADER + r8(m.key_size) + r8(m.value_size)
+
+    def _kernel_memory(self, p: _Policy) -> int:
+        """Bytes of the policy's entries in the shared maps (docs/policies.md, "Kernel memory")."""
+        c = p.compiled
+        units = [u for h in c.hooks for u in h.units]
+        n_hooks = len(units) + sum(1 for u in units if u.exit_id is not None)
+        return (n_hooks * self._elem_bytes(self.hooks_map)
+                + len(units) * self._elem_bytes(self.stats_map)
+                + sum(len(v) for v in c.int_sets.values()) * self._elem_bytes(self.int_set)
+                + sum(len(v) for v in c.str_sets.values()) * self._elem_bytes(self.str_set)
+                + sum(len(v) for v in c.lpm_sets.values()) * self._elem_bytes(self.lpm, lpm=True))
+
+    @staticmethod
+    def _targets(plan: HookPlan) -> str:
+        out = []
+        for u in plan.units:
+            if u.attach and u.attach[0][0] == "tp":
+                t = f"{u.attach[0][1]}/{u.attach[0][2]}"
+                if u.exit_attach:
+                    t += f"+{u.exit_attach[0][2]}"
+            else:
+                t = f"{u.path}:{u.symbol or hex(u.offset)}" + ("+uretprobe" if u.exit_attach else "")
+            out.append(t)
+        return ", ".join(out)
+
+    def _hook_status(self, p: _Policy) -> tuple[list[str], list[int]]:
+        """One line per hook of the policy (in policy order) and the policy's summed counters."""
+        total = [0] * len(GST_NAMES)
+        lines: dict[str, str] = {}
         for plan in p.compiled.hooks:
+            counts = [0] * len(GST_NAMES)
             for unit in plan.units:
-                v = self.stats_map.lookup(unit.hook_id)
-                if v:
-                    for cpu in v:
-                        post += int.from_bytes(cpu[8:16], "little")
-                        sig += int.from_bytes(cpu[16:24], "little")
-        return post, sig
+                for i, n in enumerate(self._hook_counters(unit)):
+                    counts[i] += n
+            total = [a + b for a, b in zip(total, counts)]
+            head = f"{plan.path} {plan.display}: {plan.mechanism} {self._targets(plan)}"
+            if plan.path in p.attach_failed:
+                text = f"{head}: attach failed ({p.attach_failed[plan.path]})"
+            elif not p.enabled:
+                text = f"{head}: detached (policy disabled)"
+            else:
+                text = head
+            nonzero = [f"{name} {n}" for name, n in zip(GST_NAMES, counts) if n]
+            if nonzero:
+                text += f" [{', '.join(nonzero)}]"
+            lines[plan.path] = text
+        for path, display, reason in p.compiled.skipped:
+            lines[path] = f"{path} {display}: unavailable ({reason})" if display else f"{path}: unavailable ({reason})"
+        ordered = [lines.pop(k) for k in p.compiled.order if k in lines] + list(lines.values())
+        return [t.replace("; ", ", ") for t in ordered], total
 
     def list(self) -> list:
         out = []
@@ -313,22 +420,23 @@ class PolicyEngine:
                 mode = sensors_pb2.TP_MODE_ENFORCE if p.enforce else sensors_pb2.TP_MODE_MONITOR
                 if not p.compiled.enforcing:
                     mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
-                nunits = sum(len(h.units) for h in p.compiled.hooks)
-                mem = nunits * (self.hooks_map.value_size + 4) * 2 + \
-                    sum(len(v) for v in p.compiled.int_sets.values()) * 24 + \
-                    sum(len(v) for v in p.compiled.str_sets.values()) * 264 + \
-                    sum(len(v) for v in p.compiled.lpm_sets.values()) * 300
-                post, sig = self._stats(p)
+                hooks, counts = self._hook_status(p)
                 st = sensors_pb2.TracingPolicyStatus(
-                    id=p.id, name=p.name, namespace=p.namespace, sensors=sensors, error="; ".join(errors),
-                    state=state, mode=mode, kernel_memory_bytes=mem)
-                st.stats.action_counters.post = post
-                if p.enforce:
-                    st.stats.action_counters.signal = sig
-                else:
-                    st.stats.action_counters.monitor_signal = sig
+                    id=p.id, name=p.name, namespace=p.namespace, info="; ".join(hooks), sensors=sensors,
+                    error="; ".join(errors), state=state, mode=mode, kernel_memory_bytes=self._kernel_memory(p))
+                ac = st.stats.action_counters
+                ac.post = counts[GST_POST]
+                ac.signal = counts[GST_SIGNAL]
+                ac.monitor_signal = counts[GST_MONITOR_SIGNAL]
                 out.append(st)
         return out
+
+    def counters(self, name: str, namespace: str = "") -> dict[str, int]:
+        """All GST_* counters of a policy, summed over its hooks and CPUs (matched, post, signal,
+        monitor_signal, nopost, rate_limited, post_lost)."""
+        with self._lock:
+            p = self._policies[(name, namespace or "")]
+            return dict(zip(GST_NAMES, self._hook_status(p)[1]))
 
     def status(self, name: str, namespace: str = "") -> Any:
         return next(s for s in self.list() if s.name == name and s.namespace == namespace)
@@ -359,12 +467,14 @@ class PolicyEngine:
         for p in self._policies.values():
             for link in p.links:
                 prog = link.description.split(" -> ", 1)[0]
-                fd = (self.tp.programs.get(prog) or (self.up.programs.get(prog) if self.up else None))
+                slot = self._link_slot.get(id(link))
+                obj = self._tp_pool[slot[1]] if slot is not None else self.up
+                fd = obj.programs.get(prog) if obj is not None else None
                 out.append((f"policy:{p.name}", prog, link.description.split(" -> ", 1)[-1], fd.fd if fd else -1))
         return out
 
     def links(self) -> int:
-        return sum(len(o.links) for o in (self.tp, self.up) if o is not None)
+        return sum(len(o.links) for o in (*self._tp_pool, self.up) if o is not None)
 
     def close(self) -> None:
         with self._lock:
@@ -375,10 +485,13 @@ class PolicyEngine:
             if self.ring is not None:
                 self.ring.close()
                 self.ring = None
-            for obj in (self.up, self.tp):
+            for obj in (self.up, *reversed(self._tp_pool)):
                 if obj is not None:
                     obj.close()
             self.up = None
+            self._tp_pool = [self.tp]
+            self._tp_busy.clear()
+            self._link_slot.clear()
 
 
 def _fmt_items(fmt: str) -> list[str]:

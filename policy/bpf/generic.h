@@ -64,6 +64,17 @@
 #define GSF_SIGNAL (1 << 1)
 #define GSF_HAS_RET (1 << 2)
 
+/* gen_stats slots: per entry hook id, per-CPU counters of what the generic programs did; summed
+ * over CPUs and the policy's hooks into TracingPolicyStatus.stats.action_counters at list time */
+#define GST_MATCHED 0        /* a selector matched (or the hook has none) */
+#define GST_POST 1           /* event written to the ring buffer */
+#define GST_SIGNAL 2         /* Sigkill/Signal sent (mode enforce) */
+#define GST_MONITOR_SIGNAL 3 /* Sigkill/Signal matched but not sent (mode monitor) */
+#define GST_NOPOST 4         /* matched, NoPost: no event */
+#define GST_RATE_LIMITED 5   /* Post suppressed by rateLimit */
+#define GST_POST_LOST 6      /* Post failed: the ring buffer was full */
+#define GST_SLOTS 8          /* slot 7 spare (Override/NotifyEnforcer/Set are not served) */
+
 /* gen_hook.flags */
 #define GHF_ENFORCE (1 << 0) /* policy mode enforce: signals are sent */
 #define GHF_EXIT (1 << 1)    /* the return half of a hook: pair = the entry hook's id */

@@ -87,21 +87,20 @@ struct {
 	__type(value, __u64);
 } gen_ratelimit SEC(".maps");
 
-/* per hook id: [0] matched, [1] posted, [2] signaled, [3] rate limited */
-#define GEN_STAT_SLOTS 4
+/* per entry hook id: GST_* counters (generic.h), one row per CPU */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
-	__type(value, __u64[GEN_STAT_SLOTS]);
+	__type(value, __u64[GST_SLOTS]);
 } gen_stats SEC(".maps");
 
 static __always_inline void gen_stat(__u32 hook_id, __u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&gen_stats, &hook_id);
 
-	if (v && slot < GEN_STAT_SLOTS)
-		v[slot] += 1;
+	if (v && slot < GST_SLOTS)
+		v[slot] += 1; /* per-CPU value: no other writer on this CPU while the program runs */
 }
 
 /* ------------------------------------------------------------------------------ argument reading */
@@ -540,12 +539,18 @@ static __always_inline bool gen_check_caps(struct gen_selector *sel)
 	__u64 caps;
 	bool hit;
 
+	/* kernel_cap_t is a u64 "val" since 6.3 and a u32 cap[2] before (same 8 bytes): read the field
+	 * whole, by its relocated offset, so the program loads on both (Debian 6.1 has the array) */
+	const kernel_cap_t *cap;
+
 	if (sel->cap_type == 1)
-		caps = BPF_CORE_READ(cred, cap_inheritable.val);
+		cap = __builtin_preserve_access_index(&cred->cap_inheritable);
 	else if (sel->cap_type == 2)
-		caps = BPF_CORE_READ(cred, cap_permitted.val);
+		cap = __builtin_preserve_access_index(&cred->cap_permitted);
 	else
-		caps = BPF_CORE_READ(cred, cap_effective.val);
+		cap = __builtin_preserve_access_index(&cred->cap_effective);
+	caps = 0;
+	bpf_probe_read_kernel(&caps, sizeof(caps), cap);
 	hit = (caps & sel->cap_mask) != 0;
 	return sel->cap_op == GOP_IN ? hit : !hit;
 }
@@ -628,7 +633,7 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 	__u32 si = s->ev.selector;
 	struct gen_selector *sel;
 
-	gen_stat(s->ev.hook_id, 0);
+	gen_stat(s->ev.hook_id, GST_MATCHED);
 	if (si >= GEN_MAX_SELECTORS) { /* no selectors: Post */
 		s->ev.action = 0;
 		goto post;
@@ -636,21 +641,29 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 	si = GEN_BOUND(si, GEN_MAX_SELECTORS);
 	sel = &hook->sel[si];
 	s->ev.action = sel->action;
-	if ((sel->flags & GSF_SIGNAL) && (hook->flags & GHF_ENFORCE)) {
-		bpf_send_signal(sel->signal);
-		s->ev.flags |= GEF_SIGNALED;
-		gen_stat(s->ev.hook_id, 2);
+	if (sel->flags & GSF_SIGNAL) {
+		if (hook->flags & GHF_ENFORCE) {
+			bpf_send_signal(sel->signal);
+			s->ev.flags |= GEF_SIGNALED;
+			gen_stat(s->ev.hook_id, GST_SIGNAL);
+		} else {
+			gen_stat(s->ev.hook_id, GST_MONITOR_SIGNAL);
+		}
 	}
-	if (!(sel->flags & GSF_POST))
+	if (!(sel->flags & GSF_POST)) {
+		gen_stat(s->ev.hook_id, GST_NOPOST);
 		return 0;
+	}
 	if (sel->rate_limit_ns && gen_rate_limited(s, sel)) {
-		gen_stat(s->ev.hook_id, 3);
+		gen_stat(s->ev.hook_id, GST_RATE_LIMITED);
 		return 0;
 	}
 post:
 	s->ev.hdr.ktime = bpf_ktime_get_ns();
 	if (lanner_output(GEN_OP, &s->ev, sizeof(s->ev)) == 0)
-		gen_stat(s->ev.hook_id, 1);
+		gen_stat(s->ev.hook_id, GST_POST);
+	else
+		gen_stat(s->ev.hook_id, GST_POST_LOST);
 	return 0;
 }
 
