@@ -40,6 +40,9 @@ log = logging.getLogger("lanner.agent")
 
 BATCH = 4096
 HOUSEKEEPING_S = 1.0
+# The programs wake the agent only when a ring is filling up (lanner_wakeup_flags in common.bpf.h);
+# otherwise the agent drains every POLL_S, which bounds an event's latency on a quiet host.
+POLL_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ class Agent:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         try:
             while not self._stop.is_set():
-                sel.select(timeout=0.25)
+                sel.select(timeout=POLL_S)
                 self.drain()
                 now = self.last_loop = time.monotonic()
                 if now >= next_housekeeping:

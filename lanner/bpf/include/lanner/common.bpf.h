@@ -35,10 +35,26 @@ static __always_inline void lanner_count_lost(__u32 op)
 		*cnt += 1;
 }
 
+/*
+ * When to wake the reader. Waking it for every record (the default) costs a self-IPI per record in a
+ * VM and a reader wakeup per record: about 20 us per exec measured. Instead records are submitted
+ * silently, and the reader is woken only once the ring is LANNER_WAKEUP_SHIFT-th full; the agent also
+ * polls every few milliseconds, which bounds the latency of a quiet stream.
+ */
+#define LANNER_WAKEUP_SHIFT 3 /* wake when more than 1/8 of the ring holds unread records */
+
+static __always_inline __u64 lanner_wakeup_flags(void)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+
+	return avail > (size >> LANNER_WAKEUP_SHIFT) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* Copy a record to the ring buffer; on failure count it as lost. */
 static __always_inline int lanner_output(__u32 op, void *data, __u64 size)
 {
-	long err = bpf_ringbuf_output(&events, data, size, 0);
+	long err = bpf_ringbuf_output(&events, data, size, lanner_wakeup_flags());
 
 	if (err)
 		lanner_count_lost(op);
