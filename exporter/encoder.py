@@ -154,7 +154,8 @@ class ProcessEventEncoder:
     def process_fragment(self, p: Process) -> orjson.Fragment:
         frag = p.encoded
         if frag is None:
-            frag = p.encoded = self._fragment(self._dumps(self.process_dict(p)))
+            # an exact-size copy: orjson's result can carry kilobytes of spare capacity, kept per process
+            frag = p.encoded = self._fragment(bytes(bytearray(self._dumps(self.process_dict(p)))))
         return frag
 
     # ------------------------------------------------------------------ events

@@ -20,7 +20,7 @@ from .sinks import Sink
 log = logging.getLogger("lanner.exporter")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutEvent:
     """One encoded event and what filters look at: its kind, process and parent objects."""
 

@@ -14,6 +14,7 @@ unconsumed data exists.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import select
 import struct
@@ -39,6 +40,9 @@ class RingBuffer:
         self._page = page
         self._cons = mmap.mmap(self.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._prod = mmap.mmap(self.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        # the consumer position is read by the kernel concurrently: store it with one aligned 8-byte write
+        # (struct.pack_into copies byte by byte, and a reader can see a torn value)
+        self._cons_pos = ctypes.c_uint64.from_buffer(self._cons, 0)
         self._epoll = select.epoll()
         self._epoll.register(self.fd, select.EPOLLIN)
         self.records = 0
@@ -76,7 +80,7 @@ class RingBuffer:
             else:
                 append(prod_map[off + HDR_SIZE : off + HDR_SIZE + length])
             cons += (length + HDR_SIZE + 7) & ~7
-        _U64.pack_into(self._cons, 0, cons)
+        self._cons_pos.value = cons
         self.records += len(out)
         self.discarded += discarded
         return out
@@ -85,5 +89,6 @@ class RingBuffer:
         try:
             self._epoll.close()
         finally:
+            del self._cons_pos  # release the buffer export before unmapping
             self._cons.close()
             self._prod.close()
