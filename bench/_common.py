@@ -434,10 +434,13 @@ class RingWatch:
     Observes how far the consumer (the agent) got without asking it anything: the agent answers its
     local API only between drain rounds, which can be seconds apart under load."""
 
-    def __init__(self, pin: Path) -> None:
+    def __init__(self, pin: Path, size: int) -> None:
         import mmap
 
         from lanner.bpf import libbpf as L
+
+        self.size = size
+        self.torn = 0  # consumer positions read mid-update (see positions())
 
         fd = L.bpf_obj_get(str(pin).encode())
         if fd < 0:
@@ -450,10 +453,22 @@ class RingWatch:
             os.close(fd)
 
     def positions(self) -> tuple[int, int]:
-        """(producer, consumer) positions."""
+        """(producer, consumer) positions.
+
+        The consumer position is read once more when it looks impossible (more than the ring size
+        behind the producer): lanner's RingBuffer stores it with ``struct.pack_into``, which writes
+        the 8 bytes one at a time, so a concurrent reader can catch it half written. Such reads are
+        counted in ``torn``."""
         import struct
 
-        return struct.unpack_from("<Q", self._prod, 0)[0], struct.unpack_from("<Q", self._cons, 0)[0]
+        p = struct.unpack_from("<Q", self._prod, 0)[0]
+        k = struct.unpack_from("<Q", self._cons, 0)[0]
+        for _ in range(3):
+            if p - k <= self.size:
+                break
+            self.torn += 1
+            k = struct.unpack_from("<Q", self._cons, 0)[0]
+        return p, k
 
     def close(self) -> None:
         self._cons.close()

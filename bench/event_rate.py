@@ -289,6 +289,7 @@ def main() -> int:
     print(f"event_rate: machine {C.machine()}; ring buffer {rb_size >> 20} MiB; {args.step_s:.0f} s per step; "
           f"{args.batch} exec+exit pairs per getppid()")
     results: dict[str, list[dict]] = {}
+    raw_torn = agent_torn = 0
     load = C.LoadMonitor()
     with C.Cleanup(args.budget_s) as stack:
         work = stack.tempdir("lanner-bench-rate-", args.export_dir)
@@ -302,7 +303,7 @@ def main() -> int:
             raw_pin = pin / "raw_events"
             flood.pin_events(raw_pin)
             stack.callback(raw_pin.unlink, True)
-            ring = C.RingWatch(raw_pin)
+            ring = C.RingWatch(raw_pin, rb_size)
             stack.callback(ring.close)
             for mode, mode_rates in (("raw", [rates[-2], 0.0]), ("decode", [0.0])):
                 cons = Consumer(stack, work, raw_pin, rb_size, mode)
@@ -315,6 +316,7 @@ def main() -> int:
                 results[mode] = steps
                 print_steps(f"baseline '{mode}' consumer ({'read_batch' if mode == 'raw' else 'read_batch + decode'})",
                             steps, False)
+            raw_torn = ring.torn
             ring.close()
             flood.close()
             raw_pin.unlink(missing_ok=True)
@@ -325,7 +327,7 @@ def main() -> int:
         flood = C.Flood(pin_dir=pin)
         stack.callback(flood.close)
         flood.set(args.batch, True)
-        ring = C.RingWatch(pin / "process_events")
+        ring = C.RingWatch(pin / "process_events", rb_size)
         stack.callback(ring.close)
         lines = C.LineCounter(agent.export_file)
         lines.poll()
@@ -356,6 +358,7 @@ def main() -> int:
             time.sleep(0.5)
         results["agent"] = steps
         st1 = agent.status()
+        agent_torn = ring.torn
         print_steps("agent (ring buffer -> decode -> process cache -> JSON -> export file)", steps, True)
         mem = agent.memory()
         rc = agent.stop()
@@ -391,6 +394,9 @@ def main() -> int:
         print(f"  read_batch + decode:  {C.fmt_rate(dec_sat)} events/s")
         print(f"  ratio agent/raw drain at saturation: {agent_sat / raw_sat:.3f} "
               f"(agent/decode {agent_sat / dec_sat:.3f})")
+    print(f"  consumer positions caught half-written by this benchmark's reader: agent {agent_torn}"
+          + (f", raw baseline {raw_torn}" if "raw" in results else "")
+          + " (RingBuffer stores the position with struct.pack_into, byte by byte)")
     print(f"  agent: cache {st1['process_cache']}, misses {st1['misses']}, "
           f"events {st1['events']} (was {st0['events']})")
     print(f"  agent memory after the run: VmRSS {mem.get('VmRSS', 0) / 1024:.1f} MiB, "
