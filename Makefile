@@ -93,5 +93,33 @@ test: setup
 	@echo "==> test suite"
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
+# Kernel matrix: the BPF-marked tests inside stock Debian kernels (tests/vm/kernels.txt) booted
+# under QEMU, where kprobes, fentry and the BPF LSM exist (docs/kernels.md). Caches in build/vmtest.
+#   make vmtest VMTEST_KERNELS=6.12 VMTEST_ARGS="tests/test_probe.py"
+VMTEST_DIR      := $(BUILD)/vmtest
+VMTEST_VENV     := $(VMTEST_DIR)/venv
+VMTEST_APT_PKGS := qemu-system-x86 kmod e2fsprogs busybox-static python3-venv
+VMTEST_KERNELS  ?=
+VMTEST_ARGS     ?=
+
+$(VMTEST_VENV)/.installed:
+	@echo "==> virtme-ng venv $(VMTEST_VENV)"
+	@test -x $(VMTEST_VENV)/bin/python || /usr/bin/python3 -m venv $(VMTEST_VENV)
+	@$(VMTEST_VENV)/bin/python -m pip install -q --disable-pip-version-check virtme-ng==1.42
+	@touch $@
+
+.PHONY: vmtest
+vmtest: setup
+	@missing=""; for p in $(VMTEST_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> apt-get install$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@$(MAKE) --no-print-directory $(VMTEST_VENV)/.installed
+	@echo "==> kernel matrix"
+	$(VMTEST_VENV)/bin/python tests/vm/run.py $(if $(VMTEST_KERNELS),--kernels "$(VMTEST_KERNELS)") \
+	  $(if $(VMTEST_ARGS),-- $(VMTEST_ARGS))
+
 clean:
 	rm -rf $(BUILD) $(VENV) $(BPF_OBJS) *.egg-info

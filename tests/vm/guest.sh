@@ -5,6 +5,7 @@
 # probe command itself failed); the caller prints the VMTEST_RC marker the harness parses.
 #
 # usage: guest.sh NAME OUTDIR [PYTEST ARGS...]
+#        guest.sh NAME OUTDIR --sh COMMAND       (run.py --sh: the same guest, COMMAND instead of the suite)
 #   NAME    the kernel's name in tests/vm/kernels.txt, exported as LANNER_TEST_KERNEL
 #   OUTDIR  a host directory shared read-write (virtme-ng --rwdir): probe.json, junit.xml
 set -u
@@ -15,6 +16,16 @@ py=$(cat "$img/py3/.stdlib")                 # the Debian interpreter's stdlib p
 
 # Python's stdlib from the image: over 9p every import costs milliseconds per lookup.
 mount --bind "$img/py3/stdlib" "$py" || exit 90
+# The host's /usr again, over a second 9p share with the page cache on (virtme-ng's root share has
+# none: every exec re-read the binary and its libraries through 9p, 0.2 s for /bin/true).
+if mkdir -p /run/vmtest-usr && mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 \
+        vmtest.usr /run/vmtest-usr; then
+    for d in bin sbin lib/x86_64-linux-gnu lib/llvm-19 libexec; do
+        [ -d "/usr/$d" ] && mount --bind "/run/vmtest-usr/$d" "/usr/$d"
+    done
+else
+    echo "vmtest: the cached /usr share is missing; continuing over the uncached root (slow)"
+fi
 # securityfs (for /sys/kernel/security/lsm). tracefs, debugfs and bpffs are left as virtme-ng
 # leaves them: the agent mounts what it needs (lanner/bpf/fs.py), as on a fresh host.
 mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security
@@ -25,14 +36,25 @@ if ! mountpoint -q /sys/fs/cgroup/unified; then
         mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || exit 91
 fi
 
-echo "=== vmtest guest $name: kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ {print $2/1024 " MiB"}' /proc/meminfo)," \
+# A fresh tmpfs for /tmp: virtme-ng's /tmp is an overlay on the host's /tmp over uncached 9p, which
+# makes every file the tests create a slow lookup and shows the guest the host's pytest-of-root.
+mount -t tmpfs -o mode=1777 vmtest-tmp /tmp || exit 93
+
+echo "=== vmtest guest $name (${VMTEST_SHARD:-0/1}): kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ {print $2/1024 " MiB"}' /proc/meminfo)," \
      "lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)"
 
 export PATH="$img/tv/bin:$PATH" LANNER_TEST_KERNEL="$name" PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
 cd "$img/proj" || exit 92
 
-t0=$(date +%s)
+if [ "${1:-}" = "--sh" ]; then  # tests/vm/run.py --sh CMD: a command instead of the suite
+    sh -c "$2"
+    exit $?
+fi
+
 probe_rc=0
+case "${VMTEST_SHARD:-0/1}" in
+0/*)  # the first guest of each kernel: lanner probe -o json, for the harness's summary
+t0=$(date +%s)
 lanner probe -o json >"$out/probe.json" 2>"$out/probe.stderr" || probe_rc=$?
 echo "=== lanner probe -o json: exit $probe_rc in $(($(date +%s) - t0)) s"
 python3 - "$out/probe.json" <<'EOF' || probe_rc=2
@@ -45,9 +67,11 @@ print("=== probe no: ", " ".join(no))
 print("=== best:     ", " ".join(f"{k}={v}" for k, v in doc["best_mechanism"].items()))
 EOF
 [ "$probe_rc" -eq 0 ] || tail -20 "$out/probe.stderr"
+;;
+esac
 
 echo "=== pytest -m bpf"
-python3 -m pytest -m bpf -p no:cacheprovider -ra --junitxml="$out/junit.xml" -o junit_suite_name="vmtest-$name" "$@"
+python3 -m pytest -m bpf -p no:cacheprovider -p tests.vm.guest_plugin -ra --durations=15 --junitxml="$out/junit.xml" -o junit_suite_name="vmtest-$name" "$@"
 rc=$?
 [ "$probe_rc" -eq 0 ] || [ "$rc" -ne 0 ] || rc=2
 exit "$rc"

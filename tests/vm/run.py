@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """The kernel matrix (`make vmtest`): the BPF-marked tests on stock Debian kernels, each booted under QEMU.
 
-The CI machine's own kernel has no kprobes, no fentry and no BPF LSM (docs/kernels.md). Debian's 6.1
-and 6.12 kernels have all three, so every kernel of ``tests/vm/kernels.txt`` is
+The CI machine's own kernel can't load kprobe, fentry or LSM programs (docs/kernels.md). Debian's 6.1
+and 6.12 kernels can, so every kernel of ``tests/vm/kernels.txt`` is
 
 1. resolved with apt-cache to the newest package matching its pattern, fetched with
    ``apt-get download`` and extracted with ``dpkg-deb -x`` (never installed on the host);
-2. booted with virtme-ng under QEMU TCG (KVM here is PVM-only and cannot run stock kernels), with
-   the BPF LSM enabled, the host's root filesystem shared read-only over 9p, and a read-only ext4
-   image (virtio-blk) that holds Debian's Python stdlib, a test venv and a copy of the project: over
-   9p every file lookup costs milliseconds, which made ``import pytest`` alone take 28 s;
+2. booted with virtme-ng under QEMU TCG (KVM here is PVM-only and cannot run stock kernels), one
+   vCPU per guest, one guest per host CPU at a time, with the BPF LSM enabled, the host's root
+   filesystem shared read-only over 9p, and a read-only ext4 image (virtio-blk) that holds Debian's
+   Python stdlib, a test venv and a copy of the project: over 9p every file lookup costs
+   milliseconds, which made ``import pytest`` alone take 28 s;
 3. made to run ``tests/vm/guest.sh``: ``lanner probe -o json``, then ``pytest -m bpf`` with
-   ``LANNER_TEST_KERNEL`` set to the kernel's name, so the tests assert what that kernel offers.
+   ``LANNER_TEST_KERNEL`` set to the kernel's name, so the tests assert what that kernel offers
+   (tests/vm/expectations.py), and with the plugin tests/vm/guest_plugin.py.
 
 Every QEMU run is wrapped in ``timeout`` and is its own process group, killed when the run ends. The
 guest prints ``VMTEST_RC=<status>`` when its command finishes; no marker means the guest died (panic,
@@ -24,9 +26,10 @@ is /work/shared/reference/kernel-matrix.md.
 Needs (``make vmtest`` installs them): apt ``qemu-system-x86 kmod e2fsprogs busybox-static python3-venv``, and
 virtme-ng 1.42 (``vng``) from PyPI in ``build/vmtest/venv``. Caches live under ``build/vmtest``:
 ``kernels/`` (extracted packages), ``root/`` (the image tree: stdlib, test venv, project copy),
-``out/<kernel>/`` (console.log, probe.json, junit.xml of the last run).
+``out/<kernel>/`` (console.log, probe.json, junit.xml of the last run), ``summary.json``.
 
-    tests/vm/run.py [--kernels 6.1,6.12] [--timeout 900] [--jobs 2] [-- PYTEST ARGS]
+    tests/vm/run.py [--kernels 6.1,6.12] [--timeout 1500] [--jobs N] [--shards N] [-- PYTEST ARGS]
+    tests/vm/run.py --kernels 6.12 --sh 'lanner probe; bpftool prog'     # a look inside a guest
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ PROJECT_SKIP = {".git", ".venv", "build", ".pytest_cache", "__pycache__", ".mypy
 # every guest -- the point of CO-RE
 REQUIRED_OBJECTS = ("lanner/kernel/obj/probe.bpf.o", "sensors/bpf/obj/process.bpf.o")
 TAIL_LINES = 60
+LANNER_ENV = "LANNER_TEST_KERNEL"
 
 
 def log(msg: str) -> None:
@@ -201,6 +205,9 @@ def _copy_project(dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ROOT, tmp, symlinks=True, ignore=skip)
+    # of build/ only the vmlinux.h the suite compiles test programs against (test_bpf_layer)
+    if (ROOT / "build" / "vmlinux").is_dir():
+        shutil.copytree(ROOT / "build" / "vmlinux", tmp / "build" / "vmlinux")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
@@ -229,9 +236,15 @@ def build_image() -> Path:
         (py3 / ".stdlib").write_text(info[1] + "\n")
         (py3 / ".stamp").write_text(stamp)
 
-    # 2. the project copy: refreshed every run, byte-compiled for the guest's interpreter
+    # 2. the project copy: refreshed every run, byte-compiled for the guest's interpreter. Tests find
+    # reference data in ../shared beside the checkout: a link to the host's, read over 9p.
     proj = root / "proj"
     _copy_project(proj)
+    shared = root / "shared"
+    if shared.is_symlink() or shared.exists():
+        shared.unlink()
+    if (ROOT.parent / "shared").is_dir():
+        shared.symlink_to(ROOT.parent / "shared")
 
     # 3. the test venv: the project installed editable from the copy, so refreshing the copy is enough
     tv = root / "tv"
@@ -246,6 +259,11 @@ def build_image() -> Path:
     for junk in proj.glob("*.egg-info"):
         shutil.rmtree(junk, ignore_errors=True)
     sh([str(tv / "bin/python"), "-m", "compileall", "-q", "-j", "0", str(proj)])
+    # pytest's assertion-rewritten test modules too: the guests read them (they write no bytecode).
+    # Best effort: a test module that does not import fails in the guests, with pytest's own report.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", LANNER_ENV)}
+    subprocess.run([str(tv / "bin/python"), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                    "tests"], cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # 4. the image
     img_dir = WORK / "img"
@@ -265,6 +283,7 @@ def build_image() -> Path:
 @dataclass
 class Result:
     name: str
+    shard: str = ""  # "1/2": this guest ran every second test
     package: str = ""
     version: str = ""
     status: str = "SETUP"  # PASS, FAIL, TIMEOUT, DIED, SETUP
@@ -295,28 +314,47 @@ def _check_tools() -> None:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+KERNEL_TROUBLE = re.compile(r"^\[\s*\d+\.\d+\] (Oops|BUG:|WARNING: CPU:|Kernel panic|general protection fault)")
 PYTEST_SUMMARY = re.compile(r"^=+ (.*\d+ (?:passed|failed|error|errors|skipped|deselected).*) in ([\d.]+)s.* =+$")
 
 
-def boot(k: Kernel, img: Path, args: argparse.Namespace, printer: "Printer") -> Result:
-    name = k.spec.name
-    res = Result(name, k.package, k.version)
-    out = WORK / "out" / name
+@dataclass(frozen=True)
+class Guest:
+    kernel: Kernel
+    shard: int  # 0-based
+    shards: int
+
+    @property
+    def label(self) -> str:
+        return self.kernel.spec.name + (f" {self.shard + 1}/{self.shards}" if self.shards > 1 else "")
+
+    @property
+    def out(self) -> Path:
+        return WORK / "out" / self.kernel.spec.name / (f"shard{self.shard + 1}" if self.shards > 1 else "")
+
+
+def boot(g: Guest, img: Path, args: argparse.Namespace, printer: "Printer") -> Result:
+    k, name = g.kernel, g.label
+    res = Result(k.spec.name, f"{g.shard + 1}/{g.shards}", k.package, k.version)
+    out = g.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     console = out / "console.log"
     res.log = console
     root = WORK / "root"
     guest = (f"modprobe -q virtio_blk; modprobe -q ext4; mount -o ro /dev/vda {shlex.quote(str(root))} && "
-             f"sh {shlex.quote(str(root / 'proj/tests/vm/guest.sh'))} {shlex.quote(name)} {shlex.quote(str(out))} "
-             + " ".join(shlex.quote(a) for a in args.pytest_args)
+             f"VMTEST_SHARD={g.shard}/{g.shards} "
+             f"sh {shlex.quote(str(root / 'proj/tests/vm/guest.sh'))} {shlex.quote(k.spec.name)} {shlex.quote(str(out))} "
+             + " ".join(shlex.quote(a) for a in (["--sh", args.sh] if args.sh else args.pytest_args))
              # the marker goes to the shared directory too: the last console bytes can be lost when
              # the guest powers off before the emulated UART drained
              + f"; rc=$?; echo $rc >{shlex.quote(str(out / 'rc'))}; echo VMTEST_RC=$rc; sleep 1")
     cmd = ["timeout", "-k", "15", str(args.timeout), _vng(), "--run", str(k.vmlinuz),
            "--disable-kvm", "--force-9p", "--verbose", "-p", str(args.cpus), "-m", args.memory,
-           "--append", APPEND,
-           f"--qemu-opts=-drive file={img},if=virtio,format=raw,readonly=on",
+           "--append", f"{APPEND} {args.append}".strip(),
+           f"--qemu-opts=-drive file={img},if=virtio,format=raw,readonly=on "
+           "-fsdev local,id=vmtestusr,path=/usr,security_model=none,readonly=on,multidevs=remap "
+           "-device virtio-9p-pci,fsdev=vmtestusr,mount_tag=vmtest.usr",
            "--rwdir", str(out), "--exec", guest]
     (out / "command").write_text(shlex.join(cmd) + "\n")
     printer.say(name, f"booting {k.package} {k.version} under QEMU TCG ({args.cpus} vCPU, {args.memory}, "
@@ -325,6 +363,7 @@ def boot(k: Kernel, img: Path, args: argparse.Namespace, printer: "Printer") -> 
     env = dict(os.environ, PATH=f"{Path(cmd[4]).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")  # vng runs virtme-run
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=out, env=env)
+    RUNNING.add(proc.pid)
     # a last resort if even timeout's KILL does not end it (the pipe would keep us reading)
     watchdog = threading.Timer(args.timeout + 60, lambda: _killpg(proc.pid))
     watchdog.daemon = True
@@ -345,6 +384,7 @@ def boot(k: Kernel, img: Path, args: argparse.Namespace, printer: "Printer") -> 
     finally:
         watchdog.cancel()
         _killpg(proc.pid)  # QEMU and anything else of this run
+        RUNNING.discard(proc.pid)
     res.seconds = time.monotonic() - t0
     rcs = [m.group(1) for ln in lines for m in [re.search(r"VMTEST_RC=(\d+)", ln)] if m]
     try:
@@ -373,11 +413,24 @@ def boot(k: Kernel, img: Path, args: argparse.Namespace, printer: "Printer") -> 
         panic = next((ln for ln in lines if "Kernel panic" in ln or "BUG:" in ln), "")
         res.detail = (f"the guest ended without a result (vng/QEMU exit {proc.returncode})"
                       + (f": {panic.strip()}" if panic else ""))
-    if res.status != "PASS":
+    # a kernel that oopsed or warned while the suite ran fails the run even if every test passed
+    at = next((i for i, ln in enumerate(plain) if KERNEL_TROUBLE.search(ln)), None)
+    if at is not None and res.status == "PASS":
+        res.status = "FAIL"
+        res.detail = f"the kernel reported: {plain[at]} (see {console})"
+        printer.say(name, f"FAIL: {res.detail}:\n" + "\n".join(lines[at:at + TAIL_LINES]))
+    elif res.status != "PASS" and not (showing and sums):  # else the guest's output was shown already
         tail = "\n".join(lines[-TAIL_LINES:])
         printer.say(name, f"{res.status}: {res.detail or res.summary}; last {TAIL_LINES} console lines "
                           f"({console}):\n{tail}")
     return res
+
+
+RUNNING: set[int] = set()  # process groups of the guests still running
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _killpg(pgid: int) -> None:
@@ -404,7 +457,37 @@ class Printer:
 PROBE_COLUMNS = ("kprobe", "fentry", "fmod_ret", "lsm", "override_return")
 
 
-def print_summary(results: list[Result], total_s: float) -> None:
+COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed|warnings?)")
+SEVERITY = ("PASS", "FAIL", "TIMEOUT", "DIED", "SETUP")
+
+
+def merge(shards: list[Result]) -> Result:
+    """One kernel's result from its guests: the worst status, pytest counts added up, the longest wall."""
+    if len(shards) == 1:
+        return shards[0]
+    first = shards[0]
+    res = Result(first.name, f"{len(shards)} guests", first.package, first.version)
+    res.status = max((r.status for r in shards), key=SEVERITY.index)
+    res.seconds = max(r.seconds for r in shards)
+    res.probe = next((r.probe for r in shards if r.probe), {})
+    res.kernel_release = next((r.kernel_release for r in shards if r.kernel_release), "")
+    counts: dict[str, int] = {}
+    for r in shards:
+        for n, what in COUNTS.findall(r.summary.rsplit(" in ", 1)[0]):
+            what = {"error": "errors", "warning": "warnings"}.get(what, what)
+            counts[what] = counts.get(what, 0) + int(n)
+    if counts:
+        res.summary = ", ".join(f"{n} {w}" for w, n in counts.items()) + \
+            f" in {' + '.join(r.summary.rsplit(' in ', 1)[1] for r in shards if ' in ' in r.summary)}"
+    bad = [r for r in shards if r.status != "PASS"]
+    res.detail = "; ".join(f"guest {r.shard}: {r.status} {r.detail or r.summary}" for r in bad)
+    res.log = bad[0].log if bad else first.log
+    return res
+
+
+def print_summary(guests: list[Result], total_s: float) -> list[Result]:
+    names = list(dict.fromkeys(r.name for r in guests))
+    results = [merge([r for r in guests if r.name == n]) for n in names]
     print()
     log(f"kernel matrix: {sum(r.status == 'PASS' for r in results)}/{len(results)} kernels passed "
         f"in {total_s:.0f} s")
@@ -423,8 +506,9 @@ def print_summary(results: list[Result], total_s: float) -> None:
         if r.status != "PASS":
             print(f"  {r.name}: {r.status}: {r.detail or r.summary}" + (f" (log: {r.log})" if r.log else ""))
     summary = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.__dict__.items() if k != "probe"}
-               for r in results]
-    (WORK / "summary.json").write_text(json.dumps({"total_s": round(total_s, 1), "kernels": summary}, indent=2))
+               for r in guests]
+    (WORK / "summary.json").write_text(json.dumps({"total_s": round(total_s, 1), "guests": summary}, indent=2))
+    return results
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -432,13 +516,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", default=os.environ.get("VMTEST_KERNELS", ""),
                    help="comma/space separated names from tests/vm/kernels.txt (default: all; env VMTEST_KERNELS)")
-    p.add_argument("--timeout", type=int, default=int(os.environ.get("VMTEST_TIMEOUT", 900)),
+    p.add_argument("--timeout", type=int, default=int(os.environ.get("VMTEST_TIMEOUT", 1500)),
                    help="seconds per guest, boot included (env VMTEST_TIMEOUT)")
-    p.add_argument("--jobs", type=int, default=int(os.environ.get("VMTEST_JOBS", 1)),
-                   help="guests booted at the same time (env VMTEST_JOBS)")
-    p.add_argument("--cpus", type=int, default=int(os.environ.get("VMTEST_CPUS", 2)), help="vCPUs per guest")
+    p.add_argument("--shards", type=int, default=int(os.environ.get("VMTEST_SHARDS", 1)),
+                   help="guests per kernel, each running every n-th test (env VMTEST_SHARDS). Worth it only "
+                        "with more host CPUs than kernels: TCG is CPU-bound, and an oversubscribed guest "
+                        "misses the suite's start-up deadlines")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("VMTEST_JOBS", 0)),
+                   help="guests running at the same time (env VMTEST_JOBS; default: one per host CPU)")
+    p.add_argument("--cpus", type=int, default=int(os.environ.get("VMTEST_CPUS", 1)),
+                   help="vCPUs per guest (env VMTEST_CPUS). 1 by default: with 2, TCG occasionally lets one vCPU "
+                        "run kernel text another is patching (int3 text_poke of a static key), and 6.12 oopses")
     p.add_argument("--memory", default=os.environ.get("VMTEST_MEMORY", "2G"), help="memory per guest")
     p.add_argument("--verbose", action="store_true", help="also print the kernel's boot messages")
+    p.add_argument("--sh", metavar="COMMAND", help="run COMMAND in each guest instead of the suite (debugging)")
+    p.add_argument("--append", default=os.environ.get("VMTEST_APPEND", ""), help="more kernel parameters")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     return p.parse_args(argv)
 
@@ -468,11 +560,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log(f"setup done in {time.monotonic() - t0:.0f} s; kernels: "
         + ", ".join(f"{k.spec.name} = {k.package} {k.version}" for k in kernels))
-    printer = Printer(prefix=args.jobs > 1)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda k: boot(k, img, args, printer), kernels))
-    print_summary(results, time.monotonic() - t0)
-    return 0 if results and all(r.status == "PASS" for r in results) else 1
+    shards = 1 if args.sh else max(1, args.shards)
+    guests = [Guest(k, i, shards) for k in kernels for i in range(shards)]
+    jobs = args.jobs or max(1, min(len(guests), os.cpu_count() or 1))
+    printer = Printer(prefix=len(guests) > 1)
+    # make's SIGTERM (or CI's cancel) must not leave a QEMU behind: each guest is its own session
+    signal.signal(signal.SIGTERM, _interrupt)
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        results = list(pool.map(lambda g: boot(g, img, args, printer), guests))
+    except KeyboardInterrupt:
+        print("vmtest: interrupted; stopping the guests", file=sys.stderr)
+        for pgid in list(RUNNING):
+            _killpg(pgid)
+        pool.shutdown(wait=True, cancel_futures=True)
+        return 130
+    pool.shutdown()
+    merged = print_summary(results, time.monotonic() - t0)
+    return 0 if merged and all(r.status == "PASS" for r in merged) else 1
 
 
 if __name__ == "__main__":

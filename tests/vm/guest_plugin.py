@@ -1,0 +1,102 @@
+"""pytest plugin loaded only in the `make vmtest` guests (tests/vm/guest.sh: ``-p tests.vm.guest_plugin``).
+
+It adjusts, per kernel, the few BPF-marked tests that can't give a meaningful result inside a guest
+for a reason outside the harness. It never touches the host run. Every entry says why, and the
+pytest header of each guest lists the entries that apply.
+
+* ``XFAIL``: the test fails there deterministically because it asserts the CI host's kernel (for
+  example "kprobe is unsupported"). The entries are strict, so once the test is fixed it XPASSes,
+  the run fails, and the entry must be removed. The fix belongs in the test: compare with
+  ``tests.vm.expectations.current()`` instead of literals.
+* ``FLAKY``: a wall-clock deadline sized for the host that a guest usually, but not always, meets.
+  The test runs as xfail(strict=False): a pass counts, a miss is reported as xfail with the reason.
+  The fix belongs in the test (a deadline scaled by ``tests.vm.expectations.current().slowdown``).
+* ``DESELECT``: the test is about user-space throughput or timing, not the kernel. Its wall-clock
+  budget is calibrated for the host, and under QEMU TCG (12-20x slower) it fails or takes minutes.
+  The host suite still runs it, on every `make test`.
+
+The matrix runs everything else that ``pytest -m bpf`` selects. When tests/vm/run.py boots several
+guests per kernel (``VMTEST_SHARD=i/n``, 0-based), guest i keeps every n-th of the remaining tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.vm.expectations import EXPECTATIONS, HOST, current_name
+
+GUESTS = frozenset(EXPECTATIONS) - {HOST}
+
+HOST_VERDICTS = ("asserts the CI host's verdicts (kprobe/fentry/lsm unsupported), and this kernel has them; "
+                 "fix: compare with tests.vm.expectations.current().supported")
+
+# nodeid -> (kernels, reason)
+XFAIL: dict[str, tuple[frozenset[str], str]] = {
+    "tests/test_agent_io.py::test_status_and_version_commands": (GUESTS, HOST_VERDICTS),
+    "tests/test_agent_io.py::test_probe_command_reports_this_kernel_truthfully": (GUESTS, HOST_VERDICTS),
+    "tests/test_grpc_api.py::test_unix_socket_info_file_health_version_info": (GUESTS, HOST_VERDICTS),
+}
+
+FLAKY: dict[str, tuple[frozenset[str], str]] = {
+    "tests/test_agent_io.py::test_getevents_compact_follows_the_live_stream_with_filters": (
+        GUESTS, "gives the getevents client 10 s to start and subscribe; a Python client with gRPC needs "
+                "8-12 s to start under TCG"),
+    "tests/test_agent_io.py::test_tiny_ring_buffer_makes_loss_counter_rise": (
+        GUESTS, "reads the export file right after SIGCONT: the few records the 4 KiB ring still holds are "
+                "not exported yet under TCG (seen: 0 exported + 191 lost of 200); should wait_for the sum"),
+}
+
+DESELECT: dict[str, tuple[frozenset[str], str]] = {
+    "tests/test_grpc_api.py::test_slow_client_never_blocks_the_agent_and_drops_are_counted": (
+        GUESTS, "asserts the run takes < 60 s; 140-155 s under TCG (gRPC flow control, kernel-independent)"),
+    "tests/test_agent_io.py::test_rotation_under_load_loses_no_line": (
+        GUESTS, "600 fork+execs, 75 s under TCG; the slow guest also exposes a race in "
+                "tests/conftest.py RunningAgent.events() (a rotated file vanishes between glob and read)"),
+    "tests/test_export_controls.py::test_agent_rate_limit_reports_exact_drops": (
+        GUESTS, "assumes the 20-exec burst fits in one 1 s housekeeping tick; under TCG the drops "
+                "are split over two rate_limit_info events (18 + 4)"),
+}
+
+
+def _applies(table: dict, nodeid: str, kernel: str) -> str | None:
+    kernels, reason = table.get(nodeid, (frozenset(), ""))
+    return reason if kernel in kernels else None
+
+
+def _shard() -> tuple[int, int]:
+    i, _, n = os.environ.get("VMTEST_SHARD", "0/1").partition("/")
+    return int(i), int(n or 1)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    kernel = current_name()
+    i, n = _shard()
+    lines = [f"vmtest guest {kernel}" + (f", shard {i + 1}/{n} (every {n}th test)" if n > 1 else "")
+             + ": tests/vm/guest_plugin.py"]
+    for name, table in (("xfail(strict)", XFAIL), ("xfail(flaky)", FLAKY), ("deselected", DESELECT)):
+        lines += [f"  {name}: {nodeid}" for nodeid in table if _applies(table, nodeid, kernel)]
+    return lines
+
+
+@pytest.hookimpl(trylast=True)  # after -m bpf has deselected the rest, so the shards stay balanced
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kernel = current_name()
+    shard, shards = _shard()
+    keep, dropped = [], []
+    for item in items:
+        if _applies(DESELECT, item.nodeid, kernel):
+            dropped.append(item)
+            continue
+        for table, strict in ((XFAIL, True), (FLAKY, False)):
+            reason = _applies(table, item.nodeid, kernel)
+            if reason:
+                item.add_marker(pytest.mark.xfail(reason=f"[vmtest {kernel}] {reason}", strict=strict))
+        keep.append(item)
+    if shards > 1:
+        dropped += [item for n, item in enumerate(keep) if n % shards != shard]
+        keep = [item for n, item in enumerate(keep) if n % shards == shard]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
