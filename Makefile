@@ -92,6 +92,7 @@ run: setup
 test: setup
 	@echo "==> test suite"
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory vmtest
 
 # Kernel matrix: the BPF-marked tests inside stock Debian kernels (tests/vm/kernels.txt) booted
 # under QEMU, where kprobes, fentry and the BPF LSM exist (docs/kernels.md). Caches in build/vmtest.
