@@ -13,7 +13,8 @@ BUILD      := build
 VMLINUX_H  := $(BUILD)/vmlinux/vmlinux.h
 ARCH_DEF   := -D__TARGET_ARCH_x86
 APT_PKGS   := clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 python3-venv python3-dev make procps util-linux \
-              containerd runc containernetworking-plugins iptables nftables iperf3 sockperf iputils-ping busybox-static ethtool
+              containerd runc containernetworking-plugins iptables nftables iperf3 sockperf iputils-ping busybox-static ethtool \
+              etcd-server etcd-client
 
 BPF_SRCS   := $(shell find lanner sensors exporter policy netdp bench -name '*.bpf.c' 2>/dev/null)
 BPF_OBJS   := $(foreach s,$(BPF_SRCS),$(dir $(s))obj/$(notdir $(s:.c=.o)))
