@@ -1,0 +1,1 @@
+"""Cluster-state backends for netdp: etcd (kvstore mode) behind the IdentityStore interface."""
