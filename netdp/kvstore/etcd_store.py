@@ -137,6 +137,10 @@ class EtcdStore:
         kv = self.client.get(self._k("identities", "id", identity))
         return json.loads(kv.value) if kv is not None else None
 
+    def identities(self) -> dict[int, dict[str, str]]:
+        kvs, _rev = self.client.get_prefix(self._k("identities", "id") + "/")
+        return {int(kv.key.rsplit("/", 1)[1]): json.loads(kv.value) for kv in kvs}
+
     # -- ipcache (IdentityStore) ------------------------------------------------------------------
     def upsert_ip(self, cidr: str, identity: int, pod: Mapping[str, object] | None = None) -> None:
         doc = {"identity": int(identity), "node": self.node_name}
