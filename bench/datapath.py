@@ -1,0 +1,332 @@
+"""The datapath benchmark (issue 6 item 8): what policy costs a packet, lanner's eBPF datapath vs
+iptables-nft, and what a CNI ADD costs, lanner-cni vs Debian's bridge + host-local. One run, one table.
+
+TOPOLOGY (../shared/reference/cni-and-datapath.md §4), rebuilt fresh for every configuration, all in
+namespaces of this run (nothing in the root netns; their names start with lnb<PID>-):
+
+    bench-a 10.99.1.2 <-veth-> [ra0  bench-r (router)  rb0] <-veth-> bench-b 10.99.2.2
+
+CONFIGURATIONS (--configs, comma-separated; default: all of these)
+  baseline       the router forwards, nothing filters. Every ratio is against it, measured in this run.
+  lanner-N       lanner's datapath (netdp.datapath.Datapath) on ra0/rb0, the router-side veths playing
+                 the pods' host-side veths: endpoint map, ipcache, per-endpoint policy, conntrack and flow
+                 events on. bench-b is selected by a NetworkPolicy that allows bench-a on the benchmark's
+                 ports plus N non-matching ipBlock /32 + TCP port rules (N ipcache and N policy entries);
+                 lanner-0 attaches the datapath without policy (default-allow, conntrack + flows still on).
+                 Runs in bench/datapath_lanner.py, a helper process inside bench-r; pins under
+                 /sys/fs/bpf/lanner-bench-datapath-<PID>/.
+  iptables-N     N non-matching rules "-s 10.200.x.y/32 -p tcp --dport P -j DROP" then "-j ACCEPT" in
+                 bench-r's FORWARD chain (iptables-nft-restore -n): every packet walks all N rules.
+  N is a count: 0, 1000, 1k, 10k ...
+
+MEASURES, per configuration, pinned as in the reference
+  RR         sockperf ping-pong, 64 B, UDP and TCP: avg and p99 latency in µs. sockperf reports half
+             the round trip ("one-way"); so do we. Client and server on CPU 0.
+  conn/s     a Python connect/request(64 B)/response(64 B)/close loop (bench/datapath_crr.py), CPU 0.
+  Gbit/s     iperf3 TCP, client and server on CPU 1; median of 3 runs (1 with --quick).
+  Each configuration must prove it carried the traffic: iptables' ACCEPT counter, lanner's conntrack
+  and flow counters, the router's forwarded packets (baseline). A configuration that did not is an error.
+
+CNI ADD LATENCY (--cni-cycles N, 0 to skip): N ADD+DEL cycles of each plugin exec'd directly with CNI_*
+  env vars and the config on stdin, from a dedicated "host" netns into a pod netns (bench/datapath_cni.py);
+  p50/p95 of ADD. lanner-cni talks to a `lanner agent --enable-netdp` started in that host netns.
+
+TARGETS (issue 6), marked met/missed: at 10k rules the lanner RR (UDP and TCP avg) <= 1.1x and conn/s
+  >= 0.9x the no-policy baseline; lanner-cni ADD p50 <= 1.5x the bridge plugin's.
+
+REPETITIONS: --passes 2 runs the configurations in order, then in reverse order (drift cancels); the
+  table shows the median over passes, --json keeps every pass.
+
+EXAMPLES
+  sudo .venv/bin/python bench/datapath.py                      # the full run (~6 min)
+  sudo .venv/bin/python bench/datapath.py --passes 2           # A/B order, as the reference
+  sudo .venv/bin/python bench/datapath.py --quick              # smoke run: 1 s per measure, 5 CNI cycles
+  sudo .venv/bin/python bench/datapath.py --quick --configs baseline,lanner-1k,iptables-1k --cni-cycles 0
+
+The machine may be shared: the run ends with a "background:" line (CPU used by processes this benchmark
+did not start); figures from a busy machine are perturbed. Ctrl-C or a failure removes every
+namespace, process and pin this run created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+import datapath_cni as CNI  # noqa: E402
+import datapath_configs as CF  # noqa: E402
+import datapath_load as LD  # noqa: E402
+import datapath_topo as T  # noqa: E402
+
+DEFAULT_CONFIGS = "baseline,lanner-0,lanner-1k,lanner-10k,iptables-1k,iptables-10k"
+RR_TARGET = 1.10
+CONN_TARGET = 0.90
+CNI_TARGET = 1.50
+TARGET_RULES = 10_000
+
+
+@dataclass
+class Outcome:
+    """One configuration in one pass."""
+
+    config: str
+    kind: str
+    rules: int
+    passno: int
+    install_s: float = 0.0
+    result: LD.Result | None = None
+    evidence: dict = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (not self.error and self.result is not None and self.result.passed_traffic()
+                and bool(self.evidence.get("ok")))
+
+
+def run_config(cfg: CF.Config, passno: int, durations: LD.Durations, stack: C.Cleanup) -> Outcome:
+    out = Outcome(cfg.name, cfg.kind, cfg.rules, passno)
+    topo = T.Topology()
+    try:
+        topo.create()
+        out.install_s = cfg.install(topo)
+        out.result = LD.measure(topo, durations)
+        out.evidence = cfg.evidence(topo)
+        if not out.evidence.get("ok"):
+            out.error = f"no proof the traffic went through {cfg.name}: {json.dumps(out.evidence)}"
+    except (KeyboardInterrupt, TimeoutError):
+        raise
+    except Exception as e:  # one broken configuration must not hide the others
+        out.error = f"{type(e).__name__}: {e}"
+        if "--debug" in sys.argv:
+            traceback.print_exc()
+    finally:
+        cfg.remove()
+        topo.destroy()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ CNI
+@dataclass
+class CniOutcome:
+    bridge: CNI.AddLatency
+    lanner: CNI.AddLatency
+
+
+def run_cni(cycles: int, warmup: int, workdir: Path, pin_root: Path, stack: C.Cleanup) -> CniOutcome:
+    import datapath_cni_agent as CA
+
+    ns = CNI.CniNamespaces(T.Topology().tag)
+    try:
+        ns.create()
+        bridge = ns.run_cycles(str(CNI.BRIDGE_DIR / "bridge"), CNI.bridge_conf(workdir, ns.tag), cycles, warmup,
+                               workdir)
+        try:
+            with CA.NetdpAgent(ns, workdir / "agent", pin_root / "cni-agent") as agent:
+                lanner = ns.run_cycles(CNI.lanner_plugin(), CNI.lanner_conf(agent.cni_socket), cycles, warmup,
+                                       workdir)
+                if lanner.error:
+                    lanner.error += f" | agent log: {agent.log_tail(400)}"
+        except (KeyboardInterrupt, TimeoutError):
+            raise
+        except Exception as e:
+            lanner = CNI.AddLatency(plugin="lanner-cni", error=f"{type(e).__name__}: {e}")
+    finally:
+        ns.destroy()
+    return CniOutcome(bridge, lanner)
+
+
+# ------------------------------------------------------------------------------------------ report
+def med(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fig(outcomes: list[Outcome], get) -> float:
+    return med([get(o.result) for o in outcomes if o.result is not None])
+
+
+def cell(v: float, base: float, fmt: str) -> str:
+    if v != v:
+        return "-"
+    r = f" ({v / base:.2f}x)" if base and base == base else ""
+    return f"{v:{fmt}}{r}"
+
+
+FIGURES = [
+    ("UDP RR avg µs", lambda r: r.udp.avg_us, ".2f"),
+    ("UDP p99", lambda r: r.udp.p99_us, ".1f"),
+    ("TCP RR avg µs", lambda r: r.tcp.avg_us, ".2f"),
+    ("TCP p99", lambda r: r.tcp.p99_us, ".1f"),
+    ("conn/s", lambda r: r.conn_per_s, ".0f"),
+    ("Gbit/s", lambda r: r.gbit_s, ".2f"),
+]
+
+
+def table(names: list[str], by_name: dict[str, list[Outcome]]) -> tuple[str, dict[str, float]]:
+    base = {h: fig(by_name.get("baseline", []), g) for h, g, _ in FIGURES}
+    head = ["config", "install s"] + [h for h, _, _ in FIGURES] + ["traffic"]
+    rows = [head]
+    for n in names:
+        outs = by_name.get(n, [])
+        errs = [o.error for o in outs if o.error]
+        row = [n, f"{med([o.install_s for o in outs]):.2f}"]
+        row += [cell(fig(outs, g), base[h] if n != "baseline" else 0, f) for h, g, f in FIGURES]
+        row.append("ok" if outs and all(o.ok for o in outs) else "FAILED")
+        rows.append(row)
+        for e in errs:
+            rows.append([f"  ! {n}: {e[:300]}"])
+    widths = [max(len(r[i]) for r in rows if len(r) > 1) for i in range(len(head))]
+    lines = []
+    for r in rows:
+        if len(r) == 1:
+            lines.append(r[0])
+            continue
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if r is head:
+            lines.append("-" * len(lines[-1]))
+    return "\n".join(lines), base
+
+
+def verdicts(by_name: dict[str, list[Outcome]], base: dict[str, float], cni: CniOutcome | None) -> list[str]:
+    out = []
+    target = f"lanner-{CF.label(TARGET_RULES)}"
+    outs = [o for o in by_name.get(target, []) if o.ok]
+    if outs and base["UDP RR avg µs"] == base["UDP RR avg µs"]:
+        udp = fig(outs, lambda r: r.udp.avg_us) / base["UDP RR avg µs"]
+        tcp = fig(outs, lambda r: r.tcp.avg_us) / base["TCP RR avg µs"]
+        conn = fig(outs, lambda r: r.conn_per_s) / base["conn/s"]
+        rr_met = udp <= RR_TARGET and tcp <= RR_TARGET
+        out.append(f"  {target} RR <= {RR_TARGET}x baseline: UDP {udp:.2f}x, TCP {tcp:.2f}x -> "
+                   f"{'met' if rr_met else 'MISSED'}")
+        out.append(f"  {target} conn/s >= {CONN_TARGET}x baseline: {conn:.2f}x -> "
+                   f"{'met' if conn >= CONN_TARGET else 'MISSED'}")
+    else:
+        out.append(f"  {target} RR and conn/s targets: not measured ({target} not run, failed, or no baseline)")
+    if cni is not None and not cni.bridge.error and not cni.lanner.error and cni.bridge.add_s and cni.lanner.add_s:
+        r = cni.lanner.p50 / cni.bridge.p50
+        out.append(f"  CNI ADD p50 <= {CNI_TARGET}x bridge: {cni.lanner.p50 * 1e3:.1f} ms vs "
+                   f"{cni.bridge.p50 * 1e3:.1f} ms = {r:.2f}x -> {'met' if r <= CNI_TARGET else 'MISSED'}")
+    elif cni is not None:
+        out.append(f"  CNI ADD p50 <= {CNI_TARGET}x bridge: not measured "
+                   f"({cni.lanner.error or cni.bridge.error or 'no cycles'})")
+    return out
+
+
+def cni_table(cni: CniOutcome) -> str:
+    lines = [f"{'plugin':<12} {'cycles':>6} {'ADD p50 ms':>10} {'ADD p95 ms':>10} {'DEL p50 ms':>10} "
+             f"{'first ADD ms':>12}"]
+    for lat in (cni.bridge, cni.lanner):
+        if lat.error:
+            lines.append(f"{lat.plugin:<12} error: {lat.error[:400]}")
+            continue
+        s = lat.summary()
+        lines.append(f"{lat.plugin:<12} {s['cycles']:>6} {s['add_p50_ms']:>10.2f} {s['add_p95_ms']:>10.2f} "
+                     f"{s['del_p50_ms']:>10.2f} {s['first_add_ms']:>12.2f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="comma-separated: baseline, lanner-N, iptables-N (default: %(default)s); "
+                        "baseline is added when missing (every ratio needs it)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 s per sockperf/connect/iperf3 measure, 1 iperf3 run, 5 CNI cycles")
+    p.add_argument("--passes", type=int, default=1, help="repetitions; even passes run in reverse order")
+    p.add_argument("--cni-cycles", type=int, default=None,
+                   help="ADD/DEL cycles per CNI plugin (default 50, 5 with --quick; 0 skips the CNI part)")
+    p.add_argument("--cni-warmup", type=int, default=3, help="first cycles not counted (default: %(default)s)")
+    p.add_argument("--rr-seconds", type=float, help="override: seconds per sockperf run")
+    p.add_argument("--json", type=Path, help="also write every figure and the evidence as JSON here")
+    p.add_argument("--debug", action="store_true", help="print tracebacks of failed configurations")
+    a = p.parse_args(argv)
+    if a.passes < 1:
+        p.error("--passes must be >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    C.require_root()
+    durations = LD.QUICK if a.quick else LD.FULL
+    if a.rr_seconds:
+        durations = LD.Durations(a.rr_seconds, durations.crr_s, durations.bulk_s, durations.bulk_reps)
+    cni_cycles = a.cni_cycles if a.cni_cycles is not None else (5 if a.quick else 50)
+    names = [n.strip() for n in a.configs.split(",") if n.strip()]
+    if "baseline" not in names:
+        names.insert(0, "baseline")
+    stale = T.remove_stale()
+    if stale:
+        print(f"removed namespaces left by dead runs: {', '.join(stale)}")
+
+    per_config = (4 * durations.rr_s + durations.crr_s + durations.bulk_s * durations.bulk_reps + 60)
+    budget = a.passes * (len(names) * per_config + (cni_cycles * 2 + 120 if cni_cycles else 0)) + 120
+    mon = C.LoadMonitor()
+    outcomes: list[Outcome] = []
+    cni: CniOutcome | None = None
+    t0 = time.monotonic()
+    with C.Cleanup(budget) as stack:
+        workdir = stack.tempdir("lanner-bench-datapath-")
+        pin_root = stack.pin_dir("datapath")
+        configs = {n: CF.parse_config(n, pin_root, workdir) for n in names}
+        for passno in range(a.passes):
+            order = names if passno % 2 == 0 else list(reversed(names))
+            for n in order:
+                cfg = CF.parse_config(n, pin_root, workdir) if passno else configs[n]
+                print(f"pass {passno + 1}/{a.passes}: {n} ...", flush=True)
+                o = run_config(cfg, passno, durations, stack)
+                outcomes.append(o)
+                mon.sample()
+                if o.error:
+                    print(f"  {n}: {o.error[:500]}", flush=True)
+            if cni_cycles and passno == 0:
+                print(f"CNI ADD latency: {cni_cycles} cycles per plugin ...", flush=True)
+                cni = run_cni(cni_cycles, a.cni_warmup, workdir, pin_root, stack)
+    wall = time.monotonic() - t0
+
+    by_name: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        by_name.setdefault(o.config, []).append(o)
+    text, base = table(names, by_name)
+    m = C.machine()
+    print()
+    print(f"datapath benchmark: {m.get('commit', '?')}, kernel {m['kernel']}, {m['nproc']} CPUs, "
+          f"{a.passes} pass(es){' (quick)' if a.quick else ''}, {wall:.0f} s")
+    print(f"pinning: sockperf and the connect loop (client+server) on CPU {LD.RR_CPU}, iperf3 on CPU {LD.BULK_CPU}; "
+          f"RR {durations.rr_s:g} s, connect loop {durations.crr_s:g} s, iperf3 {durations.bulk_reps}x{durations.bulk_s:g} s; "
+          f"latency is sockperf's one-way (RTT/2); (x) = ratio to baseline")
+    print(text)
+    if cni is not None:
+        print()
+        print(cni_table(cni))
+    print()
+    print("targets (issue 6):")
+    for line in verdicts(by_name, base, cni):
+        print(line)
+    print(mon.report())
+    if a.json:
+        doc = {"machine": m, "quick": a.quick, "passes": a.passes, "durations": durations.__dict__,
+               "configs": names,
+               "outcomes": [{"config": o.config, "kind": o.kind, "rules": o.rules, "pass": o.passno,
+                             "install_s": o.install_s, "ok": o.ok, "error": o.error, "evidence": o.evidence,
+                             "result": o.result.as_dict() if o.result else None} for o in outcomes],
+               "cni": {"bridge": cni.bridge.summary(), "lanner": cni.lanner.summary()} if cni else None,
+               "targets": verdicts(by_name, base, cni)}
+        a.json.write_text(json.dumps(doc, indent=1))
+    failed = [o for o in outcomes if not o.ok]
+    cni_failed = cni is not None and bool(cni.bridge.error or cni.lanner.error)
+    return 1 if failed or cni_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
