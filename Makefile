@@ -87,6 +87,22 @@ $(PROTO_PY) &: $(PROTO_SRCS) | $(VENV)/.installed
 	  && touch $(PROTO_PY) \
 	  || { rm -f $(PROTO_PY); exit 1; }
 
+# CRI v1 subset (netdp/cri/api.proto: k8s.io/cri-api's names and field numbers) compiled into the
+# lanner.netdp.cri.gen package: the client lanner uses to talk to containerd / CRI-O.
+CRI_PROTO := netdp/cri/api.proto
+CRI_GEN   := netdp/cri/gen
+CRI_PY    := $(CRI_GEN)/api_pb2.py $(CRI_GEN)/api_pb2_grpc.py
+
+proto: $(CRI_PY)
+
+$(CRI_PY) &: $(CRI_PROTO) | $(VENV)/.installed
+	@echo "==> protoc $(CRI_PROTO) -> $(CRI_GEN)"
+	@$(VPY) -m grpc_tools.protoc -I $(dir $(CRI_PROTO)) --python_out=$(CRI_GEN) --grpc_python_out=$(CRI_GEN) \
+	    --pyi_out=$(CRI_GEN) $(CRI_PROTO) \
+	  && sed -i -e 's/^import api_pb2 as /from lanner.netdp.cri.gen import api_pb2 as /' $(CRI_GEN)/api_pb2_grpc.py \
+	  && touch $(CRI_PY) \
+	  || { rm -f $(CRI_PY); exit 1; }
+
 run: setup
 	@echo "==> starting the agent (Ctrl-C stops it and detaches every program)"
 	$(VENV)/bin/lanner agent $(AGENT_ARGS)

@@ -6,8 +6,12 @@ cached, so its JSON object is rendered once and reused as an ``orjson.Fragment``
 names it (its own exec and exit, its children's events): each event then costs one small
 ``orjson.dumps``.
 
-Not emitted: ``refcnt`` (it changes over a process's life, so a memoised rendering cannot carry it),
-``pod``/``docker`` (filled by the datapath's enrichment when it lands).
+Not emitted: ``refcnt`` (it changes over a process's life, so a memoised rendering cannot carry it).
+
+``pod``/``docker``: only when a pod resolver is attached (``attach_pod_resolver``, e.g. the datapath's
+``lanner.netdp.podcache.PodCache``) and it knows the process's pod from the netns inode or cgroup id the
+exec record carries. The lookup runs once per process, when its JSON is first rendered, and is memoised
+with it (and kept on ``Process.pod`` for the export filters); host processes render as before.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import signal as _signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -83,6 +87,36 @@ class KtimeClock:
         return f"{self._prefix}.{ns:09d}Z"
 
 
+class ProcessPodResolver(Protocol):
+    """``match(netns_inode, cgroup_id)`` -> an object with ``pod`` (``lanner.netdp.endpoint.PodInfo``),
+    ``container`` (``ContainerInfo | None``) and ``image_id`` (str), or None for a host process.
+    ``lanner.netdp.podcache.PodCache`` is one."""
+
+    def match(self, netns_inode: int, cgroup_id: int) -> Any: ...
+
+
+def pod_dict(m: Any, nspid: int = 0) -> dict:
+    """Tetragon's ``process.pod`` object for a resolved pod (and container)."""
+    pod = m.pod
+    d: dict = {"namespace": pod.namespace, "name": pod.name}
+    if pod.uid:
+        d["uid"] = pod.uid
+    c = m.container
+    if c is not None:
+        cd: dict = {"id": c.id, "name": c.name}
+        image = {k: v for k, v in (("id", getattr(m, "image_id", "")), ("name", c.image)) if v}
+        if image:
+            cd["image"] = image
+        if nspid:
+            cd["pid"] = nspid
+        d["container"] = cd
+    if pod.labels:
+        d["pod_labels"] = dict(pod.labels)
+    d["workload"] = pod.name  # no owner references without the Kubernetes API: the pod is its own workload
+    d["workload_kind"] = "Pod"
+    return d
+
+
 @dataclass(frozen=True)
 class EncoderOptions:
     node_name: str
@@ -100,6 +134,18 @@ class ProcessEventEncoder:
         self.clock = clock
         self._dumps = orjson.dumps
         self._fragment = orjson.Fragment
+        self._pods: ProcessPodResolver | None = None
+
+    def attach_pod_resolver(self, resolver: ProcessPodResolver | None) -> None:
+        """Enrich processes rendered from now on with their pod (None detaches)."""
+        self._pods = resolver
+
+    def _pod(self, p: Process) -> dict | None:
+        ns = p.ns
+        m = self._pods.match(ns.net if ns is not None else 0, p.cgroup_id)  # type: ignore[union-attr]
+        if m is None:
+            return None
+        return pod_dict(m, p.nspid if p.nspid != p.pid else 0)
 
     # ------------------------------------------------------------------ processes
     def process_dict(self, p: Process) -> dict:
@@ -119,6 +165,12 @@ class ProcessEventEncoder:
         d["flags"] = order_flags(p.flags)
         d["start_time"] = self.clock.rfc3339(p.start_ns)
         d["auid"] = c.auid
+        if self._pods is not None:
+            pod = p.pod = self._pod(p)
+            if pod is not None:
+                d["pod"] = pod
+                if "container" in pod:
+                    d["docker"] = pod["container"]["id"][:15]
         if p.parent_exec_id:
             d["parent_exec_id"] = p.parent_exec_id
         if self.opts.process_cred:
@@ -180,5 +232,5 @@ class ProcessEventEncoder:
 
 __all__ = [
     "CAPABILITIES", "EncoderOptions", "FLAG_CLONE", "FLAG_EXECVE", "KtimeClock", "ProcessEventEncoder",
-    "cap_names", "join_arguments", "order_flags", "signal_name",
+    "ProcessPodResolver", "cap_names", "pod_dict", "join_arguments", "order_flags", "signal_name",
 ]

@@ -52,6 +52,7 @@ class Process:
     # encoders may memoise their rendering of this (immutable) process here
     encoded: Any = field(default=None, repr=False)
     encoded_pb: Any = field(default=None, repr=False)
+    pod: Any = field(default=None, repr=False)  # Tetragon's pod object (dict) once resolved, for export filters
 
     @property
     def ktime(self) -> int:
