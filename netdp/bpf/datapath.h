@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * netdp datapath: the one definition of every map key and value and of the flow record.
+ * The Python side (netdp/datapath.py, netdp/flows.py) derives its codecs from the object's BTF.
+ */
+#pragma once
+
+#define NETDP_OP_FLOW 1 /* flow_event.op; also the lanner_lost slot */
+
+/* directions, as seen from the endpoint (policy_key.direction, flow_event.direction) */
+#define NETDP_DIR_INGRESS 0 /* into the pod: TC egress of the host-side veth */
+#define NETDP_DIR_EGRESS 1  /* out of the pod: TC ingress of the host-side veth */
+
+/* endpoint_info.flags */
+#define NETDP_EP_INGRESS_ENFORCED (1 << 0) /* some policy selects the endpoint for ingress */
+#define NETDP_EP_EGRESS_ENFORCED (1 << 1)
+
+/* flow_event.verdict (Hubble's numbering) */
+#define NETDP_VERDICT_FORWARDED 1
+#define NETDP_VERDICT_DROPPED 2
+
+/* flow_event.reason */
+#define NETDP_REASON_NO_POLICY 1     /* new flow, direction not enforced: default allow */
+#define NETDP_REASON_POLICY_ALLOW 2  /* new flow allowed by a policy entry */
+#define NETDP_REASON_POLICY_DENY 3   /* no policy entry allows it */
+
+/* flow_stats slots (per CPU) */
+#define NETDP_STAT_RATE_LIMITED 0 /* flow events not sent: over the rate limit */
+#define NETDP_STAT_EMITTED 1      /* flow events handed to the ring buffer */
+#define NETDP_STAT_NEW_FLOWS 2    /* new conntrack entries */
+#define NETDP_STAT_DROPS 3        /* packets dropped by policy */
+#define NETDP_STAT_REPLIES 4      /* packets passed as replies */
+#define NETDP_STAT_SLOTS 8
+
+/* conntrack lifetimes */
+#define NETDP_CT_LIFETIME_TCP_NS (6ULL * 3600 * 1000000000ULL)
+#define NETDP_CT_LIFETIME_OTHER_NS (60ULL * 1000000000ULL)
+
+/* endpoints: key = pod IPv4 (network order, __u32) */
+struct endpoint_info {
+	__u32 ifindex;      /* host side of the veth */
+	__u32 identity;     /* the pod's security identity */
+	__u16 endpoint_id;  /* node-local endpoint id, keys the policy map */
+	__u16 flags;        /* NETDP_EP_* */
+	__u32 pad;
+};
+
+/* ipcache: longest-prefix match over IPv4 -> identity (miss = world) */
+struct ipcache_key {
+	__u32 prefixlen; /* LPM trie: bits that follow */
+	__u32 addr;      /* network order */
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+/*
+ * Policy: one hash per node keyed by endpoint. identity 0 = any peer, proto 0 = any protocol,
+ * dport 0 = any port. A packet is allowed when one of the wildcard combinations is present.
+ */
+struct policy_key {
+	__u32 identity;    /* remote identity */
+	__u16 endpoint_id;
+	__u16 dport;       /* host order */
+	__u8 proto;
+	__u8 direction;    /* NETDP_DIR_* */
+	__u16 pad;
+};
+
+struct policy_value {
+	__u32 cookie; /* which policy installed it (index in the agent's list + 1) */
+	__u32 pad;
+};
+
+/* conntrack: 5-tuple as the packet carries it, plus the direction the flow was opened in */
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;   /* host order; ICMP: 0 */
+	__u16 dport;
+	__u8 proto;
+	__u8 direction; /* NETDP_DIR_* of the endpoint that created it */
+	__u16 pad;
+};
+
+struct ct_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u64 packets;     /* forward direction only */
+	__u32 src_identity;
+	__u32 dst_identity;
+};
+
+/* flow rate limit: one token bucket for the node */
+struct flow_bucket {
+	struct bpf_spin_lock lock;
+	__u32 tokens;
+	__u64 last_ns;
+};
+
+/* the record the ring buffer carries */
+struct flow_event {
+	__u8 op;         /* NETDP_OP_FLOW */
+	__u8 verdict;    /* NETDP_VERDICT_* */
+	__u8 reason;     /* NETDP_REASON_* */
+	__u8 direction;  /* NETDP_DIR_* relative to endpoint_id */
+	__u32 ifindex;
+	__u64 ktime;
+	__u32 saddr;     /* network order */
+	__u32 daddr;
+	__u16 sport;     /* host order */
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u16 endpoint_id;     /* the endpoint whose program saw it */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 len;             /* skb length */
+};

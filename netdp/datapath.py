@@ -1,0 +1,392 @@
+"""The node's eBPF datapath: endpoints, ipcache, per-endpoint policy, conntrack and flow events.
+
+``Datapath`` loads ``netdp/bpf/obj/datapath.bpf.o`` in the calling process's current network namespace
+(the node's), pins its state maps under ``pin_dir`` (reusing them when they are already pinned, so an
+agent restart keeps conntrack and policy), and attaches ``from_pod``/``to_pod`` to the host side of
+each endpoint's veth. Map keys and values are encoded from the object's BTF (``datapath.h`` is the
+only definition).
+
+Identities are allocated by the caller (``store.allocate(pod_identity_labels(pod))``) and carried in
+``Endpoint.identity``; the datapath writes the endpoint's ``/32`` into the store's ipcache and the BPF
+ipcache, and compiles the NetworkPolicies against every identity the store knows. ipBlock CIDRs get
+node-local identities (``LOCAL_IDENTITY_FLAG | n``, Cilium's local scope) that live only in the BPF
+ipcache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lanner.bpf import fs
+from lanner.bpf import libbpf as L
+from lanner.bpf.objects import BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, Codec, Link, Map
+from lanner.bpf.records import RecordLayout
+from lanner.bpf.ringbuf import RingBuffer
+
+from .endpoint import Endpoint
+from .flows import FlowDecoder, FlowReader
+from .identity import IdentityStore, normalize_cidr, pod_identity_labels
+from .netpolicy import CidrIdentities, NetworkPolicy, compile_endpoint
+
+log = logging.getLogger("lanner.netdp.datapath")
+
+DATAPATH_OBJECT = Path(__file__).parent / "bpf" / "obj" / "datapath.bpf.o"
+PINNED_MAPS = ("netdp_endpoints", "netdp_ipcache", "netdp_policy", "netdp_ct")
+EP_INGRESS_ENFORCED, EP_EGRESS_ENFORCED = 1 << 0, 1 << 1  # NETDP_EP_* in datapath.h
+LOCAL_IDENTITY_FLAG = 1 << 24
+TC_HANDLE, TC_PRIORITY = 0x4C4E, 1  # "LN"
+DEFAULT_FLOW_RATE_LIMIT = 1000  # flow events per second for the node
+
+
+class DatapathError(RuntimeError):
+    """A datapath operation failed; the message names the endpoint or map."""
+
+
+def struct_codec(btf: Any, name: str) -> Codec[dict[str, int]]:
+    """A Codec for a C struct from BTF: encodes a dict by field name (missing fields are 0)."""
+    layout = RecordLayout.from_btf(btf, name)
+    st = layout.struct
+    names = layout.names
+
+    def enc(d: Mapping[str, int]) -> bytes:
+        unknown = set(d) - set(names)
+        if unknown:
+            raise KeyError(f"struct {name} has no field {sorted(unknown)[0]!r}")
+        return st.pack(*(d.get(n, 0) for n in names))
+
+    def dec(b: bytes) -> dict[str, int]:
+        return dict(zip(names, st.unpack(b)))
+
+    return Codec(layout.size, enc, dec)
+
+
+def addr_u32(ip: str) -> int:
+    """Dotted quad -> the u32 whose memory holds the address in network order."""
+    return int.from_bytes(socket.inet_aton(ip), "little")
+
+
+_IPV4 = Codec(4, socket.inet_aton, socket.inet_ntoa)
+_U32, _U64 = Codec.struct("<I"), Codec.struct("<Q")
+
+
+@dataclass
+class _EndpointState:
+    ep: Endpoint
+    links: list[Link] = field(default_factory=list)
+    flags: int = 0
+    policy_keys: set[tuple[int, int, int, int]] = field(default_factory=set)
+
+
+class Datapath:
+    def __init__(self, pin_dir: Path, store: IdentityStore, *, flow_rate_limit: int = DEFAULT_FLOW_RATE_LIMIT,
+                 flow_rate_burst: int = 0, node_name: str = "", ring_bytes: int = 1 << 20,
+                 object_path: Path = DATAPATH_OBJECT) -> None:
+        if flow_rate_limit < 0 or flow_rate_burst < 0:
+            raise ValueError("flow_rate_limit and flow_rate_burst must be >= 0")
+        self.store = store
+        self.node_name = node_name or socket.gethostname()
+        self._lock = threading.RLock()
+        self._pinned: list[Path] = []
+        self._endpoints: dict[int, _EndpointState] = {}
+        self._by_ip: dict[str, Endpoint] = {}
+        self._policies: list[NetworkPolicy] = []
+        self._cidr_ids: dict[str, int] = {}
+        self._bpf_ipcache: dict[str, int] = {}
+        self._flows: FlowReader | None = None
+        self.pin_dir = fs.pin_dir(pin_dir)
+        self._created_dir = not any(self.pin_dir.iterdir())
+        obj = BpfObject.open(object_path)
+        try:
+            obj.set_config(flow_rate_limit=flow_rate_limit, flow_rate_burst=flow_rate_burst)
+            obj.resize_map("events", ring_bytes)
+            reused = []
+            for name in PINNED_MAPS:
+                p = self.pin_dir / name
+                if p.exists():
+                    obj.reuse_pinned_map(name, str(p))
+                    reused.append(name)
+            obj.load()
+            for name in PINNED_MAPS:
+                if name not in reused:
+                    p = self.pin_dir / name
+                    obj.map(name).pin(str(p))
+                    self._pinned.append(p)
+        except BaseException:
+            obj.close()
+            self._unpin()
+            raise
+        self._obj = obj
+        btf = obj.btf
+        self._m_endpoints: Map = obj.map("netdp_endpoints", _IPV4, struct_codec(btf, "endpoint_info"))
+        self._m_ipcache: Map = obj.map("netdp_ipcache", struct_codec(btf, "ipcache_key"), struct_codec(btf, "ipcache_value"))
+        self._m_policy: Map = obj.map("netdp_policy", struct_codec(btf, "policy_key"), struct_codec(btf, "policy_value"))
+        self._m_ct: Map = obj.map("netdp_ct", struct_codec(btf, "ct_key"), struct_codec(btf, "ct_entry"))
+        self._decoder = FlowDecoder.from_btf(btf)
+        if reused:
+            log.info("reusing pinned maps %s from %s", ", ".join(reused), self.pin_dir)
+        for k, v in self._m_ipcache.items():
+            ip = socket.inet_ntoa(struct.pack("<I", k["addr"]))
+            self._bpf_ipcache[f"{ip}/{k['prefixlen']}"] = v["identity"]
+        self._orphan_policy: set[tuple[int, int, int, int, int]] = set()
+        if "netdp_policy" in reused:  # entries of endpoints from the previous run: replaced as they are re-added
+            for k, _ in self._m_policy.lookup_batch():
+                self._orphan_policy.add((k["endpoint_id"], k["identity"], k["direction"], k["proto"], k["dport"]))
+        self._sync_ipcache()
+
+    # ------------------------------------------------------------------------------------------
+    # endpoints
+
+    def add_endpoint(self, ep: Endpoint) -> None:
+        """Write the endpoint map and ipcache, attach the TC programs, apply the policies. Idempotent."""
+        if not 1 <= ep.endpoint_id <= 0xFFFF:
+            raise DatapathError(f"endpoint {ep.container_id}: endpoint_id {ep.endpoint_id} is not in 1..65535")
+        if not ep.host_ifindex > 0:
+            raise DatapathError(f"endpoint {ep.endpoint_id}: host_ifindex {ep.host_ifindex} is not an interface index")
+        try:
+            ipaddress.IPv4Address(ep.ipv4)
+        except ValueError:
+            raise DatapathError(f"endpoint {ep.endpoint_id}: ipv4 {ep.ipv4!r} is not an IPv4 address") from None
+        with self._lock:
+            self._require_open()
+            old = self._endpoints.get(ep.endpoint_id)
+            if old is not None and (old.ep.ipv4 != ep.ipv4 or old.ep.host_ifindex != ep.host_ifindex):
+                self.remove_endpoint(old.ep)
+                old = None
+            other = self._by_ip.get(ep.ipv4)
+            if other is not None and other.endpoint_id != ep.endpoint_id:
+                raise DatapathError(f"endpoint {ep.endpoint_id}: ipv4 {ep.ipv4} belongs to endpoint {other.endpoint_id}")
+            st = old or _EndpointState(ep)
+            st.ep = ep
+            if old is None:
+                st.policy_keys = {k[1:] for k in self._orphan_policy if k[0] == ep.endpoint_id}
+                self._orphan_policy = {k for k in self._orphan_policy if k[0] != ep.endpoint_id}
+            self._endpoints[ep.endpoint_id] = st
+            self._by_ip[ep.ipv4] = ep
+            try:
+                self.store.upsert_ip(f"{ep.ipv4}/32", ep.identity)
+                self._sync_ipcache()
+                self._apply_policies()  # writes the endpoint entry with its enforcement flags
+                if not st.links:
+                    st.links = self._attach(ep.host_ifindex)
+            except BaseException:
+                self.remove_endpoint(ep)
+                raise
+
+    def _attach(self, ifindex: int) -> list[Link]:
+        links = []
+        try:
+            for prog, point, ingress in (("from_pod", BPF_TC_INGRESS, True), ("to_pod", BPF_TC_EGRESS, False)):
+                self._detach_stale(ifindex, point)
+                links.append(self._obj.program(prog).attach_tc(ifindex, ingress=ingress, priority=TC_PRIORITY,
+                                                               handle=TC_HANDLE))
+        except BaseException:
+            for link in links:
+                link.destroy()
+            raise
+        return links
+
+    @staticmethod
+    def _detach_stale(ifindex: int, point: int) -> None:
+        """Remove our filter left on the device by a previous run (TC filters outlive their process)."""
+        hook = L.bpf_tc_hook(sz=ctypes.sizeof(L.bpf_tc_hook), ifindex=ifindex, attach_point=point)
+        opts = L.bpf_tc_opts(sz=ctypes.sizeof(L.bpf_tc_opts), handle=TC_HANDLE, priority=TC_PRIORITY)
+        L.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))  # ENOENT/EINVAL when absent: fine
+
+    def remove_endpoint(self, ep: Endpoint) -> None:
+        """Detach, delete the endpoint's map entries and ipcache entry. Idempotent."""
+        with self._lock:
+            if self._obj is None:
+                return
+            st = self._endpoints.pop(ep.endpoint_id, None)
+            links = st.links if st else []
+            for link in links:
+                link.destroy()
+            ip = st.ep.ipv4 if st else ep.ipv4
+            if self._by_ip.get(ip) is not None and self._by_ip[ip].endpoint_id == ep.endpoint_id:
+                del self._by_ip[ip]
+            if ip not in self._by_ip:
+                self._m_endpoints.delete(ip)
+            if st and st.policy_keys:
+                self._m_policy.delete_batch([self._policy_key(ep.endpoint_id, k) for k in st.policy_keys])
+            if ip not in self._by_ip:
+                self.store.delete_ip(f"{ip}/32")
+            self._sync_ipcache()
+            if self._policies:
+                self._apply_policies()
+
+    def endpoints(self) -> list[Endpoint]:
+        with self._lock:
+            return [st.ep for st in self._endpoints.values()]
+
+    def endpoint_for_ip(self, ipv4: str) -> Endpoint | None:
+        return self._by_ip.get(ipv4)
+
+    # ------------------------------------------------------------------------------------------
+    # policy
+
+    def set_network_policies(self, policies: Sequence[NetworkPolicy]) -> None:
+        """Replace the policy set and recompile every endpoint's policy map."""
+        with self._lock:
+            self._require_open()
+            self._policies = list(policies)
+            self._assign_cidr_identities()
+            self._sync_ipcache()
+            self._apply_policies()
+
+    def _assign_cidr_identities(self) -> None:
+        wanted: set[str] = set()
+        for pol in self._policies:
+            wanted |= pol.cidrs()
+        ids = {c: i for c, i in self._cidr_ids.items() if c in wanted}
+        used = set(ids.values())
+        n = 1
+        for cidr in sorted(wanted - set(ids)):
+            while LOCAL_IDENTITY_FLAG | n in used:
+                n += 1
+            ids[cidr] = LOCAL_IDENTITY_FLAG | n
+            used.add(ids[cidr])
+        self._cidr_ids = ids
+
+    def _identities(self) -> dict[int, dict[str, str]]:
+        """Every identity's labels: the store's, plus the local endpoints' (a store may list none)."""
+        list_fn = getattr(self.store, "identities", None)
+        out: dict[int, dict[str, str]] = dict(list_fn()) if callable(list_fn) else {}
+        if not callable(list_fn):
+            for ident in set(self.store.ipcache().values()):
+                labels = self.store.labels_of(ident)
+                if labels is not None:
+                    out[ident] = labels
+        for st in self._endpoints.values():
+            out.setdefault(st.ep.identity, pod_identity_labels(st.ep.pod))
+        return out
+
+    @staticmethod
+    def _policy_key(endpoint_id: int, k: tuple[int, int, int, int]) -> dict[str, int]:
+        ident, direction, proto, port = k
+        return {"identity": ident, "endpoint_id": endpoint_id, "direction": direction, "proto": proto, "dport": port}
+
+    def _apply_policies(self) -> None:
+        identities = self._identities() if self._policies else {}
+        cidrs = CidrIdentities(dict(self._cidr_ids))
+        for epid, st in self._endpoints.items():
+            ep = st.ep
+            comp = compile_endpoint(self._policies, ep.pod.namespace, ep.pod.label_dict(), identities, cidrs)
+            flags = (EP_INGRESS_ENFORCED if comp.ingress_enforced else 0) | (EP_EGRESS_ENFORCED if comp.egress_enforced else 0)
+            new = set(comp.entries)
+            add = new - st.policy_keys
+            stale = st.policy_keys - new
+            # order: allow first, then enforce, then remove what no longer applies (no transient drops)
+            self._m_policy.update_batch([(self._policy_key(epid, k), {"cookie": 1}) for k in sorted(add)])
+            self._m_endpoints.update(ep.ipv4, {"ifindex": ep.host_ifindex, "identity": ep.identity,
+                                               "endpoint_id": epid, "flags": flags})
+            if stale:
+                self._m_policy.delete_batch([self._policy_key(epid, k) for k in stale])
+            st.flags = flags
+            st.policy_keys = new
+
+    def policy_entries(self, endpoint_id: int) -> int:
+        """How many policy map entries an endpoint has."""
+        with self._lock:
+            st = self._endpoints.get(endpoint_id)
+            return len(st.policy_keys) if st else 0
+
+    # ------------------------------------------------------------------------------------------
+    # ipcache
+
+    def _sync_ipcache(self) -> None:
+        want = {normalize_cidr(c): i for c, i in self._cidr_ids.items()}
+        want.update({normalize_cidr(c): i for c, i in self.store.ipcache().items()})
+        for cidr, ident in want.items():
+            if self._bpf_ipcache.get(cidr) != ident:
+                self._m_ipcache.update(self._lpm_key(cidr), {"identity": ident})
+                self._bpf_ipcache[cidr] = ident
+        for cidr in [c for c in self._bpf_ipcache if c not in want]:
+            self._m_ipcache.delete(self._lpm_key(cidr))
+            del self._bpf_ipcache[cidr]
+
+    @staticmethod
+    def _lpm_key(cidr: str) -> dict[str, int]:
+        net = ipaddress.IPv4Network(cidr)
+        return {"prefixlen": net.prefixlen, "addr": addr_u32(str(net.network_address))}
+
+    def identity_of_ip(self, ipv4: str) -> int | None:
+        """What the BPF ipcache says for one address (longest prefix), None on a miss (world)."""
+        v = self._m_ipcache.lookup({"prefixlen": 32, "addr": addr_u32(ipv4)})
+        return v["identity"] if v else None
+
+    def cidr_identities(self) -> dict[str, int]:
+        return dict(self._cidr_ids)
+
+    # ------------------------------------------------------------------------------------------
+    # flows, conntrack
+
+    def flows(self) -> FlowReader:
+        """The flow event reader (one per datapath)."""
+        with self._lock:
+            self._require_open()
+            if self._flows is None:
+                ring = RingBuffer(self._obj.map("events"))
+                self._flows = FlowReader(ring, self._decoder, self._obj.map("netdp_stats", _U32, _U64),
+                                         self._obj.map("lanner_lost", _U32, _U64), self.endpoint_for_ip,
+                                         self.node_name)
+            return self._flows
+
+    def conntrack(self) -> list[tuple[dict[str, int], dict[str, int]]]:
+        with self._lock:
+            self._require_open()
+            return self._m_ct.lookup_batch()
+
+    # ------------------------------------------------------------------------------------------
+    # teardown
+
+    def _require_open(self) -> None:
+        if getattr(self, "_obj", None) is None:
+            raise DatapathError("the datapath is closed")
+
+    def _unpin(self) -> None:
+        for p in self._pinned:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        self._pinned = []
+        if getattr(self, "_created_dir", False):
+            try:
+                self.pin_dir.rmdir()
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                    raise
+
+    def close(self) -> None:
+        """Detach every program this datapath attached and unpin every map it pinned."""
+        with self._lock:
+            if getattr(self, "_obj", None) is None:
+                return
+            if self._flows is not None:
+                self._flows.close()
+                self._flows = None
+            for st in self._endpoints.values():
+                for link in st.links:
+                    link.destroy()
+            self._endpoints.clear()
+            self._by_ip.clear()
+            self._obj.close()
+            self._obj = None  # type: ignore[assignment]
+            self._unpin()
+
+    def __enter__(self) -> "Datapath":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
