@@ -1,0 +1,209 @@
+"""Real pods through containerd's CRI: Debian containerd + runc, images built here, CNI in a node netns.
+
+containerd runs inside a test "node" network namespace (tests/cri_harness.py), so the CNI plugins it
+runs, their devices and sysctls never touch the root network namespace; it is stopped by PID and its
+mounts, pod netns and cgroups are removed in the fixture teardown.
+
+* bridge + host-local (Debian's plugins): proves the harness — pods get addresses, talk to each other,
+  and a real agent's exec events from inside a pod carry that pod (PodCache fed from the CRI).
+* lanner-cni + ``lanner agent --enable-netdp`` (once both exist): pods on lanner's network, exec events
+  naming the pod, containerd's double DEL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cri_harness import Containerd, NodeNetns, missing_tools, remove_pod, run_pod
+
+pytestmark = [
+    pytest.mark.skipif(bool(missing_tools()), reason=f"containerd/runc tooling missing: {missing_tools()}"),
+]
+
+PAUSE = "docker.io/local/pause:1"
+BUSYBOX = "docker.io/local/busybox:1"
+BRIDGE_SUBNET = "10.88.71.0/24"
+
+
+def _root_netns_state() -> tuple[set[str], str]:
+    links = {line.split(":")[1].strip().split("@")[0]
+             for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()}
+    return links, Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+
+
+def _start_node(base: Path, conflist: dict, plugins: dict[str, Path] | None = None):
+    node = NodeNetns.create()
+    ctrd = None
+    try:
+        ctrd = Containerd.start(base, node, extra_plugins=plugins, conflist=conflist)
+        ctrd.import_image(PAUSE, ["/bin/sleep", "infinity"])
+        ctrd.import_image(BUSYBOX, ["/bin/sh"])
+    except BaseException:
+        if ctrd is not None:
+            ctrd.stop()
+        node.delete()
+        raise
+    return node, ctrd
+
+
+@pytest.fixture(scope="module")
+def bridge_node(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cri-bridge")
+    conflist = {"cniVersion": "1.0.0", "name": "bridgenet", "plugins": [
+        {"type": "bridge", "bridge": "lcri0", "isGateway": True, "ipMasq": False,
+         "ipam": {"type": "host-local", "dataDir": str(base / "ipam"), "ranges": [[{"subnet": BRIDGE_SUBNET}]]}}]}
+    before = _root_netns_state()
+    node, ctrd = _start_node(base, conflist)
+    try:
+        yield ctrd
+    finally:
+        forced = ctrd.stop()
+        node.delete()
+        print("teardown:", forced)
+    # nothing the pods did reached the root netns
+    assert _root_netns_state() == before
+
+
+def http_get(cri, container_id: str, ip: str, port: int, timeout_s: int = 2):
+    """An HTTP GET of /index.html from inside a container (busybox nc; static wget needs NSS)."""
+    return cri.exec_sync(container_id, ["/bin/sh", "-c", f"printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | "
+                                                         f"/bin/nc -w {timeout_s} {ip} {port}"], timeout_s=timeout_s + 5)
+
+
+def _in_subnet(ip: str, cidr: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+
+
+def test_bridge_pods_get_addresses_labels_and_connect(bridge_node):
+    ctrd = bridge_node
+    server = run_pod(ctrd, "srv", labels={"app": "srv", "tier": "back"},
+                     containers={"httpd": ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]})
+    client = run_pod(ctrd, "cli", namespace="team-a", labels={"app": "cli"},
+                     containers={"main": ["/bin/sleep", "infinity"]})
+    try:
+        with ctrd.client() as cri:
+            assert cri.status() == {"RuntimeReady": True, "NetworkReady": True}
+            s, c = cri.pod_sandbox_status(server.sandbox_id), cri.pod_sandbox_status(client.sandbox_id)
+            assert s.ready and c.ready and s.ip != c.ip
+            assert _in_subnet(s.ip, BRIDGE_SUBNET) and _in_subnet(c.ip, BRIDGE_SUBNET)
+            assert s.labels == {"app": "srv", "tier": "back"} and (c.namespace, c.name) == ("team-a", "cli")
+            listed = {(p.namespace, p.name): p.labels for p in cri.list_pod_sandbox(labels={"app": "cli"})}
+            assert listed == {("team-a", "cli"): {"app": "cli"}}
+            st = cri.container_status(client.containers["main"], verbose=True)
+            assert st.state == "CONTAINER_RUNNING" and st.name == "main" and st.image == BUSYBOX
+            assert st.image_ref.startswith("sha256:") and st.pid > 0
+            assert st.cgroups_path.startswith(ctrd.cgroup_parent + "/")
+            r = None
+            for _ in range(50):  # httpd may still be starting
+                r = http_get(cri, client.containers["main"], s.ip, 8080)
+                if r.exit_code == 0 and r.stdout:
+                    break
+                time.sleep(0.1)
+            assert r.exit_code == 0 and r.stdout.endswith(b"\r\n\r\nhello from a pod\n"), r
+            # the pod's interface really is in its own netns: eth0 carries the CRI-reported address
+            out = cri.exec_sync(client.containers["main"], ["/bin/ip", "-4", "-o", "addr", "show", "eth0"])
+            assert f" {c.ip}/" in out.stdout.decode()
+    finally:
+        remove_pod(ctrd, server)
+        remove_pod(ctrd, client)
+    with ctrd.client() as cri:
+        assert cri.list_pod_sandbox() == []
+    assert not os.path.exists(server.netns) and not os.path.exists(client.netns)
+
+
+# ------------------------------------------------------------------------------------ a real agent
+@pytest.fixture
+def inproc_agent(tmp_path, process_obj_path):
+    """The agent (real BPF sensors) in this process, its loop on a thread, exporting to a file."""
+    from lanner.agent import Agent, AgentConfig
+
+    export = tmp_path / "events.log"
+    agent = Agent(AgentConfig(node_name="crinode", export_stdout=False, export_file=str(export), grpc=None,
+                              run_probe=False, policy_engine=False, procfs_seed=False))
+    agent.start()
+    t = threading.Thread(target=agent.run, name="agent-loop", daemon=True)
+    t.start()
+    try:
+        yield agent, export
+    finally:
+        agent.stop()
+        t.join(timeout=10)
+        agent.close()
+
+
+def _events(export: Path) -> list[dict]:
+    if not export.exists():
+        return []
+    data = export.read_text()
+    return [json.loads(line) for line in data[: data.rfind("\n") + 1].splitlines() if line]
+
+
+def _wait_exec(export: Path, pred, what: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e["process_exec"]["process"] for e in _events(export) if "process_exec" in e
+                 and pred(e["process_exec"]["process"])]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no exec event for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.bpf
+def test_agent_exec_events_carry_the_pod(bridge_node, inproc_agent):
+    from lanner.netdp.cri.pods import sandbox_endpoint
+    from lanner.netdp.podcache import CriContainerSource, PodCache
+
+    ctrd = bridge_node
+    agent, export = inproc_agent
+    cri = ctrd.client()
+    cache = PodCache(CriContainerSource(cri))
+    agent.encoder.attach_pod_resolver(cache)
+
+    def register(pod) -> None:  # what the CNI service does on ADD (here the network is the bridge plugin's)
+        ep = sandbox_endpoint(cri.pod_sandbox_status(pod.sandbox_id, verbose=True))
+        assert ep is not None and ep.netns_inode == os.stat(pod.netns).st_ino
+        cache.add(ep)
+
+    marker = uuid.uuid4().hex[:10]
+    pod = run_pod(ctrd, "web-" + marker, namespace="shop", labels={"app": "web", "run": marker},
+                  containers={"main": ["/bin/sleep", "3600"]}, before_containers=register)
+    try:
+        cid = pod.containers["main"]
+        r = cri.exec_sync(cid, ["/bin/sh", "-c", f"echo {marker}"])
+        assert r.exit_code == 0 and r.stdout.decode().strip() == marker
+        proc = _wait_exec(export, lambda p: marker in p.get("arguments", "") and p["binary"] == "/bin/sh",
+                          "the exec in the pod")
+        want_container = {"id": cid, "name": "main", "image": {"name": BUSYBOX}}
+        pod_obj = proc.get("pod")
+        assert pod_obj is not None, proc
+        assert (pod_obj["namespace"], pod_obj["name"], pod_obj["uid"]) == ("shop", pod.name, pod.uid)
+        assert pod_obj["pod_labels"] == {"app": "web", "run": marker}
+        c = pod_obj["container"]
+        assert {k: c[k] for k in ("id", "name")} == {k: want_container[k] for k in ("id", "name")}
+        assert c["image"]["name"] == BUSYBOX and c["image"]["id"].startswith("sha256:")
+        assert proc["docker"] == cid[:15]
+        # the container's entrypoint, exec'd by runc after the pod was registered, carries it too
+        entry = _wait_exec(export, lambda p: p["binary"] == "/bin/sleep" and p.get("arguments") == "3600",
+                           "the container entrypoint")
+        assert entry["pod"]["container"]["id"] == cid and entry["pod"]["name"] == pod.name
+        # a host process does not
+        subprocess.run(["/bin/true", marker], check=True)
+        host = _wait_exec(export, lambda p: p["binary"] == "/bin/true" and p.get("arguments") == marker,
+                          "the host process")
+        assert "pod" not in host and "docker" not in host
+        assert cache.cri_lookups <= 3  # learned per container cgroup, not per event
+    finally:
+        remove_pod(ctrd, pod)
+        cri.close()
