@@ -201,7 +201,8 @@ class Datapath:
         """Remove our filter left on the device by a previous run (TC filters outlive their process)."""
         hook = L.bpf_tc_hook(sz=ctypes.sizeof(L.bpf_tc_hook), ifindex=ifindex, attach_point=point)
         opts = L.bpf_tc_opts(sz=ctypes.sizeof(L.bpf_tc_opts), handle=TC_HANDLE, priority=TC_PRIORITY)
-        L.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))  # ENOENT/EINVAL when absent: fine
+        with L.log_capture.capture():  # the kernel's "no such filter" is the usual answer: keep it quiet
+            L.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
 
     def remove_endpoint(self, ep: Endpoint) -> None:
         """Detach, delete the endpoint's map entries and ipcache entry. Idempotent."""

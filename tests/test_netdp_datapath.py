@@ -162,14 +162,14 @@ class Topology:
         ns = self.add_netns(f"{self.tag}-{name}")
         host_if = f"lx{self.tag[-6:]}{name}"[:15]
         sh("ip", "-n", self.node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", self.node, "addr", "add", f"{GW}/32", "dev", host_if)
+        sh("ip", "-n", self.node, "link", "set", host_if, "up")
         for ip in ips:
             sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
             sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", host_if)
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "route", "add", GW, "dev", "eth0", "scope", "link")
         sh("ip", "-n", ns, "route", "add", "default", "via", GW, "dev", "eth0")
-        sh("ip", "-n", self.node, "addr", "add", f"{GW}/32", "dev", host_if)
-        sh("ip", "-n", self.node, "link", "set", host_if, "up")
         return ns
 
     def endpoint(self, pod: Pod) -> Endpoint:
@@ -276,3 +276,190 @@ def test_no_policy_connectivity_and_flows(topo: Topology) -> None:
         assert f["tcp_flags"] == "SYN"
         assert f["node_name"] == "node-test"
     assert a.endpoint.identity != b.endpoint.identity
+
+
+def test_ingress_allow_by_label_denies_others(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 8080, 9090)
+    set_policies(topo, netpol("web-from-client", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["client"]}]}}],
+                     "ports": [{"port": 8080}]}]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("tcp", b.ip, 9090)) == [True, False]
+    assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [False]
+    assert not topo.ping(c.netns, b.ip)  # no rule allows ICMP into b
+    assert topo.ping(b.netns, c.ip)  # b's egress is not enforced, and the echo reply returns by conntrack
+    flows = [e["flow"] for e in dp.flows().poll()]
+    drops = [f for f in flows if f["verdict"] == "DROPPED"]
+    assert any(f["src"]["ip"] == c.ip and f["dst"]["port"] == 8080 and f["reason"] == "policy-denied"
+               and f["src"]["identity"] == c.endpoint.identity and f["dst"]["identity"] == b.endpoint.identity
+               and f["direction"] == "ingress" and f["dst"]["pod"]["name"] == "b" for f in drops), drops
+    assert any(f["src"]["ip"] == a.ip and f["dst"]["port"] == 9090 for f in drops)
+    allowed = [f for f in flows if f["verdict"] == "FORWARDED" and f["direction"] == "ingress"
+               and f["dst"]["ip"] == b.ip and f["dst"]["port"] == 8080]
+    assert allowed and all(f["reason"] == "policy-allowed" and f["src"]["pod"]["name"] == "a" for f in allowed)
+    st = dp.flows().stats()
+    assert st["drops"] >= 3 and st["emitted"] >= len(flows)
+    # removing the policy restores default allow
+    set_policies(topo)
+    assert topo.probe(c.netns, ("tcp", b.ip, 8080), ("tcp", b.ip, 9090)) == [True, True]
+    assert dp.policy_entries(b.endpoint_id) == 0
+
+
+def test_namespace_selector_and_empty_rules(topo: Topology) -> None:
+    a = topo.add_pod("a", "10.210.0.2", {"app": "client"}, namespace="prod")
+    b = topo.add_pod("b", "10.210.0.3", {"app": "web"}, namespace="default")
+    c = topo.add_pod("c", "10.210.0.4", {"app": "client"}, namespace="dev")
+    start(topo)
+    topo.serve(b.netns, 8080)
+    set_policies(topo, netpol("from-prod", {
+        "podSelector": {},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prod"}},
+                               "podSelector": {"matchLabels": {"app": "client"}}}]}]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [True]
+    assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [False]
+    # ingress: [{}] allows everything; a deny-all policy next to it does not take that away (union)
+    set_policies(topo, netpol("deny-all", {"podSelector": {}, "policyTypes": ["Ingress"]}),
+                 netpol("allow-all", {"podSelector": {}, "ingress": [{}]}))
+    assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [True]
+    set_policies(topo, netpol("deny-all", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]
+
+
+def test_egress_deny_by_port(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    start(topo)
+    topo.serve(b.netns, 8080, 9090)
+    set_policies(topo, netpol("client-egress", {
+        "podSelector": {"matchLabels": {"app": "client"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                    "ports": [{"protocol": "TCP", "port": 8000, "endPort": 8100}, {"protocol": "UDP", "port": 9090}]}]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("tcp", b.ip, 9090), ("udp", b.ip, 9090),
+                      ("udp", b.ip, 8080)) == [True, False, True, False]
+    assert not topo.ping(a.netns, b.ip)
+    # c is not selected: unrestricted
+    assert topo.probe(c.netns, ("tcp", b.ip, 9090)) == [True]
+
+
+def test_ipblock_allow_and_except(topo: Topology) -> None:
+    a = topo.add_pod("a", "10.210.0.2", {"app": "client"})
+    ext = topo.add_external("x", ["10.250.0.2", "10.250.0.200", "10.251.0.2"])
+    dp = start(topo)
+    topo.serve(ext, 8080)
+    set_policies(topo, netpol("to-ext", {
+        "podSelector": {"matchLabels": {"app": "client"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.250.0.0/24", "except": ["10.250.0.128/25"]}}]}]}))
+    assert topo.probe(a.netns, ("tcp", "10.250.0.2", 8080), ("tcp", "10.250.0.200", 8080),
+                      ("tcp", "10.251.0.2", 8080)) == [True, False, False]
+    with in_netns(topo.node):
+        ids = dp.cidr_identities()
+        assert dp.identity_of_ip("10.250.0.2") == ids["10.250.0.0/24"]
+        assert dp.identity_of_ip("10.250.0.200") == ids["10.250.0.128/25"]
+        assert dp.identity_of_ip("10.251.0.2") is None  # world
+    drops = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
+    assert any(f["dst"]["ip"] == "10.251.0.2" and f["dst"]["identity"] == IDENTITY_WORLD for f in drops)
+    assert any(f["dst"]["ip"] == "10.250.0.200" and f["dst"]["identity"] == ids["10.250.0.128/25"] for f in drops)
+    # 0.0.0.0/0 covers the world and every CIDR identity except the excepted range
+    set_policies(topo, netpol("to-all", {
+        "podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.250.0.128/25"]}}]}]}),
+        netpol("other", {"podSelector": {"matchLabels": {"none": "x"}}, "policyTypes": ["Egress"],
+                         "egress": [{"to": [{"ipBlock": {"cidr": "10.250.0.0/24"}}]}]}))
+    assert topo.probe(a.netns, ("tcp", "10.250.0.2", 8080), ("tcp", "10.250.0.200", 8080),
+                      ("tcp", "10.251.0.2", 8080)) == [True, False, True]
+
+
+def test_conntrack_lets_replies_pass(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 8080)
+    topo.serve(a.netns, 7070)
+    # a accepts nothing and may only talk to b:8080; b's answers still reach a through conntrack
+    set_policies(topo, netpol("isolate-a", {
+        "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Ingress", "Egress"],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 8080}]}]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("udp", b.ip, 8080)) == [True, False]
+    assert topo.probe(b.netns, ("tcp", a.ip, 7070)) == [False]
+    with in_netns(topo.node):
+        ct = dp.conntrack()
+    fwd = [k for k, v in ct if k["proto"] == 6 and k["dport"] == 8080 and k["direction"] == 1]
+    assert fwd, ct
+    st = dp.flows().stats()
+    assert st["replies"] > 0 and st["new_flows"] > 0
+
+
+def test_flow_rate_limit_counts(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo, flow_rate_limit=5, flow_rate_burst=5)
+    set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    dp.flows().poll()
+    before = dp.flows().stats()
+    n = 60
+    script = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+              f"for i in range({n}): s.sendto(b'x', ('{b.ip}', 9000 + i))\n")
+    sh(*nsexec(a.netns, sys.executable, "-c", script))
+    time.sleep(0.2)
+    got = dp.flows().poll()
+    after = dp.flows().stats()
+    limited = after["rate_limited"] - before["rate_limited"]
+    # every datagram is a new flow at a's egress (allowed) and a drop at b's ingress: 2n events offered
+    assert {(e["flow"]["verdict"], e["flow"]["direction"]) for e in got} <= {("FORWARDED", "egress"),
+                                                                            ("DROPPED", "ingress")}
+    assert 5 <= len(got) <= 8, len(got)  # the burst, plus what refilled while sending
+    assert len(got) + limited == 2 * n
+    assert after["drops"] - before["drops"] == n
+    assert dp.flows().lost() >= limited and dp.flows().ring_lost() == 0
+
+
+def test_remove_endpoint_twice_and_close_leaves_nothing(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    topo.serve(b.netns, 8080)
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]
+    pins = sorted(p.name for p in topo.pin_dir.iterdir())
+    assert pins == ["netdp_ct", "netdp_endpoints", "netdp_ipcache", "netdp_policy"]
+
+    def filters(dev: str) -> str:
+        return sh(*nsexec(topo.node, "tc", "filter", "show", "dev", dev, "ingress")) + \
+            sh(*nsexec(topo.node, "tc", "filter", "show", "dev", dev, "egress"))
+
+    assert "from_pod" in filters(b.host_ifname) and "to_pod" in filters(b.host_ifname)
+    with in_netns(topo.node):
+        dp.add_endpoint(b.endpoint)  # idempotent
+        dp.remove_endpoint(b.endpoint)
+        dp.remove_endpoint(b.endpoint)
+        assert dp.identity_of_ip(b.ip) is None
+    assert f"{b.ip}/32" not in topo.store.ipcache()
+    assert f"{a.ip}/32" in topo.store.ipcache()
+    assert filters(b.host_ifname).strip() == ""
+    assert "clsact" not in sh(*nsexec(topo.node, "tc", "qdisc", "show", "dev", b.host_ifname))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [True]  # no program on b's veth any more
+    with in_netns(topo.node):
+        dp.close()
+        dp.close()
+    topo.dp = None
+    assert not topo.pin_dir.exists()
+    for pod in (a, c):
+        assert filters(pod.host_ifname).strip() == ""
+
+
+def test_reopen_reuses_pinned_maps(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    with in_netns(topo.node):
+        # a second datapath on the same pins (an agent restart) shares the maps and does not unpin them
+        dp2 = Datapath(topo.pin_dir, topo.store, node_name="node-test")
+        try:
+            assert dp2.identity_of_ip(b.ip) == b.endpoint.identity
+        finally:
+            dp2.close()
+    assert sorted(p.name for p in topo.pin_dir.iterdir()) == ["netdp_ct", "netdp_endpoints", "netdp_ipcache",
+                                                              "netdp_policy"]
+    topo.serve(b.netns, 8080)
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]  # dp's programs and maps still enforce
