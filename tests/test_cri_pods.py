@@ -207,3 +207,113 @@ def test_agent_exec_events_carry_the_pod(bridge_node, inproc_agent):
     finally:
         remove_pod(ctrd, pod)
         cri.close()
+
+
+# ------------------------------------------------------------------------------------ lanner-cni
+LANNER_CIDR = "10.201.77.0/24"
+LANNER_CNI = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "lanner-cni"
+
+
+def _netdp_ready() -> str:
+    """Why pods cannot run on lanner-cni yet ("" when they can)."""
+    try:
+        from lanner.netdp import runtime  # noqa: F401
+        from lanner.netdp.cni import service  # noqa: F401
+    except ImportError as exc:
+        return f"the netdp runtime is not there yet: {exc}"
+    if not LANNER_CNI.exists():
+        return f"{LANNER_CNI} is not installed (make setup)"
+    return ""
+
+
+def start_netdp_agent(tmp: Path, node: NodeNetns, cni_socket: Path, *extra: str):
+    """``lanner agent --enable-netdp`` inside the node netns (it owns the pod gateway and veths there)."""
+    import sys
+
+    from tests.conftest import RunningAgent
+
+    export, sock, err = tmp / "export" / "events.log", tmp / "lanner.sock", tmp / "agent.stderr"
+    info = tmp / "lanner-info.json"
+    pin = f"/sys/fs/bpf/lanner-cri-{uuid.uuid4().hex[:8]}"
+    cmd = ["nsenter", f"--net={node.path}", sys.executable, "-m", "lanner", "agent", "--no-export-stdout",
+           "--export-filename", str(export), "--server-address", f"unix://{sock}", "--info-file", str(info),
+           "--node-name", "crinode", "--health-server-address", "127.0.0.1:0", "--tracing-policy-dir", "",
+           "--enable-netdp", "--pod-cidr", LANNER_CIDR, "--cni-socket", str(cni_socket),
+           "--netdp-state-dir", str(tmp / "netdp"), "--netdp-pin-dir", pin, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL)
+    agent = RunningAgent(proc, export, sock, "crinode", err)
+    deadline = time.monotonic() + 60
+    while not cni_socket.exists() or not info.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            agent.stop()
+            raise AssertionError("netdp agent did not start:\n" + err.read_text()[-4000:])
+        time.sleep(0.05)
+    return agent, pin
+
+
+@pytest.fixture(scope="module")
+def lanner_node(tmp_path_factory):
+    why = _netdp_ready()
+    if why:
+        pytest.skip(why)
+    base = tmp_path_factory.mktemp("cri-lanner")
+    cni_socket = base / "cni.sock"
+    conflist = {"cniVersion": "1.0.0", "name": "lanner",
+                "plugins": [{"type": "lanner-cni", "agentSocket": str(cni_socket)}]}
+    before = _root_netns_state()
+    node, ctrd = _start_node(base, conflist, plugins={"lanner-cni": LANNER_CNI})
+    agent = pin = None
+    try:
+        node.run("sysctl", "-w", "net.ipv4.ip_forward=1")  # the node netns only: pods route through it
+        (base / "agent").mkdir()
+        agent, pin = start_netdp_agent(base / "agent", node, cni_socket)
+        yield ctrd, agent, node
+    finally:
+        forced = ctrd.stop()  # pods first (CNI DEL goes to the agent), then the agent
+        if agent is not None:
+            rc = agent.stop()
+            print("agent rc", rc, (base / "agent" / "agent.stderr").read_text()[-3000:])
+        node.delete()
+        if pin:
+            subprocess.run(["rm", "-rf", pin])
+        print("teardown:", forced)
+    assert _root_netns_state() == before
+
+
+@pytest.mark.bpf
+def test_lanner_cni_pods_connect_and_double_del(lanner_node):
+    ctrd, agent, node = lanner_node
+    marker = uuid.uuid4().hex[:8]
+    srv = run_pod(ctrd, "srv-" + marker, labels={"app": "srv"},
+                  containers={"httpd": ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]})
+    cli = run_pod(ctrd, "cli-" + marker, namespace="team-a", labels={"app": "cli"},
+                  containers={"main": ["/bin/sleep", "3600"]})
+    removed = False
+    try:
+        with ctrd.client() as cri:
+            s, c = cri.pod_sandbox_status(srv.sandbox_id), cri.pod_sandbox_status(cli.sandbox_id)
+            assert _in_subnet(s.ip, LANNER_CIDR) and _in_subnet(c.ip, LANNER_CIDR) and s.ip != c.ip
+            r = None
+            for _ in range(50):
+                r = http_get(cri, cli.containers["main"], s.ip, 8080)
+                if r.exit_code == 0 and r.stdout:
+                    break
+                time.sleep(0.1)
+            assert r.exit_code == 0 and r.stdout.endswith(b"hello from a pod\n"), r
+        status = agent.status()
+        assert status["netdp"]["endpoints"] == 2, status
+        # StopPodSandbox: DEL with netns + prevResult; RemovePodSandbox: DEL with CNI_NETNS="" and no prevResult
+        remove_pod(ctrd, srv)
+        remove_pod(ctrd, cli)
+        removed = True
+        status = agent.status()
+        assert status["netdp"]["endpoints"] == 0, status
+        dels = status["netdp"]["cni_requests"]
+        print("CNI requests", dels)
+        assert sum(v for k, v in dels.items() if k.startswith("DEL")) >= 4, dels  # two per pod, all answered
+        links = node.run("ip", "-o", "link").stdout
+        assert srv.sandbox_id[:8] not in links and "eth0" not in links
+    finally:
+        if not removed:
+            remove_pod(ctrd, srv)
+            remove_pod(ctrd, cli)
