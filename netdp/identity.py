@@ -120,8 +120,11 @@ class LocalFileStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        with self._locked(exclusive=False) as state:  # validate an existing file now, not at first use
+        with self._locked(exclusive=True) as state:  # validate an existing file now, not at first use
             del state
+            # a writer holds the lock while its tmp file exists: any tmp file seen now was left by a crash
+            for stale in self.path.parent.glob(f".{self.path.name}.tmp.*"):
+                stale.unlink(missing_ok=True)
 
     # ---- file handling
     @contextmanager
