@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lanner import __version__
 from lanner.bpf import fs
@@ -76,6 +77,7 @@ class AgentConfig:
     tracing_policies: tuple[Path, ...] = ()  # files (every YAML document in them) loaded at start
     tracing_policy_dir: Path | None = None  # every *.yaml / *.yml in it, loaded at start
     policy_engine: bool = True
+    netdp: Any = None  # lanner.netdp.runtime.NetdpConfig: be the node's CNI (--enable-netdp); None: off
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Agent:
         self.engine = None  # lanner.policy.engine.PolicyEngine once started
         self.metrics = None
         self.health = None
+        self.netdp = None  # lanner.netdp.runtime.NetdpRuntime with --enable-netdp
         self._bpf_stats_fd = -1
         self.last_loop = time.monotonic()
         self.clock = KtimeClock()
@@ -146,6 +149,8 @@ class Agent:
             self._seed_from_procfs()
         if self.cfg.policy_engine:
             self._start_policy_engine()
+        if self.cfg.netdp is not None:
+            self._start_netdp()
         if self.cfg.grpc is not None:
             self.server = GrpcApiServer(self, self.cfg.grpc, self.engine)
         if self.cfg.bpf_stats:
@@ -198,6 +203,29 @@ class Agent:
             except (OSError, ValueError) as exc:
                 self.counters.errors["policy_load"] = self.counters.errors.get("policy_load", 0) + 1
                 log.error("tracing policy %s not loaded: %s", path, exc)
+
+    # ------------------------------------------------------------------ netdp (CNI + datapath)
+    def _start_netdp(self) -> None:
+        from lanner.netdp.runtime import NetdpRuntime
+
+        self.netdp = NetdpRuntime(self.cfg.netdp)
+        self.netdp.start()
+
+    def _drain_flows(self) -> int:
+        """Flow events from the datapath, exported alongside the security events (not process-filtered)."""
+        if self.netdp is None:
+            return 0
+        flows = self.netdp.poll_flows()
+        if not flows:
+            return 0
+        import orjson
+
+        t = self.clock.rfc3339(time.monotonic_ns())
+        lines = [orjson.dumps({**(f if "flow" in f else {"flow": f}), "node_name": self.cfg.node_name,
+                               "time": f.get("time", t)}) for f in flows]
+        self.counters.events["flow"] = self.counters.events.get("flow", 0) + len(lines)
+        self.export._write_lines(lines)
+        return len(lines)
 
     def _policy_files(self) -> list[Path]:
         files = list(self.cfg.tracing_policies)
@@ -280,6 +308,9 @@ class Agent:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.netdp is not None:
+            self.netdp.close()  # stops serving CNI; pods keep their network
+            self.netdp = None
         if self.engine is not None:
             self.engine.close()  # detaches every policy program
             self.engine = None
@@ -339,6 +370,7 @@ class Agent:
                 for ev in out:
                     self.counters.events[ev.kind] = self.counters.events.get(ev.kind, 0) + 1
                 self.emit(out)
+        total += self._drain_flows()
         if total:
             self.export.flush()
         return total
@@ -506,6 +538,7 @@ class Agent:
             "metrics_address": self.metrics.address if self.metrics else None,
             "health_address": self.health.address if self.health else None,
             "kernel": self.probe_summary,
+            **({"netdp": self.netdp.status()} if self.netdp is not None else {}),
         }
 
 

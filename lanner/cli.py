@@ -12,6 +12,7 @@ from typing import Sequence
 
 from lanner import __version__
 from lanner.exporter.grpc_api import DEFAULT_ADDRESS, DEFAULT_INFO_FILE
+from lanner.netdp.cni import cli as netdp_cli
 
 EPILOG = """\
 examples:
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enable the kernel's BPF run-time statistics while the agent runs "
                         "(tetragon_overhead_program_* metrics)")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    netdp_cli.add_netdp_flags(a.add_argument_group("networking (CNI and eBPF datapath; off by default)"),
+                              with_enable=True)
 
     # ---------------------------------------------------------------- getevents
     e = sub.add_parser(
@@ -219,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("mode", choices=["enforce", "monitor"])
     t.add_argument("-n", "--namespace", default="")
     _client_flags(t)
+
+    netdp_cli.add_cni_parser(sub)
     return p
 
 
@@ -282,7 +287,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
                               enable_deprecated_policy_rpcs=args.enable_deprecated_tracingpolicy_grpc,
                               max_queue=args.server_client_queue_size,
                               info_file=args.info_file)
+    try:
+        netdp_cfg = netdp_cli.netdp_config(args, required=False)
+    except ValueError as exc:
+        print(f"lanner agent: {exc}", file=sys.stderr)
+        return 2
     cfg = AgentConfig(
+        netdp=netdp_cfg,
         node_name=args.node_name, export_stdout=args.export_stdout, export_file=args.export_file,
         export_file_max_mb=args.export_file_max_size_mb, export_file_max_backups=args.export_file_max_backups,
         export_file_compress=args.export_file_compress, export_file_perm=args.export_file_perm,
@@ -586,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"agent": cmd_agent, "getevents": cmd_getevents, "status": cmd_status, "version": cmd_version,
-                "probe": cmd_probe, "tracingpolicy": cmd_tracingpolicy, "tp": cmd_tracingpolicy}
+                "probe": cmd_probe, "tracingpolicy": cmd_tracingpolicy, "tp": cmd_tracingpolicy,
+                "cni": netdp_cli.cmd_cni}
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,0 +1,133 @@
+"""The networking part of the ``lanner`` command line: the agent's netdp flags and ``lanner cni``.
+
+Imported by lanner/cli.py; only argparse/pathlib at import time (the runtime is imported when used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from lanner.netdp.cni.protocol import DEFAULT_SOCKET
+
+DEFAULT_STATE_DIR = "/var/lib/lanner/netdp"
+DEFAULT_PIN_DIR = "/sys/fs/bpf/lanner/netdp"
+
+CNI_EPILOG = """\
+how it fits together:
+  The runtime (containerd, CRI-O, a libcni tool) reads <conf-dir>/10-lanner.conflist and execs
+  <bin-dir>/lanner-cni for every pod. lanner-cni is a thin client: it forwards the request to the
+  agent's CNI socket, and the agent (started with --enable-netdp, or 'lanner cni serve') allocates
+  the pod's address from --pod-cidr, creates its veth, and attaches the eBPF datapath.
+
+examples:
+  lanner cni install --conf-dir /etc/cni/net.d --bin-dir /opt/cni/bin
+  lanner agent --enable-netdp --pod-cidr 10.200.0.0/24
+  lanner cni serve --pod-cidr 10.200.0.0/24 --no-netdp-datapath     CNI only: no sensors, no BPF
+"""
+
+
+def add_netdp_flags(g: argparse._ArgumentGroup, with_enable: bool) -> None:
+    """The runtime's flags, shared by ``lanner agent`` and ``lanner cni serve``."""
+    if with_enable:
+        g.add_argument("--enable-netdp", action="store_true",
+                       help="also be this node's CNI: serve lanner-cni on --cni-socket, allocate pod IPs from "
+                            "--pod-cidr, attach the eBPF datapath and export flow events (off: the agent is "
+                            "a security agent only)")
+    g.add_argument("--pod-cidr", metavar="CIDR", default=None,
+                   help="this node's pod network, e.g. 10.200.0.0/24; the first host address is the pods' "
+                        "gateway (put on the lanner_host device in the agent's netns)")
+    g.add_argument("--cni-socket", type=Path, default=Path(DEFAULT_SOCKET), metavar="PATH",
+                   help="unix socket lanner-cni talks to (must match 'agentSocket' in the conflist)")
+    g.add_argument("--netdp-state-dir", type=Path, default=Path(DEFAULT_STATE_DIR), metavar="DIR",
+                   help="IPAM leases and the identity store, crash-safe")
+    g.add_argument("--network-policy-dir", type=Path, default=None, metavar="DIR",
+                   help="Kubernetes NetworkPolicy YAML files enforced by the datapath")
+    g.add_argument("--netdp-mtu", type=int, default=1500, metavar="N",
+                   help="pod interface MTU when the conflist has no 'mtu'")
+    g.add_argument("--netdp-datapath", action=argparse.BooleanOptionalAction, default=True,
+                   help="load the eBPF datapath (TC programs, policy, flows); --no-netdp-datapath gives plain "
+                        "routed veths")
+    g.add_argument("--netdp-pin-dir", type=Path, default=Path(DEFAULT_PIN_DIR), metavar="DIR",
+                   help="where the datapath pins its maps")
+
+
+def netdp_config(args: argparse.Namespace, required: bool):
+    """NetdpConfig from the flags, or None when netdp is off. ValueError names the bad flag."""
+    import os
+
+    if not required and not getattr(args, "enable_netdp", False):
+        return None
+    if not args.pod_cidr:
+        raise ValueError("--pod-cidr is required with " + ("--enable-netdp" if not required else "'cni serve'"))
+    try:
+        net = ipaddress.ip_network(args.pod_cidr, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"--pod-cidr {args.pod_cidr!r}: {exc}") from None
+    if net.version != 4 or net.prefixlen > 30:
+        raise ValueError(f"--pod-cidr {args.pod_cidr!r}: must be IPv4 with a prefix of /30 or shorter")
+    if not 68 <= args.netdp_mtu <= 65535:
+        raise ValueError(f"--netdp-mtu {args.netdp_mtu}: must be in 68..65535")
+    if args.network_policy_dir is not None and not args.network_policy_dir.exists():
+        raise ValueError(f"--network-policy-dir {args.network_policy_dir}: does not exist")
+    from lanner.netdp.runtime import CRASH_ENV, NetdpConfig
+
+    return NetdpConfig(pod_cidr=str(net), state_dir=args.netdp_state_dir, cni_socket=args.cni_socket,
+                       network_policy_dir=args.network_policy_dir, datapath=args.netdp_datapath,
+                       pin_dir=args.netdp_pin_dir, mtu=args.netdp_mtu, crash_at=os.environ.get(CRASH_ENV, ""))
+
+
+def add_cni_parser(sub) -> None:
+    c = sub.add_parser("cni", help="install the CNI plugin, or run the agent's CNI service alone",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CNI_EPILOG,
+                       description="lanner as the node's CNI (plugin lanner-cni, CNI spec 0.4.0-1.1.0).")
+    cs = c.add_subparsers(dest="cni_command", metavar="ACTION")
+    i = cs.add_parser("install", help="write 10-lanner.conflist and link the lanner-cni plugin",
+                      description="Write <conf-dir>/10-lanner.conflist (atomically) and symlink "
+                                  "<bin-dir>/lanner-cni to this installation's plugin executable.")
+    i.add_argument("--conf-dir", type=Path, default=Path("/etc/cni/net.d"), metavar="DIR",
+                   help="the runtime's CNI config dir (containerd: plugins.cri.cni.conf_dir; default /etc/cni/net.d)")
+    i.add_argument("--bin-dir", type=Path, default=Path("/opt/cni/bin"), metavar="DIR",
+                   help="the runtime's CNI plugin dir (containerd: plugins.cri.cni.bin_dir; default /opt/cni/bin)")
+    i.add_argument("--agent-socket", default=None, metavar="PATH",
+                   help=f"agentSocket written into the conflist (default {DEFAULT_SOCKET}; match --cni-socket)")
+    i.add_argument("--mtu", type=int, default=None, help="pod interface MTU written into the conflist")
+    s = cs.add_parser("serve", help="run only the CNI service (IPAM, veths, datapath) until Ctrl-C",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      description="The agent's networking half without the security sensors: serves "
+                                  "lanner-cni on --cni-socket in the current network namespace. Needs root.")
+    add_netdp_flags(s.add_argument_group("networking"), with_enable=False)
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def cmd_cni(args: argparse.Namespace) -> int:
+    if args.cni_command == "install":
+        from lanner.netdp.cni.install import install
+
+        try:
+            res = install(args.conf_dir, args.bin_dir, args.agent_socket, args.mtu)
+        except (OSError, ValueError) as exc:
+            print(f"lanner cni install: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {res.conflist}\nlinked {res.plugin_link} -> {res.plugin_target}")
+        return 0
+    if args.cni_command == "serve":
+        logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        try:
+            cfg = netdp_config(args, required=True)
+        except ValueError as exc:
+            print(f"lanner cni serve: {exc}", file=sys.stderr)
+            return 2
+        from lanner.netdp.runtime import serve
+
+        try:
+            return serve(cfg)
+        except (OSError, RuntimeError, ValueError) as exc:
+            logging.getLogger("lanner").error("%s", exc)
+            return 1
+    print("lanner cni: choose an action: install or serve (see 'lanner cni --help')", file=sys.stderr)
+    return 2

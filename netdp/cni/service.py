@@ -1,0 +1,356 @@
+"""The agent's CNI service: what lanner-cni's requests do, and the unix socket they arrive on.
+
+ADD: IPAM lease (persisted first) -> veth into the pod netns (addresses, routes, MTU) -> identity from the
+pod's labels -> ipcache entry -> Datapath.add_endpoint -> pod cache; the lease is then marked complete.
+A failure undoes the steps already done, in reverse. DEL undoes all of it and succeeds when there is
+nothing to undo (containerd's second DEL has no netns and no prevResult). CHECK compares the pod's
+interface, address and default route with prevResult. GC releases the leases of attachments not in
+``cni.dev/valid-attachments`` (or the older ``cni.dev/attachments``) and deletes host veths that no
+lease owns (left by an ADD that crashed).
+
+One request at a time: requests are serialized by a lock (ADDs are tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from lanner.netdp import veth
+from lanner.netdp.cni.protocol import (
+    E_ATTACHMENT_EXISTS, E_CHECK_MISMATCH, E_DECODE, E_INTERNAL, E_INVALID_CONFIG, E_IPAM_EXHAUSTED, E_IO,
+    E_UNKNOWN_CONTAINER, LATEST, CniError, convert_result, result_ips,
+)
+from lanner.netdp.endpoint import ContainerInfo, Endpoint, PodInfo
+from lanner.netdp.identity import pod_identity_labels
+from lanner.netdp.ipam import Ipam, IpamError, IpamExhausted, Lease
+
+log = logging.getLogger("lanner.netdp.cni")
+
+MAX_REQUEST = 4 << 20
+REQUEST_TIMEOUT_S = 10.0
+
+
+class LabelSource(Protocol):
+    """Where pod labels come from (CNI does not pass them): CRI PodSandboxStatus, the Kubernetes API..."""
+
+    def labels_for(self, namespace: str, name: str, sandbox_id: str) -> dict[str, str] | None: ...
+
+
+class EndpointSink(Protocol):
+    """Datapath and pod cache both take endpoints in and out."""
+
+    def add_endpoint(self, ep: Endpoint) -> None: ...
+
+    def remove_endpoint(self, ep: Endpoint) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    mtu: int = 1500  # used when the network config has no "mtu"
+    crash_at: str = ""  # test hook (env LANNER_NETDP_CRASH_AT): "after-ipam" / "after-veth" exit the process
+
+
+class CniService:
+    def __init__(self, ipam: Ipam, cfg: ServiceConfig = ServiceConfig(), store: Any = None, datapath: Any = None,
+                 labels: LabelSource | None = None, pod_cache: Any = None) -> None:
+        self.ipam = ipam
+        self.cfg = cfg
+        self.store = store  # IdentityStore or None (identity 0)
+        self.datapath = datapath  # Datapath or None
+        self.labels = labels
+        self.pod_cache = pod_cache  # PodCache (add/remove) or None
+        self.lock = threading.Lock()
+        self.ready = True
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, req: Any) -> dict:
+        """One request -> one reply ({"code": 0, "result": ...} or a CNI error object). Never raises."""
+        t0 = time.monotonic()
+        cmd = req.get("command", "") if isinstance(req, dict) else ""
+        try:
+            if not isinstance(req, dict) or not isinstance(req.get("config"), dict):
+                raise CniError(E_DECODE, "decoding error", "request must be an object with a config object")
+            fn = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "STATUS": self.status,
+                  "GC": self.gc}.get(cmd)
+            if fn is None:
+                raise CniError(E_INVALID_CONFIG, "unknown command", repr(cmd))
+            with self.lock:
+                result = fn(req)
+            reply: dict = {"code": 0}
+            if result is not None:
+                reply["result"] = result
+            outcome = "ok"
+        except CniError as err:
+            reply, outcome = err.to_dict(LATEST), f"error {err.code}"
+        except Exception as exc:  # a bug or an unexpected kernel answer: report it, keep serving
+            log.exception("CNI %s failed", cmd)
+            reply, outcome = CniError(E_INTERNAL, "internal error in the lanner agent", str(exc)).to_dict(LATEST), \
+                "error"
+        self.counters[f"{cmd or '?'} {outcome}"] = self.counters.get(f"{cmd or '?'} {outcome}", 0) + 1
+        log.info("CNI %s %s/%s: %s in %.1f ms", cmd, req.get("containerID", "") if isinstance(req, dict) else "",
+                 req.get("ifname", "") if isinstance(req, dict) else "", outcome, (time.monotonic() - t0) * 1e3)
+        return reply
+
+    def _crash_point(self, name: str) -> None:
+        if self.cfg.crash_at == name:
+            log.error("LANNER_NETDP_CRASH_AT=%s: exiting now", name)
+            os._exit(137)
+
+    # ------------------------------------------------------------------ verbs
+    def add(self, req: dict) -> dict:
+        cid, ifname, netns, conf = req["containerID"], req["ifname"], req["netns"], req["config"]
+        mtu = int(conf.get("mtu", self.cfg.mtu))
+        args = req.get("args") or {}
+        ns, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
+        sandbox = args.get("K8S_POD_INFRA_CONTAINER_ID", "") or cid
+        try:
+            netns_inode = os.stat(netns).st_ino
+        except OSError as exc:
+            raise CniError(E_IO, "pod netns not found", f"CNI_NETNS {netns}: {exc.strerror}") from None
+        prior = self.ipam.get(cid, ifname)
+        if prior is not None and prior.complete:
+            raise CniError(E_ATTACHMENT_EXISTS, "attachment already exists",
+                           f"{cid}/{ifname} has {prior.ip}; DEL it first")
+        labels = (self.labels.labels_for(ns, name, sandbox) if self.labels is not None and ns else None) or {}
+        hname = veth.host_ifname(cid, ifname)
+        try:
+            lease = self.ipam.allocate(
+                cid, ifname, network=str(conf.get("name", "")), netns=netns, netns_inode=netns_inode,
+                host_ifname=hname, labels=dict(labels), pod_namespace=ns, pod_name=name,
+                pod_uid=args.get("K8S_POD_UID", ""))
+        except IpamExhausted as exc:
+            raise CniError(E_IPAM_EXHAUSTED, "no free pod address", str(exc)) from None
+        except IpamError as exc:
+            raise CniError(E_IO, "IPAM state unusable", str(exc)) from None
+        self._crash_point("after-ipam")
+        undo: list = [lambda: self.ipam.release(cid, ifname)]
+        try:
+            try:
+                link = veth.create(netns, ifname, hname, f"{veth.ALIAS_PREFIX}{cid}/{ifname}", lease.ip,
+                                   self.ipam.gateway, mtu)
+            except veth.VethError as exc:
+                code = E_ATTACHMENT_EXISTS if "already exists" in str(exc) else E_IO
+                raise CniError(code, "cannot create the pod interface", str(exc)) from None
+            undo.append(lambda: veth.delete(hname))
+            self._crash_point("after-veth")
+            lease = self.ipam.update(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac)
+            ep = self._endpoint(lease, identity=0)
+            if self.store is not None:
+                id_labels = pod_identity_labels(ep.pod)
+                identity = self.store.allocate(id_labels)
+                undo.append(lambda: self.store.release(id_labels))
+                self.store.upsert_ip(f"{lease.ip}/32", identity)
+                undo.append(lambda: self.store.delete_ip(f"{lease.ip}/32"))
+                lease = self.ipam.update(lease, identity=identity)
+                ep = self._endpoint(lease, identity)
+            for sink in (self.datapath, self.pod_cache):
+                if sink is not None:
+                    _add(sink, ep)
+                    undo.append(lambda s=sink: _remove(s, ep))
+            lease = self.ipam.update(lease, complete=True)
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception as exc:  # keep undoing; GC catches what is left
+                    log.warning("ADD %s/%s rollback step failed: %s", cid, ifname, exc)
+            raise
+        result = {
+            "cniVersion": LATEST,
+            "interfaces": [{"name": link.host_ifname, "mac": link.host_mac, "mtu": mtu},
+                           {"name": ifname, "mac": link.pod_mac, "mtu": mtu, "sandbox": netns}],
+            "ips": [{"address": f"{lease.ip}/32", "gateway": self.ipam.gateway, "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": self.ipam.gateway}],
+            "dns": conf.get("dns") if isinstance(conf.get("dns"), dict) else {},
+        }
+        return convert_result(result, str(conf.get("cniVersion", LATEST)))
+
+    def delete(self, req: dict) -> None:
+        cid, ifname = req["containerID"], req["ifname"]
+        lease = self.ipam.get(cid, ifname)
+        if lease is None:
+            veth.delete(veth.host_ifname(cid, ifname))  # an ADD that died before its lease: its veth only
+            return None
+        self._teardown(lease)
+        return None
+
+    def _teardown(self, lease: Lease) -> None:
+        """Undo one attachment: datapath, pod cache, identity, ipcache, veth, lease (in that order)."""
+        ep = self._endpoint(lease, lease.identity)
+        if lease.complete:
+            for sink in (self.pod_cache, self.datapath):
+                if sink is not None:
+                    try:
+                        _remove(sink, ep)
+                    except Exception as exc:
+                        log.warning("removing endpoint %s from %s: %s", lease.ip, type(sink).__name__, exc)
+        if self.store is not None and lease.identity:
+            self.store.release(pod_identity_labels(ep.pod))
+            self.store.delete_ip(f"{lease.ip}/32")
+        veth.delete(lease.host_ifname or veth.host_ifname(lease.container_id, lease.ifname))
+        self.ipam.release(lease.container_id, lease.ifname)
+
+    def check(self, req: dict) -> None:
+        cid, ifname, netns, conf = req["containerID"], req["ifname"], req["netns"], req["config"]
+        lease = self.ipam.get(cid, ifname)
+        if lease is None or not lease.complete:
+            raise CniError(E_UNKNOWN_CONTAINER, "unknown attachment", f"no lease for {cid}/{ifname}")
+        prev = conf.get("prevResult") or {}
+        want = f"{lease.ip}/32"
+        if want not in result_ips(prev):
+            raise CniError(E_CHECK_MISMATCH, "attachment does not match prevResult",
+                           f"lease {want} not in prevResult ips {result_ips(prev)}")
+        mtu = int(conf.get("mtu", self.cfg.mtu))
+        problems = veth.check(netns, ifname, lease.ip, self.ipam.gateway, mtu)
+        if veth.host_link(lease.host_ifname) is None:
+            problems.append(f"host-side veth {lease.host_ifname} missing")
+        if problems:
+            raise CniError(E_CHECK_MISMATCH, "attachment does not match prevResult", "; ".join(problems))
+        return None
+
+    def status(self, req: dict) -> None:
+        if not self.ready:
+            raise CniError(50, "lanner agent not ready", "the netdp runtime is starting or stopping")
+        return None
+
+    def gc(self, req: dict) -> None:
+        conf = req["config"]
+        valid: set[tuple[str, str]] = set()
+        for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+            items = conf.get(key)
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                raise CniError(E_INVALID_CONFIG, "invalid network config", f"{key} must be a list")
+            for i, a in enumerate(items):
+                if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) \
+                        or not isinstance(a.get("ifname"), str):
+                    raise CniError(E_INVALID_CONFIG, "invalid network config",
+                                   f"{key}[{i}] must be {{\"containerID\": str, \"ifname\": str}}")
+                valid.add((a["containerID"], a["ifname"]))
+        network = str(conf.get("name", ""))
+        stale = [x for x in self.ipam.leases() if x.key not in valid and x.network in ("", network)]
+        for lease in stale:
+            log.info("GC: releasing %s of %s/%s", lease.ip, lease.container_id, lease.ifname)
+            self._teardown(lease)
+        owned = {x.host_ifname for x in self.ipam.leases()}
+        leaked = [n for n in veth.ours() if n not in owned]
+        for name in leaked:
+            log.info("GC: deleting leaked veth %s", name)
+            veth.delete(name)
+        self.counters["gc leases"] = self.counters.get("gc leases", 0) + len(stale)
+        self.counters["gc veths"] = self.counters.get("gc veths", 0) + len(leaked)
+        return None
+
+    # ------------------------------------------------------------------ endpoints
+    def _endpoint(self, lease: Lease, identity: int) -> Endpoint:
+        pod = PodInfo(namespace=lease.pod_namespace, name=lease.pod_name, uid=lease.pod_uid,
+                      labels=tuple(sorted(lease.labels.items())),
+                      containers=(ContainerInfo(id=lease.container_id),) if lease.container_id else ())
+        return Endpoint(endpoint_id=lease.endpoint_id, container_id=lease.container_id, ifname=lease.ifname,
+                        netns=lease.netns, netns_inode=lease.netns_inode, host_ifname=lease.host_ifname,
+                        host_ifindex=lease.host_ifindex, ipv4=lease.ip, mac=lease.mac, identity=identity, pod=pod)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [self._endpoint(x, x.identity) for x in self.ipam.leases() if x.complete]
+
+    def restore(self) -> int:
+        """After an agent restart: hand the complete leases whose veth still exists back to the datapath
+        and the pod cache. Returns how many were restored."""
+        n = 0
+        for lease in self.ipam.leases():
+            if not lease.complete:
+                continue  # an ADD that crashed: the runtime's DEL or GC cleans it
+            link = veth.host_link(lease.host_ifname)
+            if link is None:
+                continue
+            if link[0] != lease.host_ifindex:
+                lease = self.ipam.update(lease, host_ifindex=link[0])
+            ep = self._endpoint(lease, lease.identity)
+            for sink in (self.datapath, self.pod_cache):
+                if sink is not None:
+                    _add(sink, ep)
+            n += 1
+        return n
+
+
+def _add(sink: Any, ep: Endpoint) -> None:
+    (sink.add_endpoint if hasattr(sink, "add_endpoint") else sink.add)(ep)
+
+
+def _remove(sink: Any, ep: Endpoint) -> None:
+    (sink.remove_endpoint if hasattr(sink, "remove_endpoint") else sink.remove)(ep)
+
+
+class CniSocketServer:
+    """A unix stream socket (0660, root) served by one thread: read a request to EOF, reply, close."""
+
+    def __init__(self, path: Path, service: CniService) -> None:
+        self.path = Path(path)
+        self.service = service
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_socket():
+            self.path.unlink()  # left by an agent that did not exit cleanly
+        elif self.path.exists():
+            raise FileExistsError(f"--cni-socket {self.path}: exists and is not a socket")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117)
+        try:
+            self.sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        self.sock.listen(64)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="lanner-cni-server", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            with conn:
+                self._one(conn)
+
+    def _one(self, conn: socket.socket) -> None:
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        chunks, size = [], 0
+        try:
+            while True:
+                b = conn.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+                size += len(b)
+                if size > MAX_REQUEST:
+                    raise ValueError("request larger than 4 MiB")
+            req = json.loads(b"".join(chunks))
+            reply = self.service.handle(req)
+        except (OSError, ValueError) as exc:
+            reply = CniError(E_DECODE, "decoding error", f"request: {exc}").to_dict(LATEST)
+        try:
+            conn.sendall(json.dumps(reply).encode())
+        except OSError as exc:
+            log.warning("CNI reply not delivered: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(timeout=REQUEST_TIMEOUT_S + 5)
+        self.path.unlink(missing_ok=True)
