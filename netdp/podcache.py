@@ -50,9 +50,11 @@ class RuntimeContainer:
 
 
 class ContainerSource(Protocol):
-    """The containers of a sandbox (the CRI in production; anything in tests)."""
+    """The containers (and labels) of a sandbox (the CRI in production; anything in tests)."""
 
     def containers_of(self, sandbox_id: str) -> list[RuntimeContainer]: ...
+
+    def pod_labels(self, sandbox_id: str) -> dict[str, str] | None: ...
 
 
 class CriContainerSource:
@@ -70,6 +72,14 @@ class CriContainerSource:
         # the sandbox (pause) container has a cgroup too; its processes get the pod without a container
         return out
 
+    def pod_labels(self, sandbox_id: str) -> dict[str, str] | None:
+        from lanner.netdp.cri.client import CriError
+
+        try:
+            return self.cri.pod_sandbox_status(sandbox_id).labels  # type: ignore[attr-defined]
+        except CriError:
+            return None  # not in the runtime's store yet (containerd adds it after CNI ADD)
+
 
 class PodCache:
     """Implements ``lanner.netdp.endpoint.PodResolver`` plus ``match(netns_inode, cgroup_id)``."""
@@ -83,6 +93,7 @@ class PodCache:
         self._by_ip: dict[str, Endpoint] = {}
         self._cgroups: dict[int, PodMatch | None] = {}  # None: asked, not a container of a known pod
         self._cgroup_sandbox: dict[int, str] = {}
+        self._labels_known: set[str] = set()  # sandboxes whose labels came from the CNI service or the runtime
         self.cri_lookups = 0
         self.cri_errors = 0
 
@@ -93,6 +104,8 @@ class PodCache:
             if old is not None:
                 self._drop(old)
             self._by_sandbox[ep.container_id] = ep
+            if ep.pod.labels:
+                self._labels_known.add(ep.container_id)
             if ep.netns_inode:
                 self._by_netns[ep.netns_inode] = ep
             if ep.ipv4:
@@ -119,6 +132,7 @@ class PodCache:
                 return False
             new = dataclasses.replace(ep, pod=pod)
             self._by_sandbox[sandbox_id] = new
+            self._labels_known.add(sandbox_id)
             if ep.netns_inode and self._by_netns.get(ep.netns_inode) is ep:
                 self._by_netns[ep.netns_inode] = new
             if ep.ipv4 and self._by_ip.get(ep.ipv4) is ep:
@@ -141,6 +155,7 @@ class PodCache:
 
     def _drop(self, ep: Endpoint) -> None:
         self._by_sandbox.pop(ep.container_id, None)
+        self._labels_known.discard(ep.container_id)
         if self._by_netns.get(ep.netns_inode) is ep:
             del self._by_netns[ep.netns_inode]
         if self._by_ip.get(ep.ipv4) is ep:
@@ -181,30 +196,50 @@ class PodCache:
             m = self._learn(ep, cgroup_id)
             if m is not None:
                 return m
+            ep = self._by_netns.get(netns_inode, ep)  # labels may have been learned meanwhile
         return PodMatch(ep.pod)
 
     def _learn(self, ep: Endpoint, cgroup_id: int) -> PodMatch | None:
-        """Ask the container source for the sandbox's containers and index their cgroups."""
+        """Ask the container source for the sandbox's containers and index their cgroups.
+
+        Labels: CNI does not carry them and containerd knows a sandbox only after ADD, so a pod added
+        without labels gets them from the runtime here, on the first process of one of its containers.
+        """
+        sid = ep.container_id
         self.cri_lookups += 1
+        labels = None
         try:
-            found = self.containers.containers_of(ep.container_id)  # type: ignore[union-attr]
+            found = self.containers.containers_of(sid)  # type: ignore[union-attr]
+            if sid not in self._labels_known:
+                labels = self.containers.pod_labels(sid)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - the runtime may be slow or gone: the pod is still known
             self.cri_errors += 1
-            log.debug("containers of sandbox %s: %s", ep.container_id[:12], exc)
+            log.debug("containers of sandbox %s: %s", sid[:12], exc)
             return None
+        if labels is not None and sid in self._by_sandbox:
+            cur = self._by_sandbox[sid].pod
+            self.update_pod(sid, dataclasses.replace(cur, labels=tuple(sorted(labels.items()))))
         with self._lock:
-            if self._by_sandbox.get(ep.container_id) is None:
+            if self._by_sandbox.get(sid) is None:
                 return None  # removed meanwhile
-            pod = self._by_sandbox[ep.container_id].pod
+            pod = self._by_sandbox[sid].pod
+            # until the runtime knows the sandbox (labels unknown) nothing is cached: the next process asks again
+            settled = sid in self._labels_known
+            result = None
             for rc in found:
                 cg = self._cgroup_of(rc.cgroups_path)
-                if cg:
-                    self._cgroups[cg] = PodMatch(pod, rc.info, rc.image_id)
-                    self._cgroup_sandbox[cg] = ep.container_id
-            if cgroup_id not in self._cgroups:
-                self._cgroups[cgroup_id] = None  # not a container the runtime knows (yet): don't ask again
-                self._cgroup_sandbox[cgroup_id] = ep.container_id
-            return self._cgroups[cgroup_id]
+                if not cg:
+                    continue
+                m = PodMatch(pod, rc.info, rc.image_id)
+                if cg == cgroup_id:
+                    result = m
+                if settled:
+                    self._cgroups[cg] = m
+                    self._cgroup_sandbox[cg] = sid
+            if result is None and settled:
+                self._cgroups[cgroup_id] = None  # not a container the runtime knows: don't ask again
+                self._cgroup_sandbox[cgroup_id] = sid
+            return result
 
     def _cgroup_of(self, cgroups_path: str) -> int:
         if not cgroups_path or ":" in cgroups_path:  # systemd-style "slice:prefix:name" is not a path

@@ -52,13 +52,19 @@ def cgroups():
 class TableSource:
     """A ContainerSource answering from a dict, counting how often it is asked."""
 
-    def __init__(self, table: dict[str, list[RuntimeContainer]]) -> None:
+    def __init__(self, table: dict[str, list[RuntimeContainer]], labels: dict[str, dict] | None = None) -> None:
         self.table = table
+        self.labels = labels or {}
         self.calls = 0
+        self.label_calls = 0
 
     def containers_of(self, sandbox_id: str) -> list[RuntimeContainer]:
         self.calls += 1
         return list(self.table.get(sandbox_id, []))
+
+    def pod_labels(self, sandbox_id: str) -> dict[str, str] | None:
+        self.label_calls += 1
+        return self.labels.get(sandbox_id)
 
 
 def _pod(name="web", labels=(("app", "web"), ("tier", "front"))) -> PodInfo:
@@ -142,9 +148,30 @@ def test_labels_learned_after_add_update_the_pod(cgroups):
     assert not pc.update_pod("nope", _pod())
 
 
+def test_labels_from_the_runtime_when_cni_had_none(cgroups):
+    """containerd knows a sandbox only after CNI ADD: labels come on its first container's process."""
+    path_main, cg_main = cgroups("main")
+    _, cg_pause = cgroups("pause")
+    src = TableSource({"sb1": [RuntimeContainer(ContainerInfo("c" * 64, "main", "img"), "sb1", path_main)]})
+    pc = PodCache(src)
+    pc.add(_ep(pod=_pod(labels=())))
+    assert pc.match(4026599999, cg_pause).pod.labels == ()  # runtime does not know the sandbox yet
+    assert src.label_calls == 1
+    src.labels["sb1"] = {"app": "web"}
+    m = pc.match(4026599999, cg_main)
+    assert m.pod.label_dict() == {"app": "web"} and m.container.name == "main"
+    assert pc.pod_for_netns(4026599999).label_dict() == {"app": "web"} and pc.pod_for_ip("10.1.0.5").labels
+    assert src.label_calls == 2
+    pc.match(4026599999, cg_main + 100_000)  # another unknown cgroup: labels are not asked again
+    assert src.label_calls == 2
+
+
 def test_runtime_errors_leave_the_pod_known():
     class Down:
         def containers_of(self, sandbox_id):
+            raise ConnectionError("containerd is gone")
+
+        def pod_labels(self, sandbox_id):
             raise ConnectionError("containerd is gone")
 
     pc = PodCache(Down())
