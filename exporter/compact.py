@@ -3,7 +3,8 @@
 ``🚀 process <ns/pod or node> <binary> <arguments>`` and ``💥 exit    ... <signal or status>``. The label
 is padded to 7 characters. On a terminal the parts are coloured: label blue, source green, binary
 magenta, details cyan, status red. Works on decoded JSON dicts, so it renders a live stream and JSON
-read from stdin alike.
+read from stdin alike. Datapath flow events (``{"flow": ...}``, netdp) render as ``🔀 flow`` or ``⛔ drop``
+with both ends (pod, address, identity), protocol, direction and reason.
 """
 
 from __future__ import annotations
@@ -49,4 +50,27 @@ class CompactFormatter:
             status = body.get("signal") or str(body.get("status", 0))
             return self._line("💥", "exit", event, proc,
                               [self._c("cyan", proc.get("arguments", "")), self._c("red", status)])
+        if "flow" in event:
+            return self._flow(event["flow"])
         return None
+
+    # ---- network flows (netdp): "🔀 flow    node a/b 10.0.0.2:40000 -> c/d 10.0.0.3:80 TCP SYN egress policy-allowed"
+    @staticmethod
+    def _peer(p: dict) -> str:
+        pod = p.get("pod")
+        where = f"{p.get('ip', '')}:{p.get('port', 0)}" if p.get("port") else p.get("ip", "")
+        name = f"{pod.get('namespace', '')}/{pod.get('name', '')} " if pod else ""
+        return f"{name}{where} (id {p.get('identity', 0)})"
+
+    def _flow(self, flow: dict) -> str:
+        dropped = flow.get("verdict") == "DROPPED"
+        emoji, label = ("⛔", "drop") if dropped else ("🔀", "flow")
+        l4 = " ".join(x for x in (flow.get("protocol", ""), flow.get("tcp_flags", "")) if x)
+        parts = [self._c("blue", f"{emoji} {label:<7}"), self._c("green", flow.get("node_name", "")),
+                 self._c("magenta", f"{self._peer(flow.get('src', {}))} -> {self._peer(flow.get('dst', {}))}"),
+                 self._c("cyan", f"{l4} {flow.get('direction', '')}".strip()),
+                 self._c("red" if dropped else "cyan", flow.get("reason", ""))]
+        line = " ".join(p for p in parts if p)
+        if self.timestamps and flow.get("time"):
+            line = f"{flow['time']} {line}"
+        return line

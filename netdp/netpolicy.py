@@ -22,6 +22,7 @@ identity (ipcache miss).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -384,15 +385,31 @@ class CidrIdentities:
     """Node-local identities of the CIDRs policies name (the ipBlocks and their excepts)."""
 
     by_cidr: dict[str, int] = field(default_factory=dict)
+    _sorted: list[tuple[int, int, int]] | None = field(default=None, init=False, repr=False)  # (first, last, id)
+    _starts: list[int] = field(default_factory=list, init=False, repr=False)
+
+    def _index(self) -> list[tuple[int, int, int]]:
+        if self._sorted is None:
+            rows = []
+            for cidr, ident in self.by_cidr.items():
+                net = ipaddress.IPv4Network(cidr)
+                rows.append((int(net.network_address), int(net.broadcast_address), ident))
+            rows.sort()
+            self._sorted = rows
+            self._starts = [r[0] for r in rows]
+        return self._sorted
 
     def allowed(self, block: IPBlock) -> set[int]:
         """Identities an ipBlock allows: every known CIDR inside the block and not inside an except."""
-        net = ipaddress.ip_network(block.cidr)
-        excepts = [ipaddress.ip_network(e) for e in block.except_]
+        rows = self._index()
+        net = ipaddress.IPv4Network(block.cidr)
+        first, last = int(net.network_address), int(net.broadcast_address)
+        excepts = [(int(e.network_address), int(e.broadcast_address))
+                   for e in map(ipaddress.IPv4Network, block.except_)]
         out = set()
-        for cidr, ident in self.by_cidr.items():
-            c = ipaddress.ip_network(cidr)
-            if c.subnet_of(net) and not any(c.subnet_of(e) for e in excepts):  # type: ignore[arg-type]
+        for i in range(bisect.bisect_left(self._starts, first), bisect.bisect_right(self._starts, last)):
+            lo, hi, ident = rows[i]
+            if hi <= last and not any(elo <= lo and hi <= ehi for elo, ehi in excepts):
                 out.add(ident)
         if net.prefixlen == 0:
             out.add(IDENTITY_WORLD)  # an ipcache miss is the world

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from lanner.exporter.compact import CompactFormatter
 from lanner.netdp.datapath import DATAPATH_OBJECT, Datapath
 from lanner.netdp.endpoint import IDENTITY_WORLD, Endpoint, PodInfo
 from lanner.netdp.identity import LocalFileStore, pod_identity_labels
@@ -56,8 +57,8 @@ def in_netns(name: str) -> Iterator[None]:
         os.close(tgt)
 
 
-def sh(*args: str) -> str:
-    r = subprocess.run(args, capture_output=True, text=True)
+def sh(*args: str, input_text: str | None = None) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, input=input_text)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: rc={r.returncode}: {r.stderr.strip()}")
     return r.stdout
@@ -276,6 +277,12 @@ def test_no_policy_connectivity_and_flows(topo: Topology) -> None:
         assert f["tcp_flags"] == "SYN"
         assert f["node_name"] == "node-test"
     assert a.endpoint.identity != b.endpoint.identity
+    # the compact rendering (exporter/compact.py) of the JSON the export writes
+    fmt = CompactFormatter()
+    lines = [fmt.format(json.loads(json.dumps(e))) for e in events]
+    want = (f"🔀 flow    node-test default/a {a.ip}:{tcp[0]['src']['port']} (id {a.endpoint.identity}) -> "
+            f"default/b {b.ip}:8080 (id {b.endpoint.identity}) TCP SYN")
+    assert any(line.startswith(want) and line.endswith("no-policy") for line in lines), lines
 
 
 def test_ingress_allow_by_label_denies_others(topo: Topology) -> None:
@@ -297,6 +304,8 @@ def test_ingress_allow_by_label_denies_others(topo: Topology) -> None:
                and f["src"]["identity"] == c.endpoint.identity and f["dst"]["identity"] == b.endpoint.identity
                and f["direction"] == "ingress" and f["dst"]["pod"]["name"] == "b" for f in drops), drops
     assert any(f["src"]["ip"] == a.ip and f["dst"]["port"] == 9090 for f in drops)
+    line = CompactFormatter().format({"flow": drops[0]})
+    assert line is not None and line.startswith("⛔ drop") and line.endswith("ingress policy-denied"), line
     allowed = [f for f in flows if f["verdict"] == "FORWARDED" and f["direction"] == "ingress"
                and f["dst"]["ip"] == b.ip and f["dst"]["port"] == 8080]
     assert allowed and all(f["reason"] == "policy-allowed" and f["src"]["pod"]["name"] == "a" for f in allowed)
