@@ -16,7 +16,9 @@ lanner's first ADD warms the agent's caches); the first ADD time is printed sepa
 Run by itself inside a netns (what the orchestration does):
   python bench/datapath_cni.py cycles --plugin /usr/lib/cni/bridge --config conf.json \\
       --netns /var/run/netns/POD --cycles 50 --warmup 3
-prints one JSON line {"add_s": [...], "del_s": [...], "first_add_s": x, "ips": [...]}.
+prints one JSON line {"add_s": [...], "del_s": [...], "first_add_s": x, "ips": [...], "version_s": [...]}.
+Before the cycles it times a few VERSION calls: the plugin's exec + start-up floor (lanner-cni answers
+VERSION itself, without the agent), which splits an ADD into "starting the plugin" and "the work".
 """
 
 from __future__ import annotations
@@ -59,7 +61,20 @@ def exec_plugin(plugin: str, command: str, container_id: str, netns: str, conf: 
     return dt, r.returncode, out, r.stderr.decode(errors="replace")[-500:]
 
 
+def version_calls(plugin: str, conf: dict, n: int, cni_path: str) -> list[float]:
+    """VERSION calls: the plugin's exec + start-up floor (lanner-cni answers it without the agent)."""
+    out = []
+    vconf = {"cniVersion": conf["cniVersion"]}
+    for _ in range(n):
+        dt, rc, res, err = exec_plugin(plugin, "VERSION", "version", "", vconf, cni_path)
+        if rc != 0:
+            raise CniBenchError(f"VERSION failed (exit {rc}): {json.dumps(res)} {err}")
+        out.append(dt)
+    return out
+
+
 def cycles(plugin: str, conf: dict, netns: str, n: int, warmup: int, cni_path: str) -> dict:
+    version_s = version_calls(plugin, conf, max(3, min(n, 20)), cni_path)
     adds, dels, ips = [], [], []
     first_add = None
     tag = f"{os.getpid()}"
@@ -78,7 +93,7 @@ def cycles(plugin: str, conf: dict, netns: str, n: int, warmup: int, cni_path: s
         if i >= warmup:
             adds.append(dt)
             dels.append(ddt)
-    return {"add_s": adds, "del_s": dels, "first_add_s": first_add, "ips": sorted(set(ips))}
+    return {"add_s": adds, "del_s": dels, "first_add_s": first_add, "ips": sorted(set(ips)), "version_s": version_s}
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -98,6 +113,7 @@ class AddLatency:
     del_s: list[float] = field(default_factory=list)
     first_add_s: float = float("nan")
     ips: list[str] = field(default_factory=list)
+    version_s: list[float] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -115,7 +131,9 @@ class AddLatency:
     def summary(self) -> dict:
         return {"plugin": self.plugin, "cycles": len(self.add_s), "add_p50_ms": self.p50 * 1e3,
                 "add_p95_ms": self.p95 * 1e3, "del_p50_ms": self.del_p50 * 1e3,
-                "first_add_ms": self.first_add_s * 1e3, "distinct_ips": len(self.ips), "error": self.error}
+                "first_add_ms": self.first_add_s * 1e3, "distinct_ips": len(self.ips),
+                "version_p50_ms": (statistics.median(self.version_s) if self.version_s else float("nan")) * 1e3,
+                "error": self.error}
 
 
 # ----------------------------------------------------------------------------------------- orchestration
@@ -175,6 +193,7 @@ class CniNamespaces:
             return lat
         doc = json.loads(r.stdout.strip().splitlines()[-1])
         lat.add_s, lat.del_s, lat.first_add_s, lat.ips = doc["add_s"], doc["del_s"], doc["first_add_s"], doc["ips"]
+        lat.version_s = doc["version_s"]
         return lat
 
 

@@ -39,6 +39,7 @@ class NetdpAgent:
         self.ns = ns
         self.workdir = workdir
         self.pin_dir = pin_dir
+        self.netdp_pin_dir = pin_dir.with_name(pin_dir.name + "-netdp")
         self.cni_socket = workdir / "cni.sock"
         self.proc: subprocess.Popen | None = None
         self.stderr_path = workdir / "agent.stderr"
@@ -53,8 +54,10 @@ class NetdpAgent:
                "--info-file", str(self.workdir / "info.json"),
                "--health-server-address", f"127.0.0.1:{C.free_port()}",
                "--bpf-pin-dir", str(self.pin_dir)]
+        if "--netdp-pin-dir" not in helptext:
+            raise AgentError("this agent has no --netdp-pin-dir: it would pin outside /sys/fs/bpf/lanner-bench-*")
         optional = {"--pod-cidr": POD_CIDR, "--cni-socket": str(self.cni_socket),
-                    "--netdp-state-dir": str(self.workdir / "netdp")}
+                    "--netdp-state-dir": str(self.workdir / "netdp"), "--netdp-pin-dir": str(self.netdp_pin_dir)}
         for flag, value in optional.items():
             if flag in helptext:
                 cmd += [flag, value]
@@ -103,8 +106,9 @@ class NetdpAgent:
                 self.proc.wait()
         if self.proc is not None:
             self._err.close()
-        if self.pin_dir.exists():  # the agent removes its pins; this is the backstop after a crash
-            subprocess.run(["rm", "-rf", "--one-file-system", str(self.pin_dir)], check=False)
+        for d in (self.pin_dir, self.netdp_pin_dir):
+            if d.exists():  # the agent removes its pins; this is the backstop after a crash
+                subprocess.run(["rm", "-rf", "--one-file-system", str(d)], check=False)
 
     def log_tail(self, n: int = 2000) -> str:
         try:

@@ -114,6 +114,7 @@ class Lanner:
     rules: int
     pin_root: Path
     workdir: Path
+    shape: str = "grid"  # how the non-matching entries are written (bench/datapath_lanner.py)
     kind: str = "lanner"
     name: str = ""
     proc: subprocess.Popen | None = None
@@ -129,6 +130,7 @@ class Lanner:
             "pin_dir": str(pin_dir),
             "state_dir": str(self.workdir / self.name),
             "rules": self.rules,
+            "shape": self.shape,
             "pods": [pod_spec(topo, p, n) for p, n in ((topo.a, "bench-a"), (topo.b, "bench-b"))],
             "server": {"pod": "bench-b", "tcp_ports": [5201, 7000, 11112], "udp_ports": [11111]},
         }
@@ -148,7 +150,8 @@ class Lanner:
 
     def evidence(self, topo: Topology) -> dict:
         self._finish()
-        ev = dict(self.final)
+        ev = {k: v for k, v in self.ready.items() if k in ("policy_s", "ipcache_entries", "shape", "identities")}
+        ev.update(self.final)
         ev.setdefault("ok", False)
         return ev
 
@@ -211,7 +214,7 @@ def label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def parse_config(name: str, pin_root: Path, workdir: Path) -> Config:
+def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "grid") -> Config:
     """``baseline``, ``iptables-N`` or ``lanner-N`` (N like 1000, 1k, 10k)."""
     if name == "baseline":
         return Baseline()
@@ -223,7 +226,7 @@ def parse_config(name: str, pin_root: Path, workdir: Path) -> Config:
     if kind == "iptables":
         return Iptables(rules)
     if kind == "lanner":
-        return Lanner(rules, pin_root, workdir)
+        return Lanner(rules, pin_root, workdir, shape)
     raise ConfigError(f"bad configuration {name!r}: expected baseline, iptables-N or lanner-N")
 
 
