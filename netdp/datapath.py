@@ -10,7 +10,7 @@ Identities are allocated by the caller (``store.allocate(pod_identity_labels(pod
 ``Endpoint.identity``; the datapath writes the endpoint's ``/32`` into the store's ipcache and the BPF
 ipcache, and compiles the NetworkPolicies against every identity the store knows. ipBlock CIDRs get
 node-local identities (``LOCAL_IDENTITY_FLAG | n``, Cilium's local scope) that live only in the BPF
-ipcache.
+ipcache, as do the node's own addresses (``host_ips``: identity host, always allowed into its pods).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from lanner.bpf.objects import BPF_TC_EGRESS, BPF_TC_INGRESS, BpfObject, Codec, 
 from lanner.bpf.records import RecordLayout
 from lanner.bpf.ringbuf import RingBuffer
 
-from .endpoint import Endpoint
+from .endpoint import IDENTITY_HOST, Endpoint
 from .flows import FlowDecoder, FlowReader
 from .identity import IdentityStore, normalize_cidr, pod_identity_labels
 from .netpolicy import CidrIdentities, NetworkPolicy, compile_endpoint
@@ -91,7 +91,7 @@ class _EndpointState:
 class Datapath:
     def __init__(self, pin_dir: Path, store: IdentityStore, *, flow_rate_limit: int = DEFAULT_FLOW_RATE_LIMIT,
                  flow_rate_burst: int = 0, node_name: str = "", ring_bytes: int = 1 << 20,
-                 object_path: Path = DATAPATH_OBJECT) -> None:
+                 host_ips: Sequence[str] = (), object_path: Path = DATAPATH_OBJECT) -> None:
         if flow_rate_limit < 0 or flow_rate_burst < 0:
             raise ValueError("flow_rate_limit and flow_rate_burst must be >= 0")
         self.store = store
@@ -102,6 +102,7 @@ class Datapath:
         self._by_ip: dict[str, Endpoint] = {}
         self._policies: list[NetworkPolicy] = []
         self._cidr_ids: dict[str, int] = {}
+        self._host_ips: dict[str, int] = {normalize_cidr(ip): IDENTITY_HOST for ip in host_ips}
         self._bpf_ipcache: dict[str, int] = {}
         self._flows: FlowReader | None = None
         self.pin_dir = fs.pin_dir(pin_dir)
@@ -307,6 +308,7 @@ class Datapath:
 
     def _sync_ipcache(self) -> None:
         want = {normalize_cidr(c): i for c, i in self._cidr_ids.items()}
+        want.update(self._host_ips)
         want.update({normalize_cidr(c): i for c, i in self.store.ipcache().items()})
         for cidr, ident in want.items():
             if self._bpf_ipcache.get(cidr) != ident:
@@ -325,6 +327,13 @@ class Datapath:
         """What the BPF ipcache says for one address (longest prefix), None on a miss (world)."""
         v = self._m_ipcache.lookup({"prefixlen": 32, "addr": addr_u32(ipv4)})
         return v["identity"] if v else None
+
+    def set_host_ips(self, ips: Sequence[str]) -> None:
+        """The node's own addresses (the gateway, node IPs): identity host in the ipcache."""
+        with self._lock:
+            self._require_open()
+            self._host_ips = {normalize_cidr(ip): IDENTITY_HOST for ip in ips}
+            self._sync_ipcache()
 
     def cidr_identities(self) -> dict[str, int]:
         return dict(self._cidr_ids)

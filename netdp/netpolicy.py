@@ -15,7 +15,7 @@ Semantics (the Kubernetes spec): a pod is isolated for a direction once any poli
 that policy type; the allowed traffic is then the union of all rules. ``ingress: []`` (or an Ingress
 policy type without rules) allows nothing; a rule without ``from``/``to`` allows every peer; a rule
 without ``ports`` allows every port and protocol. ``policyTypes`` defaults to Ingress, plus Egress when
-the policy has an ``egress`` section. ipBlocks match addresses outside the cluster's pods (as Cilium:
+the policy has an ``egress`` section. The node (identity host) may always reach its pods. ipBlocks match addresses outside the cluster's pods (as Cilium:
 a pod IP carries the pod's identity, not a CIDR identity); ``0.0.0.0/0`` also matches the world
 identity (ipcache miss).
 """
@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .endpoint import IDENTITY_WORLD
+from .endpoint import IDENTITY_HOST, IDENTITY_WORLD
 from .identity import LABEL_SOURCE, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
 
 INGRESS, EGRESS = 0, 1  # direction numbers, as in netdp/bpf/datapath.h
@@ -455,8 +455,12 @@ def _rule_entries(rule: Rule, direction: int, policy_ns: str, subjects: Mapping[
 
 
 def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labels: Mapping[str, str],
-                     identities: Mapping[int, Mapping[str, str]], cidrs: CidrIdentities) -> EndpointPolicy:
-    """The policy map entries of one endpoint, given every known identity's labels."""
+                     identities: Mapping[int, Mapping[str, str]], cidrs: CidrIdentities,
+                     allow_host: bool = True) -> EndpointPolicy:
+    """The policy map entries of one endpoint, given every known identity's labels.
+
+    ``allow_host``: the node itself (identity host) may always reach its pods, as Cilium's
+    allow-localhost default does (kubelet probes)."""
     subjects = {i: SubjectLabels.from_identity_labels(lbl) for i, lbl in identities.items()}
     ing = egr = False
     entries: set[tuple[int, int, int, int]] = set()
@@ -471,4 +475,6 @@ def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labe
             egr = True
             for rule in pol.egress:
                 entries |= _rule_entries(rule, EGRESS, pol.namespace, subjects, cidrs)
+    if ing and allow_host:
+        entries.add((IDENTITY_HOST, INGRESS, 0, 0))
     return EndpointPolicy(ing, egr, frozenset(entries))

@@ -24,7 +24,7 @@ import pytest
 
 from lanner.exporter.compact import CompactFormatter
 from lanner.netdp.datapath import DATAPATH_OBJECT, Datapath
-from lanner.netdp.endpoint import IDENTITY_WORLD, Endpoint, PodInfo
+from lanner.netdp.endpoint import IDENTITY_HOST, IDENTITY_WORLD, Endpoint, PodInfo
 from lanner.netdp.identity import LocalFileStore, pod_identity_labels
 from lanner.netdp.netpolicy import NetworkPolicy, parse_network_policy
 
@@ -472,3 +472,15 @@ def test_reopen_reuses_pinned_maps(topo: Topology) -> None:
                                                               "netdp_policy"]
     topo.serve(b.netns, 8080)
     assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]  # dp's programs and maps still enforce
+
+
+def test_node_reaches_isolated_pod_as_host_identity(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo, host_ips=[GW])
+    topo.serve(b.netns, 8080)
+    set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]
+    assert topo.probe(topo.node, ("tcp", b.ip, 8080)) == [True]  # kubelet-style probe from the node
+    flows = [e["flow"] for e in dp.flows().poll()]
+    assert any(f["src"]["ip"] == GW and f["src"]["identity"] == IDENTITY_HOST and f["verdict"] == "FORWARDED"
+               and f["reason"] == "policy-allowed" for f in flows), flows

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lanner.netdp.endpoint import IDENTITY_WORLD
+from lanner.netdp.endpoint import IDENTITY_HOST, IDENTITY_WORLD
 from lanner.netdp.netpolicy import (EGRESS, INGRESS, CidrIdentities, NetworkPolicyError, compile_endpoint,
                                     load_network_policies)
 
@@ -69,14 +69,18 @@ def test_compile_entries(tmp_path: Path) -> None:
     assert comp.ingress_enforced and comp.egress_enforced
     ing = {e for e in comp.entries if e[1] == INGRESS}
     # client in prod (same namespace) and every pod of namespace ops; TCP 80 and UDP 5000-5002
+    # (the node, identity host, may always reach its pods)
     assert ing == {(i, INGRESS, p, port) for i in (300, 302) for p, port in
-                   ((6, 80), (17, 5000), (17, 5001), (17, 5002))}
+                   ((6, 80), (17, 5000), (17, 5001), (17, 5002))} | {(IDENTITY_HOST, INGRESS, 0, 0)}
     egr = {e for e in comp.entries if e[1] == EGRESS}
     # the block and CIDRs inside it, minus the except; no port list = any protocol and port
     assert egr == {((1 << 24) | 1, EGRESS, 0, 0), ((1 << 24) | 3, EGRESS, 0, 0)}
     # an unselected pod in default is isolated by deny-all (ingress only, no entries)
     other = compile_endpoint([web, deny], "default", {"app": "x"}, IDS, cidrs)
-    assert other.ingress_enforced and not other.egress_enforced and not other.entries
+    assert other.ingress_enforced and not other.egress_enforced
+    assert other.entries == {(IDENTITY_HOST, INGRESS, 0, 0)}
+    strict = compile_endpoint([deny], "default", {"app": "x"}, IDS, cidrs, allow_host=False)
+    assert strict.ingress_enforced and not strict.entries
     # nothing selects a pod in dev
     free = compile_endpoint([web, deny], "dev", {"app": "web"}, IDS, cidrs)
     assert not free.ingress_enforced and not free.egress_enforced
