@@ -210,6 +210,8 @@ class Agent:
 
         self.netdp = NetdpRuntime(self.cfg.netdp)
         self.netdp.start()
+        if self.netdp.pod_cache is not None and hasattr(self.encoder, "attach_pod_resolver"):
+            self.encoder.attach_pod_resolver(self.netdp.pod_cache)  # process.pod on every event from a pod
 
     def _drain_flows(self) -> int:
         """Flow events from the datapath, exported alongside the security events (not process-filtered)."""

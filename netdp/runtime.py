@@ -39,12 +39,15 @@ class NetdpConfig:
     mtu: int = 1500
     gateway_device: str = veth.GATEWAY_DEVICE
     crash_at: str = ""  # test hook, see ServiceConfig
+    node_name: str = ""  # in flow events; "" = hostname
+    cri_socket: Path | None = None  # the runtime's CRI socket: pod labels and containers (None: namespace only)
 
 
 class NetdpRuntime:
     def __init__(self, cfg: NetdpConfig, labels: LabelSource | None = None) -> None:
         self.cfg = cfg
         self.labels = labels
+        self._own_labels = False
         self.ipam: Ipam | None = None
         self.store: Any = None
         self.datapath: Any = None
@@ -73,12 +76,7 @@ class NetdpRuntime:
                         "other through the node (lanner does not change it)")
         if self.cfg.datapath:
             self._start_datapath()
-        try:
-            from lanner.netdp.podcache import PodCache
-
-            self.pod_cache = PodCache()
-        except (ImportError, TypeError) as exc:
-            log.info("pod cache unavailable (%s): security events are not enriched with pods", exc)
+        self._start_pod_sources()
         self.service = CniService(self.ipam, ServiceConfig(mtu=self.cfg.mtu, crash_at=self.cfg.crash_at),
                                   self.store, self.datapath, self.labels, self.pod_cache)
         restored = self.service.restore()
@@ -87,13 +85,31 @@ class NetdpRuntime:
                  "datapath %s", time.monotonic() - t0, self.ipam.cidr, self.ipam.gateway, restored,
                  self.cfg.cni_socket, "on" if self.datapath is not None else "off")
 
+    def _start_pod_sources(self) -> None:
+        """PodCache (enrichment) and, with --cri-socket, pod labels and containers from the CRI."""
+        try:
+            from lanner.netdp.podcache import CriContainerSource, PodCache
+        except ImportError as exc:
+            log.info("pod cache unavailable (%s): security events are not enriched with pods", exc)
+            return
+        containers = None
+        if self.cfg.cri_socket is not None:
+            from lanner.netdp.cri.client import CriClient
+            from lanner.netdp.cri.labels import CriLabelSource
+
+            containers = CriContainerSource(CriClient(self.cfg.cri_socket))
+            if self.labels is None:
+                self.labels = CriLabelSource(self.cfg.cri_socket)
+                self._own_labels = True
+        self.pod_cache = PodCache(containers)
+
     def _start_datapath(self) -> None:
         try:
             from lanner.netdp.datapath import Datapath
         except ImportError as exc:
             log.warning("eBPF datapath unavailable (%s): pods get plain routed veths, no policy, no flows", exc)
             return
-        self.datapath = Datapath(self.cfg.pin_dir, self.store)
+        self.datapath = Datapath(self.cfg.pin_dir, self.store, node_name=self.cfg.node_name)
         if self.cfg.network_policy_dir is not None:
             from lanner.netdp.netpolicy import load_network_policies
 
@@ -121,6 +137,9 @@ class NetdpRuntime:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self._own_labels and self.labels is not None:
+            self.labels.close()  # type: ignore[attr-defined]
+            self.labels = None
         if self.datapath is not None:
             try:
                 self.datapath.close()

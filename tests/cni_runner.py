@@ -117,13 +117,16 @@ class CniRunner:
                        cni_args=cni_args)
         entry.unlink(missing_ok=True)
 
-    def check(self, cid: str, netns: str, ifname: str = "eth0", prev: dict | None = None) -> None:
+    def check(self, cid: str, netns: str, ifname: str = "eth0", prev: dict | None = None,
+              skip: tuple[str, ...] = ()) -> None:
         prev = prev if prev is not None else self.cached(cid, ifname)
         if self.conflist.get("disableCheck"):
             return
         entry = self._cache_path(cid, ifname)
         cap_args = json.loads(entry.read_text()).get("capabilityArgs") if entry.exists() else {}
         for plugin in self.conflist["plugins"]:
+            if plugin["type"] in skip:
+                continue
             self._call(plugin, "CHECK", self.plugin_conf(plugin, prev, cap_args), cid=cid, netns=netns,
                        ifname=ifname)
 

@@ -51,6 +51,9 @@ def add_netdp_flags(g: argparse._ArgumentGroup, with_enable: bool) -> None:
     g.add_argument("--netdp-datapath", action=argparse.BooleanOptionalAction, default=True,
                    help="load the eBPF datapath (TC programs, policy, flows); --no-netdp-datapath gives plain "
                         "routed veths")
+    g.add_argument("--cri-socket", type=Path, default=None, metavar="PATH",
+                   help="the container runtime's CRI socket (e.g. /run/containerd/containerd.sock): pod labels for "
+                        "identities and containers for pod enrichment; without it identities use the namespace only")
     g.add_argument("--netdp-pin-dir", type=Path, default=Path(DEFAULT_PIN_DIR), metavar="DIR",
                    help="where the datapath pins its maps")
 
@@ -77,7 +80,8 @@ def netdp_config(args: argparse.Namespace, required: bool):
 
     return NetdpConfig(pod_cidr=str(net), state_dir=args.netdp_state_dir, cni_socket=args.cni_socket,
                        network_policy_dir=args.network_policy_dir, datapath=args.netdp_datapath,
-                       pin_dir=args.netdp_pin_dir, mtu=args.netdp_mtu, crash_at=os.environ.get(CRASH_ENV, ""))
+                       pin_dir=args.netdp_pin_dir, mtu=args.netdp_mtu, crash_at=os.environ.get(CRASH_ENV, ""),
+                       node_name=getattr(args, "node_name", "") or "", cri_socket=args.cri_socket)
 
 
 def add_cni_parser(sub) -> None:

@@ -28,7 +28,7 @@ from lanner.netdp.cni.protocol import (
     E_ATTACHMENT_EXISTS, E_CHECK_MISMATCH, E_DECODE, E_INTERNAL, E_INVALID_CONFIG, E_IPAM_EXHAUSTED, E_IO,
     E_UNKNOWN_CONTAINER, LATEST, CniError, convert_result, result_ips,
 )
-from lanner.netdp.endpoint import ContainerInfo, Endpoint, PodInfo
+from lanner.netdp.endpoint import IDENTITY_INIT, ContainerInfo, Endpoint, PodInfo
 from lanner.netdp.identity import pod_identity_labels
 from lanner.netdp.ipam import Ipam, IpamError, IpamExhausted, Lease
 
@@ -39,7 +39,13 @@ REQUEST_TIMEOUT_S = 10.0
 
 
 class LabelSource(Protocol):
-    """Where pod labels come from (CNI does not pass them): CRI PodSandboxStatus, the Kubernetes API..."""
+    """Where pod labels come from (CNI does not pass them): CRI PodSandboxStatus, the Kubernetes API...
+
+    A source may also offer ``when_known(namespace, name, sandbox_id, callback)`` and ``cancel(sandbox_id)``
+    (lanner.netdp.cri.labels.CriLabelSource does): when ``labels_for`` has no answer yet during ADD (containerd
+    registers the sandbox only after ADD returns), the endpoint gets Cilium's provisional ``init`` identity
+    and its real one once the callback delivers the labels.
+    """
 
     def labels_for(self, namespace: str, name: str, sandbox_id: str) -> dict[str, str] | None: ...
 
@@ -120,7 +126,9 @@ class CniService:
         if prior is not None and prior.complete:
             raise CniError(E_ATTACHMENT_EXISTS, "attachment already exists",
                            f"{cid}/{ifname} has {prior.ip}; DEL it first")
-        labels = (self.labels.labels_for(ns, name, sandbox) if self.labels is not None and ns else None) or {}
+        labels = self._labels_now(ns, name, sandbox)
+        deferred = labels is None and self.store is not None and hasattr(self.labels, "when_known")
+        labels = labels or {}
         hname = veth.host_ifname(cid, ifname)
         try:
             lease = self.ipam.allocate(
@@ -145,9 +153,12 @@ class CniService:
             lease = self.ipam.update(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac)
             ep = self._endpoint(lease, identity=0)
             if self.store is not None:
-                id_labels = pod_identity_labels(ep.pod)
-                identity = self.store.allocate(id_labels)
-                undo.append(lambda: self.store.release(id_labels))
+                if deferred:  # labels arrive later: provisional identity now, the real one in _labels_arrived
+                    identity = IDENTITY_INIT
+                else:
+                    id_labels = pod_identity_labels(ep.pod)
+                    identity = self.store.allocate(id_labels)
+                    undo.append(lambda: self.store.release(id_labels))
                 self.store.upsert_ip(f"{lease.ip}/32", identity)
                 undo.append(lambda: self.store.delete_ip(f"{lease.ip}/32"))
                 lease = self.ipam.update(lease, identity=identity)
@@ -157,6 +168,8 @@ class CniService:
                     _add(sink, ep)
                     undo.append(lambda s=sink: _remove(s, ep))
             lease = self.ipam.update(lease, complete=True)
+            if deferred:
+                self._defer_labels(lease, sandbox)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -183,9 +196,44 @@ class CniService:
         self._teardown(lease)
         return None
 
+    def _labels_now(self, ns: str, name: str, sandbox: str) -> dict[str, str] | None:
+        if self.labels is None or not ns:
+            return {}
+        try:
+            return self.labels.labels_for(ns, name, sandbox)
+        except Exception as exc:  # the runtime's API down: no labels beyond the namespace, do not fail ADD
+            log.warning("labels of pod %s/%s: %s", ns, name, exc)
+            return {}
+
+    def _defer_labels(self, lease: Lease, sandbox: str) -> None:
+        key = lease.key
+        self.labels.when_known(lease.pod_namespace, lease.pod_name, sandbox,  # type: ignore[union-attr]
+                               lambda _sid, labels: self._labels_arrived(key, labels))
+
+    def _labels_arrived(self, key: tuple[str, str], labels: dict[str, str] | None) -> None:
+        """The runtime now knows the pod (labels None: it never did): give the endpoint its real identity."""
+        with self.lock:
+            lease = self.ipam.get(*key)
+            if lease is None or not lease.complete or lease.identity != IDENTITY_INIT:
+                return  # deleted meanwhile, or already resolved
+            lease = self.ipam.update(lease, labels=dict(labels or {}))
+            ep = self._endpoint(lease, 0)
+            identity = self.store.allocate(pod_identity_labels(ep.pod))
+            lease = self.ipam.update(lease, identity=identity)
+            ep = self._endpoint(lease, identity)
+            self.store.upsert_ip(f"{lease.ip}/32", identity)
+            if self.datapath is not None:
+                self.datapath.add_endpoint(ep)  # idempotent: updates the identity in place
+            if self.pod_cache is not None:
+                (self.pod_cache.update_pod(lease.container_id, ep.pod) if hasattr(self.pod_cache, "update_pod")
+                 else _add(self.pod_cache, ep))
+            log.info("pod %s/%s: labels %s -> identity %d", lease.pod_namespace, lease.pod_name, labels, identity)
+
     def _teardown(self, lease: Lease) -> None:
         """Undo one attachment: datapath, pod cache, identity, ipcache, veth, lease (in that order)."""
         ep = self._endpoint(lease, lease.identity)
+        if self.labels is not None and hasattr(self.labels, "cancel"):
+            self.labels.cancel(lease.container_id)
         if lease.complete:
             for sink in (self.pod_cache, self.datapath):
                 if sink is not None:
@@ -194,7 +242,8 @@ class CniService:
                     except Exception as exc:
                         log.warning("removing endpoint %s from %s: %s", lease.ip, type(sink).__name__, exc)
         if self.store is not None and lease.identity:
-            self.store.release(pod_identity_labels(ep.pod))
+            if lease.identity != IDENTITY_INIT:  # the provisional identity was never allocated
+                self.store.release(pod_identity_labels(ep.pod))
             self.store.delete_ip(f"{lease.ip}/32")
         veth.delete(lease.host_ifname or veth.host_ifname(lease.container_id, lease.ifname))
         self.ipam.release(lease.container_id, lease.ifname)
@@ -279,6 +328,8 @@ class CniService:
             for sink in (self.datapath, self.pod_cache):
                 if sink is not None:
                     _add(sink, ep)
+            if lease.identity == IDENTITY_INIT and self.store is not None and hasattr(self.labels, "when_known"):
+                self._defer_labels(lease, lease.container_id)
             n += 1
         return n
 
