@@ -1,0 +1,86 @@
+"""The real agent as the node's CNI: ``lanner agent --enable-netdp`` inside a test node netns, pods added by
+the real plugin through the libcni-style runner; flow events land in the same export stream as the
+security events, and the agent's status counts endpoints and CNI requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.cni_runner import CniNode, lanner_conflist
+from tests.conftest import RunningAgent
+
+
+def test_enable_netdp_needs_a_pod_cidr(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lanner", "agent", "--enable-netdp"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--pod-cidr" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "lanner", "agent", "--enable-netdp", "--pod-cidr", "10.1.2.3/24"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--pod-cidr '10.1.2.3/24'" in p.stderr and "host bits" in p.stderr
+
+
+@pytest.fixture
+def agent_node(tmp_path):
+    node = CniNode(f"lca{os.getpid() % 10000}", tmp_path)
+    pin = f"/sys/fs/bpf/lanner-cnitest-{uuid.uuid4().hex[:8]}"
+    agent = None
+    try:
+        node.setup()
+        export, sock, err, info = (tmp_path / "events.log", tmp_path / "lanner.sock", tmp_path / "agent.stderr",
+                                   tmp_path / "info.json")
+        cmd = ["nsenter", f"--net=/var/run/netns/{node.netns}", sys.executable, "-m", "lanner", "agent",
+               "--no-export-stdout", "--export-filename", str(export), "--server-address", f"unix://{sock}",
+               "--info-file", str(info), "--node-name", "cninode", "--health-server-address", "", 
+               "--tracing-policy-dir", "", "--enable-netdp", "--pod-cidr", node.cidr, "--cni-socket",
+               str(node.socket), "--netdp-state-dir", str(node.state_dir), "--netdp-pin-dir", pin]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL)
+        agent = RunningAgent(proc, export, sock, "cninode", err)
+        deadline = time.monotonic() + 60
+        while not (node.socket.exists() and info.exists()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("agent with --enable-netdp did not start:\n" + err.read_text()[-4000:])
+            time.sleep(0.05)
+        yield node, agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        node.close()
+        subprocess.run(["rm", "-rf", pin])
+
+
+@pytest.mark.bpf
+def test_agent_serves_cni_and_exports_flows(agent_node):
+    node, agent = agent_node
+    r = node.runner(lanner_conflist(node))
+    a, b = node.pod("a"), node.pod("b")
+    r.add("cid-a", a, cni_args="K8S_POD_NAMESPACE=team;K8S_POD_NAME=pa")
+    res_b = r.add("cid-b", b, cni_args="K8S_POD_NAMESPACE=team;K8S_POD_NAME=pb")
+    ip_b = res_b["ips"][0]["address"].split("/")[0]
+    assert node.sh("ping", "-c2", "-W2", ip_b, ns=a, check=False).returncode == 0, agent.stderr_path.read_text()[-3000:]
+    st = agent.status()
+    assert st["netdp"]["endpoints"] == 2 and st["netdp"]["datapath"] is True, st["netdp"]
+    assert st["netdp"]["cni_requests"].get("ADD ok") == 2
+    evs = agent.wait_for(lambda e: [x for x in e if "flow" in x and x["flow"].get("dst", {}).get("ip") == ip_b],
+                         timeout=10, what="a flow event to pod b")
+    flow = next(x for x in evs if "flow" in x and x["flow"].get("dst", {}).get("ip") == ip_b)
+    assert flow["node_name"] == "cninode" and flow["flow"]["src"]["pod"]["name"] == "pa"
+    assert flow["flow"]["dst"]["pod"] == {"namespace": "team", "name": "pb", "labels": {}}
+    # the security events share the stream; the ping ran in pod a's netns, so its exec names pod a
+    evs = agent.wait_for(lambda e: [x for x in e if x.get("process_exec", {}).get("process", {})
+                                    .get("binary", "").endswith("/ping")], timeout=10, what="ping's exec")
+    ping = next(x["process_exec"]["process"] for x in evs
+                if x.get("process_exec", {}).get("process", {}).get("binary", "").endswith("/ping"))
+    assert ping.get("pod", {}).get("namespace") == "team" and ping["pod"].get("name") == "pa", ping
+    r.delete("cid-a", a)
+    r.delete("cid-a", "", use_cache=False)
+    r.delete("cid-b", b)
+    st = agent.status()
+    assert st["netdp"]["endpoints"] == 0 and node.host_veths() == []
+    assert agent.stop() == 0
+    assert not node.socket.exists()
