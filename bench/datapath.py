@@ -11,7 +11,8 @@ CONFIGURATIONS (--configs, comma-separated; default: all of these)
   lanner-N       lanner's datapath (netdp.datapath.Datapath) on ra0/rb0, the router-side veths playing
                  the pods' host-side veths: endpoint map, ipcache, per-endpoint policy, conntrack and flow
                  events on. bench-b is selected by a NetworkPolicy that allows bench-a on the benchmark's
-                 ports plus N non-matching ipBlock /32 + TCP port rules (N ipcache and N policy entries);
+                 ports plus N non-matching rules "from ipBlock 10.200.x.y/32, TCP port P" (the iptables
+                 rule set as a NetworkPolicy: N ipcache and N policy entries; --lanner-shape);
                  lanner-0 attaches the datapath without policy (default-allow, conntrack + flows still on).
                  Runs in bench/datapath_lanner.py, a helper process inside bench-r; pins under
                  /sys/fs/bpf/lanner-bench-datapath-<PID>/.
@@ -248,10 +249,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ADD/DEL cycles per CNI plugin (default 50, 5 with --quick; 0 skips the CNI part)")
     p.add_argument("--cni-warmup", type=int, default=3, help="first cycles not counted (default: %(default)s)")
     p.add_argument("--rr-seconds", type=float, help="override: seconds per sockperf run")
-    p.add_argument("--lanner-shape", choices=("grid", "per-cidr"), default="grid",
-                   help="how lanner-N writes its N non-matching entries: grid = ceil(N/P) ipBlocks x P ports "
-                        "(P = ceil(sqrt N)) in one rule; per-cidr = N rules of one ipBlock /32 + one port, "
-                        "exactly the iptables rule set (compiles in O(N^2) today) (default: %(default)s)")
+    p.add_argument("--lanner-shape", choices=("per-cidr", "grid"), default="per-cidr",
+                   help="how lanner-N writes its N non-matching entries: per-cidr = N rules of one ipBlock /32 "
+                        "+ one TCP port, exactly the iptables rule set (N ipcache + N policy entries); grid = "
+                        "ceil(N/P) ipBlocks x P ports in one rule, P = ceil(sqrt N) (N policy entries, fewer "
+                        "ipcache entries) (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write every figure and the evidence as JSON here")
     p.add_argument("--debug", action="store_true", help="print tracebacks of failed configurations")
     a = p.parse_args(argv)

@@ -114,7 +114,7 @@ class Lanner:
     rules: int
     pin_root: Path
     workdir: Path
-    shape: str = "grid"  # how the non-matching entries are written (bench/datapath_lanner.py)
+    shape: str = "per-cidr"  # how the non-matching entries are written (bench/datapath_lanner.py)
     kind: str = "lanner"
     name: str = ""
     proc: subprocess.Popen | None = None
@@ -214,7 +214,7 @@ def label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "grid") -> Config:
+def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "per-cidr") -> Config:
     """``baseline``, ``iptables-N`` or ``lanner-N`` (N like 1000, 1k, 10k)."""
     if name == "baseline":
         return Baseline()

@@ -12,13 +12,12 @@ Started by the benchmark with ``nsenter --net=/var/run/netns/<router> python ben
  5. drains flow events (decoded to export dicts, as the agent does) until its stdin closes, then prints
     its counters as a second JSON line and closes the datapath (detach, unpin).
 
-Shapes of the non-matching entries (--shape in the spec):
-  grid      B ipBlock /32s (10.200.x.y) x P TCP ports in one rule, B*P >= rules, P = ceil(sqrt(rules)):
-            ``rules`` policy entries, B CIDR identities in the ipcache. The default: the policy compiler
-            matches every ipBlock against every known CIDR (O(blocks^2)), which makes 10,000 separate
-            ipBlocks take minutes to compile (not a per-packet cost).
-  per-cidr  ``rules`` rules, each one ipBlock /32 + one TCP port: exactly the iptables rule set
-            (``rules`` CIDR identities and ipcache entries).
+Shapes of the non-matching entries (--lanner-shape of bench/datapath.py):
+  per-cidr  (default) ``rules`` ingress rules, each one ipBlock /32 (10.200.x.y) + one TCP port: exactly
+            the iptables rule set, giving ``rules`` CIDR identities in the ipcache and ``rules`` policy
+            entries.
+  grid      B ipBlock /32s x P TCP ports in one rule (P = ceil(sqrt(rules)), B = ceil(rules/P)): as many
+            policy entries, but only B ipcache entries (a smaller LPM trie).
 """
 
 from __future__ import annotations
@@ -90,7 +89,7 @@ def run(spec: dict) -> int:
             eps[p["name"]] = ep
         t_ep = time.perf_counter()
         rules = int(spec["rules"])
-        shape = spec.get("shape", "grid")
+        shape = spec.get("shape", "per-cidr")
         if rules > 0:
             pol = parse_network_policy(policy_doc(rules, shape, spec["server"]), "bench policy")
             dp.set_network_policies([pol])
