@@ -91,7 +91,8 @@ class _EndpointState:
 class Datapath:
     def __init__(self, pin_dir: Path, store: IdentityStore, *, flow_rate_limit: int = DEFAULT_FLOW_RATE_LIMIT,
                  flow_rate_burst: int = 0, node_name: str = "", ring_bytes: int = 1 << 20,
-                 host_ips: Sequence[str] = (), object_path: Path = DATAPATH_OBJECT) -> None:
+                 host_ips: Sequence[str] = (), policy_map_entries: int = 262144,
+                 object_path: Path = DATAPATH_OBJECT) -> None:
         if flow_rate_limit < 0 or flow_rate_burst < 0:
             raise ValueError("flow_rate_limit and flow_rate_burst must be >= 0")
         self.store = store
@@ -111,6 +112,7 @@ class Datapath:
         try:
             obj.set_config(flow_rate_limit=flow_rate_limit, flow_rate_burst=flow_rate_burst)
             obj.resize_map("events", ring_bytes)
+            obj.resize_map("netdp_policy", policy_map_entries)  # a reused pin keeps its own size
             reused = []
             for name in PINNED_MAPS:
                 p = self.pin_dir / name
@@ -238,17 +240,24 @@ class Datapath:
     # policy
 
     def set_network_policies(self, policies: Sequence[NetworkPolicy]) -> None:
-        """Replace the policy set and recompile every endpoint's policy map."""
+        """Replace the policy set and recompile every endpoint's policy map.
+
+        Everything is compiled and checked against the map sizes first: a set that does not fit
+        raises DatapathError and leaves the previous policies in force."""
         with self._lock:
             self._require_open()
-            self._policies = list(policies)
-            self._assign_cidr_identities()
+            policies = list(policies)
+            cidr_ids = self._cidr_identities_for(policies)
+            plan = self._compile(policies, cidr_ids)
+            self._policies = policies
+            self._cidr_ids = cidr_ids
+            self._sync_ipcache(remove=False)  # new CIDR identities first, stale ones after the policy moved
+            self._apply(plan)
             self._sync_ipcache()
-            self._apply_policies()
 
-    def _assign_cidr_identities(self) -> None:
+    def _cidr_identities_for(self, policies: Sequence[NetworkPolicy]) -> dict[str, int]:
         wanted: set[str] = set()
-        for pol in self._policies:
+        for pol in policies:
             wanted |= pol.cidrs()
         ids = {c: i for c, i in self._cidr_ids.items() if c in wanted}
         used = set(ids.values())
@@ -258,7 +267,10 @@ class Datapath:
                 n += 1
             ids[cidr] = LOCAL_IDENTITY_FLAG | n
             used.add(ids[cidr])
-        self._cidr_ids = ids
+        room = self._m_ipcache.max_entries - len(self.store.ipcache()) - len(self._host_ips)
+        if len(ids) > room:
+            raise DatapathError(f"policies name {len(ids)} CIDRs; the ipcache map has room for {room}")
+        return ids
 
     def _identities(self) -> dict[int, dict[str, str]]:
         """Every identity's labels: the store's, plus the local endpoints' (a store may list none)."""
@@ -278,24 +290,42 @@ class Datapath:
         ident, direction, proto, port = k
         return {"identity": ident, "endpoint_id": endpoint_id, "direction": direction, "proto": proto, "dport": port}
 
-    def _apply_policies(self) -> None:
-        identities = self._identities() if self._policies else {}
-        cidrs = CidrIdentities(dict(self._cidr_ids))
+    def _compile(self, policies: Sequence[NetworkPolicy], cidr_ids: Mapping[str, int]) -> dict[int, tuple[int, set]]:
+        """Endpoint id -> (flags, policy entries), checked to fit the policy map."""
+        identities = self._identities() if policies else {}
+        cidrs = CidrIdentities(dict(cidr_ids))
+        plan: dict[int, tuple[int, set]] = {}
+        peak = sum(len(st.policy_keys) for st in self._endpoints.values())
         for epid, st in self._endpoints.items():
             ep = st.ep
-            comp = compile_endpoint(self._policies, ep.pod.namespace, ep.pod.label_dict(), identities, cidrs)
-            flags = (EP_INGRESS_ENFORCED if comp.ingress_enforced else 0) | (EP_EGRESS_ENFORCED if comp.egress_enforced else 0)
-            new = set(comp.entries)
+            comp = compile_endpoint(policies, ep.pod.namespace, ep.pod.label_dict(), identities, cidrs)
+            flags = (EP_INGRESS_ENFORCED if comp.ingress_enforced else 0) | \
+                (EP_EGRESS_ENFORCED if comp.egress_enforced else 0)
+            plan[epid] = (flags, set(comp.entries))
+            peak += len(comp.entries - st.policy_keys)  # added before the stale ones are removed
+        if peak > self._m_policy.max_entries:
+            raise DatapathError(f"policies need {peak} policy map entries at peak; "
+                                f"the map holds {self._m_policy.max_entries}")
+        return plan
+
+    def _apply(self, plan: Mapping[int, tuple[int, set]]) -> None:
+        for epid, (flags, new) in plan.items():
+            st = self._endpoints[epid]
+            ep = st.ep
             add = new - st.policy_keys
             stale = st.policy_keys - new
             # order: allow first, then enforce, then remove what no longer applies (no transient drops)
             self._m_policy.update_batch([(self._policy_key(epid, k), {"cookie": 1}) for k in sorted(add)])
+            st.policy_keys = st.policy_keys | add
             self._m_endpoints.update(ep.ipv4, {"ifindex": ep.host_ifindex, "identity": ep.identity,
                                                "endpoint_id": epid, "flags": flags})
+            st.flags = flags
             if stale:
                 self._m_policy.delete_batch([self._policy_key(epid, k) for k in stale])
-            st.flags = flags
             st.policy_keys = new
+
+    def _apply_policies(self) -> None:
+        self._apply(self._compile(self._policies, self._cidr_ids))
 
     def policy_entries(self, endpoint_id: int) -> int:
         """How many policy map entries an endpoint has."""
@@ -306,7 +336,7 @@ class Datapath:
     # ------------------------------------------------------------------------------------------
     # ipcache
 
-    def _sync_ipcache(self) -> None:
+    def _sync_ipcache(self, remove: bool = True) -> None:
         want = {normalize_cidr(c): i for c, i in self._cidr_ids.items()}
         want.update(self._host_ips)
         want.update({normalize_cidr(c): i for c, i in self.store.ipcache().items()})
@@ -314,7 +344,7 @@ class Datapath:
             if self._bpf_ipcache.get(cidr) != ident:
                 self._m_ipcache.update(self._lpm_key(cidr), {"identity": ident})
                 self._bpf_ipcache[cidr] = ident
-        for cidr in [c for c in self._bpf_ipcache if c not in want]:
+        for cidr in [c for c in self._bpf_ipcache if c not in want] if remove else []:
             self._m_ipcache.delete(self._lpm_key(cidr))
             del self._bpf_ipcache[cidr]
 

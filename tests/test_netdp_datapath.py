@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from lanner.exporter.compact import CompactFormatter
-from lanner.netdp.datapath import DATAPATH_OBJECT, Datapath
+from lanner.netdp.datapath import DATAPATH_OBJECT, Datapath, DatapathError
 from lanner.netdp.endpoint import IDENTITY_HOST, IDENTITY_WORLD, Endpoint, PodInfo
 from lanner.netdp.identity import LocalFileStore, pod_identity_labels
 from lanner.netdp.netpolicy import NetworkPolicy, parse_network_policy
@@ -542,3 +542,19 @@ def test_ten_thousand_entries_enforce_in_constant_time(topo: Topology) -> None:
     set_policies(topo)
     assert time.perf_counter() - t0 < 10
     assert dp.policy_entries(b.endpoint_id) == 0
+
+
+def test_policy_set_too_large_is_refused_whole(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo, policy_map_entries=64)
+    topo.serve(b.netns, 8080)
+    set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    before = dp.policy_entries(b.endpoint_id)
+    big = netpol("big", {"podSelector": {}, "ingress": [{"ports": [{"port": 1000, "endPort": 1100}]}]})
+    with pytest.raises(DatapathError, match="policy map entries"):
+        set_policies(topo, big)
+    # the previous policy set is still the one in force
+    assert dp.policy_entries(b.endpoint_id) == before
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("tcp", c.ip, 8080)) == [False, False]
+    topo.serve(c.netns, 8080)
+    assert topo.probe(a.netns, ("tcp", c.ip, 8080)) == [True]
