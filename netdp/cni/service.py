@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -150,8 +150,8 @@ class CniService:
                 raise CniError(code, "cannot create the pod interface", str(exc)) from None
             undo.append(lambda: veth.delete(hname))
             self._crash_point("after-veth")
-            lease = self.ipam.update(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac)
-            ep = self._endpoint(lease, identity=0)
+            ep = self._endpoint(replace(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac), identity=0)
+            identity = 0
             if self.store is not None:
                 if deferred:  # labels arrive later: provisional identity now, the real one in _labels_arrived
                     identity = IDENTITY_INIT
@@ -161,8 +161,10 @@ class CniService:
                     undo.append(lambda: self.store.release(id_labels))
                 self.store.upsert_ip(f"{lease.ip}/32", identity)
                 undo.append(lambda: self.store.delete_ip(f"{lease.ip}/32"))
-                lease = self.ipam.update(lease, identity=identity)
-                ep = self._endpoint(lease, identity)
+            # one write for what DEL and a restart need (a crash between store.allocate and this write
+            # leaves one identity reference behind; the lease, veth and ipcache entry are still reclaimed)
+            lease = self.ipam.update(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac, identity=identity)
+            ep = self._endpoint(lease, identity)
             for sink in (self.datapath, self.pod_cache):
                 if sink is not None:
                     _add(sink, ep)
