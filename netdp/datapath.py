@@ -59,11 +59,12 @@ def struct_codec(btf: Any, name: str) -> Codec[dict[str, int]]:
     st = layout.struct
     names = layout.names
 
+    known = frozenset(names)
+
     def enc(d: Mapping[str, int]) -> bytes:
-        unknown = set(d) - set(names)
-        if unknown:
-            raise KeyError(f"struct {name} has no field {sorted(unknown)[0]!r}")
-        return st.pack(*(d.get(n, 0) for n in names))
+        if not known.issuperset(d):
+            raise KeyError(f"struct {name} has no field {sorted(set(d) - known)[0]!r}")
+        return st.pack(*[d.get(n, 0) for n in names])
 
     def dec(b: bytes) -> dict[str, int]:
         return dict(zip(names, st.unpack(b)))
@@ -337,21 +338,20 @@ class Datapath:
     # ipcache
 
     def _sync_ipcache(self, remove: bool = True) -> None:
-        want = {normalize_cidr(c): i for c, i in self._cidr_ids.items()}
+        want = dict(self._cidr_ids)  # keys are normalized: by the policy parser, normalize_cidr and the store
         want.update(self._host_ips)
-        want.update({normalize_cidr(c): i for c, i in self.store.ipcache().items()})
-        for cidr, ident in want.items():
-            if self._bpf_ipcache.get(cidr) != ident:
-                self._m_ipcache.update(self._lpm_key(cidr), {"identity": ident})
-                self._bpf_ipcache[cidr] = ident
+        want.update(self.store.ipcache())
+        changed = [(c, i) for c, i in want.items() if self._bpf_ipcache.get(c) != i]
+        self._m_ipcache.update_batch([(self._lpm_key(c), {"identity": i}) for c, i in changed])
+        self._bpf_ipcache.update(changed)
         for cidr in [c for c in self._bpf_ipcache if c not in want] if remove else []:
             self._m_ipcache.delete(self._lpm_key(cidr))
             del self._bpf_ipcache[cidr]
 
     @staticmethod
     def _lpm_key(cidr: str) -> dict[str, int]:
-        net = ipaddress.IPv4Network(cidr)
-        return {"prefixlen": net.prefixlen, "addr": addr_u32(str(net.network_address))}
+        addr, _, plen = cidr.partition("/")
+        return {"prefixlen": int(plen) if plen else 32, "addr": addr_u32(addr)}
 
     def identity_of_ip(self, ipv4: str) -> int | None:
         """What the BPF ipcache says for one address (longest prefix), None on a miss (world)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,6 +381,14 @@ class SubjectLabels:
         return cls(ns, pod, nsl)
 
 
+def cidr_range(cidr: str) -> tuple[int, int, int]:
+    """A normalized IPv4 ``a.b.c.d/n`` -> (first address, last address, prefix length) as integers."""
+    addr, _, plen = cidr.partition("/")
+    n = int(plen) if plen else 32
+    first = int.from_bytes(socket.inet_aton(addr), "big")
+    return first, first | ((1 << (32 - n)) - 1), n
+
+
 @dataclass
 class CidrIdentities:
     """Node-local identities of the CIDRs policies name (the ipBlocks and their excepts)."""
@@ -392,8 +401,8 @@ class CidrIdentities:
         if self._sorted is None:
             rows = []
             for cidr, ident in self.by_cidr.items():
-                net = ipaddress.IPv4Network(cidr)
-                rows.append((int(net.network_address), int(net.broadcast_address), ident))
+                first, last, _ = cidr_range(cidr)
+                rows.append((first, last, ident))
             rows.sort()
             self._sorted = rows
             self._starts = [r[0] for r in rows]
@@ -402,16 +411,14 @@ class CidrIdentities:
     def allowed(self, block: IPBlock) -> set[int]:
         """Identities an ipBlock allows: every known CIDR inside the block and not inside an except."""
         rows = self._index()
-        net = ipaddress.IPv4Network(block.cidr)
-        first, last = int(net.network_address), int(net.broadcast_address)
-        excepts = [(int(e.network_address), int(e.broadcast_address))
-                   for e in map(ipaddress.IPv4Network, block.except_)]
+        first, last, prefixlen = cidr_range(block.cidr)
+        excepts = [cidr_range(e)[:2] for e in block.except_]
         out = set()
         for i in range(bisect.bisect_left(self._starts, first), bisect.bisect_right(self._starts, last)):
             lo, hi, ident = rows[i]
             if hi <= last and not any(elo <= lo and hi <= ehi for elo, ehi in excepts):
                 out.add(ident)
-        if net.prefixlen == 0:
+        if prefixlen == 0:
             out.add(IDENTITY_WORLD)  # an ipcache miss is the world
         return out
 
