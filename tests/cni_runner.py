@@ -187,7 +187,9 @@ class CniNode:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         for p in Path("/usr/lib/cni").iterdir():
             (self.bin_dir / p.name).symlink_to(p)
-        (self.bin_dir / "lanner-cni").symlink_to(PLUGIN)
+        # the plugin as users install it: `lanner cni install` writes the fast launcher
+        run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(self.tmp / "net.d"),
+             "--bin-dir", str(self.bin_dir), "--agent-socket", str(self.socket)])
         self._add_netns(self.netns)
         run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
         self.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")  # inside the node netns only
