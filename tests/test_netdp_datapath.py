@@ -395,8 +395,11 @@ def test_conntrack_lets_replies_pass(topo: Topology) -> None:
     assert topo.probe(b.netns, ("tcp", a.ip, 7070)) == [False]
     with in_netns(topo.node):
         ct = dp.conntrack()
-    fwd = [k for k, v in ct if k["proto"] == 6 and k["dport"] == 8080 and k["direction"] == 1]
+    fwd = [(k, v) for k, v in ct if k["proto"] == 6 and k["dport"] == 8080 and k["direction"] == 1]
     assert fwd, ct
+    k, v = fwd[0]
+    assert k["saddr"] and v["src_identity"] == a.endpoint.identity and v["dst_identity"] == b.endpoint.identity
+    assert v["packets"] >= 2 and v["flags"] & 1  # the server closed: the entry is marked closing
     st = dp.flows().stats()
     assert st["replies"] > 0 and st["new_flows"] > 0
 
@@ -520,24 +523,30 @@ def test_ten_thousand_entries_enforce_in_constant_time(topo: Topology) -> None:
     def rr_us() -> float:
         return min(float(sh(*nsexec(a.netns, sys.executable, "-c", RR, b.ip, "7777", "2000"))) for _ in range(3))
 
-    base = rr_us()
     blocks = [{"ipBlock": {"cidr": f"10.{220 + i // 65536}.{(i >> 8) & 255}.{i & 255}/32"}} for i in range(10000)]
-    t0 = time.perf_counter()
-    set_policies(topo, netpol("big", {
+    big = netpol("big", {
         "podSelector": {"matchLabels": {"app": "web"}},
         "ingress": [{"from": blocks, "ports": [{"port": 8080}]},
                     {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
-                     "ports": [{"port": 8080}, {"port": 7777}]}]}))
-    install = time.perf_counter() - t0
-    assert dp.policy_entries(b.endpoint_id) == 10000 + 2 + 1  # blocks, client x 2 ports, host
-    assert len(dp.cidr_identities()) == 10000
-    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [True]
-    assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [False]
-    with_policy = rr_us()
-    print(f"\nTCP RR one round trip: {base:.1f} us without policy, {with_policy:.1f} us with 10k entries; "
-          f"10k-entry install {install:.2f} s")
-    # the per-packet cost does not grow with the rule count (a rule-list walk would add ~90 us here)
-    assert with_policy < base * 1.5 + 20, (base, with_policy)
+                     "ports": [{"port": 8080}, {"port": 7777}]}]})
+    for attempt in range(3):  # the machine is shared: a burst of load elsewhere gets a second measurement
+        set_policies(topo)
+        base = rr_us()
+        t0 = time.perf_counter()
+        set_policies(topo, big)
+        install = time.perf_counter() - t0
+        assert dp.policy_entries(b.endpoint_id) == 10000 + 2 + 1  # blocks, client x 2 ports, host
+        assert len(dp.cidr_identities()) == 10000
+        assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [True]
+        assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [False]
+        with_policy = rr_us()
+        print(f"\nTCP RR one round trip: {base:.1f} us without policy, {with_policy:.1f} us with 10k entries; "
+              f"10k-entry install {install:.2f} s")
+        # the per-packet cost does not grow with the rule count (a rule-list walk would add ~90 us here)
+        if with_policy < base * 1.5 + 5:
+            break
+    else:
+        pytest.fail(f"RR with 10k entries {with_policy:.1f} us vs {base:.1f} us without, three times")
     t0 = time.perf_counter()
     set_policies(topo)
     assert time.perf_counter() - t0 < 10

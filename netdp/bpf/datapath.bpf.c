@@ -210,9 +210,18 @@ static __always_inline void emit(struct __sk_buff *skb, struct tuple *t, struct 
 
 static __always_inline int ct_alive(struct ct_entry *e, __u8 proto, __u64 now)
 {
-	__u64 life = proto == IPPROTO_TCP ? NETDP_CT_LIFETIME_TCP_NS : NETDP_CT_LIFETIME_OTHER_NS;
+	__u64 life = proto != IPPROTO_TCP ? NETDP_CT_LIFETIME_OTHER_NS :
+		     (e->flags & NETDP_CT_CLOSING) ? NETDP_CT_LIFETIME_CLOSING_NS : NETDP_CT_LIFETIME_TCP_NS;
 
 	return now - e->last_seen_ns < life;
+}
+
+/* a FIN or RST in either direction: the entry only has to outlive the closing handshake */
+static __always_inline void ct_touch(struct ct_entry *e, struct tuple *t, __u64 now)
+{
+	e->last_seen_ns = now;
+	if (t->tcp_flags & 0x05) /* FIN | RST */
+		e->flags |= NETDP_CT_CLOSING;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir)
@@ -227,7 +236,7 @@ static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct
 	/* a reply to a flow the other direction opened (and its policy allowed) */
 	e = bpf_map_lookup_elem(&netdp_ct, &rk);
 	if (e && ct_alive(e, t->proto, now)) {
-		e->last_seen_ns = now;
+		ct_touch(e, t, now);
 		stat_inc(NETDP_STAT_REPLIES);
 		return TC_ACT_OK;
 	}
@@ -243,7 +252,7 @@ static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct
 	}
 	e = bpf_map_lookup_elem(&netdp_ct, &fk);
 	if (e && ct_alive(e, t->proto, now)) {
-		e->last_seen_ns = now;
+		ct_touch(e, t, now);
 		e->packets += 1;
 		return TC_ACT_OK;
 	}

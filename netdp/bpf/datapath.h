@@ -35,6 +35,10 @@
 /* conntrack lifetimes */
 #define NETDP_CT_LIFETIME_TCP_NS (6ULL * 3600 * 1000000000ULL)
 #define NETDP_CT_LIFETIME_OTHER_NS (60ULL * 1000000000ULL)
+#define NETDP_CT_LIFETIME_CLOSING_NS (10ULL * 1000000000ULL) /* TCP after a FIN or RST */
+
+/* ct_entry.flags */
+#define NETDP_CT_CLOSING (1 << 0)
 
 /* endpoints: key = pod IPv4 (network order, __u32) */
 struct endpoint_info {
@@ -91,6 +95,8 @@ struct ct_entry {
 	__u64 packets;     /* forward direction only */
 	__u32 src_identity;
 	__u32 dst_identity;
+	__u32 flags;       /* NETDP_CT_* */
+	__u32 pad;
 };
 
 /* flow rate limit: one token bucket for the node */
