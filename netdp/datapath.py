@@ -256,6 +256,15 @@ class Datapath:
             self._apply(plan)
             self._sync_ipcache()
 
+    def sync(self) -> None:
+        """Pick up changes another writer made to the store (a cluster backend's watch calls this):
+        mirror its ipcache into the BPF ipcache and recompile policies against its identities."""
+        with self._lock:
+            self._require_open()
+            self._sync_ipcache(remove=False)
+            self._apply_policies()
+            self._sync_ipcache()
+
     def _cidr_identities_for(self, policies: Sequence[NetworkPolicy]) -> dict[str, int]:
         wanted: set[str] = set()
         for pol in policies:

@@ -567,3 +567,41 @@ def test_policy_set_too_large_is_refused_whole(topo: Topology) -> None:
     assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("tcp", c.ip, 8080)) == [False, False]
     topo.serve(c.netns, 8080)
     assert topo.probe(a.netns, ("tcp", c.ip, 8080)) == [True]
+
+
+def test_new_endpoints_and_remote_identities_join_existing_policies(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    ext = topo.add_external("r", ["10.211.0.9"])  # plays a pod on another node
+    dp = start(topo)
+    topo.serve(b.netns, 8080)
+    set_policies(topo, netpol("web-from-client", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}))
+    assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [False]
+    # a pod added after the policy with a matching label gets in: its identity is compiled in on add
+    d = topo.add_pod("d", "10.210.0.5", {"app": "client"})
+    e = topo.add_pod("e", "10.210.0.6", {"app": "client", "extra": "x"})
+    with in_netns(topo.node):
+        dp.add_endpoint(topo.endpoint(d))
+        dp.add_endpoint(topo.endpoint(e))
+    assert d.endpoint.identity == a.endpoint.identity  # same label set, same identity
+    assert e.endpoint.identity != a.endpoint.identity
+    assert topo.probe(d.netns, ("tcp", b.ip, 8080)) == [True]
+    assert topo.probe(e.netns, ("tcp", b.ip, 8080)) == [True]
+    # a remote pod: another node's agent writes its identity and IP into the (shared) store
+    assert topo.probe(ext, ("tcp", b.ip, 8080)) == [False]
+    remote = PodInfo("default", "remote", labels=(("app", "client"), ("node", "2")))
+    rid = topo.store.allocate(pod_identity_labels(remote))
+    topo.store.upsert_ip("10.211.0.9/32", rid)
+    with in_netns(topo.node):
+        dp.sync()
+        assert dp.identity_of_ip("10.211.0.9") == rid
+    assert topo.probe(ext, ("tcp", b.ip, 8080)) == [True]
+    flows = [f["flow"] for f in dp.flows().poll()]
+    assert any(f["src"]["ip"] == "10.211.0.9" and f["src"]["identity"] == rid and "pod" not in f["src"]
+               and f["verdict"] == "FORWARDED" for f in flows)
+    topo.store.delete_ip("10.211.0.9/32")
+    with in_netns(topo.node):
+        dp.sync()
+        assert dp.identity_of_ip("10.211.0.9") is None
+    assert topo.probe(ext, ("tcp", b.ip, 8080)) == [False]
