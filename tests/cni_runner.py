@@ -130,12 +130,14 @@ class CniRunner:
             self._call(plugin, "CHECK", self.plugin_conf(plugin, prev, cap_args), cid=cid, netns=netns,
                        ifname=ifname)
 
-    def gc(self, valid: list[tuple[str, str]]) -> list[CniCallError]:
-        """GC every plugin (errors collected, execution continues, as the spec says)."""
+    def gc(self, valid: list[tuple[str, str]],
+           keys: tuple[str, ...] = ("cni.dev/valid-attachments", "cni.dev/attachments")) -> list[CniCallError]:
+        """GC every plugin (errors collected, execution continues, as the spec says). libcni HEAD sends the
+        valid list under both keys (spec 1.1.0's tag named it cni.dev/attachments)."""
         att = [{"containerID": c, "ifname": i} for c, i in valid]
         errors = []
         for plugin in self.conflist["plugins"]:
-            conf = self.plugin_conf(plugin, extra={"cni.dev/valid-attachments": att, "cni.dev/attachments": att})
+            conf = self.plugin_conf(plugin, extra={k: att for k in keys})
             try:
                 self._call(plugin, "GC", conf)
             except CniCallError as exc:

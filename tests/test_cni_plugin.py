@@ -268,7 +268,14 @@ def test_gc_after_crash_mid_add(node):
     assert leased["cid-crash2"]["host_ifname"] in node.host_veths()
     assert "lxc0123456789ab" in node.host_veths()
 
-    errors = r.gc([("cid-keep", "eth0")])
+    # no valid list at all, or a malformed one: refused (7) before anything is released
+    errs = r.gc([], keys=())
+    assert [e.code for e in errs] == [7] and "cni.dev/valid-attachments" in errs[0].out["details"]
+    plugin = r.conflist["plugins"][0]
+    rc, out, _ = r.exec(plugin, "GC", r.plugin_conf(plugin, extra={"cni.dev/valid-attachments": [{"containerID": 5}]}))
+    assert rc == 1 and out["code"] == 7 and "cni.dev/valid-attachments[0]" in out["details"]
+    assert len(node.leases()) == 3
+    errors = r.gc([("cid-keep", "eth0")], keys=("cni.dev/attachments",))  # the spec-1.1.0-tag name alone
     assert errors == []
     assert [l["container_id"] for l in node.leases()] == ["cid-keep"]
     keep_host = leased["cid-keep"]["host_ifname"]

@@ -288,6 +288,10 @@ class CniService:
                     raise CniError(E_INVALID_CONFIG, "invalid network config",
                                    f"{key}[{i}] must be {{\"containerID\": str, \"ifname\": str}}")
                 valid.add((a["containerID"], a["ifname"]))
+        if not any(k in conf for k in ("cni.dev/valid-attachments", "cni.dev/attachments")):
+            raise CniError(E_INVALID_CONFIG, "invalid network config",
+                           "GC needs cni.dev/valid-attachments (or cni.dev/attachments); refusing to release "
+                           "every attachment")
         network = str(conf.get("name", ""))
         stale = [x for x in self.ipam.leases() if x.key not in valid and x.network in ("", network)]
         for lease in stale:
