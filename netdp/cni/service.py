@@ -210,7 +210,13 @@ class CniService:
     def _defer_labels(self, lease: Lease, sandbox: str) -> None:
         key = lease.key
         self.labels.when_known(lease.pod_namespace, lease.pod_name, sandbox,  # type: ignore[union-attr]
-                               lambda _sid, labels: self._labels_arrived(key, labels))
+                               lambda _sid, labels: self._labels_arrived_safe(key, labels))
+
+    def _labels_arrived_safe(self, key: tuple[str, str], labels: dict[str, str] | None) -> None:
+        try:
+            self._labels_arrived(key, labels)
+        except Exception as exc:  # runs on the label source's thread: log, keep the provisional identity
+            log.warning("pod %s/%s: applying labels failed: %s", key[0], key[1], exc)
 
     def _labels_arrived(self, key: tuple[str, str], labels: dict[str, str] | None) -> None:
         """The runtime now knows the pod (labels None: it never did): give the endpoint its real identity."""
@@ -331,9 +337,13 @@ class CniService:
             if link[0] != lease.host_ifindex:
                 lease = self.ipam.update(lease, host_ifindex=link[0])
             ep = self._endpoint(lease, lease.identity)
-            for sink in (self.datapath, self.pod_cache):
-                if sink is not None:
-                    _add(sink, ep)
+            try:
+                for sink in (self.datapath, self.pod_cache):
+                    if sink is not None:
+                        _add(sink, ep)
+            except Exception as exc:  # one bad endpoint must not keep the node's CNI down
+                log.warning("restoring endpoint %s (%s/%s): %s", lease.ip, lease.container_id, lease.ifname, exc)
+                continue
             if lease.identity == IDENTITY_INIT and self.store is not None and hasattr(self.labels, "when_known"):
                 self._defer_labels(lease, lease.container_id)
             n += 1
