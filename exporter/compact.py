@@ -69,7 +69,8 @@ class CompactFormatter:
         parts = [self._c("blue", f"{emoji} {label:<7}"), self._c("green", flow.get("node_name", "")),
                  self._c("magenta", f"{self._peer(flow.get('src', {}))} -> {self._peer(flow.get('dst', {}))}"),
                  self._c("cyan", f"{l4} {flow.get('direction', '')}".strip()),
-                 self._c("red" if dropped else "cyan", flow.get("reason", ""))]
+                 self._c("red" if dropped else "cyan", flow.get("reason", "")),
+                 self._c("cyan", flow.get("policy", ""))]
         line = " ".join(p for p in parts if p)
         if self.timestamps and flow.get("time"):
             line = f"{flow['time']} {line}"

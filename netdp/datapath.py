@@ -86,7 +86,7 @@ class _EndpointState:
     ep: Endpoint
     links: list[Link] = field(default_factory=list)
     flags: int = 0
-    policy_keys: set[tuple[int, int, int, int]] = field(default_factory=set)
+    policy_keys: dict[tuple[int, int, int, int], int] = field(default_factory=dict)  # entry -> cookie
 
 
 class Datapath:
@@ -104,6 +104,8 @@ class Datapath:
         self._by_ip: dict[str, Endpoint] = {}
         self._policies: list[NetworkPolicy] = []
         self._cidr_ids: dict[str, int] = {}
+        self._cookies: dict[str, int] = {}  # "namespace/name" -> policy cookie (never reused while running)
+        self._cookie_names: dict[int, str] = {}
         self._host_ips: dict[str, int] = {normalize_cidr(ip): IDENTITY_HOST for ip in host_ips}
         self._bpf_ipcache: dict[str, int] = {}
         self._flows: FlowReader | None = None
@@ -142,10 +144,11 @@ class Datapath:
         for k, v in self._m_ipcache.items():
             ip = socket.inet_ntoa(struct.pack("<I", k["addr"]))
             self._bpf_ipcache[f"{ip}/{k['prefixlen']}"] = v["identity"]
-        self._orphan_policy: set[tuple[int, int, int, int, int]] = set()
+        self._orphan_policy: dict[tuple[int, int, int, int, int], int] = {}
         if "netdp_policy" in reused:  # entries of endpoints from the previous run: replaced as they are re-added
-            for k, _ in self._m_policy.lookup_batch():
-                self._orphan_policy.add((k["endpoint_id"], k["identity"], k["direction"], k["proto"], k["dport"]))
+            for k, v in self._m_policy.lookup_batch():
+                self._orphan_policy[(k["endpoint_id"], k["identity"], k["direction"], k["proto"], k["dport"])] = \
+                    v["cookie"]
         self._sync_ipcache()
 
     # ------------------------------------------------------------------------------------------
@@ -173,8 +176,8 @@ class Datapath:
             st = old or _EndpointState(ep)
             st.ep = ep
             if old is None:
-                st.policy_keys = {k[1:] for k in self._orphan_policy if k[0] == ep.endpoint_id}
-                self._orphan_policy = {k for k in self._orphan_policy if k[0] != ep.endpoint_id}
+                st.policy_keys = {k[1:]: c for k, c in self._orphan_policy.items() if k[0] == ep.endpoint_id}
+                self._orphan_policy = {k: c for k, c in self._orphan_policy.items() if k[0] != ep.endpoint_id}
             self._endpoints[ep.endpoint_id] = st
             self._by_ip[ep.ipv4] = ep
             try:
@@ -300,33 +303,45 @@ class Datapath:
         ident, direction, proto, port = k
         return {"identity": ident, "endpoint_id": endpoint_id, "direction": direction, "proto": proto, "dport": port}
 
-    def _compile(self, policies: Sequence[NetworkPolicy], cidr_ids: Mapping[str, int]) -> dict[int, tuple[int, set]]:
-        """Endpoint id -> (flags, policy entries), checked to fit the policy map."""
+    def _cookie(self, origin: str) -> int:
+        c = self._cookies.get(origin)
+        if c is None:
+            c = self._cookies[origin] = len(self._cookies) + 1
+            self._cookie_names[c] = origin
+        return c
+
+    def policy_of_cookie(self, cookie: int) -> str | None:
+        """The policy ("namespace/name") behind a policy map entry's cookie."""
+        return self._cookie_names.get(cookie)
+
+    def _compile(self, policies: Sequence[NetworkPolicy], cidr_ids: Mapping[str, int]) -> dict[int, tuple[int, dict]]:
+        """Endpoint id -> (flags, policy entries with their cookies), checked to fit the policy map."""
         identities = self._identities() if policies else {}
         cidrs = CidrIdentities(dict(cidr_ids))
-        plan: dict[int, tuple[int, set]] = {}
+        plan: dict[int, tuple[int, dict]] = {}
         peak = sum(len(st.policy_keys) for st in self._endpoints.values())
         for epid, st in self._endpoints.items():
             ep = st.ep
             comp = compile_endpoint(policies, ep.pod.namespace, ep.pod.label_dict(), identities, cidrs)
             flags = (EP_INGRESS_ENFORCED if comp.ingress_enforced else 0) | \
                 (EP_EGRESS_ENFORCED if comp.egress_enforced else 0)
-            plan[epid] = (flags, set(comp.entries))
-            peak += len(comp.entries - st.policy_keys)  # added before the stale ones are removed
+            plan[epid] = (flags, {k: self._cookie(o) for k, o in comp.origins.items()})
+            peak += len(comp.entries - st.policy_keys.keys())  # added before the stale ones are removed
         if peak > self._m_policy.max_entries:
             raise DatapathError(f"policies need {peak} policy map entries at peak; "
                                 f"the map holds {self._m_policy.max_entries}")
         return plan
 
-    def _apply(self, plan: Mapping[int, tuple[int, set]]) -> None:
+    def _apply(self, plan: Mapping[int, tuple[int, dict]]) -> None:
         for epid, (flags, new) in plan.items():
             st = self._endpoints[epid]
             ep = st.ep
-            add = new - st.policy_keys
-            stale = st.policy_keys - new
+            old = st.policy_keys
+            add = {k: c for k, c in new.items() if old.get(k) != c}
+            stale = [k for k in old if k not in new]
             # order: allow first, then enforce, then remove what no longer applies (no transient drops)
-            self._m_policy.update_batch([(self._policy_key(epid, k), {"cookie": 1}) for k in sorted(add)])
-            st.policy_keys = st.policy_keys | add
+            self._m_policy.update_batch([(self._policy_key(epid, k), {"cookie": c}) for k, c in sorted(add.items())])
+            st.policy_keys = {**old, **add}
             self._m_endpoints.update(ep.ipv4, {"ifindex": ep.host_ifindex, "identity": ep.identity,
                                                "endpoint_id": epid, "flags": flags})
             st.flags = flags
@@ -388,7 +403,7 @@ class Datapath:
                 ring = RingBuffer(self._obj.map("events"))
                 self._flows = FlowReader(ring, self._decoder, self._obj.map("netdp_stats", _U32, _U64),
                                          self._obj.map("lanner_lost", _U32, _U64), self.endpoint_for_ip,
-                                         self.node_name)
+                                         self.node_name, self.policy_of_cookie)
             return self._flows
 
     def conntrack(self) -> list[tuple[dict[str, int], dict[str, int]]]:

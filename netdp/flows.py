@@ -6,7 +6,8 @@ An event is a dict with a top-level ``flow`` key, as Tetragon events have ``proc
     {"flow": {"time": ..., "node_name": ..., "verdict": "DROPPED", "reason": "policy-denied",
               "direction": "ingress", "protocol": "TCP", "tcp_flags": "SYN",
               "src": {"ip": ..., "port": ..., "identity": ..., "pod": {"namespace", "name", "labels"}},
-              "dst": {...}, "endpoint_id": ..., "ifindex": ..., "length": ...},
+              "dst": {...}, "endpoint_id": ..., "ifindex": ..., "length": ...,
+              "policy": "ns/name"},   # the policy whose entry allowed a new flow
      "node_name": ..., "time": ...}
 
 ``pod`` is present on src/dst when the address is a local endpoint.
@@ -36,7 +37,7 @@ TCP_FLAGS = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, 
 STAT_SLOTS = {"rate_limited": 0, "emitted": 1, "new_flows": 2, "drops": 3, "replies": 4}  # NETDP_STAT_*
 
 _FIELDS = ("op", "verdict", "reason", "direction", "ifindex", "ktime", "saddr", "daddr", "sport", "dport", "proto",
-           "tcp_flags", "endpoint_id", "src_identity", "dst_identity", "len")
+           "tcp_flags", "endpoint_id", "src_identity", "dst_identity", "len", "policy_cookie")
 _U32 = struct.Struct("<I")
 
 
@@ -78,12 +79,14 @@ class FlowReader:
     """Reads flow events; ``poll()`` returns export dicts, ``lost()`` counts what never arrived."""
 
     def __init__(self, ring: RingBuffer, decoder: FlowDecoder, stats: Map, ring_lost: Map,
-                 endpoint_of: Callable[[str], Endpoint | None], node_name: str) -> None:
+                 endpoint_of: Callable[[str], Endpoint | None], node_name: str,
+                 policy_of: Callable[[int], str | None] = lambda cookie: None) -> None:
         self._ring = ring
         self._decoder = decoder
         self._stats = stats
         self._ring_lost = ring_lost
         self._endpoint_of = endpoint_of
+        self._policy_of = policy_of
         self._clock = KtimeClock()
         self.node_name = node_name
 
@@ -111,6 +114,10 @@ class FlowReader:
         }
         if r["proto"] == 6:
             flow["tcp_flags"] = tcp_flag_names(r["tcp_flags"])
+        if r["policy_cookie"]:
+            policy = self._policy_of(r["policy_cookie"])
+            if policy:
+                flow["policy"] = policy
         return {"flow": flow, "node_name": self.node_name, "time": t}
 
     def poll(self, max_records: int = 4096) -> list[dict]:

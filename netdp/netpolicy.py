@@ -423,11 +423,15 @@ class CidrIdentities:
         return out
 
 
+ALLOW_LOCALHOST = "allow-localhost"  # the origin of the entry that lets the node reach its pods
+
+
 @dataclass(frozen=True)
 class EndpointPolicy:
     ingress_enforced: bool
     egress_enforced: bool
     entries: frozenset[tuple[int, int, int, int]]  # (remote identity or 0, direction, protocol or 0, port or 0)
+    origins: Mapping[tuple[int, int, int, int], str] = field(default_factory=dict)  # entry -> "ns/name" (first)
 
 
 def _peer_identities(peer: Peer, policy_ns: str, subjects: Mapping[int, SubjectLabels],
@@ -470,18 +474,21 @@ def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labe
     allow-localhost default does (kubelet probes)."""
     subjects = {i: SubjectLabels.from_identity_labels(lbl) for i, lbl in identities.items()}
     ing = egr = False
-    entries: set[tuple[int, int, int, int]] = set()
+    origins: dict[tuple[int, int, int, int], str] = {}
     for pol in policies:
         if not pol.selects(namespace, pod_labels):
             continue
+        name = f"{pol.namespace}/{pol.name}"
         if "Ingress" in pol.policy_types:
             ing = True
             for rule in pol.ingress:
-                entries |= _rule_entries(rule, INGRESS, pol.namespace, subjects, cidrs)
+                for e in _rule_entries(rule, INGRESS, pol.namespace, subjects, cidrs):
+                    origins.setdefault(e, name)
         if "Egress" in pol.policy_types:
             egr = True
             for rule in pol.egress:
-                entries |= _rule_entries(rule, EGRESS, pol.namespace, subjects, cidrs)
+                for e in _rule_entries(rule, EGRESS, pol.namespace, subjects, cidrs):
+                    origins.setdefault(e, name)
     if ing and allow_host:
-        entries.add((IDENTITY_HOST, INGRESS, 0, 0))
-    return EndpointPolicy(ing, egr, frozenset(entries))
+        origins.setdefault((IDENTITY_HOST, INGRESS, 0, 0), ALLOW_LOCALHOST)
+    return EndpointPolicy(ing, egr, frozenset(origins), origins)

@@ -308,7 +308,11 @@ def test_ingress_allow_by_label_denies_others(topo: Topology) -> None:
     assert line is not None and line.startswith("⛔ drop") and line.endswith("ingress policy-denied"), line
     allowed = [f for f in flows if f["verdict"] == "FORWARDED" and f["direction"] == "ingress"
                and f["dst"]["ip"] == b.ip and f["dst"]["port"] == 8080]
-    assert allowed and all(f["reason"] == "policy-allowed" and f["src"]["pod"]["name"] == "a" for f in allowed)
+    assert allowed and all(f["reason"] == "policy-allowed" and f["src"]["pod"]["name"] == "a"
+                           and f["policy"] == "default/web-from-client" for f in allowed)
+    assert all("policy" not in f for f in drops)
+    line = CompactFormatter().format({"flow": allowed[0]})
+    assert line is not None and line.endswith("ingress policy-allowed default/web-from-client"), line
     st = dp.flows().stats()
     assert st["drops"] >= 3 and st["emitted"] >= len(flows)
     # removing the policy restores default allow
@@ -486,7 +490,7 @@ def test_node_reaches_isolated_pod_as_host_identity(topo: Topology) -> None:
     assert topo.probe(topo.node, ("tcp", b.ip, 8080)) == [True]  # kubelet-style probe from the node
     flows = [e["flow"] for e in dp.flows().poll()]
     assert any(f["src"]["ip"] == GW and f["src"]["identity"] == IDENTITY_HOST and f["verdict"] == "FORWARDED"
-               and f["reason"] == "policy-allowed" for f in flows), flows
+               and f["reason"] == "policy-allowed" and f["policy"] == "allow-localhost" for f in flows), flows
 
 
 RR = r"""

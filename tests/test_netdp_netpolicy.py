@@ -72,6 +72,8 @@ def test_compile_entries(tmp_path: Path) -> None:
     # (the node, identity host, may always reach its pods)
     assert ing == {(i, INGRESS, p, port) for i in (300, 302) for p, port in
                    ((6, 80), (17, 5000), (17, 5001), (17, 5002))} | {(IDENTITY_HOST, INGRESS, 0, 0)}
+    assert comp.origins[(300, INGRESS, 6, 80)] == "prod/web"
+    assert comp.origins[(IDENTITY_HOST, INGRESS, 0, 0)] == "allow-localhost"
     egr = {e for e in comp.entries if e[1] == EGRESS}
     # the block and CIDRs inside it, minus the except; no port list = any protocol and port
     assert egr == {((1 << 24) | 1, EGRESS, 0, 0), ((1 << 24) | 3, EGRESS, 0, 0)}

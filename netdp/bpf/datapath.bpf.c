@@ -134,21 +134,27 @@ static __always_inline __u32 ipcache_identity(__u32 addr)
 	return v ? v->identity : 2; /* IDENTITY_WORLD */
 }
 
-static __always_inline int policy_has(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport)
+/* the cookie of a matching entry, 0 when none */
+static __always_inline __u32 policy_get(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport)
 {
 	struct policy_key k = {.identity = identity, .endpoint_id = ep, .dport = dport, .proto = proto,
 			       .direction = dir};
+	struct policy_value *v = bpf_map_lookup_elem(&netdp_policy, &k);
 
-	return bpf_map_lookup_elem(&netdp_policy, &k) != NULL;
+	return v ? (v->cookie ? v->cookie : 0xffffffff) : 0;
 }
 
-static __always_inline int policy_allows(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport)
+/* exact, port wildcard, protocol wildcard; for the identity, then for any identity */
+static __always_inline __u32 policy_allows(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport)
 {
-	if (policy_has(ep, identity, dir, proto, dport) || policy_has(ep, identity, dir, proto, 0) ||
-	    policy_has(ep, identity, dir, 0, 0))
-		return 1;
-	return policy_has(ep, 0, dir, proto, dport) || policy_has(ep, 0, dir, proto, 0) ||
-	       policy_has(ep, 0, dir, 0, 0);
+	__u32 c;
+
+	if ((c = policy_get(ep, identity, dir, proto, dport)) || (c = policy_get(ep, identity, dir, proto, 0)) ||
+	    (c = policy_get(ep, identity, dir, 0, 0)))
+		return c;
+	if ((c = policy_get(ep, 0, dir, proto, dport)) || (c = policy_get(ep, 0, dir, proto, 0)))
+		return c;
+	return policy_get(ep, 0, dir, 0, 0);
 }
 
 static __always_inline int flow_rate_ok(__u64 now)
@@ -180,7 +186,7 @@ static __always_inline int flow_rate_ok(__u64 now)
 }
 
 static __always_inline void emit(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir,
-				 __u32 remote_id, __u8 verdict, __u8 reason, __u64 now)
+				 __u32 remote_id, __u8 verdict, __u8 reason, __u32 cookie, __u64 now)
 {
 	struct flow_event ev = {};
 
@@ -204,6 +210,7 @@ static __always_inline void emit(struct __sk_buff *skb, struct tuple *t, struct 
 	ev.src_identity = dir == NETDP_DIR_EGRESS ? ep->identity : remote_id;
 	ev.dst_identity = dir == NETDP_DIR_EGRESS ? remote_id : ep->identity;
 	ev.len = skb->len;
+	ev.policy_cookie = cookie;
 	if (lanner_output(NETDP_OP_FLOW, &ev, sizeof(ev)) == 0)
 		stat_inc(NETDP_STAT_EMITTED);
 }
@@ -245,10 +252,14 @@ static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct
 	__u16 enforced = ep->flags & (dir == NETDP_DIR_EGRESS ? NETDP_EP_EGRESS_ENFORCED : NETDP_EP_INGRESS_ENFORCED);
 
 	/* established flows are checked too (picks up policy changes), new ones also create state */
-	if (enforced && !policy_allows(ep->endpoint_id, remote_id, dir, t->proto, t->dport)) {
-		stat_inc(NETDP_STAT_DROPS);
-		emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_DROPPED, NETDP_REASON_POLICY_DENY, now);
-		return TC_ACT_SHOT;
+	__u32 cookie = 0;
+	if (enforced) {
+		cookie = policy_allows(ep->endpoint_id, remote_id, dir, t->proto, t->dport);
+		if (!cookie) {
+			stat_inc(NETDP_STAT_DROPS);
+			emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_DROPPED, NETDP_REASON_POLICY_DENY, 0, now);
+			return TC_ACT_SHOT;
+		}
 	}
 	e = bpf_map_lookup_elem(&netdp_ct, &fk);
 	if (e && ct_alive(e, t->proto, now)) {
@@ -266,7 +277,7 @@ static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct
 	bpf_map_update_elem(&netdp_ct, &fk, &ne, BPF_ANY);
 	stat_inc(NETDP_STAT_NEW_FLOWS);
 	emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_FORWARDED,
-	     enforced ? NETDP_REASON_POLICY_ALLOW : NETDP_REASON_NO_POLICY, now);
+	     enforced ? NETDP_REASON_POLICY_ALLOW : NETDP_REASON_NO_POLICY, cookie, now);
 	return TC_ACT_OK;
 }
 

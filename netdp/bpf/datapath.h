@@ -74,7 +74,7 @@ struct policy_key {
 };
 
 struct policy_value {
-	__u32 cookie; /* which policy installed it (index in the agent's list + 1) */
+	__u32 cookie; /* which policy installed it: a number the agent maps to "namespace/name" (never 0) */
 	__u32 pad;
 };
 
@@ -124,4 +124,6 @@ struct flow_event {
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 len;             /* skb length */
+	__u32 policy_cookie;   /* policy_value.cookie of the entry that allowed it; 0 otherwise */
+	__u32 pad;
 };
