@@ -12,6 +12,7 @@ it as ours.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -82,13 +83,36 @@ def remove_gateway(device: str = GATEWAY_DEVICE) -> None:
             ipr.link("del", index=idx[0])  # the peer goes with it
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
 def _open_netns(netns: str) -> IPRoute:
-    if not os.path.exists(netns):
-        raise VethError(f"netns {netns} does not exist")
+    """A netlink socket inside ``netns``: this thread enters it, opens the socket, and returns.
+
+    setns(CLONE_NEWNET) affects only the calling thread and a socket keeps the netns it was created in,
+    so this costs ~4 ms instead of pyroute2's ``IPRoute(netns=...)`` (a forked helper, ~12 ms per call).
+    """
     try:
-        return IPRoute(netns=netns, flags=0)  # flags=0: never create a missing netns
+        target = os.open(netns, os.O_RDONLY)
     except OSError as exc:
-        raise VethError(f"cannot enter netns {netns}: {exc}") from None
+        raise VethError(f"netns {netns}: {exc.strerror}") from None
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if _LIBC.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise VethError(f"cannot enter netns {netns}: {os.strerror(err)}")
+        try:
+            ipr = IPRoute()
+            ipr.link_lookup(ifname="lo")  # the socket is bound now, in the pod's netns
+        finally:
+            if _LIBC.setns(own, CLONE_NEWNET) != 0:  # never seen; going on in the pod's netns would be worse
+                os.write(2, b"lanner: cannot return to the agent's netns after entering a pod's; aborting\n")
+                os.abort()
+    finally:
+        os.close(target)
+        os.close(own)
+    return ipr
 
 
 def create(netns: str, pod_ifname: str, host_name: str, alias: str, ip: str, gateway: str, mtu: int) -> PodLink:
