@@ -47,6 +47,9 @@ def test_same_labels_same_identity_across_stores(etcd, prefix):
         assert idb != ia
         assert a.labels_of(idb) == db
         assert a.labels_of(65000) is None
+        assert {ia: web, idb: db}.items() <= b.identities().items()
+        from lanner.netdp.identity import IdentityStore
+        assert isinstance(a, IdentityStore)  # the cluster backend slots in where the local store goes
     finally:
         a.close(), b.close()
 
