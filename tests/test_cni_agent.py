@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -25,38 +26,52 @@ def test_enable_netdp_needs_a_pod_cidr(tmp_path):
     assert p.returncode == 2 and "--pod-cidr '10.1.2.3/24'" in p.stderr and "host bits" in p.stderr
 
 
-@pytest.fixture
-def agent_node(tmp_path):
-    node = CniNode(f"lca{os.getpid() % 10000}", tmp_path)
-    pin = f"/sys/fs/bpf/lanner-cnitest-{uuid.uuid4().hex[:8]}"
-    agent = None
-    try:
-        node.setup()
-        export, sock, err, info = (tmp_path / "events.log", tmp_path / "lanner.sock", tmp_path / "agent.stderr",
-                                   tmp_path / "info.json")
+@dataclass
+class AgentNode:
+    node: CniNode
+    pin: str
+    agent: RunningAgent | None = None
+
+    def start(self) -> RunningAgent:
+        tmp, node = self.node.tmp, self.node
+        n = len(list(tmp.glob("agent*.stderr")))
+        export, sock, err, info = (tmp / "events.log", tmp / "lanner.sock", tmp / f"agent{n}.stderr",
+                                   tmp / "info.json")
+        info.unlink(missing_ok=True)
+        node.socket.unlink(missing_ok=True)
         cmd = ["nsenter", f"--net=/var/run/netns/{node.netns}", sys.executable, "-m", "lanner", "agent",
                "--no-export-stdout", "--export-filename", str(export), "--server-address", f"unix://{sock}",
-               "--info-file", str(info), "--node-name", "cninode", "--health-server-address", "", 
+               "--info-file", str(info), "--node-name", "cninode", "--health-server-address", "",
                "--tracing-policy-dir", "", "--enable-netdp", "--pod-cidr", node.cidr, "--cni-socket",
-               str(node.socket), "--netdp-state-dir", str(node.state_dir), "--netdp-pin-dir", pin]
+               str(node.socket), "--netdp-state-dir", str(node.state_dir), "--netdp-pin-dir", self.pin]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL)
-        agent = RunningAgent(proc, export, sock, "cninode", err)
+        self.agent = RunningAgent(proc, export, sock, "cninode", err)
         deadline = time.monotonic() + 60
         while not (node.socket.exists() and info.exists()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("agent with --enable-netdp did not start:\n" + err.read_text()[-4000:])
             time.sleep(0.05)
-        yield node, agent
+        return self.agent
+
+
+@pytest.fixture
+def agent_node(tmp_path):
+    an = AgentNode(CniNode(f"lca{os.getpid() % 10000}", tmp_path),
+                   f"/sys/fs/bpf/lanner-cnitest-{uuid.uuid4().hex[:8]}")
+    try:
+        an.node.setup()
+        an.start()
+        yield an
     finally:
-        if agent is not None:
-            agent.stop()
-        node.close()
-        subprocess.run(["rm", "-rf", pin])
+        if an.agent is not None:
+            an.agent.stop()
+        an.node.close()
+        subprocess.run(["rm", "-rf", an.pin])
 
 
 @pytest.mark.bpf
 def test_agent_serves_cni_and_exports_flows(agent_node):
-    node, agent = agent_node
+    node, agent = agent_node.node, agent_node.agent
     r = node.runner(lanner_conflist(node))
     a, b = node.pod("a"), node.pod("b")
     r.add("cid-a", a, cni_args="K8S_POD_NAMESPACE=team;K8S_POD_NAME=pa")
@@ -77,6 +92,17 @@ def test_agent_serves_cni_and_exports_flows(agent_node):
     ping = next(x["process_exec"]["process"] for x in evs
                 if x.get("process_exec", {}).get("process", {}).get("binary", "").endswith("/ping"))
     assert ping.get("pod", {}).get("namespace") == "team" and ping["pod"].get("name") == "pa", ping
+    # an agent restart: the pods keep their network, the datapath gets its endpoints back
+    assert agent.stop() == 0
+    assert node.sh("ping", "-c1", "-W2", ip_b, ns=a, check=False).returncode == 0  # plain routing meanwhile
+    agent = agent_node.start()
+    st = agent.status()
+    assert st["netdp"]["endpoints"] == 2, st["netdp"]
+    assert "2 endpoints restored" in agent.stderr_path.read_text()
+    r.check("cid-a", a)
+    node.sh("ping", "-c1", "-W2", ip_b, ns=a)
+    n_flows = len([x for x in agent.events() if "flow" in x])
+    agent.wait_for(lambda e: len([x for x in e if "flow" in x]) > n_flows, timeout=10, what="flows after restart")
     r.delete("cid-a", a)
     r.delete("cid-a", "", use_cache=False)
     r.delete("cid-b", b)
