@@ -18,6 +18,9 @@ CONFIGURATIONS (--configs, comma-separated; default: all of these)
                  /sys/fs/bpf/lanner-bench-datapath-<PID>/.
   iptables-N     N non-matching rules "-s 10.200.x.y/32 -p tcp --dport P -j DROP" then "-j ACCEPT" in
                  bench-r's FORWARD chain (iptables-nft-restore -n): every packet walks all N rules.
+  nftset-N       (optional) the same N (source, TCP port) pairs as one nft set with a concatenated key,
+                 matched by one rule in bench-r's forward hook: O(1) in netfilter, the fair non-eBPF
+                 comparison (the reference measured it equal to eBPF at 10k).
   N is a count: 0, 1000, 1k, 10k ...
 
 MEASURES, per configuration, pinned as in the reference
@@ -86,6 +89,7 @@ class Outcome:
     result: LD.Result | None = None
     evidence: dict = field(default_factory=dict)
     error: str = ""
+    background_cores: float = float("nan")  # CPU used by processes this benchmark did not start, meanwhile
 
     @property
     def ok(self) -> bool:
@@ -96,6 +100,7 @@ class Outcome:
 def run_config(cfg: CF.Config, passno: int, durations: LD.Durations, stack: C.Cleanup) -> Outcome:
     out = Outcome(cfg.name, cfg.kind, cfg.rules, passno)
     topo = T.Topology()
+    bg = Background()
     try:
         topo.create()
         out.install_s = cfg.install(topo)
@@ -112,7 +117,23 @@ def run_config(cfg: CF.Config, passno: int, durations: LD.Durations, stack: C.Cl
     finally:
         cfg.remove()
         topo.destroy()
+        out.background_cores = bg.cores()
     return out
+
+
+class Background:
+    """CPU used by other processes (cores, averaged) since creation: busy CPU time of the machine minus
+    this process's and its waited-for children's (the same arithmetic as _common.LoadMonitor)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.busy0 = C.LoadMonitor._busy()
+        self.own0 = C.LoadMonitor._own()
+
+    def cores(self) -> float:
+        wall = time.monotonic() - self.t0
+        foreign = (C.LoadMonitor._busy() - self.busy0) - (C.LoadMonitor._own() - self.own0)
+        return max(foreign, 0.0) / wall if wall > 0 else float("nan")
 
 
 # ------------------------------------------------------------------------------------------ CNI
@@ -174,13 +195,14 @@ FIGURES = [
 
 def table(names: list[str], by_name: dict[str, list[Outcome]]) -> tuple[str, dict[str, float]]:
     base = {h: fig(by_name.get("baseline", []), g) for h, g, _ in FIGURES}
-    head = ["config", "install s"] + [h for h, _, _ in FIGURES] + ["traffic"]
+    head = ["config", "install s"] + [h for h, _, _ in FIGURES] + ["bg cores", "traffic"]
     rows = [head]
     for n in names:
         outs = by_name.get(n, [])
         errs = [o.error for o in outs if o.error]
         row = [n, f"{med([o.install_s for o in outs]):.2f}"]
         row += [cell(fig(outs, g), base[h] if n != "baseline" else 0, f) for h, g, f in FIGURES]
+        row.append(f"{med([o.background_cores for o in outs]):.2f}")
         row.append("ok" if outs and all(o.ok for o in outs) else "FAILED")
         rows.append(row)
         for e in errs:
@@ -195,6 +217,20 @@ def table(names: list[str], by_name: dict[str, list[Outcome]]) -> tuple[str, dic
         if r is head:
             lines.append("-" * len(lines[-1]))
     return "\n".join(lines), base
+
+
+def per_pass(names: list[str], by_name: dict[str, list[Outcome]]) -> str:
+    """Each pass's figures side by side ("A / B"), as the reference reports them."""
+    cols = [("UDP RR avg µs", lambda r: r.udp.avg_us, ".2f"), ("TCP RR avg µs", lambda r: r.tcp.avg_us, ".2f"),
+            ("UDP p99", lambda r: r.udp.p99_us, ".1f"), ("conn/s", lambda r: r.conn_per_s, ".0f"),
+            ("Gbit/s", lambda r: r.gbit_s, ".2f")]
+    rows = [["config"] + [h for h, _, _ in cols]]
+    for n in names:
+        outs = sorted(by_name.get(n, []), key=lambda o: o.passno)
+        rows.append([n] + [" / ".join(f"{g(o.result):{f}}" if o.result else "-" for o in outs) for _, g, f in cols])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
 
 
 def verdicts(by_name: dict[str, list[Outcome]], base: dict[str, float], cni: CniOutcome | None) -> list[str]:
@@ -240,7 +276,7 @@ def cni_table(cni: CniOutcome) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
-                   help="comma-separated: baseline, lanner-N, iptables-N (default: %(default)s); "
+                   help="comma-separated: baseline, lanner-N, iptables-N, nftset-N (default: %(default)s); "
                         "baseline is added when missing (every ratio needs it)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 s per sockperf/connect/iperf3 measure, 1 iperf3 run, 5 CNI cycles")
@@ -311,8 +347,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.passes} pass(es){' (quick)' if a.quick else ''}, {wall:.0f} s")
     print(f"pinning: sockperf and the connect loop (client+server) on CPU {LD.RR_CPU}, iperf3 on CPU {LD.BULK_CPU}; "
           f"RR {durations.rr_s:g} s, connect loop {durations.crr_s:g} s, iperf3 {durations.bulk_reps}x{durations.bulk_s:g} s; "
-          f"latency is sockperf's one-way (RTT/2); (x) = ratio to baseline")
+          f"latency is sockperf's one-way (RTT/2); (x) = ratio to baseline; bg cores = CPU used by other "
+          f"processes meanwhile (of {m['nproc']})")
     print(text)
+    if a.passes > 1:
+        print()
+        print("per pass (pass 1 / pass 2 ...; even passes ran in reverse order):")
+        print(per_pass(names, by_name))
     if cni is not None:
         print()
         print(cni_table(cni))
@@ -325,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"machine": m, "quick": a.quick, "passes": a.passes, "durations": durations.__dict__,
                "configs": names,
                "outcomes": [{"config": o.config, "kind": o.kind, "rules": o.rules, "pass": o.passno,
-                             "install_s": o.install_s, "ok": o.ok, "error": o.error, "evidence": o.evidence,
+                             "install_s": o.install_s, "ok": o.ok, "background_cores": o.background_cores, "error": o.error, "evidence": o.evidence,
                              "result": o.result.as_dict() if o.result else None} for o in outcomes],
                "cni": {"bridge": cni.bridge.summary(), "lanner": cni.lanner.summary()} if cni else None,
                "targets": verdicts(by_name, base, cni)}
