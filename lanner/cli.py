@@ -22,6 +22,7 @@ examples:
   lanner getevents --process curl --event-types PROCESS_EXEC
   lanner status                             counters, losses, cache size
   lanner probe -o json                      what this kernel's eBPF can do
+  lanner agent --enable-netdp --pod-cidr 10.200.0.0/24   also be this node's CNI ('lanner cni --help')
 """
 
 
@@ -483,6 +484,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"cache      {pc['size']}/{pc['capacity']} processes, evictions {pc['evictions']}, misses {pc['misses']}")
     print(f"api        {api.get('address')}: {api.get('clients', 0)} clients following, "
           f"dropped {api.get('dropped', 0)}")
+    if "netdp" in st:
+        print(netdp_cli.status_line(st["netdp"]))
     return 0
 
 

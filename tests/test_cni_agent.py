@@ -81,6 +81,9 @@ def test_agent_serves_cni_and_exports_flows(agent_node):
     st = agent.status()
     assert st["netdp"]["endpoints"] == 2 and st["netdp"]["datapath"] is True, st["netdp"]
     assert st["netdp"]["cni_requests"].get("ADD ok") == 2
+    text = subprocess.run([sys.executable, "-m", "lanner", "status", "--server-address", agent.address],
+                          capture_output=True, text=True)
+    assert text.returncode == 0 and "netdp      pod CIDR 10.77.0.0/24 (gateway 10.77.0.1), 2 endpoints" in text.stdout
     evs = agent.wait_for(lambda e: [x for x in e if "flow" in x and x["flow"].get("dst", {}).get("ip") == ip_b],
                          timeout=10, what="a flow event to pod b")
     flow = next(x for x in evs if "flow" in x and x["flow"].get("dst", {}).get("ip") == ip_b)

@@ -84,6 +84,14 @@ def netdp_config(args: argparse.Namespace, required: bool):
                        node_name=getattr(args, "node_name", "") or "", cri_socket=args.cri_socket)
 
 
+def status_line(st: dict) -> str:
+    """The ``netdp`` line of ``lanner status``."""
+    reqs = ", ".join(f"{k} {v}" for k, v in sorted(st.get("cni_requests", {}).items())) or "none yet"
+    return (f"netdp      pod CIDR {st.get('pod_cidr')} (gateway {st.get('gateway')}), {st.get('endpoints', 0)} "
+            f"endpoints, datapath {'on' if st.get('datapath') else 'off'}, CNI socket {st.get('cni_socket')}; "
+            f"requests: {reqs}")
+
+
 def add_cni_parser(sub) -> None:
     c = sub.add_parser("cni", help="install the CNI plugin, or run the agent's CNI service alone",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CNI_EPILOG,
