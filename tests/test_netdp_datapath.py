@@ -81,7 +81,7 @@ def tcp(port):
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
     while True:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
+        d, a = s.recvfrom(65536); s.sendto(d, a)
 for p in sys.argv[1:]:
     threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
     threading.Thread(target=udp, args=(int(p),), daemon=True).start()
@@ -609,3 +609,31 @@ def test_new_endpoints_and_remote_identities_join_existing_policies(topo: Topolo
         dp.sync()
         assert dp.identity_of_ip("10.211.0.9") is None
     assert topo.probe(ext, ("tcp", b.ip, 8080)) == [False]
+
+
+BIG_UDP = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: let the kernel fragment
+data = bytes(range(256)) * 16  # 4096 bytes: three fragments at MTU 1500
+s.sendto(data, (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recvfrom(8192)[0] == data)
+except OSError:
+    print(False)
+"""
+
+
+def test_fragmented_datagrams_keep_their_ports(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 5353)
+    set_policies(topo, netpol("udp-only", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                     "ports": [{"protocol": "UDP", "port": 5353}]}]}))
+    # every fragment reaches b (the later ones by the ports their first fragment left), and so does the
+    # fragmented echo on its way back
+    assert sh(*nsexec(a.netns, sys.executable, "-c", BIG_UDP, b.ip, "5353")).strip() == "True"
+    assert dp.flows().stats()["drops"] == 0  # no fragment was taken for port 0
+    assert sh(*nsexec(c.netns, sys.executable, "-c", BIG_UDP, b.ip, "5353")).strip() == "False"

@@ -70,6 +70,13 @@ struct {
 } netdp_flow_bucket SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+} netdp_frags SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NETDP_STAT_SLOTS);
 	__type(key, __u32);
@@ -110,10 +117,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 	t->sport = 0;
 	t->dport = 0;
 	t->tcp_flags = 0;
-	if (bpf_ntohs(ip.frag_off) & 0x1fff) /* later fragment: no L4 header */
+	__u16 frag = bpf_ntohs(ip.frag_off);
+	int has_ports = ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_SCTP;
+	struct frag_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
+
+	if (frag & 0x1fff) { /* a later fragment has no L4 header: the first one left its ports */
+		struct frag_ports *fp = has_ports ? bpf_map_lookup_elem(&netdp_frags, &fk) : NULL;
+
+		if (fp) {
+			t->sport = fp->sport;
+			t->dport = fp->dport;
+		}
 		return 0;
+	}
 	__u32 l4 = ETH_HLEN + ip.ihl * 4;
-	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_SCTP) {
+	if (has_ports) {
 		__be16 ports[2];
 
 		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) == 0) {
@@ -122,6 +140,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 		}
 		if (ip.protocol == IPPROTO_TCP)
 			bpf_skb_load_bytes(skb, l4 + 13, &t->tcp_flags, 1);
+		if (frag & 0x2000) { /* more fragments follow */
+			struct frag_ports fp = {.sport = t->sport, .dport = t->dport};
+
+			bpf_map_update_elem(&netdp_frags, &fk, &fp, BPF_ANY);
+		}
 	}
 	return 0;
 }

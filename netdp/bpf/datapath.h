@@ -99,6 +99,20 @@ struct ct_entry {
 	__u32 pad;
 };
 
+/* IP fragments: the ports of a fragmented datagram, recorded from its first fragment */
+struct frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;      /* IP identification */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__u16 sport;
+	__u16 dport;
+};
+
 /* flow rate limit: one token bucket for the node */
 struct flow_bucket {
 	struct bpf_spin_lock lock;
