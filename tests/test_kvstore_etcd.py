@@ -129,7 +129,8 @@ def test_killed_agent_entries_expire_for_the_others(etcd, prefix):
     try:
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 3
-        while "node-dead" not in watcher.nodes() and time.monotonic() < deadline:
+        while ("node-dead" not in watcher.nodes() or "10.3.0.5/32" not in watcher.ipcache()) \
+                and time.monotonic() < deadline:
             time.sleep(0.02)
         assert watcher.nodes()["node-dead"].pod_cidr == "10.3.0.0/24"
         assert watcher.ipcache().get("10.3.0.5/32") == 400
