@@ -30,7 +30,7 @@ from .endpoint import Endpoint
 
 OP_FLOW = 1  # NETDP_OP_FLOW
 VERDICTS = {1: "FORWARDED", 2: "DROPPED"}
-REASONS = {1: "no-policy", 2: "policy-allowed", 3: "policy-denied"}
+REASONS = {1: "no-policy", 2: "policy-allowed", 3: "policy-denied", 4: "spoofed-source"}
 DIRECTIONS = {0: "ingress", 1: "egress"}
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
 TCP_FLAGS = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"))

@@ -637,3 +637,49 @@ def test_fragmented_datagrams_keep_their_ports(topo: Topology) -> None:
     assert sh(*nsexec(a.netns, sys.executable, "-c", BIG_UDP, b.ip, "5353")).strip() == "True"
     assert dp.flows().stats()["drops"] == 0  # no fragment was taken for port 0
     assert sh(*nsexec(c.netns, sys.executable, "-c", BIG_UDP, b.ip, "5353")).strip() == "False"
+
+
+SPOOF = r"""
+import socket, struct, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = b"spoofed"
+udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(3):
+    s.sendto(ip + udp, (dst, 0))
+"""
+
+SINK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[1]))); s.settimeout(float(sys.argv[2]))
+print("ready", flush=True)
+n = 0
+try:
+    while True:
+        s.recvfrom(64); n += 1
+except OSError:
+    pass
+print(n, flush=True)
+"""
+
+
+def test_forged_source_addresses_are_dropped(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+
+    def received(src: str) -> int:
+        sink = subprocess.Popen(nsexec(b.netns, sys.executable, "-c", SINK, "6000", "1.0"), stdout=subprocess.PIPE,
+                                text=True)
+        topo.procs.append(sink)
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        sh(*nsexec(a.netns, sys.executable, "-c", SPOOF, src, b.ip, "6000"))
+        return int(sink.stdout.readline())
+
+    assert received(a.ip) == 3  # the raw sender itself works
+    dp.flows().poll()
+    assert received("10.99.99.99") == 0  # an address that is nobody's
+    assert received(c.ip) == 0  # another pod's address (and identity)
+    drops = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
+    assert {f["src"]["ip"] for f in drops} == {"10.99.99.99", c.ip}
+    assert all(f["reason"] == "spoofed-source" and f["ifindex"] == a.host_ifindex for f in drops)

@@ -2,7 +2,7 @@
 /*
  * netdp datapath: TC programs on the host side of each pod's veth.
  *
- *   from_pod  clsact ingress  packets leaving the pod  -> egress policy of the endpoint
+ *   from_pod  clsact ingress  packets leaving the pod  -> source check, egress policy of the endpoint
  *   to_pod    clsact egress   packets entering the pod -> ingress policy of the endpoint
  *
  * Per packet: endpoint lookup (pod IP), conntrack (replies and established flows), ipcache LPM
@@ -313,8 +313,16 @@ int from_pod(struct __sk_buff *skb)
 	if (parse(skb, &t))
 		return TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.saddr);
-	if (!ep)
-		return TC_ACT_OK; /* not from a known endpoint address (e.g. DHCP, link-local) */
+	if (!ep || ep->ifindex != skb->ifindex) {
+		/* only the pod's own address may leave its veth: a forged source would dodge its egress
+		 * policy, or borrow another pod's identity */
+		struct endpoint_info none = {.ifindex = skb->ifindex};
+
+		stat_inc(NETDP_STAT_DROPS);
+		emit(skb, &t, &none, NETDP_DIR_EGRESS, ipcache_identity(t.daddr), NETDP_VERDICT_DROPPED,
+		     NETDP_REASON_SPOOFED, 0, bpf_ktime_get_ns());
+		return TC_ACT_SHOT;
+	}
 	return handle(skb, &t, ep, NETDP_DIR_EGRESS);
 }
 

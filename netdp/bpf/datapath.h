@@ -23,6 +23,7 @@
 #define NETDP_REASON_NO_POLICY 1     /* new flow, direction not enforced: default allow */
 #define NETDP_REASON_POLICY_ALLOW 2  /* new flow allowed by a policy entry */
 #define NETDP_REASON_POLICY_DENY 3   /* no policy entry allows it */
+#define NETDP_REASON_SPOOFED 4       /* from a pod's veth with a source address that is not the pod's */
 
 /* flow_stats slots (per CPU) */
 #define NETDP_STAT_RATE_LIMITED 0 /* flow events not sent: over the rate limit */
