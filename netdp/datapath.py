@@ -227,6 +227,14 @@ class Datapath:
                 self._m_endpoints.delete(ip)
             if st and st.policy_keys:
                 self._m_policy.delete_batch([self._policy_key(ep.endpoint_id, k) for k in st.policy_keys])
+            if st is None:  # not added since this datapath opened: what a previous run left for it
+                orphans = [k for k in self._orphan_policy if k[0] == ep.endpoint_id]
+                self._m_policy.delete_batch([self._policy_key(ep.endpoint_id, k[1:]) for k in orphans])
+                for k in orphans:
+                    del self._orphan_policy[k]
+                if ep.host_ifindex > 0:
+                    for point in (BPF_TC_INGRESS, BPF_TC_EGRESS):
+                        self._detach_stale(ep.host_ifindex, point)
             if ip not in self._by_ip:
                 self.store.delete_ip(f"{ip}/32")
             self._sync_ipcache()

@@ -479,6 +479,28 @@ def test_reopen_reuses_pinned_maps(topo: Topology) -> None:
                                                               "netdp_policy"]
     topo.serve(b.netns, 8080)
     assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]  # dp's programs and maps still enforce
+    # an agent that crashed: its filters stay on the veths and its maps stay pinned. The next one
+    # takes an endpoint back (replacing the filters) or removes one it never added (CNI DEL)
+    with in_netns(topo.node):
+        dp._obj.detach_all = lambda: None  # type: ignore[method-assign]  # a crash detaches nothing...
+        dp._obj.close()  # ...and the process exit releases its fds
+        for st in dp._endpoints.values():
+            st.links = []
+        dp._obj = None  # type: ignore[assignment]
+        dp._pinned = []
+        topo.dp = None
+        dp3 = Datapath(topo.pin_dir, topo.store, node_name="node-test")
+        topo.dp = dp3
+        assert dp3.identity_of_ip(b.ip) == b.endpoint.identity
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]  # the old programs still run
+    with in_netns(topo.node):
+        dp3.remove_endpoint(b.endpoint)  # never added to dp3
+        dp3.add_endpoint(a.endpoint)
+    assert "from_pod" not in sh(*nsexec(topo.node, "tc", "filter", "show", "dev", b.host_ifname, "ingress"))
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [True]
+    with in_netns(topo.node):
+        entries = [k for k, _ in dp3._m_policy.lookup_batch() if k["endpoint_id"] == b.endpoint_id]
+        assert entries == []
 
 
 def test_node_reaches_isolated_pod_as_host_identity(topo: Topology) -> None:
