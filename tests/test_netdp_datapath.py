@@ -9,6 +9,7 @@ root netns; everything is removed by the fixture, also on failure.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import secrets
@@ -464,6 +465,26 @@ def test_remove_endpoint_twice_and_close_leaves_nothing(topo: Topology) -> None:
         assert filters(pod.host_ifname).strip() == ""
 
 
+CRASHER = r"""
+import json, sys, time
+from pathlib import Path
+from lanner.netdp.datapath import Datapath
+from lanner.netdp.endpoint import Endpoint, PodInfo
+from lanner.netdp.identity import LocalFileStore
+from lanner.netdp.netpolicy import parse_network_policy
+dp = Datapath(Path(sys.argv[1]), LocalFileStore(Path(sys.argv[2])), node_name="node-test")
+for e in json.loads(sys.argv[3]):
+    pod = e.pop("pod")
+    pod = PodInfo(pod["namespace"], pod["name"], pod["uid"], tuple(map(tuple, pod["labels"])))
+    dp.add_endpoint(Endpoint(**{**e, "pod": pod, "cgroup_ids": tuple(e["cgroup_ids"])}))
+dp.set_network_policies([parse_network_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "deny-b"}, "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+    "policyTypes": ["Ingress"]}}, "crasher")])
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
 def test_reopen_reuses_pinned_maps(topo: Topology) -> None:
     a, b, c = two_pods(topo)
     dp = start(topo)
@@ -479,16 +500,19 @@ def test_reopen_reuses_pinned_maps(topo: Topology) -> None:
                                                               "netdp_policy"]
     topo.serve(b.netns, 8080)
     assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]  # dp's programs and maps still enforce
-    # an agent that crashed: its filters stay on the veths and its maps stay pinned. The next one
-    # takes an endpoint back (replacing the filters) or removes one it never added (CNI DEL)
+    # an agent that crashed (SIGKILL): its filters stay on the veths and its maps stay pinned. The next
+    # one takes an endpoint back (replacing the filters) or removes one it never added (CNI DEL)
     with in_netns(topo.node):
-        dp._obj.detach_all = lambda: None  # type: ignore[method-assign]  # a crash detaches nothing...
-        dp._obj.close()  # ...and the process exit releases its fds
-        for st in dp._endpoints.values():
-            st.links = []
-        dp._obj = None  # type: ignore[assignment]
-        dp._pinned = []
-        topo.dp = None
+        dp.close()  # unpins: the crashed agent below pins afresh
+    topo.dp = None
+    eps = [dataclasses.asdict(p.endpoint) for p in (a, b)]
+    crashed = subprocess.Popen(nsexec(topo.node, sys.executable, "-c", CRASHER, str(topo.pin_dir),
+                                      str(topo.store.path), json.dumps(eps)), stdout=subprocess.PIPE, text=True)
+    topo.procs.append(crashed)
+    assert crashed.stdout is not None and crashed.stdout.readline().strip() == "ready"
+    crashed.kill()
+    crashed.wait()
+    with in_netns(topo.node):
         dp3 = Datapath(topo.pin_dir, topo.store, node_name="node-test")
         topo.dp = dp3
         assert dp3.identity_of_ip(b.ip) == b.endpoint.identity
