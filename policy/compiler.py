@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from . import syscalls, tracefs
 from .model import (
-    ArgSpec, IntRange, KProbeSpec, ListRef, MatchArg, Selector, TracepointSpec, TracingPolicy, UProbeSpec,
+    ArgSpec, IntRange, KProbeSpec, ListRef, LsmHookSpec, MatchArg, Selector, TracepointSpec, TracingPolicy,
+    UProbeSpec,
 )
 from .uprobe import SymbolError, resolve_symbols
 
@@ -30,16 +31,25 @@ from .uprobe import SymbolError, resolve_symbols
 GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
 GEN_MAX_PIDS, GEN_MAX_NS, GEN_MAX_NS_VALUES, GEN_STR_MAX, GEN_RET_ARG = 4, 4, 4, 254, 7
 GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADDR, GA_IOVEC = range(1, 10)
+GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM, GA_CRED, GA_SOCK, GA_SOCKET, GA_SKB, GA_KSOCKADDR, GA_USERNS, \
+    GA_NETDEV = range(10, 21)
 GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
-GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET = 1, 2, 4, 8
+GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
 GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
 GPF_FOLLOW, GPF_NSPID = 1, 2
-GSF_POST, GSF_SIGNAL, GSF_HAS_RET = 1, 2, 4
-GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE = 1, 2, 4, 8
+GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE = 1, 2, 4, 8
+GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM = 1, 2, 4, 8, 16, 32
 # gen_stats slots (generic.h GST_*)
-GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST = range(7)
+GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
+    GST_OVERRIDE = range(8)
 GST_SLOTS = 8
-GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limited", "post_lost")
+GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limited", "post_lost", "override")
+# BTF-typed kernel pointer arguments (kprobes, LSM hooks): policy type -> gen_arg.type
+KERNEL_PTR_TYPES = {"file": GA_FILE, "path": GA_PATH, "dentry": GA_DENTRY, "linux_binprm": GA_BINPRM,
+                    "cred": GA_CRED, "sock": GA_SOCK, "socket": GA_SOCKET, "skb": GA_SKB,
+                    "sockaddr": GA_KSOCKADDR, "user_namespace": GA_USERNS, "net_device": GA_NETDEV}
+PATH_GA = (GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM)
+SOCK_GA = (GA_SOCK, GA_SOCKET, GA_SKB)
 NS_TYPES = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5, "Time": 6,
             "TimeForChildren": 7, "Cgroup": 8, "User": 9}
 NS_PROC = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
@@ -128,10 +138,13 @@ class CompiledPolicy:
 class Compiler:
     """Compiles policies; ``alloc_hook``/``alloc_set`` hand out ids (the engine owns them)."""
 
-    def __init__(self, probe: dict[str, bool], alloc_hook: Callable[[], int], alloc_set: Callable[[], int]) -> None:
+    def __init__(self, probe: dict[str, bool], alloc_hook: Callable[[], int], alloc_set: Callable[[], int],
+                 sock_fields: dict[str, tuple[int, int]] | None = None) -> None:
         self.probe = probe
         self.alloc_hook = alloc_hook
         self.alloc_set = alloc_set
+        # struct gen_sock_info member -> (offset, size), from the object's BTF (engine)
+        self.sock_fields = sock_fields or {}
 
     def supports(self, feature: str) -> bool:
         return bool(self.probe.get(feature, False))
@@ -179,16 +192,20 @@ class Compiler:
             if not spec.syscall or kind == "fentry":
                 feat = "kprobe" if kind == "kprobe" else "fentry"
                 what = "kprobe attach" if kind == "kprobe" else "fentry (BPF trampoline) programs"
-                if not self.supports(feat):
+                if not self.supports(feat) and not (kind == "fentry" and self.supports("kprobe")):
                     raise Unavailable(f"needs {what}, which this kernel lacks ({feat}: not supported, see "
                                       "'lanner probe')")
-                raise Unavailable(f"{what} is available but this lanner build serves only tracepoints, syscall "
-                                  "tracepoints and uprobes")
+                if self.supports("kprobe"):  # fentries are served by kprobes/kretprobes (docs/policy-engine.md)
+                    if kind == "fentry" and spec.syscall:
+                        return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
+                    return self._kfunc(policy, path, display, spec, cp, enforce)
+                raise Unavailable(f"{what} is available but this lanner build serves fentries as kprobes, which "
+                                  "this kernel lacks (kprobe: not supported)")
             return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
         if kind == "lsmhook":
             if not self.supports("lsm"):
                 raise Unavailable("needs BPF LSM programs, which this kernel lacks (lsm: not supported)")
-            raise Unavailable("BPF LSM is available but this lanner build does not serve lsmhooks")
+            return self._lsm(policy, path, display, spec, cp, enforce)
         if kind == "usdt":
             raise Unavailable("USDT probes are not served by this lanner build")
         if kind == "tracepoint":
@@ -257,8 +274,11 @@ class Compiler:
             positions = [a.index for a in spec.args]
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
-                               has_ret=spec.return_, uprobe=False)
-            unit = HookUnit(hid, cfg, [("tp", "syscalls", f"sys_enter_{name}")], event_kind="process_kprobe",
+                               has_ret=spec.return_, uprobe=False, override_via=self._override_via())
+            attach: list[tuple] = [("tp", "syscalls", f"sys_enter_{name}")]
+            if cfg.pop("_override", False):  # sys_enter decides, fmod_ret on the syscall function returns it
+                attach.append(("fmodret", syscalls.function_name(name)))
+            unit = HookUnit(hid, cfg, attach, event_kind="process_kprobe",
                             function_name=syscalls.function_name(name))
             if spec.return_:
                 assert xfmt is not None
@@ -274,6 +294,64 @@ class Compiler:
             units.append(unit)
         return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags,
                         "syscall tracepoints")
+
+    def _override_via(self) -> str | None:
+        """How Override on a kernel function (or syscall) is served here: an fmod_ret program."""
+        return "fmodret" if self.supports("fmod_ret") else None
+
+    def _kfunc(self, policy, path, display, spec: KProbeSpec, cp, enforce) -> HookPlan:
+        """A kernel function: generic_kprobe (+ generic_kretprobe for return: true), args from pt_regs."""
+        if spec.return_ and not self.supports("kretprobe"):
+            raise Unavailable("return: true needs kretprobe, which this kernel lacks")
+        if spec.list_name:
+            lst = policy.spec.list_named(spec.list_name)
+            if lst is None or not lst.values:
+                raise Unavailable(f"list {spec.list_name} has no values to hook (generated lists are not "
+                                  "served by this lanner build)")
+            calls = list(lst.values)
+        else:
+            calls = [spec.call]
+        gen_args, plans = [], []
+        for i, a in enumerate(spec.args):
+            g = self._kernel_arg(i, a, max_index=5, what="kprobe")
+            gen_args.append(g[0])
+            plans.append(g[1])
+        positions = [a.index for a in spec.args]
+        units, ret_plan = [], None
+        for call in calls:
+            hid = self._new_hook(cp)
+            cfg = self._config(policy, spec.selectors, [dict(g) for g in gen_args], plans, positions, spec.args, cp,
+                               enforce, has_ret=spec.return_, uprobe=True, override_via=self._override_via())
+            attach: list[tuple] = [("kprobe", call, False)]
+            if cfg.pop("_override", False):
+                attach.append(("fmodret", call))
+            unit = HookUnit(hid, cfg, attach, event_kind="process_kprobe", function_name=call)
+            if spec.return_:
+                rtype = spec.return_arg.type if spec.return_arg else "int"
+                size, signed = INT_TYPES.get(rtype, (8, True))
+                ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
+                xid = self._new_hook(cp)
+                unit.exit_id = xid
+                unit.exit_config = {"flags": GHF_EXIT | GHF_UPROBE, "pair": hid}
+                unit.exit_attach = [("kprobe", call, True)]
+            units.append(unit)
+        return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags, "kprobe")
+
+    def _lsm(self, policy, path, display, spec: LsmHookSpec, cp, enforce) -> HookPlan:
+        """A BPF LSM hook: one generic_lsm instance per hook (target set before load), BTF ctx args."""
+        gen_args, plans = [], []
+        for i, a in enumerate(spec.args):
+            g = self._kernel_arg(i, a, max_index=11, what="LSM hook")
+            gen_args.append(g[0])
+            plans.append(g[1])
+        positions = [a.index for a in spec.args]
+        hid = self._new_hook(cp)
+        cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
+                           has_ret=False, uprobe=False, override_via="lsm")
+        cfg.pop("_override", None)
+        cfg["flags"] |= GHF_BTF | GHF_LSM
+        unit = HookUnit(hid, cfg, [("lsm", spec.hook)], event_kind="process_lsm", function_name=spec.hook)
+        return HookPlan(path, "lsmhook", display, [unit], plans, None, spec.message, spec.tags, "lsm")
 
     def _uprobe(self, policy, path, display, spec: UProbeSpec, cp, enforce) -> HookPlan:
         if not self.supports("uprobe"):
@@ -358,6 +436,42 @@ class Compiler:
         raise Unavailable(f"args[{i}]: type {t} is not available on {'syscall ' if syscall else ''}tracepoint "
                           f"field {f.name} ({f.ctype}): it needs kprobe/BTF arguments")
 
+    def _kernel_arg(self, i: int, a: ArgSpec, max_index: int, what: str):
+        """An argument of a kernel function / LSM hook (gen_arg.off = argument number)."""
+        t = "int" if a.type == "auto" else a.type
+        if a.resolve or a.btf_type or a.return_copy:
+            raise Unavailable(f"args[{i}]: resolve/btfType/returnCopy are not served by this lanner build")
+        if a.index > max_index:
+            raise Unavailable(f"args[{i}]: {what} argument index {a.index} is past the {max_index + 1} arguments "
+                              "this build reads")
+        gen: dict[str, Any] = {"off": a.index, "size": 8, "type": GA_INT, "is_signed": 0, "size_arg": 0}
+        if t == "capability":
+            gen.update(size=4, is_signed=1)
+            return gen, ArgPlan(t, GA_INT, 4, True, a.label)
+        if t in INT_TYPES:
+            size, signed = INT_TYPES[t]
+            gen.update(size=size, is_signed=int(signed))
+            return gen, ArgPlan(t, GA_INT, size, signed, a.label)
+        if t == "nop":
+            gen.update(type=0)
+            return gen, ArgPlan(t, 0, 8, False, a.label)
+        if t in ("string", "data_loc"):
+            gen.update(type=GA_KSTR)
+            return gen, ArgPlan(t, GA_KSTR, 8, False, a.label)
+        if t in KERNEL_PTR_TYPES:
+            gen.update(type=KERNEL_PTR_TYPES[t])
+            return gen, ArgPlan(t, gen["type"], 8, False, a.label)
+        if t in ("char_buf", "char_iovec", "const_buf"):
+            if not a.size_arg_index:
+                raise Unavailable(f"args[{i}]: {t} needs sizeArgIndex")
+            gen.update(type=GA_IOVEC if t == "char_iovec" else GA_UBUF)
+            gen["_size_arg_index"] = a.size_arg_index
+            return gen, ArgPlan(t, gen["type"], 8, False, a.label)
+        if t == "fd":
+            gen.update(type=GA_FD, size=4, is_signed=1)
+            return gen, ArgPlan(t, GA_FD, 4, True, a.label)
+        raise Unavailable(f"args[{i}]: type {t} is not served on {what} arguments by this lanner build")
+
     def _reg_arg(self, i: int, a: ArgSpec):
         t = "uint64" if a.type == "auto" else a.type
         if a.index > 5:
@@ -396,7 +510,7 @@ class Compiler:
         return sid
 
     def _config(self, policy, selectors, gen_args, plans, positions, specargs, cp, enforce, has_ret,
-                uprobe) -> dict[str, Any]:
+                uprobe, override_via: str | None = None) -> dict[str, Any]:
         if len(gen_args) > GEN_MAX_ARGS:
             raise Unavailable(f"{len(gen_args)} args, the limit is {GEN_MAX_ARGS}")
         if len(selectors) > GEN_MAX_SELECTORS:
@@ -416,12 +530,13 @@ class Compiler:
             for k, v in g.items():
                 cfg[f"args[{i}].{k}"] = v
         for si, sel in enumerate(selectors):
-            self._selector(policy, sel, si, cfg, plans, positions, specargs, cp, has_ret)
+            self._selector(policy, sel, si, cfg, plans, positions, specargs, cp, has_ret, override_via)
         if enforce:
             cfg["flags"] |= GHF_ENFORCE
         return cfg
 
-    def _selector(self, policy, sel: Selector, si, cfg, plans, positions, specargs, cp, has_ret) -> None:
+    def _selector(self, policy, sel: Selector, si, cfg, plans, positions, specargs, cp, has_ret,
+                  override_via: str | None = None) -> None:
         p = f"sel[{si}]."
         where = f"selectors[{si}]"
         for attr, what in (("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
@@ -512,7 +627,7 @@ class Compiler:
             cfg[f"{p}cap_type"] = CAP_TYPES[mc.type]
             cfg[f"{p}cap_mask"] = mc.mask
         # actions
-        post, reported, sig, rate = True, None, 0, 0
+        post, reported, sig, rate, override = True, None, 0, 0, False
         for a in sel.match_actions:
             if a.kernel_stack_trace or a.user_stack_trace or a.ima_hash:
                 raise Unavailable(f"{where}: {a.action} stack traces / imaHash are not served by this build")
@@ -530,6 +645,14 @@ class Compiler:
                     raise Unavailable(f"{where}: Signal needs argSig 1..64")
                 reported = reported or ACTIONS[a.action]
                 cp.enforcing = True
+            elif a.action == "Override" and override_via is not None:
+                if a.arg_error is None:
+                    raise Unavailable(f"{where}: Override needs argError")
+                override = True
+                cfg[f"{p}override_ret"] = a.arg_error
+                cfg["_override"] = True
+                reported = reported or ACTIONS["Override"]
+                cp.enforcing = True
             elif a.action in ("Override", "NotifyEnforcer"):
                 if self.supports("fmod_ret") or self.supports("override_return"):
                     raise Unavailable(f"{where}: {a.action} needs an fmod_ret or kprobe override_return program on "
@@ -542,7 +665,8 @@ class Compiler:
         if reported is None:
             reported = ACTIONS["Post"] if post else ACTIONS["NoPost"]
         cfg[f"{p}action"] = reported
-        cfg[f"{p}flags"] = flags | (GSF_POST if post else 0) | (GSF_SIGNAL if sig else 0)
+        cfg[f"{p}flags"] = flags | (GSF_POST if post else 0) | (GSF_SIGNAL if sig else 0) | \
+            (GSF_OVERRIDE if override else 0)
         cfg[f"{p}signal"] = sig
         cfg[f"{p}rate_limit_ns"] = rate
 
@@ -569,11 +693,16 @@ class Compiler:
             f["flags"] |= GFF_NEGATE
         values = list(m.parsed) if m.parsed else list(m.values)
         values = self._expand_lists(policy, values, plan, where)
-        is_str = plan.gen_type in (GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_IOVEC) and \
+        is_str = plan.gen_type in (GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_IOVEC,
+                                   GA_NETDEV, *PATH_GA) and \
             plan.type != "fd" or (plan.type == "fd" and base in ("Prefix", "Postfix") or
                                   (plan.type == "fd" and any(isinstance(v, str) for v in values)))
-        if plan.gen_type == GA_USOCKADDR:
+        if plan.gen_type in (GA_USOCKADDR, GA_KSOCKADDR):
             return self._sockaddr_filter(f, base, values, cp, where)
+        if plan.gen_type in SOCK_GA:
+            return self._sock_filter(f, base, values, cp, where, plan.type)
+        if plan.gen_type in (GA_CRED, GA_USERNS):
+            raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
         if is_str:
             enc = [str(v).encode() for v in values]
             for v in enc:
@@ -674,6 +803,41 @@ class Compiler:
             return f
         raise Unavailable(f"{where}: operator {base} on sockaddr arguments is not served (SAddr, DAddr, SPort, "
                           "DPort, Family are)")
+
+    def _sock_filter(self, f, base, values, cp, where, type_name) -> dict:
+        """sock/socket/skb: Family on vals; SAddr/DAddr (CIDR) and SPort/DPort/Protocol/State on the
+        struct gen_sock_info in the arg's str (offsets from BTF)."""
+        if base in ("SAddr", "DAddr", "SPort", "DPort", "SPortPriv", "DPortPriv", "SportPriv", "DportPriv",
+                    "Protocol", "State"):
+            field_name = {"SAddr": "saddr", "DAddr": "daddr", "Protocol": "protocol", "State": "state"}.get(
+                base, "sport" if base.lower().startswith("sport") else "dport")
+            if field_name not in self.sock_fields:
+                raise Unavailable(f"{where}: struct gen_sock_info.{field_name} is missing from the object's BTF")
+            off, size = self.sock_fields[field_name]
+            f["soff"] = off
+            if base in ("SAddr", "DAddr"):
+                return self._sockaddr_filter(f, base, values, cp, where)
+            f["flags"] |= GFF_SUB
+            f["ssize"] = size
+            if base.lower().endswith("portpriv"):
+                f["nranges"], f["lo"], f["hi"] = 1, [0], [1023]
+                return f
+            ints = [v for v in values if isinstance(v, int)]
+            ranges = [(v.lo, v.hi) for v in values if isinstance(v, IntRange)]
+            others = [v for v in values if not isinstance(v, (int, IntRange))]
+            if others:
+                raise Unavailable(f"{where}: {base} value {others[0]!r} is not a number")
+            if ints:
+                f["set_id"] = sid = self._new_set(cp)
+                cp.int_sets[sid] = ints
+            if len(ranges) > GEN_MAX_RANGES:
+                raise Unavailable(f"{where}: more than {GEN_MAX_RANGES} ranges")
+            f["nranges"], f["lo"], f["hi"] = len(ranges), [a for a, _ in ranges], [b for _, b in ranges]
+            return f
+        if base == "Family":
+            return self._sockaddr_filter(f, base, values, cp, where)
+        raise Unavailable(f"{where}: operator {base} on {type_name} arguments is not served (SAddr, DAddr, SPort, "
+                          "DPort, Protocol, Family, State and their Not* forms are)")
 
     def _expand_lists(self, policy, values, plan, where) -> list:
         out = []

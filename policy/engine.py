@@ -37,9 +37,12 @@ log = logging.getLogger("lanner.policy.engine")
 OBJ_DIR = Path(__file__).parent / "bpf" / "obj"
 TP_OBJECT = OBJ_DIR / "generic_tp.bpf.o"
 UPROBE_OBJECT = OBJ_DIR / "generic_uprobe.bpf.o"
+KPROBE_OBJECT = OBJ_DIR / "generic_kprobe.bpf.o"  # loaded on the first kernel-function hook
+LSM_OBJECT = OBJ_DIR / "generic_lsm.bpf.o"        # one instance per LSM hook (attach target set before load)
+FMODRET_OBJECT = OBJ_DIR / "generic_fmodret.bpf.o"  # one instance per overridden function
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_lpm", "gen_heap", "gen_inflight",
-               "gen_ratelimit", "gen_stats", "events", "lanner_lost")
+               "gen_ratelimit", "gen_stats", "gen_override", "events", "lanner_lost")
 # A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
@@ -55,6 +58,10 @@ ONE = b"\x01"
 # element, from include/linux/bpf / kernel/bpf/hashtab.c and lpm_trie.c on x86_64
 HTAB_ELEM_HEADER = 48  # struct htab_elem before the key
 LPM_NODE_HEADER = 24   # struct lpm_trie_node before the data (child[2], prefixlen, flags)
+
+
+# TracingPolicyStatus.sensors: the generic program family serving each HookPlan.mechanism
+_SENSOR = {"uprobe": "generic_uprobe", "kprobe": "generic_kprobe", "lsm": "generic_lsm"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class PolicyEngine:
         self.probe = probe
         self.tp = BpfObject.open(TP_OBJECT)
         self.up: BpfObject | None = None
+        self.kp: BpfObject | None = None  # generic_kprobe, loaded on demand
+        self._inst: dict[int, BpfObject] = {}  # id(link) -> the per-hook instance (LSM, fmod_ret) it owns
         self.ring: RingBuffer | None = None
         self._tp_pool: list[BpfObject] = [self.tp]  # generic_tp instances; [0] owns the maps
         self._tp_busy: dict[tuple[str, str], set[int]] = {}  # tracepoint -> instances attached to it
@@ -140,7 +149,9 @@ class PolicyEngine:
             self._hook_defaults = [b"" if f.endswith("s") else 0 for f in _fmt_items(lay.fmt)]
             self.decoder = EventDecoder(self.tp.btf)
             self.ring = RingBuffer(self.tp.map("events"))
-            self.compiler = Compiler(self.probe, lambda: next(self._hook_ids), self._alloc_set)
+            sock = self.tp.btf.struct("gen_sock_info")
+            sock_fields = {m.name: (m.bit_offset // 8, self.tp.btf.sizeof(m.type_id)) for m in sock.members}
+            self.compiler = Compiler(self.probe, lambda: next(self._hook_ids), self._alloc_set, sock_fields)
         except BaseException:
             self.close()
             raise
@@ -244,11 +255,53 @@ class PolicyEngine:
         log.debug("loaded generic_tp instance %d (tracepoint %s/%s)", len(self._tp_pool) - 1, *tp)
         return len(self._tp_pool) - 1
 
+    def _shared(self, path: Path) -> BpfObject:
+        """A fresh instance of a generic object with every map shared by fd (not yet loaded)."""
+        obj = BpfObject.open(path)
+        try:
+            for name in SHARED_MAPS:
+                obj.reuse_map(name, self.tp.map(name).fd)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _kprobe_obj(self) -> BpfObject:
+        if self.kp is None:
+            obj = self._shared(KPROBE_OBJECT)
+            try:
+                obj.load()
+            except BaseException:
+                obj.close()
+                raise
+            self.kp = obj
+        return self.kp
+
+    def _instance(self, path: Path, prog: str, target: str, hook_id: int | None) -> Link:
+        """Load one instance of a BTF-attached generic program (LSM, fmod_ret) on ``target`` and attach it."""
+        obj = self._shared(path)
+        try:
+            if hook_id is not None:
+                obj.set_config(cfg_hook_id=hook_id)
+            bpf_attach.set_attach_target(obj.program(prog), target)
+            obj.load()
+            p = obj.program(prog)
+            link = p.attach_lsm() if prog == "generic_lsm" else p.attach_trace()
+        except BaseException:
+            obj.close()
+            raise
+        self._inst[id(link)] = obj
+        return link
+
     def _attach_unit(self, unit: HookUnit) -> list[Link]:
         links: list[Link] = []
         assert self.up is not None
         try:
-            for hid, targets in ((unit.exit_id, unit.exit_attach), (unit.hook_id, unit.attach)):
+            # the enforcer (fmod_ret) first, then the exit half, then the entry: a decision is never stored
+            # without the program that applies it, and an entry never without its exit
+            enforcers = [t for t in unit.attach if t[0] == "fmodret"]
+            entries = [t for t in unit.attach if t[0] != "fmodret"]
+            for hid, targets in ((unit.hook_id, enforcers), (unit.exit_id, unit.exit_attach), (unit.hook_id, entries)):
                 for t in targets:
                     if t[0] == "tp":
                         tp = (t[1], t[2])
@@ -257,6 +310,19 @@ class PolicyEngine:
                         self._tp_busy.setdefault(tp, set()).add(i)
                         self._link_slot[id(link)] = (tp, i)
                         links.append(link)
+                    elif t[0] == "kprobe":
+                        prog = self._kprobe_obj().program("generic_kretprobe" if t[2] else "generic_kprobe")
+                        links.append(bpf_attach.attach_kprobe(prog, t[1], hid, retprobe=t[2]))
+                    elif t[0] == "lsm":
+                        links.append(self._instance(LSM_OBJECT, "generic_lsm", t[1], hid))
+                    elif t[0] == "fmodret":
+                        try:
+                            links.append(self._instance(FMODRET_OBJECT, "generic_fmodret", t[1], None))
+                        except OSError as exc:
+                            first = str(exc.strerror or exc).split("\n", 1)[0]
+                            raise OSError(exc.errno, f"fmod_ret on {t[1]} refused by the kernel (it modifies only "
+                                          "security_* functions and, with CONFIG_FUNCTION_ERROR_INJECTION, "
+                                          f"error-injectable ones): {first}") from None
                     else:
                         prog = self.up.program("generic_uretprobe" if t[3] else "generic_uprobe")
                         links.append(bpf_attach.attach_uprobe(prog, t[1], t[2], hid, retprobe=t[3]))
@@ -275,7 +341,7 @@ class PolicyEngine:
                     hook_links += self._attach_unit(unit)
             except OSError as exc:
                 self._destroy(hook_links)
-                first = str(exc).split("\n", 1)[0]
+                first = (exc.strerror if isinstance(exc.strerror, str) and exc.strerror else str(exc)).split("\n", 1)[0]
                 p.attach_errors.append(f"hook {plan.path} {plan.display}: attach failed: {first}")
                 p.attach_failed[plan.path] = first
                 continue
@@ -289,9 +355,12 @@ class PolicyEngine:
                 self._tp_busy[slot[0]].discard(slot[1])
                 if not self._tp_busy[slot[0]]:
                     del self._tp_busy[slot[0]]
-            for obj in (*self._tp_pool, self.up):
+            for obj in (*self._tp_pool, self.up, self.kp):
                 if obj is not None and link in obj._links:
                     obj._links.remove(link)
+            inst = self._inst.pop(id(link), None)
+            if inst is not None:
+                inst.close()
 
     def _unload(self, p: _Policy) -> None:
         self._destroy(p.links)
@@ -367,12 +436,19 @@ class PolicyEngine:
     def _targets(plan: HookPlan) -> str:
         out = []
         for u in plan.units:
-            if u.attach and u.attach[0][0] == "tp":
+            kind = u.attach[0][0] if u.attach else ""
+            if kind == "tp":
                 t = f"{u.attach[0][1]}/{u.attach[0][2]}"
                 if u.exit_attach:
                     t += f"+{u.exit_attach[0][2]}"
+            elif kind == "kprobe":
+                t = u.attach[0][1] + ("+kretprobe" if u.exit_attach else "")
+            elif kind == "lsm":
+                t = f"lsm/{u.attach[0][1]}"
             else:
                 t = f"{u.path}:{u.symbol or hex(u.offset)}" + ("+uretprobe" if u.exit_attach else "")
+            if any(a[0] == "fmodret" for a in u.attach):
+                t += f"+fmod_ret {next(a[1] for a in u.attach if a[0] == 'fmodret')}"
             out.append(t)
         return ", ".join(out)
 
@@ -415,8 +491,7 @@ class PolicyEngine:
                     state = sensors_pb2.TP_STATE_PARTIALLY_ENABLED
                 else:
                     state = sensors_pb2.TP_STATE_ENABLED
-                sensors = sorted({"generic_uprobe" if h.kind == "uprobe" else "generic_tracepoint"
-                                  for h in p.compiled.hooks})
+                sensors = sorted({_SENSOR.get(h.mechanism, "generic_tracepoint") for h in p.compiled.hooks})
                 mode = sensors_pb2.TP_MODE_ENFORCE if p.enforce else sensors_pb2.TP_MODE_MONITOR
                 if not p.compiled.enforcing:
                     mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
@@ -468,13 +543,14 @@ class PolicyEngine:
             for link in p.links:
                 prog = link.description.split(" -> ", 1)[0]
                 slot = self._link_slot.get(id(link))
-                obj = self._tp_pool[slot[1]] if slot is not None else self.up
+                obj = self._tp_pool[slot[1]] if slot is not None else self._inst.get(id(link)) or (
+                    self.kp if link.description.startswith("generic_k") else self.up)
                 fd = obj.programs.get(prog) if obj is not None else None
                 out.append((f"policy:{p.name}", prog, link.description.split(" -> ", 1)[-1], fd.fd if fd else -1))
         return out
 
     def links(self) -> int:
-        return sum(len(o.links) for o in (*self._tp_pool, self.up) if o is not None)
+        return sum(len(o.links) for o in (*self._tp_pool, self.up, self.kp, *self._inst.values()) if o is not None)
 
     def close(self) -> None:
         with self._lock:
@@ -485,9 +561,11 @@ class PolicyEngine:
             if self.ring is not None:
                 self.ring.close()
                 self.ring = None
-            for obj in (self.up, *reversed(self._tp_pool)):
+            for obj in (*self._inst.values(), self.kp, self.up, *reversed(self._tp_pool)):
                 if obj is not None:
                     obj.close()
+            self._inst.clear()
+            self.kp = None
             self.up = None
             self._tp_pool = [self.tp]
             self._tp_busy.clear()

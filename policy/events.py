@@ -13,14 +13,38 @@ from typing import Any
 import orjson
 
 from lanner.bpf.records import RecordLayout
+from lanner.exporter.encoder import SECUREBITS, cap_names
 from lanner.exporter.pipeline import OutEvent
 
 from .compiler import (
-    ACTION_NAMES, GA_DATALOC, GA_FD, GA_INLINE_STR, GA_INT, GA_IOVEC, GA_KSTR, GA_UBUF, GA_USOCKADDR, GA_USTR,
+    ACTION_NAMES, GA_BINPRM, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR, GA_INT, GA_IOVEC,
+    GA_KSOCKADDR, GA_KSTR, GA_NETDEV, GA_PATH, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS, GA_USOCKADDR, GA_USTR,
     GEN_MAX_ARGS, ArgPlan,
 )
+from .names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
 
 GEF_RETURN, GEF_NOPROC = 1, 2
+_PROTO_NAMES = {v: k for k, v in IP_PROTOCOLS.items()}
+_STATE_NAMES = {v: k for k, v in TCP_STATES.items()}
+_CAP_NAMES = {v: k for k, v in CAPABILITIES.items()}
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET", 6: "SOCK_DCCP",
+               10: "SOCK_PACKET"}
+
+
+def permission(mode: int) -> str:
+    """ls-style permission string of an i_mode (Tetragon's file_arg.permission)."""
+    kind = {0o040000: "d", 0o120000: "l", 0o020000: "c", 0o060000: "b", 0o010000: "p", 0o140000: "s"}.get(
+        mode & 0o170000, "-")
+    bits = "".join(c if mode >> (8 - i) & 1 else "-" for i, c in enumerate("rwxrwxrwx"))
+    return kind + bits
+
+
+def _addr(raw: bytes, family: int) -> str:
+    if family == 2:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == 10:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return ""
 FAMILY_NAMES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
 _S32 = {"int", "sint32", "int32", "int8", "sint8", "int16", "sint16"}
 _U32 = {"uint32", "uint8", "uint16"}
@@ -62,6 +86,41 @@ class EventDecoder:
         self.i_aux = [ix(f"aux[{i}]") for i in range(GEN_MAX_ARGS)]
         self.i_lens = [ix(f"lens[{i}]") for i in range(GEN_MAX_ARGS)]
         self.i_str = [ix(f"str[{i}].s") for i in range(GEN_MAX_ARGS)]
+        # the typed kernel arguments' records in str[i] (generic.h), decoded by their BTF layouts
+        self.sock = RecordLayout.from_btf(btf, "gen_sock_info")
+        self.cred = RecordLayout.from_btf(btf, "gen_cred_info")
+        self.userns = RecordLayout.from_btf(btf, "gen_userns_info")
+
+    def _record(self, lay: RecordLayout, raw: bytes) -> dict[str, Any]:
+        return dict(zip(lay.names, lay.struct.unpack_from(raw.ljust(lay.size, b"\0"))))
+
+    def _sock(self, raw: bytes, skb: bool) -> dict[str, Any]:
+        r = self._record(self.sock, raw)
+        fam = r["family"]
+        fam_name = FAMILY_NAMES.get(fam, str(fam))
+        out: dict[str, Any] = {"family": fam_name}
+        if skb:
+            out.update(len=r["len"], priority=r["priority"], mark=r["mark"], saddr=_addr(r["saddr"], fam),
+                       daddr=_addr(r["daddr"], fam), sport=r["sport"], dport=r["dport"], proto=r["protocol"],
+                       protocol=_PROTO_NAMES.get(r["protocol"], str(r["protocol"])))
+        else:
+            out.update(type=_SOCK_TYPES.get(r["type"], str(r["type"])),
+                       protocol=_PROTO_NAMES.get(r["protocol"], str(r["protocol"])), mark=r["mark"],
+                       priority=r["priority"], saddr=_addr(r["saddr"], fam), daddr=_addr(r["daddr"], fam),
+                       sport=r["sport"], dport=r["dport"], cookie=str(r["cookie"]),
+                       state=_STATE_NAMES.get(r["state"], str(r["state"])))
+        return {k: v for k, v in out.items() if v not in (0, "", "0")}
+
+    def _cred(self, raw: bytes) -> dict[str, Any]:
+        r = self._record(self.cred, raw)
+        out: dict[str, Any] = {k: r[k] for k in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")}
+        bits = [SECUREBITS[i] for i in range(len(SECUREBITS)) if r["securebits"] >> i & 1]
+        if bits:
+            out["securebits"] = bits
+        caps = {k: cap_names(r[f"cap_{k}"]) for k in ("permitted", "effective", "inheritable")}
+        out["caps"] = {k: v for k, v in caps.items() if v}
+        out["user_ns"] = {"ns": {"inum": r["userns_inum"]}}
+        return out
 
     def args(self, rec: tuple, plans: list[ArgPlan]) -> list[dict[str, Any]]:
         out = []
@@ -70,7 +129,10 @@ class EventDecoder:
             v = rec[self.i_vals[i]]
             n = rec[self.i_lens[i]]
             g = plan.gen_type
-            if g == GA_INT:
+            if g == GA_INT and plan.type == "capability":
+                c = _signed(v, 32)
+                a = {"capability_arg": {"value": c, "name": _CAP_NAMES.get(c, str(c))}}
+            elif g == GA_INT:
                 a = int_arg(plan, v)
             elif g in (GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR):
                 a = {"string_arg": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
@@ -87,6 +149,32 @@ class EventDecoder:
                 addr = str(ipaddress.ip_address(raw)) if n in (4, 16) else ""
                 a = {"sockaddr_arg": {"family": FAMILY_NAMES.get(v, str(v)), "addr": addr,
                                       "port": rec[self.i_aux[i]]}}
+            elif g in (GA_FILE, GA_PATH, GA_BINPRM, GA_DENTRY):
+                key = {GA_FILE: "file_arg", GA_PATH: "path_arg", GA_BINPRM: "linux_binprm_arg",
+                       GA_DENTRY: "file_arg"}[g]
+                body: dict[str, Any] = {"path": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
+                if g != GA_DENTRY and v:
+                    body["permission"] = permission(v)
+                a = {key: body}
+            elif g in (GA_SOCK, GA_SOCKET):
+                a = {"sock_arg": self._sock(rec[self.i_str[i]][:n], False)}
+            elif g == GA_SKB:
+                a = {"skb_arg": self._sock(rec[self.i_str[i]][:n], True)}
+            elif g == GA_KSOCKADDR:
+                raw = rec[self.i_str[i]][:n]
+                addr = str(ipaddress.ip_address(raw)) if n in (4, 16) else ""
+                a = {"sockaddr_arg": {"family": FAMILY_NAMES.get(v, str(v)), "addr": addr,
+                                      "port": rec[self.i_aux[i]]}}
+            elif g == GA_CRED:
+                a = {"process_credentials_arg": self._cred(rec[self.i_str[i]][:n])}
+            elif g == GA_USERNS:
+                r = self._record(self.userns, rec[self.i_str[i]][:n])
+                a = {"user_ns_arg": {"level": r["level"], "uid": r["owner"], "gid": r["group"],
+                                     "ns": {"inum": r["inum"]}}}
+            elif g == GA_NETDEV:
+                a = {"net_dev_arg": {"name": rec[self.i_str[i]][:n].decode("utf-8", "replace")}}
+            elif plan.type == "nop":
+                continue
             else:
                 a = {"int_arg": _signed(v, 32)}
             if plan.label:
@@ -106,7 +194,7 @@ def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: A
     if parent is not None:
         body["parent"] = encoder.process_fragment(parent)
     kind = unit.event_kind
-    if kind == "process_kprobe":
+    if kind in ("process_kprobe", "process_lsm"):
         body["function_name"] = unit.function_name
     elif kind == "process_tracepoint":
         body["subsys"] = unit.subsys

@@ -440,13 +440,13 @@ def test_sock_operators_need_kernel_function_hooks(env, op, value):
           operator: {op}
           values: ["{value}"]
     """
+    if env.engine.probe.get("kprobe"):  # served (tests/test_policy_kernel_hooks.py triggers them)
+        with env.load("sock-op", spec) as st:
+            assert st.info == "kprobes[0] tcp_connect: kprobe tcp_connect" and st.sensors == ["generic_kprobe"]
+        return
     err = unavailable(env, "sock-op", spec)
-    if env.engine.probe.get("kprobe"):
-        assert err == ("hook kprobes[0] tcp_connect: kprobe attach is available but this lanner build serves only "
-                       "tracepoints, syscall tracepoints and uprobes")
-    else:
-        assert err == ("hook kprobes[0] tcp_connect: needs kprobe attach, which this kernel lacks (kprobe: not "
-                       "supported, see 'lanner probe')")
+    assert err == ("hook kprobes[0] tcp_connect: needs kprobe attach, which this kernel lacks (kprobe: not "
+                   "supported, see 'lanner probe')")
 
 
 # ------------------------------------------------------------------------- operators not served
@@ -971,6 +971,17 @@ def test_override_and_notify_enforcer_are_refused_with_reason(env, action):
           argError: -1
     """).replace("ACTION", action)
     p = env.engine.probe
+    if action == "Override" and p.get("fmod_ret"):
+        # served by sys_enter_openat + an fmod_ret program on __x64_sys_openat, which the kernel accepts only
+        # with CONFIG_FUNCTION_ERROR_INJECTION (Debian builds without it): refused at load, with the reason
+        base = env.engine.links()
+        with env.load("ovr", spec, expect_state=None) as st:
+            if st.state != sensors_pb2.TP_STATE_ENABLED:
+                assert st.state == sensors_pb2.TP_STATE_LOAD_ERROR and env.engine.links() == base
+                assert st.error.startswith("hook kprobes[0] sys_openat: attach failed: fmod_ret on __x64_sys_openat "
+                                           "refused by the kernel"), st.error
+                assert env.engine.counters("ovr")["override"] == 0  # nothing decided without the enforcer
+        return
     if p.get("fmod_ret") or p.get("override_return"):
         reason = (f"{action} needs an fmod_ret or kprobe override_return program on the call: the kernel has one, "
                   "but this lanner build does not serve it")
@@ -1039,7 +1050,7 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
       syscall: false
       args:
       - index: 0
-        type: file
+        type: kiocb
     - call: sys_openat
       syscall: true
       return: true
@@ -1084,9 +1095,10 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
         mem_small = st.kernel_memory_bytes
     assert len(evs) == 2
     lines = st.info.split("; ")
+    # kiocb args are served on no kernel: the hook is unavailable on kernels with kprobes too
     kp = "needs kprobe attach, which this kernel lacks (kprobe: not supported, see 'lanner probe')" \
         if not env.engine.probe.get("kprobe") else \
-        "kprobe attach is available but this lanner build serves only tracepoints, syscall tracepoints and uprobes"
+        "args[0]: type kiocb is not served on kprobe arguments by this lanner build"
     assert lines == [
         f"kprobes[0] security_file_permission: unavailable ({kp})",
         "kprobes[1] sys_openat: syscall tracepoints syscalls/sys_enter_openat+sys_exit_openat [matched 2, post 2]",
@@ -1226,8 +1238,8 @@ def test_cli_list_shows_state_mode_hooks_memory_counters(tmp_path, opener):
       syscall: false
       args:
       - index: 0
-        type: file
-    """))
+        type: kiocb
+    """))  # kiocb args are served on no kernel: the hook is unavailable everywhere
     lanner = [sys.executable, "-m", "lanner"]
     a = start_agent(tmp_path)
     try:

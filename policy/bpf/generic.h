@@ -31,6 +31,18 @@
 #define GA_FD 7           /* file descriptor -> absolute path of the file */
 #define GA_USOCKADDR 8    /* user struct sockaddr: val = family, aux = port, str = address bytes */
 #define GA_IOVEC 9        /* user struct iovec array, count from size_arg: first buffer */
+/* BTF-typed kernel pointers (kprobe / LSM arguments), read with CO-RE */
+#define GA_FILE 10        /* struct file * -> absolute path (str), f_flags (aux), i_mode (vals) */
+#define GA_PATH 11        /* struct path * -> absolute path, i_mode (vals) */
+#define GA_DENTRY 12      /* struct dentry * -> path inside its filesystem */
+#define GA_BINPRM 13      /* struct linux_binprm * -> its file's absolute path */
+#define GA_CRED 14        /* struct cred * -> struct gen_cred_info in str */
+#define GA_SOCK 15        /* struct sock * -> struct gen_sock_info in str, family in vals */
+#define GA_SOCKET 16      /* struct socket * -> its sk, as GA_SOCK */
+#define GA_SKB 17         /* struct sk_buff * -> struct gen_sock_info from the IP/TCP/UDP headers */
+#define GA_KSOCKADDR 18   /* kernel struct sockaddr *: as GA_USOCKADDR */
+#define GA_USERNS 19      /* struct user_namespace * -> struct gen_userns_info in str */
+#define GA_NETDEV 20      /* struct net_device * -> name */
 
 /* gen_filter.kind */
 #define GF_INT 1          /* value in set (set_id) or in one of the ranges */
@@ -38,13 +50,14 @@
 #define GF_STR_EQ 3       /* string in the hash set set_id */
 #define GF_STR_PREFIX 4   /* a prefix of the string is in LPM set set_id */
 #define GF_STR_POSTFIX 5  /* a prefix of the reversed string is in LPM set set_id */
-#define GF_ADDR 6         /* address (sockaddr str) in CIDR LPM set set_id (v4) / set_id2 (v6) */
+#define GF_ADDR 6         /* address (str at soff, family in vals) in CIDR LPM set set_id (v4) / set_id2 (v6) */
 
 /* gen_filter.flags */
 #define GFF_NEGATE (1 << 0)
 #define GFF_SIGNED (1 << 1)
 #define GFF_AUX (1 << 2)  /* compare the arg's aux value (sockaddr port, buffer size) */
 #define GFF_RET (1 << 3)  /* matchReturnArgs: evaluated at return */
+#define GFF_SUB (1 << 4)  /* compare the ssize-byte integer at str offset soff (gen_sock_info fields) */
 
 /* gen_selector operators */
 #define GOP_NONE 0
@@ -63,6 +76,7 @@
 #define GSF_POST (1 << 0)
 #define GSF_SIGNAL (1 << 1)
 #define GSF_HAS_RET (1 << 2)
+#define GSF_OVERRIDE (1 << 3) /* Override: return override_ret (LSM) / fmod_ret returns it (kprobe) */
 
 /* gen_stats slots: per entry hook id, per-CPU counters of what the generic programs did; summed
  * over CPUs and the policy's hooks into TracingPolicyStatus.stats.action_counters at list time */
@@ -73,13 +87,16 @@
 #define GST_NOPOST 4         /* matched, NoPost: no event */
 #define GST_RATE_LIMITED 5   /* Post suppressed by rateLimit */
 #define GST_POST_LOST 6      /* Post failed: the ring buffer was full */
-#define GST_SLOTS 8          /* slot 7 spare (Override/NotifyEnforcer/Set are not served) */
+#define GST_OVERRIDE 7       /* Override applied (mode enforce) */
+#define GST_SLOTS 8
 
 /* gen_hook.flags */
 #define GHF_ENFORCE (1 << 0) /* policy mode enforce: signals are sent */
 #define GHF_EXIT (1 << 1)    /* the return half of a hook: pair = the entry hook's id */
 #define GHF_HAS_RET (1 << 2) /* entry half of a return hook: store, the exit half emits */
-#define GHF_UPROBE (1 << 3)  /* args come from pt_regs (off = argument number) */
+#define GHF_UPROBE (1 << 3)  /* args come from pt_regs (off = argument number): uprobes and kprobes */
+#define GHF_BTF (1 << 4)     /* args come from the BTF context array (LSM, fentry: off = argument number) */
+#define GHF_LSM (1 << 5)     /* BPF LSM hook: Override is the program's return value */
 
 /* namespace types (gen_ns.type), in struct proc_ns order */
 #define GNS_UTS 0
@@ -109,6 +126,9 @@ struct gen_filter {
 	__u8 nranges;
 	__u16 set_id;
 	__u16 set_id2;
+	__u16 soff;   /* GFF_SUB / GF_ADDR: offset in the arg's str */
+	__u8 ssize;   /* GFF_SUB: 1, 2 or 4 bytes */
+	__u8 pad[5];
 	__u64 lo[GEN_MAX_RANGES];
 	__u64 hi[GEN_MAX_RANGES];
 };
@@ -139,7 +159,7 @@ struct gen_selector {
 	__u32 action; /* KPROBE_ACTION_* number reported in the event */
 	__u32 flags;  /* GSF_* */
 	__u32 signal;
-	__u32 pad1;
+	__s32 override_ret; /* Override argError */
 	__u64 rate_limit_ns;
 	struct gen_filter filters[GEN_MAX_FILTERS];
 };
@@ -172,10 +192,45 @@ struct gen_int_key {
 	__u64 val;
 };
 
+/* what GA_SOCK/GA_SOCKET/GA_SKB put in gen_event.str[i] (ports in host order) */
+struct gen_sock_info {
+	__u16 family;
+	__u16 type;
+	__u16 protocol;
+	__u16 state;
+	__u16 sport;
+	__u16 dport;
+	__u32 mark;
+	__u32 priority;
+	__u32 len;
+	__u64 cookie;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* GA_CRED */
+struct gen_cred_info {
+	__u32 uid, gid, euid, egid, suid, sgid, fsuid, fsgid;
+	__u32 securebits;
+	__u32 userns_inum;
+	__u64 cap_permitted;
+	__u64 cap_effective;
+	__u64 cap_inheritable;
+};
+
+/* GA_USERNS */
+struct gen_userns_info {
+	__s32 level;
+	__u32 owner;
+	__u32 group;
+	__u32 inum;
+};
+
 /* gen_event.flags */
 #define GEF_RETURN (1 << 0)  /* ret is set */
 #define GEF_NOPROC (1 << 1)  /* the process had no execve_map entry */
 #define GEF_SIGNALED (1 << 2)
+#define GEF_OVERRIDDEN (1 << 3)
 
 struct gen_event {
 	struct lanner_event_hdr hdr;

@@ -61,7 +61,11 @@ struct gen_scratch {
 	struct gen_str key;               /* lookup key under construction */
 	struct gen_ratelimit_key rl;
 	__u32 rev_done;                   /* bit i: rev[i] is ready */
-	__u32 pad;
+	__u32 override_set;               /* LSM: the matched selector asks to return override_ret */
+	__s64 override_ret;
+	struct gen_sock_info sock;        /* typed kernel arguments under construction */
+	struct gen_cred_info cred;
+	struct gen_userns_info userns;
 	struct lanner_path_buf pb;
 };
 
@@ -86,6 +90,14 @@ struct {
 	__type(key, struct gen_ratelimit_key);
 	__type(value, __u64);
 } gen_ratelimit SEC(".maps");
+
+/* Override on a kprobe: pid_tgid -> the value the fmod_ret program on the same function returns */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __s64);
+} gen_override SEC(".maps");
 
 /* per entry hook id: GST_* counters (generic.h), one row per CPU */
 struct {
@@ -128,6 +140,10 @@ static __always_inline __u64 gen_raw(__u64 ctx, struct gen_hook *hook, struct ge
 		}
 		return v;
 	}
+	if (hook->flags & GHF_BTF) { /* LSM / fentry: an array of u64 arguments */
+		bpf_probe_read_kernel(&v, 8, (void *)(ctx + 8 * (a->off & 15)));
+		return v;
+	}
 	bpf_probe_read_kernel(&v, a->size <= 8 ? a->size & 15 : 8, (void *)(ctx + a->off));
 	return v;
 }
@@ -156,17 +172,26 @@ static __always_inline struct file *gen_fd_file(__u64 fd)
 	return f;
 }
 
-static __always_inline void gen_read_fd(struct gen_scratch *s, __u32 i, __u64 fd)
+/* the absolute path of a kernel struct path * (or of a dentry alone when path is NULL) into str[i] */
+static __always_inline void gen_read_path(struct gen_scratch *s, __u32 i, const struct path *path,
+					  struct dentry *dentry)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file *f = gen_fd_file(fd);
-	struct path root;
+	struct path root, p = {};
 	__u32 status = 0, pos, len;
 
-	if (!f || i >= GEN_MAX_ARGS)
+	if (i >= GEN_MAX_ARGS)
 		return;
 	root = BPF_CORE_READ(task, fs, root);
-	pos = lanner_resolve_path(&f->f_path, &root, &s->pb, &status);
+	if (path) {
+		bpf_probe_read_kernel(&p, sizeof(p), path);
+	} else {
+		p.dentry = dentry; /* no mount: the walk stops at its filesystem's root */
+		p.mnt = NULL;
+	}
+	if (!p.dentry)
+		return;
+	pos = lanner_resolve_path(&p, &root, &s->pb, &status);
 	if (pos >= LANNER_PATH_MAX)
 		return;
 	len = LANNER_PATH_MAX - pos;
@@ -176,6 +201,135 @@ static __always_inline void gen_read_fd(struct gen_scratch *s, __u32 i, __u64 fd
 	}
 	bpf_probe_read_kernel(s->ev.str[i].s, len & 255, &s->pb.buf[pos & (LANNER_PATH_MAX - 1)]);
 	s->ev.lens[i] = len;
+}
+
+static __always_inline void gen_read_fd(struct gen_scratch *s, __u32 i, __u64 fd)
+{
+	struct file *f = gen_fd_file(fd);
+
+	if (f)
+		gen_read_path(s, i, &f->f_path, NULL);
+}
+
+static __always_inline void gen_put_info(struct gen_scratch *s, __u32 i, void *info, __u32 size)
+{
+	if (i >= GEN_MAX_ARGS || size > GEN_STR_MAX)
+		return;
+	bpf_probe_read_kernel(s->ev.str[i].s, size & 255, info);
+	s->ev.lens[i] = size;
+}
+
+static __always_inline void gen_read_sock(struct gen_scratch *s, __u32 i, struct sock *sk)
+{
+	struct gen_sock_info *si = &s->sock;
+
+	__builtin_memset(si, 0, sizeof(*si));
+	if (!sk)
+		return;
+	si->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	si->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	si->type = BPF_CORE_READ(sk, sk_type);
+	si->protocol = BPF_CORE_READ(sk, sk_protocol);
+	si->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	si->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	si->mark = BPF_CORE_READ(sk, sk_mark);
+	si->priority = BPF_CORE_READ(sk, sk_priority);
+	si->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (si->family == 2) {
+		__u32 sa = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr), da = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(si->saddr, &sa, 4);
+		__builtin_memcpy(si->daddr, &da, 4);
+	} else if (si->family == 10) {
+		BPF_CORE_READ_INTO(&si->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&si->daddr, sk, __sk_common.skc_v6_daddr);
+	}
+	s->ev.vals[i & (GEN_MAX_ARGS - 1)] = si->family;
+	gen_put_info(s, i, si, sizeof(*si));
+}
+
+static __always_inline void gen_read_skb(struct gen_scratch *s, __u32 i, struct sk_buff *skb)
+{
+	struct gen_sock_info *si = &s->sock;
+	unsigned char *head;
+	__u16 nh, th, proto;
+	__u8 l4 = 0;
+
+	__builtin_memset(si, 0, sizeof(*si));
+	if (!skb)
+		return;
+	head = BPF_CORE_READ(skb, head);
+	nh = BPF_CORE_READ(skb, network_header);
+	th = BPF_CORE_READ(skb, transport_header);
+	proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	si->len = BPF_CORE_READ(skb, len);
+	si->mark = BPF_CORE_READ(skb, mark);
+	si->priority = BPF_CORE_READ(skb, priority);
+	if (proto == 0x0800) {
+		struct iphdr ip = {};
+
+		bpf_probe_read_kernel(&ip, sizeof(ip), head + nh);
+		si->family = 2;
+		l4 = ip.protocol;
+		__builtin_memcpy(si->saddr, &ip.saddr, 4);
+		__builtin_memcpy(si->daddr, &ip.daddr, 4);
+	} else if (proto == 0x86DD) {
+		struct ipv6hdr ip6 = {};
+
+		bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh);
+		si->family = 10;
+		l4 = ip6.nexthdr;
+		bpf_probe_read_kernel(si->saddr, 16, &ip6.saddr);
+		bpf_probe_read_kernel(si->daddr, 16, &ip6.daddr);
+	}
+	si->protocol = l4;
+	if ((l4 == 6 || l4 == 17) && th != (__u16)~0U) {
+		__u16 ports[2] = {};
+
+		bpf_probe_read_kernel(ports, sizeof(ports), head + th);
+		si->sport = bpf_ntohs(ports[0]);
+		si->dport = bpf_ntohs(ports[1]);
+	}
+	s->ev.vals[i & (GEN_MAX_ARGS - 1)] = si->family;
+	gen_put_info(s, i, si, sizeof(*si));
+}
+
+static __always_inline void gen_read_cred(struct gen_scratch *s, __u32 i, struct cred *c)
+{
+	struct gen_cred_info *ci = &s->cred;
+
+	__builtin_memset(ci, 0, sizeof(*ci));
+	if (!c)
+		return;
+	ci->uid = BPF_CORE_READ(c, uid.val);
+	ci->gid = BPF_CORE_READ(c, gid.val);
+	ci->euid = BPF_CORE_READ(c, euid.val);
+	ci->egid = BPF_CORE_READ(c, egid.val);
+	ci->suid = BPF_CORE_READ(c, suid.val);
+	ci->sgid = BPF_CORE_READ(c, sgid.val);
+	ci->fsuid = BPF_CORE_READ(c, fsuid.val);
+	ci->fsgid = BPF_CORE_READ(c, fsgid.val);
+	ci->securebits = BPF_CORE_READ(c, securebits);
+	ci->userns_inum = BPF_CORE_READ(c, user_ns, ns.inum);
+	/* kernel_cap_t: u64 val since 6.3, u32 cap[2] before; same 8 bytes (see gen_check_caps) */
+	bpf_probe_read_kernel(&ci->cap_permitted, 8, __builtin_preserve_access_index(&c->cap_permitted));
+	bpf_probe_read_kernel(&ci->cap_effective, 8, __builtin_preserve_access_index(&c->cap_effective));
+	bpf_probe_read_kernel(&ci->cap_inheritable, 8, __builtin_preserve_access_index(&c->cap_inheritable));
+	gen_put_info(s, i, ci, sizeof(*ci));
+}
+
+static __always_inline void gen_read_userns(struct gen_scratch *s, __u32 i, struct user_namespace *ns)
+{
+	struct gen_userns_info *ui = &s->userns;
+
+	__builtin_memset(ui, 0, sizeof(*ui));
+	if (!ns)
+		return;
+	ui->level = BPF_CORE_READ(ns, level);
+	ui->owner = BPF_CORE_READ(ns, owner.val);
+	ui->group = BPF_CORE_READ(ns, group.val);
+	ui->inum = BPF_CORE_READ(ns, ns.inum);
+	gen_put_info(s, i, ui, sizeof(*ui));
 }
 
 static __always_inline void gen_set_strlen(struct gen_scratch *s, __u32 i, long n)
@@ -218,7 +372,63 @@ static long gen_read_arg(__u32 i, void *data)
 		break;
 	case GA_KSTR:
 		n = bpf_probe_read_kernel_str(s->ev.str[i].s, GEN_STR_MAX, (void *)v);
+		if (n < 0) /* a kprobe's char * may be a user pointer (syscall wrappers) */
+			n = bpf_probe_read_user_str(s->ev.str[i].s, GEN_STR_MAX, (void *)v);
 		gen_set_strlen(s, i, n);
+		break;
+	case GA_FILE: {
+		struct file *f = (struct file *)v;
+
+		if (!f)
+			break;
+		s->ev.aux[i] = BPF_CORE_READ(f, f_flags);
+		s->ev.vals[i] = BPF_CORE_READ(f, f_inode, i_mode);
+		gen_read_path(s, i, &f->f_path, NULL);
+		break;
+	}
+	case GA_PATH: {
+		struct path *pa = (struct path *)v;
+
+		if (!pa)
+			break;
+		s->ev.vals[i] = BPF_CORE_READ(pa, dentry, d_inode, i_mode);
+		gen_read_path(s, i, pa, NULL);
+		break;
+	}
+	case GA_DENTRY:
+		if (v)
+			gen_read_path(s, i, NULL, (struct dentry *)v);
+		break;
+	case GA_BINPRM: {
+		struct file *f = BPF_CORE_READ((struct linux_binprm *)v, file);
+
+		if (f) {
+			s->ev.vals[i] = BPF_CORE_READ(f, f_inode, i_mode);
+			gen_read_path(s, i, &f->f_path, NULL);
+		}
+		break;
+	}
+	case GA_CRED:
+		gen_read_cred(s, i, (struct cred *)v);
+		break;
+	case GA_SOCK:
+		gen_read_sock(s, i, (struct sock *)v);
+		break;
+	case GA_SOCKET:
+		gen_read_sock(s, i, v ? BPF_CORE_READ((struct socket *)v, sk) : NULL);
+		break;
+	case GA_SKB:
+		gen_read_skb(s, i, (struct sk_buff *)v);
+		break;
+	case GA_USERNS:
+		gen_read_userns(s, i, (struct user_namespace *)v);
+		break;
+	case GA_NETDEV:
+		if (v) {
+			n = bpf_probe_read_kernel_str(s->ev.str[i].s, 16, __builtin_preserve_access_index(
+							     &((struct net_device *)v)->name));
+			gen_set_strlen(s, i, n);
+		}
 		break;
 	case GA_DATALOC:
 		p = rc->ctx + (v & 0xffff);
@@ -265,10 +475,14 @@ static long gen_read_arg(__u32 i, void *data)
 	case GA_FD:
 		gen_read_fd(s, i, s->ev.vals[i]);
 		break;
-	case GA_USOCKADDR: {
+	case GA_USOCKADDR:
+	case GA_KSOCKADDR: {
 		struct sockaddr_in6 sa = {};
 
-		bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
+		if (a->type == GA_KSOCKADDR)
+			bpf_probe_read_kernel(&sa, sizeof(sa), (void *)v);
+		else
+			bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
 		s->ev.vals[i] = sa.sin6_family;
 		s->ev.aux[i] = bpf_ntohs(sa.sin6_port);
 		if (sa.sin6_family == 2 /* AF_INET */) {
@@ -340,6 +554,20 @@ static __always_inline bool gen_str_in_lpm(struct gen_scratch *s, struct gen_str
 	return bpf_map_lookup_elem(&gen_str_lpm, &s->key) != NULL;
 }
 
+/* the address of width bytes at str offset off in CIDR LPM set set_id */
+static __always_inline bool gen_addr_in_lpm(struct gen_scratch *s, struct gen_str *str, __u32 off, __u32 width,
+					    __u16 set_id)
+{
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	if (off > GEN_STR_MAX - 16)
+		return false;
+	bpf_probe_read_kernel(s->key.s, 16, &str->s[off & 127]);
+	s->key.prefixlen = 16 + 8 * (width & 31);
+	s->key.set_hi = set_id >> 8;
+	s->key.set_lo = set_id & 0xff;
+	return bpf_map_lookup_elem(&gen_str_lpm, &s->key) != NULL;
+}
+
 /* ------------------------------------------------------------------------------- selector checks */
 struct gen_sel_ctx {
 	struct gen_hook *hook;
@@ -403,9 +631,17 @@ static long gen_filter_step(__u32 j, void *data)
 	trunc = s->ev.trunc & (1 << a);
 	switch (f->kind) {
 	case GF_INT:
-	case GF_MASK:
-		hit = gen_int_match(f, (f->flags & GFF_AUX) ? s->ev.aux[a] : s->ev.vals[a]);
+	case GF_MASK: {
+		__u64 v = (f->flags & GFF_AUX) ? s->ev.aux[a] : s->ev.vals[a];
+
+		if (f->flags & GFF_SUB) {
+			v = 0;
+			if (f->soff <= GEN_STR_MAX - 8)
+				bpf_probe_read_kernel(&v, f->ssize <= 8 ? f->ssize & 15 : 8, &s->ev.str[a].s[f->soff & 255]);
+		}
+		hit = gen_int_match(f, v);
 		break;
+	}
 	case GF_STR_EQ:
 		hit = gen_str_in_set(s, &s->ev.str[a], len, trunc, f->set_id);
 		break;
@@ -421,9 +657,9 @@ static long gen_filter_step(__u32 j, void *data)
 		break;
 	case GF_ADDR:
 		if (s->ev.vals[a] == 2 && f->set_id)
-			hit = gen_str_in_lpm(s, &s->ev.str[a], 4, f->set_id);
+			hit = gen_addr_in_lpm(s, &s->ev.str[a], f->soff, 4, f->set_id);
 		else if (s->ev.vals[a] == 10 && f->set_id2)
-			hit = gen_str_in_lpm(s, &s->ev.str[a], 16, f->set_id2);
+			hit = gen_addr_in_lpm(s, &s->ev.str[a], f->soff, 16, f->set_id2);
 		break;
 	}
 done:
@@ -650,6 +886,23 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 			gen_stat(s->ev.hook_id, GST_MONITOR_SIGNAL);
 		}
 	}
+	if (sel->flags & GSF_OVERRIDE) {
+		if (hook->flags & GHF_ENFORCE) {
+			if (hook->flags & GHF_LSM) {
+				s->override_set = 1;
+				s->override_ret = sel->override_ret;
+			} else {
+				__u64 key = bpf_get_current_pid_tgid();
+				__s64 rc = sel->override_ret;
+
+				bpf_map_update_elem(&gen_override, &key, &rc, BPF_ANY);
+			}
+			s->ev.flags |= GEF_OVERRIDDEN;
+			gen_stat(s->ev.hook_id, GST_OVERRIDE);
+		} else {
+			gen_stat(s->ev.hook_id, GST_MONITOR_SIGNAL);
+		}
+	}
 	if (!(sel->flags & GSF_POST)) {
 		gen_stat(s->ev.hook_id, GST_NOPOST);
 		return 0;
@@ -679,6 +932,7 @@ static __always_inline struct gen_scratch *gen_begin(__u32 hook_id)
 		return NULL;
 	tgid = pid_tgid >> 32;
 	s->rev_done = 0;
+	s->override_set = 0;
 	s->ev.hdr.op = GEN_OP;
 	s->ev.hdr.cpu = bpf_get_smp_processor_id();
 	s->ev.hook_id = hook_id;

@@ -1,0 +1,490 @@
+"""Kernel-function kprobes, kretprobes, BPF LSM hooks, BTF-typed kernel arguments and Override, on the
+real kernel with real processes.
+
+These hooks need kprobe/kretprobe, fmod_ret and the BPF LSM: the `make vmtest` guests (Debian 6.1 and
+6.12) have them, the CI host does not. On the host the tests check that every such hook is refused with
+the probe's reason and nothing is attached; in the guests they load, fire for a matching trigger, stay
+silent for a non-matching one and unload.
+
+SAFETY: every policy is scoped to this test's pid (matchPIDs, followForks for its children) and to
+paths or ports only this test uses; Override denies opens of files under tmp_path only; Sigkill is
+scoped to a copy of /bin/cat in tmp_path opening a file in tmp_path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lanner.exporter.api.gen.tetragon import sensors_pb2
+from tests.test_policy_operators import Env, body, env  # noqa: F401  (env: the module-scoped fixture)
+
+pytestmark = pytest.mark.bpf
+
+ME = os.getpid()
+
+
+def _need(env: Env, *features: str) -> None:
+    missing = [f for f in features if not env.engine.probe.get(f)]
+    if missing:
+        pytest.skip(f"this kernel lacks {', '.join(missing)} (lanner probe); runs in the make vmtest guests")
+
+
+def _pids(follow: bool = False) -> str:
+    return f"""
+      - matchPIDs:
+        - operator: In
+          followForks: {str(follow).lower()}
+          values: [{ME}]"""
+
+
+def _events(env: Env, fn, policy: str) -> list[dict]:
+    return [body(e) for e in env.run(fn, policy)]
+
+
+# -------------------------------------------------------------------------------------------- host
+def test_kernel_function_hooks_unavailable_without_kprobes(env):
+    """Where `lanner probe` says kprobe/lsm are missing, the hooks are refused with that reason."""
+    if env.engine.probe.get("kprobe") or env.engine.probe.get("lsm"):
+        pytest.skip("this kernel has kprobes / BPF LSM: the other tests of this file run")
+    spec = """
+    kprobes:
+    - call: security_file_open
+      syscall: false
+      args: [{index: 0, type: file}]
+    lsmhooks:
+    - hook: file_open
+      args: [{index: 0, type: file}]
+    """
+    base = env.engine.links()
+    with env.load("kh-host", spec, expect_state=sensors_pb2.TP_STATE_LOAD_ERROR) as st:
+        assert env.engine.links() == base
+        assert st.error == ("hook kprobes[0] security_file_open: needs kprobe attach, which this kernel lacks "
+                            "(kprobe: not supported, see 'lanner probe'); hook lsmhooks[0] file_open: needs BPF "
+                            "LSM programs, which this kernel lacks (lsm: not supported)")
+
+
+# ---------------------------------------------------------------------------------- kprobe + file
+@pytest.mark.parametrize("op,value,hit,miss", [
+    ("Prefix", "kp-", "kp-a", "other"),
+    ("Postfix", ".kpx", "b.kpx", "b.kpy"),
+    ("Equal", "kp-eq", "kp-eq", "kp-eq2"),
+    ("NotPrefix", "kp-", "zz", "kp-z"),
+])
+def test_kprobe_file_arg_operators_and_return(env, tmp_path, op, value, hit, miss):
+    _need(env, "kprobe", "kretprobe")
+    t = str(tmp_path)
+    # NotPrefix is ANDed with a Prefix on tmp_path, so only this test's files can match
+    val = f"{t}/{value}" if op != "Postfix" else value
+    spec = f"""
+    kprobes:
+    - call: security_file_open
+      syscall: false
+      return: true
+      args:
+      - index: 0
+        type: file
+      returnArg:
+        index: 0
+        type: int
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: Prefix
+          values: ["{t}/"]
+        - index: 0
+          operator: {op}
+          values: ["{val}"]
+    """
+    for n in (hit, miss):
+        (tmp_path / n).write_text("x")
+    with env.load("kp-file", spec) as st:
+        assert "security_file_open: kprobe security_file_open+kretprobe" in st.info, st.info
+        evs = _events(env, lambda: os.close(os.open(tmp_path / hit, os.O_RDONLY)), "kp-file")
+        assert len(evs) == 1, evs
+        ev = evs[0]
+        assert ev["function_name"] == "security_file_open" and ev["process"]["pid"] == ME
+        assert ev["args"] == [{"file_arg": {"path": f"{t}/{hit}", "permission": "-rw-r--r--"}}]
+        assert ev["return"] == {"int_arg": 0} and ev["action"] == "KPROBE_ACTION_POST"
+        assert _events(env, lambda: os.close(os.open(tmp_path / miss, os.O_RDONLY)), "kp-file") == []
+        assert env.engine.status("kp-file").sensors == ["generic_kprobe"]
+    assert not [p for p in env.engine.programs() if p[0] == "policy:kp-file"]
+
+
+# ---------------------------------------------------------------------------------- sock, sockaddr
+def _listener() -> socket.socket:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    return srv
+
+
+@pytest.mark.parametrize("op", ["DAddr", "NotDAddr"])
+def test_kprobe_sock_daddr_dport_protocol(env, op):
+    _need(env, "kprobe")
+    srv, other = _listener(), _listener()
+    port, oport = srv.getsockname()[1], other.getsockname()[1]
+    addr = "127.0.0.1/32" if op == "DAddr" else "10.0.0.0/8"
+    spec = f"""
+    kprobes:
+    - call: tcp_connect
+      syscall: false
+      args:
+      - index: 0
+        type: sock
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: {op}
+          values: ["{addr}"]
+        - index: 0
+          operator: DPort
+          values: ["{port}"]
+        - index: 0
+          operator: Protocol
+          values: ["IPPROTO_TCP"]
+        - index: 0
+          operator: Family
+          values: ["AF_INET"]
+    """
+
+    def connect(p):
+        with socket.create_connection(("127.0.0.1", p)) as c:
+            return c.getsockname()[1]
+
+    try:
+        with env.load("kp-sock", spec):
+            sport: list[int] = []
+            evs = _events(env, lambda: sport.append(connect(port)), "kp-sock")
+            assert len(evs) == 1, evs
+            sock = evs[0]["args"][0]["sock_arg"]
+            assert sock["family"] == "AF_INET" and sock["type"] == "SOCK_STREAM"
+            assert sock["protocol"] == "IPPROTO_TCP" and sock["state"] == "TCP_SYN_SENT"
+            assert sock["daddr"] == "127.0.0.1" and sock["saddr"] == "127.0.0.1"
+            assert sock["dport"] == port and sock["sport"] == sport[0]
+            assert _events(env, lambda: connect(oport), "kp-sock") == []
+    finally:
+        srv.close()
+        other.close()
+
+
+def test_kprobe_socket_and_kernel_sockaddr(env):
+    """security_socket_connect(struct socket *, struct sockaddr *, int): SPort/Family on the sockaddr."""
+    _need(env, "kprobe")
+    srv = _listener()
+    port = srv.getsockname()[1]
+    spec = f"""
+    kprobes:
+    - call: security_socket_connect
+      syscall: false
+      args:
+      - index: 0
+        type: socket
+      - index: 1
+        type: sockaddr
+      selectors:{_pids()}
+        matchArgs:
+        - index: 1
+          operator: SPort
+          values: ["{port}"]
+        - index: 1
+          operator: Family
+          values: ["AF_INET"]
+    """
+    try:
+        with env.load("kp-sa", spec):
+            evs = _events(env, lambda: socket.create_connection(("127.0.0.1", port)).close(), "kp-sa")
+            assert len(evs) == 1, evs
+            sock, sa = evs[0]["args"][0]["sock_arg"], evs[0]["args"][1]["sockaddr_arg"]
+            assert sa == {"family": "AF_INET", "addr": "127.0.0.1", "port": port}
+            assert sock["family"] == "AF_INET" and sock["protocol"] == "IPPROTO_TCP" and sock["state"] == "TCP_CLOSE"
+    finally:
+        srv.close()
+
+
+def test_kprobe_skb_and_net_device(env):
+    """dev_hard_start_xmit(struct sk_buff *, struct net_device *): a UDP datagram to 127.0.0.1 on lo."""
+    _need(env, "kprobe")
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    port = rx.getsockname()[1]
+    spec = f"""
+    kprobes:
+    - call: dev_hard_start_xmit
+      syscall: false
+      args:
+      - index: 0
+        type: skb
+      - index: 1
+        type: net_device
+      selectors:
+      - matchArgs:
+        - index: 0
+          operator: DPort
+          values: ["{port}"]
+        - index: 0
+          operator: DAddr
+          values: ["127.0.0.1"]
+        - index: 0
+          operator: Protocol
+          values: ["IPPROTO_UDP"]
+    """
+
+    def send(p):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"lanner-skb", ("127.0.0.1", p))
+
+    try:
+        with env.load("kp-skb", spec):
+            evs = _events(env, lambda: send(port), "kp-skb")
+            assert len(evs) == 1, evs
+            skb, dev = evs[0]["args"][0]["skb_arg"], evs[0]["args"][1]["net_dev_arg"]
+            assert dev == {"name": "lo"}
+            assert skb["daddr"] == "127.0.0.1" and skb["dport"] == port and skb["protocol"] == "IPPROTO_UDP"
+            assert skb["family"] == "AF_INET" and skb["len"] == 20 + 8 + len(b"lanner-skb") + 14
+            assert _events(env, lambda: send(port + 1 if port < 65535 else port - 1), "kp-skb") == []
+    finally:
+        rx.close()
+
+
+# ---------------------------------------------------------------------------- creds, capabilities
+def test_kprobe_cred_and_capability_and_user_namespace(env):
+    _need(env, "kprobe")
+    spec = f"""
+    kprobes:
+    - call: commit_creds
+      syscall: false
+      args:
+      - index: 0
+        type: cred
+      selectors:{_pids(follow=True)}
+    - call: cap_capable
+      syscall: false
+      args:
+      - index: 1
+        type: user_namespace
+      - index: 2
+        type: capability
+      selectors:{_pids(follow=True)}
+    """
+    code = "import os; os.nice(-1); os.setresuid(65534, 65534, 65534); print(os.getpid())"
+    with env.load("kp-cred", spec):
+        out: list[int] = []
+
+        def run():
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=True)
+            out.append(int(r.stdout))
+
+        evs = [e for e in _events(env, run, "kp-cred") if e["process"]["pid"] == out[0]]
+        creds = [e["args"][0]["process_credentials_arg"] for e in evs if e["function_name"] == "commit_creds"]
+        assert {"uid": 65534, "gid": 0, "euid": 65534, "egid": 0, "suid": 65534, "sgid": 0, "fsuid": 65534,
+                "fsgid": 0} == {k: v for k, v in creds[-1].items() if k.endswith("id")}, creds
+        assert creds[-1]["caps"] == {}  # setresuid away from root drops every capability
+        # capability args cannot be filtered (parser, as Tetragon): pick the CAP_SYS_NICE check of nice(-1)
+        caps = [e["args"] for e in evs if e["function_name"] == "cap_capable"
+                and e["args"][1]["capability_arg"]["value"] == 23]
+        assert caps, evs
+        ns_inum = os.stat(f"/proc/{ME}/ns/user").st_ino
+        assert caps[0][0]["user_ns_arg"]["ns"] == {"inum": ns_inum}
+        assert caps[0][0]["user_ns_arg"]["level"] == 0
+        assert caps[0][1] == {"capability_arg": {"value": 23, "name": "CAP_SYS_NICE"}}
+
+
+# ------------------------------------------------------------------------- dentry, path, binprm
+def test_kprobe_dentry_path_and_binprm(env, tmp_path):
+    _need(env, "kprobe")
+    t = str(tmp_path)
+    exe = tmp_path / "lanner-true"
+    shutil.copy("/bin/true", exe)
+    spec = f"""
+    kprobes:
+    - call: security_inode_unlink
+      syscall: false
+      args:
+      - index: 1
+        type: dentry
+      selectors:{_pids()}
+        matchArgs:
+        - index: 1
+          operator: Postfix
+          values: ["/kp-unlink-me"]
+    - call: security_bprm_check
+      syscall: false
+      args:
+      - index: 0
+        type: linux_binprm
+      selectors:
+      - matchArgs:
+        - index: 0
+          operator: Equal
+          values: ["{exe}"]
+    """
+    victim = tmp_path / "kp-unlink-me"
+    victim.write_text("x")
+    with env.load("kp-dpb", spec):
+        evs = _events(env, lambda: (victim.unlink(), subprocess.run([str(exe)], check=True)), "kp-dpb")
+        by = {e["function_name"]: e for e in evs}
+        assert set(by) == {"security_inode_unlink", "security_bprm_check"}, evs
+        # a dentry alone has no mount: its path runs from its filesystem's root
+        path = by["security_inode_unlink"]["args"][0]["file_arg"]["path"]
+        assert path.endswith(f"{tmp_path.name}/kp-unlink-me") and t.endswith(path.rsplit("/kp-unlink-me", 1)[0])
+        assert by["security_bprm_check"]["args"] == [{"linux_binprm_arg": {"path": str(exe),
+                                                                           "permission": "-rwxr-xr-x"}}]
+
+
+# ------------------------------------------------------------------------------------ BPF LSM
+def test_lsm_file_open_event_and_override(env, tmp_path):
+    _need(env, "lsm")
+    t = str(tmp_path)
+    spec = f"""
+    lsmhooks:
+    - hook: file_open
+      args:
+      - index: 0
+        type: file
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: Prefix
+          values: ["{t}/lsm-deny"]
+        matchActions:
+        - action: Override
+          argError: -1
+      - matchPIDs:
+        - operator: In
+          values: [{ME}]
+        matchArgs:
+        - index: 0
+          operator: Prefix
+          values: ["{t}/lsm-see"]
+    """
+    for n in ("lsm-deny", "lsm-see", "lsm-other"):
+        (tmp_path / n).write_text("x")
+    with env.load("lsm-fo", spec) as st:
+        assert "lsmhooks[0] file_open: lsm lsm/file_open" in st.info, st.info
+        assert st.sensors == ["generic_lsm"]
+        err: list[int] = []
+
+        def deny():
+            try:
+                os.close(os.open(tmp_path / "lsm-deny", os.O_RDONLY))
+            except OSError as exc:
+                err.append(exc.errno)
+
+        evs = _events(env, deny, "lsm-fo")
+        assert err == [errno.EPERM]
+        assert [(e["function_name"], e["args"], e["action"]) for e in evs] == [
+            ("file_open", [{"file_arg": {"path": f"{t}/lsm-deny", "permission": "-rw-r--r--"}}],
+             "KPROBE_ACTION_OVERRIDE")]
+        assert all("process_lsm" in e for e in env.run(deny, "lsm-fo")) and err == [errno.EPERM] * 2
+        evs = _events(env, lambda: os.close(os.open(tmp_path / "lsm-see", os.O_RDONLY)), "lsm-fo")
+        assert [e["action"] for e in evs] == ["KPROBE_ACTION_POST"]
+        assert _events(env, lambda: os.close(os.open(tmp_path / "lsm-other", os.O_RDONLY)), "lsm-fo") == []
+        assert env.engine.counters("lsm-fo")["override"] == 2
+    # unloaded: the file opens again
+    os.close(os.open(tmp_path / "lsm-deny", os.O_RDONLY))
+
+
+def test_lsm_override_in_monitor_mode_does_not_deny(env, tmp_path):
+    _need(env, "lsm")
+    spec = f"""
+    options:
+    - name: policy-mode
+      value: monitor
+    lsmhooks:
+    - hook: file_open
+      args:
+      - index: 0
+        type: file
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: Equal
+          values: ["{tmp_path}/mon"]
+        matchActions:
+        - action: Override
+          argError: -1
+    """
+    (tmp_path / "mon").write_text("x")
+    with env.load("lsm-mon", spec):
+        evs = _events(env, lambda: os.close(os.open(tmp_path / "mon", os.O_RDONLY)), "lsm-mon")
+        assert len(evs) == 1 and env.engine.counters("lsm-mon")["override"] == 0
+
+
+# ------------------------------------------------------------------- Override on kprobes (fmod_ret)
+def test_kprobe_override_with_fmod_ret(env, tmp_path):
+    _need(env, "kprobe", "fmod_ret")
+    spec = f"""
+    kprobes:
+    - call: security_file_open
+      syscall: false
+      args:
+      - index: 0
+        type: file
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: Equal
+          values: ["{tmp_path}/fm-deny"]
+        matchActions:
+        - action: Override
+          argError: -13
+    """
+    for n in ("fm-deny", "fm-ok"):
+        (tmp_path / n).write_text("x")
+    with env.load("kp-ovr", spec) as st:
+        assert "+fmod_ret security_file_open" in st.info, st.info
+        err: list[int] = []
+
+        def deny():
+            try:
+                os.close(os.open(tmp_path / "fm-deny", os.O_RDONLY))
+            except OSError as exc:
+                err.append(exc.errno)
+
+        evs = _events(env, deny, "kp-ovr")
+        assert err == [errno.EACCES]
+        assert [e["action"] for e in evs] == ["KPROBE_ACTION_OVERRIDE"]
+        os.close(os.open(tmp_path / "fm-ok", os.O_RDONLY))  # not matched: not denied
+    os.close(os.open(tmp_path / "fm-deny", os.O_RDONLY))
+
+
+def test_kprobe_sigkill_scoped_to_test_binary(env, tmp_path):
+    _need(env, "kprobe")
+    cat = tmp_path / "lanner-kp-cat"
+    shutil.copy("/bin/cat", cat)
+    target = tmp_path / "kp-kill-me"
+    target.write_text("secret\n")
+    spec = f"""
+    kprobes:
+    - call: security_file_open
+      syscall: false
+      args:
+      - index: 0
+        type: file
+      selectors:
+      - matchBinaries:
+        - operator: In
+          values: ["{cat}"]
+        matchArgs:
+        - index: 0
+          operator: Equal
+          values: ["{target}"]
+        matchActions:
+        - action: Sigkill
+    """
+    with env.load("kp-kill", spec):
+        res: list[subprocess.CompletedProcess] = []
+        evs = _events(env, lambda: res.append(subprocess.run([str(cat), str(target)], capture_output=True,
+                                                              timeout=120)), "kp-kill")
+        assert res[0].returncode == -9 and res[0].stdout == b""  # killed before the read
+        assert [e["action"] for e in evs] == ["KPROBE_ACTION_SIGKILL"]
+        sibling = subprocess.run(["/bin/cat", str(target)], capture_output=True, timeout=120)
+        assert sibling.returncode == 0 and sibling.stdout == b"secret\n"
