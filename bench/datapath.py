@@ -376,5 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed or cni_failed else 0
 
 
+def run_main() -> int:
+    """main() with Ctrl-C/SIGTERM/time-out reported in one line (everything is cleaned up by then)."""
+    try:
+        return main()
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted ({e or 'SIGINT'}): namespaces, processes and pins of this run removed", file=sys.stderr)
+        return 130
+    except TimeoutError as e:
+        print(f"\n{e}: namespaces, processes and pins of this run removed", file=sys.stderr)
+        return 124
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())

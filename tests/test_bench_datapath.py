@@ -26,9 +26,20 @@ pytestmark = pytest.mark.bpf
 
 
 def leftovers(pid: int) -> list[str]:
+    """Namespaces, pins and processes (the datapath helper, the netdp agent) of benchmark run ``pid``."""
     ns = [p.name for p in Path("/var/run/netns").glob(f"lnb{pid}-*")] if Path("/var/run/netns").is_dir() else []
     pins = [p.name for p in Path("/sys/fs/bpf").glob(f"lanner-bench-datapath-{pid}*")]
-    return ns + pins
+    procs = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"lanner-bench-datapath-{pid}" in cmd or f"lnb{pid}-" in cmd:
+            procs.append(f"pid {d.name}: {cmd[:120]}")
+    return ns + pins + procs
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +116,27 @@ def test_nothing_left_behind(quick_run) -> None:
     _, _, pid = quick_run
     assert leftovers(pid) == []
     assert not os.path.exists(f"/sys/fs/bpf/lanner-bench-datapath-{pid}")
+
+
+def test_ctrl_c_during_lanner_config_cleans_up() -> None:
+    """SIGINT while the lanner datapath is loaded in the router netns: exit 130, nothing left behind."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--configs", "lanner-1k", "--cni-cycles", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+    pins = Path(f"/sys/fs/bpf/lanner-bench-datapath-{proc.pid}/lanner-1k")
+    try:
+        deadline = time.monotonic() + 120
+        while not pins.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pins.exists(), "the lanner datapath never pinned its maps"
+        time.sleep(1.0)  # traffic running through the datapath
+        proc.send_signal(2)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    assert leftovers(proc.pid) == []
