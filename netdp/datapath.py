@@ -37,7 +37,7 @@ from lanner.bpf.ringbuf import RingBuffer
 from .endpoint import IDENTITY_HOST, Endpoint
 from .flows import FlowDecoder, FlowReader
 from .identity import IdentityStore, normalize_cidr, pod_identity_labels
-from .netpolicy import CidrIdentities, NetworkPolicy, compile_endpoint
+from .netpolicy import CidrIdentities, NetworkPolicy, PolicyEntry, compile_endpoint
 
 log = logging.getLogger("lanner.netdp.datapath")
 
@@ -86,7 +86,7 @@ class _EndpointState:
     ep: Endpoint
     links: list[Link] = field(default_factory=list)
     flags: int = 0
-    policy_keys: dict[tuple[int, int, int, int], int] = field(default_factory=dict)  # entry -> cookie
+    policy_keys: dict[PolicyEntry, int] = field(default_factory=dict)  # entry -> cookie
 
 
 class Datapath:
@@ -144,11 +144,11 @@ class Datapath:
         for k, v in self._m_ipcache.items():
             ip = socket.inet_ntoa(struct.pack("<I", k["addr"]))
             self._bpf_ipcache[f"{ip}/{k['prefixlen']}"] = v["identity"]
-        self._orphan_policy: dict[tuple[int, int, int, int, int], int] = {}
+        self._orphan_policy: dict[tuple[int, int, int, int, int, int], int] = {}  # (endpoint id, *entry)
         if "netdp_policy" in reused:  # entries of endpoints from the previous run: replaced as they are re-added
             for k, v in self._m_policy.lookup_batch():
-                self._orphan_policy[(k["endpoint_id"], k["identity"], k["direction"], k["proto"], k["dport"])] = \
-                    v["cookie"]
+                self._orphan_policy[(k["endpoint_id"], k["identity"], k["direction"], k["proto"], k["dport"],
+                                     k["dport_plen"])] = v["cookie"]
         self._sync_ipcache()
 
     # ------------------------------------------------------------------------------------------
@@ -307,9 +307,10 @@ class Datapath:
         return out
 
     @staticmethod
-    def _policy_key(endpoint_id: int, k: tuple[int, int, int, int]) -> dict[str, int]:
-        ident, direction, proto, port = k
-        return {"identity": ident, "endpoint_id": endpoint_id, "direction": direction, "proto": proto, "dport": port}
+    def _policy_key(endpoint_id: int, k: PolicyEntry) -> dict[str, int]:
+        ident, direction, proto, port, plen = k
+        return {"identity": ident, "endpoint_id": endpoint_id, "direction": direction, "proto": proto, "dport": port,
+                "dport_plen": plen}
 
     def _cookie(self, origin: str) -> int:
         c = self._cookies.get(origin)
@@ -350,12 +351,23 @@ class Datapath:
             # order: allow first, then enforce, then remove what no longer applies (no transient drops)
             self._m_policy.update_batch([(self._policy_key(epid, k), {"cookie": c}) for k, c in sorted(add.items())])
             st.policy_keys = {**old, **add}
-            self._m_endpoints.update(ep.ipv4, {"ifindex": ep.host_ifindex, "identity": ep.identity,
-                                               "endpoint_id": epid, "flags": flags})
+            value = {"ifindex": ep.host_ifindex, "identity": ep.identity, "endpoint_id": epid, "flags": flags,
+                     "port_plens": self._port_plens(st.policy_keys)}
+            self._m_endpoints.update(ep.ipv4, value)
             st.flags = flags
             if stale:
                 self._m_policy.delete_batch([self._policy_key(epid, k) for k in stale])
             st.policy_keys = new
+            if self._port_plens(new) != value["port_plens"]:  # fewer block sizes left to look up
+                self._m_endpoints.update(ep.ipv4, {**value, "port_plens": self._port_plens(new)})
+
+    @staticmethod
+    def _port_plens(entries: Mapping[PolicyEntry, int]) -> int:
+        """Which port-block prefix lengths the program must look up for this endpoint."""
+        mask = 0
+        for e in entries:
+            mask |= 1 << e[4]
+        return mask
 
     def _apply_policies(self) -> None:
         self._apply(self._compile(self._policies, self._cidr_ids))

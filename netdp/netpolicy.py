@@ -6,8 +6,9 @@ in a directory). Errors name the file, the document and the field path
 rejected whole.
 
 ``compile_endpoint`` turns the policies into the entries of one endpoint's policy map: a set of
-``(remote identity, direction, protocol, port)`` where identity 0 means any peer, protocol 0 any
-protocol and port 0 any port, plus whether each direction is enforced (some policy selects the
+``(remote identity, direction, protocol, port, prefix length)`` where identity 0 means any peer,
+protocol 0 any protocol, and ports are aligned blocks (prefix length 16 = one port, 0 = every port;
+an endPort range becomes a few blocks), plus whether each direction is enforced (some policy selects the
 endpoint for it). Peers are resolved to identities from their labels (see ``netdp.identity``);
 ipBlocks to CIDR identities (``CidrIdentities``).
 
@@ -38,7 +39,6 @@ from .identity import LABEL_SOURCE, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
 INGRESS, EGRESS = 0, 1  # direction numbers, as in netdp/bpf/datapath.h
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
-MAX_PORT_RANGE = 8192  # ports one endPort range may expand to (each port is one map entry)
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
@@ -98,10 +98,23 @@ class PolicyPort:
     port: int = 0  # 0: every port
     end_port: int = 0  # 0: a single port
 
-    def ports(self) -> range:
+    def blocks(self) -> list[tuple[int, int]]:
+        """The ports as aligned blocks ``(first port, prefix length)``: (0, 0) = every port."""
         if not self.port:
-            return range(0, 1)
-        return range(self.port, (self.end_port or self.port) + 1)
+            return [(0, 0)]
+        return port_blocks(self.port, self.end_port or self.port)
+
+
+def port_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """[lo, hi] as the fewest aligned power-of-two blocks (at most 30 for any range)."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 17 - size.bit_length()))
+        lo += size
+    return out
 
 
 @dataclass(frozen=True)
@@ -255,8 +268,6 @@ def _port(ctx: _Ctx, v: Any, path: str) -> PolicyPort:
     if end is not None:
         if isinstance(end, bool) or not isinstance(end, int) or not int(port) <= end <= 65535:
             raise ctx.fail(f"{path}.endPort", f"{end!r} must be a number from port ({port}) to 65535")
-        if end - int(port) + 1 > MAX_PORT_RANGE:
-            raise ctx.fail(f"{path}.endPort", f"range of {end - int(port) + 1} ports exceeds {MAX_PORT_RANGE}")
     return PolicyPort(PROTOCOLS[proto_name], int(port), int(end or 0))
 
 
@@ -423,6 +434,8 @@ class CidrIdentities:
         return out
 
 
+# (remote identity or 0, direction, protocol or 0, first port of the block, block prefix length 0-16)
+PolicyEntry = tuple[int, int, int, int, int]
 ALLOW_LOCALHOST = "allow-localhost"  # the origin of the entry that lets the node reach its pods
 
 
@@ -430,8 +443,8 @@ ALLOW_LOCALHOST = "allow-localhost"  # the origin of the entry that lets the nod
 class EndpointPolicy:
     ingress_enforced: bool
     egress_enforced: bool
-    entries: frozenset[tuple[int, int, int, int]]  # (remote identity or 0, direction, protocol or 0, port or 0)
-    origins: Mapping[tuple[int, int, int, int], str] = field(default_factory=dict)  # entry -> "ns/name" (first)
+    entries: frozenset[PolicyEntry]
+    origins: Mapping[PolicyEntry, str] = field(default_factory=dict)  # entry -> "ns/name" (first)
 
 
 def _peer_identities(peer: Peer, policy_ns: str, subjects: Mapping[int, SubjectLabels],
@@ -454,15 +467,15 @@ def _peer_identities(peer: Peer, policy_ns: str, subjects: Mapping[int, SubjectL
 
 
 def _rule_entries(rule: Rule, direction: int, policy_ns: str, subjects: Mapping[int, SubjectLabels],
-                  cidrs: CidrIdentities) -> set[tuple[int, int, int, int]]:
+                  cidrs: CidrIdentities) -> set[PolicyEntry]:
     if rule.peers:
         idents: set[int] = set()
         for peer in rule.peers:
             idents |= _peer_identities(peer, policy_ns, subjects, cidrs)
     else:
         idents = {0}
-    l4 = [(p.protocol, port) for p in rule.ports for port in p.ports()] if rule.ports else [(0, 0)]
-    return {(ident, direction, proto, port) for ident in idents for proto, port in l4}
+    l4 = [(p.protocol, port, plen) for p in rule.ports for port, plen in p.blocks()] if rule.ports else [(0, 0, 0)]
+    return {(ident, direction, proto, port, plen) for ident in idents for proto, port, plen in l4}
 
 
 def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labels: Mapping[str, str],
@@ -474,7 +487,7 @@ def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labe
     allow-localhost default does (kubelet probes)."""
     subjects = {i: SubjectLabels.from_identity_labels(lbl) for i, lbl in identities.items()}
     ing = egr = False
-    origins: dict[tuple[int, int, int, int], str] = {}
+    origins: dict[PolicyEntry, str] = {}
     for pol in policies:
         if not pol.selects(namespace, pod_labels):
             continue
@@ -490,5 +503,5 @@ def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labe
                 for e in _rule_entries(rule, EGRESS, pol.namespace, subjects, cidrs):
                     origins.setdefault(e, name)
     if ing and allow_host:
-        origins.setdefault((IDENTITY_HOST, INGRESS, 0, 0), ALLOW_LOCALHOST)
+        origins.setdefault((IDENTITY_HOST, INGRESS, 0, 0, 0), ALLOW_LOCALHOST)
     return EndpointPolicy(ing, egr, frozenset(origins), origins)

@@ -609,7 +609,7 @@ def test_policy_set_too_large_is_refused_whole(topo: Topology) -> None:
     topo.serve(b.netns, 8080)
     set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
     before = dp.policy_entries(b.endpoint_id)
-    big = netpol("big", {"podSelector": {}, "ingress": [{"ports": [{"port": 1000, "endPort": 1100}]}]})
+    big = netpol("big", {"podSelector": {}, "ingress": [{"ports": [{"port": 1000 + 2 * i} for i in range(40)]}]})
     with pytest.raises(DatapathError, match="policy map entries"):
         set_policies(topo, big)
     # the previous policy set is still the one in force
@@ -729,3 +729,22 @@ def test_forged_source_addresses_are_dropped(topo: Topology) -> None:
     drops = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
     assert {f["src"]["ip"] for f in drops} == {"10.99.99.99", c.ip}
     assert all(f["reason"] == "spoofed-source" and f["ifindex"] == a.host_ifindex for f in drops)
+
+
+def test_wide_port_ranges_are_a_few_blocks(topo: Topology) -> None:
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 1000, 1023, 1024, 8080, 65535)
+    set_policies(topo, netpol("high-ports", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"ports": [{"protocol": "TCP", "port": 1024, "endPort": 65535}]}]}))
+    # 1024-65535 is six aligned blocks (1024/6, 2048/5, ... 32768/1), plus the node's entry
+    assert dp.policy_entries(b.endpoint_id) == 6 + 1
+    assert topo.probe(a.netns, ("tcp", b.ip, 1024), ("tcp", b.ip, 8080), ("tcp", b.ip, 65535),
+                      ("tcp", b.ip, 1023), ("tcp", b.ip, 1000), ("udp", b.ip, 8080)) == \
+        [True, True, True, False, False, False]
+    # one exact port next to the blocks: both lookups work, and dropping the range leaves the port
+    set_policies(topo, netpol("one-port", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"ports": [{"protocol": "TCP", "port": 1000}]}]}))
+    assert topo.probe(a.netns, ("tcp", b.ip, 1000), ("tcp", b.ip, 8080)) == [True, False]

@@ -8,7 +8,7 @@ import pytest
 
 from lanner.netdp.endpoint import IDENTITY_HOST, IDENTITY_WORLD
 from lanner.netdp.netpolicy import (EGRESS, INGRESS, CidrIdentities, NetworkPolicyError, compile_endpoint,
-                                    load_network_policies)
+                                    load_network_policies, port_blocks)
 
 GOOD = """\
 apiVersion: networking.k8s.io/v1
@@ -70,17 +70,18 @@ def test_compile_entries(tmp_path: Path) -> None:
     ing = {e for e in comp.entries if e[1] == INGRESS}
     # client in prod (same namespace) and every pod of namespace ops; TCP 80 and UDP 5000-5002
     # (the node, identity host, may always reach its pods)
-    assert ing == {(i, INGRESS, p, port) for i in (300, 302) for p, port in
-                   ((6, 80), (17, 5000), (17, 5001), (17, 5002))} | {(IDENTITY_HOST, INGRESS, 0, 0)}
-    assert comp.origins[(300, INGRESS, 6, 80)] == "prod/web"
-    assert comp.origins[(IDENTITY_HOST, INGRESS, 0, 0)] == "allow-localhost"
+    # 5000-5002 = the block 5000-5001 (prefix 15) and 5002 (prefix 16)
+    assert ing == {(i, INGRESS, p, port, plen) for i in (300, 302) for p, port, plen in
+                   ((6, 80, 16), (17, 5000, 15), (17, 5002, 16))} | {(IDENTITY_HOST, INGRESS, 0, 0, 0)}
+    assert comp.origins[(300, INGRESS, 6, 80, 16)] == "prod/web"
+    assert comp.origins[(IDENTITY_HOST, INGRESS, 0, 0, 0)] == "allow-localhost"
     egr = {e for e in comp.entries if e[1] == EGRESS}
     # the block and CIDRs inside it, minus the except; no port list = any protocol and port
-    assert egr == {((1 << 24) | 1, EGRESS, 0, 0), ((1 << 24) | 3, EGRESS, 0, 0)}
+    assert egr == {((1 << 24) | 1, EGRESS, 0, 0, 0), ((1 << 24) | 3, EGRESS, 0, 0, 0)}
     # an unselected pod in default is isolated by deny-all (ingress only, no entries)
     other = compile_endpoint([web, deny], "default", {"app": "x"}, IDS, cidrs)
     assert other.ingress_enforced and not other.egress_enforced
-    assert other.entries == {(IDENTITY_HOST, INGRESS, 0, 0)}
+    assert other.entries == {(IDENTITY_HOST, INGRESS, 0, 0, 0)}
     strict = compile_endpoint([deny], "default", {"app": "x"}, IDS, cidrs, allow_host=False)
     assert strict.ingress_enforced and not strict.entries
     # nothing selects a pod in dev
@@ -103,7 +104,7 @@ spec:
     (pol,) = load_network_policies(write(tmp_path, "o.yaml", text))
     comp = compile_endpoint([pol], "default", {}, IDS, CidrIdentities({"0.0.0.0/0": (1 << 24) | 9}))
     assert comp.egress_enforced and not comp.ingress_enforced
-    assert comp.entries == {(0, EGRESS, 17, 53), ((1 << 24) | 9, EGRESS, 0, 0), (IDENTITY_WORLD, EGRESS, 0, 0)}
+    assert comp.entries == {(0, EGRESS, 17, 53, 16), ((1 << 24) | 9, EGRESS, 0, 0, 0), (IDENTITY_WORLD, EGRESS, 0, 0, 0)}
 
 
 def test_directory_load(tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ BAD = [
     ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec:\n  podSelector: {}\n"
      "  ingres: []\n", r"spec.ingres: unknown field"),
     ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec:\n  podSelector: {}\n"
-     "  ingress:\n  - ports: [{port: 1, endPort: 65535}]\n", r"spec.ingress\[0\].ports\[0\].endPort: range of 65535"),
+     "  ingress:\n  - ports: [{port: 100, endPort: 99}]\n", r"spec.ingress\[0\].ports\[0\].endPort: 99 must be a number from"),
     ("key: [unclosed\n", r"invalid YAML"),
 ]
 
@@ -163,3 +164,16 @@ def test_errors_name_file_and_field(tmp_path: Path, text: str, pattern: str) -> 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(NetworkPolicyError, match="nope.yaml: no such file"):
         load_network_policies(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("lo,hi", [(1, 1), (1, 65535), (1024, 65535), (5000, 5002), (80, 443), (32768, 65535),
+                                   (65535, 65535), (3, 17)])
+def test_port_blocks_cover_the_range_exactly(lo: int, hi: int) -> None:
+    blocks = port_blocks(lo, hi)
+    covered = []
+    for first, plen in blocks:
+        size = 1 << (16 - plen)
+        assert first % size == 0 and 1 <= plen <= 16  # aligned, never the every-port block
+        covered += range(first, first + size)
+    assert covered == list(range(lo, hi + 1))
+    assert len(blocks) <= 30

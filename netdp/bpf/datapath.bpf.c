@@ -158,26 +158,39 @@ static __always_inline __u32 ipcache_identity(__u32 addr)
 }
 
 /* the cookie of a matching entry, 0 when none */
-static __always_inline __u32 policy_get(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport)
+static __always_inline __u32 policy_get(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport, __u8 plen)
 {
 	struct policy_key k = {.identity = identity, .endpoint_id = ep, .dport = dport, .proto = proto,
-			       .direction = dir};
+			       .direction = dir, .dport_plen = plen};
 	struct policy_value *v = bpf_map_lookup_elem(&netdp_policy, &k);
 
 	return v ? (v->cookie ? v->cookie : 0xffffffff) : 0;
 }
 
-/* exact, port wildcard, protocol wildcard; for the identity, then for any identity */
-static __always_inline __u32 policy_allows(__u16 ep, __u32 identity, __u8 dir, __u8 proto, __u16 dport)
+/* for one identity: the port blocks holding dport, longest first, then any protocol */
+static __always_inline __u32 policy_for(struct endpoint_info *ep, __u32 identity, __u8 dir, __u8 proto,
+					__u16 dport)
 {
+	__u32 plens = ep->port_plens;
 	__u32 c;
 
-	if ((c = policy_get(ep, identity, dir, proto, dport)) || (c = policy_get(ep, identity, dir, proto, 0)) ||
-	    (c = policy_get(ep, identity, dir, 0, 0)))
-		return c;
-	if ((c = policy_get(ep, 0, dir, proto, dport)) || (c = policy_get(ep, 0, dir, proto, 0)))
-		return c;
-	return policy_get(ep, 0, dir, 0, 0);
+	for (int plen = NETDP_PORT_PLEN_MAX; plen >= 0; plen--) {
+		if (!(plens & (1U << plen)))
+			continue;
+		__u16 mask = plen ? (__u16)(0xffff << (NETDP_PORT_PLEN_MAX - plen)) : 0;
+		c = policy_get(ep->endpoint_id, identity, dir, proto, dport & mask, plen);
+		if (c)
+			return c;
+	}
+	return (plens & 1) ? policy_get(ep->endpoint_id, identity, dir, 0, 0, 0) : 0;
+}
+
+static __always_inline __u32 policy_allows(struct endpoint_info *ep, __u32 identity, __u8 dir, __u8 proto,
+					   __u16 dport)
+{
+	__u32 c = policy_for(ep, identity, dir, proto, dport);
+
+	return c ? c : policy_for(ep, 0, dir, proto, dport);
 }
 
 static __always_inline int flow_rate_ok(__u64 now)
@@ -277,7 +290,7 @@ static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct
 	/* established flows are checked too (picks up policy changes), new ones also create state */
 	__u32 cookie = 0;
 	if (enforced) {
-		cookie = policy_allows(ep->endpoint_id, remote_id, dir, t->proto, t->dport);
+		cookie = policy_allows(ep, remote_id, dir, t->proto, t->dport);
 		if (!cookie) {
 			stat_inc(NETDP_STAT_DROPS);
 			emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_DROPPED, NETDP_REASON_POLICY_DENY, 0, now);

@@ -47,7 +47,7 @@ struct endpoint_info {
 	__u32 identity;     /* the pod's security identity */
 	__u16 endpoint_id;  /* node-local endpoint id, keys the policy map */
 	__u16 flags;        /* NETDP_EP_* */
-	__u32 pad;
+	__u32 port_plens;   /* bit n: the endpoint has policy entries for port blocks of prefix length n */
 };
 
 /* ipcache: longest-prefix match over IPv4 -> identity (miss = world) */
@@ -62,16 +62,22 @@ struct ipcache_value {
 };
 
 /*
- * Policy: one hash per node keyed by endpoint. identity 0 = any peer, proto 0 = any protocol,
- * dport 0 = any port. A packet is allowed when one of the wildcard combinations is present.
+ * Policy: one hash per node keyed by endpoint. identity 0 = any peer, proto 0 = any protocol.
+ * Ports are aligned blocks: dport_plen high bits of dport are significant (16 = one port, 0 = every
+ * port, with dport 0), so an endPort range is a handful of entries. A packet is allowed when an entry
+ * exists for its identity or 0, its protocol (or 0 with every port), and a block holding its port;
+ * only the prefix lengths the endpoint uses (endpoint_info.port_plens) are looked up.
  */
+#define NETDP_PORT_PLEN_MAX 16
+
 struct policy_key {
 	__u32 identity;    /* remote identity */
 	__u16 endpoint_id;
-	__u16 dport;       /* host order */
+	__u16 dport;       /* host order, first port of the block */
 	__u8 proto;
 	__u8 direction;    /* NETDP_DIR_* */
-	__u16 pad;
+	__u8 dport_plen;   /* 0..16 */
+	__u8 pad;
 };
 
 struct policy_value {
