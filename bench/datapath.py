@@ -33,7 +33,8 @@ MEASURES, per configuration, pinned as in the reference
 
 CNI ADD LATENCY (--cni-cycles N, 0 to skip): N ADD+DEL cycles of each plugin exec'd directly with CNI_*
   env vars and the config on stdin, from a dedicated "host" netns into a pod netns (bench/datapath_cni.py);
-  p50/p95 of ADD. lanner-cni talks to a `lanner agent --enable-netdp` started in that host netns.
+  p50/p95 of ADD, pooled over passes (each pass runs both plugins, in alternating order). lanner-cni talks
+  to a `lanner agent --enable-netdp` started fresh in that host netns each pass.
 
 TARGETS (issue 6), marked met/missed: at 10k rules the lanner RR (UDP and TCP avg) <= 1.1x and conn/s
   >= 0.9x the no-policy baseline; lanner-cni ADD p50 <= 1.5x the bridge plugin's.
@@ -97,7 +98,7 @@ class Outcome:
                 and bool(self.evidence.get("ok")))
 
 
-def run_config(cfg: CF.Config, passno: int, durations: LD.Durations, stack: C.Cleanup) -> Outcome:
+def run_config(cfg: CF.Config, passno: int, durations: LD.Durations) -> Outcome:
     out = Outcome(cfg.name, cfg.kind, cfg.rules, passno)
     topo = T.Topology()
     bg = Background()
@@ -143,27 +144,60 @@ class CniOutcome:
     lanner: CNI.AddLatency
 
 
-def run_cni(cycles: int, warmup: int, workdir: Path, pin_root: Path, stack: C.Cleanup) -> CniOutcome:
+def run_cni(cycles: int, warmup: int, workdir: Path, pin_root: Path, passno: int) -> CniOutcome:
+    """One pass of the CNI part: bridge then lanner-cni (reversed on odd passes, so drift cancels), in fresh
+    host and pod namespaces; the agent starts fresh too, with its own state and pin directories."""
     import datapath_cni_agent as CA
 
     ns = CNI.CniNamespaces(T.Topology().tag)
     try:
         ns.create()
-        bridge = ns.run_cycles(str(CNI.BRIDGE_DIR / "bridge"), CNI.bridge_conf(workdir, ns.tag), cycles, warmup,
-                               workdir)
-        try:
-            with CA.NetdpAgent(ns, workdir / "agent", pin_root / "cni-agent") as agent:
-                lanner = ns.run_cycles(CNI.lanner_plugin(), CNI.lanner_conf(agent.cni_socket), cycles, warmup,
-                                       workdir)
-                if lanner.error:
-                    lanner.error += f" | agent log: {agent.log_tail(400)}"
-        except (KeyboardInterrupt, TimeoutError):
-            raise
-        except Exception as e:
-            lanner = CNI.AddLatency(plugin="lanner-cni", error=f"{type(e).__name__}: {e}")
+
+        def bridge() -> CNI.AddLatency:
+            return ns.run_cycles(str(CNI.BRIDGE_DIR / "bridge"), CNI.bridge_conf(workdir, ns.tag), cycles, warmup,
+                                 workdir)
+
+        def lanner() -> CNI.AddLatency:
+            try:
+                with CA.NetdpAgent(ns, workdir / f"agent{passno}", pin_root / "cni-agent") as agent:
+                    lat = ns.run_cycles(CNI.lanner_plugin(), CNI.lanner_conf(agent.cni_socket), cycles, warmup,
+                                        workdir)
+                    if lat.error:
+                        lat.error += f" | agent log: {agent.log_tail(400)}"
+                    return lat
+            except (KeyboardInterrupt, TimeoutError):
+                raise
+            except Exception as e:
+                return CNI.AddLatency(plugin="lanner-cni", error=f"{type(e).__name__}: {e}")
+
+        if passno % 2:
+            ln = lanner()
+            br = bridge()
+        else:
+            br = bridge()
+            ln = lanner()
     finally:
         ns.destroy()
-    return CniOutcome(bridge, lanner)
+    return CniOutcome(br, ln)
+
+
+def merge_cni(runs: list[CniOutcome]) -> CniOutcome | None:
+    """Every pass's cycles pooled per plugin (first ADD: the median of the passes' first ADDs)."""
+    if not runs:
+        return None
+
+    def pool(lats: list[CNI.AddLatency]) -> CNI.AddLatency:
+        out = CNI.AddLatency(plugin=lats[0].plugin)
+        for lat in lats:
+            out.add_s += lat.add_s
+            out.del_s += lat.del_s
+            out.version_s += lat.version_s
+            out.ips += lat.ips
+            out.error = out.error or lat.error
+        out.first_add_s = med([lat.first_add_s for lat in lats])
+        return out
+
+    return CniOutcome(pool([r.bridge for r in runs]), pool([r.lanner for r in runs]))
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -316,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = a.passes * (len(names) * per_config + (cni_cycles * 2 + 120 if cni_cycles else 0)) + 120
     mon = C.LoadMonitor()
     outcomes: list[Outcome] = []
-    cni: CniOutcome | None = None
+    cni_runs: list[CniOutcome] = []
     t0 = time.monotonic()
     with C.Cleanup(budget) as stack:
         workdir = stack.tempdir("lanner-bench-datapath-")
@@ -327,15 +361,16 @@ def main(argv: list[str] | None = None) -> int:
             for n in order:
                 cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape) if passno else configs[n]
                 print(f"pass {passno + 1}/{a.passes}: {n} ...", flush=True)
-                o = run_config(cfg, passno, durations, stack)
+                o = run_config(cfg, passno, durations)
                 outcomes.append(o)
                 mon.sample()
                 if o.error:
                     print(f"  {n}: {o.error[:500]}", flush=True)
-            if cni_cycles and passno == 0:
-                print(f"CNI ADD latency: {cni_cycles} cycles per plugin ...", flush=True)
-                cni = run_cni(cni_cycles, a.cni_warmup, workdir, pin_root, stack)
+            if cni_cycles:
+                print(f"pass {passno + 1}/{a.passes}: CNI ADD latency, {cni_cycles} cycles per plugin ...", flush=True)
+                cni_runs.append(run_cni(cni_cycles, a.cni_warmup, workdir, pin_root, passno))
     wall = time.monotonic() - t0
+    cni = merge_cni(cni_runs)
 
     by_name: dict[str, list[Outcome]] = {}
     for o in outcomes:
