@@ -55,7 +55,7 @@ def test_version_lists_supported_versions():
     assert rc == 0 and out["cniVersion"] == "1.1.0"
 
 
-@pytest.mark.parametrize("command,cfg,env,code,text", [
+ERROR_CASES = [
     (None, conf(), ENV_ADD, 4, "CNI_COMMAND"),
     ("FROB", conf(), ENV_ADD, 4, "FROB"),
     ("ADD", conf(), {"CNI_CONTAINERID": "c1"}, 4, "[CNI_NETNS CNI_IFNAME]"),
@@ -75,18 +75,52 @@ def test_version_lists_supported_versions():
     ("ADD", conf(agentSocket="rel/path"), ENV_ADD, 7, "agentSocket"),
     ("ADD", conf(ipam={"type": "host-local"}), ENV_ADD, 2, "ipam.type='host-local'"),
     ("CHECK", conf(), ENV_ADD, 7, "prevResult"),
+]
+AGENT_DOWN_CASES = [
     ("ADD", conf(), ENV_ADD, 11, GONE),  # agent down: try again later
     ("CHECK", conf(prevResult={"ips": []}), ENV_ADD, 11, GONE),
     ("GC", conf(), {}, 11, GONE),
     ("STATUS", conf(), {}, 50, GONE),  # agent down: plugin not available
-])
-def test_plugin_error_codes(command, cfg, env, code, text):
+]
+
+
+def _expect_error(command, cfg, env, code, text):
     rc, out = plugin(command, cfg, **env)
     assert rc != 0, out
     assert out["code"] == code, out
     assert text in out["msg"] + " " + out.get("details", ""), out
     version = cfg.get("cniVersion") if isinstance(cfg, dict) else None
     assert out["cniVersion"] == (version if version in ("0.4.0", "1.0.0", "1.1.0") else "1.1.0")
+
+
+@pytest.mark.parametrize("command,cfg,env,code,text", ERROR_CASES + AGENT_DOWN_CASES)
+def test_plugin_error_codes(command, cfg, env, code, text):
+    """The agent is down: the plugin validates itself (slow path)."""
+    _expect_error(command, cfg, env, code, text)
+
+
+def test_agent_validates_the_fast_path_alike(node):
+    """The agent is up: the plugin forwards env and stdin unparsed and the agent gives the same answers."""
+    for command, cfg, env, code, text in ERROR_CASES:
+        if isinstance(cfg, dict) and cfg.get("agentSocket") == GONE:
+            cfg = {**cfg, "agentSocket": str(node.socket)}
+        elif isinstance(cfg, dict) and "agentSocket" not in cfg:
+            continue  # the default socket: not this test's agent
+        _expect_error(command, cfg, env, code, text)
+    rejected = [l for l in node.log().splitlines() if "rejected" in l]
+    assert len(rejected) >= 12, node.log()  # they reached the agent: the fast path was taken
+
+
+def test_top_level_scanner_never_takes_nested_members():
+    from lanner.netdp.cni.plugin import top_level_string as top
+
+    assert top(b'{"a": {"agentSocket": "/evil"}, "agentSocket" : "/good"}', b"agentSocket") == "/good"
+    assert top(b'{"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"agentSocket": "/evil"}}}',
+               b"agentSocket") is None
+    assert top(b'{"name": "agentSocket", "x": "a\\\"agentSocket\":\"/evil"}', b"agentSocket") is None
+    for bad in (b'{"agentSocket": 5}', b'{"agentSocket": "/a\\b"}', b'{"x": "unterminated', b'{"a": [1}'):
+        with pytest.raises(ValueError):
+            top(bad, b"agentSocket")
 
 
 def test_del_succeeds_when_agent_is_down():
@@ -105,10 +139,20 @@ def _p50_version(exe: Path, n: int = 9) -> float:
 
 
 def test_plugin_imports_stay_minimal_and_start_fast(tmp_path):
-    code = "import sys, lanner.netdp.cni.plugin; print(' '.join(sorted(sys.modules)))"
-    mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    heavy = {m for m in mods if m.split(".")[0] in ("grpc", "kubernetes", "pyroute2", "yaml", "orjson", "google")}
+    def modules(*argv: str, code: str) -> set[str]:
+        out = subprocess.run([sys.executable, *argv, "-c", code + "; print(' '.join(sorted(sys.modules)))"],
+                             capture_output=True, text=True, check=True).stdout
+        return set(out.split())
+
+    # as the console script runs it (site and the editable-install finder load their own modules first)
+    mods = modules(code="import sys, lanner.netdp.cni.plugin") - modules(code="import sys")
+    heavy = {m for m in mods if m.split(".")[0] in ("grpc", "kubernetes", "pyroute2", "yaml", "orjson", "google",
+                                                     "json", "re", "socket")}
     assert not heavy, heavy
+    # as the installed launcher runs it: the fast path needs os, sys and _socket only
+    cni_dir = str(REPO / "netdp" / "cni")
+    mods = modules("-IS", code=f"import sys; sys.path.insert(0, {cni_dir!r}); import plugin")
+    assert not {"json", "re", "socket", "lanner"} & mods, mods
     subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(tmp_path / "c"), "--bin-dir",
                     str(tmp_path / "b")], check=True, capture_output=True)
     launcher = tmp_path / "b" / "lanner-cni"
@@ -119,6 +163,25 @@ def test_plugin_imports_stay_minimal_and_start_fast(tmp_path):
     # the launcher runs the same code: same answers to a bad request
     bad = subprocess.run([str(launcher)], input=b"[]", env={"CNI_COMMAND": "ADD", **ENV_ADD}, capture_output=True)
     assert bad.returncode == 1 and json.loads(bad.stdout)["code"] == 6
+
+
+def test_fast_path_wall_time(node):
+    """STATUS with the agent up: the fast path (env and stdin forwarded unparsed), through both entry points."""
+    cfg = json.dumps(conf(agentSocket=str(node.socket))).encode()
+
+    def p50(exe: Path, n: int = 15) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.monotonic()
+            p = subprocess.run([str(exe)], input=cfg, env={"CNI_COMMAND": "STATUS"}, capture_output=True, timeout=30)
+            times.append(time.monotonic() - t0)
+            assert p.returncode == 0 and p.stdout == b"", p
+        return statistics.median(times)
+
+    console, fast = p50(PLUGIN), p50(node.bin_dir / "lanner-cni")
+    print(f"lanner-cni STATUS round trip p50: console script {console * 1e3:.1f} ms, "
+          f"installed launcher {fast * 1e3:.1f} ms")
+    assert fast < 0.5 and console < 0.5
 
 
 def test_cni_install(tmp_path):

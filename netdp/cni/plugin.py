@@ -1,119 +1,57 @@
 """lanner-cni: the CNI 1.1 plugin executable, a thin client of the agent.
 
 The runtime (containerd, libcni) execs it with CNI_* environment variables and the network config on
-stdin. The plugin validates what the spec makes it validate (version, env vars, config), answers VERSION
-itself, and forwards every other verb as one JSON request over the agent's unix socket
-(``agentSocket`` in the network config, default /var/run/lanner/cni.sock). The agent does the work
-(IPAM, veth, identity, datapath) and returns the result, which is printed to stdout.
+stdin. The agent does the work (IPAM, veth, identity, datapath) and the plugin prints its answer.
 
-Agent unreachable: ADD, CHECK and GC fail with code 11 (try again later), STATUS with 50; DEL succeeds
-(best effort, as the spec asks; the agent's GC reclaims what is left).
+Fast path (ADD, DEL, CHECK, STATUS, GC with the agent up): the plugin imports only ``os``, ``sys`` and
+``_socket``, finds ``agentSocket`` at the top level of the config with a small scanner (default
+/var/run/lanner/cni.sock), and forwards the CNI_* variables and stdin unparsed; the agent validates them
+exactly as the spec asks a plugin to (``validate.py``) and returns the exit code and the bytes to print.
 
-Imports are the stdlib's json/os/re/socket/sys only, so a call costs a bare interpreter start. The
-launcher that ``lanner cni install`` writes runs it with ``python -IS`` (no site-packages scan, no
-editable-install finder): about half the start-up cost of the ``lanner-cni`` console script.
+Slow path (VERSION, no CNI_COMMAND, the agent unreachable, a config the scanner cannot read): ``json``
+and ``validate.py`` are imported, the request is validated here first, then sent as JSON. Agent
+unreachable: ADD, CHECK and GC fail with code 11 (try again later), STATUS with 50; DEL succeeds (best
+effort, as the spec asks; the agent's GC reclaims what is left).
+
+``lanner cni install`` writes a launcher that runs this file with ``python -IS``: no site-packages scan
+and no imports beyond the three above, about a third of the console script's start-up.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 
+import _socket
+
 try:
-    from lanner.netdp.cni.protocol import (
-        DEFAULT_SOCKET, E_DECODE, E_INCOMPATIBLE_VERSION, E_INVALID_CONFIG, E_INVALID_ENV, E_IO, E_NOT_AVAILABLE,
-        E_TRY_AGAIN_LATER, E_UNSUPPORTED_FIELD, ID_RE, LATEST, MIN_VERSION, REQUIRED_ENV, SUPPORTED_VERSIONS,
-        CniError, parse_cni_args, version_tuple,
-    )
+    from lanner.netdp.cni.protocol import DEFAULT_SOCKET, RAW_MAGIC
 except ImportError:  # run by the launcher `lanner cni install` writes (python -IS, this directory on sys.path)
-    from protocol import (  # type: ignore[no-redef]
-        DEFAULT_SOCKET, E_DECODE, E_INCOMPATIBLE_VERSION, E_INVALID_CONFIG, E_INVALID_ENV, E_IO, E_NOT_AVAILABLE,
-        E_TRY_AGAIN_LATER, E_UNSUPPORTED_FIELD, ID_RE, LATEST, MIN_VERSION, REQUIRED_ENV, SUPPORTED_VERSIONS,
-        CniError, parse_cni_args, version_tuple,
-    )
+    from protocol import DEFAULT_SOCKET, RAW_MAGIC  # type: ignore[no-redef]
 
 CONNECT_TIMEOUT_S = 2.0
 REPLY_TIMEOUT_S = 120.0
 MAX_REPLY = 4 << 20
+FAST_COMMANDS = (b"ADD", b"DEL", b"CHECK", b"STATUS", b"GC")
 
 
-def _versions_text() -> str:
-    return "[" + " ".join(f'"{v}"' for v in SUPPORTED_VERSIONS) + "]"
+class _Unreachable(Exception):
+    """The agent's socket refused or does not exist: nothing was sent."""
 
 
-def read_config(raw: bytes) -> dict:
-    try:
-        conf = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise CniError(E_DECODE, "decoding error", f"network config on stdin is not JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise CniError(E_DECODE, "decoding error", "network config on stdin must be a JSON object")
-    return conf
-
-
-def check_config(conf: dict, command: str) -> str:
-    """Validate the network config for ``command``; return its cniVersion."""
-    version = conf.get("cniVersion")
-    if not isinstance(version, str) or not version:
-        raise CniError(E_INVALID_CONFIG, "invalid network config", "cniVersion is missing or not a string")
-    if version not in SUPPORTED_VERSIONS:
-        raise CniError(E_INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                       f'config is "{version}", plugin supports {_versions_text()}')
-    need = MIN_VERSION.get(command)
-    if need and version_tuple(version) < version_tuple(need):
-        raise CniError(E_INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                       f'config version "{version}" does not allow {command} (needs {need} or later)')
-    name = conf.get("name")
-    if not isinstance(name, str) or not ID_RE.match(name):
-        raise CniError(E_INVALID_CONFIG, "invalid network config",
-                       f"name {name!r} must start alphanumeric, then alphanumeric, '_', '.' or '-'")
-    sock = conf.get("agentSocket", DEFAULT_SOCKET)
-    if not isinstance(sock, str) or not sock.startswith("/"):
-        raise CniError(E_INVALID_CONFIG, "invalid network config", f"agentSocket {sock!r} must be an absolute path")
-    mtu = conf.get("mtu", 1500)
-    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
-        raise CniError(E_INVALID_CONFIG, "invalid network config", f"mtu {mtu!r} must be an integer in 68..65535")
-    if "ipam" in conf and conf["ipam"] not in ({}, None):
-        ipam_type = conf["ipam"].get("type") if isinstance(conf["ipam"], dict) else conf["ipam"]
-        raise CniError(E_UNSUPPORTED_FIELD, f"unsupported field ipam.type={ipam_type!r}",
-                       "lanner-cni allocates from the agent's --pod-cidr; remove the ipam section")
-    prev = conf.get("prevResult")
-    if prev is not None and not isinstance(prev, dict):
-        raise CniError(E_INVALID_CONFIG, "invalid network config", "prevResult must be an object")
-    if command == "CHECK" and not prev:
-        raise CniError(E_INVALID_CONFIG, "invalid network config", "CHECK needs prevResult")
-    return version
-
-
-def read_env(command: str, env: dict[str, str]) -> dict:
-    missing = [k for k in REQUIRED_ENV[command] if not env.get(k)]
-    if missing:
-        raise CniError(E_INVALID_ENV, f"required env variables [{' '.join(missing)}] missing")
-    cid = env.get("CNI_CONTAINERID", "")
-    if cid and not ID_RE.match(cid):
-        raise CniError(E_INVALID_ENV, "invalid CNI_CONTAINERID",
-                       f"{cid!r} must start alphanumeric, then alphanumeric, '_', '.' or '-'")
-    ifname = env.get("CNI_IFNAME", "")
-    if ifname and (len(ifname) > 15 or ifname in (".", "..") or any(c in ifname for c in "/: \t\n")):
-        raise CniError(E_INVALID_ENV, "invalid CNI_IFNAME", f"{ifname!r} is not a valid interface name")
-    netns = env.get("CNI_NETNS", "")
-    if netns and not netns.startswith("/"):
-        raise CniError(E_INVALID_ENV, "invalid CNI_NETNS", f"{netns!r} must be an absolute path")
-    return {"containerID": cid, "ifname": ifname, "netns": netns,
-            "args": parse_cni_args(env.get("CNI_ARGS", "")), "path": env.get("CNI_PATH", "")}
-
-
-def call_agent(path: str, request: dict) -> dict:
-    """One request, one reply. Raises OSError when the agent cannot be reached or hangs up."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+# ---------------------------------------------------------------------------------------------- transport
+def _exchange(path: str, data: bytes) -> bytes:
+    """Send ``data``, read the reply to EOF. _Unreachable when connecting fails; OSError after that."""
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(CONNECT_TIMEOUT_S)
-        s.connect(path)
+        try:
+            s.connect(path)
+        except OSError as exc:
+            raise _Unreachable(str(exc)) from None
         s.settimeout(REPLY_TIMEOUT_S)
-        s.sendall(json.dumps(request).encode())
-        s.shutdown(socket.SHUT_WR)
+        s.sendall(data)
+        s.shutdown(_socket.SHUT_WR)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -128,56 +66,162 @@ def call_agent(path: str, request: dict) -> dict:
         s.close()
     if not chunks:
         raise ConnectionResetError("the agent closed the connection without a reply")
-    return json.loads(b"".join(chunks))
+    return b"".join(chunks)
+
+
+def top_level_string(raw: bytes, key: bytes) -> str | None:
+    """The value of ``key`` when it is a member of the top-level object and a plain string; None when the
+    top level has no such member. ValueError when that cannot be told without a JSON parser (escapes, not
+    a string, unbalanced input): the caller then takes the slow path. Nested members (e.g. a pod annotation
+    named agentSocket inside runtimeConfig) are never taken."""
+    want = b'"' + key + b'"'
+    depth, i, n = 0, 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x22:  # a string token: find its end, honouring backslash escapes
+            j = i + 1
+            while True:
+                j = raw.find(b'"', j)
+                if j < 0:
+                    raise ValueError("unterminated string")
+                k = j - 1
+                while raw[k] == 0x5C:
+                    k -= 1
+                if (j - 1 - k) % 2 == 0:
+                    break
+                j += 1
+            token, i = raw[i:j + 1], j + 1
+            if depth == 1 and token == want:
+                rest = raw[i:].lstrip()
+                if rest[:1] == b":":
+                    val = rest[1:].lstrip()
+                    end = val.find(b'"', 1)
+                    if val[:1] != b'"' or end < 0 or b"\\" in val[1:end]:
+                        raise ValueError("agentSocket is not a plain string")
+                    return val[1:end].decode("utf-8")
+            continue
+        if c == 0x7B or c == 0x5B:  # { [
+            depth += 1
+        elif c == 0x7D or c == 0x5D:  # } ]
+            depth -= 1
+        i += 1
+    if depth != 0:
+        raise ValueError("unbalanced config")
+    return None
+
+
+def fast(stdin: bytes) -> int | None:
+    """Forward the invocation unparsed. None: take the slow path (nothing reached the agent)."""
+    try:
+        sock = top_level_string(stdin, b"agentSocket")
+    except ValueError:
+        return None
+    sock = sock or DEFAULT_SOCKET
+    if not sock.startswith("/"):
+        return None  # the slow path names the bad field
+    env = os.environb
+    frame = RAW_MAGIC + b"\0".join(k + b"=" + v for k, v in env.items() if k.startswith(b"CNI_")) + b"\0\0" + stdin
+    try:
+        reply = _exchange(sock, frame)
+    except _Unreachable:
+        return None
+    except OSError as exc:  # the agent took the request and died or hung: it may have done part of it
+        return slow_error(stdin, 11, "lanner agent not available, try again later",
+                          f"the agent at {sock} did not answer: {exc}")
+    if reply[:1] not in (b"0", b"1"):
+        return slow_error(stdin, 5, "bad reply from the lanner agent", repr(reply[:200]))
+    out = sys.stdout.buffer
+    out.write(reply[1:])
+    out.flush()
+    return int(reply[:1])
+
+
+# ---------------------------------------------------------------------------------------------- slow path
+def _validate():
+    try:
+        from lanner.netdp.cni import validate
+    except ImportError:  # launcher
+        import validate  # type: ignore[no-redef]
+    return validate
+
+
+def _protocol():
+    try:
+        from lanner.netdp.cni import protocol
+    except ImportError:  # launcher
+        import protocol  # type: ignore[no-redef]
+    return protocol
+
+
+def slow_error(stdin: bytes, code: int, msg: str, details: str) -> int:
+    import json
+
+    v = _validate()
+    try:
+        version = v.reply_version(v.read_config(stdin))
+    except Exception:
+        version = "1.1.0"
+    sys.stdout.write(json.dumps({"cniVersion": version, "code": code, "msg": msg, "details": details}) + "\n")
+    return 1
 
 
 def run(command: str, env: dict[str, str], stdin: bytes) -> tuple[int, dict | None]:
-    """Execute one verb; return (exit code, JSON to print or None)."""
-    version = LATEST
+    """Execute one verb here (validation first, then the agent over JSON); return (exit code, JSON to print)."""
+    import json
+
+    v, P = _validate(), _protocol()
+    version = P.LATEST
     try:
         if command == "VERSION":
-            conf = read_config(stdin) if stdin.strip() else {}
-            asked = conf.get("cniVersion")
-            return 0, {"cniVersion": asked if asked in SUPPORTED_VERSIONS else LATEST,
-                       "supportedVersions": list(SUPPORTED_VERSIONS)}
-        conf = read_config(stdin)
-        if isinstance(conf.get("cniVersion"), str) and conf["cniVersion"] in SUPPORTED_VERSIONS:
-            version = conf["cniVersion"]
-        version = check_config(conf, command)
-        request = {"command": command, **read_env(command, env), "config": conf}
-        sock = conf.get("agentSocket", DEFAULT_SOCKET)
+            conf = v.read_config(stdin) if stdin.strip() else {}
+            return 0, {"cniVersion": v.reply_version(conf), "supportedVersions": list(P.SUPPORTED_VERSIONS)}
         try:
-            reply = call_agent(sock, request)
-        except (OSError, ValueError) as exc:
+            version, request = v.request(command, env, stdin)
+        except P.CniError as err:
+            version = getattr(err, "version", version)
+            raise
+        sock = request["config"].get("agentSocket", P.DEFAULT_SOCKET)
+        try:
+            reply = json.loads(_exchange(sock, json.dumps(request).encode()))
+        except (_Unreachable, OSError, ValueError) as exc:
             if command == "STATUS":
-                raise CniError(E_NOT_AVAILABLE, "lanner agent not available",
-                               f"cannot reach the agent at {sock}: {exc}") from None
+                raise P.CniError(P.E_NOT_AVAILABLE, "lanner agent not available",
+                                 f"cannot reach the agent at {sock}: {exc}") from None
             if command == "DEL":
                 sys.stderr.write(f"lanner-cni: DEL: agent at {sock} unreachable ({exc}); "
                                  "nothing released now, the agent's GC reclaims it\n")
                 return 0, None
-            raise CniError(E_TRY_AGAIN_LATER, "lanner agent not available, try again later",
-                           f"cannot reach the agent at {sock}: {exc}") from None
+            raise P.CniError(P.E_TRY_AGAIN_LATER, "lanner agent not available, try again later",
+                             f"cannot reach the agent at {sock}: {exc}") from None
         if not isinstance(reply, dict):
-            raise CniError(E_IO, "bad reply from the agent", repr(reply)[:200])
+            raise P.CniError(P.E_IO, "bad reply from the agent", repr(reply)[:200])
         if reply.get("code", 0):
-            raise CniError(int(reply["code"]), str(reply.get("msg", "")), str(reply.get("details", "")))
+            raise P.CniError(int(reply["code"]), str(reply.get("msg", "")), str(reply.get("details", "")))
         return 0, reply.get("result")
-    except CniError as err:
+    except P.CniError as err:
         return 1, err.to_dict(version)
 
 
 def main() -> int:
-    env = dict(os.environ)
-    command = env.get("CNI_COMMAND", "")
+    command = os.environb.get(b"CNI_COMMAND", b"")
     stdin = sys.stdin.buffer.read() if command else b""
+    if command in FAST_COMMANDS:
+        code = fast(stdin)
+        if code is not None:
+            return code
+    import json
+
+    P = _protocol()
     if not command:
-        code, out = 1, CniError(E_INVALID_ENV, "required env variables [CNI_COMMAND] missing").to_dict(LATEST)
-    elif command not in REQUIRED_ENV:
-        code, out = 1, CniError(E_INVALID_ENV, "invalid CNI_COMMAND",
-                                f"{command!r}; expected one of ADD, DEL, CHECK, STATUS, GC, VERSION").to_dict(LATEST)
+        code, out = 1, P.CniError(P.E_INVALID_ENV, "required env variables [CNI_COMMAND] missing").to_dict(P.LATEST)
     else:
-        code, out = run(command, env, stdin)
+        name = os.environ["CNI_COMMAND"]
+        if name not in P.REQUIRED_ENV:
+            code, out = 1, P.CniError(P.E_INVALID_ENV, "invalid CNI_COMMAND",
+                                      f"{name!r}; expected one of ADD, DEL, CHECK, STATUS, GC, VERSION"
+                                      ).to_dict(P.LATEST)
+        else:
+            code, out = run(name, dict(os.environ), stdin)
     if out is not None:
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()

@@ -1,11 +1,10 @@
 """CNI spec facts shared by the plugin executable and the agent's CNI service.
 
-Kept free of heavy imports (stdlib ``re`` only): the plugin process imports it on every call.
+No imports at all: the plugin process imports it on every call.
 """
 
 from __future__ import annotations
 
-import re
 
 SUPPORTED_VERSIONS: tuple[str, ...] = ("0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
@@ -28,8 +27,15 @@ E_CHECK_MISMATCH = 101  # CHECK found the attachment different from prevResult
 E_IPAM_EXHAUSTED = 102  # no free address left in the pod CIDR
 E_INTERNAL = 103  # the agent failed for a reason not covered above
 
-# CNI_CONTAINERID: "starts alphanumeric, then alphanumeric, '_', '.', '-'"; names alike.
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# The plugin's fast path: b"LANNER-CNI-RAW1\0" + NUL-separated CNI_* env vars + b"\0\0" + stdin, unparsed;
+# the agent validates. Its reply: b"0" or b"1" (the exit code) + exactly what the plugin prints.
+RAW_MAGIC = b"LANNER-CNI-RAW1\0"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def valid_id(s: str) -> bool:
+    """CNI_CONTAINERID and network names: "starts alphanumeric, then alphanumeric, '_', '.', '-'"."""
+    return bool(s) and s[0] not in "_.-" and all(c in _ID_CHARS for c in s)
 
 # What each verb needs in the environment (CNI_NETNS is optional for DEL).
 REQUIRED_ENV: dict[str, tuple[str, ...]] = {

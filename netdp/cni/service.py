@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lanner.netdp import veth
+from lanner.netdp.cni import validate
 from lanner.netdp.cni.protocol import (
     E_ATTACHMENT_EXISTS, E_CHECK_MISMATCH, E_DECODE, E_INTERNAL, E_INVALID_CONFIG, E_IPAM_EXHAUSTED, E_IO,
-    E_UNKNOWN_CONTAINER, LATEST, CniError, convert_result, result_ips,
+    E_UNKNOWN_CONTAINER, LATEST, RAW_MAGIC, CniError, convert_result, result_ips,
 )
 from lanner.netdp.endpoint import IDENTITY_INIT, ContainerInfo, Endpoint, PodInfo
 from lanner.netdp.identity import pod_identity_labels
@@ -105,6 +106,27 @@ class CniService:
         log.info("CNI %s %s/%s: %s in %.1f ms", cmd, req.get("containerID", "") if isinstance(req, dict) else "",
                  req.get("ifname", "") if isinstance(req, dict) else "", outcome, (time.monotonic() - t0) * 1e3)
         return reply
+
+    def handle_raw(self, frame: bytes) -> bytes:
+        """The plugin's fast path: validate its env and stdin here, as the plugin would, then act. Returns
+        the exit code byte and exactly what the plugin prints (a result, nothing, or a CNI error)."""
+        version = LATEST
+        try:
+            command, env, stdin = validate.parse_raw(frame)
+            version, req = validate.request(command, env, stdin)
+        except CniError as err:
+            version = getattr(err, "version", version)
+            cmd = frame[len(RAW_MAGIC):].split(b"CNI_COMMAND=", 1)[-1].split(b"\0", 1)[0].decode("utf-8", "replace")
+            key = f"{cmd or '?'} error {err.code}"
+            self.counters[key] = self.counters.get(key, 0) + 1
+            log.info("CNI %s rejected: code %d %s %s", cmd or "?", err.code, err.msg, err.details)
+            return b"1" + json.dumps(err.to_dict(version)).encode() + b"\n"
+        reply = self.handle(req)
+        if reply.get("code"):
+            reply["cniVersion"] = version
+            return b"1" + json.dumps(reply).encode() + b"\n"
+        result = reply.get("result")
+        return b"0" + (json.dumps(result).encode() + b"\n" if result is not None else b"")
 
     def _crash_point(self, name: str) -> None:
         if self.cfg.crash_at == name:
@@ -403,12 +425,15 @@ class CniSocketServer:
                 size += len(b)
                 if size > MAX_REQUEST:
                     raise ValueError("request larger than 4 MiB")
-            req = json.loads(b"".join(chunks))
-            reply = self.service.handle(req)
+            data = b"".join(chunks)
+            if data.startswith(RAW_MAGIC):
+                out = self.service.handle_raw(data)
+            else:
+                out = json.dumps(self.service.handle(json.loads(data))).encode()
         except (OSError, ValueError) as exc:
-            reply = CniError(E_DECODE, "decoding error", f"request: {exc}").to_dict(LATEST)
+            out = json.dumps(CniError(E_DECODE, "decoding error", f"request: {exc}").to_dict(LATEST)).encode()
         try:
-            conn.sendall(json.dumps(reply).encode())
+            conn.sendall(out)
         except OSError as exc:
             log.warning("CNI reply not delivered: %s", exc)
 
