@@ -97,10 +97,11 @@ for spec in json.loads(sys.argv[1]):
     proto, ip, port, timeout = spec
     try:
         if proto == "tcp":
-            s = socket.create_connection((ip, port), timeout=timeout)
+            s = socket.create_connection((ip, port), timeout=timeout)  # a dropped SYN times out here
+            s.settimeout(5)  # connected: the server answers, however busy the machine
             ok = s.recv(2) == b"ok"
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout + 0.5)
             s.sendto(b"ping", (ip, port)); ok = s.recvfrom(64)[0] == b"ping"
         s.close()
     except OSError:
