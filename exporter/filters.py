@@ -26,6 +26,7 @@ from lanner.exporter.encoder import CAPABILITIES, join_arguments
 EVENT_TYPES: dict[str, int] = {
     "process_exec": 1, "process_exit": 5, "process_kprobe": 9, "process_tracepoint": 10, "process_loader": 11,
     "process_uprobe": 12, "process_throttle": 27, "process_lsm": 28, "process_usdt": 29, "rate_limit_info": 40001,
+    "flow": 40002,  # lanner: netdp flow events (Tetragon has no flow event; Hubble serves flows separately)
 }
 EVENT_TYPE_NAMES = {f"PROCESS_{k[len('process_'):].upper()}" if k.startswith("process_") else k.upper(): k
                     for k in EVENT_TYPES}
