@@ -324,6 +324,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "+ one TCP port, exactly the iptables rule set (N ipcache + N policy entries); grid = "
                         "ceil(N/P) ipBlocks x P ports in one rule, P = ceil(sqrt N) (N policy entries, fewer "
                         "ipcache entries) (default: %(default)s)")
+    p.add_argument("--flow-rate-limit", type=int, default=None, metavar="N",
+                   help="lanner-N: flow events per second for the node (default: the datapath's own default, "
+                        "what the agent runs with; 0 = unlimited, to see what every flow event costs)")
     p.add_argument("--json", type=Path, help="also write every figure and the evidence as JSON here")
     p.add_argument("--debug", action="store_true", help="print tracebacks of failed configurations")
     a = p.parse_args(argv)
@@ -355,11 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     with C.Cleanup(budget) as stack:
         workdir = stack.tempdir("lanner-bench-datapath-")
         pin_root = stack.pin_dir("datapath")
-        configs = {n: CF.parse_config(n, pin_root, workdir, a.lanner_shape) for n in names}
+        configs = {n: CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit) for n in names}
         for passno in range(a.passes):
             order = names if passno % 2 == 0 else list(reversed(names))
             for n in order:
-                cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape) if passno else configs[n]
+                cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit) if passno else configs[n]
                 print(f"pass {passno + 1}/{a.passes}: {n} ...", flush=True)
                 o = run_config(cfg, passno, durations)
                 outcomes.append(o)
@@ -384,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
           f"RR {durations.rr_s:g} s, connect loop {durations.crr_s:g} s, iperf3 {durations.bulk_reps}x{durations.bulk_s:g} s; "
           f"latency is sockperf's one-way (RTT/2); (x) = ratio to baseline; bg cores = CPU used by other "
           f"processes meanwhile (of {m['nproc']})")
+    if any(o.kind == "lanner" for o in outcomes):
+        rates = sorted({str(o.evidence.get("flow_rate_limit", "?")) for o in outcomes if o.kind == "lanner"})
+        print(f"lanner: conntrack on, flow events on (node rate limit {'/'.join(rates)} events/s, 0 = unlimited; "
+              f"{'the datapath default' if a.flow_rate_limit is None else '--flow-rate-limit'}), drained and decoded "
+              f"by the helper as the agent does; policy shape {a.lanner_shape}")
     print(text)
     if a.passes > 1:
         print()

@@ -161,6 +161,7 @@ class Lanner:
     pin_root: Path
     workdir: Path
     shape: str = "per-cidr"  # how the non-matching entries are written (bench/datapath_lanner.py)
+    flow_rate_limit: int | None = None  # flow events/s for the node; None: the datapath's default; 0: unlimited
     kind: str = "lanner"
     name: str = ""
     proc: subprocess.Popen | None = None
@@ -177,6 +178,7 @@ class Lanner:
             "state_dir": str(self.workdir / self.name),
             "rules": self.rules,
             "shape": self.shape,
+            "flow_rate_limit": self.flow_rate_limit,
             "pods": [pod_spec(topo, p, n) for p, n in ((topo.a, "bench-a"), (topo.b, "bench-b"))],
             "server": {"pod": "bench-b", "tcp_ports": [5201, 7000, 11112], "udp_ports": [11111]},
         }
@@ -196,7 +198,7 @@ class Lanner:
 
     def evidence(self, topo: Topology) -> dict:
         self._finish()
-        ev = {k: v for k, v in self.ready.items() if k in ("policy_s", "ipcache_entries", "shape", "identities")}
+        ev = {k: v for k, v in self.ready.items() if k in ("policy_s", "ipcache_entries", "shape", "identities", "flow_rate_limit")}
         ev.update(self.final)
         ev.setdefault("ok", False)
         return ev
@@ -260,7 +262,8 @@ def label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "per-cidr") -> Config:
+def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "per-cidr",
+                 flow_rate_limit: int | None = None) -> Config:
     """``baseline``, ``lanner-N``, ``iptables-N`` or ``nftset-N`` (N like 1000, 1k, 10k)."""
     if name == "baseline":
         return Baseline()
@@ -274,7 +277,7 @@ def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "per-cid
     if kind == "nftset":
         return NftSet(rules)
     if kind == "lanner":
-        return Lanner(rules, pin_root, workdir, shape)
+        return Lanner(rules, pin_root, workdir, shape, flow_rate_limit)
     raise ConfigError(f"bad configuration {name!r}: expected baseline, lanner-N, iptables-N or nftset-N")
 
 

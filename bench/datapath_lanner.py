@@ -3,7 +3,8 @@
 Started by the benchmark with ``nsenter --net=/var/run/netns/<router> python bench/datapath_lanner.py
 --spec JSON`` (nsenter keeps /sys, so the pins under /sys/fs/bpf/lanner-bench-* stay visible). It:
 
- 1. opens ``Datapath(pin_dir, store)`` (netdp.datapath) with a LocalFileStore in the run's temp dir;
+ 1. opens ``Datapath(pin_dir, store)`` (netdp.datapath) with a LocalFileStore in the run's temp dir and
+    the datapath's default flow rate limit (what the agent uses) unless the spec sets one (0 = unlimited);
  2. adds the two pods as endpoints (their router-side veths play the pods' host-side veths), each with
     an identity allocated from its labels (app=bench-a / app=bench-b, namespace "bench");
  3. with ``rules`` > 0, installs one NetworkPolicy selecting bench-b: an ingress rule allowing bench-a
@@ -75,7 +76,11 @@ def run(spec: dict) -> int:
     state.mkdir(parents=True, exist_ok=True)
     store = LocalFileStore(state / "identities.json")
     t0 = time.perf_counter()
-    dp = Datapath(Path(spec["pin_dir"]), store, node_name="bench")
+    from lanner.netdp.datapath import DEFAULT_FLOW_RATE_LIMIT
+
+    rate = spec.get("flow_rate_limit")
+    rate = DEFAULT_FLOW_RATE_LIMIT if rate is None else int(rate)
+    dp = Datapath(Path(spec["pin_dir"]), store, node_name="bench", flow_rate_limit=rate)
     try:
         eps = {}
         for epid, p in enumerate(spec["pods"], start=1):
@@ -99,7 +104,7 @@ def run(spec: dict) -> int:
         emit({"ok": True, "install_s": t1 - t0, "endpoints_s": t_ep - t0, "policy_s": t1 - t_ep,
               "policy_entries": dp.policy_entries(server_ep.endpoint_id),
               "ipcache_entries": len(dp.cidr_identities()) + len(eps), "shape": shape if rules else "none",
-              "identities": {n: e.identity for n, e in eps.items()}})
+              "identities": {n: e.identity for n, e in eps.items()}, "flow_rate_limit": rate})
 
         done = threading.Event()
 
