@@ -211,7 +211,8 @@ def test_agent_exec_events_carry_the_pod(bridge_node, inproc_agent):
 
 # ------------------------------------------------------------------------------------ lanner-cni
 LANNER_CIDR = "10.201.77.0/24"
-LANNER_CNI = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "lanner-cni"
+ROOT = Path(__file__).resolve().parent.parent
+LANNER_CNI = ROOT / ".venv" / "bin" / "lanner-cni"
 
 
 def _netdp_ready() -> str:
@@ -280,7 +281,8 @@ def lanner_node(tmp_path_factory):
         node.run("sysctl", "-w", "net.ipv4.ip_forward=1")  # the node netns only: pods route through it
         (base / "agent").mkdir()
         agent, pin = start_netdp_agent(base / "agent", node, cni_socket, "--cri-socket", str(ctrd.socket),
-                                       "--network-policy-dir", str(policies))
+                                       "--network-policy-dir", str(policies),
+                                       "--tracing-policy", str(ROOT / "rules" / "sensitive-files.yaml"))
         yield ctrd, agent, node
     finally:
         forced = ctrd.stop()  # pods first (CNI DEL goes to the agent), then the agent
@@ -365,6 +367,17 @@ def test_lanner_cni_exec_events_carry_the_pod(lanner_node):
         assert len(main) == 1 and main[0]["pod"]["container"]["id"] == cid, entry
         # the sandbox's pause process is the pod's too, without a container of its own
         assert len(pause) == 1 and "container" not in pause[0]["pod"], entry
+        # a TracingPolicy event from a process in the pod names the pod too (same memoised process object)
+        with ctrd.client() as cri:
+            cri.exec_sync(cid, ["/bin/cat", f"/etc/shadow-{marker}"])
+        evs = agent.wait_for(lambda evs: [e for e in evs if marker in json.dumps(e) and any(
+            k.startswith("process_") and k not in ("process_exec", "process_exit") for k in e)],
+            timeout=15, what="the sensitive-files policy event")
+        pol = [b for e in evs for k, b in e.items() if k.startswith("process_") and k not in
+               ("process_exec", "process_exit") and marker in json.dumps(b)][0]
+        assert pol.get("policy_name") == "lanner-sensitive-files", pol
+        assert pol["process"]["pod"]["name"] == pod.name and pol["process"]["pod"]["container"]["id"] == cid
+        assert pol["process"]["binary"] == "/bin/cat"
         # a host process (in the agent's own netns, not a pod's) is not
         node.run("/bin/true", marker)
         evs = agent.wait_for(lambda evs: [e for e in evs if e.get("process_exec", {}).get("process", {}).get(
