@@ -192,6 +192,9 @@ def test_cni_install(tmp_path):
     assert p.returncode == 0, p.stderr
     got = json.loads((conf_dir / "10-lanner.conflist").read_text())
     example = json.loads((REPO / "netdp/cni/10-lanner.conflist").read_text())
+    from lanner.netdp.cni.install import default_conflist
+
+    assert example == default_conflist()  # the shipped example is what install writes by default
     assert got["name"] == example["name"] == "lanner"
     assert got["plugins"][0] == {**example["plugins"][0], "agentSocket": "/run/x/cni.sock", "mtu": 1450}
     launcher = bin_dir / "lanner-cni"

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFLIST_NAME = "10-lanner.conflist"
-EXAMPLE = Path(__file__).with_name(CONFLIST_NAME)
+EXAMPLE = Path(__file__).with_name(CONFLIST_NAME)  # the same content, for readers (a test keeps them equal)
 PLUGIN_NAME = "lanner-cni"
+DEFAULT_SOCKET = "/var/run/lanner/cni.sock"
+
+
+def default_conflist() -> dict:
+    return {"cniVersion": "1.1.0", "cniVersions": ["0.4.0", "1.0.0", "1.1.0"], "name": "lanner",
+            "plugins": [{"type": PLUGIN_NAME, "agentSocket": DEFAULT_SOCKET, "mtu": 1500}]}
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ def find_plugin() -> Path:
 
 
 def conflist(agent_socket: str | None = None, mtu: int | None = None) -> dict:
-    conf = json.loads(EXAMPLE.read_text())
+    conf = default_conflist()
     plugin = conf["plugins"][0]
     if agent_socket is not None:
         plugin["agentSocket"] = agent_socket

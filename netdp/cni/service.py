@@ -183,15 +183,16 @@ class CniService:
                     undo.append(lambda: self.store.release(id_labels))
                 self.store.upsert_ip(f"{lease.ip}/32", identity)
                 undo.append(lambda: self.store.delete_ip(f"{lease.ip}/32"))
-            # one write for what DEL and a restart need (a crash between store.allocate and this write
-            # leaves one identity reference behind; the lease, veth and ipcache entry are still reclaimed)
-            lease = self.ipam.update(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac, identity=identity)
-            ep = self._endpoint(lease, identity)
+            ep = self._endpoint(replace(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac), identity)
             for sink in (self.datapath, self.pod_cache):
                 if sink is not None:
                     _add(sink, ep)
                     undo.append(lambda s=sink: _remove(s, ep))
-            lease = self.ipam.update(lease, complete=True)
+            # one write for what DEL and a restart need. A crash before it leaves an incomplete lease: GC
+            # then removes the datapath entry (pinned maps outlive the agent), ipcache entry, veth and
+            # lease; only the identity reference taken above stays counted.
+            lease = self.ipam.update(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac, identity=identity,
+                                     complete=True)
             if deferred:
                 self._defer_labels(lease, sandbox)
         except BaseException:
@@ -264,15 +265,14 @@ class CniService:
         ep = self._endpoint(lease, lease.identity)
         if self.labels is not None and hasattr(self.labels, "cancel"):
             self.labels.cancel(lease.container_id)
-        if lease.complete:
-            for sink in (self.pod_cache, self.datapath):
-                if sink is not None:
-                    try:
-                        _remove(sink, ep)
-                    except Exception as exc:
-                        log.warning("removing endpoint %s from %s: %s", lease.ip, type(sink).__name__, exc)
-        if self.store is not None and lease.identity:
-            if lease.identity != IDENTITY_INIT:  # the provisional identity was never allocated
+        for sink in (self.pod_cache, self.datapath):  # idempotent: also for a lease an ADD left incomplete
+            if sink is not None:
+                try:
+                    _remove(sink, ep)
+                except Exception as exc:
+                    log.warning("removing endpoint %s from %s: %s", lease.ip, type(sink).__name__, exc)
+        if self.store is not None:
+            if lease.identity and lease.identity != IDENTITY_INIT:  # init was never allocated
                 self.store.release(pod_identity_labels(ep.pod))
             self.store.delete_ip(f"{lease.ip}/32")
         veth.delete(lease.host_ifname or veth.host_ifname(lease.container_id, lease.ifname))
