@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,7 @@ class AgentNode:
     pin: str
     agent: RunningAgent | None = None
 
-    def start(self) -> RunningAgent:
+    def start(self, *extra: str) -> RunningAgent:
         tmp, node = self.node.tmp, self.node
         n = len(list(tmp.glob("agent*.stderr")))
         export, sock, err, info = (tmp / "events.log", tmp / "lanner.sock", tmp / f"agent{n}.stderr",
@@ -43,7 +44,7 @@ class AgentNode:
                "--no-export-stdout", "--export-filename", str(export), "--server-address", f"unix://{sock}",
                "--info-file", str(info), "--node-name", "cninode", "--health-server-address", "",
                "--tracing-policy-dir", "", "--enable-netdp", "--pod-cidr", node.cidr, "--cni-socket",
-               str(node.socket), "--netdp-state-dir", str(node.state_dir), "--netdp-pin-dir", self.pin]
+               str(node.socket), "--netdp-state-dir", str(node.state_dir), "--netdp-pin-dir", self.pin, *extra]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "wb"), stdin=subprocess.DEVNULL)
         self.agent = RunningAgent(proc, export, sock, "cninode", err)
         deadline = time.monotonic() + 60
@@ -117,3 +118,41 @@ def test_agent_serves_cni_and_exports_flows(agent_node):
     assert st["netdp"]["endpoints"] == 0 and node.host_veths() == []
     assert agent.stop() == 0
     assert not node.socket.exists()
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    d = tmp_path / "netpol"
+    d.mkdir()
+    (d / "deny.yaml").write_text("""\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: locked}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+""")
+    return d
+
+
+@pytest.mark.bpf
+def test_agent_enforces_the_network_policy_dir(tmp_path, policy_dir):
+    an = AgentNode(CniNode(f"lcp{os.getpid() % 10000}", tmp_path), f"/sys/fs/bpf/lanner-cnitest-{uuid.uuid4().hex[:8]}")
+    try:
+        an.node.setup()
+        agent = an.start("--network-policy-dir", str(policy_dir))
+        node = an.node
+        r = node.runner(lanner_conflist(node))
+        a, b, c = node.pod("a"), node.pod("b"), node.pod("c")
+        r.add("cid-a", a, cni_args="K8S_POD_NAMESPACE=open;K8S_POD_NAME=pa")
+        ip_b = r.add("cid-b", b, cni_args="K8S_POD_NAMESPACE=locked;K8S_POD_NAME=pb")["ips"][0]["address"][:-3]
+        ip_c = r.add("cid-c", c, cni_args="K8S_POD_NAMESPACE=open;K8S_POD_NAME=pc")["ips"][0]["address"][:-3]
+        assert node.sh("ping", "-c1", "-W2", ip_c, ns=a, check=False).returncode == 0  # not selected: allowed
+        assert node.sh("ping", "-c1", "-W1", ip_b, ns=a, check=False).returncode != 0  # ingress denied
+        agent.wait_for(lambda e: [x for x in e if x.get("flow", {}).get("dst", {}).get("ip") == ip_b
+                                  and x["flow"].get("verdict") == "DROPPED"], timeout=10, what="a dropped flow")
+    finally:
+        if an.agent is not None:
+            an.agent.stop()
+        an.node.close()
+        subprocess.run(["rm", "-rf", an.pin])
