@@ -40,7 +40,9 @@ TARGETS (issue 6), marked met/missed: at 10k rules the lanner RR (UDP and TCP av
   >= 0.9x the no-policy baseline; lanner-cni ADD p50 <= 1.5x the bridge plugin's.
 
 REPETITIONS: --passes 2 runs the configurations in order, then in reverse order (drift cancels); the
-  table shows the median over passes, --json keeps every pass.
+  table shows the median over passes, --json keeps every pass. --bracket measures the baseline around
+  every configuration (B c1 B c2 ... B) and takes each ratio against its two neighbours: on a shared
+  machine whose load drifts, use it for the targets.
 
 EXAMPLES
   sudo .venv/bin/python bench/datapath.py                      # the full run (~6 min)
@@ -91,6 +93,7 @@ class Outcome:
     evidence: dict = field(default_factory=dict)
     error: str = ""
     background_cores: float = float("nan")  # CPU used by processes this benchmark did not start, meanwhile
+    local_base: dict[str, float] = field(default_factory=dict)  # --bracket: mean of the baselines around it
 
     @property
     def ok(self) -> bool:
@@ -210,11 +213,32 @@ def fig(outcomes: list[Outcome], get) -> float:
     return med([get(o.result) for o in outcomes if o.result is not None])
 
 
-def cell(v: float, base: float, fmt: str) -> str:
+def cell(v: float, r: float | None, fmt: str) -> str:
     if v != v:
         return "-"
-    r = f" ({v / base:.2f}x)" if base and base == base else ""
-    return f"{v:{fmt}}{r}"
+    return f"{v:{fmt}}" + (f" ({r:.2f}x)" if r is not None and r == r else "")
+
+
+def ratio(outs: list[Outcome], head: str, get, base: dict[str, float]) -> float:
+    """A configuration's figure relative to the baseline: with --bracket, the median over passes of each
+    measurement divided by the mean of the two baselines measured just before and after it; otherwise
+    the median over passes divided by the baselines' median."""
+    outs = [o for o in outs if o.result is not None]
+    if outs and all(head in o.local_base for o in outs):
+        return med([get(o.result) / o.local_base[head] for o in outs if o.local_base[head]])
+    b = base.get(head, float("nan"))
+    return fig(outs, get) / b if b and b == b else float("nan")
+
+
+def bracket(seq: list[Outcome]) -> None:
+    """Give every configuration of one bracketed pass (B c1 B c2 ... B) the mean of its two baselines."""
+    for i, o in enumerate(seq):
+        if o.kind == "baseline":
+            continue
+        around = [b for b in (seq[i - 1] if i else None, seq[i + 1] if i + 1 < len(seq) else None)
+                  if b is not None and b.kind == "baseline" and b.ok]
+        if around:
+            o.local_base = {h: statistics.fmean(g(b.result) for b in around) for h, g, _ in FIGURES}
 
 
 FIGURES = [
@@ -235,7 +259,7 @@ def table(names: list[str], by_name: dict[str, list[Outcome]]) -> tuple[str, dic
         outs = by_name.get(n, [])
         errs = [o.error for o in outs if o.error]
         row = [n, f"{med([o.install_s for o in outs]):.2f}"]
-        row += [cell(fig(outs, g), base[h] if n != "baseline" else 0, f) for h, g, f in FIGURES]
+        row += [cell(fig(outs, g), ratio(outs, h, g, base) if n != "baseline" else None, f) for h, g, f in FIGURES]
         row.append(f"{med([o.background_cores for o in outs]):.2f}")
         row.append("ok" if outs and all(o.ok for o in outs) else "FAILED")
         rows.append(row)
@@ -272,9 +296,9 @@ def verdicts(by_name: dict[str, list[Outcome]], base: dict[str, float], cni: Cni
     target = f"lanner-{CF.label(TARGET_RULES)}"
     outs = [o for o in by_name.get(target, []) if o.ok]
     if outs and base["UDP RR avg µs"] == base["UDP RR avg µs"]:
-        udp = fig(outs, lambda r: r.udp.avg_us) / base["UDP RR avg µs"]
-        tcp = fig(outs, lambda r: r.tcp.avg_us) / base["TCP RR avg µs"]
-        conn = fig(outs, lambda r: r.conn_per_s) / base["conn/s"]
+        udp = ratio(outs, "UDP RR avg µs", lambda r: r.udp.avg_us, base)
+        tcp = ratio(outs, "TCP RR avg µs", lambda r: r.tcp.avg_us, base)
+        conn = ratio(outs, "conn/s", lambda r: r.conn_per_s, base)
         rr_met = udp <= RR_TARGET and tcp <= RR_TARGET
         out.append(f"  {target} RR <= {RR_TARGET}x baseline: UDP {udp:.2f}x, TCP {tcp:.2f}x -> "
                    f"{'met' if rr_met else 'MISSED'}")
@@ -315,6 +339,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 s per sockperf/connect/iperf3 measure, 1 iperf3 run, 5 CNI cycles")
     p.add_argument("--passes", type=int, default=1, help="repetitions; even passes run in reverse order")
+    p.add_argument("--bracket", action="store_true",
+                   help="measure the baseline before and after every configuration (B c1 B c2 ... B) and take "
+                        "each ratio against the mean of the two baselines around it: slower, but robust to a "
+                        "machine whose load drifts (a shared one)")
     p.add_argument("--cni-cycles", type=int, default=None,
                    help="ADD/DEL cycles per CNI plugin (default 50, 5 with --quick; 0 skips the CNI part)")
     p.add_argument("--cni-warmup", type=int, default=3, help="first cycles not counted (default: %(default)s)")
@@ -350,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed namespaces left by dead runs: {', '.join(stale)}")
 
     per_config = (4 * durations.rr_s + durations.crr_s + durations.bulk_s * durations.bulk_reps + 60)
-    budget = a.passes * (len(names) * per_config + (cni_cycles * 2 + 120 if cni_cycles else 0)) + 120
+    runs_per_pass = 2 * len(names) if a.bracket else len(names)
+    budget = a.passes * (runs_per_pass * per_config + (cni_cycles * 2 + 120 if cni_cycles else 0)) + 120
     mon = C.LoadMonitor()
     outcomes: list[Outcome] = []
     cni_runs: list[CniOutcome] = []
@@ -361,14 +390,21 @@ def main(argv: list[str] | None = None) -> int:
         configs = {n: CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit) for n in names}
         for passno in range(a.passes):
             order = names if passno % 2 == 0 else list(reversed(names))
+            if a.bracket:  # B c1 B c2 ... B
+                others = [n for n in order if n != "baseline"]
+                order = ["baseline"] + [x for n in others for x in (n, "baseline")]
+            seq: list[Outcome] = []
             for n in order:
                 cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit) if passno else configs[n]
                 print(f"pass {passno + 1}/{a.passes}: {n} ...", flush=True)
                 o = run_config(cfg, passno, durations)
                 outcomes.append(o)
+                seq.append(o)
                 mon.sample()
                 if o.error:
                     print(f"  {n}: {o.error[:500]}", flush=True)
+            if a.bracket:
+                bracket(seq)
             if cni_cycles:
                 print(f"pass {passno + 1}/{a.passes}: CNI ADD latency, {cni_cycles} cycles per plugin ...", flush=True)
                 cni_runs.append(run_cni(cni_cycles, a.cni_warmup, workdir, pin_root, passno))
@@ -385,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.passes} pass(es){' (quick)' if a.quick else ''}, {wall:.0f} s")
     print(f"pinning: sockperf and the connect loop (client+server) on CPU {LD.RR_CPU}, iperf3 on CPU {LD.BULK_CPU}; "
           f"RR {durations.rr_s:g} s, connect loop {durations.crr_s:g} s, iperf3 {durations.bulk_reps}x{durations.bulk_s:g} s; "
-          f"latency is sockperf's one-way (RTT/2); (x) = ratio to baseline; bg cores = CPU used by other "
+          f"latency is sockperf's one-way (RTT/2); (x) = ratio to baseline"
+          f"{' (each against the two baselines measured around it, median over passes)' if a.bracket else ''}; bg cores = CPU used by other "
           f"processes meanwhile (of {m['nproc']})")
     if any(o.kind == "lanner" for o in outcomes):
         rates = sorted({str(o.evidence.get("flow_rate_limit", "?")) for o in outcomes if o.kind == "lanner"})
@@ -410,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                "configs": names,
                "outcomes": [{"config": o.config, "kind": o.kind, "rules": o.rules, "pass": o.passno,
                              "install_s": o.install_s, "ok": o.ok, "background_cores": o.background_cores, "error": o.error, "evidence": o.evidence,
-                             "result": o.result.as_dict() if o.result else None} for o in outcomes],
+                             "result": o.result.as_dict() if o.result else None,
+                             "local_base": o.local_base} for o in outcomes],
                "cni": {"bridge": cni.bridge.summary(), "lanner": cni.lanner.summary()} if cni else None,
                "targets": verdicts(by_name, base, cni)}
         a.json.write_text(json.dumps(doc, indent=1))
