@@ -41,9 +41,10 @@ GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE = 1, 2, 4, 8
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM = 1, 2, 4, 8, 16, 32
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
-    GST_OVERRIDE = range(8)
-GST_SLOTS = 8
-GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limited", "post_lost", "override")
+    GST_OVERRIDE, GST_MONITOR_OVERRIDE = range(9)
+GST_SLOTS = 9
+GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limited", "post_lost", "override",
+             "monitor_override")
 # BTF-typed kernel pointer arguments (kprobes, LSM hooks): policy type -> gen_arg.type
 KERNEL_PTR_TYPES = {"file": GA_FILE, "path": GA_PATH, "dentry": GA_DENTRY, "linux_binprm": GA_BINPRM,
                     "cred": GA_CRED, "sock": GA_SOCK, "socket": GA_SOCKET, "skb": GA_SKB,

@@ -24,7 +24,8 @@ from lanner.exporter.pipeline import OutEvent
 
 from . import bpf_attach
 from .compiler import (
-    GEN_STR_MAX, GHF_ENFORCE, GST_MONITOR_SIGNAL, GST_NAMES, GST_POST, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
+    GEN_STR_MAX, GHF_ENFORCE, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES, GST_OVERRIDE, GST_POST,
+    GST_SIGNAL, GST_SLOTS, CompiledPolicy,
     Compiler, HookPlan, HookUnit,
 )
 from .errors import PolicyError
@@ -503,6 +504,8 @@ class PolicyEngine:
                 ac.post = counts[GST_POST]
                 ac.signal = counts[GST_SIGNAL]
                 ac.monitor_signal = counts[GST_MONITOR_SIGNAL]
+                ac.override = counts[GST_OVERRIDE]
+                ac.monitor_override = counts[GST_MONITOR_OVERRIDE]
                 out.append(st)
         return out
 

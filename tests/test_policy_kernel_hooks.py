@@ -388,6 +388,7 @@ def test_lsm_file_open_event_and_override(env, tmp_path):
         assert [e["action"] for e in evs] == ["KPROBE_ACTION_POST"]
         assert _events(env, lambda: os.close(os.open(tmp_path / "lsm-other", os.O_RDONLY)), "lsm-fo") == []
         assert env.engine.counters("lsm-fo")["override"] == 2
+        assert env.engine.status("lsm-fo").stats.action_counters.override == 2
     # unloaded: the file opens again
     os.close(os.open(tmp_path / "lsm-deny", os.O_RDONLY))
 
@@ -415,7 +416,10 @@ def test_lsm_override_in_monitor_mode_does_not_deny(env, tmp_path):
     (tmp_path / "mon").write_text("x")
     with env.load("lsm-mon", spec):
         evs = _events(env, lambda: os.close(os.open(tmp_path / "mon", os.O_RDONLY)), "lsm-mon")
-        assert len(evs) == 1 and env.engine.counters("lsm-mon")["override"] == 0
+        assert len(evs) == 1 and evs[0]["action"] == "KPROBE_ACTION_OVERRIDE"
+        assert env.engine.counters("lsm-mon")["override"] == 0
+        assert env.engine.counters("lsm-mon")["monitor_override"] == 1
+        assert env.engine.status("lsm-mon").stats.action_counters.monitor_override == 1
 
 
 # ------------------------------------------------------------------- Override on kprobes (fmod_ret)

@@ -88,7 +88,8 @@
 #define GST_RATE_LIMITED 5   /* Post suppressed by rateLimit */
 #define GST_POST_LOST 6      /* Post failed: the ring buffer was full */
 #define GST_OVERRIDE 7       /* Override applied (mode enforce) */
-#define GST_SLOTS 8
+#define GST_MONITOR_OVERRIDE 8 /* Override matched but not applied (mode monitor) */
+#define GST_SLOTS 9
 
 /* gen_hook.flags */
 #define GHF_ENFORCE (1 << 0) /* policy mode enforce: signals are sent */

@@ -900,7 +900,7 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 			s->ev.flags |= GEF_OVERRIDDEN;
 			gen_stat(s->ev.hook_id, GST_OVERRIDE);
 		} else {
-			gen_stat(s->ev.hook_id, GST_MONITOR_SIGNAL);
+			gen_stat(s->ev.hook_id, GST_MONITOR_OVERRIDE);
 		}
 	}
 	if (!(sel->flags & GSF_POST)) {
