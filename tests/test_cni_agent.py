@@ -4,14 +4,12 @@ security events, and the agent's status counts endpoints and CNI requests."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 

@@ -8,11 +8,9 @@ They flip sysctls and add iptables rules in the netns they run in: only ever the
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
