@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "datapath.py"
 CONFIGS = ("baseline", "lanner-1k", "iptables-1k")
 
-pytestmark = pytest.mark.bpf
+TOOLS = ("sockperf", "iperf3", "iptables-nft-restore", "nft", "nsenter", "taskset")
+MISSING = [t for t in TOOLS if shutil.which(t) is None] + [p for p in ("/usr/lib/cni/bridge",) if not os.path.exists(p)]
+
+pytestmark = [pytest.mark.bpf,
+              pytest.mark.skipif(bool(MISSING), reason=f"benchmark tools missing (make deps): {MISSING}")]
 
 
 def leftovers(pid: int) -> list[str]:
