@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,8 @@ class Datapath:
         self._host_ips: dict[str, int] = {normalize_cidr(ip): IDENTITY_HOST for ip in host_ips}
         self._bpf_ipcache: dict[str, int] = {}
         self._flows: FlowReader | None = None
+        # cluster mode: a pod on another node by address, so flow events can name it (netdp.cluster)
+        self.remote_endpoint_of: Callable[[str], Endpoint | None] | None = None
         self.pin_dir = fs.pin_dir(pin_dir)
         self._created_dir = not any(self.pin_dir.iterdir())
         obj = BpfObject.open(object_path)
@@ -244,6 +246,13 @@ class Datapath:
     def endpoints(self) -> list[Endpoint]:
         with self._lock:
             return [st.ep for st in self._endpoints.values()]
+
+    def _local_or_remote_endpoint(self, ipv4: str) -> Endpoint | None:
+        """For events: a local endpoint, else a pod another node published (cluster mode)."""
+        ep = self.endpoint_for_ip(ipv4)
+        if ep is None and self.remote_endpoint_of is not None:
+            ep = self.remote_endpoint_of(ipv4)
+        return ep
 
     def endpoint_for_ip(self, ipv4: str) -> Endpoint | None:
         return self._by_ip.get(ipv4)
@@ -422,7 +431,7 @@ class Datapath:
             if self._flows is None:
                 ring = RingBuffer(self._obj.map("events"))
                 self._flows = FlowReader(ring, self._decoder, self._obj.map("netdp_stats", _U32, _U64),
-                                         self._obj.map("lanner_lost", _U32, _U64), self.endpoint_for_ip,
+                                         self._obj.map("lanner_lost", _U32, _U64), self._local_or_remote_endpoint,
                                          self.node_name, self.policy_of_cookie)
             return self._flows
 

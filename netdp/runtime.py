@@ -41,6 +41,7 @@ class NetdpConfig:
     crash_at: str = ""  # test hook, see ServiceConfig
     node_name: str = ""  # in flow events; "" = hostname
     cri_socket: Path | None = None  # the runtime's CRI socket: pod labels and containers (None: namespace only)
+    cluster: Any = None  # lanner.netdp.cluster.ClusterConfig: state in etcd, routes to other nodes (None: one node)
 
 
 class NetdpRuntime:
@@ -54,6 +55,7 @@ class NetdpRuntime:
         self.pod_cache: Any = None
         self.service: CniService | None = None
         self.server: CniSocketServer | None = None
+        self.cluster: Any = None  # ClusterNode in cluster mode
         self._flows: Any = None
 
     def start(self) -> None:
@@ -69,7 +71,15 @@ class NetdpRuntime:
         from lanner.netdp.identity import LocalFileStore
 
         self.ipam = Ipam(self.cfg.pod_cidr, self.cfg.state_dir)
-        self.store = LocalFileStore(self.cfg.state_dir / "identity.json")
+        mtu = self.cfg.mtu
+        if self.cfg.cluster is not None:
+            from lanner.netdp.cluster import ClusterNode
+
+            self.cluster = ClusterNode(self.cfg.cluster)
+            self.store = self.cluster.store
+            mtu = min(mtu, self.cluster.pod_mtu())
+        else:
+            self.store = LocalFileStore(self.cfg.state_dir / "identity.json")
         veth.ensure_gateway(self.ipam.gateway, self.cfg.gateway_device)
         if not _forwarding():
             log.warning("net.ipv4.ip_forward is 0 in the agent's netns: pods reach the gateway but not each "
@@ -77,8 +87,12 @@ class NetdpRuntime:
         if self.cfg.datapath:
             self._start_datapath()
         self._start_pod_sources()
-        self.service = CniService(self.ipam, ServiceConfig(mtu=self.cfg.mtu, crash_at=self.cfg.crash_at),
-                                  self.store, self.datapath, self.labels, self.pod_cache)
+        if self.cluster is not None and self.datapath is not None:
+            self.cluster.attach(self.datapath)
+        max_mtu = self.cluster.pod_mtu() if self.cluster is not None else 65535
+        self.service = CniService(self.ipam, ServiceConfig(mtu=mtu, max_mtu=max_mtu, crash_at=self.cfg.crash_at),
+                                  self.store, self.datapath, self.labels, self.pod_cache,
+                                  extra_sinks=(self.cluster,) if self.cluster is not None else ())
         restored = self.service.restore()
         self.server = CniSocketServer(self.cfg.cni_socket, self.service)
         log.info("netdp ready in %.3f s: pod CIDR %s, gateway %s, %d endpoints restored, CNI socket %s, "
@@ -109,7 +123,8 @@ class NetdpRuntime:
         except ImportError as exc:
             log.warning("eBPF datapath unavailable (%s): pods get plain routed veths, no policy, no flows", exc)
             return
-        self.datapath = Datapath(self.cfg.pin_dir, self.store, node_name=self.cfg.node_name)
+        host_ips = [self.ipam.gateway] + ([self.cfg.cluster.node_ip] if self.cfg.cluster is not None else [])
+        self.datapath = Datapath(self.cfg.pin_dir, self.store, node_name=self.cfg.node_name, host_ips=host_ips)
         if self.cfg.network_policy_dir is not None:
             from lanner.netdp.netpolicy import load_network_policies
 
@@ -128,6 +143,7 @@ class NetdpRuntime:
             "endpoints": len(self.service.endpoints()) if self.service else 0,
             "datapath": self.datapath is not None,
             "cni_requests": dict(self.service.counters) if self.service else {},
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }
 
     def close(self) -> None:
@@ -147,6 +163,12 @@ class NetdpRuntime:
                 log.warning("closing the datapath: %s", exc)
             self.datapath = None
         self._flows = None
+        if self.cluster is not None:
+            try:
+                self.cluster.close()  # revokes this node's lease: the other nodes drop its routes and pods
+            except Exception as exc:
+                log.warning("leaving the cluster: %s", exc)
+            self.cluster = None
 
 
 def _forwarding() -> bool:

@@ -54,6 +54,24 @@ def add_netdp_flags(g: argparse._ArgumentGroup, with_enable: bool) -> None:
     g.add_argument("--cri-socket", type=Path, default=None, metavar="PATH",
                    help="the container runtime's CRI socket (e.g. /run/containerd/containerd.sock): pod labels for "
                         "identities and containers for pod enrichment; without it identities use the namespace only")
+    g.add_argument("--kvstore", choices=["local", "etcd"], default="local",
+                   help="where identities and the ipcache live: 'local' (a file in --netdp-state-dir, one node) or "
+                        "'etcd' (the cluster: every node agrees on identities, sees the others' pods and routes to "
+                        "their pod CIDRs; needs --etcd-endpoint and --node-ip)")
+    g.add_argument("--etcd-endpoint", metavar="URL", default=None,
+                   help="an etcd v3 member's client URL, e.g. http://10.0.0.1:2379 (with --kvstore etcd)")
+    g.add_argument("--node-ip", metavar="IP", default=None,
+                   help="this node's address on the network between nodes (with --kvstore etcd)")
+    g.add_argument("--underlay-device", metavar="DEV", default="eth0",
+                   help="the device carrying node-to-node traffic (with --kvstore etcd)")
+    g.add_argument("--routing-mode", choices=["native", "vxlan"], default="native",
+                   help="how pod traffic reaches other nodes: 'native' routes (nodes share an L2 segment) or a "
+                        "'vxlan' overlay (UDP 8472; pod MTU = underlay MTU - 50)")
+    g.add_argument("--kvstore-lease-ttl", type=int, default=10, metavar="SECONDS",
+                   help="this node's etcd lease: after a crash its pods and routes vanish from the other nodes "
+                        "within this time")
+    g.add_argument("--cluster-node-name", metavar="NAME", default=None,
+                   help="this node's name in the cluster (default: --node-name, else the hostname)")
     g.add_argument("--netdp-pin-dir", type=Path, default=Path(DEFAULT_PIN_DIR), metavar="DIR",
                    help="where the datapath pins its maps")
 
@@ -78,10 +96,38 @@ def netdp_config(args: argparse.Namespace, required: bool):
         raise ValueError(f"--network-policy-dir {args.network_policy_dir}: does not exist")
     from lanner.netdp.runtime import CRASH_ENV, NetdpConfig
 
-    return NetdpConfig(pod_cidr=str(net), state_dir=args.netdp_state_dir, cni_socket=args.cni_socket,
+    cluster = _cluster_config(args, str(net))
+    return NetdpConfig(cluster=cluster, pod_cidr=str(net), state_dir=args.netdp_state_dir, cni_socket=args.cni_socket,
                        network_policy_dir=args.network_policy_dir, datapath=args.netdp_datapath,
                        pin_dir=args.netdp_pin_dir, mtu=args.netdp_mtu, crash_at=os.environ.get(CRASH_ENV, ""),
                        node_name=getattr(args, "node_name", "") or "", cri_socket=args.cri_socket)
+
+
+def _cluster_config(args: argparse.Namespace, pod_cidr: str):
+    """ClusterConfig for --kvstore etcd (None for local). ValueError names the bad flag."""
+    if args.kvstore != "etcd":
+        for flag, value in (("--etcd-endpoint", args.etcd_endpoint), ("--node-ip", args.node_ip)):
+            if value:
+                raise ValueError(f"{flag} needs --kvstore etcd")
+        return None
+    if not args.etcd_endpoint:
+        raise ValueError("--kvstore etcd needs --etcd-endpoint (e.g. http://10.0.0.1:2379)")
+    if not args.node_ip:
+        raise ValueError("--kvstore etcd needs --node-ip (this node's address between nodes)")
+    try:
+        ipaddress.IPv4Address(args.node_ip)
+    except ValueError:
+        raise ValueError(f"--node-ip {args.node_ip!r}: not an IPv4 address") from None
+    if args.kvstore_lease_ttl < 2:
+        raise ValueError(f"--kvstore-lease-ttl {args.kvstore_lease_ttl}: must be at least 2 seconds")
+    import socket
+
+    from lanner.netdp.cluster import ClusterConfig
+
+    name = args.cluster_node_name or getattr(args, "node_name", "") or socket.gethostname()
+    return ClusterConfig(etcd_endpoint=args.etcd_endpoint, node_name=name, node_ip=args.node_ip, pod_cidr=pod_cidr,
+                         underlay_device=args.underlay_device, routing=args.routing_mode,
+                         lease_ttl_s=args.kvstore_lease_ttl)
 
 
 def status_line(st: dict) -> str:

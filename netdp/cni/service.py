@@ -62,18 +62,20 @@ class EndpointSink(Protocol):
 @dataclass(frozen=True)
 class ServiceConfig:
     mtu: int = 1500  # used when the network config has no "mtu"
+    max_mtu: int = 65535  # a config's "mtu" above this is lowered to it (the VXLAN overlay's limit)
     crash_at: str = ""  # test hook (env LANNER_NETDP_CRASH_AT): "after-ipam" / "after-veth" exit the process
 
 
 class CniService:
     def __init__(self, ipam: Ipam, cfg: ServiceConfig = ServiceConfig(), store: Any = None, datapath: Any = None,
-                 labels: LabelSource | None = None, pod_cache: Any = None) -> None:
+                 labels: LabelSource | None = None, pod_cache: Any = None, extra_sinks: tuple[Any, ...] = ()) -> None:
         self.ipam = ipam
         self.cfg = cfg
         self.store = store  # IdentityStore or None (identity 0)
         self.datapath = datapath  # Datapath or None
         self.labels = labels
         self.pod_cache = pod_cache  # PodCache (add/remove) or None
+        self.extra_sinks = extra_sinks  # more endpoint sinks, e.g. netdp.cluster.ClusterNode (publishes pods)
         self.lock = threading.Lock()
         self.ready = True
         self.counters: dict[str, int] = {}
@@ -136,7 +138,7 @@ class CniService:
     # ------------------------------------------------------------------ verbs
     def add(self, req: dict) -> dict:
         cid, ifname, netns, conf = req["containerID"], req["ifname"], req["netns"], req["config"]
-        mtu = int(conf.get("mtu", self.cfg.mtu))
+        mtu = min(int(conf.get("mtu", self.cfg.mtu)), self.cfg.max_mtu)
         args = req.get("args") or {}
         ns, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
         sandbox = args.get("K8S_POD_INFRA_CONTAINER_ID", "") or cid
@@ -184,7 +186,7 @@ class CniService:
                 self.store.upsert_ip(f"{lease.ip}/32", identity)
                 undo.append(lambda: self.store.delete_ip(f"{lease.ip}/32"))
             ep = self._endpoint(replace(lease, host_ifindex=link.host_ifindex, mac=link.pod_mac), identity)
-            for sink in (self.datapath, self.pod_cache):
+            for sink in (self.datapath, self.pod_cache, *self.extra_sinks):
                 if sink is not None:
                     _add(sink, ep)
                     undo.append(lambda s=sink: _remove(s, ep))
@@ -258,6 +260,8 @@ class CniService:
             if self.pod_cache is not None:
                 (self.pod_cache.update_pod(lease.container_id, ep.pod) if hasattr(self.pod_cache, "update_pod")
                  else _add(self.pod_cache, ep))
+            for sink in self.extra_sinks:
+                _add(sink, ep)
             log.info("pod %s/%s: labels %s -> identity %d", lease.pod_namespace, lease.pod_name, labels, identity)
 
     def _teardown(self, lease: Lease) -> None:
@@ -265,7 +269,7 @@ class CniService:
         ep = self._endpoint(lease, lease.identity)
         if self.labels is not None and hasattr(self.labels, "cancel"):
             self.labels.cancel(lease.container_id)
-        for sink in (self.pod_cache, self.datapath):  # idempotent: also for a lease an ADD left incomplete
+        for sink in (*self.extra_sinks, self.pod_cache, self.datapath):  # idempotent: also for a lease an ADD left incomplete
             if sink is not None:
                 try:
                     _remove(sink, ep)
@@ -288,7 +292,7 @@ class CniService:
         if want not in result_ips(prev):
             raise CniError(E_CHECK_MISMATCH, "attachment does not match prevResult",
                            f"lease {want} not in prevResult ips {result_ips(prev)}")
-        mtu = int(conf.get("mtu", self.cfg.mtu))
+        mtu = min(int(conf.get("mtu", self.cfg.mtu)), self.cfg.max_mtu)
         problems = veth.check(netns, ifname, lease.ip, self.ipam.gateway, mtu)
         if veth.host_link(lease.host_ifname) is None:
             problems.append(f"host-side veth {lease.host_ifname} missing")
@@ -360,7 +364,7 @@ class CniService:
                 lease = self.ipam.update(lease, host_ifindex=link[0])
             ep = self._endpoint(lease, lease.identity)
             try:
-                for sink in (self.datapath, self.pod_cache):
+                for sink in (self.datapath, self.pod_cache, *self.extra_sinks):
                     if sink is not None:
                         _add(sink, ep)
             except Exception as exc:  # one bad endpoint must not keep the node's CNI down
