@@ -16,7 +16,7 @@ import pytest
 from lanner.netdp.endpoint import FIRST_CLUSTER_IDENTITY
 from lanner.netdp.kvstore.etcd import EtcdClient, EtcdError
 from lanner.netdp.kvstore.etcd_store import EtcdStore
-from tests.etcd_harness import start_etcd
+from bench._etcd import start_etcd
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 
 from bench._cluster_topo import cluster_topology
 from tests.cni_runner import CniNode, CniRunner, lanner_conflist
-from tests.etcd_harness import start_etcd
+from bench._etcd import start_etcd
 
 pytestmark = pytest.mark.bpf
 

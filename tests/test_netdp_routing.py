@@ -17,7 +17,7 @@ from lanner.netdp.kvstore.etcd import EtcdClient
 from lanner.netdp.kvstore.etcd_store import EtcdStore, NodeInfo
 from lanner.netdp.routing import VXLAN_IFNAME, VXLAN_OVERHEAD, LocalNode, NodeRouter, RoutingError
 from bench._cluster_topo import Node, cluster_topology, ping, sh
-from tests.etcd_harness import start_etcd
+from bench._etcd import start_etcd
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

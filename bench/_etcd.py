@@ -1,4 +1,4 @@
-"""A real etcd server for tests: started in a tmp dir on free loopback ports, stopped by PID."""
+"""A real etcd server for tests and benchmarks: started in a tmp dir (on free loopback ports, or inside a namespace), stopped by PID."""
 
 from __future__ import annotations
 
