@@ -587,8 +587,11 @@ class Compiler:
         if len(sel.match_binaries) > 1:
             raise Unavailable(f"{where}.matchBinaries: at most one entry")
         for mb in sel.match_binaries:
+            if mb.follow_children and mb.operator not in ("In", "NotIn", "Prefix", "NotPrefix"):
+                raise Unavailable(f"{where}.matchBinaries followChildren with {mb.operator} is not served by this "
+                                  "lanner build (In, NotIn, Prefix, NotPrefix are)")
             if mb.follow_children:
-                raise Unavailable(f"{where}.matchBinaries followChildren is not served by this lanner build")
+                cfg[f"{p}bin_follow"] = 1
             op = GOP.get(mb.operator)
             if op is None:
                 raise Unavailable(f"{where}.matchBinaries operator {mb.operator} is not served")
@@ -698,6 +701,15 @@ class Compiler:
                                    GA_NETDEV, *PATH_GA) and \
             plan.type != "fd" or (plan.type == "fd" and base in ("Prefix", "Postfix") or
                                   (plan.type == "fd" and any(isinstance(v, str) for v in values)))
+        if base == "FileType":
+            if plan.gen_type not in (GA_FILE, GA_PATH, GA_BINPRM):
+                raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
+            # i_mode (vals) in [type, type | 07777]: the S_IFMT bits equal the type
+            types = sorted({int(v) & 0o170000 for v in values})
+            if len(types) > GEN_MAX_RANGES:
+                raise Unavailable(f"{where}: more than {GEN_MAX_RANGES} file types")
+            f["nranges"], f["lo"], f["hi"] = len(types), types, [t | 0o7777 for t in types]
+            return f
         if plan.gen_type in (GA_USOCKADDR, GA_KSOCKADDR):
             return self._sockaddr_filter(f, base, values, cp, where)
         if plan.gen_type in SOCK_GA:

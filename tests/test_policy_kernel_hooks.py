@@ -492,3 +492,33 @@ def test_kprobe_sigkill_scoped_to_test_binary(env, tmp_path):
         assert [e["action"] for e in evs] == ["KPROBE_ACTION_SIGKILL"]
         sibling = subprocess.run(["/bin/cat", str(target)], capture_output=True, timeout=120)
         assert sibling.returncode == 0 and sibling.stdout == b"secret\n"
+
+
+@pytest.mark.parametrize("op,hit,miss", [("FileType", "sub", "plain"), ("NotFileType", "plain", "sub")])
+def test_kprobe_file_type_operator(env, tmp_path, op, hit, miss):
+    """FileType / NotFileType on a file arg: the S_IFMT bits of its inode's mode."""
+    _need(env, "kprobe")
+    t = str(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "plain").write_text("x")
+    spec = f"""
+    kprobes:
+    - call: security_file_open
+      syscall: false
+      args:
+      - index: 0
+        type: file
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: Prefix
+          values: ["{t}/"]
+        - index: 0
+          operator: {op}
+          values: ["dir"]
+    """
+    with env.load("kp-ftype", spec):
+        evs = _events(env, lambda: os.close(os.open(tmp_path / hit, os.O_RDONLY)), "kp-ftype")
+        assert [e["args"][0]["file_arg"]["path"] for e in evs] == [f"{t}/{hit}"]
+        assert evs[0]["args"][0]["file_arg"]["permission"][0] == ("d" if hit == "sub" else "-")
+        assert _events(env, lambda: os.close(os.open(tmp_path / miss, os.O_RDONLY)), "kp-ftype") == []

@@ -479,7 +479,11 @@ def test_filetype_is_refused_with_reason(env):
           operator: FileType
           values: ["reg"]
     """
-    assert "hook kprobes[0] security_file_open: " in unavailable(env, "ftype", spec)
+    if env.engine.probe.get("kprobe"):  # served on file args (tests/test_policy_kernel_hooks.py triggers it)
+        with env.load("ftype", spec) as st:
+            assert st.info == "kprobes[0] security_file_open: kprobe security_file_open"
+    else:
+        assert "hook kprobes[0] security_file_open: " in unavailable(env, "ftype", spec)
     # on a syscall hook the file type itself is what cannot be served
     spec = """
     kprobes:
@@ -597,6 +601,43 @@ def test_match_binaries_operator(env, opener, tmp_path, op, values, match):
     with env.load(name, spec):
         evs = env.run(lambda: [run_opener(bins[n], f"{t}/target") for n in ("alpha", "beta")], name)
     assert [body(e)["process"]["binary"] for e in evs] == [bins[n] for n in match]
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_match_binaries_follow_children(env, tmp_path, follow):
+    """followChildren: a process whose parent (up to 8 ancestors) runs a listed binary matches too."""
+    t = str(tmp_path)
+    sh = tmp_path / "lanner-sh"
+    shutil.copy("/bin/sh", sh)
+    spec = f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args:
+      - index: 1
+        type: string
+      selectors:
+      - matchBinaries:
+        - operator: In
+          followChildren: {str(follow).lower()}
+          values: ["{sh}"]
+        matchArgs:
+        - index: 1
+          operator: Equal
+          values: ["{t}/fc-target"]
+    """
+    (tmp_path / "fc-target").write_text("x")
+
+    def run():
+        # lanner-sh forks cat (the trailing `true` keeps it from exec'ing cat in place); the test's own
+        # cat is no child of lanner-sh
+        subprocess.run([str(sh), "-c", f"/bin/cat {t}/fc-target >/dev/null; true"], check=True, timeout=60)
+        subprocess.run(["/bin/cat", f"{t}/fc-target"], check=True, timeout=60, stdout=subprocess.DEVNULL)
+
+    with env.load("bin-follow", spec):
+        evs = [body(e) for e in env.run(run, "bin-follow")]
+    got = [(b["process"]["binary"].rsplit("/", 1)[1], b["parent"]["binary"]) for b in evs]
+    assert got == ([("cat", str(sh))] if follow else []), got
 
 
 @pytest.mark.parametrize("op", ["In", "NotIn"])

@@ -738,6 +738,38 @@ static __always_inline bool gen_check_pids(struct gen_selector *sel)
 	return sel->pid_op == GOP_IN ? hit : !hit;
 }
 
+/* matchBinaries followChildren: an ancestor's binary (execve_map, up to GEN_PARENT_LEVELS parents) is in
+ * the set; the ancestor's binary is copied into s->binrev (Postfix, which needs it, is not allowed with
+ * followChildren) */
+static __always_inline bool gen_ancestor_binary(struct gen_scratch *s, struct gen_selector *sel, bool lpm)
+{
+	__u32 cur = bpf_get_current_pid_tgid() >> 32;
+	bool hit = false;
+
+#pragma unroll
+	for (int l = 0; l < GEN_PARENT_LEVELS; l++) {
+		struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &cur);
+		__u32 blen;
+
+		if (!e || hit)
+			break;
+		cur = e->parent.pid;
+		if (!cur)
+			break;
+		e = bpf_map_lookup_elem(&execve_map, &cur);
+		if (!e)
+			break;
+		blen = e->binary_len;
+		if (blen > GEN_STR_MAX - 1)
+			blen = GEN_STR_MAX - 1;
+		__builtin_memset(&s->binrev, 0, sizeof(s->binrev));
+		bpf_probe_read_kernel(s->binrev.s, blen & 255, e->binary);
+		hit = lpm ? gen_str_in_lpm(s, &s->binrev, blen, sel->bin_set)
+			  : gen_str_in_set(s, &s->binrev, blen, false, sel->bin_set);
+	}
+	return hit;
+}
+
 static __always_inline bool gen_check_binary(struct gen_scratch *s, struct gen_selector *sel)
 {
 	__u32 len = s->bin.prefixlen; /* the binary's length is kept in prefixlen of s->bin */
@@ -747,10 +779,14 @@ static __always_inline bool gen_check_binary(struct gen_scratch *s, struct gen_s
 	case GOP_IN:
 	case GOP_NOTIN:
 		hit = gen_str_in_set(s, &s->bin, len, false, sel->bin_set);
+		if (!hit && sel->bin_follow)
+			hit = gen_ancestor_binary(s, sel, false);
 		break;
 	case GOP_PREFIX:
 	case GOP_NOTPREFIX:
 		hit = gen_str_in_lpm(s, &s->bin, len, sel->bin_set);
+		if (!hit && sel->bin_follow)
+			hit = gen_ancestor_binary(s, sel, true);
 		break;
 	case GOP_POSTFIX:
 	case GOP_NOTPOSTFIX:
