@@ -228,13 +228,17 @@ class LocalFileStore:
         key = normalize_cidr(cidr)
         if not isinstance(identity, int) or identity <= 0 or identity >= 1 << 32:
             raise IdentityError(f"identity for {key}: {identity!r} is not a positive 32-bit number")
-        with self._update() as state:
+        with self._locked(exclusive=True) as state:
+            if state.ipcache.get(key) == identity:
+                return  # no change: no write (add_endpoint re-upserts what the CNI service just wrote)
             state.ipcache[key] = identity
+            self._write(state)
 
     def delete_ip(self, cidr: str) -> None:
         key = normalize_cidr(cidr)
-        with self._update() as state:
-            state.ipcache.pop(key, None)
+        with self._locked(exclusive=True) as state:
+            if state.ipcache.pop(key, None) is not None:
+                self._write(state)
 
     def ipcache(self) -> dict[str, int]:
         with self._locked(exclusive=False) as state:
