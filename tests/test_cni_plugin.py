@@ -361,6 +361,9 @@ def test_ipam_state_survives_restart_and_is_crash_safe(node):
     ip = r.add("cid-r", p)["ips"][0]["address"]
     node.stop_service()
     node.start_service()
+    deadline = time.monotonic() + 10  # the socket exists a moment before the "ready" line is logged
+    while "endpoints restored" not in node.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "1 endpoints restored" in node.log()
     r.check("cid-r", p)
     r.add("cid-s", node.pod("s"))
