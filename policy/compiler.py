@@ -196,9 +196,11 @@ class Compiler:
                 if not self.supports(feat) and not (kind == "fentry" and self.supports("kprobe")):
                     raise Unavailable(f"needs {what}, which this kernel lacks ({feat}: not supported, see "
                                       "'lanner probe')")
-                if self.supports("kprobe"):  # fentries are served by kprobes/kretprobes (docs/policy-engine.md)
-                    if kind == "fentry" and spec.syscall:
-                        return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
+                if kind == "fentry" and spec.syscall and self.supports("kprobe"):
+                    return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
+                if kind == "fentry" and self.supports("fentry") and (self.supports("fexit") or not spec.return_):
+                    return self._kfunc(policy, path, display, spec, cp, enforce, mech="fentry")
+                if self.supports("kprobe"):  # fentries fall back to kprobes (docs/policy-engine.md)
                     return self._kfunc(policy, path, display, spec, cp, enforce)
                 raise Unavailable(f"{what} is available but this lanner build serves fentries as kprobes, which "
                                   "this kernel lacks (kprobe: not supported)")
@@ -300,9 +302,10 @@ class Compiler:
         """How Override on a kernel function (or syscall) is served here: an fmod_ret program."""
         return "fmodret" if self.supports("fmod_ret") else None
 
-    def _kfunc(self, policy, path, display, spec: KProbeSpec, cp, enforce) -> HookPlan:
-        """A kernel function: generic_kprobe (+ generic_kretprobe for return: true), args from pt_regs."""
-        if spec.return_ and not self.supports("kretprobe"):
+    def _kfunc(self, policy, path, display, spec: KProbeSpec, cp, enforce, mech: str = "kprobe") -> HookPlan:
+        """A kernel function: generic_kprobe (+ generic_kretprobe for return: true), args from pt_regs; or,
+        for fentries where the kernel has trampolines, generic_fentry (+ generic_fexit), args from BTF."""
+        if mech == "kprobe" and spec.return_ and not self.supports("kretprobe"):
             raise Unavailable("return: true needs kretprobe, which this kernel lacks")
         if spec.list_name:
             lst = policy.spec.list_named(spec.list_name)
@@ -314,7 +317,7 @@ class Compiler:
             calls = [spec.call]
         gen_args, plans = [], []
         for i, a in enumerate(spec.args):
-            g = self._kernel_arg(i, a, max_index=5, what="kprobe")
+            g = self._kernel_arg(i, a, max_index=5, what=mech)
             gen_args.append(g[0])
             plans.append(g[1])
         positions = [a.index for a in spec.args]
@@ -322,8 +325,11 @@ class Compiler:
         for call in calls:
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, [dict(g) for g in gen_args], plans, positions, spec.args, cp,
-                               enforce, has_ret=spec.return_, uprobe=True, override_via=self._override_via())
-            attach: list[tuple] = [("kprobe", call, False)]
+                               enforce, has_ret=spec.return_, uprobe=mech == "kprobe",
+                               override_via=self._override_via())
+            if mech == "fentry":
+                cfg["flags"] |= GHF_BTF
+            attach: list[tuple] = [("kprobe", call, False) if mech == "kprobe" else ("fentry", call)]
             if cfg.pop("_override", False):
                 attach.append(("fmodret", call))
             unit = HookUnit(hid, cfg, attach, event_kind="process_kprobe", function_name=call)
@@ -333,10 +339,14 @@ class Compiler:
                 ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
                 xid = self._new_hook(cp)
                 unit.exit_id = xid
-                unit.exit_config = {"flags": GHF_EXIT | GHF_UPROBE, "pair": hid}
-                unit.exit_attach = [("kprobe", call, True)]
+                if mech == "kprobe":
+                    unit.exit_config = {"flags": GHF_EXIT | GHF_UPROBE, "pair": hid}
+                    unit.exit_attach = [("kprobe", call, True)]
+                else:
+                    unit.exit_config = {"flags": GHF_EXIT | GHF_BTF, "pair": hid}
+                    unit.exit_attach = [("fexit", call)]
             units.append(unit)
-        return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags, "kprobe")
+        return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags, mech)
 
     def _lsm(self, policy, path, display, spec: LsmHookSpec, cp, enforce) -> HookPlan:
         """A BPF LSM hook: one generic_lsm instance per hook (target set before load), BTF ctx args."""

@@ -41,6 +41,7 @@ UPROBE_OBJECT = OBJ_DIR / "generic_uprobe.bpf.o"
 KPROBE_OBJECT = OBJ_DIR / "generic_kprobe.bpf.o"  # loaded on the first kernel-function hook
 LSM_OBJECT = OBJ_DIR / "generic_lsm.bpf.o"        # one instance per LSM hook (attach target set before load)
 FMODRET_OBJECT = OBJ_DIR / "generic_fmodret.bpf.o"  # one instance per overridden function
+FENTRY_OBJECT = OBJ_DIR / "generic_fentry.bpf.o"  # one instance per fentry/fexit function
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_lpm", "gen_heap", "gen_inflight",
                "gen_ratelimit", "gen_stats", "gen_override", "events", "lanner_lost")
@@ -62,7 +63,7 @@ LPM_NODE_HEADER = 24   # struct lpm_trie_node before the data (child[2], prefixl
 
 
 # TracingPolicyStatus.sensors: the generic program family serving each HookPlan.mechanism
-_SENSOR = {"uprobe": "generic_uprobe", "kprobe": "generic_kprobe", "lsm": "generic_lsm"}
+_SENSOR = {"uprobe": "generic_uprobe", "kprobe": "generic_kprobe", "lsm": "generic_lsm", "fentry": "generic_fentry"}
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,9 @@ class PolicyEngine:
         """Load one instance of a BTF-attached generic program (LSM, fmod_ret) on ``target`` and attach it."""
         obj = self._shared(path)
         try:
+            for name, other in obj.programs.items():
+                if name != prog:
+                    other.set_autoload(False)
             if hook_id is not None:
                 obj.set_config(cfg_hook_id=hook_id)
             bpf_attach.set_attach_target(obj.program(prog), target)
@@ -316,6 +320,8 @@ class PolicyEngine:
                         links.append(bpf_attach.attach_kprobe(prog, t[1], hid, retprobe=t[2]))
                     elif t[0] == "lsm":
                         links.append(self._instance(LSM_OBJECT, "generic_lsm", t[1], hid))
+                    elif t[0] in ("fentry", "fexit"):
+                        links.append(self._instance(FENTRY_OBJECT, f"generic_{t[0]}", t[1], hid))
                     elif t[0] == "fmodret":
                         try:
                             links.append(self._instance(FMODRET_OBJECT, "generic_fmodret", t[1], None))
@@ -446,6 +452,8 @@ class PolicyEngine:
                 t = u.attach[0][1] + ("+kretprobe" if u.exit_attach else "")
             elif kind == "lsm":
                 t = f"lsm/{u.attach[0][1]}"
+            elif kind == "fentry":
+                t = f"fentry/{u.attach[0][1]}" + ("+fexit" if u.exit_attach else "")
             else:
                 t = f"{u.path}:{u.symbol or hex(u.offset)}" + ("+uretprobe" if u.exit_attach else "")
             if any(a[0] == "fmodret" for a in u.attach):

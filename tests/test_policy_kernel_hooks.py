@@ -522,3 +522,39 @@ def test_kprobe_file_type_operator(env, tmp_path, op, hit, miss):
         assert [e["args"][0]["file_arg"]["path"] for e in evs] == [f"{t}/{hit}"]
         assert evs[0]["args"][0]["file_arg"]["permission"][0] == ("d" if hit == "sub" else "-")
         assert _events(env, lambda: os.close(os.open(tmp_path / miss, os.O_RDONLY)), "kp-ftype") == []
+
+
+def test_fentry_fexit_file_arg_and_return(env, tmp_path):
+    """fentries: one generic_fentry and one generic_fexit instance per function (attach target set before
+    load), args from the BTF context, the return value from bpf_get_func_ret."""
+    _need(env, "fentry", "fexit")
+    t = str(tmp_path)
+    spec = f"""
+    fentries:
+    - call: security_file_open
+      syscall: false
+      return: true
+      args:
+      - index: 0
+        type: file
+      returnArg:
+        index: 0
+        type: int
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: Prefix
+          values: ["{t}/fe-"]
+    """
+    for n in ("fe-a", "other"):
+        (tmp_path / n).write_text("x")
+    base = env.engine.links()
+    with env.load("fe-file", spec) as st:
+        assert st.info == "fentries[0] security_file_open: fentry fentry/security_file_open+fexit", st.info
+        assert st.sensors == ["generic_fentry"] and env.engine.links() == base + 2
+        evs = _events(env, lambda: os.close(os.open(tmp_path / "fe-a", os.O_RDONLY)), "fe-file")
+        assert [(e["function_name"], e["args"], e["return"]) for e in evs] == [
+            ("security_file_open", [{"file_arg": {"path": f"{t}/fe-a", "permission": "-rw-r--r--"}}],
+             {"int_arg": 0})]
+        assert _events(env, lambda: os.close(os.open(tmp_path / "other", os.O_RDONLY)), "fe-file") == []
+    assert env.engine.links() == base
