@@ -307,6 +307,11 @@ class Compiler:
         for fentries where the kernel has trampolines, generic_fentry (+ generic_fexit), args from BTF."""
         if mech == "kprobe" and spec.return_ and not self.supports("kretprobe"):
             raise Unavailable("return: true needs kretprobe, which this kernel lacks")
+        if spec.return_arg_action:
+            raise Unavailable(f"returnArgAction {spec.return_arg_action} is not served by this lanner build")
+        if spec.return_ and spec.return_arg and spec.return_arg.type not in INT_TYPES and \
+                spec.return_arg.type != "auto":
+            raise Unavailable(f"returnArg type {spec.return_arg.type} is not served (integer return values only)")
         if spec.list_name:
             lst = policy.spec.list_named(spec.list_name)
             if lst is None or not lst.values:

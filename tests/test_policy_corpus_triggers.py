@@ -167,12 +167,12 @@ LOAD_ONLY_KFUNC = {
     "tty_54.yaml": "needs a tty writer",
 }
 PARTIAL_KFUNC = {  # some hooks run, the others are unavailable for this reason
-    "datagram-with-sock-tracking.yaml": "action UntrackSock is not served",
-    "datagram_518.yaml": "action UntrackSock is not served",
+    "datagram-with-sock-tracking.yaml": "returnArgAction TrackSock is not served",
+    "datagram_518.yaml": "returnArgAction TrackSock is not served",
     "host-changes/monitor-kernel-modules.yaml": "type module is not served",
     "host-changes/monitor-signed-kernel-modules.yaml": "type load_info is not served",
-    "tcp-accept.yaml": "action UntrackSock is not served",
-    "tcp-listen.yaml": "action UntrackSock is not served",
+    "tcp-accept.yaml": "returnArgAction TrackSock is not served",
+    "tcp-listen.yaml": "returnArgAction TrackSock is not served",
 }
 FMOD_SYSCALL = "refused by the kernel (it modifies only security_* functions and, with CONFIG_FUNCTION_ERROR_INJECTION"
 REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS)
