@@ -125,6 +125,34 @@ def run_config(cfg: CF.Config, passno: int, durations: LD.Durations) -> Outcome:
     return out
 
 
+class BpfStats:
+    """Kernel BPF run-time statistics on while the block runs: a BPF_ENABLE_STATS fd, closed after (the
+    kernel.bpf_stats_enabled sysctl is not written). The statistics cost every BPF program on the machine
+    two clock reads per run, so they are on only when asked for, and only around lanner configurations."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.fd = -1
+
+    def __enter__(self) -> "BpfStats":
+        if self.on:
+            import ctypes
+
+            from lanner.bpf import libbpf as L
+
+            self.fd = L.bpf_enable_stats(0)  # BPF_STATS_RUN_TIME
+            if self.fd < 0:
+                raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            import os
+
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Background:
     """CPU used by other processes (cores, averaged) since creation: busy CPU time of the machine minus
     this process's and its waited-for children's (the same arithmetic as _common.LoadMonitor)."""
@@ -284,8 +312,11 @@ def per_pass(names: list[str], by_name: dict[str, list[Outcome]]) -> str:
             ("Gbit/s", lambda r: r.gbit_s, ".2f")]
     rows = [["config"] + [h for h, _, _ in cols]]
     for n in names:
-        outs = sorted(by_name.get(n, []), key=lambda o: o.passno)
-        rows.append([n] + [" / ".join(f"{g(o.result):{f}}" if o.result else "-" for o in outs) for _, g, f in cols])
+        outs = by_name.get(n, [])
+        passes = sorted({o.passno for o in outs})
+        # one value per pass (with --bracket the baseline runs several times a pass: their median)
+        rows.append([n] + [" / ".join(f"{fig([o for o in outs if o.passno == p], g):{f}}" for p in passes)
+                           for _, g, f in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in rows)
@@ -355,6 +386,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flow-rate-limit", type=int, default=None, metavar="N",
                    help="lanner-N: flow events per second for the node (default: the datapath's own default, "
                         "what the agent runs with; 0 = unlimited, to see what every flow event costs)")
+    p.add_argument("--bpf-stats", action="store_true",
+                   help="lanner-N: also report each datapath program's run time per packet (kernel BPF "
+                        "statistics on, through a BPF_ENABLE_STATS fd, only while lanner configurations run; "
+                        "they add two clock reads per program run, so RR figures of such a run include them)")
     p.add_argument("--json", type=Path, help="also write every figure and the evidence as JSON here")
     p.add_argument("--debug", action="store_true", help="print tracebacks of failed configurations")
     a = p.parse_args(argv)
@@ -387,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     with C.Cleanup(budget) as stack:
         workdir = stack.tempdir("lanner-bench-datapath-")
         pin_root = stack.pin_dir("datapath")
-        configs = {n: CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit) for n in names}
+        configs = {n: CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit, a.bpf_stats) for n in names}
         for passno in range(a.passes):
             order = names if passno % 2 == 0 else list(reversed(names))
             if a.bracket:  # B c1 B c2 ... B
@@ -395,9 +430,10 @@ def main(argv: list[str] | None = None) -> int:
                 order = ["baseline"] + [x for n in others for x in (n, "baseline")]
             seq: list[Outcome] = []
             for n in order:
-                cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit) if passno else configs[n]
+                cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit, a.bpf_stats) if passno else configs[n]
                 print(f"pass {passno + 1}/{a.passes}: {n} ...", flush=True)
-                o = run_config(cfg, passno, durations)
+                with BpfStats(a.bpf_stats and cfg.kind == "lanner"):
+                    o = run_config(cfg, passno, durations)
                 outcomes.append(o)
                 seq.append(o)
                 mon.sample()
@@ -432,8 +468,22 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if a.passes > 1:
         print()
-        print("per pass (pass 1 / pass 2 ...; even passes ran in reverse order):")
+        print("per pass (pass 1 / pass 2 ...; even passes ran in reverse order"
+              f"{'; baseline: the median of its runs in the pass' if a.bracket else ''}):")
         print(per_pass(names, by_name))
+    if a.bpf_stats:
+        print()
+        print("lanner BPF programs, run time per run (kernel statistics; median over passes):")
+        for n in names:
+            progs = [o.evidence.get("bpf_programs", {}) for o in by_name.get(n, []) if o.kind == "lanner"]
+            if not progs:
+                continue
+            parts = []
+            for prog in sorted({p for d in progs for p in d}):
+                ns = med([d[prog]["ns_per_run"] for d in progs if prog in d])
+                runs = med([d[prog]["run_cnt"] for d in progs if prog in d])
+                parts.append(f"{prog} {ns:.0f} ns ({runs:.0f} runs)")
+            print(f"  {n:<12} " + ", ".join(parts))
     if cni is not None:
         print()
         print(cni_table(cni))

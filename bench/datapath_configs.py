@@ -162,6 +162,7 @@ class Lanner:
     workdir: Path
     shape: str = "per-cidr"  # how the non-matching entries are written (bench/datapath_lanner.py)
     flow_rate_limit: int | None = None  # flow events/s for the node; None: the datapath's default; 0: unlimited
+    bpf_stats: bool = False  # report the programs' run time (the caller holds a BPF_ENABLE_STATS fd)
     kind: str = "lanner"
     name: str = ""
     proc: subprocess.Popen | None = None
@@ -179,6 +180,7 @@ class Lanner:
             "rules": self.rules,
             "shape": self.shape,
             "flow_rate_limit": self.flow_rate_limit,
+            "bpf_stats": self.bpf_stats,
             "pods": [pod_spec(topo, p, n) for p, n in ((topo.a, "bench-a"), (topo.b, "bench-b"))],
             "server": {"pod": "bench-b", "tcp_ports": [5201, 7000, 11112], "udp_ports": [11111]},
         }
@@ -263,7 +265,7 @@ def label(n: int) -> str:
 
 
 def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "per-cidr",
-                 flow_rate_limit: int | None = None) -> Config:
+                 flow_rate_limit: int | None = None, bpf_stats: bool = False) -> Config:
     """``baseline``, ``lanner-N``, ``iptables-N`` or ``nftset-N`` (N like 1000, 1k, 10k)."""
     if name == "baseline":
         return Baseline()
@@ -277,7 +279,7 @@ def parse_config(name: str, pin_root: Path, workdir: Path, shape: str = "per-cid
     if kind == "nftset":
         return NftSet(rules)
     if kind == "lanner":
-        return Lanner(rules, pin_root, workdir, shape, flow_rate_limit)
+        return Lanner(rules, pin_root, workdir, shape, flow_rate_limit, bpf_stats)
     raise ConfigError(f"bad configuration {name!r}: expected baseline, lanner-N, iptables-N or nftset-N")
 
 

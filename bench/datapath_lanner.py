@@ -11,7 +11,9 @@ Started by the benchmark with ``nsenter --net=/var/run/netns/<router> python ben
     on the benchmark's ports (TCP 5201/7000/11112, UDP 11111), plus ``rules`` non-matching entries;
  4. prints one JSON line ``{"ok": true, "install_s", "policy_entries", "ipcache_entries", ...}``;
  5. drains flow events (decoded to export dicts, as the agent does) until its stdin closes, then prints
-    its counters as a second JSON line and closes the datapath (detach, unpin).
+    its counters as a second JSON line (with ``bpf_stats`` in the spec, also each program's run count and
+    run time, which the kernel counts while the benchmark holds a BPF_ENABLE_STATS fd) and closes the
+    datapath (detach, unpin).
 
 Shapes of the non-matching entries (--lanner-shape of bench/datapath.py):
   per-cidr  (default) ``rules`` ingress rules, each one ipBlock /32 (10.200.x.y) + one TCP port: exactly
@@ -129,8 +131,17 @@ def run(spec: dict) -> int:
             read += 1
         stats = reader.stats()
         ct = len(dp.conntrack())
+        progs = {}
+        if spec.get("bpf_stats"):  # counted only while the benchmark holds a BPF_ENABLE_STATS fd
+            import _common as C
+
+            for name, st in C.bpf_prog_stats(os.getpid()).items():
+                if st["run_cnt"]:
+                    progs[name] = {**st, "ns_per_run": st["run_time_ns"] / st["run_cnt"]}
         final = {"flow_events_read": read, "flow_verdicts": verdicts, "ring_lost": reader.ring_lost(),
                  "conntrack_entries": ct, "policy_entries": dp.policy_entries(server_ep.endpoint_id), **stats}
+        if progs:
+            final["bpf_programs"] = progs
         final["ok"] = stats["new_flows"] > 0 and stats["drops"] == 0 and read > 0
         emit(final)
         return 0
