@@ -101,7 +101,8 @@ class Outcome:
                 and bool(self.evidence.get("ok")))
 
 
-def run_config(cfg: CF.Config, passno: int, durations: LD.Durations) -> Outcome:
+def run_config(cfg: CF.Config, passno: int, durations: LD.Durations, debug: bool = False) -> Outcome:
+    """One configuration on a fresh topology: install, measure, collect the evidence, remove."""
     out = Outcome(cfg.name, cfg.kind, cfg.rules, passno)
     topo = T.Topology()
     bg = Background()
@@ -116,7 +117,7 @@ def run_config(cfg: CF.Config, passno: int, durations: LD.Durations) -> Outcome:
         raise
     except Exception as e:  # one broken configuration must not hide the others
         out.error = f"{type(e).__name__}: {e}"
-        if "--debug" in sys.argv:
+        if debug:
             traceback.print_exc()
     finally:
         cfg.remove()
@@ -395,6 +396,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.passes < 1:
         p.error("--passes must be >= 1")
+    for n in a.configs.split(","):
+        try:
+            if n.strip():
+                CF.parse_config(n.strip(), Path("/nonexistent"), Path("/nonexistent"))
+        except CF.ConfigError as e:
+            p.error(str(e))
     return a
 
 
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = CF.parse_config(n, pin_root, workdir, a.lanner_shape, a.flow_rate_limit, a.bpf_stats) if passno else configs[n]
                 print(f"pass {passno + 1}/{a.passes}: {n} ...", flush=True)
                 with BpfStats(a.bpf_stats and cfg.kind == "lanner"):
-                    o = run_config(cfg, passno, durations)
+                    o = run_config(cfg, passno, durations, a.debug)
                 outcomes.append(o)
                 seq.append(o)
                 mon.sample()
