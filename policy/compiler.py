@@ -37,7 +37,7 @@ GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
 GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
 GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
 GPF_FOLLOW, GPF_NSPID = 1, 2
-GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE = 1, 2, 4, 8
+GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM = 1, 2, 4, 8, 16, 32
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
@@ -646,7 +646,7 @@ class Compiler:
             cfg[f"{p}cap_type"] = CAP_TYPES[mc.type]
             cfg[f"{p}cap_mask"] = mc.mask
         # actions
-        post, reported, sig, rate, override = True, None, 0, 0, False
+        post, reported, sig, rate, override, track = True, None, 0, 0, False, 0
         for a in sel.match_actions:
             if a.kernel_stack_trace or a.user_stack_trace or a.ima_hash:
                 raise Unavailable(f"{where}: {a.action} stack traces / imaHash are not served by this build")
@@ -672,6 +672,17 @@ class Compiler:
                 cfg["_override"] = True
                 reported = reported or ACTIONS["Override"]
                 cp.enforcing = True
+            elif a.action in ("TrackSock", "UntrackSock"):
+                sock_index = a.arg_sock or 0  # argSock defaults to 0
+                pos = positions.index(sock_index) if sock_index in positions else None
+                if pos is None or plans[pos].gen_type not in (GA_SOCK, GA_SOCKET):
+                    raise Unavailable(f"{where}: {a.action} argSock {sock_index} names no sock/socket argument of "
+                                      "the hook")
+                if track:
+                    raise Unavailable(f"{where}: one TrackSock/UntrackSock per selector is served")
+                track = GSF_TRACKSOCK if a.action == "TrackSock" else GSF_UNTRACKSOCK
+                cfg[f"{p}sock_arg"] = pos
+                reported = reported or ACTIONS[a.action]
             elif a.action in ("Override", "NotifyEnforcer"):
                 if self.supports("fmod_ret") or self.supports("override_return"):
                     raise Unavailable(f"{where}: {a.action} needs an fmod_ret or kprobe override_return program on "
@@ -685,7 +696,7 @@ class Compiler:
             reported = ACTIONS["Post"] if post else ACTIONS["NoPost"]
         cfg[f"{p}action"] = reported
         cfg[f"{p}flags"] = flags | (GSF_POST if post else 0) | (GSF_SIGNAL if sig else 0) | \
-            (GSF_OVERRIDE if override else 0)
+            (GSF_OVERRIDE if override else 0) | track
         cfg[f"{p}signal"] = sig
         cfg[f"{p}rate_limit_ns"] = rate
 

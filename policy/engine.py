@@ -44,7 +44,7 @@ FMODRET_OBJECT = OBJ_DIR / "generic_fmodret.bpf.o"  # one instance per overridde
 FENTRY_OBJECT = OBJ_DIR / "generic_fentry.bpf.o"  # one instance per fentry/fexit function
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_lpm", "gen_heap", "gen_inflight",
-               "gen_ratelimit", "gen_stats", "gen_override", "events", "lanner_lost")
+               "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "events", "lanner_lost")
 # A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:

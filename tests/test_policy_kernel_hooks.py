@@ -558,3 +558,73 @@ def test_fentry_fexit_file_arg_and_return(env, tmp_path):
              {"int_arg": 0})]
         assert _events(env, lambda: os.close(os.open(tmp_path / "other", os.O_RDONLY)), "fe-file") == []
     assert env.engine.links() == base
+
+
+def test_track_and_untrack_sock(env):
+    """TrackSock on tcp_connect (the connecting child owns the sock), then tcp_sendmsg by the parent on the
+    same socket is reported as the child's; UntrackSock on tcp_close forgets it."""
+    _need(env, "kprobe")
+    srv = _listener()
+    port = srv.getsockname()[1]
+    sock_sel = f"""
+        matchArgs:
+        - index: 0
+          operator: DPort
+          values: ["{port}"]"""
+    spec = f"""
+    kprobes:
+    - call: tcp_connect
+      syscall: false
+      args:
+      - index: 0
+        type: sock
+      selectors:
+      - {sock_sel.strip()}
+        matchActions:
+        - action: TrackSock
+          argSock: 0
+    - call: tcp_sendmsg
+      syscall: false
+      args:
+      - index: 0
+        type: sock
+      selectors:
+      - {sock_sel.strip()}
+    - call: tcp_close
+      syscall: false
+      args:
+      - index: 0
+        type: sock
+      selectors:
+      - {sock_sel.strip()}
+        matchActions:
+        - action: UntrackSock
+          argSock: 0
+    """
+    c = socket.socket()
+    child: list[int] = []
+
+    def run():
+        pid = os.fork()
+        if pid == 0:  # the child connects the parent's socket, then exits
+            try:
+                c.connect(("127.0.0.1", port))
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        child.append(pid)
+        c.sendall(b"lanner")  # the parent sends
+        c.close()
+
+    try:
+        with env.load("kp-track", spec):
+            evs = _events(env, run, "kp-track")
+            got = [(e["function_name"], e["process"]["pid"], e["action"]) for e in evs]
+            assert got == [("tcp_connect", child[0], "KPROBE_ACTION_TRACKSOCK"),
+                           ("tcp_sendmsg", child[0], "KPROBE_ACTION_POST"),
+                           ("tcp_close", child[0], "KPROBE_ACTION_UNTRACKSOCK")], got
+            # untracked: a new connection by the parent is its own
+            evs = _events(env, lambda: socket.create_connection(("127.0.0.1", port)).close(), "kp-track")
+            assert {e["process"]["pid"] for e in evs} == {ME}, evs
+    finally:
+        srv.close()

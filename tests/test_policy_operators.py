@@ -969,8 +969,9 @@ def test_rate_limit(env, tmp_path):
 REFUSED_ACTIONS = [
     ("GetUrl", "argUrl: http://example.invalid", "selectors[0]: action GetUrl is not served by this lanner build"),
     ("DnsLookup", "argFqdn: example.invalid", "selectors[0]: action DnsLookup is not served by this lanner build"),
-    ("TrackSock", "argSock: 0", "selectors[0]: action TrackSock is not served by this lanner build"),
-    ("UntrackSock", "argSock: 0", "selectors[0]: action UntrackSock is not served by this lanner build"),
+    # served on kernel-function hooks with a sock/socket arg (tests/test_policy_kernel_hooks.py)
+    ("TrackSock", "argSock: 0", "selectors[0]: TrackSock argSock 0 names no sock/socket argument of the hook"),
+    ("UntrackSock", "argSock: 0", "selectors[0]: UntrackSock argSock 0 names no sock/socket argument of the hook"),
     ("CleanupEnforcerNotification", "",
      "selectors[0]: action CleanupEnforcerNotification is not served by this lanner build"),
     ("Post", "kernelStackTrace: true", "selectors[0]: Post stack traces / imaHash are not served by this build"),

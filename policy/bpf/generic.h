@@ -77,6 +77,8 @@
 #define GSF_SIGNAL (1 << 1)
 #define GSF_HAS_RET (1 << 2)
 #define GSF_OVERRIDE (1 << 3) /* Override: return override_ret (LSM) / fmod_ret returns it (kprobe) */
+#define GSF_TRACKSOCK (1 << 4)   /* TrackSock: the sock of arg sock_arg -> this process (gen_socktrack) */
+#define GSF_UNTRACKSOCK (1 << 5) /* UntrackSock: forget the sock of arg sock_arg */
 
 /* gen_stats slots: per entry hook id, per-CPU counters of what the generic programs did; summed
  * over CPUs and the policy's hooks into TracingPolicyStatus.stats.action_counters at list time */
@@ -153,7 +155,7 @@ struct gen_selector {
 	__u8 cap_op;
 	__u16 bin_set;
 	__u8 cap_type; /* 0 effective, 1 inheritable, 2 permitted */
-	__u8 pad0;
+	__u8 sock_arg; /* TrackSock/UntrackSock: the position of the sock/socket arg */
 	__u32 pids[GEN_MAX_PIDS];
 	__u64 cap_mask;
 	struct gen_ns ns[GEN_MAX_NS];

@@ -99,6 +99,14 @@ struct {
 	__type(value, __s64);
 } gen_override SEC(".maps");
 
+/* TrackSock: struct sock * -> the process that owns it; events on a tracked sock report that process */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct proc_key);
+} gen_socktrack SEC(".maps");
+
 /* per entry hook id: GST_* counters (generic.h), one row per CPU */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -226,6 +234,16 @@ static __always_inline void gen_read_sock(struct gen_scratch *s, __u32 i, struct
 	__builtin_memset(si, 0, sizeof(*si));
 	if (!sk)
 		return;
+	{
+		__u64 key = (__u64)sk;
+		struct proc_key *owner = bpf_map_lookup_elem(&gen_socktrack, &key);
+
+		s->ev.aux[i & (GEN_MAX_ARGS - 1)] = key; /* for TrackSock/UntrackSock */
+		if (owner) { /* a tracked sock: the event names its owner (e.g. from softirq context) */
+			s->ev.key = *owner;
+			s->ev.flags &= ~GEF_NOPROC;
+		}
+	}
 	si->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	si->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	si->type = BPF_CORE_READ(sk, sk_type);
@@ -938,6 +956,14 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 		} else {
 			gen_stat(s->ev.hook_id, GST_MONITOR_OVERRIDE);
 		}
+	}
+	if (sel->flags & (GSF_TRACKSOCK | GSF_UNTRACKSOCK)) {
+		__u64 sk = s->ev.aux[sel->sock_arg & (GEN_MAX_ARGS - 1)];
+
+		if (sk && (sel->flags & GSF_TRACKSOCK))
+			bpf_map_update_elem(&gen_socktrack, &sk, &s->ev.key, BPF_ANY);
+		else if (sk)
+			bpf_map_delete_elem(&gen_socktrack, &sk);
 	}
 	if (!(sel->flags & GSF_POST)) {
 		gen_stat(s->ev.hook_id, GST_NOPOST);
