@@ -876,7 +876,7 @@ class Compiler:
         if base == "Family":
             return self._sockaddr_filter(f, base, values, cp, where)
         raise Unavailable(f"{where}: operator {base} on {type_name} arguments is not served (SAddr, DAddr, SPort, "
-                          "DPort, Protocol, Family, State and their Not* forms are)")
+                          "DPort and their Not* forms, Protocol, Family, State are)")
 
     def _expand_lists(self, policy, values, plan, where) -> list:
         out = []

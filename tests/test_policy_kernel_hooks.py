@@ -628,3 +628,71 @@ def test_track_and_untrack_sock(env):
             assert {e["process"]["pid"] for e in evs} == {ME}, evs
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("state,hits", [("TCP_SYN_SENT", 1), ("TCP_ESTABLISHED", 0)])
+def test_kprobe_sock_saddr_sport_state_notdport(env, state, hits):
+    """SAddr, SPort (a range), State, NotDPort and NotSAddr on a sock arg, ANDed."""
+    _need(env, "kprobe")
+    srv = _listener()
+    port = srv.getsockname()[1]
+    spec = f"""
+    kprobes:
+    - call: tcp_connect
+      syscall: false
+      args:
+      - index: 0
+        type: sock
+      selectors:{_pids()}
+        matchArgs:
+        - index: 0
+          operator: SAddr
+          values: ["127.0.0.0/8"]
+        - index: 0
+          operator: SPort
+          values: ["1024:65535"]
+        - index: 0
+          operator: State
+          values: ["{state}"]
+        - index: 0
+          operator: NotDPort
+          values: ["{port + 1 if port < 65535 else port - 1}"]
+        - index: 0
+          operator: NotSAddr
+          values: ["10.0.0.0/8"]
+    """
+    try:
+        with env.load("kp-sock2", spec):
+            evs = _events(env, lambda: socket.create_connection(("127.0.0.1", port)).close(), "kp-sock2")
+            assert len(evs) == hits, evs
+            if hits:
+                s = evs[0]["args"][0]["sock_arg"]
+                assert s["state"] == "TCP_SYN_SENT" and s["saddr"] == "127.0.0.1" and s["sport"] >= 1024
+    finally:
+        srv.close()
+
+
+def test_kprobe_kernel_string_arg(env, tmp_path):
+    """A kernel char * (security_inode_symlink's old_name, copied in by the kernel) with Equal."""
+    _need(env, "kprobe")
+    target = f"{tmp_path}/lanner-symlink-target"
+    spec = f"""
+    kprobes:
+    - call: security_inode_symlink
+      syscall: false
+      args:
+      - index: 1
+        type: dentry
+      - index: 2
+        type: string
+      selectors:{_pids()}
+        matchArgs:
+        - index: 2
+          operator: Equal
+          values: ["{target}"]
+    """
+    with env.load("kp-kstr", spec):
+        evs = _events(env, lambda: os.symlink(target, tmp_path / "ln1"), "kp-kstr")
+        assert [e["args"][1] for e in evs] == [{"string_arg": target}], evs
+        assert evs[0]["args"][0]["file_arg"]["path"].endswith("/ln1")
+        assert _events(env, lambda: os.symlink(target + "x", tmp_path / "ln2"), "kp-kstr") == []
