@@ -69,7 +69,7 @@ def _kv(raw: dict) -> KeyValue:
 
 
 class EtcdClient:
-    """One etcd endpoint, e.g. ``http://127.0.0.1:2379``. Thread-safe: one connection per call."""
+    """One etcd endpoint, e.g. ``http://127.0.0.1:2379``. Thread-safe: one kept-alive connection per thread."""
 
     def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
         url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -79,18 +79,30 @@ class EtcdClient:
         self._host = url.hostname
         self._port = url.port or 2379
         self._timeout = timeout_s
+        self._local = threading.local()
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
     def _call(self, path: str, body: dict) -> dict:
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        try:
-            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        except OSError as exc:
-            raise EtcdError(f"etcd {self.endpoint}{path}: {exc}") from exc
-        finally:
-            conn.close()
+        payload = json.dumps(body)
+        for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: reconnect once
+            conn = self._conn()
+            try:
+                conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise EtcdError(f"etcd {self.endpoint}{path}: {exc}") from exc
         try:
             doc = json.loads(data or b"{}")
         except ValueError as exc:
