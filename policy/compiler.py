@@ -32,7 +32,7 @@ GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
 GEN_MAX_PIDS, GEN_MAX_NS, GEN_MAX_NS_VALUES, GEN_STR_MAX, GEN_RET_ARG = 4, 4, 4, 254, 7
 GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADDR, GA_IOVEC = range(1, 10)
 GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM, GA_CRED, GA_SOCK, GA_SOCKET, GA_SKB, GA_KSOCKADDR, GA_USERNS, \
-    GA_NETDEV = range(10, 21)
+    GA_NETDEV, GA_MODULE, GA_LOAD_INFO = range(10, 23)
 GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
 GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
 GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
@@ -48,7 +48,8 @@ GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limi
 # BTF-typed kernel pointer arguments (kprobes, LSM hooks): policy type -> gen_arg.type
 KERNEL_PTR_TYPES = {"file": GA_FILE, "path": GA_PATH, "dentry": GA_DENTRY, "linux_binprm": GA_BINPRM,
                     "cred": GA_CRED, "sock": GA_SOCK, "socket": GA_SOCKET, "skb": GA_SKB,
-                    "sockaddr": GA_KSOCKADDR, "user_namespace": GA_USERNS, "net_device": GA_NETDEV}
+                    "sockaddr": GA_KSOCKADDR, "user_namespace": GA_USERNS, "net_device": GA_NETDEV,
+                    "module": GA_MODULE, "load_info": GA_LOAD_INFO}
 PATH_GA = (GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM)
 SOCK_GA = (GA_SOCK, GA_SOCKET, GA_SKB)
 NS_TYPES = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5, "Time": 6,
@@ -724,7 +725,7 @@ class Compiler:
         values = list(m.parsed) if m.parsed else list(m.values)
         values = self._expand_lists(policy, values, plan, where)
         is_str = plan.gen_type in (GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_IOVEC,
-                                   GA_NETDEV, *PATH_GA) and \
+                                   GA_NETDEV, GA_MODULE, GA_LOAD_INFO, *PATH_GA) and \
             plan.type != "fd" or (plan.type == "fd" and base in ("Prefix", "Postfix") or
                                   (plan.type == "fd" and any(isinstance(v, str) for v in values)))
         if base == "FileType":

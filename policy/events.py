@@ -18,7 +18,8 @@ from lanner.exporter.pipeline import OutEvent
 
 from .compiler import (
     ACTION_NAMES, GA_BINPRM, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR, GA_INT, GA_IOVEC,
-    GA_KSOCKADDR, GA_KSTR, GA_NETDEV, GA_PATH, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS, GA_USOCKADDR, GA_USTR,
+    GA_KSOCKADDR, GA_KSTR, GA_LOAD_INFO, GA_MODULE, GA_NETDEV, GA_PATH, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS,
+    GA_USOCKADDR, GA_USTR,
     GEN_MAX_ARGS, ArgPlan,
 )
 from .names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
@@ -27,6 +28,10 @@ GEF_RETURN, GEF_NOPROC = 1, 2
 _PROTO_NAMES = {v: k for k, v in IP_PROTOCOLS.items()}
 _STATE_NAMES = {v: k for k, v in TCP_STATES.items()}
 _CAP_NAMES = {v: k for k, v in CAPABILITIES.items()}
+# kernel taint bit -> Tetragon's TaintedBitsType name (its value is the bit's mask)
+_TAINTS = {0: "TAINT_PROPRIETARY_MODULE", 1: "TAINT_FORCED_MODULE", 2: "TAINT_FORCED_UNLOAD_MODULE",
+           10: "TAINT_STAGED_MODULE", 12: "TAINT_OUT_OF_TREE_MODULE", 13: "TAINT_UNSIGNED_MODULE",
+           15: "TAINT_KERNEL_LIVE_PATCH_MODULE", 18: "TAINT_TEST_MODULE"}
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET", 6: "SOCK_DCCP",
                10: "SOCK_PACKET"}
 
@@ -171,6 +176,15 @@ class EventDecoder:
                 r = self._record(self.userns, rec[self.i_str[i]][:n])
                 a = {"user_ns_arg": {"level": r["level"], "uid": r["owner"], "gid": r["group"],
                                      "ns": {"inum": r["inum"]}}}
+            elif g in (GA_MODULE, GA_LOAD_INFO):
+                mod: dict[str, Any] = {"name": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
+                sig = rec[self.i_aux[i]]
+                if sig in (0, 1):
+                    mod["signature_ok"] = bool(sig)
+                taints = [name for bit, name in _TAINTS.items() if v >> bit & 1]
+                if taints:
+                    mod["tainted"] = taints
+                a = {"module_arg": mod}
             elif g == GA_NETDEV:
                 a = {"net_dev_arg": {"name": rec[self.i_str[i]][:n].decode("utf-8", "replace")}}
             elif plan.type == "nop":

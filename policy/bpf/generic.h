@@ -43,6 +43,8 @@
 #define GA_KSOCKADDR 18   /* kernel struct sockaddr *: as GA_USOCKADDR */
 #define GA_USERNS 19      /* struct user_namespace * -> struct gen_userns_info in str */
 #define GA_NETDEV 20      /* struct net_device * -> name */
+#define GA_MODULE 21      /* struct module * -> name (str), taints (vals) */
+#define GA_LOAD_INFO 22   /* struct load_info * -> name (str), sig_ok (aux: 0/1, 2 unknown) */
 
 /* gen_filter.kind */
 #define GF_INT 1          /* value in set (set_id) or in one of the ranges */

@@ -364,6 +364,38 @@ static __always_inline void gen_set_strlen(struct gen_scratch *s, __u32 i, long 
 	s->ev.lens[i] = n;
 }
 
+/* kernel/module/internal.h: not in every kernel's BTF (no modules) nor in vmlinux.h; CO-RE relocated,
+ * guarded by bpf_core_field_exists so the read is dead code where the type is missing */
+struct load_info___lanner {
+	const char *name;
+	bool sig_ok;
+} __attribute__((preserve_access_index));
+
+static __always_inline void gen_read_module(struct gen_scratch *s, __u32 i, __u64 v, __u32 type)
+{
+	long n = 0;
+
+	if (!v || i >= GEN_MAX_ARGS)
+		return;
+	s->ev.aux[i] = 2;
+	if (type == GA_MODULE) {
+		struct module *m = (struct module *)v;
+
+		n = bpf_probe_read_kernel_str(s->ev.str[i].s, sizeof(m->name) < GEN_STR_MAX ? sizeof(m->name) : GEN_STR_MAX,
+					      __builtin_preserve_access_index(&m->name));
+		s->ev.vals[i] = BPF_CORE_READ(m, taints);
+	} else {
+		struct load_info___lanner *li = (struct load_info___lanner *)v;
+
+		s->ev.vals[i] = 0;
+		if (bpf_core_field_exists(li->name))
+			n = bpf_probe_read_kernel_str(s->ev.str[i].s, GEN_STR_MAX, BPF_CORE_READ(li, name));
+		if (bpf_core_field_exists(li->sig_ok))
+			s->ev.aux[i] = BPF_CORE_READ(li, sig_ok);
+	}
+	gen_set_strlen(s, i, n);
+}
+
 static long gen_read_arg(__u32 i, void *data)
 {
 	struct gen_read_ctx *rc = data;
@@ -440,6 +472,10 @@ static long gen_read_arg(__u32 i, void *data)
 		break;
 	case GA_USERNS:
 		gen_read_userns(s, i, (struct user_namespace *)v);
+		break;
+	case GA_MODULE:
+	case GA_LOAD_INFO:
+		gen_read_module(s, i, v, a->type);
 		break;
 	case GA_NETDEV:
 		if (v) {
