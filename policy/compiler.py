@@ -197,7 +197,7 @@ class Compiler:
                 if not self.supports(feat) and not (kind == "fentry" and self.supports("kprobe")):
                     raise Unavailable(f"needs {what}, which this kernel lacks ({feat}: not supported, see "
                                       "'lanner probe')")
-                if kind == "fentry" and spec.syscall and self.supports("kprobe"):
+                if kind == "fentry" and spec.syscall:  # like syscall kprobes: the syscall tracepoints
                     return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
                 if kind == "fentry" and self.supports("fentry") and (self.supports("fexit") or not spec.return_):
                     return self._kfunc(policy, path, display, spec, cp, enforce, mech="fentry")
