@@ -140,6 +140,11 @@ class ProcessEventEncoder:
         """Enrich processes rendered from now on with their pod (None detaches)."""
         self._pods = resolver
 
+    @property
+    def pod_resolver(self) -> ProcessPodResolver | None:
+        """The attached resolver (policy events also name the pods behind socket addresses with it)."""
+        return self._pods
+
     def _pod(self, p: Process) -> dict | None:
         ns = p.ns
         m = self._pods.match(ns.net if ns is not None else 0, p.cgroup_id)  # type: ignore[union-attr]

@@ -197,6 +197,20 @@ class EventDecoder:
         return out
 
 
+def name_socket_pods(args: list[dict[str, Any]], pod_for_ip: Any) -> None:
+    """Socket arguments whose destination is a pod of this node name it: ``dst_pod`` in sock_arg/skb_arg
+    (by daddr), ``pod`` in sockaddr_arg (by addr). lanner fields: Tetragon's protobuf ignores them."""
+    for a in args:
+        for key, addr_key, pod_key in (("sock_arg", "daddr", "dst_pod"), ("skb_arg", "daddr", "dst_pod"),
+                                       ("sockaddr_arg", "addr", "pod")):
+            body = a.get(key)
+            if body is None or not body.get(addr_key):
+                continue
+            pod = pod_for_ip(body[addr_key])
+            if pod is not None:
+                body[pod_key] = {"namespace": pod.namespace, "name": pod.name}
+
+
 def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: Any, want_pb: bool) -> OutEvent | None:
     """``meta``: engine._HookMeta (policy name, plan, unit)."""
     pid, pktime = rec[dec.i_pid], rec[dec.i_pktime]
@@ -220,6 +234,9 @@ def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: A
         body["offset"] = str(unit.offset)
     args = dec.args(rec, plan.args)
     if args:
+        pods = getattr(encoder, "pod_resolver", None)
+        if pods is not None and hasattr(pods, "pod_for_ip"):
+            name_socket_pods(args, pods.pod_for_ip)
         body["args"] = args
     if rec[dec.i_flags] & GEF_RETURN and plan.ret is not None:
         r = int_arg(plan.ret, rec[dec.i_ret] & ((1 << 64) - 1))

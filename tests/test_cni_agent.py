@@ -154,3 +154,55 @@ def test_agent_enforces_the_network_policy_dir(tmp_path, policy_dir):
             an.agent.stop()
         an.node.close()
         subprocess.run(["rm", "-rf", an.pin])
+
+
+CONNECT_POLICY = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: pod-connects}
+spec:
+  kprobes:
+  - call: sys_connect
+    syscall: true
+    args:
+    - {index: 0, type: int}
+    - {index: 1, type: sockaddr}
+    selectors:
+    - matchArgs:
+      - {index: 1, operator: SPort, values: ["%d"]}
+"""
+
+
+@pytest.mark.bpf
+def test_socket_events_name_the_destination_pod(tmp_path):
+    """A connect() from pod a to pod b: the policy event's process is pod a, its sockaddr names pod b."""
+    port = 20000 + os.getpid() % 20000
+    policy = tmp_path / "connect.yaml"
+    policy.write_text(CONNECT_POLICY % port)
+    an = AgentNode(CniNode(f"lcs{os.getpid() % 10000}", tmp_path), f"/sys/fs/bpf/lanner-cnitest-{uuid.uuid4().hex[:8]}")
+    try:
+        an.node.setup()
+        agent = an.start("--tracing-policy", str(policy))
+        node = an.node
+        r = node.runner(lanner_conflist(node))
+        a, b = node.pod("a"), node.pod("b")
+        r.add("cid-a", a, cni_args="K8S_POD_NAMESPACE=team;K8S_POD_NAME=pa")
+        ip_b = r.add("cid-b", b, cni_args="K8S_POD_NAMESPACE=team;K8S_POD_NAME=pb")["ips"][0]["address"][:-3]
+        code = f"import socket\ntry: socket.create_connection(('{ip_b}', {port}), timeout=1)\nexcept OSError: pass\n"
+        node.sh(sys.executable, "-c", code, ns=a)
+
+        def ours(e: dict) -> bool:
+            k = e.get("process_kprobe", {})
+            return k.get("policy_name") == "pod-connects" and any(
+                x.get("sockaddr_arg", {}).get("addr") == ip_b for x in k.get("args", []))
+
+        evs = agent.wait_for(lambda es: [e for e in es if ours(e)], timeout=15, what="the connect event")
+        ev = next(e["process_kprobe"] for e in evs if ours(e))
+        sa = next(x["sockaddr_arg"] for x in ev["args"] if "sockaddr_arg" in x)
+        assert sa["port"] == port and sa["pod"] == {"namespace": "team", "name": "pb"}, sa
+        assert ev["process"]["pod"]["name"] == "pa"
+    finally:
+        if an.agent is not None:
+            an.agent.stop()
+        an.node.close()
+        subprocess.run(["rm", "-rf", an.pin])
