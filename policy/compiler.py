@@ -58,6 +58,7 @@ NS_PROC = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildr
            "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup",
            "User": "user"}
 CAP_TYPES = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
+ALL_NS_MASK = (1 << len(NS_TYPES)) - 1
 ACTIONS = {"Post": 1, "Sigkill": 3, "Override": 5, "GetUrl": 7, "DnsLookup": 8, "NoPost": 9, "Signal": 10,
            "TrackSock": 11, "UntrackSock": 12, "NotifyEnforcer": 13, "CleanupEnforcerNotification": 14, "Set": 15}
 ACTION_NAMES = {v: f"KPROBE_ACTION_{k.upper()}" for k, v in ACTIONS.items()}
@@ -557,13 +558,9 @@ class Compiler:
         p = f"sel[{si}]."
         where = f"selectors[{si}]"
         for attr, what in (("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
-                           ("match_namespace_changes", "matchNamespaceChanges"),
-                           ("match_capability_changes", "matchCapabilityChanges"),
                            ("match_return_actions", "matchReturnActions")):
             if getattr(sel, attr):
-                raise Unavailable(f"{where}.{what} is not served by this lanner build (needs exec-time state "
-                                  "or kprobe data the generic programs do not record)" if "Changes" in what
-                                  else f"{where}.{what} is not served by this lanner build")
+                raise Unavailable(f"{where}.{what} is not served by this lanner build")
         if sel.match_workloads is not None:
             raise Unavailable(f"{where}.matchWorkloads needs the pod/container map, not served by this build")
         # filters
@@ -641,11 +638,28 @@ class Compiler:
         if len(sel.match_capabilities) > 1:
             raise Unavailable(f"{where}.matchCapabilities: at most one entry is served")
         for mc in sel.match_capabilities:
-            if mc.is_namespace_capability:
-                raise Unavailable(f"{where}.matchCapabilities isNamespaceCapability is not served")
             cfg[f"{p}cap_op"] = GOP[mc.operator]
             cfg[f"{p}cap_type"] = CAP_TYPES[mc.type]
             cfg[f"{p}cap_mask"] = mc.mask
+            if mc.is_namespace_capability:
+                cfg[f"{p}cap_userns"] = host_ns("User")
+        # matchNamespaceChanges (the parser allows one entry): In compares the listed namespaces with
+        # their exec-time inodes, NotIn all the others (Tetragon)
+        for nc in sel.match_namespace_changes:
+            listed = 0
+            for v in nc.values:
+                listed |= 1 << NS_TYPES[v]
+            cfg[f"{p}nsch_op"] = GOP["In"]
+            cfg[f"{p}nsch_mask"] = listed if nc.operator == "In" else ALL_NS_MASK & ~listed
+        # matchCapabilityChanges
+        if len(sel.match_capability_changes) > 1:
+            raise Unavailable(f"{where}.matchCapabilityChanges: at most one entry is served")
+        for mc in sel.match_capability_changes:
+            cfg[f"{p}capch_op"] = GOP[mc.operator]
+            cfg[f"{p}capch_type"] = CAP_TYPES[mc.type]
+            cfg[f"{p}capch_mask"] = mc.mask
+            if mc.is_namespace_capability:
+                cfg[f"{p}capch_userns"] = host_ns("User")
         # actions
         post, reported, sig, rate, override, track = True, None, 0, 0, False, 0
         for a in sel.match_actions:

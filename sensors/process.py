@@ -38,8 +38,10 @@ F_CWD_UNREACHABLE = 1 << 8
 ARGS_MAX = 8192  # LANNER_ARGS_MAX in process.h
 _KEY = Codec.struct("<I")
 BINARY_MAX = 256  # LANNER_BINARY_MAX
-# struct execve_entry: key {pid, pad, ktime}, parent {pid, pad, ktime}, binary_len, flags, binary[256]
-_ENTRY = Codec.struct(f"<IIQIIQII{BINARY_MAX}s")
+# struct execve_entry: key {pid, pad, ktime}, parent {pid, pad, ktime}, binary_len, flags, binary[256],
+# then the exec-time namespaces and capabilities (64 bytes) that only the BPF programs use: zero when seeded
+EXEC_STATE_BYTES = 64
+_ENTRY = Codec.struct(f"<IIQIIQII{BINARY_MAX}s{EXEC_STATE_BYTES}x")
 
 
 @dataclass(slots=True)

@@ -78,7 +78,7 @@ def test_exec_record_round_trip_and_rodata_config(process_obj_path, mounts, tmp_
 def test_map_ops_typed_and_batch(process_obj_path, mounts):
     with BpfObject.open(process_obj_path) as obj:
         obj.load()
-        m = obj.map("execve_map", key=Codec.struct("<I"), value=Codec.struct("<IIQIIQII256s"))
+        m = obj.map("execve_map", key=Codec.struct("<I"), value=Codec.struct("<IIQIIQII256s64x"))
         for k in range(1_000_000, 1_000_050):
             m.update(k, (k, 0, 7, 1, 0, 9, 4, 0, b"/bin"))
         assert m.lookup(1_000_003) == (1_000_003, 0, 7, 1, 0, 9, 4, 0, b"/bin".ljust(256, b"\0"))

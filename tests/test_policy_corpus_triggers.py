@@ -131,7 +131,8 @@ REASONS = {
 ENABLED_KFUNC = ENABLED_HERE | {
     "cves/cve-2023-2640-overlayfs-ubuntu.yaml", "cves/cve-2024-3094-xz-ssh.yaml", "datagram-with-selectors.yaml",
     "datagram.yaml", "dev_hard_start_xmit.yaml", "dns-only-specified-servers.yaml", "fd_install_ns.yaml",
-    "fd_install_ns_host.yaml", "filename_monitoring.yaml", "filename_monitoring_filtered.yaml",
+    "fd_install_ns_host.yaml", "fd_install_caps.yaml", "fd_install_cap_changes.yaml", "filename_monitoring.yaml",
+    "filename_monitoring_filtered.yaml",
     "kprobe_commit_creds.yaml", "lsm_file_open.yaml", "override-security.yaml",
     "process-credentials/creds-capability-usage.yaml", "process-credentials/process-creds-changed.yaml",
     "process-credentials/process-creds-installed.yaml", "process-exec/process-exec-elf-begin.yaml",
@@ -180,8 +181,6 @@ FMOD_SYSCALL = "refused by the kernel (it modifies only security_* functions and
 REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS)
     "bpf.yaml": "type bpf_attr is not served on kprobe arguments",
     "dev_queue_xmit.yaml": "attach failed: attach generic_kprobe (kprobe dev_queue_xmit",  # an inline function
-    "fd_install_cap_changes.yaml": "matchCapabilityChanges is not served",
-    "fd_install_caps.yaml": "isNamespaceCapability is not served",
     "hardlink-override.yaml": "fmod_ret on __x64_sys_linkat " + FMOD_SYSCALL,
     "list-generated-ftrace.yaml": "generated lists are not served by this lanner build",
     "lsm_bprm_check.yaml": "stack traces / imaHash are not served",
@@ -720,6 +719,42 @@ class KillUnprivilegedUserns(Trigger):
         shutil.rmtree(getattr(self, "dir", "/nonexistent-lanner"), ignore_errors=True)
 
 
+class FdInstallUserns(Trigger):
+    """fd_install by a process outside the host user namespace (isNamespaceCapability): a copy of
+    unshare run as nobody creates a user namespace mapped to root (`unshare -r cat F`), which gives it
+    every capability there, then writes its uid/gid maps (fd_install) and execs cat. matchCapabilities:
+    it has CAP_CHOWN / CAP_NET_RAW in its namespace; matchCapabilityChanges: its effective
+    CAP_SYS_ADMIN / CAP_NET_RAW differ from those at its exec (none, as nobody)."""
+
+    names = {"fd_install"}
+
+    def setup(self):
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="lanner-fdns-"))  # nobody must reach the binary and file
+        os.chmod(self.dir, 0o755)
+        self.exe = self.dir / "lanner-unshare"
+        shutil.copy("/usr/bin/unshare", self.exe)
+        os.chmod(self.exe, 0o755)
+        self.file = self.dir / "f"
+        self.file.write_text("x")
+        os.chmod(self.file, 0o644)
+
+    def fire(self):
+        p = subprocess.Popen([str(self.exe), "-r", "/bin/cat", str(self.file)], stdout=subprocess.DEVNULL,
+                             preexec_fn=KillUnprivilegedUserns._nobody)
+        assert p.wait(timeout=60) == 0
+        return lambda b: b["process"]["pid"] == p.pid
+
+    def negative(self):
+        p = subprocess.Popen(["/bin/cat", str(self.file)], stdout=subprocess.DEVNULL)  # root, host user ns
+        assert p.wait(timeout=60) == 0
+        return lambda b: b["process"]["pid"] == p.pid
+
+    def cleanup(self):
+        shutil.rmtree(getattr(self, "dir", "/nonexistent-lanner"), ignore_errors=True)
+
+
 class SecurityBprmCheck(Trigger):
     names = {"security_bprm_check"}
 
@@ -765,6 +800,8 @@ class KillUsernsInPidns(ScopedLoadOnly):
 
 KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
     "fd_install_ns_host.yaml": FdInstallHost,
+    "fd_install_caps.yaml": FdInstallUserns,
+    "fd_install_cap_changes.yaml": FdInstallUserns,
     "filename_monitoring_filtered.yaml": FilenameMonitoringFiltered,
     "kprobe_commit_creds.yaml": CommitCreds,
     "tcp-connect-with-selectors.yaml": TcpConnectWithSelectors,

@@ -166,6 +166,14 @@ struct gen_selector {
 	__u32 signal;
 	__s32 override_ret; /* Override argError */
 	__u64 rate_limit_ns;
+	__u64 capch_mask;   /* matchCapabilityChanges: the listed capabilities */
+	__u32 cap_userns;   /* matchCapabilities isNamespaceCapability: the host user ns inode (0: off) */
+	__u32 capch_userns; /* the same for matchCapabilityChanges */
+	__u16 nsch_mask;    /* matchNamespaceChanges: bit (1 << GNS_*) per namespace compared with exec time */
+	__u8 nsch_op;       /* matchNamespaceChanges present (GOP_IN; NotIn is compiled into the mask) */
+	__u8 capch_op;      /* matchCapabilityChanges: GOP_IN / GOP_NOTIN, 0 = none */
+	__u8 capch_type;    /* 0 effective, 1 inheritable, 2 permitted */
+	__u8 pad2[3];
 	struct gen_filter filters[GEN_MAX_FILTERS];
 };
 

@@ -858,27 +858,130 @@ static __always_inline bool gen_check_binary(struct gen_scratch *s, struct gen_s
 	return hit;
 }
 
-static __always_inline bool gen_check_caps(struct gen_selector *sel)
+/* the current task's capability set of type t (0 effective, 1 inheritable, 2 permitted) */
+static __always_inline __u64 gen_task_caps(struct task_struct *task, __u32 t)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	const struct cred *cred = BPF_CORE_READ(task, cred);
-	__u64 caps;
-	bool hit;
+	const kernel_cap_t *cap;
+	__u64 caps = 0;
 
 	/* kernel_cap_t is a u64 "val" since 6.3 and a u32 cap[2] before (same 8 bytes): read the field
 	 * whole, by its relocated offset, so the program loads on both (Debian 6.1 has the array) */
-	const kernel_cap_t *cap;
-
-	if (sel->cap_type == 1)
+	if (t == 1)
 		cap = __builtin_preserve_access_index(&cred->cap_inheritable);
-	else if (sel->cap_type == 2)
+	else if (t == 2)
 		cap = __builtin_preserve_access_index(&cred->cap_permitted);
 	else
 		cap = __builtin_preserve_access_index(&cred->cap_effective);
-	caps = 0;
 	bpf_probe_read_kernel(&caps, sizeof(caps), cap);
-	hit = (caps & sel->cap_mask) != 0;
+	return caps;
+}
+
+/* isNamespaceCapability: only tasks outside the host user namespace (userns = its inode) */
+static __always_inline bool gen_in_userns(struct task_struct *task, __u32 userns)
+{
+	return userns && BPF_CORE_READ(task, cred, user_ns, ns.inum) == userns;
+}
+
+static __always_inline bool gen_check_caps(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	bool hit;
+
+	if (gen_in_userns(task, sel->cap_userns))
+		return false;
+	hit = (gen_task_caps(task, sel->cap_type) & sel->cap_mask) != 0;
 	return sel->cap_op == GOP_IN ? hit : !hit;
+}
+
+/* matchNamespaceChanges / matchCapabilityChanges: the state at exec lives in the process's
+ * execve_map entry (process sensor); a process without it (seeded from /proc at agent start) gets the
+ * current state now, so the filters report changes from here on */
+static __always_inline void gen_take_ns(struct execve_entry *e, struct task_struct *task)
+{
+	__u32 *ns = (__u32 *)&e->exec_ns;
+
+#pragma unroll
+	for (int t = 0; t <= GNS_USER; t++)
+		ns[t] = gen_ns_inum(task, t);
+}
+
+static __always_inline void gen_take_caps(struct execve_entry *e, struct task_struct *task)
+{
+#pragma unroll
+	for (int t = 0; t < 3; t++)
+		e->exec_caps[t] = gen_task_caps(task, t);
+}
+
+static __always_inline struct execve_entry *gen_exec_state(struct task_struct *task, bool *fresh)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &tgid);
+
+	*fresh = false;
+	if (e && !(e->flags & LANNER_ENTRY_EXEC_STATE)) {
+		gen_take_ns(e, task);
+		gen_take_caps(e, task);
+		e->flags |= LANNER_ENTRY_EXEC_STATE;
+		*fresh = true;
+	}
+	return e;
+}
+
+/* a namespace of nsch_mask differs from the one recorded at exec (or at the last reported change) */
+static __always_inline bool gen_check_ns_changes(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	bool fresh;
+	struct execve_entry *e = gen_exec_state(task, &fresh);
+	__u32 *ns;
+
+	if (!e || fresh)
+		return false;
+	ns = (__u32 *)&e->exec_ns;
+#pragma unroll
+	for (int t = 0; t <= GNS_USER; t++)
+		if ((sel->nsch_mask & (1 << t)) && ns[t] && ns[t] != gen_ns_inum(task, t))
+			return true;
+	return false;
+}
+
+/* In: one of the listed capabilities of capch_type was gained or lost since exec; NotIn: only others */
+static __always_inline bool gen_check_cap_changes(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	bool fresh;
+	struct execve_entry *e;
+	__u32 t = sel->capch_type;
+	__u64 was, now;
+
+	if (gen_in_userns(task, sel->capch_userns) || t > 2)
+		return false;
+	e = gen_exec_state(task, &fresh);
+	if (!e || fresh)
+		return false;
+	was = e->exec_caps[t];
+	now = gen_task_caps(task, t);
+	if ((was ^ now) & sel->capch_mask)
+		return sel->capch_op == GOP_IN;
+	if (was != now)
+		return sel->capch_op == GOP_NOTIN;
+	return false;
+}
+
+/* after a selector matched on a change: the current state is the new reference, as in Tetragon */
+static __always_inline void gen_changes_seen(struct gen_selector *sel)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &tgid);
+
+	if (!e)
+		return;
+	if (sel->nsch_op)
+		gen_take_ns(e, task);
+	if (sel->capch_op)
+		gen_take_caps(e, task);
 }
 
 static __always_inline bool gen_check_ns(struct gen_selector *sel)
@@ -925,10 +1028,16 @@ static long gen_selector_step(__u32 i, void *data)
 		return 0;
 	if (sel->cap_op && !gen_check_caps(sel))
 		return 0;
+	if (sel->nsch_op && !gen_check_ns_changes(sel))
+		return 0;
+	if (sel->capch_op && !gen_check_cap_changes(sel))
+		return 0;
 	bpf_loop(GEN_MAX_FILTERS, gen_filter_step, c, 0);
 	if (!c->ok)
 		return 0;
 	c->match = i;
+	if (sel->nsch_op || sel->capch_op)
+		gen_changes_seen(sel);
 	return 1;
 }
 

@@ -245,6 +245,11 @@ int BPF_PROG(lanner_exec, struct task_struct *task, pid_t old_pid, struct linux_
 		bpf_probe_read_kernel(entry->binary, len & (LANNER_BINARY_MAX - 1), &s->data[at]);
 	}
 	entry->binary_len = len;
+	entry->exec_ns = ev->ns;
+	entry->exec_caps[0] = ev->creds.cap_effective;
+	entry->exec_caps[1] = ev->creds.cap_inheritable;
+	entry->exec_caps[2] = ev->creds.cap_permitted;
+	entry->flags |= LANNER_ENTRY_EXEC_STATE;
 	bpf_map_update_elem(&execve_map, &ev->key.pid, entry, BPF_ANY);
 	return 0;
 }

@@ -123,6 +123,15 @@ struct execve_entry {
 	struct proc_key key;
 	struct proc_key parent;
 	__u32 binary_len;
-	__u32 flags;
+	__u32 flags; /* LANNER_ENTRY_* */
 	char binary[LANNER_BINARY_MAX];
+	/* The namespaces and capabilities the process had at its exec (a forked child inherits its
+	 * parent's), for the policies' matchNamespaceChanges / matchCapabilityChanges. Valid when flags
+	 * has LANNER_ENTRY_EXEC_STATE; a process seeded from /proc gets them from the first policy
+	 * program that needs them. The policy programs update them after they report a change. */
+	struct proc_ns exec_ns;
+	__u64 exec_caps[3]; /* effective, inheritable, permitted */
 };
+
+/* execve_entry.flags */
+#define LANNER_ENTRY_EXEC_STATE (1 << 0) /* exec_ns and exec_caps are set */
