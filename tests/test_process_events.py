@@ -275,7 +275,7 @@ def test_execve_map_keeps_each_live_process_binary_for_policies(tmp_path):
         wait_exec(a, pid=sleeper.pid)
         fd = L.bpf_obj_get(str(pin_dir / "process_execve_map").encode())
         assert fd >= 0
-        m = Map("execve_map", fd, 1, 4, 296, 65536, Codec.struct("<I"), Codec.struct("<IIQIIQII256s"))
+        m = Map("execve_map", fd, 1, 4, 360, 65536, Codec.struct("<I"), Codec.struct("<IIQIIQII256s64x"))
         pid, _, ktime, ppid, _, _, blen, _, binary = m.lookup(sleeper.pid)
         assert binary.rstrip(b"\0") == b"/bin/sleep" and blen == len(b"/bin/sleep") and ktime > 0
         c = m.lookup(child)
