@@ -222,7 +222,7 @@ class Compiler:
     # ----------------------------------------------------------------------------- hook kinds
     def _tracepoint(self, policy, path, display, spec: TracepointSpec, cp, enforce) -> HookPlan:
         if spec.raw:
-            raise Unavailable("raw tracepoints (TP_PROTO arguments) are not served by this lanner build")
+            return self._raw_tracepoint(policy, path, display, spec, cp, enforce)
         if not self.supports("tracepoint"):
             raise Unavailable("needs tracepoint programs, which this kernel lacks")
         try:
@@ -370,6 +370,30 @@ class Compiler:
         cfg["flags"] |= GHF_BTF | GHF_LSM
         unit = HookUnit(hid, cfg, [("lsm", spec.hook)], event_kind="process_lsm", function_name=spec.hook)
         return HookPlan(path, "lsmhook", display, [unit], plans, None, spec.message, spec.tags, "lsm")
+
+    def _raw_tracepoint(self, policy, path, display, spec: TracepointSpec, cp, enforce) -> HookPlan:
+        """raw: true: a BTF tracepoint (tp_btf) program, one generic_tp_btf instance per tracepoint (target
+        set before load); args are the TP_PROTO arguments (index = argument number), BTF-typed as for
+        kernel functions."""
+        if not self.supports("tp_btf"):
+            raise Unavailable("raw: true needs BTF tracepoint (tp_btf) programs, which this kernel lacks")
+        if not tracefs.exists(spec.subsystem, spec.event):
+            raise Unavailable(f"tracepoint {spec.subsystem}/{spec.event} does not exist on this kernel")
+        gen_args, plans = [], []
+        for i, a in enumerate(spec.args):
+            g = self._kernel_arg(i, a, max_index=11, what="raw tracepoint")
+            gen_args.append(g[0])
+            plans.append(g[1])
+        positions = list(range(len(spec.args)))  # matchArgs index: the position in args, as on tracepoints
+        hid = self._new_hook(cp)
+        cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
+                           has_ret=False, uprobe=False)
+        if cfg.pop("_override", False):
+            raise Unavailable("Override is not served on tracepoints")
+        cfg["flags"] |= GHF_BTF
+        unit = HookUnit(hid, cfg, [("tp_btf", spec.event)], event_kind="process_tracepoint",
+                        subsys=spec.subsystem, event=spec.event)
+        return HookPlan(path, "tracepoint", display, [unit], plans, None, spec.message, spec.tags, "tp_btf")
 
     def _uprobe(self, policy, path, display, spec: UProbeSpec, cp, enforce) -> HookPlan:
         if not self.supports("uprobe"):

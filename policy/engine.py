@@ -42,6 +42,7 @@ KPROBE_OBJECT = OBJ_DIR / "generic_kprobe.bpf.o"  # loaded on the first kernel-f
 LSM_OBJECT = OBJ_DIR / "generic_lsm.bpf.o"        # one instance per LSM hook (attach target set before load)
 FMODRET_OBJECT = OBJ_DIR / "generic_fmodret.bpf.o"  # one instance per overridden function
 FENTRY_OBJECT = OBJ_DIR / "generic_fentry.bpf.o"  # one instance per fentry/fexit function
+TPBTF_OBJECT = OBJ_DIR / "generic_tpbtf.bpf.o"  # one instance per raw (BTF) tracepoint
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_lpm", "gen_heap", "gen_inflight",
                "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "events", "lanner_lost")
@@ -320,6 +321,8 @@ class PolicyEngine:
                         links.append(bpf_attach.attach_kprobe(prog, t[1], hid, retprobe=t[2]))
                     elif t[0] == "lsm":
                         links.append(self._instance(LSM_OBJECT, "generic_lsm", t[1], hid))
+                    elif t[0] == "tp_btf":
+                        links.append(self._instance(TPBTF_OBJECT, "generic_tp_btf", t[1], hid))
                     elif t[0] in ("fentry", "fexit"):
                         links.append(self._instance(FENTRY_OBJECT, f"generic_{t[0]}", t[1], hid))
                     elif t[0] == "fmodret":
@@ -452,6 +455,8 @@ class PolicyEngine:
                 t = u.attach[0][1] + ("+kretprobe" if u.exit_attach else "")
             elif kind == "lsm":
                 t = f"lsm/{u.attach[0][1]}"
+            elif kind == "tp_btf":
+                t = f"tp_btf/{u.attach[0][1]}"
             elif kind == "fentry":
                 t = f"fentry/{u.attach[0][1]}" + ("+fexit" if u.exit_attach else "")
             else:

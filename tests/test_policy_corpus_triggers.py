@@ -54,7 +54,7 @@ REJECTED = {
 # Policies that load fully here (syscall kprobes served by syscall tracepoints, tracepoints, uprobes).
 ENABLED_HERE = {
     "hardlink-observe.yaml", "list-syscalls.yaml", "openat_write.yaml",
-    "process-credentials/process.credentials.changes.at.syscalls.yaml", "raw_syscalls.yaml",
+    "process-credentials/process.credentials.changes.at.syscalls.yaml", "raw_syscalls.yaml", "rawtp.yaml",
     "symlink-observe.yaml", "sys_mount.yaml", "sys_ptrace.yaml", "sys_setuid.yaml", "uprobe-pid.yaml",
     "uprobe.yaml", "write.yaml",
 }
@@ -100,7 +100,6 @@ REASONS = {
     "process-credentials/process-creds-changed.yaml": KPROBE,
     "process-credentials/process-creds-installed.yaml": KPROBE,
     "process-exec/process-exec-elf-begin.yaml": KPROBE,
-    "rawtp.yaml": "raw tracepoints (TP_PROTO arguments) are not served by this lanner build",
     "sandbox/linux-namespaces/kill_unprivileged_user_namespace.yaml": KPROBE,
     "sandbox/linux-namespaces/kill_unprivileged_user_namespace_in_pid_namespace.yaml": KPROBE,
     "security-socket-connect-block-others.yaml": KPROBE,
@@ -367,6 +366,22 @@ class RawSyscalls(Trigger):
             {"syscall_id": {"id": 110, "abi": "x64"}}]
 
 
+class RawTp(Trigger):
+    """raw: true on sched_process_exec: TP_PROTO argument 2, the struct linux_binprm * (tp_btf)."""
+
+    kind = "process_tracepoint"
+    names = {"sched/sched_process_exec"}
+    attempts = 3
+
+    def fire(self):
+        exe = self.tmp / "lanner-rawtp"
+        shutil.copy("/bin/true", exe)
+        p = subprocess.Popen([str(exe)])
+        assert p.wait(timeout=60) == 0
+        return lambda b: b["process"]["pid"] == p.pid and b["args"] == [
+            {"linux_binprm_arg": {"path": str(exe), "permission": "-rwxr-xr-x"}}]
+
+
 class SysMount(Trigger):
     names = {"__x64_sys_mount"}
 
@@ -534,6 +549,7 @@ TRIGGERS: dict[str, type[Trigger]] = {
     "openat_write.yaml": OpenatWrite,
     "process-credentials/process.credentials.changes.at.syscalls.yaml": CredentialsAtSyscalls,
     "raw_syscalls.yaml": RawSyscalls,
+    "rawtp.yaml": RawTp,
     "symlink-observe.yaml": SymlinkObserve,
     "sys_mount.yaml": SysMount,
     "sys_ptrace.yaml": SysPtrace,
