@@ -193,12 +193,14 @@ class Datapath:
                 raise
 
     def _attach(self, ifindex: int) -> list[Link]:
+        """Attach both programs. ``replace``: a filter of ours left on the device by a previous run is
+        replaced in place, so no detach is tried first (on a fresh veth that would fail twice: no qdisc,
+        no filter)."""
         links = []
         try:
-            for prog, point, ingress in (("from_pod", BPF_TC_INGRESS, True), ("to_pod", BPF_TC_EGRESS, False)):
-                self._detach_stale(ifindex, point)
+            for prog, ingress in (("from_pod", True), ("to_pod", False)):
                 links.append(self._obj.program(prog).attach_tc(ifindex, ingress=ingress, priority=TC_PRIORITY,
-                                                               handle=TC_HANDLE))
+                                                               handle=TC_HANDLE, replace=True))
         except BaseException:
             for link in links:
                 link.destroy()

@@ -28,6 +28,7 @@ PERCPU_MAP_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PE
 ENOTSUPP = 524  # kernel-internal "operation not supported" (no batch ops for this map type)
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
+BPF_TC_F_REPLACE = 1  # libbpf: replace a filter at the same handle/priority
 
 
 class BpfError(OSError):
@@ -157,11 +158,17 @@ class Program:
     def attach_xdp(self, ifindex: int) -> Link:
         return self._link(lambda: L.bpf_program__attach_xdp(self._ptr, ifindex), f"xdp ifindex {ifindex}")
 
-    def attach_tc(self, ifindex: int, ingress: bool = True, priority: int = 1, handle: int = 1) -> Link:
-        """Attach as a direct-action cls_bpf classifier on a clsact qdisc (created if missing)."""
+    def attach_tc(self, ifindex: int, ingress: bool = True, priority: int = 1, handle: int = 1,
+                  replace: bool = False) -> Link:
+        """Attach as a direct-action cls_bpf classifier on a clsact qdisc (created if missing).
+
+        ``replace``: a filter already at this handle/priority (e.g. left by a previous run: TC filters
+        outlive their process) is replaced in place instead of failing with EEXIST.
+        """
         point = BPF_TC_INGRESS if ingress else BPF_TC_EGRESS
         hook = L.bpf_tc_hook(sz=ctypes.sizeof(L.bpf_tc_hook), ifindex=ifindex, attach_point=point)
-        rc = L.bpf_tc_hook_create(ctypes.byref(hook))
+        with L.log_capture.capture():  # "Exclusivity flag on": the clsact exists (the other direction made it)
+            rc = L.bpf_tc_hook_create(ctypes.byref(hook))
         if rc < 0 and rc != -errno.EEXIST:
             _check_rc(rc, f"create clsact on ifindex {ifindex}")
         created_qdisc = rc == 0
@@ -172,7 +179,8 @@ class Program:
                                      attach_point=BPF_TC_INGRESS | BPF_TC_EGRESS)
                 L.bpf_tc_hook_destroy(ctypes.byref(both))
 
-        opts = L.bpf_tc_opts(sz=ctypes.sizeof(L.bpf_tc_opts), prog_fd=self.fd, handle=handle, priority=priority)
+        opts = L.bpf_tc_opts(sz=ctypes.sizeof(L.bpf_tc_opts), prog_fd=self.fd, handle=handle, priority=priority,
+                             flags=BPF_TC_F_REPLACE if replace else 0)
         with L.log_capture.capture() as cap:
             rc = L.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
             if rc < 0:
