@@ -444,7 +444,7 @@ class CniSocketServer:
                 if self._stop.is_set():
                     return
                 continue
-            with conn:
+            with conn, _gil_priority():  # the whole request: read, validate, act, reply
                 self._one(conn)
 
     def _one(self, conn: socket.socket) -> None:
