@@ -30,9 +30,13 @@ def attach_tracepoint(prog: Program, category: str, event: str, cookie: int) -> 
                       f"tracepoint {category}/{event} cookie {cookie}")
 
 
-def attach_uprobe(prog: Program, binary: str, offset: int, cookie: int, retprobe: bool = False) -> Link:
-    opts = L.bpf_uprobe_opts(sz=ctypes.sizeof(L.bpf_uprobe_opts), retprobe=retprobe, bpf_cookie=cookie)
-    what = f"{'uretprobe' if retprobe else 'uprobe'} {binary}:{hex(offset)} cookie {cookie}"
+def attach_uprobe(prog: Program, binary: str, offset: int, cookie: int, retprobe: bool = False,
+                  ref_ctr_offset: int = 0) -> Link:
+    """``ref_ctr_offset``: file offset of a USDT semaphore the kernel counts while the probe exists."""
+    opts = L.bpf_uprobe_opts(sz=ctypes.sizeof(L.bpf_uprobe_opts), retprobe=retprobe, bpf_cookie=cookie,
+                             ref_ctr_offset=ref_ctr_offset)
+    what = f"{'uretprobe' if retprobe else 'uprobe'} {binary}:{hex(offset)} cookie {cookie}" + (
+        f" ref_ctr {hex(ref_ctr_offset)}" if ref_ctr_offset else "")
     return prog._link(lambda: L.bpf_program__attach_uprobe_opts(prog._ptr, -1, binary.encode(), offset,
                                                                ctypes.byref(opts)), what)
 

@@ -15,6 +15,7 @@ serve is listed in :attr:`CompiledPolicy.unavailable` with the precise reason an
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ from typing import Any, Callable
 from . import syscalls, tracefs
 from .model import (
     ArgSpec, IntRange, KProbeSpec, ListRef, LsmHookSpec, MatchArg, Selector, TracepointSpec, TracingPolicy,
-    UProbeSpec,
+    UProbeSpec, USDTSpec,
 )
 from .uprobe import SymbolError, resolve_symbols
+from .usdt import UsdtError, find_probes
 
 # ------------------------------------------------------------------ constants mirrored from generic.h
 GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
@@ -38,7 +40,7 @@ GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
 GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
 GPF_FOLLOW, GPF_NSPID = 1, 2
 GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
-GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM = 1, 2, 4, 8, 16, 32
+GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT = 1, 2, 4, 8, 16, 32, 64
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
     GST_OVERRIDE, GST_MONITOR_OVERRIDE = range(9)
@@ -212,7 +214,7 @@ class Compiler:
                 raise Unavailable("needs BPF LSM programs, which this kernel lacks (lsm: not supported)")
             return self._lsm(policy, path, display, spec, cp, enforce)
         if kind == "usdt":
-            raise Unavailable("USDT probes are not served by this lanner build")
+            return self._usdt(policy, path, display, spec, cp, enforce)
         if kind == "tracepoint":
             return self._tracepoint(policy, path, display, spec, cp, enforce)
         if kind == "uprobe":
@@ -433,6 +435,45 @@ class Compiler:
                 unit.exit_attach = [("uprobe", spec.path, off, True)]
             units.append(unit)
         return HookPlan(path, "uprobe", display, units, plans, ret_plan, spec.message, spec.tags, "uprobe")
+
+    def _usdt(self, policy, path, display, spec: USDTSpec, cp, enforce) -> HookPlan:
+        """A USDT probe: generic_uprobe on every site of provider:name in the file (its semaphore as the
+        uprobe's ref_ctr_offset), args read where the probe's note says (register, memory, constant)."""
+        if not self.supports("uprobe"):
+            raise Unavailable("needs uprobes, which this kernel lacks")
+        if spec.btf_path:
+            raise Unavailable("btfPath is not served by this lanner build")
+        if not os.path.exists(spec.path):
+            raise Unavailable(f"{spec.path} does not exist")
+        try:
+            sites = find_probes(spec.path, spec.provider, spec.name)
+        except (UsdtError, OSError) as exc:
+            raise Unavailable(str(exc)) from None
+        if len(sites) > 64:
+            raise Unavailable(f"USDT {spec.provider}:{spec.name} has {len(sites)} sites, the limit is 64")
+        positions = list(range(len(spec.args)))  # matchArgs index: the position in args, as on tracepoints
+        units, plans = [], []
+        for site in sites:
+            gen_args, plans = [], []
+            for i, a in enumerate(spec.args):
+                if a.index >= len(site.args):
+                    raise Unavailable(f"args[{i}]: index {a.index}, but USDT {spec.provider}:{spec.name} has "
+                                      f"{len(site.args)} arguments")
+                gen, plan = self._reg_arg(i, dataclasses.replace(a, index=0))
+                u = site.args[a.index]
+                gen.update(off=a.index, loc=u.loc, reg=u.reg, usize=u.size, usigned=int(u.signed), disp=u.disp)
+                gen_args.append(gen)
+                plans.append(plan)
+            hid = self._new_hook(cp)
+            cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
+                               has_ret=False, uprobe=True)
+            if cfg.pop("_override", False):
+                raise Unavailable("Override is not served on USDT probes")
+            cfg["flags"] |= GHF_USDT
+            units.append(HookUnit(hid, cfg, [("uprobe", spec.path, site.offset, False, site.ref_ctr_offset)],
+                                  event_kind="process_usdt", path=spec.path, subsys=spec.provider,
+                                  event=spec.name, offset=site.offset))
+        return HookPlan(path, "usdt", display, units, plans, None, spec.message, spec.tags, "usdt")
 
     # -------------------------------------------------------------------------------- arguments
     def _tp_arg(self, i: int, a: ArgSpec, f: tracefs.TpField, user: bool, syscall: bool = False):

@@ -64,7 +64,8 @@ LPM_NODE_HEADER = 24   # struct lpm_trie_node before the data (child[2], prefixl
 
 
 # TracingPolicyStatus.sensors: the generic program family serving each HookPlan.mechanism
-_SENSOR = {"uprobe": "generic_uprobe", "kprobe": "generic_kprobe", "lsm": "generic_lsm", "fentry": "generic_fentry"}
+_SENSOR = {"uprobe": "generic_uprobe", "kprobe": "generic_kprobe", "lsm": "generic_lsm", "fentry": "generic_fentry",
+           "usdt": "generic_usdt"}
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,8 @@ class PolicyEngine:
                                           f"error-injectable ones): {first}") from None
                     else:
                         prog = self.up.program("generic_uretprobe" if t[3] else "generic_uprobe")
-                        links.append(bpf_attach.attach_uprobe(prog, t[1], t[2], hid, retprobe=t[3]))
+                        links.append(bpf_attach.attach_uprobe(prog, t[1], t[2], hid, retprobe=t[3],
+                                                              ref_ctr_offset=t[4] if len(t) > 4 else 0))
         except BaseException:
             self._destroy(links)
             raise
@@ -459,6 +461,8 @@ class PolicyEngine:
                 t = f"tp_btf/{u.attach[0][1]}"
             elif kind == "fentry":
                 t = f"fentry/{u.attach[0][1]}" + ("+fexit" if u.exit_attach else "")
+            elif plan.kind == "usdt":
+                t = f"{u.path}:{u.subsys}:{u.event}@{hex(u.offset)}"
             else:
                 t = f"{u.path}:{u.symbol or hex(u.offset)}" + ("+uretprobe" if u.exit_attach else "")
             if any(a[0] == "fmodret" for a in u.attach):

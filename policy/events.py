@@ -227,6 +227,10 @@ def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: A
     elif kind == "process_tracepoint":
         body["subsys"] = unit.subsys
         body["event"] = unit.event
+    elif kind == "process_usdt":
+        body["path"] = unit.path
+        body["provider"] = unit.subsys
+        body["name"] = unit.event
     else:
         body["path"] = unit.path
         if unit.symbol:

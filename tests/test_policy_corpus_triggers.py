@@ -120,8 +120,8 @@ REASONS = {
     "tty_54.yaml": KPROBE,
     "uprobe-binaries.yaml": "/lib64/libc.so.6 does not exist",
     "uprobe-host.yaml": "/procRoot/1/root/usr/bin/bash does not exist",
-    "usdt-set.yaml": "USDT probes are not served by this lanner build",
-    "usdt.yaml": "USDT probes are not served by this lanner build",
+    "usdt-set.yaml": "/home/jolsa/tetragon/contrib/tester-progs/usdt-override does not exist",
+    "usdt.yaml": "/home/jolsa/tetragon/contrib/tester-progs/usdt does not exist",
 }
 
 # ------------------------------------------------------ kernels with kprobes, fmod_ret and the BPF LSM

@@ -102,6 +102,7 @@
 #define GHF_UPROBE (1 << 3)  /* args come from pt_regs (off = argument number): uprobes and kprobes */
 #define GHF_BTF (1 << 4)     /* args come from the BTF context array (LSM, fentry: off = argument number) */
 #define GHF_LSM (1 << 5)     /* BPF LSM hook: Override is the program's return value */
+#define GHF_USDT (1 << 6)    /* USDT probe (a uprobe): args at gen_arg.loc/reg/disp */
 
 /* namespace types (gen_ns.type), in struct proc_ns order */
 #define GNS_UTS 0
@@ -115,13 +116,24 @@
 #define GNS_CGROUP 8
 #define GNS_USER 9
 
+/* gen_arg.loc: where a USDT argument is (GHF_USDT), from the probe's note */
+#define GL_REG 1   /* register reg */
+#define GL_MEM 2   /* user memory at register reg + disp */
+#define GL_CONST 3 /* the constant disp */
+
 struct gen_arg {
 	__u16 off;     /* offset in the tracepoint record, or argument number (uprobe) */
 	__u8 size;     /* bytes of the raw field */
 	__u8 type;     /* GA_* */
 	__u8 is_signed;
 	__u8 size_arg; /* 1-based index of the args entry that holds the size (GA_UBUF/GA_IOVEC) */
+	__u8 loc;      /* GHF_USDT: GL_* */
+	__u8 reg;      /* GHF_USDT: pt_regs slot (ax bx cx dx si di bp sp r8..r15 ip) */
+	__u8 usize;    /* GHF_USDT: bytes of the value (1, 2, 4, 8) */
+	__u8 usigned;  /* GHF_USDT: the value is signed */
 	__u16 pad;
+	__u32 pad2;
+	__s64 disp;    /* GHF_USDT: GL_MEM displacement or GL_CONST value */
 };
 
 struct gen_filter {

@@ -131,9 +131,52 @@ struct gen_read_ctx {
 	__u64 raw[GEN_MAX_ARGS];
 };
 
+/* a USDT argument: a register, user memory at register + displacement, or a constant, of usize bytes */
+static __always_inline __u64 gen_usdt_raw(struct pt_regs *regs, struct gen_arg *a)
+{
+	__u64 v = 0, r = 0;
+
+	if (a->loc == GL_CONST)
+		return (__u64)a->disp;
+	switch (a->reg) {
+	case 0: r = BPF_CORE_READ(regs, ax); break;
+	case 1: r = BPF_CORE_READ(regs, bx); break;
+	case 2: r = BPF_CORE_READ(regs, cx); break;
+	case 3: r = BPF_CORE_READ(regs, dx); break;
+	case 4: r = BPF_CORE_READ(regs, si); break;
+	case 5: r = BPF_CORE_READ(regs, di); break;
+	case 6: r = BPF_CORE_READ(regs, bp); break;
+	case 7: r = BPF_CORE_READ(regs, sp); break;
+	case 8: r = BPF_CORE_READ(regs, r8); break;
+	case 9: r = BPF_CORE_READ(regs, r9); break;
+	case 10: r = BPF_CORE_READ(regs, r10); break;
+	case 11: r = BPF_CORE_READ(regs, r11); break;
+	case 12: r = BPF_CORE_READ(regs, r12); break;
+	case 13: r = BPF_CORE_READ(regs, r13); break;
+	case 14: r = BPF_CORE_READ(regs, r14); break;
+	case 15: r = BPF_CORE_READ(regs, r15); break;
+	case 16: r = BPF_CORE_READ(regs, ip); break;
+	}
+	if (a->loc == GL_MEM) {
+		if (bpf_probe_read_user(&v, a->usize <= 8 ? a->usize & 15 : 8, (void *)(r + a->disp)) < 0)
+			v = 0;
+	} else {
+		v = r;
+	}
+	switch (a->usize) {
+	case 1: return a->usigned ? (__u64)(__s64)(__s8)v : (__u8)v;
+	case 2: return a->usigned ? (__u64)(__s64)(__s16)v : (__u16)v;
+	case 4: return a->usigned ? (__u64)(__s64)(__s32)v : (__u32)v;
+	}
+	return v;
+}
+
 static __always_inline __u64 gen_raw(__u64 ctx, struct gen_hook *hook, struct gen_arg *a)
 {
 	__u64 v = 0;
+
+	if (hook->flags & GHF_USDT)
+		return gen_usdt_raw((struct pt_regs *)ctx, a);
 
 	if (hook->flags & GHF_UPROBE) {
 		struct pt_regs *regs = (struct pt_regs *)ctx;
