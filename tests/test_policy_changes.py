@@ -14,8 +14,12 @@ import time
 
 import orjson
 
+import pytest
+
 from lanner.exporter.api.gen.tetragon import sensors_pb2
 from tests.test_policy_engine import Loaded, body, collect, env, policy_yaml  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.bpf
 
 # steps: "open:NAME" (openat, errors ignored), "unshare:uts|net", "dropcap:N" (clear capability N from
 # the effective set with capset)

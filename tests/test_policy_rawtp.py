@@ -6,8 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import pytest
+
 from lanner.exporter.api.gen.tetragon import sensors_pb2
 from tests.test_policy_engine import Loaded, body, collect, env, policy_yaml  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.bpf
 
 
 def test_raw_tracepoint_linux_binprm_prefix(env, tmp_path):
