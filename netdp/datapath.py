@@ -42,7 +42,7 @@ from .netpolicy import CidrIdentities, NetworkPolicy, PolicyEntry, compile_endpo
 log = logging.getLogger("lanner.netdp.datapath")
 
 DATAPATH_OBJECT = Path(__file__).parent / "bpf" / "obj" / "datapath.bpf.o"
-PINNED_MAPS = ("netdp_endpoints", "netdp_ipcache", "netdp_policy", "netdp_ct")
+PINNED_MAPS = ("netdp_endpoints", "netdp_ipcache", "netdp_policy", "netdp_ct", "netdp_config")
 EP_INGRESS_ENFORCED, EP_EGRESS_ENFORCED = 1 << 0, 1 << 1  # NETDP_EP_* in datapath.h
 LOCAL_IDENTITY_FLAG = 1 << 24
 TC_HANDLE, TC_PRIORITY = 0x4C4E, 1  # "LN"
@@ -140,6 +140,13 @@ class Datapath:
         self._m_ipcache: Map = obj.map("netdp_ipcache", struct_codec(btf, "ipcache_key"), struct_codec(btf, "ipcache_value"))
         self._m_policy: Map = obj.map("netdp_policy", struct_codec(btf, "policy_key"), struct_codec(btf, "policy_value"))
         self._m_ct: Map = obj.map("netdp_ct", struct_codec(btf, "ct_key"), struct_codec(btf, "ct_entry"))
+        self._m_config: Map = obj.map("netdp_config", _U32, struct_codec(btf, "netdp_config"))
+        # the policy revision established flows were last checked against: a new one for this run (the
+        # programs re-check every established flow once), moving on from a reused pin's
+        if "netdp_config" not in reused:
+            self._m_config.update(0, {"policy_rev": int.from_bytes(os.urandom(4), "little")})
+        self._policy_rev = 0
+        self._bump_policy_rev()
         self._decoder = FlowDecoder.from_btf(btf)
         if reused:
             log.info("reusing pinned maps %s from %s", ", ".join(reused), self.pin_dir)
@@ -371,6 +378,16 @@ class Datapath:
             st.policy_keys = new
             if self._port_plens(new) != value["port_plens"]:  # fewer block sizes left to look up
                 self._m_endpoints.update(ep.ipv4, {**value, "port_plens": self._port_plens(new)})
+        if plan:
+            self._bump_policy_rev()
+
+    def _bump_policy_rev(self) -> None:
+        """After any change that can alter a verdict (policy entries, enforcement flags, the ipcache):
+        established flows are checked against the policy again on their next packet. Until then the
+        programs pass them on one conntrack lookup. Called after the change is complete."""
+        cur = self._m_config.lookup(0)  # another datapath on the same pins may have moved it meanwhile
+        self._policy_rev = ((cur["policy_rev"] if cur else self._policy_rev) + 1) & 0xFFFFFFFF
+        self._m_config.update(0, {"policy_rev": self._policy_rev})
 
     @staticmethod
     def _port_plens(entries: Mapping[PolicyEntry, int]) -> int:
@@ -399,9 +416,12 @@ class Datapath:
         changed = [(c, i) for c, i in want.items() if self._bpf_ipcache.get(c) != i]
         self._m_ipcache.update_batch([(self._lpm_key(c), {"identity": i}) for c, i in changed])
         self._bpf_ipcache.update(changed)
-        for cidr in [c for c in self._bpf_ipcache if c not in want] if remove else []:
+        stale = [c for c in self._bpf_ipcache if c not in want] if remove else []
+        for cidr in stale:
             self._m_ipcache.delete(self._lpm_key(cidr))
             del self._bpf_ipcache[cidr]
+        if changed or stale:
+            self._bump_policy_rev()
 
     @staticmethod
     def _lpm_key(cidr: str) -> dict[str, int]:

@@ -410,6 +410,66 @@ def test_conntrack_lets_replies_pass(topo: Topology) -> None:
     assert st["replies"] > 0 and st["new_flows"] > 0
 
 
+UDP_FROM_PORT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[3]))); s.settimeout(0.7)
+try:
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2]))); print(s.recvfrom(64)[0] == b"ping")
+except OSError:
+    print(False)
+"""
+
+
+def test_established_flows_take_the_fast_path_until_a_policy_change(topo: Topology) -> None:
+    """An established flow passes on its conntrack entry while the policy revision it was allowed at is
+    current; a policy (or ipcache) change moves the revision, and its next packet is checked again."""
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 8080)
+
+    def udp() -> bool:  # the same 5-tuple every time: one flow
+        return sh(*nsexec(a.netns, sys.executable, "-c", UDP_FROM_PORT, b.ip, "8080", "40123")).strip() == "True"
+
+    def flow_entry() -> dict:
+        with in_netns(topo.node):
+            ct = dp.conntrack()
+        got = [v for k, v in ct if k["proto"] == 17 and k["sport"] == 40123 and k["direction"] == 0]
+        assert len(got) == 1, ct
+        return got[0]
+
+    def rev() -> int:
+        with in_netns(topo.node):
+            return dp._m_config.lookup(0)["policy_rev"]
+
+    assert udp() and udp()
+    first = flow_entry()
+    assert first["policy_rev"] == rev() and first["packets"] == 2
+    events = [e["flow"] for e in dp.flows().poll() if e["flow"]["dst"]["port"] == 8080]
+    assert len([e for e in events if e["direction"] == "ingress"]) == 1  # one new flow, not one per packet
+    before = rev()
+    set_policies(topo, netpol("deny-b", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    assert rev() != before
+    assert not udp()  # established, yet dropped at once by the new policy
+    dropped = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
+    assert dropped and dropped[-1]["reason"] == "policy-denied" and dropped[-1]["src"]["port"] == 40123
+    assert flow_entry()["policy_rev"] == before  # a denied packet leaves the entry stale
+    # allowed again: the entry is revalidated at the new revision (no new flow event), then fast again
+    set_policies(topo, netpol("b-from-a", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}))
+    dp.flows().poll()
+    assert udp() and udp()
+    again = flow_entry()
+    assert again["policy_rev"] == rev() and again["packets"] == 4 and again["created_ns"] == first["created_ns"]
+    assert not [e for e in dp.flows().poll() if e["flow"]["src"]["port"] == 40123]
+    # an ipcache change moves the revision too (a remote identity may have changed)
+    before = rev()
+    with in_netns(topo.node):
+        dp.set_host_ips(["10.210.9.9"])
+    assert rev() != before
+
+
 def test_flow_rate_limit_counts(topo: Topology) -> None:
     a, b, c = two_pods(topo)
     dp = start(topo, flow_rate_limit=5, flow_rate_burst=5)
@@ -441,7 +501,7 @@ def test_remove_endpoint_twice_and_close_leaves_nothing(topo: Topology) -> None:
     topo.serve(b.netns, 8080)
     assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]
     pins = sorted(p.name for p in topo.pin_dir.iterdir())
-    assert pins == ["netdp_ct", "netdp_endpoints", "netdp_ipcache", "netdp_policy"]
+    assert pins == ["netdp_config", "netdp_ct", "netdp_endpoints", "netdp_ipcache", "netdp_policy"]
 
     def filters(dev: str) -> str:
         return sh(*nsexec(topo.node, "tc", "filter", "show", "dev", dev, "ingress")) + \
@@ -498,8 +558,8 @@ def test_reopen_reuses_pinned_maps(topo: Topology) -> None:
             assert dp2.identity_of_ip(b.ip) == b.endpoint.identity
         finally:
             dp2.close()
-    assert sorted(p.name for p in topo.pin_dir.iterdir()) == ["netdp_ct", "netdp_endpoints", "netdp_ipcache",
-                                                              "netdp_policy"]
+    assert sorted(p.name for p in topo.pin_dir.iterdir()) == ["netdp_config", "netdp_ct", "netdp_endpoints",
+                                                              "netdp_ipcache", "netdp_policy"]
     topo.serve(b.netns, 8080)
     assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [False]  # dp's programs and maps still enforce
     # an agent that crashed (SIGKILL): its filters stay on the veths and its maps stay pinned. The next

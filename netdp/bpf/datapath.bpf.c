@@ -5,10 +5,14 @@
  *   from_pod  clsact ingress  packets leaving the pod  -> source check, egress policy of the endpoint
  *   to_pod    clsact egress   packets entering the pod -> ingress policy of the endpoint
  *
- * Per packet: endpoint lookup (pod IP), conntrack (replies and established flows), ipcache LPM
- * (remote IP -> identity, miss = world), then at most six policy hash lookups (exact, port wildcard,
- * protocol wildcard, each for the identity and for any identity): O(1) whatever the rule count.
- * New flows and drops emit a flow_event through the ring buffer, under a node-wide rate limit.
+ * Per packet: headers read in place (direct packet access), endpoint lookup (pod IP), then conntrack:
+ * a reply to an allowed flow, or an established flow whose policy revision is current, passes after
+ * that one hit (coarse clock, no ipcache, no policy, no counters shared between CPUs). Anything else
+ * (a new flow, or an established one after a policy/ipcache change) takes the slow path: ipcache LPM
+ * (remote IP -> identity, miss = world), then a few policy hash lookups (port blocks, protocol
+ * wildcard, each for the identity and for any identity): O(1) whatever the rule count. New flows
+ * and drops emit a flow_event through the ring buffer, under a node-wide rate limit; the precise
+ * clock, the rate limiter and the ring buffer are only touched for an event.
  */
 #define LANNER_RINGBUF_BYTES (1024 * 1024)
 #include <lanner/common.bpf.h>
@@ -77,6 +81,13 @@ struct {
 } netdp_frags SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY); /* lookups are inlined by the verifier: a load, no call */
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct netdp_config);
+} netdp_config SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NETDP_STAT_SLOTS);
 	__type(key, __u32);
@@ -100,29 +111,66 @@ static __always_inline void stat_inc(__u32 slot)
 		*v += 1;
 }
 
-/* 0: IPv4 parsed; -1: not IPv4 (ARP, IPv6...), let it pass */
+/* 0: IPv4 parsed; -1: not IPv4 (ARP, IPv6...), let it pass. Headers are read in place when the
+ * linear area holds them (always, for veth traffic), else copied with bpf_skb_load_bytes. */
 static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 {
-	struct iphdr ip;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr ipbuf, *ip = data + ETH_HLEN;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return -1;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+	if ((void *)(ip + 1) > end) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ipbuf, sizeof(ipbuf)))
+			return -1;
+		ip = &ipbuf;
+	}
+	if (ip->version != 4)
 		return -1;
-	if (ip.version != 4)
-		return -1;
-	t->saddr = ip.saddr;
-	t->daddr = ip.daddr;
-	t->proto = ip.protocol;
+	__u8 proto = ip->protocol;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	__u32 ihl = ip->ihl;
+
+	t->saddr = ip->saddr;
+	t->daddr = ip->daddr;
+	t->proto = proto;
 	t->sport = 0;
 	t->dport = 0;
 	t->tcp_flags = 0;
-	__u16 frag = bpf_ntohs(ip.frag_off);
-	int has_ports = ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_SCTP;
-	struct frag_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return 0;
+	if (frag & 0x3fff) /* a fragment: its ports go through netdp_frags */
+		goto fragment;
+	__u32 l4 = ETH_HLEN + ihl * 4;
+	__u8 *p = data + l4;
+
+	if (p + 4 <= (__u8 *)end) {
+		t->sport = ((__u16)p[0] << 8) | p[1];
+		t->dport = ((__u16)p[2] << 8) | p[3];
+		if (proto != IPPROTO_TCP)
+			return 0;
+		if (p + 14 <= (__u8 *)end)
+			t->tcp_flags = p[13];
+		else
+			bpf_skb_load_bytes(skb, l4 + 13, &t->tcp_flags, 1);
+		return 0;
+	}
+	__be16 ports[2];
+
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) == 0) {
+		t->sport = bpf_ntohs(ports[0]);
+		t->dport = bpf_ntohs(ports[1]);
+	}
+	if (proto == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, l4 + 13, &t->tcp_flags, 1);
+	return 0;
+
+fragment:;
+	struct frag_key fk = {.saddr = t->saddr, .daddr = t->daddr, .id = ip->id, .proto = proto};
 
 	if (frag & 0x1fff) { /* a later fragment has no L4 header: the first one left its ports */
-		struct frag_ports *fp = has_ports ? bpf_map_lookup_elem(&netdp_frags, &fk) : NULL;
+		struct frag_ports *fp = bpf_map_lookup_elem(&netdp_frags, &fk);
 
 		if (fp) {
 			t->sport = fp->sport;
@@ -130,22 +178,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 		}
 		return 0;
 	}
-	__u32 l4 = ETH_HLEN + ip.ihl * 4;
-	if (has_ports) {
-		__be16 ports[2];
+	/* the first fragment (more fragments follow) */
+	__be16 fports[2];
+	struct frag_ports fpv = {};
 
-		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) == 0) {
-			t->sport = bpf_ntohs(ports[0]);
-			t->dport = bpf_ntohs(ports[1]);
-		}
-		if (ip.protocol == IPPROTO_TCP)
-			bpf_skb_load_bytes(skb, l4 + 13, &t->tcp_flags, 1);
-		if (frag & 0x2000) { /* more fragments follow */
-			struct frag_ports fp = {.sport = t->sport, .dport = t->dport};
-
-			bpf_map_update_elem(&netdp_frags, &fk, &fp, BPF_ANY);
-		}
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4, fports, sizeof(fports)) == 0) {
+		fpv.sport = t->sport = bpf_ntohs(fports[0]);
+		fpv.dport = t->dport = bpf_ntohs(fports[1]);
 	}
+	if (proto == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4 + 13, &t->tcp_flags, 1);
+	bpf_map_update_elem(&netdp_frags, &fk, &fpv, BPF_ANY);
 	return 0;
 }
 
@@ -222,8 +265,9 @@ static __always_inline int flow_rate_ok(__u64 now)
 }
 
 static __always_inline void emit(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir,
-				 __u32 remote_id, __u8 verdict, __u8 reason, __u32 cookie, __u64 now)
+				 __u32 remote_id, __u8 verdict, __u8 reason, __u32 cookie)
 {
+	__u64 now = bpf_ktime_get_ns(); /* only for an event: the fast path reads the coarse clock */
 	struct flow_event ev = {};
 
 	if (!flow_rate_ok(now)) {
@@ -256,70 +300,123 @@ static __always_inline int ct_alive(struct ct_entry *e, __u8 proto, __u64 now)
 	__u64 life = proto != IPPROTO_TCP ? NETDP_CT_LIFETIME_OTHER_NS :
 		     (e->flags & NETDP_CT_CLOSING) ? NETDP_CT_LIFETIME_CLOSING_NS : NETDP_CT_LIFETIME_TCP_NS;
 
-	return now - e->last_seen_ns < life;
+	return (__s64)(now - e->last_seen_ns) < (__s64)life; /* a stamp just ahead of now is alive */
 }
 
-/* a FIN or RST in either direction: the entry only has to outlive the closing handshake */
+/* a FIN or RST in either direction: the entry only has to outlive the closing handshake. The entry is
+ * written only when something changed (the coarse clock ticks every jiffy), so the cache line stays
+ * shared between the CPUs that read it. */
 static __always_inline void ct_touch(struct ct_entry *e, struct tuple *t, __u64 now)
 {
-	e->last_seen_ns = now;
-	if (t->tcp_flags & 0x05) /* FIN | RST */
+	if (e->last_seen_ns != now)
+		e->last_seen_ns = now;
+	if ((t->tcp_flags & 0x05) && !(e->flags & NETDP_CT_CLOSING)) /* FIN | RST */
 		e->flags |= NETDP_CT_CLOSING;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir)
+static __always_inline __u32 policy_rev(void)
 {
-	__u64 now = bpf_ktime_get_ns();
-	struct ct_key rk = {.saddr = t->daddr, .daddr = t->saddr, .sport = t->dport, .dport = t->sport,
-			    .proto = t->proto, .direction = dir ^ 1};
-	struct ct_key fk = {.saddr = t->saddr, .daddr = t->daddr, .sport = t->sport, .dport = t->dport,
-			    .proto = t->proto, .direction = dir};
+	__u32 key = 0;
+	struct netdp_config *c = bpf_map_lookup_elem(&netdp_config, &key);
+
+	return c ? c->policy_rev : 0;
+}
+
+/* conntrack state of a packet: the forward key, and the entry of an established flow that needs its policy
+ * checked again (NULL for a new flow) */
+struct ct_state {
+	struct ct_key k;
+	struct ct_entry *e;
+	__u64 now;
+	__u32 rev;
+};
+
+/* The fast path: 1 when conntrack passes the packet (a reply to an allowed flow, or an established flow
+ * whose policy revision is current); 0 when the policy has to decide (s says what was found). */
+static __always_inline int ct_pass(struct tuple *t, __u8 dir, struct ct_state *s)
+{
 	struct ct_entry *e;
 
+	/* conntrack lifetimes are seconds to hours: the coarse clock (no clocksource read) will do */
+	s->now = bpf_ktime_get_coarse_ns();
+	s->k.saddr = t->daddr;
+	s->k.daddr = t->saddr;
+	s->k.sport = t->dport;
+	s->k.dport = t->sport;
+	s->k.proto = t->proto;
+	s->k.direction = dir ^ 1;
+	s->k.pad = 0;
 	/* a reply to a flow the other direction opened (and its policy allowed) */
-	e = bpf_map_lookup_elem(&netdp_ct, &rk);
-	if (e && ct_alive(e, t->proto, now)) {
-		ct_touch(e, t, now);
+	e = bpf_map_lookup_elem(&netdp_ct, &s->k);
+	if (e && ct_alive(e, t->proto, s->now)) {
+		ct_touch(e, t, s->now);
 		stat_inc(NETDP_STAT_REPLIES);
-		return TC_ACT_OK;
+		return 1;
 	}
+	/* read before any policy lookup: a change made meanwhile leaves the entry stale, never wrongly current */
+	s->rev = policy_rev();
+	s->k.saddr = t->saddr;
+	s->k.daddr = t->daddr;
+	s->k.sport = t->sport;
+	s->k.dport = t->dport;
+	s->k.direction = dir;
+	e = bpf_map_lookup_elem(&netdp_ct, &s->k);
+	if (e && !ct_alive(e, t->proto, s->now))
+		e = NULL;
+	s->e = e;
+	/* established, and nothing changed since the policy allowed it: done */
+	if (e && e->policy_rev == s->rev) {
+		ct_touch(e, t, s->now);
+		e->packets += 1;
+		return 1;
+	}
+	return 0;
+}
 
+/* The slow path: a new flow, or an established one after a policy or ipcache change (which applies
+ * to it at once). */
+static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir,
+				  struct ct_state *s)
+{
+	struct ct_entry *e = s->e;
 	__u32 remote_id = ipcache_identity(dir == NETDP_DIR_EGRESS ? t->daddr : t->saddr);
 	__u16 enforced = ep->flags & (dir == NETDP_DIR_EGRESS ? NETDP_EP_EGRESS_ENFORCED : NETDP_EP_INGRESS_ENFORCED);
-
-	/* established flows are checked too (picks up policy changes), new ones also create state */
 	__u32 cookie = 0;
+
 	if (enforced) {
 		cookie = policy_allows(ep, remote_id, dir, t->proto, t->dport);
 		if (!cookie) {
 			stat_inc(NETDP_STAT_DROPS);
-			emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_DROPPED, NETDP_REASON_POLICY_DENY, 0, now);
+			emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_DROPPED, NETDP_REASON_POLICY_DENY, 0);
 			return TC_ACT_SHOT;
 		}
 	}
-	e = bpf_map_lookup_elem(&netdp_ct, &fk);
-	if (e && ct_alive(e, t->proto, now)) {
-		ct_touch(e, t, now);
+	if (e) {
+		ct_touch(e, t, s->now);
 		e->packets += 1;
+		e->policy_rev = s->rev;
 		return TC_ACT_OK;
 	}
 	struct ct_entry ne = {
-		.created_ns = now,
-		.last_seen_ns = now,
+		.created_ns = s->now,
+		.last_seen_ns = s->now,
 		.packets = 1,
 		.src_identity = dir == NETDP_DIR_EGRESS ? ep->identity : remote_id,
 		.dst_identity = dir == NETDP_DIR_EGRESS ? remote_id : ep->identity,
+		.flags = (t->tcp_flags & 0x05) ? NETDP_CT_CLOSING : 0,
+		.policy_rev = s->rev,
 	};
-	bpf_map_update_elem(&netdp_ct, &fk, &ne, BPF_ANY);
+	bpf_map_update_elem(&netdp_ct, &s->k, &ne, BPF_ANY);
 	stat_inc(NETDP_STAT_NEW_FLOWS);
 	emit(skb, t, ep, dir, remote_id, NETDP_VERDICT_FORWARDED,
-	     enforced ? NETDP_REASON_POLICY_ALLOW : NETDP_REASON_NO_POLICY, cookie, now);
+	     enforced ? NETDP_REASON_POLICY_ALLOW : NETDP_REASON_NO_POLICY, cookie);
 	return TC_ACT_OK;
 }
 
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
+	struct ct_state s = {};
 	struct tuple t;
 	struct endpoint_info *ep;
 
@@ -333,22 +430,29 @@ int from_pod(struct __sk_buff *skb)
 
 		stat_inc(NETDP_STAT_DROPS);
 		emit(skb, &t, &none, NETDP_DIR_EGRESS, ipcache_identity(t.daddr), NETDP_VERDICT_DROPPED,
-		     NETDP_REASON_SPOOFED, 0, bpf_ktime_get_ns());
+		     NETDP_REASON_SPOOFED, 0);
 		return TC_ACT_SHOT;
 	}
-	return handle(skb, &t, ep, NETDP_DIR_EGRESS);
+	if (ct_pass(&t, NETDP_DIR_EGRESS, &s))
+		return TC_ACT_OK;
+	return decide(skb, &t, ep, NETDP_DIR_EGRESS, &s);
 }
 
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
+	struct ct_state s = {};
 	struct tuple t;
 	struct endpoint_info *ep;
 
 	if (parse(skb, &t))
 		return TC_ACT_OK;
+	/* conntrack first: the endpoint is only needed to decide (a packet for an address that is no
+	 * endpoint passes anyway) */
+	if (ct_pass(&t, NETDP_DIR_INGRESS, &s))
+		return TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.daddr);
 	if (!ep)
 		return TC_ACT_OK;
-	return handle(skb, &t, ep, NETDP_DIR_INGRESS);
+	return decide(skb, &t, ep, NETDP_DIR_INGRESS, &s);
 }

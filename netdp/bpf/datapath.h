@@ -103,6 +103,16 @@ struct ct_entry {
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 flags;       /* NETDP_CT_* */
+	__u32 policy_rev;  /* netdp_config.policy_rev when this direction's policy last allowed the flow */
+};
+
+/*
+ * netdp_config[0]: node-wide datapath state the agent writes. policy_rev changes after every change
+ * that can alter a verdict (policy entries, enforcement flags, ipcache); an established flow whose
+ * ct_entry.policy_rev equals it skips the ipcache and policy lookups.
+ */
+struct netdp_config {
+	__u32 policy_rev;
 	__u32 pad;
 };
 
