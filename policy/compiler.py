@@ -176,6 +176,10 @@ class Compiler:
                     raise Unavailable(f"{scoped} selects pods/containers, but this lanner build has no pod or "
                                       "container identity: workload scoping is not served")
                 plan = self._hook(policy, kind, path, display, spec, scratch, enforce)
+                # NotifyEnforcer: the selector stores argError per thread (gen_override, as Override) and
+                # an fmod_ret program on each spec.enforcers call applies it (attached with the first unit)
+                if [u for u in plan.units if u.config.pop("_enforcer", False)]:
+                    plan.units[0].attach += [("fmodret", c) for c in self._enforcer_calls(policy)]
             except (Unavailable, ValueError, KeyError, TypeError, OSError) as exc:  # never crash on an odd policy
                 reason = str(exc) if isinstance(exc, Unavailable) else f"cannot be compiled: {exc!r}"
                 out.unavailable.append(f"hook {path} {display}: {reason}")
@@ -188,6 +192,23 @@ class Compiler:
             out.set_ids += scratch.set_ids
             out.hook_ids += scratch.hook_ids
             out.enforcing |= scratch.enforcing
+        return out
+
+    @staticmethod
+    def _enforcer_calls(policy: TracingPolicy) -> list[str]:
+        """The kernel functions of spec.enforcers[0].calls (``list:NAME`` expanded; ``sys_dup`` ->
+        ``__x64_sys_dup``, an explicit ``__ia32_sys_dup`` kept)."""
+        if not policy.spec.enforcers:
+            return []
+        out: list[str] = []
+        for call in policy.spec.enforcers[0].calls:
+            lst = policy.spec.list_named(call[5:]) if call.startswith("list:") else None
+            if call.startswith("list:") and (lst is None or not lst.values):
+                raise Unavailable(f"spec.enforcers: list {call[5:]} has no values (generated lists are not served)")
+            for c in (lst.values if lst is not None else (call,)):
+                fn = c if c.startswith("__") else syscalls.function_name(c)
+                if fn not in out:
+                    out.append(fn)
         return out
 
     def _hook(self, policy: TracingPolicy, kind: str, path: str, display: str, spec: Any, cp: CompiledPolicy,
@@ -763,6 +784,25 @@ class Compiler:
                 track = GSF_TRACKSOCK if a.action == "TrackSock" else GSF_UNTRACKSOCK
                 cfg[f"{p}sock_arg"] = pos
                 reported = reported or ACTIONS[a.action]
+            elif a.action == "NotifyEnforcer":
+                calls = self._enforcer_calls(policy)
+                if not calls:
+                    raise Unavailable(f"{where}: NotifyEnforcer needs spec.enforcers with calls")
+                if not self.supports("fmod_ret"):
+                    raise Unavailable(f"{where}: NotifyEnforcer needs fmod_ret programs on the spec.enforcers calls "
+                                      f"({', '.join(calls)}), which this kernel lacks (fmod_ret: no, override_return: "
+                                      f"{'yes' if self.supports('override_return') else 'no'}; this build enforces "
+                                      "with fmod_ret only)")
+                if a.arg_error:
+                    override = True
+                    cfg[f"{p}override_ret"] = a.arg_error
+                if a.arg_sig:
+                    if not 0 < a.arg_sig < 65:
+                        raise Unavailable(f"{where}: NotifyEnforcer argSig must be 1..64")
+                    sig = a.arg_sig
+                cfg["_enforcer"] = True
+                reported = reported or ACTIONS["NotifyEnforcer"]
+                cp.enforcing = True
             elif a.action in ("Override", "NotifyEnforcer"):
                 if self.supports("fmod_ret") or self.supports("override_return"):
                     raise Unavailable(f"{where}: {a.action} needs an fmod_ret or kprobe override_return program on "

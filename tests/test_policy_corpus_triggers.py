@@ -181,6 +181,7 @@ REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS
     "bpf.yaml": "type bpf_attr is not served on kprobe arguments",
     "dev_queue_xmit.yaml": "attach failed: attach generic_kprobe (kprobe dev_queue_xmit",  # an inline function
     "hardlink-override.yaml": "fmod_ret on __x64_sys_linkat " + FMOD_SYSCALL,
+    "killer.yaml": "fmod_ret on __x64_sys_dup " + FMOD_SYSCALL,  # the NotifyEnforcer's enforcer
     "list-generated-ftrace.yaml": "generated lists are not served by this lanner build",
     "lsm_bprm_check.yaml": "stack traces / imaHash are not served",
     "lsm_track_grandparent.yml": "resolve/btfType/returnCopy are not served",
@@ -814,6 +815,14 @@ class KillUsernsInPidns(ScopedLoadOnly):
     NEW = '      - matchBinaries:\n          - operator: In\n            values: ["{bin}"]\n        matchNamespaces:\n'
 
 
+class KillerScoped(ScopedLoadOnly):
+    """NotifyEnforcer (argSig 9) on /usr/bin/bash's dups: scoped to no process, should the kernel accept
+    the enforcer's fmod_ret on the syscalls."""
+
+    OLD = '        - "/usr/bin/bash"\n'
+    NEW = '        - "{bin}"\n'
+
+
 KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
     "fd_install_ns_host.yaml": FdInstallHost,
     "fd_install_caps.yaml": FdInstallUserns,
@@ -827,6 +836,7 @@ KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
     "security_bprm_check.yaml": SecurityBprmCheck,
     "tcp-connect-only-private-addrs.yaml": TcpConnectOnlyPrivate,
     "sandbox/linux-namespaces/kill_unprivileged_user_namespace_in_pid_namespace.yaml": KillUsernsInPidns,
+    "killer.yaml": KillerScoped,
 }
 # the policies of ENABLED_KFUNC that enforce on processes the test did not start unless patched
 assert {"override-security.yaml", "tcp-connect-only-private-addrs.yaml",
