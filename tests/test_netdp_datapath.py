@@ -750,8 +750,9 @@ def test_fragmented_datagrams_keep_their_ports(topo: Topology) -> None:
 SPOOF = r"""
 import socket, struct, sys
 src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 40000
 payload = b"spoofed"
-udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+udp = struct.pack("!HHHH", sport, port, 8 + len(payload), 0) + payload
 ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for _ in range(3):
@@ -791,6 +792,31 @@ def test_forged_source_addresses_are_dropped(topo: Topology) -> None:
     drops = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
     assert {f["src"]["ip"] for f in drops} == {"10.99.99.99", c.ip}
     assert all(f["reason"] == "spoofed-source" and f["ifindex"] == a.host_ifindex for f in drops)
+
+
+def test_forged_packets_of_established_flows_are_dropped(topo: Topology) -> None:
+    """Conntrack passes established flows and replies before the endpoint lookup; an entry only vouches
+    for packets on the veth it was made for, so a forged copy of another pod's flow meets the source check."""
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+
+    def received(sender: Pod, src: str, dst: Pod, port: int, sport: int) -> int:
+        sink = subprocess.Popen(nsexec(dst.netns, sys.executable, "-c", SINK, str(port), "1.0"),
+                                stdout=subprocess.PIPE, text=True)
+        topo.procs.append(sink)
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        sh(*nsexec(sender.netns, sys.executable, "-c", SPOOF, src, dst.ip, str(port), str(sport)))
+        return int(sink.stdout.readline())
+
+    assert received(c, c.ip, b, 6000, 40000) == 3  # c's own flow c:40000 -> b:6000, now established
+    assert received(c, c.ip, b, 6000, 40000) == 3
+    dp.flows().poll()
+    assert received(a, c.ip, b, 6000, 40000) == 0  # the same 5-tuple forged on a's veth
+    assert received(a, b.ip, c, 40000, 6000) == 0  # a forged reply b:6000 -> c:40000
+    drops = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
+    assert {(f["src"]["ip"], f["reason"], f["ifindex"]) for f in drops} == {
+        (c.ip, "spoofed-source", a.host_ifindex), (b.ip, "spoofed-source", a.host_ifindex)}
+    assert received(b, b.ip, c, 40000, 6000) == 3  # the real reply, from b's veth
 
 
 def test_wide_port_ranges_are_a_few_blocks(topo: Topology) -> None:

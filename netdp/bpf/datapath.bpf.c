@@ -322,18 +322,21 @@ static __always_inline __u32 policy_rev(void)
 	return c ? c->policy_rev : 0;
 }
 
-/* conntrack state of a packet: the forward key, and the entry of an established flow that needs its policy
- * checked again (NULL for a new flow) */
+/* conntrack state of a packet: the forward key, the entry of an established flow that needs its policy
+ * checked again (NULL for a new flow), or a reply whose veth has to be checked first */
 struct ct_state {
 	struct ct_key k;
 	struct ct_entry *e;
+	struct ct_entry *reply;
 	__u64 now;
 	__u32 rev;
 };
 
 /* The fast path: 1 when conntrack passes the packet (a reply to an allowed flow, or an established flow
- * whose policy revision is current); 0 when the policy has to decide (s says what was found). */
-static __always_inline int ct_pass(struct tuple *t, __u8 dir, struct ct_state *s)
+ * whose policy revision is current); 0 when the policy has to decide (s says what was found). ifindex:
+ * from_pod's veth, which must be the one the entry was made for (an entry is made after the source
+ * check, so a hit on the same veth is a packet that passed it); 0 in to_pod. */
+static __always_inline int ct_pass(struct tuple *t, __u8 dir, __u32 ifindex, struct ct_state *s)
 {
 	struct ct_entry *e;
 
@@ -349,6 +352,10 @@ static __always_inline int ct_pass(struct tuple *t, __u8 dir, struct ct_state *s
 	/* a reply to a flow the other direction opened (and its policy allowed) */
 	e = bpf_map_lookup_elem(&netdp_ct, &s->k);
 	if (e && ct_alive(e, t->proto, s->now)) {
+		if (ifindex && e->ifindex != ifindex) {
+			s->reply = e; /* the source check decides */
+			return 0;
+		}
 		ct_touch(e, t, s->now);
 		stat_inc(NETDP_STAT_REPLIES);
 		return 1;
@@ -365,7 +372,7 @@ static __always_inline int ct_pass(struct tuple *t, __u8 dir, struct ct_state *s
 		e = NULL;
 	s->e = e;
 	/* established, and nothing changed since the policy allowed it: done */
-	if (e && e->policy_rev == s->rev) {
+	if (e && e->policy_rev == s->rev && (!ifindex || e->ifindex == ifindex)) {
 		ct_touch(e, t, s->now);
 		e->packets += 1;
 		return 1;
@@ -378,7 +385,15 @@ static __always_inline int ct_pass(struct tuple *t, __u8 dir, struct ct_state *s
 static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir,
 				  struct ct_state *s)
 {
-	struct ct_entry *e = s->e;
+	struct ct_entry *e = s->reply;
+
+	if (e) { /* a reply, on the veth of its endpoint (checked by the caller) */
+		ct_touch(e, t, s->now);
+		e->ifindex = ep->ifindex;
+		stat_inc(NETDP_STAT_REPLIES);
+		return TC_ACT_OK;
+	}
+	e = s->e;
 	__u32 remote_id = ipcache_identity(dir == NETDP_DIR_EGRESS ? t->daddr : t->saddr);
 	__u16 enforced = ep->flags & (dir == NETDP_DIR_EGRESS ? NETDP_EP_EGRESS_ENFORCED : NETDP_EP_INGRESS_ENFORCED);
 	__u32 cookie = 0;
@@ -395,12 +410,14 @@ static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct
 		ct_touch(e, t, s->now);
 		e->packets += 1;
 		e->policy_rev = s->rev;
+		e->ifindex = ep->ifindex;
 		return TC_ACT_OK;
 	}
 	struct ct_entry ne = {
 		.created_ns = s->now,
 		.last_seen_ns = s->now,
 		.packets = 1,
+		.ifindex = ep->ifindex,
 		.src_identity = dir == NETDP_DIR_EGRESS ? ep->identity : remote_id,
 		.dst_identity = dir == NETDP_DIR_EGRESS ? remote_id : ep->identity,
 		.flags = (t->tcp_flags & 0x05) ? NETDP_CT_CLOSING : 0,
@@ -422,6 +439,9 @@ int from_pod(struct __sk_buff *skb)
 
 	if (parse(skb, &t))
 		return TC_ACT_OK;
+	/* conntrack first: an entry made for this veth vouches for the source address */
+	if (ct_pass(&t, NETDP_DIR_EGRESS, skb->ifindex, &s))
+		return TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.saddr);
 	if (!ep || ep->ifindex != skb->ifindex) {
 		/* only the pod's own address may leave its veth: a forged source would dodge its egress
@@ -433,8 +453,6 @@ int from_pod(struct __sk_buff *skb)
 		     NETDP_REASON_SPOOFED, 0);
 		return TC_ACT_SHOT;
 	}
-	if (ct_pass(&t, NETDP_DIR_EGRESS, &s))
-		return TC_ACT_OK;
 	return decide(skb, &t, ep, NETDP_DIR_EGRESS, &s);
 }
 
@@ -449,7 +467,7 @@ int to_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	/* conntrack first: the endpoint is only needed to decide (a packet for an address that is no
 	 * endpoint passes anyway) */
-	if (ct_pass(&t, NETDP_DIR_INGRESS, &s))
+	if (ct_pass(&t, NETDP_DIR_INGRESS, 0, &s))
 		return TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.daddr);
 	if (!ep)

@@ -99,7 +99,8 @@ struct ct_key {
 struct ct_entry {
 	__u64 created_ns;
 	__u64 last_seen_ns;
-	__u64 packets;     /* forward direction only */
+	__u32 packets;     /* forward direction only */
+	__u32 ifindex;     /* host-side veth of the endpoint the entry belongs to (from_pod's source check) */
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 flags;       /* NETDP_CT_* */
