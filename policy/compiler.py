@@ -404,7 +404,7 @@ class Compiler:
             raise Unavailable(f"tracepoint {spec.subsystem}/{spec.event} does not exist on this kernel")
         gen_args, plans = [], []
         for i, a in enumerate(spec.args):
-            g = self._kernel_arg(i, a, max_index=11, what="raw tracepoint")
+            g = self._kernel_arg(i, a, max_index=5, what="raw tracepoint")
             gen_args.append(g[0])
             plans.append(g[1])
         positions = list(range(len(spec.args)))  # matchArgs index: the position in args, as on tracepoints
@@ -472,7 +472,7 @@ class Compiler:
             raise Unavailable(str(exc)) from None
         if len(sites) > 64:
             raise Unavailable(f"USDT {spec.provider}:{spec.name} has {len(sites)} sites, the limit is 64")
-        positions = list(range(len(spec.args)))  # matchArgs index: the position in args, as on tracepoints
+        positions = [a.index for a in spec.args]  # matchArgs index: the arg's index field (docs/policy.md)
         units, plans = [], []
         for site in sites:
             gen_args, plans = [], []

@@ -43,6 +43,8 @@ def test_usdt_register_and_memory_args_with_semaphore(env, tmp_path):
       provider: python
       name: audit
       args:
+      - index: 1
+        type: uint64
       - index: 0
         type: string
       selectors:
@@ -77,8 +79,11 @@ def test_usdt_register_and_memory_args_with_semaphore(env, tmp_path):
     mine = [body(e) for e in evs if body(e)["process"]["pid"] == pids[0]]
     # the audit probe only fires because the uprobe's ref_ctr_offset enables its semaphore
     got = [(b["name"], b["args"]) for b in mine]
-    # %rbx: the event name (other.event filtered out in the kernel)
-    assert got[0] == ("audit", [{"string_arg": "lanner.usdt.one"}]), got
+    # note arg 0 (%rbx): the event name, filtered by matchArgs index 0 (the arg's index, not its position;
+    # other.event filtered out in the kernel); note arg 1 (%r15): the audit args tuple, a pointer
+    assert got[0][0] == "audit" and got[0][1][1] == {"string_arg": "lanner.usdt.one"}, got
+    assert int(next(iter(got[0][1][0].values()))) > 0x1000, got
+    got[0] = ("audit", got[0][1][1:])
     # -4@112(%rsp): the generation, read from the stack; gc.collect(2), then the interpreter's own full
     # collections at exit (generation 0 and 1 collections are filtered out)
     assert len(got) >= 2 and all(g == ("gc__start", [{"int_arg": 2}]) for g in got[1:]), got
