@@ -192,7 +192,7 @@ def run_cni(cycles: int, warmup: int, workdir: Path, pin_root: Path, passno: int
         def lanner() -> CNI.AddLatency:
             try:
                 with CA.NetdpAgent(ns, workdir / f"agent{passno}", pin_root / "cni-agent") as agent:
-                    lat = ns.run_cycles(CNI.lanner_plugin(), CNI.lanner_conf(agent.cni_socket), cycles, warmup,
+                    lat = ns.run_cycles(CNI.lanner_plugin(workdir), CNI.lanner_conf(agent.cni_socket), cycles, warmup,
                                         workdir)
                     if lat.error:
                         lat.error += f" | agent log: {agent.log_tail(400)}"

@@ -210,12 +210,23 @@ def lanner_conf(agent_socket: Path) -> dict:
             "agentSocket": str(agent_socket)}
 
 
-def lanner_plugin() -> str:
-    """The lanner-cni executable of this checkout's virtualenv (what the conflist's type resolves to)."""
-    cand = Path(sys.executable).parent / "lanner-cni"
-    if not cand.exists():
-        raise CniBenchError(f"{cand} missing: install the project (make venv)")
-    return str(cand)
+def lanner_plugin(workdir: Path | None = None) -> str:
+    """The lanner-cni plugin as users deploy it: ``lanner cni install`` writes a launcher (python -IS) into
+    ``<workdir>/cni-bin``. Without ``workdir``: the virtualenv's console script (slower start-up: it loads
+    site-packages and the editable-install finder on every call)."""
+    if workdir is None:
+        cand = Path(sys.executable).parent / "lanner-cni"
+        if not cand.exists():
+            raise CniBenchError(f"{cand} missing: install the project (make venv)")
+        return str(cand)
+    bin_dir, conf_dir = workdir / "cni-bin", workdir / "cni-conf"
+    plugin = bin_dir / "lanner-cni"
+    if not plugin.exists():
+        r = subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--bin-dir", str(bin_dir),
+                            "--conf-dir", str(conf_dir)], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise CniBenchError(f"lanner cni install failed: {r.stderr[-500:]}")
+    return str(plugin)
 
 
 def main(argv: list[str] | None = None) -> int:

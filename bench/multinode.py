@@ -123,7 +123,7 @@ class BenchNode:
         conf = {"cniVersion": "1.1.0", "name": "lanner", "type": "lanner-cni", "agentSocket": str(self.socket)}
         env_args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"
         t0 = time.perf_counter()
-        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{self.netns}", lanner_plugin()],
+        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{self.netns}", lanner_plugin(self.work)],
                            input=json.dumps(conf).encode(), capture_output=True, timeout=60,
                            env={**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c-{name}",
                                 "CNI_NETNS": f"/var/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
