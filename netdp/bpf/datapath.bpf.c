@@ -5,14 +5,16 @@
  *   from_pod  clsact ingress  packets leaving the pod  -> source check, egress policy of the endpoint
  *   to_pod    clsact egress   packets entering the pod -> ingress policy of the endpoint
  *
- * Per packet: headers read in place (direct packet access), endpoint lookup (pod IP), then conntrack:
- * a reply to an allowed flow, or an established flow whose policy revision is current, passes after
- * that one hit (coarse clock, no ipcache, no policy, no counters shared between CPUs). Anything else
- * (a new flow, or an established one after a policy/ipcache change) takes the slow path: ipcache LPM
- * (remote IP -> identity, miss = world), then a few policy hash lookups (port blocks, protocol
- * wildcard, each for the identity and for any identity): O(1) whatever the rule count. New flows
- * and drops emit a flow_event through the ring buffer, under a node-wide rate limit; the precise
- * clock, the rate limiter and the ring buffer are only touched for an event.
+ * Per packet: headers read in place (direct packet access), then conntrack first. A reply to an allowed
+ * flow, or an established flow whose policy revision (netdp_config) is still current, passes on that
+ * hit: coarse clock, one or two LRU hash lookups, no endpoint/ipcache/policy lookup, no precise clock,
+ * no shared counter. In from_pod a hit counts only on the veth the entry was made for (ct_entry.ifindex),
+ * which stands in for the source check. Anything else (a new flow, an established one after a policy or
+ * ipcache change, a packet the entry does not vouch for) takes the slow path: endpoint lookup (pod IP)
+ * and source check, ipcache LPM (remote IP -> identity, miss = world), then a few policy hash lookups
+ * (port blocks, protocol wildcard, each for the identity and for any identity): O(1) whatever the rule
+ * count. New flows and drops emit a flow_event through the ring buffer, under a node-wide rate limit;
+ * the precise clock, the rate limiter and the ring buffer are only touched for an event.
  */
 #define LANNER_RINGBUF_BYTES (1024 * 1024)
 #include <lanner/common.bpf.h>
