@@ -40,7 +40,13 @@ fi
 # makes every file the tests create a slow lookup and shows the guest the host's pytest-of-root.
 # Not when the checkout (the image mount, the output dir) lives under /tmp itself: the tmpfs would hide it.
 case "$img:$out" in
-/tmp/*|*:/tmp/*) echo "vmtest: the checkout is under /tmp; keeping virtme-ng's /tmp (slower)" ;;
+/tmp/*|*:/tmp/*)
+    # Keep virtme-ng's /tmp, but give the tests' own files (TMPDIR: pytest's tmp_path) a plain tmpfs: on
+    # the overlay, paths built in BPF from a dentry name the overlay's upper dir, and overlayfs runs some
+    # LSM hooks twice (once per layer), which is not what the tests measure.
+    echo "vmtest: the checkout is under /tmp; keeping virtme-ng's /tmp, test files on a tmpfs (TMPDIR)"
+    mkdir -p /run/vmtest-tmp && mount -t tmpfs -o mode=1777 vmtest-tmp /run/vmtest-tmp || exit 93
+    export TMPDIR=/run/vmtest-tmp ;;
 *) mount -t tmpfs -o mode=1777 vmtest-tmp /tmp || exit 93 ;;
 esac
 
