@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import logging
 import os
@@ -43,7 +44,8 @@ log = logging.getLogger("lanner.netdp.datapath")
 
 DATAPATH_OBJECT = Path(__file__).parent / "bpf" / "obj" / "datapath.bpf.o"
 PINNED_MAPS = ("netdp_endpoints", "netdp_ipcache", "netdp_policy", "netdp_ct", "netdp_config")
-EP_INGRESS_ENFORCED, EP_EGRESS_ENFORCED = 1 << 0, 1 << 1  # NETDP_EP_* in datapath.h
+EP_INGRESS_ENFORCED, EP_EGRESS_ENFORCED, EP_HOST_ROUTING = 1 << 0, 1 << 1, 1 << 2  # NETDP_EP_* in datapath.h
+SIOCGIFHWADDR = 0x8927
 LOCAL_IDENTITY_FLAG = 1 << 24
 TC_HANDLE, TC_PRIORITY = 0x4C4E, 1  # "LN"
 DEFAULT_FLOW_RATE_LIMIT = 1000  # flow events per second for the node
@@ -72,6 +74,40 @@ def struct_codec(btf: Any, name: str) -> Codec[dict[str, int]]:
     return Codec(layout.size, enc, dec)
 
 
+def parse_mac(mac: str) -> bytes | None:
+    """"aa:bb:cc:dd:ee:ff" -> 6 bytes; None for an empty or malformed address (host routing then stays off)."""
+    try:
+        b = bytes.fromhex(mac.replace(":", ""))
+    except ValueError:
+        return None
+    return b if len(b) == 6 and any(b) else None
+
+
+def interface_mac(ifindex: int) -> bytes | None:
+    """The MAC of an interface of this netns, None when it has none or is gone."""
+    try:
+        name = socket.if_indextoname(ifindex)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            req = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", name.encode()))
+    except OSError:
+        return None
+    mac = req[18:24]
+    return mac if any(mac) else None
+
+
+def _pin_matches(obj: BpfObject, name: str, pin: Path) -> bool:
+    """Whether a pinned map has the key and value sizes this object's map has (from /proc fdinfo)."""
+    fd = L.bpf_obj_get(str(pin).encode())
+    if fd < 0:
+        return True  # reuse_pinned_map reports the error with its errno
+    try:
+        info = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+                    if ":" in line)
+    finally:
+        os.close(fd)
+    return (int(info.get("key_size", "-1")), int(info.get("value_size", "-1"))) == obj.map_sizes(name)
+
+
 def addr_u32(ip: str) -> int:
     """Dotted quad -> the u32 whose memory holds the address in network order."""
     return int.from_bytes(socket.inet_aton(ip), "little")
@@ -86,6 +122,7 @@ class _EndpointState:
     ep: Endpoint
     links: list[Link] = field(default_factory=list)
     flags: int = 0
+    host_mac: bytes | None = None  # the host side of the veth, read when the endpoint is added
     policy_keys: dict[PolicyEntry, int] = field(default_factory=dict)  # entry -> cookie
 
 
@@ -93,7 +130,7 @@ class Datapath:
     def __init__(self, pin_dir: Path, store: IdentityStore, *, flow_rate_limit: int = DEFAULT_FLOW_RATE_LIMIT,
                  flow_rate_burst: int = 0, node_name: str = "", ring_bytes: int = 1 << 20,
                  host_ips: Sequence[str] = (), policy_map_entries: int = 262144,
-                 object_path: Path = DATAPATH_OBJECT) -> None:
+                 host_routing: bool = True, object_path: Path = DATAPATH_OBJECT) -> None:
         if flow_rate_limit < 0 or flow_rate_burst < 0:
             raise ValueError("flow_rate_limit and flow_rate_burst must be >= 0")
         self.store = store
@@ -115,12 +152,18 @@ class Datapath:
         self._created_dir = not any(self.pin_dir.iterdir())
         obj = BpfObject.open(object_path)
         try:
-            obj.set_config(flow_rate_limit=flow_rate_limit, flow_rate_burst=flow_rate_burst)
+            obj.set_config(flow_rate_limit=flow_rate_limit, flow_rate_burst=flow_rate_burst,
+                           host_routing=int(host_routing))
             obj.resize_map("events", ring_bytes)
             obj.resize_map("netdp_policy", policy_map_entries)  # a reused pin keeps its own size
             reused = []
             for name in PINNED_MAPS:
                 p = self.pin_dir / name
+                if p.exists() and not _pin_matches(obj, name, p):
+                    # left by a lanner whose map layout differs: its state cannot be read by these programs.
+                    # The agent re-adds endpoints and policies at start; established flows are checked again.
+                    log.warning("pinned map %s has another layout (an older lanner?): replacing it", p)
+                    p.unlink()
                 if p.exists():
                     obj.reuse_pinned_map(name, str(p))
                     reused.append(name)
@@ -184,6 +227,7 @@ class Datapath:
                 raise DatapathError(f"endpoint {ep.endpoint_id}: ipv4 {ep.ipv4} belongs to endpoint {other.endpoint_id}")
             st = old or _EndpointState(ep)
             st.ep = ep
+            st.host_mac = interface_mac(ep.host_ifindex)
             if old is None:
                 st.policy_keys = {k[1:]: c for k, c in self._orphan_policy.items() if k[0] == ep.endpoint_id}
                 self._orphan_policy = {k: c for k, c in self._orphan_policy.items() if k[0] != ep.endpoint_id}
@@ -369,8 +413,12 @@ class Datapath:
             # order: allow first, then enforce, then remove what no longer applies (no transient drops)
             self._m_policy.update_batch([(self._policy_key(epid, k), {"cookie": c}) for k, c in sorted(add.items())])
             st.policy_keys = {**old, **add}
-            value = {"ifindex": ep.host_ifindex, "identity": ep.identity, "endpoint_id": epid, "flags": flags,
-                     "port_plens": self._port_plens(st.policy_keys)}
+            mac = parse_mac(ep.mac)
+            routed = mac is not None and st.host_mac is not None
+            value = {"ifindex": ep.host_ifindex, "identity": ep.identity, "endpoint_id": epid,
+                     "flags": flags | (EP_HOST_ROUTING if routed else 0),
+                     "port_plens": self._port_plens(st.policy_keys),
+                     "mac": mac or bytes(6), "host_mac": st.host_mac or bytes(6)}
             self._m_endpoints.update(ep.ipv4, value)
             st.flags = flags
             if stale:

@@ -34,7 +34,8 @@ REASONS = {1: "no-policy", 2: "policy-allowed", 3: "policy-denied", 4: "spoofed-
 DIRECTIONS = {0: "ingress", 1: "egress"}
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
 TCP_FLAGS = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"))
-STAT_SLOTS = {"rate_limited": 0, "emitted": 1, "new_flows": 2, "drops": 3, "replies": 4}  # NETDP_STAT_*
+STAT_SLOTS = {"rate_limited": 0, "emitted": 1, "new_flows": 2, "drops": 3, "replies": 4,
+              "redirects": 5}  # NETDP_STAT_*
 
 _FIELDS = ("op", "verdict", "reason", "direction", "ifindex", "ktime", "saddr", "daddr", "sport", "dport", "proto",
            "tcp_flags", "endpoint_id", "src_identity", "dst_identity", "len", "policy_cookie")

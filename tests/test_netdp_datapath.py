@@ -323,6 +323,49 @@ def test_ingress_allow_by_label_denies_others(topo: Topology) -> None:
     assert dp.policy_entries(b.endpoint_id) == 0
 
 
+def ping_output(t: Topology, netns: str, ip: str, *opts: str) -> str:
+    r = subprocess.run(nsexec(netns, "ping", "-c1", "-W1", *opts, ip), capture_output=True, text=True)
+    return r.stdout + r.stderr
+
+
+def test_host_routing_hands_local_traffic_straight_to_the_pod(topo: Topology) -> None:
+    """from_pod redirects pod-to-pod packets to the destination pod (bpf_redirect_peer) as a router would
+    forward them (TTL decremented, checksum fixed, MACs rewritten), and applies the destination's ingress
+    policy on the way: a denied peer is dropped, and a TTL-1 packet is left to the kernel, which answers
+    with ICMP time exceeded."""
+    a, b, c = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 8080)
+    set_policies(topo, netpol("web-from-client", {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}))
+    before = dp.flows().stats()
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("udp", b.ip, 8080)) == [True, True]
+    out = ping_output(topo, a.netns, b.ip)
+    assert "ttl=63" in out, out  # b answered with TTL 64, decremented once on the way back, checksum valid
+    mid = dp.flows().stats()
+    # the SYN, its answer, the data and the close in both directions: each a redirect, none via to_pod
+    assert mid["redirects"] - before["redirects"] >= 8, (before, mid)
+    assert topo.probe(c.netns, ("tcp", b.ip, 8080)) == [False]  # b's ingress policy, applied in from_pod
+    after = dp.flows().stats()
+    assert after["drops"] > mid["drops"]
+    drops = [e["flow"] for e in dp.flows().poll() if e["flow"]["verdict"] == "DROPPED"]
+    assert any(f["src"]["ip"] == c.ip and f["direction"] == "ingress" and f["dst"]["pod"]["name"] == "b"
+               and f["ifindex"] == b.host_ifindex for f in drops), drops
+    out = ping_output(topo, a.netns, b.ip, "-t", "1")
+    assert "Time to live exceeded" in out, out
+
+
+def test_without_host_routing_the_stack_forwards(topo: Topology) -> None:
+    a, b, _ = two_pods(topo)
+    dp = start(topo, host_routing=False)
+    topo.serve(b.netns, 8080)
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080), ("udp", b.ip, 8080)) == [True, True]
+    assert "ttl=63" in ping_output(topo, a.netns, b.ip)
+    st = dp.flows().stats()
+    assert st["redirects"] == 0 and st["new_flows"] >= 4, st
+
+
 def test_namespace_selector_and_empty_rules(topo: Topology) -> None:
     a = topo.add_pod("a", "10.210.0.2", {"app": "client"}, namespace="prod")
     b = topo.add_pod("b", "10.210.0.3", {"app": "web"}, namespace="default")

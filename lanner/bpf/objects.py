@@ -496,6 +496,11 @@ class BpfObject:
         finally:
             os.close(fd)  # libbpf keeps its own duplicate
 
+    def map_sizes(self, name: str) -> tuple[int, int]:
+        """(key size, value size) of a map of this object, as it will be created."""
+        m = self._map_ptr(name)
+        return L.bpf_map__key_size(m), L.bpf_map__value_size(m)
+
     def set_pin_path(self, name: str, path: str) -> None:
         _check_rc(L.bpf_map__set_pin_path(self._map_ptr(name), path.encode()), f"set pin path of {name}")
 

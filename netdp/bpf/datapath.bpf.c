@@ -15,6 +15,9 @@
  * (port blocks, protocol wildcard, each for the identity and for any identity): O(1) whatever the rule
  * count. New flows and drops emit a flow_event through the ring buffer, under a node-wide rate limit;
  * the precise clock, the rate limiter and the ring buffer are only touched for an event.
+ *
+ * With host routing on (the host_routing constant), from_pod also serves the destination when it is a
+ * local pod: see host_route().
  */
 #define LANNER_RINGBUF_BYTES (1024 * 1024)
 #include <lanner/common.bpf.h>
@@ -37,6 +40,7 @@ const struct flow_event *_anchor_flow __attribute__((unused));
 
 const volatile __u32 flow_rate_limit = 0; /* flow events per second for the node; 0 = unlimited */
 const volatile __u32 flow_rate_burst = 0; /* bucket size; 0 = the rate */
+const volatile __u32 host_routing = 0;    /* 1: from_pod hands packets for a local pod straight to it */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -280,7 +284,7 @@ static __always_inline void emit(struct __sk_buff *skb, struct tuple *t, struct 
 	ev.verdict = verdict;
 	ev.reason = reason;
 	ev.direction = dir;
-	ev.ifindex = skb->ifindex;
+	ev.ifindex = ep->ifindex; /* the endpoint's veth: with host routing, from_pod decides for the destination too */
 	ev.ktime = now;
 	ev.saddr = t->saddr;
 	ev.daddr = t->daddr;
@@ -432,18 +436,57 @@ static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct
 	return TC_ACT_OK;
 }
 
+/*
+ * BPF host routing: a packet from a local pod to another local pod leaves from_pod straight for the
+ * destination pod (bpf_redirect_peer: the peer of its host-side veth, in the pod's netns), as a router
+ * would forward it (MACs rewritten, TTL decremented), skipping the host's IP stack, the destination
+ * veth's queue and to_pod. So from_pod applies the destination's ingress policy here, exactly as to_pod
+ * would (conntrack first, then the policy; same entries, same flow events). TC_ACT_OK: not for a
+ * local pod that host routing serves (or TTL 1: the kernel's path sends the ICMP error), the stack
+ * carries it and to_pod decides as usual.
+ */
+static __always_inline int host_route(struct __sk_buff *skb, struct tuple *t)
+{
+	struct endpoint_info *dep = bpf_map_lookup_elem(&netdp_endpoints, &t->daddr);
+	struct ct_state s = {};
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if (!dep || !(dep->flags & NETDP_EP_HOST_ROUTING))
+		return TC_ACT_OK;
+	if ((void *)(ip + 1) > end || ip->ttl <= 1)
+		return TC_ACT_OK;
+	if (!ct_pass(t, NETDP_DIR_INGRESS, 0, &s) && decide(skb, t, dep, NETDP_DIR_INGRESS, &s) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > end) /* cannot happen (checked above); the verifier wants it after the calls */
+		return TC_ACT_OK;
+	__builtin_memcpy(data, dep->mac, 6);      /* h_dest */
+	__builtin_memcpy(data + 6, dep->host_mac, 6); /* h_source */
+	__u32 check = ip->check;                  /* ip_decrease_ttl(): RFC 1624 incremental checksum */
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xFFFF));
+	ip->ttl -= 1;
+	stat_inc(NETDP_STAT_REDIRECTS);
+	return bpf_redirect_peer(dep->ifindex, 0);
+}
+
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
 	struct ct_state s = {};
 	struct tuple t;
 	struct endpoint_info *ep;
+	int verdict;
 
 	if (parse(skb, &t))
 		return TC_ACT_OK;
 	/* conntrack first: an entry made for this veth vouches for the source address */
 	if (ct_pass(&t, NETDP_DIR_EGRESS, skb->ifindex, &s))
-		return TC_ACT_OK;
+		return host_routing ? host_route(skb, &t) : TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.saddr);
 	if (!ep || ep->ifindex != skb->ifindex) {
 		/* only the pod's own address may leave its veth: a forged source would dodge its egress
@@ -455,7 +498,10 @@ int from_pod(struct __sk_buff *skb)
 		     NETDP_REASON_SPOOFED, 0);
 		return TC_ACT_SHOT;
 	}
-	return decide(skb, &t, ep, NETDP_DIR_EGRESS, &s);
+	verdict = decide(skb, &t, ep, NETDP_DIR_EGRESS, &s);
+	if (verdict != TC_ACT_OK || !host_routing)
+		return verdict;
+	return host_route(skb, &t);
 }
 
 SEC("tc")

@@ -14,6 +14,7 @@
 /* endpoint_info.flags */
 #define NETDP_EP_INGRESS_ENFORCED (1 << 0) /* some policy selects the endpoint for ingress */
 #define NETDP_EP_EGRESS_ENFORCED (1 << 1)
+#define NETDP_EP_HOST_ROUTING (1 << 2)  /* both MACs known: from_pod may hand packets for it straight to its pod */
 
 /* flow_event.verdict (Hubble's numbering) */
 #define NETDP_VERDICT_FORWARDED 1
@@ -31,6 +32,7 @@
 #define NETDP_STAT_NEW_FLOWS 2    /* new conntrack entries */
 #define NETDP_STAT_DROPS 3        /* packets dropped by policy */
 #define NETDP_STAT_REPLIES 4      /* packets passed as replies */
+#define NETDP_STAT_REDIRECTS 5    /* packets from_pod handed straight to a local pod (BPF host routing) */
 #define NETDP_STAT_SLOTS 8
 
 /* conntrack lifetimes */
@@ -48,6 +50,8 @@ struct endpoint_info {
 	__u16 endpoint_id;  /* node-local endpoint id, keys the policy map */
 	__u16 flags;        /* NETDP_EP_* */
 	__u32 port_plens;   /* bit n: the endpoint has policy entries for port blocks of prefix length n */
+	__u8 mac[6];        /* the pod side of the veth (BPF host routing writes it as the destination) */
+	__u8 host_mac[6];   /* the host side (the pod's gateway: the source of what it receives) */
 };
 
 /* ipcache: longest-prefix match over IPv4 -> identity (miss = world) */
