@@ -42,6 +42,7 @@ class NetdpConfig:
     node_name: str = ""  # in flow events; "" = hostname
     cri_socket: Path | None = None  # the runtime's CRI socket: pod labels and containers (None: namespace only)
     cluster: Any = None  # lanner.netdp.cluster.ClusterConfig: state in etcd, routes to other nodes (None: one node)
+    host_routing: bool = True  # pod-to-pod packets on this node skip the node's stack (bpf_redirect_peer)
 
 
 class NetdpRuntime:
@@ -124,7 +125,8 @@ class NetdpRuntime:
             log.warning("eBPF datapath unavailable (%s): pods get plain routed veths, no policy, no flows", exc)
             return
         host_ips = [self.ipam.gateway] + ([self.cfg.cluster.node_ip] if self.cfg.cluster is not None else [])
-        self.datapath = Datapath(self.cfg.pin_dir, self.store, node_name=self.cfg.node_name, host_ips=host_ips)
+        self.datapath = Datapath(self.cfg.pin_dir, self.store, node_name=self.cfg.node_name, host_ips=host_ips,
+                                 host_routing=self.cfg.host_routing)
         if self.cfg.network_policy_dir is not None:
             from lanner.netdp.netpolicy import load_network_policies
 

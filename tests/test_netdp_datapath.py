@@ -879,3 +879,14 @@ def test_wide_port_ranges_are_a_few_blocks(topo: Topology) -> None:
         "podSelector": {"matchLabels": {"app": "web"}},
         "ingress": [{"ports": [{"protocol": "TCP", "port": 1000}]}]}))
     assert topo.probe(a.netns, ("tcp", b.ip, 1000), ("tcp", b.ip, 8080)) == [True, False]
+
+
+@pytest.mark.parametrize("flag, want", [([], True), (["--no-netdp-host-routing"], False),
+                                        (["--netdp-host-routing"], True)])
+def test_host_routing_flag_reaches_the_runtime(flag: list[str], want: bool) -> None:
+    from lanner.cli import build_parser
+    from lanner.netdp.cni.cli import netdp_config
+
+    args = build_parser().parse_args(["agent", "--enable-netdp", "--pod-cidr", "10.230.0.0/24", *flag])
+    cfg = netdp_config(args, required=False)
+    assert cfg is not None and cfg.host_routing is want

@@ -51,6 +51,11 @@ def add_netdp_flags(g: argparse._ArgumentGroup, with_enable: bool) -> None:
     g.add_argument("--netdp-datapath", action=argparse.BooleanOptionalAction, default=True,
                    help="load the eBPF datapath (TC programs, policy, flows); --no-netdp-datapath gives plain "
                         "routed veths")
+    g.add_argument("--netdp-host-routing", action=argparse.BooleanOptionalAction, default=True,
+                   help="hand pod-to-pod packets on this node straight to the destination pod from the source "
+                        "pod's program (bpf_redirect_peer), skipping the node's IP stack; "
+                        "--no-netdp-host-routing routes them through the stack (needed when a qdisc on the host "
+                        "veth, e.g. the bandwidth plugin's, must shape traffic from local pods)")
     g.add_argument("--cri-socket", type=Path, default=None, metavar="PATH",
                    help="the container runtime's CRI socket (e.g. /run/containerd/containerd.sock): pod labels for "
                         "identities and containers for pod enrichment; without it identities use the namespace only")
@@ -100,7 +105,8 @@ def netdp_config(args: argparse.Namespace, required: bool):
     return NetdpConfig(cluster=cluster, pod_cidr=str(net), state_dir=args.netdp_state_dir, cni_socket=args.cni_socket,
                        network_policy_dir=args.network_policy_dir, datapath=args.netdp_datapath,
                        pin_dir=args.netdp_pin_dir, mtu=args.netdp_mtu, crash_at=os.environ.get(CRASH_ENV, ""),
-                       node_name=getattr(args, "node_name", "") or "", cri_socket=args.cri_socket)
+                       node_name=getattr(args, "node_name", "") or "", cri_socket=args.cri_socket,
+                       host_routing=args.netdp_host_routing)
 
 
 def _cluster_config(args: argparse.Namespace, pod_cidr: str):
