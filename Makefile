@@ -24,14 +24,15 @@ BPF_CFLAGS := -g -O2 -target bpf $(ARCH_DEF) -Wall -Werror -Wno-unused-function 
 
 AGENT_ARGS ?=
 
-.PHONY: help setup deps venv bpf run test clean
+.PHONY: help setup deps venv bpf cni run test clean
 help:
-	@echo "make run    set up (apt, .venv, BPF objects) and start the agent"
+	@echo "make run    set up (apt, .venv, BPF objects, CNI client) and start the agent"
 	@echo "make test   set up and run the test suite"
 	@echo "make bpf    (re)build the BPF objects only"
+	@echo "make cni    (re)build the compiled lanner-cni client only"
 	@echo "make clean  remove build outputs and the virtualenv"
 
-setup: deps venv bpf proto
+setup: deps venv bpf proto cni
 
 # apt packages: installed only when one is missing, so a second run does nothing.
 deps:
@@ -66,6 +67,25 @@ endef
 $(foreach s,$(BPF_SRCS),$(eval $(call BPF_RULE,$(s))))
 
 bpf: $(BPF_OBJS)
+
+# lanner-cni, the CNI plugin's fast path in C (plain libc; clang-19 pulls in libc6-dev), which
+# `lanner cni install` copies into the CNI bin dir. Its constants are generated from the Python plugin
+# (netdp/cni/cheader.py), so there is one source of truth.
+CNI_DIR    := netdp/cni
+CNI_BIN    := $(CNI_DIR)/bin/lanner-cni
+CNI_HDR    := $(CNI_DIR)/bin/lanner_cni_consts.h
+CNI_CC     ?= $(CLANG)
+CNI_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE -pie
+
+$(CNI_HDR): $(CNI_DIR)/cheader.py $(CNI_DIR)/plugin.py $(CNI_DIR)/protocol.py $(CNI_DIR)/install.py
+	@mkdir -p $(dir $@)
+	@$(PYTHON) -IS $(CNI_DIR)/cheader.py > $@.tmp && mv $@.tmp $@
+
+$(CNI_BIN): $(CNI_DIR)/lanner-cni.c $(CNI_HDR)
+	@echo "==> $(CNI_CC) $<"
+	@$(CNI_CC) $(CNI_CFLAGS) -I$(dir $(CNI_HDR)) $< -o $@.tmp && mv $@.tmp $@
+
+cni: $(CNI_BIN)
 
 # gRPC API: Tetragon-compatible .proto files (exporter/api/v1) compiled into the
 # lanner.exporter.api.gen.tetragon package; regenerated only when a .proto changes.
@@ -141,4 +161,4 @@ vmtest: setup
 	  $(if $(VMTEST_ARGS),-- $(VMTEST_ARGS))
 
 clean:
-	rm -rf $(BUILD) $(VENV) $(BPF_OBJS) *.egg-info
+	rm -rf $(BUILD) $(VENV) $(BPF_OBJS) $(CNI_DIR)/bin *.egg-info

@@ -17,6 +17,8 @@ from pathlib import Path
 CONFLIST_NAME = "10-lanner.conflist"
 EXAMPLE = Path(__file__).with_name(CONFLIST_NAME)  # the same content, for readers (a test keeps them equal)
 PLUGIN_NAME = "lanner-cni"
+LAUNCHER_NAME = "lanner-cni-py"  # the compiled client's slow path, installed next to it
+NATIVE = Path(__file__).with_name("bin") / PLUGIN_NAME  # `make cni` builds it from lanner-cni.c
 DEFAULT_SOCKET = "/var/run/lanner/cni.sock"
 
 

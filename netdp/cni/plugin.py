@@ -13,8 +13,15 @@ and ``validate.py`` are imported, the request is validated here first, then sent
 unreachable: ADD, CHECK and GC fail with code 11 (try again later), STATUS with 50; DEL succeeds (best
 effort, as the spec asks; the agent's GC reclaims what is left).
 
-``lanner cni install`` writes a launcher that runs this file with ``python -IS``: no site-packages scan
-and no imports beyond the three above, about a third of the console script's start-up.
+What a runtime execs is normally not this file but ``lanner-cni.c``, compiled by ``make cni``: it does
+exactly the fast path above in C (no interpreter start-up, ~8 ms here) and hands everything else over to
+this file by exec'ing the launcher ``lanner cni install`` writes next to it (``lanner-cni-py``: this
+file run with ``python -IS``, no site-packages scan), with the stdin it already read as fd 0. This file
+then decides as if it had been exec'd itself: it re-tries the fast path, then takes the slow path. The
+one exception: the compiled client sent the request and got no usable answer (the agent may have done
+part of the work, so nothing must be re-sent); it then sets ``LANNER_CNI_AFTER_SEND`` to what happened
+and this file only prints the error (``handed_over``). Without ``make cni``, ``lanner cni install``
+installs the launcher itself as ``lanner-cni``.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ CONNECT_TIMEOUT_S = 2.0
 REPLY_TIMEOUT_S = 120.0
 MAX_REPLY = 4 << 20
 FAST_COMMANDS = (b"ADD", b"DEL", b"CHECK", b"STATUS", b"GC")
+NO_REPLY = "the agent closed the connection without a reply"
+TOO_LARGE = "reply larger than 4 MiB"
+# Set by the compiled client (lanner-cni.c) when it hands over after sending the request: "timeout",
+# "no-reply", "too-large", "errno:<n>" (the agent did not answer) or "bad-reply:<hex of the first bytes>".
+AFTER_SEND_ENV = b"LANNER_CNI_AFTER_SEND"
 
 
 class _Unreachable(Exception):
@@ -61,11 +73,11 @@ def _exchange(path: str, data: bytes) -> bytes:
             chunks.append(b)
             size += len(b)
             if size > MAX_REPLY:
-                raise OSError("reply larger than 4 MiB")
+                raise OSError(TOO_LARGE)
     finally:
         s.close()
     if not chunks:
-        raise ConnectionResetError("the agent closed the connection without a reply")
+        raise ConnectionResetError(NO_REPLY)
     return b"".join(chunks)
 
 
@@ -126,14 +138,41 @@ def fast(stdin: bytes) -> int | None:
     except _Unreachable:
         return None
     except OSError as exc:  # the agent took the request and died or hung: it may have done part of it
-        return slow_error(stdin, 11, "lanner agent not available, try again later",
-                          f"the agent at {sock} did not answer: {exc}")
+        return no_answer(stdin, sock, str(exc))
     if reply[:1] not in (b"0", b"1"):
-        return slow_error(stdin, 5, "bad reply from the lanner agent", repr(reply[:200]))
+        return bad_reply(stdin, reply)
     out = sys.stdout.buffer
     out.write(reply[1:])
     out.flush()
     return int(reply[:1])
+
+
+def no_answer(stdin: bytes, sock: str, reason: str) -> int:
+    return slow_error(stdin, 11, "lanner agent not available, try again later",
+                      f"the agent at {sock} did not answer: {reason}")
+
+
+def bad_reply(stdin: bytes, reply: bytes) -> int:
+    return slow_error(stdin, 5, "bad reply from the lanner agent", repr(reply[:200]))
+
+
+def handed_over(stdin: bytes, note: bytes) -> int:
+    """The compiled client sent the request and got no usable answer (``AFTER_SEND_ENV``): print the error
+    this file's fast path prints in that case. Nothing is sent again."""
+    try:
+        sock = top_level_string(stdin, b"agentSocket") or DEFAULT_SOCKET
+    except ValueError:
+        sock = DEFAULT_SOCKET
+    kind, _, arg = note.partition(b":")
+    if kind == b"bad-reply":
+        try:
+            return bad_reply(stdin, bytes.fromhex(arg.decode("ascii")))
+        except ValueError:
+            pass
+    elif kind == b"errno" and arg.isdigit():
+        return no_answer(stdin, sock, str(OSError(int(arg), os.strerror(int(arg)))))
+    reasons = {b"timeout": "timed out", b"no-reply": NO_REPLY, b"too-large": TOO_LARGE}
+    return no_answer(stdin, sock, reasons.get(kind) or note.decode("utf-8", "replace"))
 
 
 # ---------------------------------------------------------------------------------------------- slow path
@@ -206,7 +245,8 @@ def main() -> int:
     command = os.environb.get(b"CNI_COMMAND", b"")
     stdin = sys.stdin.buffer.read() if command else b""
     if command in FAST_COMMANDS:
-        code = fast(stdin)
+        note = os.environb.get(AFTER_SEND_ENV)
+        code = handed_over(stdin, note) if note else fast(stdin)
         if code is not None:
             return code
     import json
