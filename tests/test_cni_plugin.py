@@ -1,13 +1,20 @@
 """lanner-cni end to end: the real plugin executable against the agent's CNI service running in a test
-node netns, pods as network namespaces; plus every spec error path of the plugin itself."""
+node netns, pods as network namespaces; plus every spec error path of the plugin itself.
+
+Two executables answer: the Python plugin (the console script) and the compiled client (lanner-cni.c, as
+`lanner cni install` installs it, with its Python launcher next to it). ``plugin()`` runs both on every
+call and requires byte-identical stdout and the same exit code, so every case below covers both."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +23,29 @@ import pytest
 from tests.cni_runner import PLUGIN, CniCallError, CniNode, lanner_conflist, run
 
 REPO = Path(__file__).resolve().parent.parent
+NATIVE_BUILD = REPO / "netdp" / "cni" / "bin" / "lanner-cni"
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> Path:
+    """The compiled client as `lanner cni install` installs it (its launcher, lanner-cni-py, beside it)."""
+    assert NATIVE_BUILD.exists(), f"{NATIVE_BUILD} missing: run 'make cni'"
+    from lanner.netdp.cni.cheader import header
+
+    built = (NATIVE_BUILD.parent / "lanner_cni_consts.h").read_text()
+    assert built == header(), "the compiled client is older than the Python constants: run 'make cni'"
+    d = tmp_path_factory.mktemp("native")
+    run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(d / "net.d"), "--bin-dir", str(d / "bin")])
+    assert (d / "bin" / "lanner-cni").read_bytes() == NATIVE_BUILD.read_bytes()
+    return d / "bin" / "lanner-cni"
+
+
+def call(exe: Path, command: str | None, data: bytes, env: dict[str, str]) -> tuple[int, bytes]:
+    e = {"PATH": os.environ["PATH"], **env}
+    if command is not None:
+        e["CNI_COMMAND"] = command
+    p = subprocess.run([str(exe)], input=data, env=e, capture_output=True, timeout=30)
+    return p.returncode, p.stdout
 
 
 @pytest.fixture
@@ -29,14 +59,22 @@ def node(tmp_path):
         n.close()
 
 
-def plugin(command: str | None, conf: dict | bytes | None, **env: str) -> tuple[int, dict | None]:
-    e = {"PATH": os.environ["PATH"], **env}
-    if command is not None:
-        e["CNI_COMMAND"] = command
-    data = conf if isinstance(conf, bytes) else json.dumps(conf or {}).encode()
-    p = subprocess.run([str(PLUGIN)], input=data, env=e, capture_output=True, timeout=30)
-    out = p.stdout.decode().strip()
-    return p.returncode, (json.loads(out) if out else None)
+def both(native: Path, command: str | None, data: bytes, env: dict[str, str]) -> tuple[int, bytes]:
+    """The Python plugin, then the compiled client: the same exit code and byte-identical stdout."""
+    script = call(PLUGIN, command, data, env)
+    compiled = call(native, command, data, env)
+    assert compiled == script, f"compiled client {compiled} != Python plugin {script}"
+    return script
+
+
+@pytest.fixture
+def plugin(native):
+    def plugin(command: str | None, conf: dict | bytes | None, **env: str) -> tuple[int, dict | None]:
+        data = conf if isinstance(conf, bytes) else json.dumps(conf or {}).encode()
+        rc, out = both(native, command, data, env)
+        text = out.decode().strip()
+        return rc, (json.loads(text) if text else None)
+    return plugin
 
 
 ENV_ADD = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0"}
@@ -48,7 +86,7 @@ def conf(**kw) -> dict:
 
 
 # ------------------------------------------------------------------------------------ plugin only
-def test_version_lists_supported_versions():
+def test_version_lists_supported_versions(plugin):
     rc, out = plugin("VERSION", {"cniVersion": "0.4.0"})
     assert rc == 0 and out == {"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
     rc, out = plugin("VERSION", b"")
@@ -84,7 +122,7 @@ AGENT_DOWN_CASES = [
 ]
 
 
-def _expect_error(command, cfg, env, code, text):
+def _expect_error(plugin, command, cfg, env, code, text):
     rc, out = plugin(command, cfg, **env)
     assert rc != 0, out
     assert out["code"] == code, out
@@ -94,21 +132,21 @@ def _expect_error(command, cfg, env, code, text):
 
 
 @pytest.mark.parametrize("command,cfg,env,code,text", ERROR_CASES + AGENT_DOWN_CASES)
-def test_plugin_error_codes(command, cfg, env, code, text):
+def test_plugin_error_codes(plugin, command, cfg, env, code, text):
     """The agent is down: the plugin validates itself (slow path)."""
-    _expect_error(command, cfg, env, code, text)
+    _expect_error(plugin, command, cfg, env, code, text)
 
 
-def test_agent_validates_the_fast_path_alike(node):
+def test_agent_validates_the_fast_path_alike(plugin, node):
     """The agent is up: the plugin forwards env and stdin unparsed and the agent gives the same answers."""
     for command, cfg, env, code, text in ERROR_CASES:
         if isinstance(cfg, dict) and cfg.get("agentSocket") == GONE:
             cfg = {**cfg, "agentSocket": str(node.socket)}
         elif isinstance(cfg, dict) and "agentSocket" not in cfg:
             continue  # the default socket: not this test's agent
-        _expect_error(command, cfg, env, code, text)
+        _expect_error(plugin, command, cfg, env, code, text)
     rejected = [l for l in node.log().splitlines() if "rejected" in l]
-    assert len(rejected) >= 12, node.log()  # they reached the agent: the fast path was taken
+    assert len(rejected) >= 24, node.log()  # they reached the agent (twice): the fast path was taken
 
 
 def test_top_level_scanner_never_takes_nested_members():
@@ -123,7 +161,7 @@ def test_top_level_scanner_never_takes_nested_members():
             top(bad, b"agentSocket")
 
 
-def test_del_succeeds_when_agent_is_down():
+def test_del_succeeds_when_agent_is_down(plugin):
     rc, out = plugin("DEL", conf(), CNI_CONTAINERID="c1", CNI_IFNAME="eth0", CNI_NETNS="")
     assert rc == 0 and out is None
 
@@ -138,7 +176,7 @@ def _p50_version(exe: Path, n: int = 9) -> float:
     return statistics.median(times)
 
 
-def test_plugin_imports_stay_minimal_and_start_fast(tmp_path):
+def test_plugin_imports_stay_minimal_and_start_fast(native, tmp_path):
     def modules(*argv: str, code: str) -> set[str]:
         out = subprocess.run([sys.executable, *argv, "-c", code + "; print(' '.join(sorted(sys.modules)))"],
                              capture_output=True, text=True, check=True).stdout
@@ -153,20 +191,18 @@ def test_plugin_imports_stay_minimal_and_start_fast(tmp_path):
     cni_dir = str(REPO / "netdp" / "cni")
     mods = modules("-IS", code=f"import sys; sys.path.insert(0, {cni_dir!r}); import plugin")
     assert not {"json", "re", "socket", "lanner"} & mods, mods
-    subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(tmp_path / "c"), "--bin-dir",
-                    str(tmp_path / "b")], check=True, capture_output=True)
-    launcher = tmp_path / "b" / "lanner-cni"
-    console, fast = _p50_version(PLUGIN), _p50_version(launcher)
+    launcher = native.with_name("lanner-cni-py")
+    console, fast, compiled = _p50_version(PLUGIN), _p50_version(launcher), _p50_version(native)
     print(f"lanner-cni VERSION wall time p50: console script {console * 1e3:.1f} ms, "
-          f"installed launcher (python -IS) {fast * 1e3:.1f} ms")
-    assert fast < 0.5 and console < 0.5
+          f"launcher (python -IS) {fast * 1e3:.1f} ms, compiled client handing over to it {compiled * 1e3:.1f} ms")
+    assert fast < 0.5 and console < 0.5 and compiled < 0.5
     # the launcher runs the same code: same answers to a bad request
     bad = subprocess.run([str(launcher)], input=b"[]", env={"CNI_COMMAND": "ADD", **ENV_ADD}, capture_output=True)
     assert bad.returncode == 1 and json.loads(bad.stdout)["code"] == 6
 
 
-def test_fast_path_wall_time(node):
-    """STATUS with the agent up: the fast path (env and stdin forwarded unparsed), through both entry points."""
+def test_fast_path_wall_time(native, node):
+    """STATUS with the agent up: the fast path (env and stdin forwarded unparsed), through every entry point."""
     cfg = json.dumps(conf(agentSocket=str(node.socket))).encode()
 
     def p50(exe: Path, n: int = 15) -> float:
@@ -178,18 +214,32 @@ def test_fast_path_wall_time(node):
             assert p.returncode == 0 and p.stdout == b"", p
         return statistics.median(times)
 
-    console, fast = p50(PLUGIN), p50(node.bin_dir / "lanner-cni")
+    console, fast, compiled = p50(PLUGIN), p50(native.with_name("lanner-cni-py")), p50(native)
     print(f"lanner-cni STATUS round trip p50: console script {console * 1e3:.1f} ms, "
-          f"installed launcher {fast * 1e3:.1f} ms")
-    assert fast < 0.5 and console < 0.5
+          f"launcher (python -IS) {fast * 1e3:.1f} ms, compiled client {compiled * 1e3:.1f} ms")
+    assert fast < 0.5 and console < 0.5 and compiled < 0.5
+    assert compiled < fast  # no interpreter to start
+
+
+def _install(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lanner", "cni", "install", *argv], capture_output=True, text=True)
 
 
 def test_cni_install(tmp_path):
     conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
-    p = subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(conf_dir), "--bin-dir",
-                        str(bin_dir), "--agent-socket", "/run/x/cni.sock", "--mtu", "1450"],
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    bin_dir.mkdir()
+    # a lanner-cni running while install replaces it: no ETXTBSY, the file is renamed over, never rewritten
+    shutil.copy("/bin/sleep", bin_dir / "lanner-cni")
+    old = subprocess.Popen([str(bin_dir / "lanner-cni"), "30"])
+    try:
+        p = _install("--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), "--agent-socket", "/run/x/cni.sock",
+                     "--mtu", "1450")
+        assert p.returncode == 0, p.stderr
+        assert old.poll() is None and Path(f"/proc/{old.pid}/exe").resolve().name == "lanner-cni (deleted)"
+    finally:
+        old.kill()
+        old.wait()
+    assert "compiled client" in p.stdout and p.stderr == ""
     got = json.loads((conf_dir / "10-lanner.conflist").read_text())
     example = json.loads((REPO / "netdp/cni/10-lanner.conflist").read_text())
     from lanner.netdp.cni.install import default_conflist
@@ -197,19 +247,228 @@ def test_cni_install(tmp_path):
     assert example == default_conflist()  # the shipped example is what install writes by default
     assert got["name"] == example["name"] == "lanner"
     assert got["plugins"][0] == {**example["plugins"][0], "agentSocket": "/run/x/cni.sock", "mtu": 1450}
-    launcher = bin_dir / "lanner-cni"
+    client, launcher = bin_dir / "lanner-cni", bin_dir / "lanner-cni-py"
+    assert client.read_bytes() == NATIVE_BUILD.read_bytes() and os.access(client, os.X_OK)
     assert os.access(launcher, os.X_OK) and launcher.read_text().startswith(f"#!{sys.executable} -IS\n")
-    p = subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(conf_dir), "--bin-dir",
-                        str(bin_dir), "--symlink"], capture_output=True, text=True)
+    assert sorted(x.name for x in bin_dir.iterdir()) == ["lanner-cni", "lanner-cni-py"]  # no temporary file left
+    assert sorted(x.name for x in conf_dir.iterdir()) == ["10-lanner.conflist"]
+    p = _install("--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), "--symlink")
     assert p.returncode == 0, p.stderr
-    assert launcher.is_symlink() and launcher.resolve() == PLUGIN.resolve()
+    assert client.is_symlink() and client.resolve() == PLUGIN.resolve()
     (tmp_path / "file").write_text("")
-    p = subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(tmp_path / "file"),
-                        "--bin-dir", str(bin_dir)], capture_output=True, text=True)
+    p = _install("--conf-dir", str(tmp_path / "file"), "--bin-dir", str(bin_dir))
     assert p.returncode == 1 and "--conf-dir" in p.stderr and "not a directory" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(tmp_path / "x"),
-                        "--bin-dir", str(tmp_path / "y"), "--agent-socket", "rel"], capture_output=True, text=True)
+    p = _install("--conf-dir", str(tmp_path / "x"), "--bin-dir", str(tmp_path / "y"), "--agent-socket", "rel")
     assert p.returncode == 1 and "--agent-socket" in p.stderr and not (tmp_path / "x").exists()
+    p = _install("--help")
+    assert "compiled client" in " ".join(p.stdout.split()) and "make cni" in p.stdout
+
+
+def test_cni_install_without_the_compiled_client(tmp_path, monkeypatch, capsys):
+    """Not built (no `make cni`): the Python launcher is installed as lanner-cni, with a warning naming the file."""
+    import argparse
+
+    from lanner.netdp.cni import cli, install
+
+    missing = tmp_path / "not-built" / "lanner-cni"
+    monkeypatch.setattr(install, "NATIVE", missing)
+    args = argparse.Namespace(cni_command="install", conf_dir=tmp_path / "c", bin_dir=tmp_path / "b",
+                              agent_socket=None, mtu=None, symlink=False)
+    assert cli.cmd_cni(args) == 0
+    out, err = capsys.readouterr()
+    assert f"warning: {missing} is not built (run 'make cni')" in err, err
+    client = tmp_path / "b" / "lanner-cni"
+    assert client.read_text().startswith(f"#!{sys.executable} -IS\n") and f"wrote launcher {client}" in out
+    assert [x.name for x in client.parent.iterdir()] == ["lanner-cni"]
+    rc, out = call(client, "VERSION", b"{}", {})
+    assert rc == 0 and json.loads(out)["cniVersion"] == "1.1.0"
+
+
+# ------------------------------------------------------------------------------------ the compiled client
+def test_compiled_client_links_only_libc(native):
+    out = subprocess.run(["ldd", str(native)], capture_output=True, text=True, check=True).stdout
+    libs = {line.split()[0].rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()}
+    assert libs <= {"linux-vdso.so.1", "libc.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}, out
+
+
+def test_compiled_client_answers_as_the_python_plugin(native, node):
+    """Agent up: every verb, the nested and escaped agentSocket cases, byte for byte through both executables."""
+    sock = str(node.socket)
+    pod = node.pod("n")
+    env = {**ENV_ADD, "CNI_CONTAINERID": "cid-n", "CNI_NETNS": pod}
+    c = conf(agentSocket=sock)
+    rc, out = call(native, "ADD", json.dumps(c).encode(), env)  # ADD's answer differs per call (the MAC): once
+    assert rc == 0, out
+    res = json.loads(out)
+    assert res["cniVersion"] == "1.1.0" and res["ips"][0]["address"].startswith("10.77.0.")
+    prev = json.dumps({**c, "prevResult": res}).encode()
+    valid = [{"containerID": "cid-n", "ifname": "eth0"}]
+    assert both(native, "CHECK", prev, env) == (0, b"")
+    assert both(native, "STATUS", json.dumps(c).encode(), {}) == (0, b"")
+    assert both(native, "GC", json.dumps({**c, "cni.dev/valid-attachments": valid}).encode(), {}) == (0, b"")
+    rc, out = both(native, "ADD", json.dumps(c).encode(), env)  # the same attachment again: refused (100)
+    assert rc == 1 and json.loads(out)["code"] == 100
+    rc, out = both(native, "CHECK", json.dumps({**c, "prevResult": {**res, "ips": []}}).encode(), env)
+    assert rc == 1 and json.loads(out)["code"] == 101
+    # nested members named agentSocket are never taken: the top-level one is (here: this node's agent) ...
+    nested = {**c, "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"agentSocket": GONE}}}
+    assert both(native, "STATUS", json.dumps(nested).encode(), {}) == (0, b"")
+    # ... and with none at the top level, the default socket, not this node's
+    only_nested = {k: v for k, v in conf(runtimeConfig={"agentSocket": sock}).items() if k != "agentSocket"}
+    before = node.log_path.read_text().count("STATUS")
+    rc, out = both(native, "STATUS", json.dumps(only_nested).encode(), {})
+    assert rc == 1 and json.loads(out)["code"] == 50 and "/var/run/lanner/cni.sock" in json.loads(out)["details"]
+    assert node.log_path.read_text().count("STATUS") == before
+    # an escaped agentSocket ("\/" is "/"): the scanner cannot read it, the slow path parses the JSON
+    def escape(raw: bytes) -> bytes:
+        return raw.replace(sock.encode(), sock.replace("/", "\\/").encode())
+
+    assert b"\\/" in escape(prev)
+    before = node.log_path.read_text().count("CNI CHECK")
+    assert both(native, "STATUS", escape(json.dumps(c).encode()), {}) == (0, b"")
+    assert both(native, "CHECK", escape(prev), env) == (0, b"")
+    assert node.log_path.read_text().count("CNI CHECK") == before + 2  # the agent was reached, through the slow path
+    rc, out = both(native, "STATUS", json.dumps(conf(agentSocket="rel/cni.sock")).encode(), {})
+    assert rc == 1 and json.loads(out)["code"] == 7 and "agentSocket" in json.loads(out)["details"]
+    assert both(native, "DEL", prev, env) == (0, b"")
+    assert both(native, "DEL", json.dumps(c).encode(), {**env, "CNI_NETNS": ""}) == (0, b"")  # idempotent
+    assert node.leases() == []
+
+
+def test_compiled_client_does_not_run_python_on_the_fast_path(native, node, tmp_path):
+    """The launcher gone: ADD, CHECK, STATUS, GC, DEL still work with the agent up (no Python exec'd); what
+    needs the slow path then fails naming the missing file (DEL: succeeds, best effort)."""
+    bin_dir = tmp_path / "nopy"
+    bin_dir.mkdir()
+    shutil.copy(native, bin_dir / "lanner-cni")
+    for p in Path("/usr/lib/cni").iterdir():
+        (bin_dir / p.name).symlink_to(p)
+    conflist = lanner_conflist(node)
+    path = tmp_path / "nopy.conflist"
+    path.write_text(json.dumps(conflist))
+    from tests.cni_runner import CniRunner
+
+    r = CniRunner.load(path, bin_dir, tmp_path / "nopy-cache", node.netns)
+    a = node.pod("np")
+    res = r.add("cid-np", a)
+    assert res["ips"][0]["address"].startswith("10.77.0.")
+    r.check("cid-np", a)
+    r.status()
+    assert r.gc([("cid-np", "eth0")]) == []
+    r.delete("cid-np", a)
+    assert node.leases() == []
+    missing = bin_dir / "lanner-cni-py"
+    rc, out = call(bin_dir / "lanner-cni", "VERSION", b"{}", {})
+    assert rc == 1 and json.loads(out) == {
+        "cniVersion": "1.1.0", "code": 11, "msg": "lanner-cni cannot run its Python part",
+        "details": f"{missing}: No such file or directory; run 'lanner cni install' again"}
+    node.stop_service()
+    with pytest.raises(CniCallError) as ei:
+        r.status()
+    assert ei.value.code == 50 and str(missing) in ei.value.out["details"]
+    with pytest.raises(CniCallError) as ei:
+        r.add("cid-np2", a)
+    assert ei.value.code == 11 and str(missing) in ei.value.out["details"]
+    r.delete("cid-np2", a)  # DEL succeeds
+
+
+def test_compiled_client_found_through_a_symlink(native, tmp_path):
+    """The launcher is looked up next to the real file (/proc/self/exe): a link elsewhere to the installed
+    client works; the build output run in place has no launcher beside it, and says so."""
+    link = tmp_path / "lanner-cni"
+    link.symlink_to(native)
+    rc, out = call(link, "VERSION", json.dumps({"cniVersion": "1.0.0"}).encode(), {})
+    assert rc == 0 and json.loads(out)["cniVersion"] == "1.0.0"
+    rc, out = call(NATIVE_BUILD, "VERSION", b"{}", {})
+    assert rc == 1 and str(NATIVE_BUILD.with_name("lanner-cni-py")) in json.loads(out)["details"]
+
+
+class FakeAgent:
+    """A socket that takes one request per connection and answers with ``behave(conn, frame_len)``."""
+
+    def __init__(self, path: Path, behave) -> None:
+        self.path, self.behave, self.connections = path, behave, 0
+        self.stop = threading.Event()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(10)
+                try:
+                    self.behave(conn)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    chunks = []
+    while b := conn.recv(65536):
+        chunks.append(b)
+    return b"".join(chunks)
+
+
+def _wait_unread(conn: socket.socket, n: int) -> None:
+    """Until the peer has sent ``n`` bytes (none read): closing then resets the connection (ECONNRESET)."""
+    import fcntl
+    import struct
+    import termios
+
+    deadline = time.monotonic() + 10
+    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0" * 4))[0] < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+AFTER_SEND = {
+    # the agent read the request and died: no reply at all
+    "no-reply": (lambda conn, n: _read_all(conn), "did not answer: the agent closed the connection without a reply"),
+    # the agent died with the request unread
+    "reset": (lambda conn, n: _wait_unread(conn, n), "did not answer: [Errno 104] Connection reset by peer"),
+    "too-large": (lambda conn, n: (_read_all(conn), conn.sendall(b"0" + b"x" * (5 << 20))),
+                  "did not answer: reply larger than 4 MiB"),
+    "bad-reply": (lambda conn, n: (_read_all(conn), conn.sendall(b"\x00garbage\n\xff")), r"'\x00garbage\n\xff'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AFTER_SEND))
+def test_agent_fails_after_the_request_was_sent(native, tmp_path, case):
+    """Once the request was sent it is never sent again; the compiled client hands the error over to the
+    Python plugin, which prints what its own fast path prints."""
+    behave, text = AFTER_SEND[case]
+    sock = tmp_path / "fake.sock"
+    c = json.dumps(conf(agentSocket=str(sock), cniVersion="1.0.0")).encode()
+    env = {**ENV_ADD, "CNI_COMMAND": "ADD"}
+    frame_len = 16 + len("\0".join(f"{k}={v}" for k, v in env.items())) + 2 + len(c)
+    agent = FakeAgent(sock, lambda conn: behave(conn, frame_len))
+    try:
+        rc, out = both(native, "ADD", c, ENV_ADD)
+        assert agent.connections == 2  # one per executable: nothing re-sent
+    finally:
+        agent.close()
+    assert rc == 1, out
+    err = json.loads(out)
+    assert err["cniVersion"] == "1.0.0" and text in err["details"], err
+    if case == "bad-reply":
+        assert (err["code"], err["msg"]) == (5, "bad reply from the lanner agent")
+    else:
+        assert (err["code"], err["msg"]) == (11, "lanner agent not available, try again later")
+        assert err["details"].startswith(f"the agent at {sock} did not answer: ")
 
 
 # ------------------------------------------------------------------------------------ with the agent

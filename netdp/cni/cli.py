@@ -19,8 +19,8 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/lanner/netdp"
 CNI_EPILOG = """\
 how it fits together:
   The runtime (containerd, CRI-O, a libcni tool) reads <conf-dir>/10-lanner.conflist and execs
-  <bin-dir>/lanner-cni for every pod. lanner-cni is a thin client: it forwards the request to the
-  agent's CNI socket, and the agent (started with --enable-netdp, or 'lanner cni serve') allocates
+  <bin-dir>/lanner-cni for every pod. lanner-cni is a thin client, compiled from C ('make cni'): it
+  forwards the request to the agent's CNI socket, and the agent (started with --enable-netdp, or 'lanner cni serve') allocates
   the pod's address from --pod-cidr, creates its veth, and attaches the eBPF datapath.
 
 examples:
@@ -150,9 +150,14 @@ def add_cni_parser(sub) -> None:
                        description="lanner as the node's CNI (plugin lanner-cni, CNI spec 0.4.0-1.1.0).")
     cs = c.add_subparsers(dest="cni_command", metavar="ACTION")
     i = cs.add_parser("install", help="write 10-lanner.conflist and the lanner-cni plugin",
-                      description="Write <conf-dir>/10-lanner.conflist (atomically) and <bin-dir>/lanner-cni: "
-                                  "a launcher running this installation's plugin with python -IS, or with "
-                                  "--symlink a link to the lanner-cni console script.")
+                      description="Write <conf-dir>/10-lanner.conflist and the plugin into <bin-dir>, each file "
+                                  "atomically (a temporary file renamed into place): lanner-cni, the compiled "
+                                  "client built by 'make cni' (netdp/cni/bin/lanner-cni: the fast path in C, no "
+                                  "interpreter start-up), and next to it lanner-cni-py, a launcher running this "
+                                  "installation's plugin.py with python -IS, to which the client hands over "
+                                  "VERSION and every error path. When the client was not built, the launcher "
+                                  "itself is installed as lanner-cni, with a warning. --symlink: a link to the "
+                                  "lanner-cni console script instead.")
     i.add_argument("--conf-dir", type=Path, default=Path("/etc/cni/net.d"), metavar="DIR",
                    help="the runtime's CNI config dir (containerd: plugins.cri.cni.conf_dir; default /etc/cni/net.d)")
     i.add_argument("--bin-dir", type=Path, default=Path("/opt/cni/bin"), metavar="DIR",
@@ -161,8 +166,9 @@ def add_cni_parser(sub) -> None:
                    help=f"agentSocket written into the conflist (default {DEFAULT_SOCKET}; match --cni-socket)")
     i.add_argument("--mtu", type=int, default=None, help="pod interface MTU written into the conflist")
     i.add_argument("--symlink", action="store_true",
-                   help="link the lanner-cni console script instead of writing the fast launcher "
-                        "(python -IS, about half the start-up time per call)")
+                   help="make <bin-dir>/lanner-cni a link to the lanner-cni console script instead of "
+                        "installing the compiled client (the script starts an interpreter with site-packages on "
+                        "every call: several times slower)")
     s = cs.add_parser("serve", help="run only the CNI service (IPAM, veths, datapath) until Ctrl-C",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                       description="The agent's networking half without the security sensors: serves "
@@ -180,8 +186,17 @@ def cmd_cni(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"lanner cni install: {exc}", file=sys.stderr)
             return 1
-        how = "linked" if args.symlink else "wrote launcher"
-        print(f"wrote {res.conflist}\n{how} {res.plugin_link} -> {res.plugin_target}")
+        if res.warning:
+            print(f"lanner cni install: warning: {res.warning}", file=sys.stderr)
+        print(f"wrote {res.conflist}")
+        if args.symlink:
+            print(f"linked {res.plugin_link} -> {res.plugin_target}")
+        elif res.launcher is not None:
+            print(f"installed {res.plugin_link} (compiled client, from {res.plugin_target})\n"
+                  f"wrote launcher {res.launcher} -> {Path(__file__).with_name('plugin.py').resolve()} "
+                  "(its slow path)")
+        else:
+            print(f"wrote launcher {res.plugin_link} -> {res.plugin_target}")
         return 0
     if args.cni_command == "serve":
         logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
