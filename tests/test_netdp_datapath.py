@@ -356,6 +356,26 @@ def test_host_routing_hands_local_traffic_straight_to_the_pod(topo: Topology) ->
     assert "Time to live exceeded" in out, out
 
 
+def test_host_routing_leaves_translated_flows_to_the_stack(topo: Topology) -> None:
+    """A flow the node's netfilter translated (a service VIP DNATed to a local pod, as kube-proxy does)
+    reaches the pod through the stack, and so must its replies, to be translated back: host routing
+    serves them only for flows it brought in itself."""
+    a, b, _ = two_pods(topo)
+    dp = start(topo)
+    topo.serve(b.netns, 8080)
+    vip = "10.96.0.10"
+    sh(*nsexec(topo.node, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", vip, "-p", "tcp", "--dport", "80",
+               "-j", "DNAT", "--to-destination", f"{b.ip}:8080"))
+    sh(*nsexec(topo.node, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", vip, "-p", "udp", "--dport", "80",
+               "-j", "DNAT", "--to-destination", f"{b.ip}:8080"))
+    sh("ip", "-n", topo.node, "route", "add", "blackhole", f"{vip}/32")  # only DNAT makes it reachable
+    before = dp.flows().stats()["redirects"]
+    assert topo.probe(a.netns, ("tcp", vip, 80), ("udp", vip, 80)) == [True, True]
+    assert dp.flows().stats()["redirects"] == before  # neither the requests nor the replies
+    assert topo.probe(a.netns, ("tcp", b.ip, 8080)) == [True]  # addressed to the pod itself: host-routed
+    assert dp.flows().stats()["redirects"] > before
+
+
 def test_without_host_routing_the_stack_forwards(topo: Topology) -> None:
     a, b, _ = two_pods(topo)
     dp = start(topo, host_routing=False)

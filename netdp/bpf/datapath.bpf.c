@@ -329,14 +329,21 @@ static __always_inline __u32 policy_rev(void)
 }
 
 /* conntrack state of a packet: the forward key, the entry of an established flow that needs its policy
- * checked again (NULL for a new flow), or a reply whose veth has to be checked first */
+ * checked again (NULL for a new flow), or a reply whose veth has to be checked first; hit: the entry that
+ * passed the packet (a reply's is the entry of the direction that opened the flow) */
 struct ct_state {
 	struct ct_key k;
 	struct ct_entry *e;
 	struct ct_entry *reply;
+	struct ct_entry *hit;
 	__u64 now;
 	__u32 rev;
 };
+
+/* what ct_pass() found */
+#define CT_DECIDE 0      /* the slow path decides */
+#define CT_REPLY 1       /* a reply to an allowed flow */
+#define CT_ESTABLISHED 2 /* an established flow with a current policy revision */
 
 /* The fast path: 1 when conntrack passes the packet (a reply to an allowed flow, or an established flow
  * whose policy revision is current); 0 when the policy has to decide (s says what was found). ifindex:
@@ -364,7 +371,8 @@ static __always_inline int ct_pass(struct tuple *t, __u8 dir, __u32 ifindex, str
 		}
 		ct_touch(e, t, s->now);
 		stat_inc(NETDP_STAT_REPLIES);
-		return 1;
+		s->hit = e;
+		return CT_REPLY;
 	}
 	/* read before any policy lookup: a change made meanwhile leaves the entry stale, never wrongly current */
 	s->rev = policy_rev();
@@ -381,15 +389,16 @@ static __always_inline int ct_pass(struct tuple *t, __u8 dir, __u32 ifindex, str
 	if (e && e->policy_rev == s->rev && (!ifindex || e->ifindex == ifindex)) {
 		ct_touch(e, t, s->now);
 		e->packets += 1;
-		return 1;
+		s->hit = e;
+		return CT_ESTABLISHED;
 	}
-	return 0;
+	return CT_DECIDE;
 }
 
 /* The slow path: a new flow, or an established one after a policy or ipcache change (which applies
  * to it at once). */
 static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct endpoint_info *ep, __u8 dir,
-				  struct ct_state *s)
+				  struct ct_state *s, __u32 ct_flags)
 {
 	struct ct_entry *e = s->reply;
 
@@ -397,6 +406,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct
 		ct_touch(e, t, s->now);
 		e->ifindex = ep->ifindex;
 		stat_inc(NETDP_STAT_REPLIES);
+		s->hit = e;
 		return TC_ACT_OK;
 	}
 	e = s->e;
@@ -417,6 +427,8 @@ static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct
 		e->packets += 1;
 		e->policy_rev = s->rev;
 		e->ifindex = ep->ifindex;
+		if ((e->flags & ct_flags) != ct_flags)
+			e->flags |= ct_flags;
 		return TC_ACT_OK;
 	}
 	struct ct_entry ne = {
@@ -426,7 +438,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct
 		.ifindex = ep->ifindex,
 		.src_identity = dir == NETDP_DIR_EGRESS ? ep->identity : remote_id,
 		.dst_identity = dir == NETDP_DIR_EGRESS ? remote_id : ep->identity,
-		.flags = (t->tcp_flags & 0x05) ? NETDP_CT_CLOSING : 0,
+		.flags = ((t->tcp_flags & 0x05) ? NETDP_CT_CLOSING : 0) | ct_flags,
 		.policy_rev = s->rev,
 	};
 	bpf_map_update_elem(&netdp_ct, &s->k, &ne, BPF_ANY);
@@ -441,9 +453,13 @@ static __always_inline int decide(struct __sk_buff *skb, struct tuple *t, struct
  * destination pod (bpf_redirect_peer: the peer of its host-side veth, in the pod's netns), as a router
  * would forward it (MACs rewritten, TTL decremented), skipping the host's IP stack, the destination
  * veth's queue and to_pod. So from_pod applies the destination's ingress policy here, exactly as to_pod
- * would (conntrack first, then the policy; same entries, same flow events). TC_ACT_OK: not for a
- * local pod that host routing serves (or TTL 1: the kernel's path sends the ICMP error), the stack
- * carries it and to_pod decides as usual.
+ * would (conntrack first, then the policy; same entries, same flow events), and marks the destination's
+ * ingress entry HOST_ROUTED. A reply is host-routed only when the entry of the flow it answers carries
+ * that mark: a flow that reached this pod through the node's stack may have been translated there (a
+ * service VIP or hostPort DNAT by kube-proxy or portmap), and its replies must go back through the
+ * stack to be translated back. TC_ACT_OK: not host-routed (not for a local pod with known MACs, a reply
+ * of a stack-routed flow, or TTL 1: the kernel sends the ICMP error); the stack carries it and to_pod
+ * decides as usual.
  */
 static __always_inline int host_route(struct __sk_buff *skb, struct tuple *t)
 {
@@ -452,26 +468,41 @@ static __always_inline int host_route(struct __sk_buff *skb, struct tuple *t)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
+	int found;
 
 	if (!dep || !(dep->flags & NETDP_EP_HOST_ROUTING))
 		return TC_ACT_OK;
 	if ((void *)(ip + 1) > end || ip->ttl <= 1)
 		return TC_ACT_OK;
-	if (!ct_pass(t, NETDP_DIR_INGRESS, 0, &s) && decide(skb, t, dep, NETDP_DIR_INGRESS, &s) != TC_ACT_OK)
+	found = ct_pass(t, NETDP_DIR_INGRESS, 0, &s);
+	if (found == CT_DECIDE && decide(skb, t, dep, NETDP_DIR_INGRESS, &s, NETDP_CT_HOST_ROUTED) != TC_ACT_OK)
 		return TC_ACT_SHOT;
+	if (found == CT_ESTABLISHED && !(s.hit->flags & NETDP_CT_HOST_ROUTED))
+		s.hit->flags |= NETDP_CT_HOST_ROUTED; /* made by to_pod before host routing served the flow */
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
 	ip = data + ETH_HLEN;
 	if ((void *)(ip + 1) > end) /* cannot happen (checked above); the verifier wants it after the calls */
 		return TC_ACT_OK;
-	__builtin_memcpy(data, dep->mac, 6);      /* h_dest */
+	__builtin_memcpy(data, dep->mac, 6);          /* h_dest */
 	__builtin_memcpy(data + 6, dep->host_mac, 6); /* h_source */
-	__u32 check = ip->check;                  /* ip_decrease_ttl(): RFC 1624 incremental checksum */
+	__u32 check = ip->check;                      /* ip_decrease_ttl(): RFC 1624 incremental checksum */
 	check += bpf_htons(0x0100);
 	ip->check = (__u16)(check + (check >= 0xFFFF));
 	ip->ttl -= 1;
 	stat_inc(NETDP_STAT_REDIRECTS);
 	return bpf_redirect_peer(dep->ifindex, 0);
+}
+
+/* after from_pod allowed a packet: host-route it when it opens or continues a flow of this pod, or
+ * answers a flow that host routing brought in */
+static __always_inline int forward(struct __sk_buff *skb, struct tuple *t, struct ct_state *s, int found)
+{
+	if (!host_routing)
+		return TC_ACT_OK;
+	if (found == CT_REPLY && !(s->hit->flags & NETDP_CT_HOST_ROUTED))
+		return TC_ACT_OK;
+	return host_route(skb, t);
 }
 
 SEC("tc")
@@ -480,13 +511,14 @@ int from_pod(struct __sk_buff *skb)
 	struct ct_state s = {};
 	struct tuple t;
 	struct endpoint_info *ep;
-	int verdict;
+	int found;
 
 	if (parse(skb, &t))
 		return TC_ACT_OK;
 	/* conntrack first: an entry made for this veth vouches for the source address */
-	if (ct_pass(&t, NETDP_DIR_EGRESS, skb->ifindex, &s))
-		return host_routing ? host_route(skb, &t) : TC_ACT_OK;
+	found = ct_pass(&t, NETDP_DIR_EGRESS, skb->ifindex, &s);
+	if (found != CT_DECIDE)
+		return forward(skb, &t, &s, found);
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.saddr);
 	if (!ep || ep->ifindex != skb->ifindex) {
 		/* only the pod's own address may leave its veth: a forged source would dodge its egress
@@ -498,10 +530,9 @@ int from_pod(struct __sk_buff *skb)
 		     NETDP_REASON_SPOOFED, 0);
 		return TC_ACT_SHOT;
 	}
-	verdict = decide(skb, &t, ep, NETDP_DIR_EGRESS, &s);
-	if (verdict != TC_ACT_OK || !host_routing)
-		return verdict;
-	return host_route(skb, &t);
+	if (decide(skb, &t, ep, NETDP_DIR_EGRESS, &s, 0) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	return forward(skb, &t, &s, s.hit ? CT_REPLY : CT_ESTABLISHED);
 }
 
 SEC("tc")
@@ -515,10 +546,10 @@ int to_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	/* conntrack first: the endpoint is only needed to decide (a packet for an address that is no
 	 * endpoint passes anyway) */
-	if (ct_pass(&t, NETDP_DIR_INGRESS, 0, &s))
+	if (ct_pass(&t, NETDP_DIR_INGRESS, 0, &s) != CT_DECIDE)
 		return TC_ACT_OK;
 	ep = bpf_map_lookup_elem(&netdp_endpoints, &t.daddr);
 	if (!ep)
 		return TC_ACT_OK;
-	return decide(skb, &t, ep, NETDP_DIR_INGRESS, &s);
+	return decide(skb, &t, ep, NETDP_DIR_INGRESS, &s, 0);
 }

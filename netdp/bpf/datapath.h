@@ -42,6 +42,8 @@
 
 /* ct_entry.flags */
 #define NETDP_CT_CLOSING (1 << 0)
+#define NETDP_CT_HOST_ROUTED (1 << 1) /* an ingress entry made by host routing: the flow is pod to pod, as
+					* addressed (no NAT on the node between), so its replies may be host-routed too */
 
 /* endpoints: key = pod IPv4 (network order, __u32) */
 struct endpoint_info {
