@@ -17,8 +17,10 @@ Run by itself inside a netns (what the orchestration does):
   python bench/datapath_cni.py cycles --plugin /usr/lib/cni/bridge --config conf.json \\
       --netns /var/run/netns/POD --cycles 50 --warmup 3
 prints one JSON line {"add_s": [...], "del_s": [...], "first_add_s": x, "ips": [...], "version_s": [...]}.
-Before the cycles it times a few VERSION calls: the plugin's exec + start-up floor (lanner-cni answers
-VERSION itself, without the agent), which splits an ADD into "starting the plugin" and "the work".
+Before the cycles it times a few VERSION calls: for bridge, its exec + start-up floor. lanner-cni as
+deployed is the compiled client (netdp/cni/lanner-cni.c, `make cni`), which answers ADD/DEL itself but
+hands VERSION over to its Python launcher: its VERSION figure is the slow path's floor (the compiled
+client's exec, then Python's start-up), not what an ADD pays to start.
 """
 
 from __future__ import annotations
@@ -211,9 +213,11 @@ def lanner_conf(agent_socket: Path) -> dict:
 
 
 def lanner_plugin(workdir: Path | None = None) -> str:
-    """The lanner-cni plugin as users deploy it: ``lanner cni install`` writes a launcher (python -IS) into
-    ``<workdir>/cni-bin``. Without ``workdir``: the virtualenv's console script (slower start-up: it loads
-    site-packages and the editable-install finder on every call)."""
+    """The lanner-cni plugin as users deploy it: ``lanner cni install`` puts the compiled client (and the
+    Python launcher it hands its slow path to) into ``<workdir>/cni-bin``; an error when the client was
+    not built (``make cni``), rather than timing the Python launcher instead. Without ``workdir``: the
+    virtualenv's console script (slower start-up: it loads site-packages and the editable-install finder
+    on every call)."""
     if workdir is None:
         cand = Path(sys.executable).parent / "lanner-cni"
         if not cand.exists():
@@ -226,6 +230,8 @@ def lanner_plugin(workdir: Path | None = None) -> str:
                             "--conf-dir", str(conf_dir)], capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise CniBenchError(f"lanner cni install failed: {r.stderr[-500:]}")
+        if "warning" in r.stderr or not (bin_dir / "lanner-cni-py").exists():
+            raise CniBenchError(f"lanner cni install did not install the compiled client: {r.stderr.strip()[-500:]}")
     return str(plugin)
 
 
