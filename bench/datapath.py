@@ -358,7 +358,8 @@ def cni_table(cni: CniOutcome) -> str:
         s = lat.summary()
         lines.append(f"{lat.plugin:<12} {s['cycles']:>6} {s['add_p50_ms']:>10.2f} {s['add_p95_ms']:>10.2f} "
                      f"{s['del_p50_ms']:>10.2f} {s['first_add_ms']:>12.2f} {s['version_p50_ms']:>14.2f}")
-    lines.append("(VERSION: the plugin's exec + start-up alone; lanner-cni answers it without the agent)")
+    lines.append("(VERSION: bridge's exec + start-up alone; lanner-cni's compiled client hands VERSION to its Python "
+                 "slow path, so its figure is the slow path's floor, not the ADD path's)")
     return "\n".join(lines)
 
 

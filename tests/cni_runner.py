@@ -189,7 +189,7 @@ class CniNode:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         for p in Path("/usr/lib/cni").iterdir():
             (self.bin_dir / p.name).symlink_to(p)
-        # the plugin as users install it: `lanner cni install` writes the fast launcher
+        # the plugin as users install it: `lanner cni install` copies the compiled client (and its launcher)
         run([sys.executable, "-m", "lanner", "cni", "install", "--conf-dir", str(self.tmp / "net.d"),
              "--bin-dir", str(self.bin_dir), "--agent-socket", str(self.socket)])
         self._add_netns(self.netns)
