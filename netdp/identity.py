@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .endpoint import FIRST_CLUSTER_IDENTITY, PodInfo
+from .statefile import replace_file
 
 LABEL_SOURCE = "k8s:"
 NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
@@ -156,16 +157,8 @@ class LocalFileStore:
         ipcache entries; what an older file may still count is only a reference or ipcache entry of a pod
         that no longer exists (as after an ADD that crashed before its lease was completed), never a lost
         identity of a running pod."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}")
-        view = memoryview(json.dumps(state.to_json(), indent=1, sort_keys=False).encode())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        replace_file(self.path, json.dumps(state.to_json(), indent=1, sort_keys=False).encode(),
+                     self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}"))
 
     @contextmanager
     def _update(self) -> Iterator[_State]:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+from .statefile import replace_file
+
 STATE_FILE = "ipam.json"
 LOCK_FILE = "ipam.lock"
 MAX_ENDPOINT_ID = 65535
@@ -122,16 +124,8 @@ class Ipam:
         the rename is in the kernel already."""
         data = {"cidr": st.cidr, "last": st.last,
                 "leases": [asdict(x) for x in sorted(st.leases.values(), key=lambda x: ipaddress.ip_address(x.ip))]}
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(json.dumps(data, indent=1).encode())
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        replace_file(self.path, json.dumps(data, indent=1).encode(),
+                     self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp"))
 
     # ------------------------------------------------------------------ operations
     def allocate(self, container_id: str, ifname: str, **meta: object) -> Lease:

@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,3 +282,16 @@ def run(argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.
 def lanner_conflist(node: CniNode, version: str = "1.1.0", mtu: int = 1400, name: str = "lanner") -> dict:
     return {"cniVersion": version, "name": name,
             "plugins": [{"type": "lanner-cni", "agentSocket": str(node.socket), "mtu": mtu}]}
+
+
+@contextmanager
+def running_node(prefix: str, tmp: Path) -> Iterator[CniNode]:
+    """A CniNode set up with its agent serving (netns and names tagged with prefix + this PID), closed
+    (agent stopped by PID, netns deleted) also on failure: the body of the tests' ``node`` fixtures."""
+    n = CniNode(f"{prefix}{os.getpid() % 10000}", tmp)
+    try:
+        n.setup()
+        n.start_service()
+        yield n
+    finally:
+        n.close()

@@ -8,13 +8,12 @@ They flip sysctls and add iptables rules in the netns they run in: only ever the
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.cni_runner import CniCallError, CniNode
+from tests.cni_runner import CniCallError, CniNode, running_node
 
 MAC = "c2:11:22:33:44:55"
 HOST_PORT = 18080
@@ -22,13 +21,8 @@ HOST_PORT = 18080
 
 @pytest.fixture
 def node(tmp_path):
-    n = CniNode(f"lch{os.getpid() % 10000}", tmp_path)
-    try:
-        n.setup()
-        n.start_service()
+    with running_node("lch", tmp_path) as n:
         yield n
-    finally:
-        n.close()
 
 
 def chain(node: CniNode) -> dict:

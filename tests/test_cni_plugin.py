@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cni_runner import PLUGIN, CniCallError, CniNode, lanner_conflist, run
+from tests.cni_runner import PLUGIN, CniCallError, CniNode, lanner_conflist, run, running_node
 
 REPO = Path(__file__).resolve().parent.parent
 NATIVE_BUILD = REPO / "netdp" / "cni" / "bin" / "lanner-cni"
@@ -50,13 +50,8 @@ def call(exe: Path, command: str | None, data: bytes, env: dict[str, str]) -> tu
 
 @pytest.fixture
 def node(tmp_path):
-    n = CniNode(f"lc{os.getpid() % 10000}", tmp_path)
-    try:
-        n.setup()
-        n.start_service()
+    with running_node("lc", tmp_path) as n:
         yield n
-    finally:
-        n.close()
 
 
 def both(native: Path, command: str | None, data: bytes, env: dict[str, str]) -> tuple[int, bytes]:
