@@ -149,20 +149,78 @@ def deep_prefixes(query: str, n: int) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ raw floor
+RAW_FLOOR_C = r"""
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+char LICENSE[] SEC("license") = "GPL";
+
+/* the floor of lanner's syscall dispatcher: an empty program on the BTF raw tracepoint sys_enter */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(raw_floor, struct pt_regs *regs, long id)
+{
+	return 0;
+}
+"""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RawFloor:
+    """An empty tp_btf/sys_enter program (compiled with clang into workdir), attached by this process:
+    what any program on the raw syscall tracepoint costs (the syscall slow path + the raw tracepoint's
+    BPF dispatch), without any of lanner's work."""
+
+    def __init__(self, workdir: Path) -> None:
+        clang = shutil.which("clang-19") or shutil.which("clang")
+        if clang is None:
+            raise RuntimeError("clang not found")
+        src, obj = workdir / "raw_floor.bpf.c", workdir / "raw_floor.bpf.o"
+        src.write_text(RAW_FLOOR_C)
+        subprocess.run([clang, "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", f"-I{ROOT / 'build' / 'vmlinux'}",
+                        "-I/usr/include/x86_64-linux-gnu", "-c", str(src), "-o", str(obj)], check=True, timeout=60,
+                       capture_output=True)
+        from lanner.bpf.objects import BpfObject
+
+        self.obj = BpfObject.open(obj)
+        self.obj.load()
+        self.link = None
+
+    def attach(self) -> None:
+        self.link = self.obj.program("raw_floor").attach()
+
+    def detach(self) -> None:
+        if self.link is not None:
+            self.link.destroy()
+            self.link = None
+
+    def prog_stats(self) -> dict[str, int]:
+        return C.bpf_prog_stats(os.getpid())["raw_floor"]
+
+    def close(self) -> None:
+        self.detach()
+        self.obj.close()
+
+
 # ------------------------------------------------------------------------------------------ bpftrace
 def bpftrace_path() -> str | None:
     return shutil.which("bpftrace")
 
 
+# tracepoints whose programs run on the loop's openat: the openat syscall tracepoints, and the raw syscall
+# tracepoints (lanner's syscall dispatcher; any program there also turns the syscall slow path on)
+OPENAT_TRACEPOINTS = ("sys_enter_openat", "sys_exit_openat", "sys_enter", "sys_exit")
+
+
 def openat_attachments() -> list[dict]:
-    """BPF programs attached to syscalls:sys_enter_openat, from ``bpftool perf -j``:
-    [{pid, fd, prog_id, ...}]."""
+    """BPF programs attached to a tracepoint that runs on openat (OPENAT_TRACEPOINTS), from
+    ``bpftool perf -j``: [{pid, fd, prog_id, fd_type, tracepoint}]."""
     try:
         r = subprocess.run(["bpftool", "perf", "-j"], capture_output=True, text=True, timeout=10)
         rows = json.loads(r.stdout or "[]")
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return []
-    return [x for x in rows if x.get("tracepoint") == "sys_enter_openat" or x.get("tp_name") == "sys_enter_openat"]
+    return [x for x in rows if (x.get("tracepoint") or x.get("tp_name")) in OPENAT_TRACEPOINTS]
 
 
 class Bpftrace:
@@ -248,6 +306,20 @@ class BpfStats:
 
     def restored(self) -> str:
         return Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+
+
+# lanner's program serving syscall kprobes: the syscall dispatcher on sys_enter (tp_btf or raw_tp flavour),
+# or, on kernels without raw tracepoints, generic_tp on syscalls/sys_enter_openat
+LANNER_PROGS = ("gen_sys_enter", "gen_sys_enter_r", "generic_tp")
+
+
+def lanner_prog_stats(pid: int) -> dict[str, int]:
+    """run_time_ns and run_cnt of the agent's program serving the benchmark's policy."""
+    st = C.bpf_prog_stats(pid)
+    for name in LANNER_PROGS:
+        if name in st:
+            return st[name]
+    raise KeyError(f"no lanner syscall program held by pid {pid} (has {sorted(st)})")
 
 
 def prog_stats_by_name(pid: int, name: str) -> dict[str, int]:

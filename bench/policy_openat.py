@@ -7,7 +7,7 @@ batch (clock_gettime, wall and thread CPU time). It runs pinned to CPU 1 (taskse
 the agent and bpftrace are pinned to CPU 0. PATH is a file in this run's temp dir under /tmp, which no
 policy matches, so what is measured is the filter, not event output.
 
-Configurations (each one alone on sys_enter_openat; the others are loaded but disabled):
+Configurations (each one alone; the others are loaded but disabled):
   lanner    a real ``lanner agent`` (no built-in rules) with these policies added over its gRPC API:
             kprobes sys_openat, syscall: true, args [{index: 1, type: string}], matchArgs index 1
               prefix-N   Prefix "/etc/shadow" + N-1 other prefixes  (LPM trie gen_str_lpm)
@@ -20,6 +20,9 @@ Configurations (each one alone on sys_enter_openat; the others are loaded but di
             that each follow the opened path for 1..len-1 bytes and then leave it (the worst case for
             the LPM trie walk, whose cost is the depth of the path's branch, not the number of values).
             A policy is switched on/off with ConfigureTracingPolicy (enable attaches its link).
+  raw-floor an empty tp_btf/sys_enter program attached by this process: the floor of lanner's mechanism
+            (lanner serves syscall kprobes from ONE program on the raw syscall tracepoint sys_enter, which
+            looks the syscall number up and returns at once for syscalls nothing watches; docs/policies.md)
   bpftrace  ``tracepoint:syscalls:sys_enter_openat /strncmp(str(args->filename), "/etc/shadow", 11) == 0/
             { @[comm] = count(); }``  and a floor: ``/pid == 1/ { }`` (the cost of any program on
             this tracepoint: syscall slow path + perf tracepoint dispatch).
@@ -37,7 +40,7 @@ time per call, which attributes the per-call figure.
 
 Targets: lanner prefix-1 <= +40 ns per call; lanner below half of bpftrace's added cost; flat from 1
 to 10,000 values. A perf cpu-clock profile of the loop (if perf is installed) splits the prefix-1 and
-equal-1 programs' time by helper. Figures and discussion: docs/performance-policy.md.
+equal-1 programs' time by helper. Figures and discussion: docs/performance.md section 4.
 
 Usage: .venv/bin/python bench/policy_openat.py [--iterations 40000] [--batches 5] [--rounds 7]
 """
@@ -47,6 +50,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,7 +96,8 @@ class Bench:
         self.client = None
         self.enabled: str | None = None
         self.bt_reason: str | None = None
-        self.own_pids: set[int] = set()
+        self.own_pids: set[int] = {os.getpid()}
+        self.raw_floor: P.RawFloor | None = None
         self.foreign: dict[tuple[int, int], dict] = {}  # (pid, prog_id) -> attachment, seen during the run
 
     # ---------------------------------------------------------------- pieces
@@ -162,6 +167,14 @@ class Bench:
                 return self.loop(path, iterations, batches)
             finally:
                 bt.stop()
+        if cfg == "raw-floor":
+            assert self.raw_floor is not None
+            self.enable(None)
+            self.raw_floor.attach()
+            try:
+                return self.loop(path, iterations, batches)
+            finally:
+                self.raw_floor.detach()
         self.enable(cfg)
         return self.loop(path, iterations, batches)
 
@@ -199,10 +212,15 @@ class Bench:
                 prev = nxt
         return added, bases
 
-    def bpf_run_time(self, cfgs: list[str], path: str, iterations: int) -> dict[str, tuple[float, int]]:
-        """ns per program run (BPF statistics on), and runs counted, per configuration."""
+    def bpf_run_time(self, cfgs: list[str], path: str, iterations: int) -> dict[str, tuple[float, float]]:
+        """Per configuration: the BPF programs' run time per open+close of the loop (BPF statistics on), and
+        their runs per open+close. lanner's syscall dispatcher (one program on the raw sys_enter tracepoint)
+        runs for every syscall: for the openat (hooked) and for the close (rejected by its syscall number);
+        bpftrace's program runs for the openat only. Other processes' syscalls in the same window are
+        counted too (on a quiet machine a few per thousand loop calls)."""
         assert self.agent is not None
-        out: dict[str, tuple[float, int]] = {}
+        out: dict[str, tuple[float, float]] = {}
+        calls = 2 * iterations  # run_loop's untimed warm-up batch + one batch
         for cfg in cfgs:
             if cfg.startswith("bpftrace"):
                 self.enable(None)
@@ -213,13 +231,23 @@ class Bench:
                     b = bt.prog_stats()
                 finally:
                     bt.stop()
+            elif cfg == "raw-floor":
+                assert self.raw_floor is not None
+                self.enable(None)
+                self.raw_floor.attach()
+                try:
+                    a = self.raw_floor.prog_stats()
+                    P.run_loop(self.exe, path, iterations, 1, LOOP_CPU)
+                    b = self.raw_floor.prog_stats()
+                finally:
+                    self.raw_floor.detach()
             else:
                 self.enable(cfg)
-                a = P.prog_stats_by_name(self.agent.pid, "generic_tp")
+                a = P.lanner_prog_stats(self.agent.pid)
                 P.run_loop(self.exe, path, iterations, 1, LOOP_CPU)
-                b = P.prog_stats_by_name(self.agent.pid, "generic_tp")
+                b = P.lanner_prog_stats(self.agent.pid)
             n = b["run_cnt"] - a["run_cnt"]
-            out[cfg] = ((b["run_time_ns"] - a["run_time_ns"]) / n if n else float("nan"), n)
+            out[cfg] = ((b["run_time_ns"] - a["run_time_ns"]) / calls, n / calls)
         self.enable(None)
         return out
 
@@ -282,16 +310,23 @@ def main() -> int:
 
         lanner_cfgs = list(pol)
         bt_cfgs = [] if b.bt_reason else ["bpftrace", "bpftrace-floor"]
+        floor_cfgs: list[str] = []
+        try:
+            b.raw_floor = P.RawFloor(b.work)
+            stack.callback(b.raw_floor.close)
+            floor_cfgs = ["raw-floor"]
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            print(f"  raw-floor NOT MEASURABLE here: {exc}")
         # 1. non-matching path
         t1 = time.monotonic()
-        added, bases = b.rounds(lanner_cfgs + bt_cfgs, b.opened, args.rounds, t_start + args.budget_s - 60)
+        added, bases = b.rounds(lanner_cfgs + bt_cfgs + floor_cfgs, b.opened, args.rounds, t_start + args.budget_s - 60)
         t2 = time.monotonic()
         print(f"\nnon-matching path: baseline {P.med(col(bases, 1)):.1f} ns CPU / {P.med(col(bases, 0)):.1f} ns wall "
               f"per open+close (wall min {min(col(bases, 0)):.1f}, max {max(col(bases, 0)):.1f}; "
               f"{len(bases)} measurements, {t2 - t1:.0f} s)")
         print("  added ns per open+close, median over rounds (mean ± sd of the per-round differences):")
         print(f"  {'':<16} {'thread CPU time':<26} {'wall time':<26}")
-        for cfg in lanner_cfgs + bt_cfgs:
+        for cfg in lanner_cfgs + bt_cfgs + floor_cfgs:
             print(f"  {cfg:<16} {fmt_added(added[cfg])}")
 
         # 2. matching path (lanner posts an event per call; its agent reads and exports them)
@@ -324,18 +359,24 @@ def main() -> int:
 
         # 3. BPF run time per program run (statistics on only here)
         with P.BpfStats() as stats:
-            rt = b.bpf_run_time(lanner_cfgs + bt_cfgs, b.opened, 100000)
+            rt = b.bpf_run_time(lanner_cfgs + bt_cfgs + floor_cfgs, b.opened, 100000)
             rt_m = b.bpf_run_time(m_cfgs, WATCHED, args.match_iterations)
         print(f"\nBPF program run time per call (statistics on through a BPF_ENABLE_STATS fd, closed after; "
               f"sysctl kernel.bpf_stats_enabled untouched: {stats.before} before, {stats.restored()} after):")
-        for cfg, (ns, n) in rt.items():
-            print(f"  {cfg:<16} {ns:7.1f} ns  ({n} runs, non-matching)")
-        for cfg, (ns, n) in rt_m.items():
-            print(f"  {cfg:<16} {ns:7.1f} ns  ({n} runs, matching {WATCHED})")
-        stats_floor = rt["bpftrace-floor"][0] if bt_cfgs else 0.0
+        for cfg, (ns, r) in rt.items():
+            print(f"  {cfg:<16} {ns:7.1f} ns per open+close  ({r:.3f} program runs per open+close, non-matching)")
+        for cfg, (ns, r) in rt_m.items():
+            print(f"  {cfg:<16} {ns:7.1f} ns per open+close  ({r:.3f} program runs per open+close, matching {WATCHED})")
+        stats_floor = rt["bpftrace-floor"][0] / max(rt["bpftrace-floor"][1], 1e-9) if bt_cfgs else 0.0
+
+        def net(cfg: str) -> float:
+            """BPF run time per open+close net of the statistics' own cost (stats_floor per program run)."""
+            return rt[cfg][0] - stats_floor * rt[cfg][1]
         if bt_cfgs:
-            print(f"  (the floor program is a few instructions: its {stats_floor:.1f} ns is mostly the "
-                  "statistics' own clock reads, included in every figure above)")
+            print(f"  (the floor program is a few instructions: its {stats_floor:.1f} ns per run is mostly the "
+                  "statistics' own clock reads, included in every figure above; 'net' figures subtract it per run)")
+            for cfg in ("prefix-1", "equal-1", "inmap-1", "bpftrace"):
+                print(f"  net of it: {cfg:<10} {net(cfg):6.1f} ns per open+close")
 
         # 4. where the program's time goes (perf sampling), for the Prefix and the Equal filter
         for cfg in ("prefix-1", "equal-1"):
@@ -346,26 +387,28 @@ def main() -> int:
                 prof = P.perf_profile(b.exe, b.opened, 100000, LOOP_CPU, b.work, cfg)
             finally:
                 b.enable(None)
-            prog = P.share(prof, ("bpf_prog:generic_tp",))
+            main = next((n for n in P.LANNER_PROGS if P.share(prof, (f"bpf_prog:{n}",))), P.LANNER_PROGS[-1])
+            prog = P.share(prof, (f"bpf_prog:{main}",))
             if not prog:
-                print(f"\n{cfg} program profile: no samples in generic_tp")
+                print(f"\n{cfg} program profile: no samples in {'/'.join(P.LANNER_PROGS)}")
                 continue
-            net = rt[cfg][0] - stats_floor
+            net_ns = net(cfg)
             entry = P.share(prof, ("syscall_trace_enter",)) + P.share(prof, ("syscall_exit_work",))
-            print(f"\n{cfg} program profile (perf cpu-clock samples of the loop; generic_tp = {prog:.1f}% of "
-                  f"them; ns = share x {net:.0f} ns, the program's run time net of the statistics' own cost):")
+            print(f"\n{cfg} program profile (perf cpu-clock samples of the loop; {main} = {prog:.1f}% of "
+                  f"them; ns = share x {net_ns:.0f} ns, the program's run time per open+close net of the statistics' "
+                  "own cost):")
             rows = [(label, P.share(prof, names)) for label, names in P.PROFILE_ROWS]
-            own = P.share(prof, ("bpf_prog:generic_tp", "bpf_prog:gen_read_arg", "bpf_prog:gen_selector_step",
-                                 "bpf_prog:gen_filter_step", "bpf_prog:gen_rev_step", "bpf_loop"), inclusive=False)
-            rows.append(("the program's own instructions (3 nested bpf_loop callbacks, 260-byte memsets/copies)",
-                         own))
+            own = P.share(prof, tuple(f"bpf_prog:{n}" for n in P.LANNER_PROGS) + (
+                "bpf_prog:gen_read_arg", "bpf_prog:gen_selector_step", "bpf_prog:gen_filter_step",
+                "bpf_prog:gen_rev_step", "bpf_prog:gen_sys_enter_step", "bpf_loop"), inclusive=False)
+            rows.append(("the program's own instructions (bpf_loop callbacks, memsets/copies)", own))
             rows.append(("other (helpers' entry, per-CPU lookups, ...)", prog - sum(v for _, v in rows)))
             for label, v in rows:
-                print(f"  {100 * v / prog:5.1f}%  ~{net * v / prog:5.0f} ns  {label}")
+                print(f"  {100 * v / prog:5.1f}%  ~{net_ns * v / prog:5.0f} ns  {label}")
             if cfg == "equal-1":
                 h = P.share(prof, ("htab_map_hash",))
                 print(f"  of the hash lookups, hashing the 260-byte zero-padded key (htab_map_hash): "
-                      f"{100 * h / prog:.1f}%, ~{net * h / prog:.0f} ns")
+                      f"{100 * h / prog:.1f}%, ~{net_ns * h / prog:.0f} ns")
             print(f"  outside the program, the syscall tracepoint path (syscall_trace_enter + exit work, both "
                   f"syscalls) is {entry - prog:.1f}% of samples, the program {prog:.1f}%")
 
@@ -389,10 +432,14 @@ def main() -> int:
                   f"{'MET' if p1 < bt / 2 else 'NOT MET'}")
             print(f"  any program on the tracepoint (bpftrace floor) {floor:+.1f} ns ({floorw:+.1f}); above it: "
                   f"lanner {p1 - floor:+.1f} ns, bpftrace {bt - floor:+.1f} ns; BPF run time net of the "
-                  f"statistics' cost: lanner {rt['prefix-1'][0] - stats_floor:.1f} ns, "
-                  f"bpftrace {rt['bpftrace'][0] - stats_floor:.1f} ns")
+                  f"statistics' cost: lanner {net('prefix-1'):.1f} ns, "
+                  f"bpftrace {net('bpftrace'):.1f} ns per open+close")
         else:
             print(f"  bpftrace comparison: not measurable ({b.bt_reason})")
+        if floor_cfgs:
+            rf, rfw = fig("raw-floor")
+            print(f"  an empty program on the raw sys_enter tracepoint (lanner's mechanism) {rf:+.1f} ns ({rfw:+.1f}); "
+                  f"above it: lanner {p1 - rf:+.1f} ns")
         for kind in ("prefix", "equal", "inmap"):
             w = [fig(f"{kind}-{t}")[0] for t in SIZES]
             r = [rt[f"{kind}-{t}"][0] for t in SIZES]

@@ -36,11 +36,13 @@ GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADD
 GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM, GA_CRED, GA_SOCK, GA_SOCKET, GA_SKB, GA_KSOCKADDR, GA_USERNS, \
     GA_NETDEV, GA_MODULE, GA_LOAD_INFO = range(10, 23)
 GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
+GAF_ZERO = 1  # gen_arg.flags
 GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
 GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
 GPF_FOLLOW, GPF_NSPID = 1, 2
 GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
-GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT = 1, 2, 4, 8, 16, 32, 64
+GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
+GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c)
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
     GST_OVERRIDE, GST_MONITOR_OVERRIDE = range(9)
@@ -268,8 +270,18 @@ class Compiler:
                         subsys=spec.subsystem, event=spec.event)
         return HookPlan(path, "tracepoint", display, [unit], plans, None, spec.message, spec.tags, "tracepoint")
 
+    def sys_dispatch(self) -> str | None:
+        """How ``syscall: true`` hooks are served here: ``tp_btf`` or ``raw_tp`` (one dispatcher program on the
+        raw syscall tracepoints sys_enter/sys_exit, generic_sys.bpf.c), or ``None``: one program per syscall
+        tracepoint (syscalls/sys_enter_X), on kernels without raw tracepoints."""
+        if self.supports("tp_btf"):
+            return "tp_btf"
+        if self.supports("raw_tp"):
+            return "raw_tp"
+        return None
+
     def _syscall_kprobe(self, policy, path, display, spec: KProbeSpec, cp, enforce) -> HookPlan:
-        if not self.supports("tracepoint"):
+        if not self.supports("tracepoint") and self.sys_dispatch() is None:
             raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
         if spec.list_name:
             lst = policy.spec.list_named(spec.list_name)
@@ -282,6 +294,13 @@ class Compiler:
         for sel in spec.selectors:
             if sel.match_return_args and not spec.return_:
                 raise Unavailable("matchReturnArgs needs return: true")
+        # one dispatcher program on sys_enter (+ sys_exit) serves every syscall hook where the kernel has raw
+        # tracepoints; the syscall tracepoints' formats still type the arguments and say which syscalls exist
+        disp = self.sys_dispatch()
+        if disp is not None and any((syscalls.number(c) or GEN_SYS_NR) >= GEN_SYS_NR for c in calls):
+            disp = None
+        if disp is None and not self.supports("tracepoint"):
+            raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
         units, plans, ret_plan = [], [], None
         for call in calls:
             name = syscalls.bare(call)
@@ -297,13 +316,21 @@ class Compiler:
                 if a.index >= len(sys_fields):
                     raise Unavailable(f"args[{i}]: index {a.index}: {name} has {len(sys_fields)} arguments")
                 g = self._tp_arg(i, a, sys_fields[a.index], user=True, syscall=True)
+                if disp is not None:
+                    g[0]["off"] = a.index  # the dispatcher reads the argument from pt_regs
                 gen_args.append(g[0])
                 plans.append(g[1])
             positions = [a.index for a in spec.args]
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
                                has_ret=spec.return_, uprobe=False, override_via=self._override_via())
-            attach: list[tuple] = [("tp", "syscalls", f"sys_enter_{name}")]
+            nr = syscalls.number(name) if disp is not None else None
+            if nr is not None:
+                cfg["flags"] |= GHF_SYSCALL
+                cfg["sysnr"] = nr + 1
+                attach: list[tuple] = [("sys", disp, 0, nr, name)]
+            else:
+                attach = [("tp", "syscalls", f"sys_enter_{name}")]
             if cfg.pop("_override", False):  # sys_enter decides, fmod_ret on the syscall function returns it
                 attach.append(("fmodret", syscalls.function_name(name)))
             unit = HookUnit(hid, cfg, attach, event_kind="process_kprobe",
@@ -316,12 +343,17 @@ class Compiler:
                 ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
                 xid = self._new_hook(cp)
                 unit.exit_id = xid
-                unit.exit_config = {"flags": GHF_EXIT, "pair": hid, "ret_off": retf.offset if retf else 16,
-                                    "ret_size": size, "ret_signed": int(signed)}
-                unit.exit_attach = [("tp", "syscalls", f"sys_exit_{name}")]
+                if nr is not None:
+                    unit.exit_config = {"flags": GHF_EXIT | GHF_SYSCALL, "pair": hid, "sysnr": nr + 1,
+                                        "ret_size": size, "ret_signed": int(signed)}
+                    unit.exit_attach = [("sys", disp, 1, nr, name)]
+                else:
+                    unit.exit_config = {"flags": GHF_EXIT, "pair": hid, "ret_off": retf.offset if retf else 16,
+                                        "ret_size": size, "ret_signed": int(signed)}
+                    unit.exit_attach = [("tp", "syscalls", f"sys_exit_{name}")]
             units.append(unit)
         return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags,
-                        "syscall tracepoints")
+                        "syscall dispatch" if disp is not None else "syscall tracepoints")
 
     def _override_via(self) -> str | None:
         """How Override on a kernel function (or syscall) is served here: an fmod_ret program."""
@@ -670,6 +702,9 @@ class Compiler:
                     cfg[f"{p}filters[{fi}].{k}"] = v
             if f["flags"] & GFF_RET:
                 flags |= GSF_HAS_RET
+            if f["kind"] == GF_STR_EQ and f["arg"] < GEN_MAX_ARGS:  # a hash key: the string slot is zeroed first
+                key = f"args[{f['arg']}].flags"
+                cfg[key] = cfg.get(key, 0) | GAF_ZERO
         cfg[f"{p}nfilters"] = len(filters)
         # matchPIDs
         if len(sel.match_pids) > 1:

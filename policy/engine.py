@@ -25,7 +25,7 @@ from lanner.exporter.pipeline import OutEvent
 from . import bpf_attach
 from .compiler import (
     GEN_STR_MAX, GHF_ENFORCE, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES, GST_OVERRIDE, GST_POST,
-    GST_SIGNAL, GST_SLOTS, CompiledPolicy,
+    GEN_SYS_HOOKS, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
     Compiler, HookPlan, HookUnit,
 )
 from .errors import PolicyError
@@ -43,8 +43,13 @@ LSM_OBJECT = OBJ_DIR / "generic_lsm.bpf.o"        # one instance per LSM hook (a
 FMODRET_OBJECT = OBJ_DIR / "generic_fmodret.bpf.o"  # one instance per overridden function
 FENTRY_OBJECT = OBJ_DIR / "generic_fentry.bpf.o"  # one instance per fentry/fexit function
 TPBTF_OBJECT = OBJ_DIR / "generic_tpbtf.bpf.o"  # one instance per raw (BTF) tracepoint
+SYS_OBJECT = OBJ_DIR / "generic_sys.bpf.o"  # the syscall dispatcher (sys_enter/sys_exit), loaded on the first syscall hook
+# the dispatcher's programs per flavour (compiler.sys_dispatch): (enter, exit)
+SYS_PROGRAMS = {"tp_btf": ("gen_sys_enter", "gen_sys_exit"), "raw_tp": ("gen_sys_enter_r", "gen_sys_exit_r")}
+GSO_ENTER, GSO_EXIT, GSO_ENTER_BUF, GSO_EXIT_BUF = 1, 2, 4, 8
 GEN_OP = 9
-SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_lpm", "gen_heap", "gen_inflight",
+SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_set32", "gen_str_set64",
+               "gen_str_set128", "gen_str_lpm", "gen_heap", "gen_inflight",
                "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "events", "lanner_lost")
 # A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
@@ -56,6 +61,15 @@ DEFAULT_FEATURES = {"tracepoint": True, "uprobe": True, "uretprobe": True, "send
 
 _INT_KEY = struct.Struct("<IIQ")
 _STR_KEY = struct.Struct(f"<IBB{GEN_STR_MAX}s")
+# Equal / matchBinaries In sets: a string of n bytes lives in the smallest map whose key (the first K bytes
+# of the zero-padded struct gen_str, header 6 bytes) holds it (generic_core.bpf.h gen_str_in_set)
+STR_BUCKETS = ((32, "gen_str_set32"), (64, "gen_str_set64"), (128, "gen_str_set128"))
+_STR_HDR = 6
+
+
+def _str_bucket(v: bytes) -> int | None:
+    """The key size of the map holding v (None: gen_str_set, the whole struct)."""
+    return next((k for k, _ in STR_BUCKETS if len(v) <= k - _STR_HDR), None)
 ONE = b"\x01"
 # kernel_memory_bytes estimate (see docs/policies.md "Kernel memory"): bytes the kernel holds for one
 # element, from include/linux/bpf / kernel/bpf/hashtab.c and lpm_trie.c on x86_64
@@ -77,6 +91,22 @@ class EngineContext:
     proto: Any  # exporter.grpc_api.ProtoEventEncoder
     node_name: str
     ringbuf_bytes: int = 4 << 20
+
+
+class _SysLink:
+    """A hook registered with the syscall dispatcher (the one program on sys_enter/sys_exit): destroying it
+    takes the hook out of the syscall's list, as destroying a link detaches a program."""
+
+    def __init__(self, engine: "PolicyEngine", direction: int, nr: int, name: str, hook_id: int, prog: str,
+                 kind: str) -> None:
+        self.engine, self.direction, self.nr, self.hook_id, self.prog = engine, direction, nr, hook_id, prog
+        self.description = f"{prog} -> {kind}/{'sys_exit' if direction else 'sys_enter'}[{name}] cookie {hook_id}"
+        self._live = True
+
+    def destroy(self) -> None:
+        if self._live:
+            self._live = False
+            self.engine._sys_remove(self)
 
 
 @dataclass
@@ -130,6 +160,12 @@ class PolicyEngine:
         self._tp_pool: list[BpfObject] = [self.tp]  # generic_tp instances; [0] owns the maps
         self._tp_busy: dict[tuple[str, str], set[int]] = {}  # tracepoint -> instances attached to it
         self._link_slot: dict[int, tuple[tuple[str, str], int]] = {}  # id(link) -> (tracepoint, instance)
+        self.sys: BpfObject | None = None  # the syscall dispatcher (generic_sys), loaded on demand
+        self._sys_kind: str | None = None
+        self._sys_slots: dict[tuple[int, int], list[int]] = {}  # (direction, nr) -> hook ids by slot (0 free)
+        self._sys_on: dict[int, int] = {}  # nr -> its gen_sys_on value (GSO_* bits)
+        self._sys_links: dict[int, Link] = {}  # direction -> the dispatcher's link on sys_enter / sys_exit
+        self._sys_count = 0  # hooks registered (each counts as a link in links())
         try:
             self.tp.reuse_map("execve_map", ctx.execve_map_fd)
             self.tp.resize_map("events", ctx.ringbuf_bytes)
@@ -141,6 +177,11 @@ class PolicyEngine:
             self.hooks_map = self.tp.map("gen_hooks", key=Codec.struct("<I"))
             self.int_set = self.tp.map("gen_int_set")
             self.str_set = self.tp.map("gen_str_set")
+            self.str_sets = {k: self.tp.map(name) for k, name in STR_BUCKETS}
+            for k, m in self.str_sets.items():
+                if m.key_size != k:
+                    raise RuntimeError(f"{TP_OBJECT}: {m.name} has {m.key_size}-byte keys, this engine expects {k}: "
+                                       "rebuild with 'make bpf'")
             self.lpm = self.tp.map("gen_str_lpm")
             self.stats_map = self.tp.map("gen_stats", key=Codec.struct("<I"))
             if self.stats_map.value_size != 8 * GST_SLOTS:
@@ -223,16 +264,27 @@ class PolicyEngine:
     def _write_sets(self, c: CompiledPolicy) -> None:
         ints = [(_INT_KEY.pack(sid, 0, v), ONE) for sid, vals in c.int_sets.items() for v in vals]
         self.int_set.update_batch(ints)
-        strs = [(_STR_KEY.pack(0, sid >> 8, sid & 0xFF, v), ONE) for sid, vals in c.str_sets.items() for v in vals]
-        self.str_set.update_batch(strs)
+        for k, entries in self._str_entries(c).items():
+            (self.str_sets[k] if k else self.str_set).update_batch([(key, ONE) for key in entries])
         for sid, entries in c.lpm_sets.items():
             for bits, data in entries:
                 self.lpm.update(_STR_KEY.pack(16 + bits, sid >> 8, sid & 0xFF, data), ONE)
 
+    @staticmethod
+    def _str_entries(c: CompiledPolicy) -> dict[int | None, list[bytes]]:
+        """The policy's string-set keys by map (key size; None = gen_str_set)."""
+        out: dict[int | None, list[bytes]] = {}
+        for sid, vals in c.str_sets.items():
+            for v in vals:
+                k = _str_bucket(v)
+                key = _STR_KEY.pack(0, sid >> 8, sid & 0xFF, v)
+                out.setdefault(k, []).append(key[:k] if k else key)
+        return out
+
     def _clear_sets(self, c: CompiledPolicy) -> None:
         self.int_set.delete_batch([_INT_KEY.pack(sid, 0, v) for sid, vals in c.int_sets.items() for v in vals])
-        self.str_set.delete_batch([_STR_KEY.pack(0, sid >> 8, sid & 0xFF, v)
-                                   for sid, vals in c.str_sets.items() for v in vals])
+        for k, entries in self._str_entries(c).items():
+            (self.str_sets[k] if k else self.str_set).delete_batch(entries)
         for sid, entries in c.lpm_sets.items():
             for bits, data in entries:
                 self.lpm.delete(_STR_KEY.pack(16 + bits, sid >> 8, sid & 0xFF, data))
@@ -300,6 +352,82 @@ class PolicyEngine:
         self._inst[id(link)] = obj
         return link
 
+    # ------------------------------------------------------------------ the syscall dispatcher
+    def _sys_obj(self, kind: str) -> BpfObject:
+        if self.sys is None:
+            obj = self._shared(SYS_OBJECT)
+            try:
+                for name, prog in obj.programs.items():
+                    prog.set_autoload(name in SYS_PROGRAMS[kind])
+                obj.load()
+            except BaseException:
+                obj.close()
+                raise
+            self.sys, self._sys_kind = obj, kind
+            self._sys_on_map = obj.map("gen_sys_on", key=Codec.struct("<I"), value=Codec.struct("<I"))
+            self._sys_list_map = obj.map("gen_sys_list", key=Codec.struct("<I"))
+            self._sys_list = struct.Struct(f"<I{GEN_SYS_HOOKS}I")
+        elif self._sys_kind != kind:
+            raise OSError(f"the syscall dispatcher is loaded as {self._sys_kind}, not {kind}")
+        return self.sys
+
+    def _sys_write(self, direction: int, nr: int) -> None:
+        """Publish the hook list of (direction, nr): the inactive buffer, then flip the buffer bit."""
+        slots = self._sys_slots.get((direction, nr), [])
+        on = self._sys_on.get(nr, 0)
+        present, buf_bit = (GSO_EXIT, GSO_EXIT_BUF) if direction else (GSO_ENTER, GSO_ENTER_BUF)
+        nxt = 0 if on & buf_bit else 1
+        ids = slots + [0] * (GEN_SYS_HOOKS - len(slots))
+        self._sys_list_map.update(nr * 4 + direction * 2 + nxt, self._sys_list.pack(len(slots), *ids))
+        on = (on & ~(present | buf_bit)) | (present if slots else 0) | (buf_bit if nxt else 0)
+        self._sys_on_map.update(nr, on)
+        self._sys_on[nr] = on
+
+    def _sys_add(self, kind: str, direction: int, nr: int, name: str, hook_id: int) -> "_SysLink":
+        obj = self._sys_obj(kind)
+        slots = self._sys_slots.setdefault((direction, nr), [])
+        if 0 in slots:
+            slots[slots.index(0)] = hook_id
+        elif len(slots) < GEN_SYS_HOOKS:
+            slots.append(hook_id)
+        else:
+            raise OSError(f"more than {GEN_SYS_HOOKS} hooks on syscall {name} "
+                          f"({'exit' if direction else 'entry'})")
+        prog = SYS_PROGRAMS[kind][direction]
+        try:
+            self._sys_write(direction, nr)
+            if direction not in self._sys_links:
+                p = obj.program(prog)
+                self._sys_links[direction] = p.attach_trace() if kind == "tp_btf" else \
+                    p.attach_raw_tracepoint("sys_exit" if direction else "sys_enter")
+        except BaseException:
+            slots[slots.index(hook_id)] = 0
+            self._sys_trim(direction, nr)
+            raise
+        self._sys_count += 1
+        return _SysLink(self, direction, nr, name, hook_id, prog, kind)
+
+    def _sys_trim(self, direction: int, nr: int) -> None:
+        slots = self._sys_slots.get((direction, nr), [])
+        while slots and slots[-1] == 0:
+            slots.pop()
+        if not slots:
+            self._sys_slots.pop((direction, nr), None)
+        self._sys_write(direction, nr)
+        if not any(d == direction for d, _ in self._sys_slots):  # nothing left: no program on every syscall
+            link = self._sys_links.pop(direction, None)
+            if link is not None:
+                link.destroy()
+                if self.sys is not None and link in self.sys._links:
+                    self.sys._links.remove(link)
+
+    def _sys_remove(self, sl: "_SysLink") -> None:
+        slots = self._sys_slots.get((sl.direction, sl.nr), [])
+        if sl.hook_id in slots:
+            slots[slots.index(sl.hook_id)] = 0
+            self._sys_count -= 1
+        self._sys_trim(sl.direction, sl.nr)
+
     def _attach_unit(self, unit: HookUnit) -> list[Link]:
         links: list[Link] = []
         assert self.up is not None
@@ -310,7 +438,9 @@ class PolicyEngine:
             entries = [t for t in unit.attach if t[0] != "fmodret"]
             for hid, targets in ((unit.hook_id, enforcers), (unit.exit_id, unit.exit_attach), (unit.hook_id, entries)):
                 for t in targets:
-                    if t[0] == "tp":
+                    if t[0] == "sys":
+                        links.append(self._sys_add(t[1], t[2], t[3], t[4], hid))
+                    elif t[0] == "tp":
                         tp = (t[1], t[2])
                         i = self._tp_instance(tp)
                         link = bpf_attach.attach_tracepoint(self._tp_pool[i].program("generic_tp"), t[1], t[2], hid)
@@ -441,7 +571,8 @@ class PolicyEngine:
         return (n_hooks * self._elem_bytes(self.hooks_map)
                 + len(units) * self._elem_bytes(self.stats_map)
                 + sum(len(v) for v in c.int_sets.values()) * self._elem_bytes(self.int_set)
-                + sum(len(v) for v in c.str_sets.values()) * self._elem_bytes(self.str_set)
+                + sum(len(keys) * self._elem_bytes(self.str_sets[k] if k else self.str_set)
+                      for k, keys in self._str_entries(c).items())
                 + sum(len(v) for v in c.lpm_sets.values()) * self._elem_bytes(self.lpm, lpm=True))
 
     @staticmethod
@@ -449,7 +580,11 @@ class PolicyEngine:
         out = []
         for u in plan.units:
             kind = u.attach[0][0] if u.attach else ""
-            if kind == "tp":
+            if kind == "sys":
+                t = f"{u.attach[0][1]}/sys_enter[{u.attach[0][4]}]"
+                if u.exit_attach:
+                    t += f"+sys_exit[{u.exit_attach[0][4]}]"
+            elif kind == "tp":
                 t = f"{u.attach[0][1]}/{u.attach[0][2]}"
                 if u.exit_attach:
                     t += f"+{u.exit_attach[0][2]}"
@@ -562,6 +697,10 @@ class PolicyEngine:
         for p in self._policies.values():
             for link in p.links:
                 prog = link.description.split(" -> ", 1)[0]
+                if isinstance(link, _SysLink):
+                    fd = self.sys.programs.get(prog) if self.sys is not None else None
+                    out.append((f"policy:{p.name}", prog, link.description.split(" -> ", 1)[-1], fd.fd if fd else -1))
+                    continue
                 slot = self._link_slot.get(id(link))
                 obj = self._tp_pool[slot[1]] if slot is not None else self._inst.get(id(link)) or (
                     self.kp if link.description.startswith("generic_k") else self.up)
@@ -570,7 +709,9 @@ class PolicyEngine:
         return out
 
     def links(self) -> int:
-        return sum(len(o.links) for o in (*self._tp_pool, self.up, self.kp, *self._inst.values()) if o is not None)
+        """Attachments of policy hooks: links, plus hooks registered with the syscall dispatcher."""
+        return sum(len(o.links) for o in (*self._tp_pool, self.up, self.kp, *self._inst.values())
+                   if o is not None) + self._sys_count
 
     def close(self) -> None:
         with self._lock:
@@ -581,9 +722,15 @@ class PolicyEngine:
             if self.ring is not None:
                 self.ring.close()
                 self.ring = None
-            for obj in (*self._inst.values(), self.kp, self.up, *reversed(self._tp_pool)):
+            for link in self._sys_links.values():
+                link.destroy()
+            self._sys_links.clear()
+            self._sys_slots.clear()
+            self._sys_count = 0
+            for obj in (*self._inst.values(), self.kp, self.up, self.sys, *reversed(self._tp_pool)):
                 if obj is not None:
                     obj.close()
+            self.sys = None
             self._inst.clear()
             self.kp = None
             self.up = None

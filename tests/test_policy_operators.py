@@ -1148,7 +1148,7 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
         "args[0]: type kiocb is not served on kprobe arguments by this lanner build"
     assert lines == [
         f"kprobes[0] security_file_permission: unavailable ({kp})",
-        "kprobes[1] sys_openat: syscall tracepoints syscalls/sys_enter_openat+sys_exit_openat [matched 2, post 2]",
+        "kprobes[1] sys_openat: syscall dispatch tp_btf/sys_enter[openat]+sys_exit[openat] [matched 2, post 2]",
         "kprobes[2] sys_usdt_does_not_exist: unavailable (needs kprobe attach, which this kernel lacks (kprobe: not "
         "supported), and there is no syscalls/sys_enter_usdt_does_not_exist tracepoint to serve "
         "sys_usdt_does_not_exist)",
@@ -1178,7 +1178,7 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
         env.engine.configure("status", "", False, None)
         st3 = env.engine.status("status")
         assert st3.state == sensors_pb2.TP_STATE_DISABLED and env.engine.links() == base
-        assert "kprobes[1] sys_openat: syscall tracepoints syscalls/sys_enter_openat+sys_exit_openat: detached " \
+        assert "kprobes[1] sys_openat: syscall dispatch tp_btf/sys_enter[openat]+sys_exit[openat]: detached " \
                "(policy disabled)" in st3.info.split("; ")
     assert env.engine.links() == base
 
@@ -1307,7 +1307,7 @@ def test_cli_list_shows_state_mode_hooks_memory_counters(tmp_path, opener):
         assert float(cols[5]) > 0 and cols[6] == "kB" and cols[7] == "enforce"
         assert cols[8:] == ["1", "1", "0"]  # NPOST NENFORCE NMONITOR
         assert "\ncli-kill:\n" in out
-        assert ("  kprobes[0] sys_openat: syscall tracepoints syscalls/sys_enter_openat [matched 1, post 1, signal 1]"
+        assert ("  kprobes[0] sys_openat: syscall dispatch tp_btf/sys_enter[openat] [matched 1, post 1, signal 1]"
                 in out.splitlines())
         assert any(line.startswith("  kprobes[1] security_file_open: unavailable (") for line in out.splitlines())
         js = orjson.loads(cli("list", "-o", "json").stdout)

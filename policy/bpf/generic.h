@@ -46,6 +46,9 @@
 #define GA_MODULE 21      /* struct module * -> name (str), taints (vals) */
 #define GA_LOAD_INFO 22   /* struct load_info * -> name (str), sig_ok (aux: 0/1, 2 unknown) */
 
+/* gen_arg.flags */
+#define GAF_ZERO 1        /* zero the whole string slot before reading (a string compared as a hash key: Equal) */
+
 /* gen_filter.kind */
 #define GF_INT 1          /* value in set (set_id) or in one of the ranges */
 #define GF_MASK 2         /* value & lo[i] != 0 for some i */
@@ -103,6 +106,18 @@
 #define GHF_BTF (1 << 4)     /* args come from the BTF context array (LSM, fentry: off = argument number) */
 #define GHF_LSM (1 << 5)     /* BPF LSM hook: Override is the program's return value */
 #define GHF_USDT (1 << 6)    /* USDT probe (a uprobe): args at gen_arg.loc/reg/disp */
+#define GHF_SYSCALL (1 << 7) /* served by the sys_enter/sys_exit dispatcher (generic_sys.bpf.c): args are the
+			      * syscall's arguments from pt_regs (off = argument number), sysnr = nr + 1 */
+
+/* the syscall dispatcher (generic_sys.bpf.c): gen_sys_on[nr] says whether hooks watch syscall nr and which
+ * of the two gen_sys_list buffers of each direction is current; gen_sys_list[nr * 4 + dir * 2 + buf] lists
+ * the hook ids (0 = free slot) */
+#define GEN_SYS_NR 512         /* x86-64 syscall numbers served (x32 numbers, bit 30, are not) */
+#define GEN_SYS_HOOKS 64       /* hooks per syscall and direction */
+#define GSO_ENTER 1            /* gen_sys_on bits */
+#define GSO_EXIT 2
+#define GSO_ENTER_BUF 4
+#define GSO_EXIT_BUF 8
 
 /* namespace types (gen_ns.type), in struct proc_ns order */
 #define GNS_UTS 0
@@ -131,7 +146,7 @@ struct gen_arg {
 	__u8 reg;      /* GHF_USDT: pt_regs slot (ax bx cx dx si di bp sp r8..r15 ip) */
 	__u8 usize;    /* GHF_USDT: bytes of the value (1, 2, 4, 8) */
 	__u8 usigned;  /* GHF_USDT: the value is signed */
-	__u16 pad;
+	__u16 flags;   /* GAF_* */
 	__u32 pad2;
 	__s64 disp;    /* GHF_USDT: GL_MEM displacement or GL_CONST value */
 };
@@ -197,7 +212,7 @@ struct gen_hook {
 	__u16 ret_off; /* tracepoint exit half: the ret field */
 	__u8 ret_size;
 	__u8 ret_signed;
-	__u32 pad;
+	__u32 sysnr;   /* GHF_SYSCALL: the syscall number + 1 (the dispatcher runs the hook for that syscall only) */
 	struct gen_arg args[GEN_MAX_ARGS];
 	struct gen_selector sel[GEN_MAX_SELECTORS];
 };
@@ -209,6 +224,11 @@ struct gen_str {
 	__u8 set_hi;
 	__u8 set_lo;
 	char s[GEN_STR_MAX];
+};
+
+struct gen_sys_hooks {
+	__u32 n;                   /* slots in use (the highest used slot + 1) */
+	__u32 ids[GEN_SYS_HOOKS];  /* hook ids, 0 = free */
 };
 
 struct gen_int_key {

@@ -45,6 +45,37 @@ struct {
 	__type(value, __u8);
 } gen_str_set SEC(".maps");
 
+/* the same sets for short strings, keyed by the first GEN_STR_KEY32/64/128 bytes of struct gen_str: a string
+ * of len bytes lives in the smallest map whose key holds it zero padded (gen_str_bucket), so a lookup
+ * hashes 32, 64 or 128 bytes instead of the whole 260-byte key (jhash over the key is most of its cost) */
+#define GEN_STR_KEY32 32
+#define GEN_STR_KEY64 64
+#define GEN_STR_KEY128 128
+#define GEN_STR_HDR 6 /* prefixlen, set_hi, set_lo */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, GEN_STR_KEY32);
+	__uint(value_size, 1);
+} gen_str_set32 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, GEN_STR_KEY64);
+	__uint(value_size, 1);
+} gen_str_set64 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, GEN_STR_KEY128);
+	__uint(value_size, 1);
+} gen_str_set128 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 32768);
@@ -60,12 +91,15 @@ struct gen_scratch {
 	struct gen_str binrev;
 	struct gen_str key;               /* lookup key under construction */
 	struct gen_ratelimit_key rl;
-	__u32 rev_done;                   /* bit i: rev[i] is ready */
+	__u32 rev_done;                   /* bit i: rev[i] is ready; GEN_BIN_DONE: bin; GEN_BINREV_DONE: binrev */
+	__u32 key_done;                   /* ev.key is set (the process's, or a tracked sock's owner) */
+	__u32 bin_len;                    /* bytes of the binary in bin */
 	__u32 override_set;               /* LSM: the matched selector asks to return override_ret */
 	__s64 override_ret;
 	struct gen_sock_info sock;        /* typed kernel arguments under construction */
 	struct gen_cred_info cred;
 	struct gen_userns_info userns;
+	__u64 sysargs[6];                 /* GHF_SYSCALL: the syscall's arguments (generic_sys.bpf.c) */
 	struct lanner_path_buf pb;
 };
 
@@ -171,10 +205,12 @@ static __always_inline __u64 gen_usdt_raw(struct pt_regs *regs, struct gen_arg *
 	return v;
 }
 
-static __always_inline __u64 gen_raw(__u64 ctx, struct gen_hook *hook, struct gen_arg *a)
+static __always_inline __u64 gen_raw(__u64 ctx, struct gen_scratch *s, struct gen_hook *hook, struct gen_arg *a)
 {
 	__u64 v = 0;
 
+	if (hook->flags & GHF_SYSCALL) /* read from pt_regs once by the dispatcher */
+		return a->off < 6 ? s->sysargs[a->off % 6] : 0;
 	if (hook->flags & GHF_USDT)
 		return gen_usdt_raw((struct pt_regs *)ctx, a);
 
@@ -285,6 +321,7 @@ static __always_inline void gen_read_sock(struct gen_scratch *s, __u32 i, struct
 		if (owner) { /* a tracked sock: the event names its owner (e.g. from softirq context) */
 			s->ev.key = *owner;
 			s->ev.flags &= ~GEF_NOPROC;
+			s->key_done = 1;
 		}
 	}
 	si->family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -454,10 +491,19 @@ static long gen_read_arg(__u32 i, void *data)
 		return 1;
 	i = GEN_BOUND(i, GEN_MAX_ARGS);
 	a = &hook->args[i];
-	v = gen_raw(rc->ctx, hook, a);
+	v = gen_raw(rc->ctx, s, hook, a);
 	rc->raw[i] = v;
 	s->ev.vals[i] = gen_extend(v, a->size, a->is_signed);
-	__builtin_memset(&s->ev.str[i], 0, sizeof(s->ev.str[i]));
+	s->ev.lens[i] = 0;
+	if ((a->type == GA_INT || a->type == GA_NONE || a->type == GA_USTR || a->type == GA_KSTR ||
+	     a->type == GA_DATALOC || a->type == GA_INLINE_STR) && !(a->flags & GAF_ZERO)) {
+		/* an integer (its slot is not used) or a plain string not used as a hash key: bytes past the NUL
+		 * are never read (LPM lookups stop at the key's prefixlen, events at lens[i]); the first 16
+		 * bytes are the rate-limit key's */
+		__builtin_memset(s->ev.str[i].s, 0, 16);
+	} else {
+		__builtin_memset(&s->ev.str[i], 0, sizeof(s->ev.str[i]));
+	}
 	switch (a->type) {
 	case GA_USTR:
 		n = bpf_probe_read_user_str(s->ev.str[i].s, GEN_STR_MAX, (void *)v);
@@ -548,7 +594,7 @@ static long gen_read_arg(__u32 i, void *data)
 			if (si < i)
 				size = s->ev.vals[si];
 			else
-				size = gen_extend(gen_raw(rc->ctx, hook, &hook->args[si]), hook->args[si].size,
+				size = gen_extend(gen_raw(rc->ctx, s, hook, &hook->args[si]), hook->args[si].size,
 						  hook->args[si].is_signed);
 		}
 		if (a->type == GA_IOVEC) {
@@ -629,26 +675,32 @@ static __always_inline void gen_reverse(struct gen_str *dst, struct gen_str *src
 }
 
 /* exact match of str (len bytes, zero padded) in hash set set_id */
+/* str is the key itself (its header is set here): the string must be zero padded (GAF_ZERO) */
 static __always_inline bool gen_str_in_set(struct gen_scratch *s, struct gen_str *str, __u32 len, bool trunc,
 					   __u16 set_id)
 {
-	__builtin_memcpy(&s->key, str, sizeof(s->key));
-	s->key.prefixlen = trunc ? 0xffffffff : 0;
-	s->key.set_hi = set_id >> 8;
-	s->key.set_lo = set_id & 0xff;
-	return bpf_map_lookup_elem(&gen_str_set, &s->key) != NULL;
+	str->prefixlen = trunc ? 0xffffffff : 0;
+	str->set_hi = set_id >> 8;
+	str->set_lo = set_id & 0xff;
+	if (trunc || len > GEN_STR_KEY128 - GEN_STR_HDR)
+		return bpf_map_lookup_elem(&gen_str_set, str) != NULL;
+	if (len <= GEN_STR_KEY32 - GEN_STR_HDR)
+		return bpf_map_lookup_elem(&gen_str_set32, str) != NULL;
+	if (len <= GEN_STR_KEY64 - GEN_STR_HDR)
+		return bpf_map_lookup_elem(&gen_str_set64, str) != NULL;
+	return bpf_map_lookup_elem(&gen_str_set128, str) != NULL;
 }
 
 /* some prefix of str (len bytes) is in LPM set set_id */
+/* str is the key itself (its header is set here); the trie reads no byte past prefixlen */
 static __always_inline bool gen_str_in_lpm(struct gen_scratch *s, struct gen_str *str, __u32 len, __u16 set_id)
 {
-	__builtin_memcpy(&s->key, str, sizeof(s->key));
 	if (len > GEN_STR_MAX)
 		len = GEN_STR_MAX;
-	s->key.prefixlen = 16 + 8 * len;
-	s->key.set_hi = set_id >> 8;
-	s->key.set_lo = set_id & 0xff;
-	return bpf_map_lookup_elem(&gen_str_lpm, &s->key) != NULL;
+	str->prefixlen = 16 + 8 * len;
+	str->set_hi = set_id >> 8;
+	str->set_lo = set_id & 0xff;
+	return bpf_map_lookup_elem(&gen_str_lpm, str) != NULL;
 }
 
 /* the address of width bytes at str offset off in CIDR LPM set set_id */
@@ -867,10 +919,38 @@ static __always_inline bool gen_ancestor_binary(struct gen_scratch *s, struct ge
 	return hit;
 }
 
+#define GEN_BIN_DONE (1U << 30)
+#define GEN_BINREV_DONE (1U << 31)
+
+/* the current process's binary into s->bin (zero padded: a hash key), once per event */
+static __always_inline void gen_load_binary(struct gen_scratch *s)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct execve_entry *e;
+	__u32 blen;
+
+	if (s->rev_done & GEN_BIN_DONE)
+		return;
+	s->rev_done |= GEN_BIN_DONE;
+	__builtin_memset(&s->bin, 0, sizeof(s->bin));
+	s->bin_len = 0;
+	e = bpf_map_lookup_elem(&execve_map, &tgid);
+	if (!e)
+		return;
+	blen = e->binary_len;
+	if (blen > GEN_STR_MAX - 1)
+		blen = GEN_STR_MAX - 1;
+	bpf_probe_read_kernel(s->bin.s, blen & 255, e->binary);
+	s->bin_len = blen;
+}
+
 static __always_inline bool gen_check_binary(struct gen_scratch *s, struct gen_selector *sel)
 {
-	__u32 len = s->bin.prefixlen; /* the binary's length is kept in prefixlen of s->bin */
+	__u32 len;
 	bool hit = false;
+
+	gen_load_binary(s);
+	len = s->bin_len;
 
 	switch (sel->bin_op) {
 	case GOP_IN:
@@ -887,9 +967,9 @@ static __always_inline bool gen_check_binary(struct gen_scratch *s, struct gen_s
 		break;
 	case GOP_POSTFIX:
 	case GOP_NOTPOSTFIX:
-		if (!(s->rev_done & (1 << 31))) {
+		if (!(s->rev_done & GEN_BINREV_DONE)) {
 			gen_reverse(&s->binrev, &s->bin, len);
-			s->rev_done |= 1 << 31;
+			s->rev_done |= GEN_BINREV_DONE;
 		}
 		hit = gen_str_in_lpm(s, &s->binrev, len, sel->bin_set);
 		break;
@@ -1173,14 +1253,12 @@ post:
 /* ------------------------------------------------------------------------------------ entry points */
 static __always_inline struct gen_scratch *gen_begin(__u32 hook_id)
 {
-	__u32 zero = 0, tgid;
+	__u32 zero = 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct gen_scratch *s = bpf_map_lookup_elem(&gen_heap, &zero);
-	struct execve_entry *e;
 
 	if (!s)
 		return NULL;
-	tgid = pid_tgid >> 32;
 	s->rev_done = 0;
 	s->override_set = 0;
 	s->ev.hdr.op = GEN_OP;
@@ -1191,23 +1269,28 @@ static __always_inline struct gen_scratch *gen_begin(__u32 hook_id)
 	s->ev.trunc = 0;
 	s->ev.ret = 0;
 	s->ev.selector = GEN_MAX_SELECTORS;
-	e = bpf_map_lookup_elem(&execve_map, &tgid);
-	__builtin_memset(&s->bin, 0, sizeof(s->bin));
-	if (e) {
-		__u32 blen = e->binary_len;
+	s->key_done = 0; /* the process key and binary are read when needed (gen_fill_key, gen_load_binary) */
+	return s;
+}
 
+/* the event's process key, once a selector matched (a tracked sock's owner, set while reading args, stays) */
+static __always_inline void gen_fill_key(struct gen_scratch *s)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct execve_entry *e;
+
+	if (s->key_done)
+		return;
+	s->key_done = 1;
+	e = bpf_map_lookup_elem(&execve_map, &tgid);
+	if (e) {
 		s->ev.key = e->key;
-		if (blen > GEN_STR_MAX - 1)
-			blen = GEN_STR_MAX - 1;
-		bpf_probe_read_kernel(s->bin.s, blen & 255, e->binary);
-		s->bin.prefixlen = blen;
 	} else {
 		s->ev.key.pid = tgid;
 		s->ev.key.pad = 0;
 		s->ev.key.ktime = 0;
 		s->ev.flags |= GEF_NOPROC;
 	}
-	return s;
 }
 
 static __always_inline __u64 gen_inflight_key(__u32 hook_id)
@@ -1221,7 +1304,6 @@ static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *
 	struct gen_read_ctx rc = {};
 	struct gen_sel_ctx c = {};
 	__u64 key;
-	__u32 len;
 
 	if (!s)
 		return 0;
@@ -1239,10 +1321,9 @@ static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *
 			return 0;
 		s->ev.selector = c.match;
 	}
+	gen_fill_key(s);
 	if (hook->flags & GHF_HAS_RET) {
 		key = gen_inflight_key(hook_id);
-		len = s->bin.prefixlen; /* keep the binary out of the event: nothing to do */
-		(void)len;
 		bpf_map_update_elem(&gen_inflight, &key, &s->ev, BPF_ANY);
 		return 0;
 	}

@@ -1,0 +1,220 @@
+"""The syscall dispatcher: `syscall: true` kprobes served by ONE program on the raw syscall tracepoint
+sys_enter (+ sys_exit for return values), the hook list looked up by syscall number; in both flavours
+(tp_btf, raw_tp) and the fallback to the syscall tracepoints (syscalls/sys_enter_X) on a kernel without
+raw tracepoints. Same events (process_kprobe, __x64_sys_X, entry/exit paired) whatever the flavour.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from lanner.exporter.api.gen.tetragon import sensors_pb2
+
+from .test_policy_engine import HOST_PROBE, Loaded, _need_root, body, collect, copy_bin, policy_yaml
+
+pytestmark = pytest.mark.bpf
+
+FLAVOURS = {
+    "tp_btf": ({}, "syscall dispatch tp_btf/sys_enter[openat]+sys_exit[openat]"),
+    "raw_tp": ({"tp_btf": False}, "syscall dispatch raw_tp/sys_enter[openat]+sys_exit[openat]"),
+    "tracepoint": ({"tp_btf": False, "raw_tp": False},
+                   "syscall tracepoints syscalls/sys_enter_openat+sys_exit_openat"),
+}
+
+
+@pytest.fixture(scope="module")
+def agent():
+    _need_root()
+    from lanner.agent import Agent, AgentConfig
+
+    a = Agent(AgentConfig(export_stdout=False, grpc=None, health_address=None, run_probe=False))
+    try:
+        a.start()
+        yield a
+    finally:
+        a.close()
+
+
+@pytest.fixture(params=list(FLAVOURS))
+def engine(request, agent):
+    from lanner.policy.engine import EngineContext, PolicyEngine
+
+    probe = dict(HOST_PROBE)
+    probe.update(FLAVOURS[request.param][0])
+    ctx = EngineContext(probe, agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder, agent.proto,
+                        agent.cfg.node_name)
+    e = PolicyEngine(ctx)
+    try:
+        yield request.param, e
+    finally:
+        e.close()
+
+
+def _spec(t: str, binary: str, ret: bool) -> str:
+    r = "return: true\n      returnArg:\n        index: 0\n        type: int\n      " if ret else ""
+    return f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      {r}args:
+      - index: 0
+        type: int
+      - index: 1
+        type: string
+      selectors:
+      - matchArgs:
+        - index: 1
+          operator: Prefix
+          values: ["{t}/"]
+        matchBinaries:
+        - operator: In
+          values: ["{binary}"]
+    """
+
+
+def test_syscall_kprobes_in_each_flavour(agent, engine, tmp_path):
+    flavour, e = engine
+    t = str(tmp_path)
+    (tmp_path / "f1").write_text("x")
+    mycat = copy_bin(tmp_path, "mycat")
+    base = e.links()
+
+    def run():
+        subprocess.run([mycat, f"{t}/f1", f"{t}/missing", "/etc/hostname"], capture_output=True)
+        subprocess.run(["/usr/bin/cat", f"{t}/f1"], capture_output=True)  # another binary: silent
+
+    with Loaded(e, policy_yaml("sd-ret", _spec(t, mycat, True)), "sd-ret") as st, \
+            Loaded(e, policy_yaml("sd-entry", _spec(t, mycat, False)), "sd-entry") as st2:
+        assert st.state == st2.state == sensors_pb2.TP_STATE_ENABLED, (st.error, st2.error)
+        assert st.info == f"kprobes[0] sys_openat: {FLAVOURS[flavour][1]}"
+        assert e.links() == base + 3  # entry + exit, entry
+        if flavour != "tracepoint":
+            assert sorted(e._sys_links) == [0, 1]  # one program on sys_enter, one on sys_exit
+        evs = collect(agent, e, run, "sd-ret")
+        evs2 = collect(agent, e, run, "sd-entry")
+        assert [body(x)["args"][1]["string_arg"] for x in evs] == [f"{t}/f1", f"{t}/missing"], evs
+        b0, b1 = body(evs[0]), body(evs[1])
+        assert "process_kprobe" in evs[0] and b0["function_name"] == "__x64_sys_openat"
+        assert b0["args"][0] == {"int_arg": -100} and b0["return"]["int_arg"] >= 3
+        assert b1["return"] == {"int_arg": -2}
+        assert b0["process"]["binary"] == mycat
+        assert [body(x)["args"][1]["string_arg"] for x in evs2] == [f"{t}/f1", f"{t}/missing"]
+        assert all("return" not in body(x) for x in evs2)
+        # the return hook goes: the exit program goes with it, the other hook keeps working
+        e.delete("sd-ret")
+        if flavour != "tracepoint":
+            assert sorted(e._sys_links) == [0]
+        assert e.links() == base + 1
+        evs2 = collect(agent, e, run, "sd-entry")
+        assert [body(x)["args"][1]["string_arg"] for x in evs2] == [f"{t}/f1", f"{t}/missing"]
+        # disabled: nothing is left on sys_enter (the dispatcher costs every syscall while attached)
+        e.configure("sd-entry", "", False, None)
+        assert e.links() == base and not e._sys_links
+        assert collect(agent, e, run, "sd-entry") == []
+        e.configure("sd-entry", "", True, None)
+        assert e.links() == base + 1
+        assert len(collect(agent, e, run, "sd-entry")) == 2
+    assert e.links() == base and not e._sys_links
+    assert not [p for p in e.programs() if p[0].startswith("policy:sd-")]
+
+
+def test_many_syscalls_and_a_list(agent, tmp_path):
+    """A syscalls list hooks several syscall numbers in the one dispatcher; other syscalls pass through."""
+    from lanner.policy.engine import EngineContext, PolicyEngine
+
+    ctx = EngineContext(dict(HOST_PROBE), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
+                        agent.proto, agent.cfg.node_name)
+    e = PolicyEngine(ctx)
+    spec = f"""
+    lists:
+    - name: dups
+      type: syscalls
+      values: ["sys_dup", "sys_dup2", "sys_dup3"]
+    kprobes:
+    - call: list:dups
+      syscall: true
+      args:
+      - index: 0
+        type: int
+      selectors:
+      - matchPIDs:
+        - operator: In
+          values: [{os.getpid()}]
+        matchArgs:
+        - index: 0
+          operator: Equal
+          values: ["0"]
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def run():
+        fd = libc.dup(0)
+        libc.dup2(0, fd)
+        libc.dup3(0, fd, os.O_CLOEXEC)
+        libc.dup(1)  # arg 1: filtered out
+        os.close(fd)
+
+    try:
+        with Loaded(e, policy_yaml("sd-list", spec), "sd-list") as st:
+            assert st.state == sensors_pb2.TP_STATE_ENABLED, st.error
+            assert st.info == ("kprobes[0] list:dups: syscall dispatch tp_btf/sys_enter[dup], "
+                               "tp_btf/sys_enter[dup2], tp_btf/sys_enter[dup3]")
+            assert sorted(nr for (d, nr) in e._sys_slots) == [32, 33, 292]
+            evs = collect(agent, e, run, "sd-list")
+            assert [body(x)["function_name"] for x in evs] == ["__x64_sys_dup", "__x64_sys_dup2", "__x64_sys_dup3"]
+        assert not e._sys_slots and not e._sys_links
+    finally:
+        e.close()
+
+
+def test_equal_strings_of_every_key_size(agent, tmp_path):
+    """Equal (and matchBinaries In) strings live in hash maps by length (32/64/128-byte keys, or the whole
+    260-byte one): a value of each size matches exactly, a string of the same length that differs in its
+    last byte does not; a binary path over 122 bytes is found in the largest map."""
+    from lanner.policy.engine import EngineContext, PolicyEngine
+
+    ctx = EngineContext(dict(HOST_PROBE), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
+                        agent.proto, agent.cfg.node_name)
+    e = PolicyEngine(ctx)
+    names = ["s", "m" * 26, "n" * 27, "o" * 58, "p" * 59, "q" * 122, "r" * 123, "x" * 200]
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    mycat = copy_bin(deep, "c")
+    assert len(mycat) > 122
+    for n in names:
+        (tmp_path / n).write_text("x")
+        (tmp_path / (n[:-1] + "Z")).write_text("x")
+    values = ", ".join(f'"{n}"' for n in names)
+    spec = f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args:
+      - index: 1
+        type: string
+      selectors:
+      - matchArgs:
+        - index: 1
+          operator: Equal
+          values: [{values}]
+        matchBinaries:
+        - operator: In
+          values: ["{mycat}"]
+    """
+
+    def run():
+        subprocess.run([mycat] + [x for n in names for x in (n, n[:-1] + "Z")], cwd=tmp_path, capture_output=True)
+        subprocess.run(["/usr/bin/cat"] + names, cwd=tmp_path, capture_output=True)  # another binary: silent
+
+    try:
+        with Loaded(e, policy_yaml("sd-eq", spec), "sd-eq") as st:
+            assert st.state == sensors_pb2.TP_STATE_ENABLED, st.error
+            evs = collect(agent, e, run, "sd-eq")
+            assert [body(x)["args"][0]["string_arg"] for x in evs] == names
+    finally:
+        e.close()
