@@ -297,8 +297,8 @@ class Compiler:
         # one dispatcher program on sys_enter (+ sys_exit) serves every syscall hook where the kernel has raw
         # tracepoints; the syscall tracepoints' formats still type the arguments and say which syscalls exist
         disp = self.sys_dispatch()
-        if disp is not None and any((syscalls.number(c) or GEN_SYS_NR) >= GEN_SYS_NR for c in calls):
-            disp = None
+        if disp is not None and any((_syscall_nr(c) or GEN_SYS_NR) >= GEN_SYS_NR for c in calls):
+            disp = None  # a number the dispatcher does not serve, or no syscall table here
         if disp is None and not self.supports("tracepoint"):
             raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
         units, plans, ret_plan = [], [], None
@@ -324,7 +324,7 @@ class Compiler:
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
                                has_ret=spec.return_, uprobe=False, override_via=self._override_via())
-            nr = syscalls.number(name) if disp is not None else None
+            nr = _syscall_nr(name) if disp is not None else None
             if nr is not None:
                 cfg["flags"] |= GHF_SYSCALL
                 cfg["sysnr"] = nr + 1
@@ -1054,6 +1054,15 @@ class Compiler:
             else:
                 out.append(v)
         return out
+
+
+def _syscall_nr(name: str) -> int | None:
+    """The x86-64 syscall number, or None when unknown or when this machine has no syscall table (the
+    kernel headers' unistd_64.h): such hooks stay on the syscall tracepoints."""
+    try:
+        return syscalls.number(name)
+    except OSError:
+        return None
 
 
 def workload_scoping(policy: TracingPolicy) -> str:

@@ -218,3 +218,23 @@ def test_equal_strings_of_every_key_size(agent, tmp_path):
             assert [body(x)["args"][0]["string_arg"] for x in evs] == names
     finally:
         e.close()
+
+
+def test_without_a_syscall_table_hooks_stay_on_the_syscall_tracepoints(monkeypatch):
+    """The dispatcher needs syscall numbers (the kernel headers' unistd_64.h); a machine without them
+    serves syscall hooks from the syscall tracepoints, as before."""
+    from lanner.policy import syscalls
+    from lanner.policy.compiler import Compiler
+    from lanner.policy.loader import load_policies
+
+    def missing():
+        raise FileNotFoundError("no x86_64 syscall table")
+
+    ids = iter(range(1, 100))
+    comp = Compiler(dict(HOST_PROBE), lambda: next(ids), lambda: next(ids))
+    pol = load_policies(policy_yaml("sd-notable", _spec("/tmp/x", "/bin/true", True)), "test")[0]
+    assert comp.compile(pol, True).hooks[0].mechanism == "syscall dispatch"
+    monkeypatch.setattr(syscalls, "table", missing)
+    cp = comp.compile(pol, True)
+    assert not cp.unavailable and cp.hooks[0].mechanism == "syscall tracepoints"
+    assert cp.hooks[0].units[0].attach == [("tp", "syscalls", "sys_enter_openat")]
