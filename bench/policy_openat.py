@@ -407,7 +407,7 @@ def main() -> int:
                 print(f"  {100 * v / prog:5.1f}%  ~{net_ns * v / prog:5.0f} ns  {label}")
             if cfg == "equal-1":
                 h = P.share(prof, ("htab_map_hash",))
-                print(f"  of the hash lookups, hashing the 260-byte zero-padded key (htab_map_hash): "
+                print(f"  hashing the key (htab_map_hash; 32-, 64-, 128- or 260-byte keys by the string's length): "
                       f"{100 * h / prog:.1f}%, ~{net_ns * h / prog:.0f} ns")
             print(f"  outside the program, the syscall tracepoint path (syscall_trace_enter + exit work, both "
                   f"syscalls) is {entry - prog:.1f}% of samples, the program {prog:.1f}%")
