@@ -1185,21 +1185,11 @@ static __always_inline bool gen_rate_limited(struct gen_scratch *s, struct gen_s
 	return false;
 }
 
-/* Post: the record into the policy ring. The reader is woken only by the record that takes the unread data
- * past 1/8 of the ring, not by every record above it as lanner_output does: a wakeup is an irq_work
- * self-IPI, which costs about 8 us in a VM (an APIC write exits to the hypervisor), and a burst of matching
- * syscalls would pay it on each one until the agent drains. The agent polls the ring every 10 ms anyway. */
+/* Post: the record into the policy ring (lanner_output: the reader is woken only by the record that takes
+ * the unread data past 1/8 of the ring). */
 static __always_inline int gen_output(void *data, __u64 size)
 {
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 limit = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) >> LANNER_WAKEUP_SHIFT;
-	long err;
-
-	err = bpf_ringbuf_output(&events, data, size,
-				 avail <= limit && avail + size + 8 > limit ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-	if (err)
-		lanner_count_lost(GEN_OP);
-	return err;
+	return lanner_output(GEN_OP, data, size);
 }
 
 /* apply the matched selector's actions and post the event */

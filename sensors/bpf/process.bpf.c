@@ -301,7 +301,7 @@ int BPF_PROG(lanner_fork, struct task_struct *parent, struct task_struct *child)
 	ev->parent = entry->parent;
 	ev->tid = tgid;
 	ev->nspid = task_nspid(child);
-	bpf_ringbuf_submit(ev, lanner_wakeup_flags());
+	bpf_ringbuf_submit(ev, lanner_wakeup_flags(sizeof(*ev), true));
 	return 0;
 }
 
@@ -338,7 +338,7 @@ int BPF_PROG(lanner_exit, struct task_struct *task)
 		ev->key = e->key;
 	ev->tid = (__u32)id;
 	ev->exit_code = BPF_CORE_READ(task, exit_code);
-	bpf_ringbuf_submit(ev, lanner_wakeup_flags());
+	bpf_ringbuf_submit(ev, lanner_wakeup_flags(sizeof(*ev), true));
 	bpf_map_delete_elem(&execve_map, &tgid);
 	return 0;
 }

@@ -38,23 +38,31 @@ static __always_inline void lanner_count_lost(__u32 op)
 /*
  * When to wake the reader. Waking it for every record (the default) costs a self-IPI per record in a
  * VM and a reader wakeup per record: about 20 us per exec measured. Instead records are submitted
- * silently, and the reader is woken only once the ring is LANNER_WAKEUP_SHIFT-th full; the agent also
- * polls every few milliseconds, which bounds the latency of a quiet stream.
+ * silently, and the reader is woken only by the record that takes the unread data past 1/LANNER_WAKEUP_SHIFT
+ * of the ring: not by every record above it either, since a wakeup is an irq_work self-IPI (about 8 us in
+ * a VM: an APIC write exits to the hypervisor) and a burst would pay it on each record until the reader
+ * drains. The agent also polls every few milliseconds, which bounds the latency of a quiet stream and
+ * covers a reader that missed the one wakeup.
  */
 #define LANNER_WAKEUP_SHIFT 3 /* wake when more than 1/8 of the ring holds unread records */
+#define LANNER_RB_RECORD(size) (((size) + 8 + 7) & ~7ULL) /* a record's room in the ring: 8-byte header, 8-aligned */
 
-static __always_inline __u64 lanner_wakeup_flags(void)
+/* the flags for a record of `size` bytes; `reserved`: it is already reserved (counted in the unread data) */
+static __always_inline __u64 lanner_wakeup_flags(__u64 size, bool reserved)
 {
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	__u64 limit = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) >> LANNER_WAKEUP_SHIFT;
+	__u64 rec = LANNER_RB_RECORD(size);
 
-	return avail > (size >> LANNER_WAKEUP_SHIFT) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (reserved)
+		avail = avail > rec ? avail - rec : 0;
+	return avail <= limit && avail + rec > limit ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 /* Copy a record to the ring buffer; on failure count it as lost. */
 static __always_inline int lanner_output(__u32 op, void *data, __u64 size)
 {
-	long err = bpf_ringbuf_output(&events, data, size, lanner_wakeup_flags());
+	long err = bpf_ringbuf_output(&events, data, size, lanner_wakeup_flags(size, false));
 
 	if (err)
 		lanner_count_lost(op);
