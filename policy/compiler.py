@@ -42,6 +42,7 @@ GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostf
 GPF_FOLLOW, GPF_NSPID = 1, 2
 GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
+GHF_SYSWRAP = 256  # a syscall hook on the wrapper __x64_sys_X(struct pt_regs *): args from *regs
 GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c)
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
@@ -280,6 +281,19 @@ class Compiler:
             return "raw_tp"
         return None
 
+    def sys_wrapper(self, ret: bool, functions: tuple[str, ...] = ()) -> str | None:
+        """How ``syscall: true`` hooks are served where the kernel can hook the syscall's wrapper function
+        ``__x64_sys_X`` itself (only the hooked syscall pays, unlike a program on sys_enter, which switches every
+        task to the syscall slow path): ``fentry`` (+ fexit for return values) where `lanner probe` says so
+        and the kernel's BTF has every wrapper of ``functions``, else ``kprobe`` (+ kretprobe); ``None``: the
+        syscall dispatcher (:meth:`sys_dispatch`)."""
+        if self.supports("fentry") and (self.supports("fexit") or not ret) and \
+                all(syscalls.btf_function(f) is not False for f in functions):
+            return "fentry"
+        if self.supports("kprobe") and (self.supports("kretprobe") or not ret):
+            return "kprobe"
+        return None
+
     def _syscall_kprobe(self, policy, path, display, spec: KProbeSpec, cp, enforce) -> HookPlan:
         if not self.supports("tracepoint") and self.sys_dispatch() is None:
             raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
@@ -296,10 +310,12 @@ class Compiler:
                 raise Unavailable("matchReturnArgs needs return: true")
         # one dispatcher program on sys_enter (+ sys_exit) serves every syscall hook where the kernel has raw
         # tracepoints; the syscall tracepoints' formats still type the arguments and say which syscalls exist
-        disp = self.sys_dispatch()
+        # fentry / kprobe on __x64_sys_X where the kernel has them
+        wrap = self.sys_wrapper(spec.return_, tuple(syscalls.function_name(c) for c in calls))
+        disp = None if wrap else self.sys_dispatch()
         if disp is not None and any((_syscall_nr(c) or GEN_SYS_NR) >= GEN_SYS_NR for c in calls):
             disp = None  # a number the dispatcher does not serve, or no syscall table here
-        if disp is None and not self.supports("tracepoint"):
+        if wrap is None and disp is None and not self.supports("tracepoint"):
             raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
         units, plans, ret_plan = [], [], None
         for call in calls:
@@ -316,8 +332,8 @@ class Compiler:
                 if a.index >= len(sys_fields):
                     raise Unavailable(f"args[{i}]: index {a.index}: {name} has {len(sys_fields)} arguments")
                 g = self._tp_arg(i, a, sys_fields[a.index], user=True, syscall=True)
-                if disp is not None:
-                    g[0]["off"] = a.index  # the dispatcher reads the argument from pt_regs
+                if disp is not None or wrap is not None:
+                    g[0]["off"] = a.index  # the dispatcher / the wrapper's hook reads the argument from pt_regs
                 gen_args.append(g[0])
                 plans.append(g[1])
             positions = [a.index for a in spec.args]
@@ -325,10 +341,14 @@ class Compiler:
             cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
                                has_ret=spec.return_, uprobe=False, override_via=self._override_via())
             nr = _syscall_nr(name) if disp is not None else None
-            if nr is not None:
+            fn = syscalls.function_name(name)
+            if wrap is not None:
+                cfg["flags"] |= GHF_SYSWRAP | (GHF_BTF if wrap == "fentry" else 0)
+                attach: list[tuple] = [("fentry", fn) if wrap == "fentry" else ("kprobe", fn, False)]
+            elif nr is not None:
                 cfg["flags"] |= GHF_SYSCALL
                 cfg["sysnr"] = nr + 1
-                attach: list[tuple] = [("sys", disp, 0, nr, name)]
+                attach = [("sys", disp, 0, nr, name)]
             else:
                 attach = [("tp", "syscalls", f"sys_enter_{name}")]
             if cfg.pop("_override", False):  # sys_enter decides, fmod_ret on the syscall function returns it
@@ -343,7 +363,10 @@ class Compiler:
                 ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
                 xid = self._new_hook(cp)
                 unit.exit_id = xid
-                if nr is not None:
+                if wrap is not None:
+                    unit.exit_config = {"flags": GHF_EXIT, "pair": hid, "ret_size": size, "ret_signed": int(signed)}
+                    unit.exit_attach = [("fexit", fn) if wrap == "fentry" else ("kprobe", fn, True)]
+                elif nr is not None:
                     unit.exit_config = {"flags": GHF_EXIT | GHF_SYSCALL, "pair": hid, "sysnr": nr + 1,
                                         "ret_size": size, "ret_signed": int(signed)}
                     unit.exit_attach = [("sys", disp, 1, nr, name)]
@@ -353,7 +376,7 @@ class Compiler:
                     unit.exit_attach = [("tp", "syscalls", f"sys_exit_{name}")]
             units.append(unit)
         return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags,
-                        "syscall dispatch" if disp is not None else "syscall tracepoints")
+                        wrap or ("syscall dispatch" if disp is not None else "syscall tracepoints"))
 
     def _override_via(self) -> str | None:
         """How Override on a kernel function (or syscall) is served here: an fmod_ret program."""

@@ -7,6 +7,7 @@ raw tracepoints. Same events (process_kprobe, __x64_sys_X, entry/exit paired) wh
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -238,3 +239,145 @@ def test_without_a_syscall_table_hooks_stay_on_the_syscall_tracepoints(monkeypat
     cp = comp.compile(pol, True)
     assert not cp.unavailable and cp.hooks[0].mechanism == "syscall tracepoints"
     assert cp.hooks[0].units[0].attach == [("tp", "syscalls", "sys_enter_openat")]
+
+
+# ------------------------------------------------- the syscall's wrapper: fentry, else kprobe (kernel matrix)
+@pytest.fixture(scope="module")
+def measured():
+    """This kernel's `lanner probe` result (what `lanner agent` picks mechanisms from)."""
+    from lanner.kernel.probe import run_probe
+
+    return {name: f.supported for name, f in run_probe().features.items()}
+
+
+# mechanism -> (features it needs, probe overrides forcing it, status of the return hook, sensor)
+WRAPPERS = {
+    "fentry": (("fentry", "fexit"), {}, "fentry fentry/__x64_sys_openat+fexit", "generic_fentry"),
+    "kprobe": (("kprobe", "kretprobe"), {"fentry": False, "fexit": False},
+               "kprobe __x64_sys_openat+kretprobe", "generic_kprobe"),
+}
+
+
+@pytest.mark.parametrize("mech", list(WRAPPERS))
+def test_syscall_hooks_on_the_wrapper(agent, measured, mech, tmp_path):
+    """Where `lanner probe` says fentry (+fexit), a `syscall: true` hook runs as fentry on __x64_sys_X (else
+    kprobe + kretprobe): nothing on sys_enter, args read from the wrapper's struct pt_regs (an int, a user
+    string, the mode in r10, an fd resolved to its file), the return value, and Sigkill of the test's own
+    child. The same events as the dispatcher's. On a kernel without them (the CI host) this skips and
+    syscall hooks stay on the dispatcher (the tests above)."""
+    from lanner.policy.engine import EngineContext, PolicyEngine
+
+    features, force, info, sensor = WRAPPERS[mech]
+    missing = [f for f in features if not measured.get(f)]
+    if missing:
+        pytest.skip(f"this kernel lacks {', '.join(missing)} (lanner probe); runs in the make vmtest guests")
+    probe = dict(measured)
+    probe.update(force)
+    ctx = EngineContext(probe, agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder, agent.proto,
+                        agent.cfg.node_name)
+    e = PolicyEngine(ctx)
+    t = str(tmp_path)
+    (tmp_path / "f1").write_text("x")
+    mycat = copy_bin(tmp_path, "mycat")
+    victim = copy_bin(tmp_path, "victim")
+    opener = copy_bin(tmp_path, "mytouch", "/usr/bin/touch")  # openat(AT_FDCWD, path, O_CREAT|..., 0666)
+    ret_spec = _spec(t, mycat, True)
+    fd_spec = f"""
+    kprobes:
+    - call: sys_write
+      syscall: true
+      args:
+      - index: 0
+        type: fd
+      - index: 2
+        type: size_t
+      selectors:
+      - matchArgs:
+        - index: 0
+          operator: Prefix
+          values: ["{t}/"]
+    """
+    from .test_policy_engine import kill_spec
+
+    def run():
+        subprocess.run([mycat, f"{t}/f1", f"{t}/missing", "/etc/hostname"], capture_output=True)
+        subprocess.run(["/usr/bin/cat", f"{t}/f1"], capture_output=True)  # another binary: silent
+        subprocess.run([opener, f"{t}/created"], capture_output=True)
+        with open(f"{t}/w.txt", "wb", buffering=0) as fh:
+            fh.write(b"hello wrapper")
+
+    try:
+        base = e.links()
+        with Loaded(e, policy_yaml("sw-ret", ret_spec), "sw-ret") as st, \
+                Loaded(e, policy_yaml("sw-fd", fd_spec), "sw-fd") as st2, \
+                Loaded(e, policy_yaml("sw-creat", _spec(t, opener, False).replace(
+                    "        type: string\n", "        type: string\n      - index: 3\n        type: int\n", 1)),
+                    "sw-creat") as st3:
+            assert st.state == st2.state == st3.state == sensors_pb2.TP_STATE_ENABLED, (st.error, st2.error)
+            assert st.info == f"kprobes[0] sys_openat: {info}"
+            assert st2.info == f"kprobes[0] sys_write: {mech} " + (
+                "fentry/__x64_sys_write" if mech == "fentry" else "__x64_sys_write")
+            assert e.status("sw-ret").sensors == [sensor]
+            assert e.links() == base + 4 and not e._sys_links  # entry + exit, entry, entry; no sys_enter
+            evs = collect(agent, e, run, "sw-ret")
+            assert [body(x)["args"][1]["string_arg"] for x in evs] == [f"{t}/f1", f"{t}/missing"], evs
+            b0, b1 = body(evs[0]), body(evs[1])
+            assert b0["function_name"] == "__x64_sys_openat" and b0["process"]["binary"] == mycat
+            assert b0["args"][0] == {"int_arg": -100} and b0["return"]["int_arg"] >= 3
+            assert b1["return"] == {"int_arg": -2}
+            evs = collect(agent, e, run, "sw-creat")
+            assert [body(x)["args"][1:] for x in evs] == [
+                [{"string_arg": f"{t}/created"}, {"int_arg": 0o666}]], evs  # the 4th argument: r10
+            evs = collect(agent, e, run, "sw-fd")
+            assert [body(x)["args"] for x in evs] == [[{"file_arg": {"path": f"{t}/w.txt"}}, {"size_arg": "13"}]]
+        assert e.links() == base
+        # Sigkill from the wrapper's program, scoped to the test's own copy of cat
+        runs: dict[str, int] = {}
+
+        def kill_run():
+            runs["victim"] = subprocess.run([victim, "/etc/hostname"], capture_output=True).returncode
+            runs["cat"] = subprocess.run(["/usr/bin/cat", "/etc/hostname"], capture_output=True).returncode
+
+        with Loaded(e, policy_yaml("sw-kill", kill_spec(victim, "Sigkill")), "sw-kill") as st:
+            assert st.state == sensors_pb2.TP_STATE_ENABLED, st.error
+            assert st.info.startswith(f"kprobes[0] sys_openat: {mech} ")
+            evs = collect(agent, e, kill_run, "sw-kill")
+            assert e.status("sw-kill").stats.action_counters.signal == 1
+        assert runs == {"victim": -signal.SIGKILL, "cat": 0}
+        assert len(evs) == 1 and body(evs[0])["action"] == "KPROBE_ACTION_SIGKILL"
+        assert body(evs[0])["function_name"] == "__x64_sys_openat"
+    finally:
+        e.close()
+
+
+def test_wrapper_without_btf_runs_as_kprobe(agent, measured):
+    """A syscall without arguments may have no BTF entry for its wrapper (__x64_sys_getppid is an alias of
+    __do_sys_getppid on Debian 6.1 and on this host): no fentry there, the hook runs as a kprobe on the symbol
+    (or on the dispatcher without kprobes) and fires."""
+    from lanner.policy import syscalls
+    from lanner.policy.engine import EngineContext, PolicyEngine
+
+    if not (measured.get("fentry") and measured.get("kprobe")):
+        pytest.skip("this kernel lacks fentry or kprobe (lanner probe); runs in the make vmtest guests")
+    if syscalls.btf_function("__x64_sys_getppid") is not False:
+        pytest.skip("this kernel's BTF has __x64_sys_getppid")
+    ctx = EngineContext(dict(measured), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
+                        agent.proto, agent.cfg.node_name)
+    e = PolicyEngine(ctx)
+    spec = f"""
+    kprobes:
+    - call: sys_getppid
+      syscall: true
+      selectors:
+      - matchPIDs:
+        - operator: In
+          values: [{os.getpid()}]
+    """
+    try:
+        with Loaded(e, policy_yaml("sw-noargs", spec), "sw-noargs") as st:
+            assert st.state == sensors_pb2.TP_STATE_ENABLED, st.error
+            assert st.info == "kprobes[0] sys_getppid: kprobe __x64_sys_getppid"
+            evs = collect(agent, e, os.getppid, "sw-noargs")
+            assert [body(x)["function_name"] for x in evs] == ["__x64_sys_getppid"]
+    finally:
+        e.close()

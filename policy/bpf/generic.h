@@ -108,6 +108,9 @@
 #define GHF_USDT (1 << 6)    /* USDT probe (a uprobe): args at gen_arg.loc/reg/disp */
 #define GHF_SYSCALL (1 << 7) /* served by the sys_enter/sys_exit dispatcher (generic_sys.bpf.c): args are the
 			      * syscall's arguments from pt_regs (off = argument number), sysnr = nr + 1 */
+#define GHF_SYSWRAP (1 << 8) /* a syscall: true hook on the syscall's wrapper __x64_sys_X(struct pt_regs *regs)
+			      * (fentry or kprobe): args are the user's registers in *regs (x86-64 syscall ABI:
+			      * di, si, dx, r10, r8, r9; off = argument number), read with CO-RE */
 
 /* the syscall dispatcher (generic_sys.bpf.c): gen_sys_on[nr] says whether hooks watch syscall nr and which
  * of the two gen_sys_list buffers of each direction is current; gen_sys_list[nr * 4 + dir * 2 + buf] lists
@@ -276,6 +279,7 @@ struct gen_userns_info {
 #define GEF_NOPROC (1 << 1)  /* the process had no execve_map entry */
 #define GEF_SIGNALED (1 << 2)
 #define GEF_OVERRIDDEN (1 << 3)
+#define GEF_ENFORCED (1 << 4) /* return: true hooks: the selector's Signal/Override ran at the entry */
 
 struct gen_event {
 	struct lanner_event_hdr hdr;

@@ -213,6 +213,23 @@ static __always_inline __u64 gen_raw(__u64 ctx, struct gen_scratch *s, struct ge
 		return a->off < 6 ? s->sysargs[a->off % 6] : 0;
 	if (hook->flags & GHF_USDT)
 		return gen_usdt_raw((struct pt_regs *)ctx, a);
+	if (hook->flags & GHF_SYSWRAP) { /* __x64_sys_X(const struct pt_regs *regs): the user's registers */
+		struct pt_regs *regs;
+
+		if (hook->flags & GHF_BTF) /* fentry: regs is the first slot of the BTF context array */
+			bpf_probe_read_kernel(&regs, sizeof(regs), (void *)ctx);
+		else /* kprobe: regs is the wrapper's first argument, in the kprobe's own pt_regs */
+			regs = (struct pt_regs *)BPF_CORE_READ((struct pt_regs *)ctx, di);
+		switch (a->off) {
+		case 0: v = BPF_CORE_READ(regs, di); break;
+		case 1: v = BPF_CORE_READ(regs, si); break;
+		case 2: v = BPF_CORE_READ(regs, dx); break;
+		case 3: v = BPF_CORE_READ(regs, r10); break;
+		case 4: v = BPF_CORE_READ(regs, r8); break;
+		case 5: v = BPF_CORE_READ(regs, r9); break;
+		}
+		return v;
+	}
 
 	if (hook->flags & GHF_UPROBE) {
 		struct pt_regs *regs = (struct pt_regs *)ctx;
@@ -1192,20 +1209,13 @@ static __always_inline int gen_output(void *data, __u64 size)
 	return lanner_output(GEN_OP, data, size);
 }
 
-/* apply the matched selector's actions and post the event */
-static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch *s)
+/* The enforcing actions of a matched selector: Signal and Override. They run before the hooked function
+ * does: at the entry, also for a hook with `return: true` whose selector needs no return value
+ * (gen_enter; the event is posted at the return). A selector that filters on the return value decides
+ * only at the return, when Override can no longer apply: it is not stored then (a stored value would
+ * be returned by the thread's next call of a function with an fmod_ret program instead). */
+static __always_inline void gen_enforce(struct gen_hook *hook, struct gen_scratch *s, struct gen_selector *sel)
 {
-	__u32 si = s->ev.selector;
-	struct gen_selector *sel;
-
-	gen_stat(s->ev.hook_id, GST_MATCHED);
-	if (si >= GEN_MAX_SELECTORS) { /* no selectors: Post */
-		s->ev.action = 0;
-		goto post;
-	}
-	si = GEN_BOUND(si, GEN_MAX_SELECTORS);
-	sel = &hook->sel[si];
-	s->ev.action = sel->action;
 	if (sel->flags & GSF_SIGNAL) {
 		if (hook->flags & GHF_ENFORCE) {
 			bpf_send_signal(sel->signal);
@@ -1215,7 +1225,7 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 			gen_stat(s->ev.hook_id, GST_MONITOR_SIGNAL);
 		}
 	}
-	if (sel->flags & GSF_OVERRIDE) {
+	if ((sel->flags & GSF_OVERRIDE) && !(s->ev.flags & GEF_RETURN)) {
 		if (hook->flags & GHF_ENFORCE) {
 			if (hook->flags & GHF_LSM) {
 				s->override_set = 1;
@@ -1232,6 +1242,24 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 			gen_stat(s->ev.hook_id, GST_MONITOR_OVERRIDE);
 		}
 	}
+}
+
+/* apply the matched selector's actions and post the event */
+static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch *s)
+{
+	__u32 si = s->ev.selector;
+	struct gen_selector *sel;
+
+	gen_stat(s->ev.hook_id, GST_MATCHED);
+	if (si >= GEN_MAX_SELECTORS) { /* no selectors: Post */
+		s->ev.action = 0;
+		goto post;
+	}
+	si = GEN_BOUND(si, GEN_MAX_SELECTORS);
+	sel = &hook->sel[si];
+	s->ev.action = sel->action;
+	if (!(s->ev.flags & GEF_ENFORCED))
+		gen_enforce(hook, s, sel);
 	if (sel->flags & (GSF_TRACKSOCK | GSF_UNTRACKSOCK)) {
 		__u64 sk = s->ev.aux[sel->sock_arg & (GEN_MAX_ARGS - 1)];
 
@@ -1330,6 +1358,12 @@ static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *
 	}
 	gen_fill_key(s);
 	if (hook->flags & GHF_HAS_RET) {
+		__u32 si = s->ev.selector;
+
+		if (si < GEN_MAX_SELECTORS && !(hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)].flags & GSF_HAS_RET)) {
+			gen_enforce(hook, s, &hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)]); /* before the function runs */
+			s->ev.flags |= GEF_ENFORCED;
+		}
 		key = gen_inflight_key(hook_id);
 		bpf_map_update_elem(&gen_inflight, &key, &s->ev, BPF_ANY);
 		return 0;
