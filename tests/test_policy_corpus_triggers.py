@@ -1355,14 +1355,10 @@ class OverlayCopyUp(Trigger):
             and "return" in b
 
     def negative(self):
-        # (after the event was checked) the override should have left the xattr behind, but it is copied up:
-        # with `return: true` the engine runs the selector's actions at the function's return (gen_exit ->
-        # gen_finish), when fmod_ret has already let the function run (an engine bug, reported)
+        # (after the event was checked) the override left the xattr behind: with `return: true` the
+        # selector's Signal/Override run at the entry (gen_enter -> gen_enforce), before fmod_ret decides
         assert self.upper.exists()
-        if "security.capability" in os.listxattr(self.upper):
-            import warnings
-
-            warnings.warn("cve-2023-2640: Override with return: true not applied (actions run at the return)")
+        assert "security.capability" not in os.listxattr(self.upper), os.listxattr(self.upper)
         p, upper = self._copy_up("host", False)
         assert upper.exists()
         return lambda b: b["process"]["pid"] == p.pid

@@ -423,12 +423,20 @@ def test_lsm_override_in_monitor_mode_does_not_deny(env, tmp_path):
 
 
 # ------------------------------------------------------------------- Override on kprobes (fmod_ret)
-def test_kprobe_override_with_fmod_ret(env, tmp_path):
-    _need(env, "kprobe", "fmod_ret")
+@pytest.mark.parametrize("with_return", [False, True], ids=["entry", "return"])
+def test_kprobe_override_with_fmod_ret(env, tmp_path, with_return):
+    """With `return: true` too, Override is decided at the entry (before fmod_ret lets the function run)
+    and the event carries the overridden return value; nothing stale is left for the thread's next call."""
+    _need(env, "kprobe", "fmod_ret", *(["kretprobe"] if with_return else []))
+    ret = """
+      return: true
+      returnArg:
+        index: 0
+        type: int""" if with_return else ""
     spec = f"""
     kprobes:
     - call: security_file_open
-      syscall: false
+      syscall: false{ret}
       args:
       - index: 0
         type: file
@@ -456,7 +464,9 @@ def test_kprobe_override_with_fmod_ret(env, tmp_path):
         evs = _events(env, deny, "kp-ovr")
         assert err == [errno.EACCES]
         assert [e["action"] for e in evs] == ["KPROBE_ACTION_OVERRIDE"]
-        os.close(os.open(tmp_path / "fm-ok", os.O_RDONLY))  # not matched: not denied
+        if with_return:
+            assert evs[0]["return"] == {"int_arg": -errno.EACCES}, evs[0]
+        os.close(os.open(tmp_path / "fm-ok", os.O_RDONLY))  # not matched: not denied (and nothing stale)
     os.close(os.open(tmp_path / "fm-deny", os.O_RDONLY))
 
 
