@@ -212,6 +212,12 @@ class Agent:
         self.netdp.start()
         if self.netdp.pod_cache is not None and hasattr(self.encoder, "attach_pod_resolver"):
             self.encoder.attach_pod_resolver(self.netdp.pod_cache)  # process.pod on every event from a pod
+        if self.netdp.pod_cache is not None and self.engine is not None:
+            from lanner.policy.workloads import Workload
+
+            scopes = self.engine.workloads  # TracingPolicyNamespaced / podSelector: the pods they run for
+            self.netdp.pod_cache.subscribe(lambda eps: scopes.sync(
+                Workload(ep.pod.namespace, ep.pod.label_dict(), ep.netns_inode) for ep in eps))
 
     def _drain_flows(self) -> int:
         """Flow events from the datapath, exported alongside the security events (not process-filtered)."""

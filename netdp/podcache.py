@@ -21,7 +21,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from lanner.netdp.endpoint import ContainerInfo, Endpoint, PodInfo
 
@@ -94,11 +94,33 @@ class PodCache:
         self._cgroups: dict[int, PodMatch | None] = {}  # None: asked, not a container of a known pod
         self._cgroup_sandbox: dict[int, str] = {}
         self._labels_known: set[str] = set()  # sandboxes whose labels came from the CNI service or the runtime
+        self._listeners: list[Callable[[list[Endpoint]], None]] = []
         self.cri_lookups = 0
         self.cri_errors = 0
 
+    # ------------------------------------------------------------------ listeners
+    def subscribe(self, listener: Callable[[list[Endpoint]], None]) -> None:
+        """Call ``listener(endpoints)`` now and after every change of the pod set or a pod's labels, with
+        all endpoints (e.g. the policy engine's workload scoping). Called on the writer's thread."""
+        self._listeners.append(listener)
+        listener(self.endpoints())
+
+    def _changed(self) -> None:
+        if not self._listeners:
+            return
+        eps = self.endpoints()
+        for listener in self._listeners:
+            try:
+                listener(eps)
+            except Exception as exc:  # noqa: BLE001 - a listener must not fail the CNI request that changed a pod
+                log.warning("pod table listener %r failed: %s", listener, exc)
+
     # ------------------------------------------------------------------ writers (CNI service)
     def add(self, ep: Endpoint) -> None:
+        self._add(ep)
+        self._changed()
+
+    def _add(self, ep: Endpoint) -> None:
         with self._lock:
             old = self._by_sandbox.get(ep.container_id)
             if old is not None:
@@ -123,9 +145,17 @@ class PodCache:
             cur = self._by_sandbox.get(ep.container_id)
             if cur is not None:
                 self._drop(cur)
+        if cur is not None:
+            self._changed()
 
     def update_pod(self, sandbox_id: str, pod: PodInfo) -> bool:
         """Replace a pod's record (labels learned after ADD). Processes already rendered keep the old one."""
+        if self._update_pod(sandbox_id, pod):
+            self._changed()
+            return True
+        return False
+
+    def _update_pod(self, sandbox_id: str, pod: PodInfo) -> bool:
         with self._lock:
             ep = self._by_sandbox.get(sandbox_id)
             if ep is None:

@@ -43,6 +43,7 @@ GPF_FOLLOW, GPF_NSPID = 1, 2
 GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
 GHF_SYSWRAP = 256  # a syscall hook on the wrapper __x64_sys_X(struct pt_regs *): args from *regs
+GHF_SCOPED = 512  # a workload-scoped policy's hook: runs only for tasks in its pods' netns (gen_scope)
 GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c)
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
@@ -175,9 +176,9 @@ class Compiler:
             out.order.append(path)
             scratch = CompiledPolicy()
             try:
-                if scoped:  # never run a pod-scoped policy on every process
-                    raise Unavailable(f"{scoped} selects pods/containers, but this lanner build has no pod or "
-                                      "container identity: workload scoping is not served")
+                if scoped:  # never run a container-scoped policy on every process
+                    raise Unavailable(f"{scoped} selects containers within pods; lanner scopes policies by pod "
+                                      "(TracingPolicyNamespaced, spec.podSelector), not by container")
                 plan = self._hook(policy, kind, path, display, spec, scratch, enforce)
                 # NotifyEnforcer: the selector stores argError per thread (gen_override, as Override) and
                 # an fmod_ret program on each spec.enforcers call applies it (attached with the first unit)
@@ -1089,13 +1090,9 @@ def _syscall_nr(name: str) -> int | None:
 
 
 def workload_scoping(policy: TracingPolicy) -> str:
-    """What scopes the policy to pods or containers ("" if nothing does). Tetragon runs such a policy
-    only for the selected pods (and host processes only with hostSelector: {}); lanner cannot tell a
-    pod's process from any other, so serving it would apply the policy to every process."""
-    if policy.namespaced:
-        return f"TracingPolicyNamespaced (namespace {policy.namespace})"
-    if policy.spec.pod_selector is not None:
-        return "spec.podSelector"
+    """What scopes the policy to less than whole pods ("" if nothing does). Pod scoping (namespace,
+    spec.podSelector) is served by the engine (lanner.policy.workloads, GHF_SCOPED); a container scope
+    is not, and running it for the whole pod or every process would widen the policy."""
     if policy.spec.container_selector is not None:
         return "spec.containerSelector"
     return ""

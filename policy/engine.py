@@ -24,7 +24,7 @@ from lanner.exporter.pipeline import OutEvent
 
 from . import bpf_attach
 from .compiler import (
-    GEN_STR_MAX, GHF_ENFORCE, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES, GST_OVERRIDE, GST_POST,
+    GEN_STR_MAX, GHF_ENFORCE, GHF_SCOPED, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES, GST_OVERRIDE, GST_POST,
     GEN_SYS_HOOKS, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
     Compiler, HookPlan, HookUnit,
 )
@@ -32,6 +32,7 @@ from .errors import PolicyError
 from .events import EventDecoder, build_event
 from .loader import load_policies
 from .model import TracingPolicy
+from .workloads import WorkloadScope, WorkloadScopes, scope_of
 
 log = logging.getLogger("lanner.policy.engine")
 
@@ -50,7 +51,7 @@ GSO_ENTER, GSO_EXIT, GSO_ENTER_BUF, GSO_EXIT_BUF = 1, 2, 4, 8
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_set32", "gen_str_set64",
                "gen_str_set128", "gen_str_lpm", "gen_heap", "gen_inflight",
-               "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "events", "lanner_lost")
+               "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "gen_scope", "events", "lanner_lost")
 # A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
@@ -126,6 +127,7 @@ class _Policy:
     links: list[Link] = field(default_factory=list)
     attach_errors: list[str] = field(default_factory=list)
     attach_failed: dict[str, str] = field(default_factory=dict)  # hook path -> why its attach failed
+    scope: WorkloadScope | None = None  # the pods it runs for (TracingPolicyNamespaced, podSelector); scope id = id
 
     @property
     def name(self) -> str:
@@ -188,6 +190,9 @@ class PolicyEngine:
                 raise RuntimeError(f"{TP_OBJECT}: gen_stats has {self.stats_map.value_size} bytes per hook, this "
                                    f"engine expects {8 * GST_SLOTS}: rebuild with 'make bpf'")
             self.lost_map = self.tp.map("lanner_lost", key=Codec.struct("<I"), value=Codec.struct("<Q"))
+            scope_map = self.tp.map("gen_scope")
+            # the pods of workload-scoped policies; fed by the agent from the pod table (sync)
+            self.workloads = WorkloadScopes(lambda k: scope_map.update(k, ONE), scope_map.delete, _host_netns())
             lay = RecordLayout.from_btf(self.tp.btf, "gen_hook")
             self._hook_layout = lay
             self._hook_struct = lay.struct
@@ -241,9 +246,16 @@ class PolicyEngine:
         mode = pol.spec.settings.policy_mode
         enforce = mode != "monitor"
         compiled = self.compiler.compile(pol, enforce)
-        p = _Policy(next(self._ids), pol, compiled, enforce)
+        p = _Policy(next(self._ids), pol, compiled, enforce, scope=scope_of(pol))
+        if p.scope is not None:  # every entry hook runs only for the scope's pods (gen_scope, keyed by p.id)
+            for plan in compiled.hooks:
+                for unit in plan.units:
+                    unit.config["flags"] |= GHF_SCOPED
+                    unit.config["scope"] = p.id
         self._policies[(p.name, p.namespace)] = p
         try:
+            if p.scope is not None:
+                self.workloads.register(p.id, p.scope)
             self._write_sets(compiled)
             for plan in compiled.hooks:
                 for unit in plan.units:
@@ -515,6 +527,8 @@ class PolicyEngine:
                         self.stats_map.delete(hid)
                 self._meta.pop(unit.hook_id, None)
         self._clear_sets(p.compiled)
+        if p.scope is not None:
+            self.workloads.unregister(p.id)
         self._policies.pop((p.name, p.namespace), None)
 
     def delete(self, name: str, namespace: str = "") -> None:
@@ -649,6 +663,10 @@ class PolicyEngine:
                 if not p.compiled.enforcing:
                     mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
                 hooks, counts = self._hook_status(p)
+                if p.scope is not None:
+                    hooks.insert(0, f"runs for {p.scope.describe()}: {self.workloads.selected(p.id)} pods on this node"
+                                 + ("" if self.workloads.synced else " (no pod source: the agent runs without "
+                                    "--enable-netdp, so no pod is known)"))
                 st = sensors_pb2.TracingPolicyStatus(
                     id=p.id, name=p.name, namespace=p.namespace, info="; ".join(hooks), sensors=sensors,
                     error="; ".join(errors), state=state, mode=mode, kernel_memory_bytes=self._kernel_memory(p))
@@ -737,6 +755,13 @@ class PolicyEngine:
             self._tp_pool = [self.tp]
             self._tp_busy.clear()
             self._link_slot.clear()
+
+
+def _host_netns() -> int:
+    """The host's network namespace inode (pid 1's where readable, else the kernel's initial one)."""
+    from lanner.sensors import procfs
+
+    return int(procfs.host_namespaces().net)
 
 
 def _fmt_items(fmt: str) -> list[str]:

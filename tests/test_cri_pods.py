@@ -421,3 +421,67 @@ def test_lanner_cni_network_policy_allows_and_denies(lanner_node):
     finally:
         for p in (db, api, other):
             remove_pod(ctrd, p)
+
+
+def _scoped_policy_info(agent, name: str, namespace: str) -> str:
+    from lanner.client import AgentClient
+
+    with AgentClient(agent.address, timeout=10) as c:
+        st = next(s for s in c.list_policies() if s.name == name and s.namespace == namespace)
+    return st.info.split("; ")[0]
+
+
+@pytest.mark.bpf
+def test_lanner_cni_namespaced_tracing_policy_runs_for_its_pods(lanner_node):
+    """A TracingPolicyNamespaced added at run time sees its namespace's pods only: not another namespace's
+    pod, not the node, and no longer a pod once it is removed (the pod table feeds the kernel's scope)."""
+    from lanner.client import AgentClient
+
+    ctrd, agent, node = lanner_node
+    m = uuid.uuid4().hex[:8]
+    ns_in, ns_out = f"scope-in-{m}", f"scope-out-{m}"
+    inside = run_pod(ctrd, "in-" + m, namespace=ns_in, labels={"app": "x"}, containers={"main": ["/bin/sleep", "3600"]})
+    outside = run_pod(ctrd, "out-" + m, namespace=ns_out, labels={"app": "x"},
+                      containers={"main": ["/bin/sleep", "3600"]})
+    policy = f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicyNamespaced
+metadata:
+  name: scoped-{m}
+  namespace: {ns_in}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args:
+    - index: 1
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Prefix
+        values: ["/tmp/{m}"]
+"""
+    removed = False
+    with AgentClient(agent.address, timeout=10) as c:
+        c.add_policy(policy)
+    try:
+        assert _scoped_policy_info(agent, f"scoped-{m}", ns_in) == f"runs for namespace {ns_in}: 1 pods on this node"
+        with ctrd.client() as cri:
+            cri.exec_sync(outside.containers["main"], ["/bin/cat", f"/tmp/{m}-outside"])
+            node.run("/bin/cat", f"/tmp/{m}-node", check=False)
+            cri.exec_sync(inside.containers["main"], ["/bin/cat", f"/tmp/{m}-inside"])
+
+        def mine(evs: list[dict]) -> list[dict]:
+            return [e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == f"scoped-{m}"]
+
+        evs = mine(agent.wait_for(mine, timeout=15, what="the namespaced policy's event"))
+        assert [a["string_arg"] for e in evs for a in e["args"]] == [f"/tmp/{m}-inside"], evs
+        assert evs[0]["process"]["pod"]["namespace"] == ns_in and evs[0]["process"]["pod"]["name"] == inside.name
+        remove_pod(ctrd, inside)
+        removed = True
+        assert _scoped_policy_info(agent, f"scoped-{m}", ns_in) == f"runs for namespace {ns_in}: 0 pods on this node"
+    finally:
+        with AgentClient(agent.address, timeout=10) as c:
+            c.delete_policy(f"scoped-{m}", ns_in)
+        for p in ([] if removed else [inside]) + [outside]:
+            remove_pod(ctrd, p)

@@ -1056,33 +1056,27 @@ def test_invalid_action_is_refused_by_the_parser(env, action, extra, reason):
     assert reason in refused(env, "badact", spec)
 
 
-@pytest.mark.parametrize("scope,reason", [
-    ("podSelector", "spec.podSelector"), ("containerSelector", "spec.containerSelector"),
-    ("namespaced", "TracingPolicyNamespaced (namespace default)")])
-def test_workload_scoped_policy_is_not_run_on_every_process(env, scope, reason):
-    """A policy scoped to pods/containers must not become a policy on every process: lanner has no pod
-    identity, so its hooks are unavailable with that reason (Tetragon would run it for the pods only)."""
+def test_container_scoped_policy_is_not_run_for_the_whole_pod(env):
+    """spec.containerSelector narrows a policy to some containers of a pod; lanner scopes by pod (network
+    namespace), so such a policy's hooks are unavailable rather than widened. (Pod scoping itself is in
+    tests/test_policy_workloads.py.)"""
     hooks = """
     kprobes:
     - call: sys_getppid
       syscall: true
     """
-    if scope == "namespaced":
-        text = policy_yaml("scoped", hooks).replace("kind: TracingPolicy\n", "kind: TracingPolicyNamespaced\n") \
-            .replace("  name: scoped\n", "  name: scoped\n  namespace: default\n")
-    else:
-        sel = "matchLabels: {app: web}" if scope == "podSelector" else \
-            "matchExpressions: [{key: name, operator: In, values: [web]}]"
-        text = policy_yaml("scoped", f"\n    {scope}:\n      {sel}" + hooks)
+    text = policy_yaml("scoped", "\n    containerSelector:\n      matchExpressions: [{key: name, operator: In, "
+                       "values: [web]}]" + hooks)
     base = env.engine.links()
     env.engine.add(text, "test")
     try:
-        st = env.engine.status("scoped", "default" if scope == "namespaced" else "")
+        st = env.engine.status("scoped", "")
         assert st.state == sensors_pb2.TP_STATE_LOAD_ERROR and env.engine.links() == base
-        assert st.error == (f"hook kprobes[0] sys_getppid: {reason} selects pods/containers, but this lanner build "
-                            "has no pod or container identity: workload scoping is not served")
+        assert st.error == ("hook kprobes[0] sys_getppid: spec.containerSelector selects containers within pods; "
+                            "lanner scopes policies by pod (TracingPolicyNamespaced, spec.podSelector), not by "
+                            "container")
     finally:
-        env.engine.delete("scoped", "default" if scope == "namespaced" else "")
+        env.engine.delete("scoped", "")
     # hostSelector: {} alone selects the host's processes: served
     with env.load("scoped", "\n    hostSelector: {}" + hooks) as st:
         assert env.engine.links() == base + 1

@@ -111,6 +111,8 @@
 #define GHF_SYSWRAP (1 << 8) /* a syscall: true hook on the syscall's wrapper __x64_sys_X(struct pt_regs *regs)
 			      * (fentry or kprobe): args are the user's registers in *regs (x86-64 syscall ABI:
 			      * di, si, dx, r10, r8, r9; off = argument number), read with CO-RE */
+#define GHF_SCOPED (1 << 9)  /* a workload-scoped policy (TracingPolicyNamespaced, podSelector): the hook runs only
+			      * for tasks whose network namespace is in gen_scope under gen_hook.scope */
 
 /* the syscall dispatcher (generic_sys.bpf.c): gen_sys_on[nr] says whether hooks watch syscall nr and which
  * of the two gen_sys_list buffers of each direction is current; gen_sys_list[nr * 4 + dir * 2 + buf] lists
@@ -216,6 +218,8 @@ struct gen_hook {
 	__u8 ret_size;
 	__u8 ret_signed;
 	__u32 sysnr;   /* GHF_SYSCALL: the syscall number + 1 (the dispatcher runs the hook for that syscall only) */
+	__u32 scope;   /* GHF_SCOPED: the policy's scope id (gen_scope_key.scope) */
+	__u32 pad;
 	struct gen_arg args[GEN_MAX_ARGS];
 	struct gen_selector sel[GEN_MAX_SELECTORS];
 };
@@ -232,6 +236,13 @@ struct gen_str {
 struct gen_sys_hooks {
 	__u32 n;                   /* slots in use (the highest used slot + 1) */
 	__u32 ids[GEN_SYS_HOOKS];  /* hook ids, 0 = free */
+};
+
+/* gen_scope: the pods a workload-scoped policy runs for, by network namespace inode (every process of a pod
+ * shares its netns); written by lanner.policy.workloads as pods come and go */
+struct gen_scope_key {
+	__u32 scope;
+	__u32 netns;
 };
 
 struct gen_int_key {
