@@ -32,6 +32,7 @@ from .usdt import UsdtError, find_probes
 # ------------------------------------------------------------------ constants mirrored from generic.h
 GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
 GEN_MAX_PIDS, GEN_MAX_NS, GEN_MAX_NS_VALUES, GEN_STR_MAX, GEN_RET_ARG = 4, 4, 4, 254, 7
+GEN_MAX_PID_ENTRIES = 2  # matchPIDs entries per selector
 GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADDR, GA_IOVEC = range(1, 10)
 GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM, GA_CRED, GA_SOCK, GA_SOCKET, GA_SKB, GA_KSOCKADDR, GA_USERNS, \
     GA_NETDEV, GA_MODULE, GA_LOAD_INFO = range(10, 23)
@@ -731,16 +732,17 @@ class Compiler:
                 cfg[key] = cfg.get(key, 0) | GAF_ZERO
         cfg[f"{p}nfilters"] = len(filters)
         # matchPIDs
-        if len(sel.match_pids) > 1:
-            raise Unavailable(f"{where}.matchPIDs: more than one entry is not served by this build")
-        for mp in sel.match_pids:
+        if len(sel.match_pids) > GEN_MAX_PID_ENTRIES:
+            raise Unavailable(f"{where}.matchPIDs: {len(sel.match_pids)} entries, the limit is {GEN_MAX_PID_ENTRIES}")
+        for j, mp in enumerate(sel.match_pids):  # entries are ANDed
             if len(mp.values) > GEN_MAX_PIDS:
-                raise Unavailable(f"{where}.matchPIDs: {len(mp.values)} values, the limit is {GEN_MAX_PIDS}")
-            cfg[f"{p}pid_op"] = GOP[mp.operator]
-            cfg[f"{p}pid_flags"] = (GPF_FOLLOW if mp.follow_forks else 0) | (GPF_NSPID if mp.is_namespace_pid else 0)
-            cfg[f"{p}npids"] = len(mp.values)
+                raise Unavailable(f"{where}.matchPIDs[{j}]: {len(mp.values)} values, the limit is {GEN_MAX_PIDS}")
+            e = f"{p}pids[{j}]."
+            cfg[e + "op"] = GOP[mp.operator]
+            cfg[e + "flags"] = (GPF_FOLLOW if mp.follow_forks else 0) | (GPF_NSPID if mp.is_namespace_pid else 0)
+            cfg[e + "n"] = len(mp.values)
             for k, v in enumerate(mp.values):
-                cfg[f"{p}pids[{k}]"] = v
+                cfg[f"{e}vals[{k}]"] = v
         # matchBinaries
         if len(sel.match_binaries) > 1:
             raise Unavailable(f"{where}.matchBinaries: at most one entry")

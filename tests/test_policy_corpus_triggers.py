@@ -36,6 +36,7 @@ import select
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -64,7 +65,7 @@ ENABLED_HERE = {
     "hardlink-observe.yaml", "list-syscalls.yaml", "openat_write.yaml",
     "process-credentials/process.credentials.changes.at.syscalls.yaml", "raw_syscalls.yaml", "rawtp.yaml",
     "symlink-observe.yaml", "sys_mount.yaml", "sys_ptrace.yaml", "sys_setuid.yaml", "uprobe-pid.yaml",
-    "uprobe.yaml", "write.yaml",
+    "uprobe.yaml", "write.yaml", "sys_clock_settime.yaml", "sys_pivot_root.yaml",
 }
 # Everything else loads nothing (LOAD_ERROR); the reason each unavailable hook gives contains:
 KPROBE = "kprobe attach"          # kernel-function kprobes (not served: no kprobes here, and not in the engine)
@@ -115,8 +116,6 @@ REASONS = {
     "security_inode_follow_link.yaml": KPROBE,
     "stack_traces.yaml": KPROBE,
     "symlink-override.yaml": OVERRIDE,
-    "sys_clock_settime.yaml": "matchPIDs: more than one entry is not served by this build",
-    "sys_pivot_root.yaml": "matchPIDs: more than one entry is not served by this build",
     "tcp-accept.yaml": KPROBE,
     "tcp-connect-only-local-addrs.yaml": KPROBE,
     "tcp-connect-only-private-addrs.yaml": KPROBE,
@@ -459,6 +458,56 @@ class Write(Trigger):
         return lambda b: b["args"][1].get("bytes_arg") == enc
 
 
+class _NotNsInit(Trigger):
+    """Two matchPIDs entries, ANDed (NotIn 1 and NotIn 0, namespace pids): the syscall by any process but a
+    pid namespace's init. ``CODE`` makes the call harmlessly (it fails) and prints the marker first."""
+
+    attempts = 3
+    CODE = ""
+
+    def _run(self, marker: str, *prefix: str) -> int:
+        r = subprocess.run([*prefix, sys.executable, "-c", self.CODE.format(marker)], capture_output=True,
+                           timeout=60, check=True, text=True)
+        assert r.stdout.split()[0] == marker, r
+        return int(r.stdout.split()[1])
+
+    def fire(self):
+        m = f"lanner-{uuid.uuid4().hex[:8]}"
+        pid = self._run(m)
+        return lambda b: b["process"]["pid"] == pid and self.matches(b, m)
+
+    def negative(self):
+        m = f"lanner-{uuid.uuid4().hex[:8]}"
+        self._run(m, "unshare", "--pid", "--fork")  # pid 1 of its namespace
+        return lambda b: self.matches(b, m)
+
+    def matches(self, b: dict, marker: str) -> bool:
+        raise NotImplementedError
+
+
+class ClockSettime(_NotNsInit):
+    """clock_settime(CLOCK_MONOTONIC, {0, 0}): the kernel refuses it (EINVAL), so no clock changes; the
+    event is told apart by the marker in the process's arguments."""
+
+    names = {"__x64_sys_clock_settime"}
+    CODE = ("import ctypes, os; print('{}', os.getpid(), flush=True); ts = (ctypes.c_long * 2)(0, 0); "
+            "assert ctypes.CDLL(None, use_errno=True).syscall(227, 1, ts) == -1")
+
+    def matches(self, b: dict, marker: str) -> bool:
+        return marker in b["process"].get("arguments", "") and b["args"] == [{"int_arg": 1}]
+
+
+class PivotRoot(_NotNsInit):
+    """pivot_root(<marker paths that do not exist>): fails with ENOENT, nothing changes."""
+
+    names = {"__x64_sys_pivot_root"}
+    CODE = ("import ctypes, os; print('{0}', os.getpid(), flush=True); "
+            "assert ctypes.CDLL(None, use_errno=True).syscall(155, b'/nonexistent-{0}-new', b'/nonexistent-{0}-old') == -1")
+
+    def matches(self, b: dict, marker: str) -> bool:
+        return b["args"] == [{"string_arg": f"/nonexistent-{marker}-new"}, {"string_arg": f"/nonexistent-{marker}-old"}]
+
+
 class InteractiveBash:
     """/bin/bash -i on a pty: bash calls readline() for every line it reads."""
 
@@ -560,6 +609,8 @@ TRIGGERS: dict[str, type[Trigger]] = {
     "uprobe-pid.yaml": UprobePid,
     "uprobe.yaml": Uprobe,
     "write.yaml": Write,
+    "sys_clock_settime.yaml": ClockSettime,
+    "sys_pivot_root.yaml": PivotRoot,
 }
 
 

@@ -675,6 +675,50 @@ def test_match_pids_operator(env, opener, tmp_path, op):
     assert [body(e)["process"]["pid"] for e in evs] == [os.getpid() if op == "In" else child["pid"]]
 
 
+def test_match_pids_two_entries_are_anded(env, opener, tmp_path):
+    """Two matchPIDs entries in one selector must both hold: In [A, B] and NotIn [B] leave A only (not B,
+    which the second excludes, nor the test process, which the first excludes)."""
+    t = str(tmp_path)
+    kids = [subprocess.Popen(["sh", "-c", f"read x; exec {opener} {t}/pid2target"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL) for _ in range(2)]
+    a, b = (k.pid for k in kids)
+    spec = f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args:
+      - index: 1
+        type: string
+      selectors:
+      - matchPIDs:
+        - operator: In
+          values: [{a}, {b}]
+        - operator: NotIn
+          values: [{b}]
+        matchArgs:
+        - index: 1
+          operator: Equal
+          values: ["{t}/pid2target"]
+    """
+
+    def run():
+        try:
+            os.close(os.open(f"{t}/pid2target", os.O_RDONLY))
+        except OSError:
+            pass
+        for k in kids:
+            k.communicate(b"go\n", timeout=30)
+
+    try:
+        with env.load("pids-two", spec):
+            evs = env.run(run, "pids-two")
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
+    assert [body(e)["process"]["pid"] for e in evs] == [a]
+
+
 def test_match_pids_follow_forks(env, opener, tmp_path):
     # the test process's children match through the parent walk; without followForks they do not
     t = str(tmp_path)

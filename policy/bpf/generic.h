@@ -14,6 +14,7 @@
 #define GEN_MAX_FILTERS 8      /* matchArgs + matchReturnArgs entries per selector */
 #define GEN_MAX_RANGES 4       /* inline ranges/masks per filter (sets of values live in maps) */
 #define GEN_MAX_PIDS 4
+#define GEN_MAX_PID_ENTRIES 2  /* matchPIDs entries per selector (ANDed) */
 #define GEN_MAX_NS 4           /* matchNamespaces entries per selector */
 #define GEN_MAX_NS_VALUES 4
 #define GEN_STR_MAX 254        /* bytes of a string kept for matching and reporting (253 chars + NUL) */
@@ -73,7 +74,7 @@
 #define GOP_POSTFIX 5
 #define GOP_NOTPOSTFIX 6
 
-/* gen_selector.pid_flags */
+/* gen_pids.flags */
 #define GPF_FOLLOW 1
 #define GPF_NSPID 2
 
@@ -178,11 +179,18 @@ struct gen_ns {
 	__u32 vals[GEN_MAX_NS_VALUES];
 };
 
+/* one matchPIDs entry */
+struct gen_pids {
+	__u8 op;    /* GOP_IN / GOP_NOTIN; 0: unused */
+	__u8 flags; /* GPF_* */
+	__u8 n;
+	__u8 pad;
+	__u32 vals[GEN_MAX_PIDS];
+};
+
 struct gen_selector {
 	__u8 nfilters;
-	__u8 pid_op;
-	__u8 pid_flags;
-	__u8 npids;
+	__u8 pad0[3];
 	__u8 bin_op;
 	__u8 bin_follow;
 	__u8 nns;
@@ -190,7 +198,7 @@ struct gen_selector {
 	__u16 bin_set;
 	__u8 cap_type; /* 0 effective, 1 inheritable, 2 permitted */
 	__u8 sock_arg; /* TrackSock/UntrackSock: the position of the sock/socket arg */
-	__u32 pids[GEN_MAX_PIDS];
+	struct gen_pids pids[GEN_MAX_PID_ENTRIES];
 	__u64 cap_mask;
 	struct gen_ns ns[GEN_MAX_NS];
 	__u32 action; /* KPROBE_ACTION_* number reported in the event */

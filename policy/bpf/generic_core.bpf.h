@@ -869,46 +869,55 @@ static __always_inline __u32 gen_ns_inum(struct task_struct *task, __u32 type)
 	return 0;
 }
 
-static __always_inline bool gen_pid_in(struct gen_selector *sel, __u32 pid)
+static __always_inline bool gen_pid_in(struct gen_pids *e, __u32 pid)
 {
 	bool hit = false;
 
 #pragma unroll
 	for (int k = 0; k < GEN_MAX_PIDS; k++)
-		if (k < sel->npids && sel->pids[k] == pid)
+		if (k < e->n && e->vals[k] == pid)
 			hit = true;
 	return hit;
 }
 
-static __always_inline bool gen_check_pids(struct gen_selector *sel)
+/* one matchPIDs entry */
+static __always_inline bool gen_check_pid_entry(struct gen_pids *e)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	bool hit;
 
-	if (sel->pid_flags & GPF_NSPID) {
+	if (e->flags & GPF_NSPID) {
 		struct pid *p = BPF_CORE_READ(task, group_leader, thread_pid);
 		__u32 level = BPF_CORE_READ(p, level);
 
 		pid = BPF_CORE_READ(p, numbers[level].nr);
 	}
-	hit = gen_pid_in(sel, pid);
-	if (!hit && (sel->pid_flags & GPF_FOLLOW) && !(sel->pid_flags & GPF_NSPID)) {
+	hit = gen_pid_in(e, pid);
+	if (!hit && (e->flags & GPF_FOLLOW) && !(e->flags & GPF_NSPID)) {
 		__u32 cur = pid;
 
 #pragma unroll
 		for (int l = 0; l < GEN_PARENT_LEVELS; l++) {
-			struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &cur);
+			struct execve_entry *x = bpf_map_lookup_elem(&execve_map, &cur);
 
-			if (!e || hit)
+			if (!x || hit)
 				break;
-			cur = e->parent.pid;
+			cur = x->parent.pid;
 			if (!cur)
 				break;
-			hit = gen_pid_in(sel, cur);
+			hit = gen_pid_in(e, cur);
 		}
 	}
-	return sel->pid_op == GOP_IN ? hit : !hit;
+	return e->op == GOP_IN ? hit : !hit;
+}
+
+/* matchPIDs: every entry holds (Tetragon ANDs them) */
+static __always_inline bool gen_check_pids(struct gen_selector *sel)
+{
+	if (!gen_check_pid_entry(&sel->pids[0]))
+		return false;
+	return !sel->pids[1].op || gen_check_pid_entry(&sel->pids[1]);
 }
 
 /* matchBinaries followChildren: an ancestor's binary (execve_map, up to GEN_PARENT_LEVELS parents) is in
@@ -1167,7 +1176,7 @@ static long gen_selector_step(__u32 i, void *data)
 	sel = &c->hook->sel[i];
 	c->sel = sel;
 	c->ok = 1;
-	if (sel->pid_op && !gen_check_pids(sel))
+	if (sel->pids[0].op && !gen_check_pids(sel))
 		return 0;
 	if (sel->bin_op && !gen_check_binary(c->s, sel))
 		return 0;
