@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -87,6 +88,23 @@ class Unavailable(Exception):
     """A hook that cannot be served; the message is the precise reason."""
 
 
+class Ignored(Exception):
+    """A hook left out on purpose (``ignore.callNotFound`` and the function is not in this kernel): not an error,
+    the message says why."""
+
+
+def kernel_has_function(name: str) -> bool:
+    """A text symbol of exactly this name in /proc/kallsyms (vmlinux or a loaded module): what a kprobe attaches
+    to (a function the compiler inlined everywhere, or renamed ``.isra``/``.constprop``, has none). True when
+    kallsyms cannot be read: the attach decides then."""
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            syms = f.read()
+    except OSError:
+        return True
+    return re.search(rb"^[0-9a-f]+ [tT] " + re.escape(name.encode()) + rb"(?:\t|$)", syms, re.M) is not None
+
+
 @dataclass
 class ArgPlan:
     """How to report one argument (events.py) and how BPF reads it (gen_arg)."""
@@ -136,6 +154,7 @@ class CompiledPolicy:
     hooks: list[HookPlan] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, display, reason) per unavailable
+    ignored: list[tuple[str, str, str]] = field(default_factory=list)  # (path, display, why): ignore.callNotFound
     order: list[str] = field(default_factory=list)  # hook paths in policy order (spec.loader first if set)
     int_sets: dict[int, list[int]] = field(default_factory=dict)
     str_sets: dict[int, list[bytes]] = field(default_factory=dict)
@@ -185,6 +204,10 @@ class Compiler:
                 # an fmod_ret program on each spec.enforcers call applies it (attached with the first unit)
                 if [u for u in plan.units if u.config.pop("_enforcer", False)]:
                     plan.units[0].attach += [("fmodret", c) for c in self._enforcer_calls(policy)]
+            except Ignored as exc:
+                out.ignored.append((path, display, str(exc)))
+                out.set_ids += scratch.set_ids
+                continue
             except (Unavailable, ValueError, KeyError, TypeError, OSError) as exc:  # never crash on an odd policy
                 reason = str(exc) if isinstance(exc, Unavailable) else f"cannot be compiled: {exc!r}"
                 out.unavailable.append(f"hook {path} {display}: {reason}")
@@ -226,6 +249,9 @@ class Compiler:
                 if not self.supports(feat) and not (kind == "fentry" and self.supports("kprobe")):
                     raise Unavailable(f"needs {what}, which this kernel lacks ({feat}: not supported, see "
                                       "'lanner probe')")
+                if spec.ignore_call_not_found and not spec.syscall and not spec.list_name and \
+                        not kernel_has_function(spec.call):
+                    raise Ignored("not in this kernel, ignored (ignore.callNotFound)")
                 if kind == "fentry" and spec.syscall:  # like syscall kprobes: the syscall tracepoints
                     return self._syscall_kprobe(policy, path, display, spec, cp, enforce)
                 if kind == "fentry" and self.supports("fentry") and (self.supports("fexit") or not spec.return_):

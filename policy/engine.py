@@ -642,6 +642,8 @@ class PolicyEngine:
             lines[plan.path] = text
         for path, display, reason in p.compiled.skipped:
             lines[path] = f"{path} {display}: unavailable ({reason})" if display else f"{path}: unavailable ({reason})"
+        for path, display, why in p.compiled.ignored:
+            lines[path] = f"{path} {display}: {why}"
         ordered = [lines.pop(k) for k in p.compiled.order if k in lines] + list(lines.values())
         return [t.replace("; ", ", ") for t in ordered], total
 
