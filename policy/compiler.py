@@ -37,6 +37,7 @@ GEN_MAX_PID_ENTRIES = 2  # matchPIDs entries per selector
 GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADDR, GA_IOVEC = range(1, 10)
 GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM, GA_CRED, GA_SOCK, GA_SOCKET, GA_SKB, GA_KSOCKADDR, GA_USERNS, \
     GA_NETDEV, GA_MODULE, GA_LOAD_INFO = range(10, 23)
+GA_BPF_ATTR, GA_BPF_MAP, GA_PERF_EVENT, GA_KIOCB, GA_IOV_ITER = range(23, 28)
 GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
 GAF_ZERO = 1  # gen_arg.flags
 GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
@@ -57,7 +58,8 @@ GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limi
 KERNEL_PTR_TYPES = {"file": GA_FILE, "path": GA_PATH, "dentry": GA_DENTRY, "linux_binprm": GA_BINPRM,
                     "cred": GA_CRED, "sock": GA_SOCK, "socket": GA_SOCKET, "skb": GA_SKB,
                     "sockaddr": GA_KSOCKADDR, "user_namespace": GA_USERNS, "net_device": GA_NETDEV,
-                    "module": GA_MODULE, "load_info": GA_LOAD_INFO}
+                    "module": GA_MODULE, "load_info": GA_LOAD_INFO, "bpf_attr": GA_BPF_ATTR, "bpf_map": GA_BPF_MAP,
+                    "perf_event": GA_PERF_EVENT, "kiocb": GA_KIOCB, "iov_iter": GA_IOV_ITER}
 PATH_GA = (GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM)
 SOCK_GA = (GA_SOCK, GA_SOCKET, GA_SKB)
 NS_TYPES = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5, "Time": 6,
@@ -947,7 +949,7 @@ class Compiler:
             return self._sockaddr_filter(f, base, values, cp, where)
         if plan.gen_type in SOCK_GA:
             return self._sock_filter(f, base, values, cp, where, plan.type)
-        if plan.gen_type in (GA_CRED, GA_USERNS):
+        if plan.gen_type in (GA_CRED, GA_USERNS, GA_BPF_ATTR, GA_BPF_MAP, GA_PERF_EVENT, GA_KIOCB, GA_IOV_ITER):
             raise Unavailable(f"{where}: operator {op} on {plan.type} arguments is not served")
         if is_str:
             enc = [str(v).encode() for v in values]

@@ -17,9 +17,9 @@ from lanner.exporter.encoder import SECUREBITS, cap_names
 from lanner.exporter.pipeline import OutEvent
 
 from .compiler import (
-    ACTION_NAMES, GA_BINPRM, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR, GA_INT, GA_IOVEC,
-    GA_KSOCKADDR, GA_KSTR, GA_LOAD_INFO, GA_MODULE, GA_NETDEV, GA_PATH, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS,
-    GA_USOCKADDR, GA_USTR,
+    ACTION_NAMES, GA_BINPRM, GA_BPF_ATTR, GA_BPF_MAP, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR,
+    GA_INT, GA_IOV_ITER, GA_IOVEC, GA_KIOCB, GA_KSOCKADDR, GA_KSTR, GA_LOAD_INFO, GA_MODULE, GA_NETDEV, GA_PATH,
+    GA_PERF_EVENT, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS, GA_USOCKADDR, GA_USTR,
     GEN_MAX_ARGS, ArgPlan,
 )
 from .names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
@@ -34,6 +34,37 @@ _TAINTS = {0: "TAINT_PROPRIETARY_MODULE", 1: "TAINT_FORCED_MODULE", 2: "TAINT_FO
            15: "TAINT_KERNEL_LIVE_PATCH_MODULE", 18: "TAINT_TEST_MODULE"}
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET", 6: "SOCK_DCCP",
                10: "SOCK_PACKET"}
+# enum bpf_prog_type / bpf_map_type (uapi/linux/bpf.h), perf_type_id (uapi/linux/perf_event.h); a number past
+# the table is printed as such (Tetragon's tables stop at BPF_PROG_TYPE_SYSCALL and BPF_MAP_TYPE_BLOOM_FILTER)
+_BPF_PROG_TYPES = (
+    "UNSPEC", "SOCKET_FILTER", "KPROBE", "SCHED_CLS", "SCHED_ACT", "TRACEPOINT", "XDP", "PERF_EVENT", "CGROUP_SKB",
+    "CGROUP_SOCK", "LWT_IN", "LWT_OUT", "LWT_XMIT", "SOCK_OPS", "SK_SKB", "CGROUP_DEVICE", "SK_MSG", "RAW_TRACEPOINT",
+    "CGROUP_SOCK_ADDR", "LWT_SEG6LOCAL", "LIRC_MODE2", "SK_REUSEPORT", "FLOW_DISSECTOR", "CGROUP_SYSCTL",
+    "RAW_TRACEPOINT_WRITABLE", "CGROUP_SOCKOPT", "TRACING", "STRUCT_OPS", "EXT", "LSM", "SK_LOOKUP", "SYSCALL",
+    "NETFILTER")
+_BPF_MAP_TYPES = (
+    "UNSPEC", "HASH", "ARRAY", "PROG_ARRAY", "PERF_EVENT_ARRAY", "PERCPU_HASH", "PERCPU_ARRAY", "STACK_TRACE",
+    "CGROUP_ARRAY", "LRU_HASH", "LRU_PERCPU_HASH", "LPM_TRIE", "ARRAY_OF_MAPS", "HASH_OF_MAPS", "DEVMAP", "SOCKMAP",
+    "CPUMAP", "XSKMAP", "SOCKHASH", "CGROUP_STORAGE", "REUSEPORT_SOCKARRAY", "PERCPU_CGROUP_STORAGE", "QUEUE",
+    "STACK", "SK_STORAGE", "DEVMAP_HASH", "STRUCT_OPS", "RINGBUF", "INODE_STORAGE", "TASK_STORAGE", "BLOOM_FILTER",
+    "USER_RINGBUF", "CGRP_STORAGE", "ARENA")
+# the fixed perf event types; dynamic PMUs (kprobe, uprobe, ...: /sys/bus/event_source/devices/*/type) are printed
+# as their number (Tetragon names the first one, 6, PERF_TYPE_MAX)
+_PERF_TYPES = ("HARDWARE", "SOFTWARE", "TRACEPOINT", "HW_CACHE", "RAW", "BREAKPOINT")
+
+
+def _enum_name(prefix: str, names: tuple[str, ...], v: int) -> str:
+    return prefix + names[v] if v < len(names) else str(v)
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _nonzero(d: dict[str, Any]) -> dict[str, Any]:
+    """protojson leaves out zero scalars and empty strings (uint64 values are strings there)."""
+    return {k: v for k, v in d.items() if v not in (0, "", "0")}
+
 
 
 def permission(mode: int) -> str:
@@ -95,6 +126,10 @@ class EventDecoder:
         self.sock = RecordLayout.from_btf(btf, "gen_sock_info")
         self.cred = RecordLayout.from_btf(btf, "gen_cred_info")
         self.userns = RecordLayout.from_btf(btf, "gen_userns_info")
+        self.bpf_attr = RecordLayout.from_btf(btf, "gen_bpf_attr_info")
+        self.bpf_map = RecordLayout.from_btf(btf, "gen_bpf_map_info")
+        self.perf = RecordLayout.from_btf(btf, "gen_perf_event_info")
+
 
     def _record(self, lay: RecordLayout, raw: bytes) -> dict[str, Any]:
         return dict(zip(lay.names, lay.struct.unpack_from(raw.ljust(lay.size, b"\0"))))
@@ -144,7 +179,7 @@ class EventDecoder:
             elif g == GA_FD:
                 a = {"file_arg": {"path": rec[self.i_str[i]][:n].decode("utf-8", "replace")}} if n else \
                     {"int_arg": _signed(v, 32)}
-            elif g in (GA_UBUF, GA_IOVEC):
+            elif g in (GA_UBUF, GA_IOVEC, GA_IOV_ITER):
                 data = base64.b64encode(rec[self.i_str[i]][:n]).decode()
                 size = rec[self.i_aux[i]]
                 a = {"truncated_bytes_arg": {"bytes_arg": data, "orig_size": str(size)}} if trunc & (1 << i) \
@@ -154,9 +189,9 @@ class EventDecoder:
                 addr = str(ipaddress.ip_address(raw)) if n in (4, 16) else ""
                 a = {"sockaddr_arg": {"family": FAMILY_NAMES.get(v, str(v)), "addr": addr,
                                       "port": rec[self.i_aux[i]]}}
-            elif g in (GA_FILE, GA_PATH, GA_BINPRM, GA_DENTRY):
+            elif g in (GA_FILE, GA_PATH, GA_BINPRM, GA_DENTRY, GA_KIOCB):
                 key = {GA_FILE: "file_arg", GA_PATH: "path_arg", GA_BINPRM: "linux_binprm_arg",
-                       GA_DENTRY: "file_arg"}[g]
+                       GA_DENTRY: "file_arg", GA_KIOCB: "file_arg"}[g]
                 body: dict[str, Any] = {"path": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
                 if g != GA_DENTRY and v:
                     body["permission"] = permission(v)
@@ -185,6 +220,21 @@ class EventDecoder:
                 if taints:
                     mod["tainted"] = taints
                 a = {"module_arg": mod}
+            elif g == GA_BPF_ATTR:
+                r = self._record(self.bpf_attr, rec[self.i_str[i]][:n])
+                a = {"bpf_attr_arg": _nonzero({
+                    "ProgType": _enum_name("BPF_PROG_TYPE_", _BPF_PROG_TYPES, r["prog_type"]),
+                    "InsnCnt": r["insn_cnt"], "ProgName": _cstr(r["prog_name"])})}
+            elif g == GA_BPF_MAP:
+                r = self._record(self.bpf_map, rec[self.i_str[i]][:n])
+                a = {"bpf_map_arg": _nonzero({
+                    "MapType": _enum_name("BPF_MAP_TYPE_", _BPF_MAP_TYPES, r["map_type"]), "KeySize": r["key_size"],
+                    "ValueSize": r["value_size"], "MaxEntries": r["max_entries"], "MapName": _cstr(r["name"])})}
+            elif g == GA_PERF_EVENT:
+                r = self._record(self.perf, rec[self.i_str[i]][:n])
+                a = {"perf_event_arg": _nonzero({
+                    "KprobeFunc": _cstr(r["kprobe_func"]), "Type": _enum_name("PERF_TYPE_", _PERF_TYPES, r["type"]),
+                    "Config": str(r["config"]), "ProbeOffset": str(r["probe_offset"])})}
             elif g == GA_NETDEV:
                 a = {"net_dev_arg": {"name": rec[self.i_str[i]][:n].decode("utf-8", "replace")}}
             elif plan.type == "nop":

@@ -13,8 +13,12 @@ scoped to a copy of /bin/cat in tmp_path opening a file in tmp_path.
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import errno
 import os
+import pty
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
+from lanner.policy.events import permission
 from tests.test_policy_operators import Env, body, env  # noqa: F401  (env: the module-scoped fixture)
 
 pytestmark = pytest.mark.bpf
@@ -747,3 +752,173 @@ def test_kprobe_module_args(env):
         assert by["do_init_module"][0]["module_arg"]["name"] == "dummy"
         assert by["free_module"][0]["module_arg"]["name"] == "dummy"
     assert not Path("/sys/module/dummy").exists()
+
+
+# ------------------------------------------------------------------- bpf_attr, bpf_map, perf_event
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sys_bpf(cmd: int, attr: bytes) -> int:
+    buf = ctypes.create_string_buffer(attr, 128)
+    fd = libc.syscall(321, cmd, buf, 128)  # __NR_bpf (x86-64)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"bpf({cmd}): {os.strerror(ctypes.get_errno())}")
+    return fd
+
+
+def _prog_load(name: bytes) -> int:
+    """BPF_PROG_LOAD of a two-instruction socket filter (r0 = 0; exit) named ``name``."""
+    insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"), 16)
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = ((1).to_bytes(4, "little") + (2).to_bytes(4, "little")  # BPF_PROG_TYPE_SOCKET_FILTER, insn_cnt
+            + ctypes.addressof(insns).to_bytes(8, "little") + ctypes.addressof(lic).to_bytes(8, "little")
+            + bytes(24) + name.ljust(16, b"\0"))  # log_*, kern_version, prog_flags; prog_name
+    return _sys_bpf(5, attr)
+
+
+def _map_create(map_type: int, key: int, value: int, entries: int, name: bytes = b"") -> int:
+    attr = b"".join(v.to_bytes(4, "little") for v in (map_type, key, value, entries, 0, 0, 0)) + name.ljust(16, b"\0")
+    return _sys_bpf(0, attr)  # BPF_MAP_CREATE
+
+
+def _release() -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", os.uname().release).groups()
+    return int(major), int(minor)
+
+
+def test_kprobe_bpf_attr_and_bpf_map(env):
+    """bpf_check's union bpf_attr * (the program being loaded) and the map of the LSM hook run at map creation
+    (security_bpf_map_alloc before 6.9, security_bpf_map_create since), both hooks with ignore.callNotFound as
+    bpf.yaml: the one this kernel lacks is left out (info says so) and the policy is ENABLED."""
+    _need(env, "kprobe")
+    have, lack = ("security_bpf_map_create", "security_bpf_map_alloc") if _release() >= (6, 9) else \
+        ("security_bpf_map_alloc", "security_bpf_map_create")
+    maps = "".join(f"""
+    - call: {fn}
+      syscall: false
+      args:
+      - index: 0
+        type: bpf_map
+      ignore:
+        callNotFound: true
+      selectors:{_pids()}""" for fn in ("security_bpf_map_alloc", "security_bpf_map_create"))
+    spec = f"""
+    kprobes:
+    - call: bpf_check
+      syscall: false
+      args:
+      - index: 1
+        type: bpf_attr
+      selectors:{_pids()}{maps}
+    """
+
+    def run():
+        for fd in (_prog_load(b"lanner_kh_prog"), _map_create(1, 4, 8, 16, b"lanner_kh_map"), _map_create(2, 4, 16, 4)):
+            os.close(fd)
+
+    with env.load("kp-bpf", spec) as st:
+        lines = st.info.split("; ")
+        assert [ln for ln in lines if lack in ln] == [
+            f"kprobes[{1 if lack == 'security_bpf_map_alloc' else 2}] {lack}: not in this kernel, ignored "
+            "(ignore.callNotFound)"], st.info
+        assert any(ln.endswith(f"{have}: kprobe {have}") for ln in lines) and st.error == "", st
+        evs = _events(env, run, "kp-bpf")
+        assert [(e["function_name"], e["process"]["pid"], e["args"]) for e in evs] == [
+            ("bpf_check", ME, [{"bpf_attr_arg": {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2,
+                                                 "ProgName": "lanner_kh_prog"}}]),
+            (have, ME, [{"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_HASH", "KeySize": 4, "ValueSize": 8,
+                                         "MaxEntries": 16, "MapName": "lanner_kh_map"}}]),
+            (have, ME, [{"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_ARRAY", "KeySize": 4, "ValueSize": 16,
+                                         "MaxEntries": 4}}]),  # no name: protojson leaves it out
+        ], evs
+
+
+class _PerfAttr(ctypes.Structure):
+    """struct perf_event_attr up to PERF_ATTR_SIZE_VER7 (128 bytes); the bitfield word as one u64."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
+                ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64), ("rest", ctypes.c_uint8 * 56)]
+
+
+def _perf_open(type_: int, config: int, config1: int = 0, config2: int = 0) -> int:
+    attr = _PerfAttr(type=type_, size=ctypes.sizeof(_PerfAttr), config=config, flags=1,  # disabled
+                     config1=config1, config2=config2)
+    fd = libc.syscall(298, ctypes.byref(attr), 0, -1, -1, 8)  # __NR_perf_event_open: this task, any cpu, CLOEXEC
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"perf_event_open: {os.strerror(ctypes.get_errno())}")
+    return fd
+
+
+def test_kprobe_perf_event(env):
+    """security_perf_event_alloc's struct perf_event *: a software counter (PERF_COUNT_SW_DUMMY) and a perf
+    kprobe on security_file_open (never enabled) opened by the test: type and config, and for the kprobe PMU
+    (a dynamic type: printed as its number) the probed function's name. (A kprobe at an offset must be on an
+    instruction boundary, which differs per build: offset 0, so ProbeOffset is left out as protojson does.)"""
+    _need(env, "kprobe")
+    kprobe_type = int(Path("/sys/bus/event_source/devices/kprobe/type").read_text())
+    spec = f"""
+    kprobes:
+    - call: security_perf_event_alloc
+      syscall: false
+      args:
+      - index: 0
+        type: perf_event
+      selectors:{_pids()}
+    """
+    func = ctypes.create_string_buffer(b"security_file_open")
+
+    def run():
+        os.close(_perf_open(1, 9))  # PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY
+        os.close(_perf_open(kprobe_type, 0, ctypes.addressof(func)))  # config1 = kprobe_func
+
+    with env.load("kp-perf", spec):
+        evs = _events(env, run, "kp-perf")
+        assert [(e["process"]["pid"], e["args"]) for e in evs] == [
+            (ME, [{"perf_event_arg": {"Type": "PERF_TYPE_SOFTWARE", "Config": "9"}}]),
+            (ME, [{"perf_event_arg": {"KprobeFunc": "security_file_open", "Type": str(kprobe_type)}}]),
+        ], evs
+
+
+# ------------------------------------------------------------------------------- kiocb, iov_iter
+def test_kprobe_kiocb_and_iov_iter(env):
+    """tty_write(struct kiocb *, struct iov_iter *) as tty.yaml: the kiocb's file (a pty slave the test opened)
+    and the written bytes: write(2) (ITER_UBUF), writev(2) of two buffers (ITER_IOVEC: the first one), and a
+    write past the string slot (truncated_bytes_arg with the full size)."""
+    _need(env, "kprobe")
+    spec = f"""
+    kprobes:
+    - call: tty_write
+      syscall: false
+      args:
+      - index: 0
+        type: kiocb
+      - index: 1
+        type: iov_iter
+        maxData: true
+      selectors:{_pids()}
+    """
+    master, slave = pty.openpty()
+    path = os.ttyname(slave)
+    f = {"file_arg": {"path": path, "permission": permission(os.stat(path).st_mode)}}
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    def run():
+        os.write(slave, b"lanner-kh-tty")
+        os.writev(slave, [b"first-seg|", b"second"])
+        os.write(slave, b"y" * 300)
+
+    try:
+        with env.load("kp-tty", spec):
+            evs = [e for e in _events(env, run, "kp-tty") if e["args"][0].get("file_arg", {}).get("path") == path]
+            assert [(e["process"]["pid"], e["args"]) for e in evs] == [
+                (ME, [f, {"bytes_arg": b64(b"lanner-kh-tty")}]),
+                (ME, [f, {"bytes_arg": b64(b"first-seg|")}]),
+                (ME, [f, {"truncated_bytes_arg": {"bytes_arg": b64(b"y" * 253), "orig_size": "300"}}]),
+            ], evs
+    finally:
+        os.close(slave)
+        os.close(master)

@@ -46,6 +46,12 @@
 #define GA_NETDEV 20      /* struct net_device * -> name */
 #define GA_MODULE 21      /* struct module * -> name (str), taints (vals) */
 #define GA_LOAD_INFO 22   /* struct load_info * -> name (str), sig_ok (aux: 0/1, 2 unknown) */
+#define GA_BPF_ATTR 23    /* union bpf_attr * (BPF_PROG_LOAD) -> struct gen_bpf_attr_info in str */
+#define GA_BPF_MAP 24     /* struct bpf_map * -> struct gen_bpf_map_info in str */
+#define GA_PERF_EVENT 25  /* struct perf_event * -> struct gen_perf_event_info in str */
+#define GA_KIOCB 26       /* struct kiocb * -> its ki_filp, as GA_FILE */
+#define GA_IOV_ITER 27    /* struct iov_iter * -> the user bytes of its first segment (ITER_UBUF / ITER_IOVEC) in str,
+			   * the segment's size in aux */
 
 /* gen_arg.flags */
 #define GAF_ZERO 1        /* zero the whole string slot before reading (a string compared as a hash key: Equal) */
@@ -291,6 +297,34 @@ struct gen_userns_info {
 	__u32 owner;
 	__u32 group;
 	__u32 inum;
+};
+
+/* GA_BPF_ATTR: the program being loaded */
+#define GEN_BPF_NAME 16 /* BPF_OBJ_NAME_LEN */
+struct gen_bpf_attr_info {
+	__u32 prog_type;
+	__u32 insn_cnt;
+	char prog_name[GEN_BPF_NAME];
+};
+
+/* GA_BPF_MAP */
+struct gen_bpf_map_info {
+	__u32 map_type;
+	__u32 key_size;
+	__u32 value_size;
+	__u32 max_entries;
+	char name[GEN_BPF_NAME];
+};
+
+/* GA_PERF_EVENT: its attr; kprobe_func (attr.config1: a user pointer to the probed function's name) is read
+ * for dynamic PMUs only (type >= PERF_TYPE_MAX: kprobe, uprobe), where config1 can be a name */
+#define GEN_KSYM_NAME 128 /* as Tetragon (the kernel allows 512 since 6.1): a longer name is cut */
+struct gen_perf_event_info {
+	__u64 config;
+	__u64 probe_offset;
+	__u32 type;
+	__u32 pad;
+	char kprobe_func[GEN_KSYM_NAME];
 };
 
 /* gen_event.flags */

@@ -106,6 +106,11 @@ struct gen_scratch {
 	struct gen_sock_info sock;        /* typed kernel arguments under construction */
 	struct gen_cred_info cred;
 	struct gen_userns_info userns;
+	union {                           /* GA_BPF_ATTR, GA_BPF_MAP, GA_PERF_EVENT */
+		struct gen_bpf_attr_info bpf_attr;
+		struct gen_bpf_map_info bpf_map;
+		struct gen_perf_event_info perf;
+	};
 	__u64 sysargs[6];                 /* GHF_SYSCALL: the syscall's arguments (generic_sys.bpf.c) */
 	struct lanner_path_buf pb;
 };
@@ -500,6 +505,100 @@ static __always_inline void gen_read_module(struct gen_scratch *s, __u32 i, __u6
 	gen_set_strlen(s, i, n);
 }
 
+/* GA_BPF_ATTR, GA_BPF_MAP, GA_PERF_EVENT: the fields Tetragon reports, into their info structs (generic.h) */
+static __always_inline void gen_read_bpf_obj(struct gen_scratch *s, __u32 i, __u64 v, __u32 type)
+{
+	if (!v || i >= GEN_MAX_ARGS)
+		return;
+	if (type == GA_BPF_ATTR) { /* bpf_check's attr: the kernel's copy of the BPF_PROG_LOAD attributes */
+		union bpf_attr *attr = (union bpf_attr *)v;
+		struct gen_bpf_attr_info *bi = &s->bpf_attr;
+
+		__builtin_memset(bi, 0, sizeof(*bi));
+		bi->prog_type = BPF_CORE_READ(attr, prog_type);
+		bi->insn_cnt = BPF_CORE_READ(attr, insn_cnt);
+		bpf_probe_read_kernel(bi->prog_name, sizeof(bi->prog_name), __builtin_preserve_access_index(&attr->prog_name));
+		gen_put_info(s, i, bi, sizeof(*bi));
+	} else if (type == GA_BPF_MAP) {
+		struct bpf_map *m = (struct bpf_map *)v;
+		struct gen_bpf_map_info *mi = &s->bpf_map;
+
+		__builtin_memset(mi, 0, sizeof(*mi));
+		mi->map_type = BPF_CORE_READ(m, map_type);
+		mi->key_size = BPF_CORE_READ(m, key_size);
+		mi->value_size = BPF_CORE_READ(m, value_size);
+		mi->max_entries = BPF_CORE_READ(m, max_entries);
+		bpf_probe_read_kernel(mi->name, sizeof(mi->name), __builtin_preserve_access_index(&m->name));
+		gen_put_info(s, i, mi, sizeof(*mi));
+	} else {
+		struct perf_event *pe = (struct perf_event *)v;
+		struct gen_perf_event_info *pi = &s->perf;
+		__u64 func;
+
+		__builtin_memset(pi, 0, sizeof(*pi));
+		pi->type = BPF_CORE_READ(pe, attr.type);
+		pi->config = BPF_CORE_READ(pe, attr.config);
+		pi->probe_offset = BPF_CORE_READ(pe, attr.probe_offset);
+		func = BPF_CORE_READ(pe, attr.kprobe_func);
+		/* PERF_TYPE_MAX (6): the fixed types give config1 other meanings (a breakpoint's address, raw bits) */
+		if (pi->type >= 6 && func &&
+		    bpf_probe_read_user_str(pi->kprobe_func, sizeof(pi->kprobe_func), (void *)func) < 0)
+			bpf_probe_read_kernel_str(pi->kprobe_func, sizeof(pi->kprobe_func), (void *)func);
+		gen_put_info(s, i, pi, sizeof(*pi));
+	}
+}
+
+/* the iov pointer of struct iov_iter before 6.4 (since: __iov) */
+struct iov_iter___lanner_old {
+	const struct iovec *iov;
+} __attribute__((preserve_access_index));
+
+/* GA_IOV_ITER: the user bytes of the iterator's first segment from its current position (ITER_UBUF: ubuf;
+ * ITER_IOVEC: __iov[0] / iov[0]), up to the string slot; aux = the segment's size. The iter_type numbers
+ * changed (6.1: ITER_IOVEC 0 ... ITER_UBUF 6; 6.5+: ITER_UBUF 0, ITER_IOVEC 1) and are relocated. Other
+ * iterators (kernel kvec/bvec...) give no bytes. */
+static __always_inline void gen_read_iov_iter(struct gen_scratch *s, __u32 i, struct iov_iter *it)
+{
+	long ubuf = -1, iovec = -1;
+	__u64 base = 0, size = 0, off, count;
+	__u8 type;
+
+	if (!it || i >= GEN_MAX_ARGS || !bpf_core_field_exists(it->iter_type))
+		return;
+	type = BPF_CORE_READ(it, iter_type);
+	off = BPF_CORE_READ(it, iov_offset);
+	count = BPF_CORE_READ(it, count);
+	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF))
+		ubuf = bpf_core_enum_value(enum iter_type, ITER_UBUF);
+	if (bpf_core_enum_value_exists(enum iter_type, ITER_IOVEC))
+		iovec = bpf_core_enum_value(enum iter_type, ITER_IOVEC);
+	if (type == ubuf) {
+		base = (__u64)BPF_CORE_READ(it, ubuf) + off;
+		size = count;
+	} else if (type == iovec) {
+		const struct iovec *iov = NULL;
+		struct iovec first = {};
+
+		if (bpf_core_field_exists(it->__iov))
+			iov = BPF_CORE_READ(it, __iov);
+		else if (bpf_core_field_exists(((struct iov_iter___lanner_old *)it)->iov))
+			iov = BPF_CORE_READ((struct iov_iter___lanner_old *)it, iov);
+		if (iov && bpf_probe_read_kernel(&first, sizeof(first), iov) == 0 && first.iov_len > off) {
+			base = (__u64)first.iov_base + off;
+			size = first.iov_len - off;
+			if (size > count)
+				size = count;
+		}
+	}
+	s->ev.aux[i] = size;
+	if (size > GEN_STR_MAX - 1) {
+		size = GEN_STR_MAX - 1;
+		s->ev.trunc |= 1 << i;
+	}
+	if (size && bpf_probe_read_user(s->ev.str[i].s, size & 255, (void *)base) == 0)
+		s->ev.lens[i] = size;
+}
+
 static long gen_read_arg(__u32 i, void *data)
 {
 	struct gen_read_ctx *rc = data;
@@ -539,6 +638,10 @@ static long gen_read_arg(__u32 i, void *data)
 			n = bpf_probe_read_user_str(s->ev.str[i].s, GEN_STR_MAX, (void *)v);
 		gen_set_strlen(s, i, n);
 		break;
+	case GA_KIOCB: /* the kiocb's file, reported as a file arg */
+		v = v ? (__u64)BPF_CORE_READ((struct kiocb *)v, ki_filp) : 0;
+		s->ev.vals[i] = 0;
+		__attribute__((fallthrough));
 	case GA_FILE: {
 		struct file *f = (struct file *)v;
 
@@ -589,6 +692,14 @@ static long gen_read_arg(__u32 i, void *data)
 	case GA_MODULE:
 	case GA_LOAD_INFO:
 		gen_read_module(s, i, v, a->type);
+		break;
+	case GA_BPF_ATTR:
+	case GA_BPF_MAP:
+	case GA_PERF_EVENT:
+		gen_read_bpf_obj(s, i, v, a->type);
+		break;
+	case GA_IOV_ITER:
+		gen_read_iov_iter(s, i, (struct iov_iter *)v);
 		break;
 	case GA_NETDEV:
 		if (v) {
