@@ -134,6 +134,7 @@ REASONS = {
 # (the Debian 6.1 / 6.12 guests of `make vmtest`; override_return is refused there). What is full there
 # besides ENABLED_HERE; policies that enforce are scoped by their trigger's patch to what the test starts.
 ENABLED_KFUNC = ENABLED_HERE | {
+    "bpf.yaml", "tty.yaml",
     "cves/cve-2023-2640-overlayfs-ubuntu.yaml", "cves/cve-2024-3094-xz-ssh.yaml", "datagram-with-selectors.yaml",
     "datagram.yaml", "dev_hard_start_xmit.yaml", "dns-only-specified-servers.yaml", "fd_install_ns.yaml",
     "fd_install_ns_host.yaml", "fd_install_caps.yaml", "fd_install_cap_changes.yaml", "filename_monitoring.yaml",
@@ -179,7 +180,6 @@ PARTIAL_KFUNC = {  # some hooks run, the others are unavailable for this reason
 }
 FMOD_SYSCALL = "refused by the kernel (it modifies only security_* functions and, with CONFIG_FUNCTION_ERROR_INJECTION"
 REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS)
-    "bpf.yaml": "type bpf_attr is not served on kprobe arguments",
     "dev_queue_xmit.yaml": "attach failed: attach generic_kprobe (kprobe dev_queue_xmit",  # an inline function
     "hardlink-override.yaml": "fmod_ret on __x64_sys_linkat " + FMOD_SYSCALL,
     "killer.yaml": "fmod_ret on __x64_sys_dup " + FMOD_SYSCALL,  # the NotifyEnforcer's enforcer
@@ -190,7 +190,6 @@ REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS
     "open_geturl.yaml": "action GetUrl is not served",
     "stack_traces.yaml": "stack traces / imaHash are not served",
     "symlink-override.yaml": "fmod_ret on __x64_sys_symlinkat " + FMOD_SYSCALL,
-    "tty.yaml": "type kiocb is not served on kprobe arguments",
 }
 assert ENABLED_KFUNC.isdisjoint(PARTIAL_KFUNC) and set(LOAD_ONLY_KFUNC) <= ENABLED_KFUNC
 assert ENABLED_KFUNC.isdisjoint(REASONS_KFUNC) and set(PARTIAL_KFUNC).isdisjoint(REASONS_KFUNC)
@@ -1314,6 +1313,79 @@ class TcpConnect(TcpConnectWithSelectors):
     attempts = 3
 
 
+BPF_OBJECTS = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    fd = libc.syscall(nr, *args)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    os.close(fd)
+def bpf(cmd, attr):
+    call(321, cmd, ctypes.create_string_buffer(attr, 128), 128)
+insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"), 16)  # r0 = 0; exit
+lic = ctypes.create_string_buffer(b"GPL")
+name = b"lanner_corpus".ljust(16, b"\0")
+bpf(5, (1).to_bytes(4, "little") + (2).to_bytes(4, "little") + ctypes.addressof(insns).to_bytes(8, "little")
+    + ctypes.addressof(lic).to_bytes(8, "little") + bytes(24) + name)  # BPF_PROG_LOAD: a socket filter
+bpf(0, b"".join(v.to_bytes(4, "little") for v in (1, 4, 8, 16, 0, 0, 0)) + name)  # BPF_MAP_CREATE: a hash map
+attr = bytearray(128)  # perf_event_attr: PERF_TYPE_SOFTWARE, size, PERF_COUNT_SW_DUMMY, disabled
+attr[0:16] = (1).to_bytes(4, "little") + (128).to_bytes(4, "little") + (9).to_bytes(8, "little")
+attr[40] = 1
+call(298, ctypes.create_string_buffer(bytes(attr), 128), 0, -1, -1, 8)  # perf_event_open(this task, CLOEXEC)
+print(os.getpid())
+"""
+
+
+class BpfObjects(Trigger):
+    """bpf.yaml: a child loads a two-instruction socket filter (bpf_check: bpf_attr), creates a hash map
+    (security_bpf_map_alloc before 6.9, security_bpf_map_create since: bpf_map; the policy's other map hook
+    is not in the kernel and ignored, ignore.callNotFound) and opens a software perf counter
+    (security_perf_event_alloc: perf_event)."""
+
+    attempts = 3  # unfiltered hooks
+
+    def setup(self):
+        self.map_fn = "security_bpf_map_create" if _release() >= (6, 9) else "security_bpf_map_alloc"
+        self.names = {"bpf_check", "security_perf_event_alloc", self.map_fn}
+
+    def fire(self):
+        r = _py(BPF_OBJECTS)
+        assert r.returncode == 0, r
+        pid = int(r.stdout)
+        want = {
+            "bpf_check": [{"bpf_attr_arg": {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2,
+                                            "ProgName": "lanner_corpus"}}],
+            self.map_fn: [{"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_HASH", "KeySize": 4, "ValueSize": 8,
+                                           "MaxEntries": 16, "MapName": "lanner_corpus"}}],
+            "security_perf_event_alloc": [{"perf_event_arg": {"Type": "PERF_TYPE_SOFTWARE", "Config": "9"}}],
+        }
+        return lambda b: b["process"]["pid"] == pid and want.get(b["function_name"]) == b["args"]
+
+
+class TtyWriteArgs(Trigger):
+    """tty.yaml: a child writing to a pty slave (as tty_54.yaml's trigger), and its args: the kiocb's file
+    (the slave) and the iov_iter's bytes."""
+
+    names = {"tty_write"}
+    attempts = 3
+
+    def fire(self):
+        from lanner.policy.events import permission
+
+        master, slave = pty.openpty()
+        path = os.ttyname(slave)
+        want = [{"file_arg": {"path": path, "permission": permission(os.stat(path).st_mode)}},
+                {"bytes_arg": base64.b64encode(b"lanner-tty").decode()}]
+        try:
+            p = subprocess.Popen([sys.executable, "-c", "import os; os.write(1, b'lanner-tty')"], stdout=slave)
+            assert p.wait(timeout=60) == 0
+            assert os.read(master, 64).endswith(b"lanner-tty")
+        finally:
+            os.close(slave)
+            os.close(master)
+        return lambda b: b["process"]["pid"] == p.pid and b["args"] == want
+
+
 class TtyWrite(Trigger):
     """tty_write: a child writing to a pty slave."""
 
@@ -1439,6 +1511,8 @@ class KillerScoped(ScopedLoadOnly):
 
 
 KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
+    "bpf.yaml": BpfObjects,
+    "tty.yaml": TtyWriteArgs,
     "fd_install_ns_host.yaml": FdInstallHost,
     "fd_install_caps.yaml": FdInstallUserns,
     "fd_install_cap_changes.yaml": FdInstallUserns,
