@@ -47,6 +47,9 @@ GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK 
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
 GHF_SYSWRAP = 256  # a syscall hook on the wrapper __x64_sys_X(struct pt_regs *): args from *regs
 GHF_SCOPED = 512  # a workload-scoped policy's hook: runs only for tasks in its pods' netns (gen_scope)
+WRAP_MAX_CALLS = 16  # longer syscall lists go to the dispatcher (one program), not one fentry per syscall
+GENERATED_FTRACE_MAX = 256  # functions a generated_ftrace list may expand to (one kprobe link each)
+GHF_RET_SOCK, GHF_RET_TRACKSOCK, GHF_RET_UNTRACKSOCK = 1024, 2048, 4096  # sock return values, returnArgAction
 GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c)
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
@@ -149,6 +152,7 @@ class HookPlan:
     message: str | None
     tags: tuple[str, ...]
     mechanism: str  # how it is served here: tracepoint, syscall tracepoints, uprobe
+    return_action: str = ""  # returnArgAction (TrackSock / UntrackSock), reported as the event's return_action
 
 
 @dataclass
@@ -223,6 +227,42 @@ class Compiler:
             out.hook_ids += scratch.hook_ids
             out.enforcing |= scratch.enforcing
         return out
+
+    @staticmethod
+    def _list_values(policy: TracingPolicy, name: str, where: str) -> list[str]:
+        """The values of ``spec.lists[name]``; generated lists are generated here, from this kernel:
+        ``generated_syscalls``: every syscall of the x86-64 table the kernel has a tracepoint for;
+        ``generated_ftrace``: the traceable functions (tracefs available_filter_functions) matching ``pattern``."""
+        lst = policy.spec.list_named(name)
+        if lst is None:
+            raise Unavailable(f"{where}: list {name} not defined")
+        if lst.type == "generated_syscalls":
+            out = [n for n in sorted(syscalls.table(), key=syscalls.table().get)
+                   if tracefs.exists("syscalls", f"sys_enter_{n}")]
+            if not out:
+                raise Unavailable(f"list {name} (generated_syscalls): this kernel shows no syscall tracepoint")
+            return out
+        if lst.type == "generated_ftrace":
+            try:
+                rx = re.compile(lst.pattern or "")
+            except re.error as exc:
+                raise Unavailable(f"list {name} (generated_ftrace): pattern {lst.pattern!r} is not a valid "
+                                  f"regular expression: {exc}") from None
+            try:
+                out = [f for f in tracefs.filter_functions() if rx.search(f)] if lst.pattern else []
+            except OSError as exc:
+                raise Unavailable(f"list {name} (generated_ftrace): cannot read the kernel's traceable functions "
+                                  f"({exc.strerror}: {exc.filename})") from None
+            if not out:
+                raise Unavailable(f"list {name} (generated_ftrace): pattern {lst.pattern!r} matches no function in "
+                                  "available_filter_functions")
+            if len(out) > GENERATED_FTRACE_MAX:
+                raise Unavailable(f"list {name} (generated_ftrace): pattern {lst.pattern!r} matches {len(out)} "
+                                  f"functions, the limit is {GENERATED_FTRACE_MAX}")
+            return out
+        if not lst.values:
+            raise Unavailable(f"list {name} has no values")
+        return list(lst.values)
 
     @staticmethod
     def _enforcer_calls(policy: TracingPolicy) -> list[str]:
@@ -327,23 +367,18 @@ class Compiler:
     def _syscall_kprobe(self, policy, path, display, spec: KProbeSpec, cp, enforce) -> HookPlan:
         if not self.supports("tracepoint") and self.sys_dispatch() is None:
             raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
-        if spec.list_name:
-            lst = policy.spec.list_named(spec.list_name)
-            if lst is None or not lst.values:
-                raise Unavailable(f"list {spec.list_name} has no values to hook (generated lists are not "
-                                  "served by this lanner build)")
-            calls = list(lst.values)
-        else:
-            calls = [spec.call]
+        calls = self._list_values(policy, spec.list_name, "call") if spec.list_name else [spec.call]
         for sel in spec.selectors:
             if sel.match_return_args and not spec.return_:
                 raise Unavailable("matchReturnArgs needs return: true")
         # one dispatcher program on sys_enter (+ sys_exit) serves every syscall hook where the kernel has raw
         # tracepoints; the syscall tracepoints' formats still type the arguments and say which syscalls exist
         # fentry / kprobe on __x64_sys_X where the kernel has them
-        wrap = self.sys_wrapper(spec.return_, tuple(syscalls.function_name(c) for c in calls))
+        # a long list (generated_syscalls) would load one fentry instance per syscall: the dispatcher serves it
+        wrap = self.sys_wrapper(spec.return_, tuple(syscalls.function_name(c) for c in calls)) \
+            if len(calls) <= WRAP_MAX_CALLS or self.sys_dispatch() is None else None
         disp = None if wrap else self.sys_dispatch()
-        if disp is not None and any((_syscall_nr(c) or GEN_SYS_NR) >= GEN_SYS_NR for c in calls):
+        if disp is not None and any(_nr_or(_syscall_nr(c), GEN_SYS_NR) >= GEN_SYS_NR for c in calls):  # read is 0
             disp = None  # a number the dispatcher does not serve, or no syscall table here
         if wrap is None and disp is None and not self.supports("tracepoint"):
             raise Unavailable("needs kprobe or the syscall tracepoints, which this kernel lacks")
@@ -417,19 +452,15 @@ class Compiler:
         for fentries where the kernel has trampolines, generic_fentry (+ generic_fexit), args from BTF."""
         if mech == "kprobe" and spec.return_ and not self.supports("kretprobe"):
             raise Unavailable("return: true needs kretprobe, which this kernel lacks")
-        if spec.return_arg_action:
-            raise Unavailable(f"returnArgAction {spec.return_arg_action} is not served by this lanner build")
-        if spec.return_ and spec.return_arg and spec.return_arg.type not in INT_TYPES and \
-                spec.return_arg.type != "auto":
-            raise Unavailable(f"returnArg type {spec.return_arg.type} is not served (integer return values only)")
-        if spec.list_name:
-            lst = policy.spec.list_named(spec.list_name)
-            if lst is None or not lst.values:
-                raise Unavailable(f"list {spec.list_name} has no values to hook (generated lists are not "
-                                  "served by this lanner build)")
-            calls = list(lst.values)
-        else:
-            calls = [spec.call]
+        rtype = spec.return_arg.type if spec.return_ and spec.return_arg else "int"
+        if rtype not in INT_TYPES and rtype not in ("auto", "sock"):
+            raise Unavailable(f"returnArg type {rtype} is not served (integer and sock return values only)")
+        if spec.return_arg_action and (spec.return_arg_action not in ("TrackSock", "UntrackSock") or rtype != "sock"):
+            raise Unavailable(f"returnArgAction {spec.return_arg_action} on a {rtype} return value is not served "
+                              "(TrackSock and UntrackSock on a sock are)")
+        if rtype == "sock" and len(spec.args) >= GEN_MAX_ARGS:
+            raise Unavailable(f"a sock return value needs a free argument slot: at most {GEN_MAX_ARGS - 1} args")
+        calls = self._list_values(policy, spec.list_name, "call") if spec.list_name else [spec.call]
         gen_args, plans = [], []
         for i, a in enumerate(spec.args):
             g = self._kernel_arg(i, a, max_index=5, what=mech)
@@ -449,9 +480,17 @@ class Compiler:
                 attach.append(("fmodret", call))
             unit = HookUnit(hid, cfg, attach, event_kind="process_kprobe", function_name=call)
             if spec.return_:
-                rtype = spec.return_arg.type if spec.return_arg else "int"
                 size, signed = INT_TYPES.get(rtype, (8, True))
-                ret_plan = ArgPlan(rtype, GA_INT, size, signed, spec.return_arg.label if spec.return_arg else None)
+                label = spec.return_arg.label if spec.return_arg else None
+                if rtype == "sock":  # read at the return into the slot after the args (GA_SOCK rendering)
+                    ret_plan = ArgPlan(rtype, GA_SOCK, 8, False, label)
+                    cfg["flags"] |= GHF_RET_SOCK
+                    cfg["ret_slot"] = len(spec.args)
+                    if spec.return_arg_action:
+                        cfg["flags"] |= GHF_RET_TRACKSOCK if spec.return_arg_action == "TrackSock" else \
+                            GHF_RET_UNTRACKSOCK
+                else:
+                    ret_plan = ArgPlan(rtype, GA_INT, size, signed, label)
                 xid = self._new_hook(cp)
                 unit.exit_id = xid
                 if mech == "kprobe":
@@ -461,7 +500,8 @@ class Compiler:
                     unit.exit_config = {"flags": GHF_EXIT | GHF_BTF, "pair": hid}
                     unit.exit_attach = [("fexit", call)]
             units.append(unit)
-        return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags, mech)
+        return HookPlan(path, "kprobe", display, units, plans, ret_plan, spec.message, spec.tags, mech,
+                        spec.return_arg_action or "")
 
     def _lsm(self, policy, path, display, spec: LsmHookSpec, cp, enforce) -> HookPlan:
         """A BPF LSM hook: one generic_lsm instance per hook (target set before load), BTF ctx args."""
@@ -1095,9 +1135,7 @@ class Compiler:
                 lst = policy.spec.list_named(name)
                 if lst is None:
                     raise Unavailable(f"{where}: list {name} not defined")
-                if lst.type in ("generated_syscalls", "generated_ftrace") or (lst.type is None and not lst.values):
-                    raise Unavailable(f"{where}: generated list {name} is not served by this lanner build")
-                for x in lst.values:
+                for x in self._list_values(policy, name, where):
                     if lst.is_syscall_list:
                         nr = syscalls.number(x)
                         if nr is None:
@@ -1117,6 +1155,10 @@ def _syscall_nr(name: str) -> int | None:
         return syscalls.number(name)
     except OSError:
         return None
+
+
+def _nr_or(nr: int | None, default: int) -> int:
+    return default if nr is None else nr
 
 
 def workload_scoping(policy: TracingPolicy) -> str:

@@ -56,6 +56,7 @@ SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
 MAX_TP_INSTANCES = 64
+TARGETS_SHOWN = 8  # attachment targets listed per hook in `list` (the rest counted)
 # features this build attaches itself when the probe result does not mention them (attach errors are
 # reported per hook); the rest are assumed absent unless the probe says otherwise
 DEFAULT_FEATURES = {"tracepoint": True, "uprobe": True, "uretprobe": True, "send_signal": True, "raw_tp": True}
@@ -190,6 +191,9 @@ class PolicyEngine:
                 raise RuntimeError(f"{TP_OBJECT}: gen_stats has {self.stats_map.value_size} bytes per hook, this "
                                    f"engine expects {8 * GST_SLOTS}: rebuild with 'make bpf'")
             self.lost_map = self.tp.map("lanner_lost", key=Codec.struct("<I"), value=Codec.struct("<Q"))
+            self.socktrack = self.tp.map("gen_socktrack")
+            self._socktrack_policy_off = next(m.bit_offset // 8 for m in self.tp.btf.struct("gen_socktrack_val").members
+                                              if m.name == "policy")
             scope_map = self.tp.map("gen_scope")
             # the pods of workload-scoped policies; fed by the agent from the pod table (sync)
             self.workloads = WorkloadScopes(lambda k: scope_map.update(k, ONE), scope_map.delete, _host_netns())
@@ -247,11 +251,11 @@ class PolicyEngine:
         enforce = mode != "monitor"
         compiled = self.compiler.compile(pol, enforce)
         p = _Policy(next(self._ids), pol, compiled, enforce, scope=scope_of(pol))
-        if p.scope is not None:  # every entry hook runs only for the scope's pods (gen_scope, keyed by p.id)
-            for plan in compiled.hooks:
-                for unit in plan.units:
+        for plan in compiled.hooks:
+            for unit in plan.units:
+                unit.config["policy"] = p.id  # gen_scope key, owner of the policy's gen_socktrack entries
+                if p.scope is not None:  # every entry hook runs only for the scope's pods (gen_scope)
                     unit.config["flags"] |= GHF_SCOPED
-                    unit.config["scope"] = p.id
         self._policies[(p.name, p.namespace)] = p
         try:
             if p.scope is not None:
@@ -527,9 +531,20 @@ class PolicyEngine:
                         self.stats_map.delete(hid)
                 self._meta.pop(unit.hook_id, None)
         self._clear_sets(p.compiled)
+        self._forget_socks(p.id)
         if p.scope is not None:
             self.workloads.unregister(p.id)
         self._policies.pop((p.name, p.namespace), None)
+
+    def _forget_socks(self, policy_id: int) -> None:
+        """Remove the socks the policy tracked (TrackSock, returnArgAction): a sock freed without UntrackSock
+        leaves its address behind, and the next sock there would be reported as the old owner's."""
+        off = self._socktrack_policy_off
+        stale = [k for k, v in self.socktrack.lookup_batch()
+                 if int.from_bytes(bytes(v)[off:off + 4], "little") == policy_id]
+        if stale:
+            self.socktrack.delete_batch(stale)
+            log.debug("policy %d: %d tracked socks forgotten", policy_id, len(stale))
 
     def delete(self, name: str, namespace: str = "") -> None:
         with self._lock:
@@ -617,6 +632,8 @@ class PolicyEngine:
             if any(a[0] == "fmodret" for a in u.attach):
                 t += f"+fmod_ret {next(a[1] for a in u.attach if a[0] == 'fmodret')}"
             out.append(t)
+        if len(out) > TARGETS_SHOWN:  # a long list (generated_syscalls: hundreds): the first few and the count
+            return ", ".join(out[:TARGETS_SHOWN]) + f", ... ({len(out)} in all)"
         return ", ".join(out)
 
     def _hook_status(self, p: _Policy) -> tuple[list[str], list[int]]:

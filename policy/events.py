@@ -66,7 +66,6 @@ def _nonzero(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v not in (0, "", "0")}
 
 
-
 def permission(mode: int) -> str:
     """ls-style permission string of an i_mode (Tetragon's file_arg.permission)."""
     kind = {0o040000: "d", 0o120000: "l", 0o020000: "c", 0o060000: "b", 0o010000: "p", 0o140000: "s"}.get(
@@ -130,7 +129,6 @@ class EventDecoder:
         self.bpf_map = RecordLayout.from_btf(btf, "gen_bpf_map_info")
         self.perf = RecordLayout.from_btf(btf, "gen_perf_event_info")
 
-
     def _record(self, lay: RecordLayout, raw: bytes) -> dict[str, Any]:
         return dict(zip(lay.names, lay.struct.unpack_from(raw.ljust(lay.size, b"\0"))))
 
@@ -161,6 +159,11 @@ class EventDecoder:
         out["caps"] = {k: v for k, v in caps.items() if v}
         out["user_ns"] = {"ns": {"inum": r["userns_inum"]}}
         return out
+
+    def ret_sock(self, rec: tuple, slot: int) -> dict[str, Any]:
+        """A sock return value, read at the return into the slot after the args (GHF_RET_SOCK); NULL: int 0."""
+        n = rec[self.i_lens[slot]] if rec[self.i_ret] else 0
+        return {"sock_arg": self._sock(rec[self.i_str[slot]][:n], False)} if n else {"int_arg": 0}
 
     def args(self, rec: tuple, plans: list[ArgPlan]) -> list[dict[str, Any]]:
         out = []
@@ -293,10 +296,13 @@ def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: A
             name_socket_pods(args, pods.pod_for_ip)
         body["args"] = args
     if rec[dec.i_flags] & GEF_RETURN and plan.ret is not None:
-        r = int_arg(plan.ret, rec[dec.i_ret] & ((1 << 64) - 1))
+        r = dec.ret_sock(rec, len(plan.args)) if plan.ret.gen_type == GA_SOCK else \
+            int_arg(plan.ret, rec[dec.i_ret] & ((1 << 64) - 1))
         if plan.ret.label:
             r["label"] = plan.ret.label
         body["return"] = r
+        if plan.return_action:
+            body["return_action"] = f"KPROBE_ACTION_{plan.return_action.upper()}"
     body["action"] = ACTION_NAMES.get(rec[dec.i_action], "KPROBE_ACTION_POST")
     body["policy_name"] = meta.policy_name
     if plan.message:

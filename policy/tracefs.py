@@ -86,3 +86,16 @@ def read_format(subsystem: str, event: str) -> TpFormat:
 
 def exists(subsystem: str, event: str) -> bool:
     return (events_root() / subsystem / event / "id").exists()
+
+
+@lru_cache(maxsize=1)
+def filter_functions() -> tuple[str, ...]:
+    """The kernel functions ftrace can trace (available_filter_functions, module suffixes dropped, each name
+    once): what a generated_ftrace list's pattern is matched against. Raises OSError where it cannot be read."""
+    text = (fs.tracefs_root() / "available_filter_functions").read_text()
+    seen: dict[str, None] = {}
+    for line in text.splitlines():
+        name = line.split(" ", 1)[0]
+        if name and not name.startswith("__ftrace_invalid_address"):
+            seen.setdefault(name, None)
+    return tuple(seen)

@@ -65,7 +65,7 @@ ENABLED_HERE = {
     "hardlink-observe.yaml", "list-syscalls.yaml", "openat_write.yaml",
     "process-credentials/process.credentials.changes.at.syscalls.yaml", "raw_syscalls.yaml", "rawtp.yaml",
     "symlink-observe.yaml", "sys_mount.yaml", "sys_ptrace.yaml", "sys_setuid.yaml", "uprobe-pid.yaml",
-    "uprobe.yaml", "write.yaml", "sys_clock_settime.yaml", "sys_pivot_root.yaml",
+    "uprobe.yaml", "write.yaml", "sys_clock_settime.yaml", "sys_pivot_root.yaml", "list-syscalls-generated.yaml",
 }
 # Everything else loads nothing (LOAD_ERROR); the reason each unavailable hook gives contains:
 KPROBE = "kprobe attach"          # kernel-function kprobes (not served: no kprobes here, and not in the engine)
@@ -95,7 +95,6 @@ REASONS = {
     "killer.yaml": NOTIFY,
     "kprobe_commit_creds.yaml": KPROBE,
     "list-generated-ftrace.yaml": KPROBE,
-    "list-syscalls-generated.yaml": "generated lists are not served by this lanner build",
     "loader.yaml": "process_loader events are not served by this lanner build",
     "lsm_bprm_check.yaml": LSM,
     "lsm_file_open.yaml": LSM,
@@ -147,7 +146,8 @@ ENABLED_KFUNC = ENABLED_HERE | {
     "security-socket-connect-block-others.yaml", "security-socket-connect.yaml", "security_bprm_check.yaml",
     "security_inode_follow_link.yaml", "tcp-connect-only-local-addrs.yaml", "tcp-connect-only-private-addrs.yaml",
     "tcp-connect-with-selectors.yaml", "tcp-connect.yaml", "tty_54.yaml", "host-changes/monitor-kernel-modules.yaml",
-    "modules-nohost.yaml",
+    "modules-nohost.yaml", "tcp-accept.yaml", "tcp-listen.yaml", "datagram-with-sock-tracking.yaml",
+    "datagram_518.yaml", "list-generated-ftrace.yaml",
 }
 # full there, loaded and unloaded but not triggered by this file (tests/test_policy_kernel_hooks.py covers
 # their argument types and operators with scoped policies of its own)
@@ -159,9 +159,9 @@ LOAD_ONLY_KFUNC = {
     # its Mnt values are the fixed inode numbers of the initial pid, cgroup and time namespaces; mount
     # namespaces get dynamic ones (from 4026531840 up): no process is in one of them
     "fd_install_ns.yaml": "matchNamespaces Mnt In 4026531834-4026531836 matches no mount namespace",
-    # podSelector {}: it runs for the node's pods only, and the corpus run has none (pod scoping is proven
-    # with real network namespaces in tests/test_policy_workloads.py and real pods in tests/test_cri_pods.py)
-    "modules-nohost.yaml": "podSelector: no pod runs in the corpus test",
+    # their datagram hooks filter DAddr on an skb arg, which never matches yet (see datagram-with-selectors)
+    "datagram-with-sock-tracking.yaml": "DAddr on the skb arg never matches",
+    "datagram_518.yaml": "DAddr on the skb arg never matches",
 }
 # ... and from a kernel version on (the hook's arguments changed)
 LOAD_ONLY_KFUNC_SINCE = {
@@ -170,20 +170,15 @@ LOAD_ONLY_KFUNC_SINCE = {
     "cves/cve-2023-2640-overlayfs-ubuntu.yaml": ((6, 10), "arg 0 is a struct dentry * since 6.10"),
 }
 PARTIAL_KFUNC = {  # some hooks run, the others are unavailable for this reason
-    "datagram-with-sock-tracking.yaml": "returnArgAction TrackSock is not served",
-    "datagram_518.yaml": "returnArgAction TrackSock is not served",
     # find_module_sections is inlined on the Debian kernels: it cannot be probed
     "host-changes/monitor-signed-kernel-modules.yaml":
         "attach failed: attach generic_kprobe (kprobe find_module_sections",
-    "tcp-accept.yaml": "returnArgAction TrackSock is not served",
-    "tcp-listen.yaml": "returnArgAction TrackSock is not served",
 }
 FMOD_SYSCALL = "refused by the kernel (it modifies only security_* functions and, with CONFIG_FUNCTION_ERROR_INJECTION"
 REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS)
     "dev_queue_xmit.yaml": "attach failed: attach generic_kprobe (kprobe dev_queue_xmit",  # an inline function
     "hardlink-override.yaml": "fmod_ret on __x64_sys_linkat " + FMOD_SYSCALL,
     "killer.yaml": "fmod_ret on __x64_sys_dup " + FMOD_SYSCALL,  # the NotifyEnforcer's enforcer
-    "list-generated-ftrace.yaml": "generated lists are not served by this lanner build",
     "lsm_bprm_check.yaml": "stack traces / imaHash are not served",
     "lsm_track_grandparent.yml": "resolve/btfType/returnCopy are not served",
     "open_dnsrequest.yaml": "action DnsLookup is not served",
@@ -238,6 +233,7 @@ class Trigger:
     # ring buffer can be full when the trigger runs (its record is then lost and counted), so they may
     # fire again, each time right after the ring buffer was drained
     attempts = 1
+    engine = None  # the PolicyEngine under test (set before setup), for triggers that register pods
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -507,6 +503,35 @@ class PivotRoot(_NotNsInit):
         return b["args"] == [{"string_arg": f"/nonexistent-{marker}-new"}, {"string_arg": f"/nonexistent-{marker}-old"}]
 
 
+class KillSyscalls(Trigger):
+    """Every syscall (a generated_syscalls list) of /usr/bin/kill: `kill -0` of the test's own pid. Its kill(2)
+    is picked out (it makes dozens of syscalls); another binary's kill(2) is silent."""
+
+    names = {"__x64_sys_kill"}
+
+    def fire(self):
+        p = subprocess.Popen(["/usr/bin/kill", "-0", str(os.getpid())])
+        assert p.wait(timeout=60) == 0
+        return lambda b: b["process"]["pid"] == p.pid and b["function_name"] == "__x64_sys_kill"
+
+    def negative(self):
+        r = _py(f"import os; os.kill({os.getpid()}, 0); print(os.getpid())")
+        pid = int(r.stdout)
+        return lambda b: b["process"]["pid"] == pid
+
+
+class KillKsys(Trigger):
+    """The ksys_* functions (a generated_ftrace list, pattern ^ksys_*) of /usr/bin/kill: `kill -0` reads its
+    libraries' headers with read(2), which is ksys_read."""
+
+    names = {"ksys_read"}
+
+    def fire(self):
+        p = subprocess.Popen(["/usr/bin/kill", "-0", str(os.getpid())])
+        assert p.wait(timeout=60) == 0
+        return lambda b: b["process"]["pid"] == p.pid and b["function_name"] == "ksys_read"
+
+
 class InteractiveBash:
     """/bin/bash -i on a pty: bash calls readline() for every line it reads."""
 
@@ -608,6 +633,7 @@ TRIGGERS: dict[str, type[Trigger]] = {
     "uprobe-pid.yaml": UprobePid,
     "uprobe.yaml": Uprobe,
     "write.yaml": Write,
+    "list-syscalls-generated.yaml": KillSyscalls,
     "sys_clock_settime.yaml": ClockSettime,
     "sys_pivot_root.yaml": PivotRoot,
 }
@@ -1404,6 +1430,55 @@ class TtyWrite(Trigger):
         return lambda b: b["process"]["pid"] == p.pid
 
 
+class TcpListen(Trigger):
+    """inet_csk_listen_start with SPort 1337/31337: a child listening on 127.0.0.1:31337 (the sk_alloc hook's
+    returnArgAction TrackSock makes it the sock's owner; its events are NoPost)."""
+
+    names = {"inet_csk_listen_start"}
+    CODE = ("import os, socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            "s.bind(('127.0.0.1', 31337)); s.listen(); print(os.getpid(), flush=True)")
+
+    def fire(self):
+        r = _py(self.CODE)
+        assert r.returncode == 0, r
+        pid = int(r.stdout)
+        return lambda b: b["process"]["pid"] == pid and b["args"][0]["sock_arg"].get("sport") == 31337
+
+    def negative(self):
+        r = _py(self.CODE.replace("31337", "0"))  # any other port
+        assert r.returncode == 0, r
+        pid = int(r.stdout)
+        return lambda b: b["process"]["pid"] == pid
+
+
+class TcpAccept(Trigger):
+    """sk_alloc (returnArg sock, TrackSock) and tcp_close DAddr 127.0.0.1/32: a child connects to its own
+    listener on 127.0.0.1, accepts and closes both ends. Its sk_alloc events carry the returned AF_INET
+    sock; its tcp_close events name 127.0.0.1."""
+
+    names = {"sk_alloc", "tcp_close"}
+    attempts = 3  # sk_alloc posts every AF_INET socket of the machine
+    CODE = ("import os, socket; l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(); "
+            "c = socket.create_connection(l.getsockname()); a, _ = l.accept(); port = l.getsockname()[1]; "
+            "c.close(); a.close(); l.close(); print(os.getpid(), port, flush=True)")
+
+    def fire(self):
+        r = _py(self.CODE)
+        assert r.returncode == 0, r
+        pid, port = map(int, r.stdout.split())
+
+        def mine(b):
+            if b["process"]["pid"] != pid:
+                return False
+            if b["function_name"] == "sk_alloc":
+                return b["return"]["sock_arg"]["family"] == "AF_INET" and \
+                    b.get("return_action") == "KPROBE_ACTION_TRACKSOCK"
+            sk = b["args"][0]["sock_arg"]
+            return b["function_name"] == "tcp_close" and sk["daddr"] == "127.0.0.1" and port in (sk.get("sport"),
+                                                                                                   sk.get("dport"))
+        return mine
+
+
 class KernelModules(Trigger):
     """security_kernel_module_request: socket(AF_DECnet) by a child (no such family: the kernel asks
     modprobe for net-pf-12); security_kernel_read_file, do_init_module, free_module: modprobe loading and
@@ -1441,6 +1516,54 @@ class KernelModules(Trigger):
                 return "/dummy.ko" in a[0]["file_arg"]["path"] and a[1] == {"int_arg": 2}
             return a[0]["module_arg"]["name"] == "dummy"
         return mine
+
+
+class ModulesNoHost(Trigger):
+    """podSelector {} + Override/Sigkill outside the host pid namespace on security_kernel_module_request: a
+    "pod" (a network namespace the test registers with the engine's workload scopes, as the agent does for
+    its pods) whose process, in a new pid namespace, asks for net-pf-12 is killed before it prints; the same
+    program in an unregistered netns (also a new pid namespace: the selector alone would match it) lives."""
+
+    names = {"security_kernel_module_request"}
+    action = "KPROBE_ACTION_OVERRIDE"
+    signals = True
+    CODE = "import socket\ntry: socket.socket(12, socket.SOCK_STREAM)\nexcept OSError: pass\nprint('reached-{}')"
+
+    def _run(self, marker: str, register: bool) -> str:
+        from lanner.policy.workloads import Workload
+
+        # sh stays pid 1 of the new pid namespace (its init ignores a SIGKILL from inside); python is pid 2
+        p = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "sh", "-c",
+                              f"read x; {sys.executable} -c \"{self.CODE.format(marker)}\"; echo rc=$?"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            own = os.stat("/proc/self/ns/net").st_ino
+            deadline = time.monotonic() + 10
+            while os.stat(f"/proc/{p.pid}/ns/net").st_ino == own:
+                assert time.monotonic() < deadline and p.poll() is None, "unshare did not start"
+                time.sleep(0.01)
+            netns = os.stat(f"/proc/{p.pid}/ns/net").st_ino
+            self.engine.workloads.sync([Workload("default", {}, netns)] if register else [])
+            out, _ = p.communicate("go\n", timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            self.engine.workloads.sync([])
+        return out
+
+    def fire(self):
+        m = uuid.uuid4().hex[:8]
+        out = self._run(m, register=True)
+        assert f"reached-{m}" not in out and f"rc={128 + 9}" in out, out  # killed in the syscall
+        return lambda b: m in b["process"].get("arguments", "") and b["args"] == [{"string_arg": "net-pf-12"}] \
+            and b["return"] == {"int_arg": -1}
+
+    def negative(self):
+        m = uuid.uuid4().hex[:8]
+        out = self._run(m, register=False)
+        assert f"reached-{m}" in out and "rc=0" in out, out
+        return lambda b: m in b["process"].get("arguments", "")
 
 
 class OverlayCopyUp(Trigger):
@@ -1541,15 +1664,20 @@ KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
     "tcp-connect-only-local-addrs.yaml": TcpConnectNonLocal,
     "tcp-connect-only-private-addrs.yaml": TcpConnectNonLocal,
     "tcp-connect.yaml": TcpConnect,
+    "tcp-listen.yaml": TcpListen,
+    "tcp-accept.yaml": TcpAccept,
     "tty_54.yaml": TtyWrite,
     "host-changes/monitor-kernel-modules.yaml": KernelModules,
+    "modules-nohost.yaml": ModulesNoHost,
+    "list-generated-ftrace.yaml": KillKsys,
 }
 # the policies of ENABLED_KFUNC that enforce on processes the test did not start unless patched
 assert {"override-security.yaml", "tcp-connect-only-private-addrs.yaml",
         "sandbox/linux-namespaces/kill_unprivileged_user_namespace.yaml",
         "sandbox/linux-namespaces/kill_unprivileged_user_namespace_in_pid_namespace.yaml",
         "dns-only-specified-servers.yaml", "security-socket-connect-block-others.yaml",
-        "tcp-connect-only-local-addrs.yaml", "cves/cve-2023-2640-overlayfs-ubuntu.yaml"} <= set(KFUNC_TRIGGERS)
+        "tcp-connect-only-local-addrs.yaml", "cves/cve-2023-2640-overlayfs-ubuntu.yaml",
+        "modules-nohost.yaml"} <= set(KFUNC_TRIGGERS)
 assert ENABLED_KFUNC == ENABLED_HERE | set(LOAD_ONLY_KFUNC) | {
     k for k, v in KFUNC_TRIGGERS.items() if not issubclass(v, ScopedLoadOnly)}
 
@@ -1567,6 +1695,8 @@ def test_corpus_policy_on_this_kernel(env: Env, tmp_path: Path, path: Path):  # 
     reasons = {**REASONS, **REASONS_KFUNC} if kfunc else REASONS
     triggers = {**TRIGGERS, **KFUNC_TRIGGERS} if kfunc else TRIGGERS
     trig = triggers[rel](tmp_path) if rel in triggers else None
+    if trig is not None:
+        trig.engine = engine
     base = engine.links()
     (pol,) = load_policies(path.read_text(), rel)
     try:

@@ -645,6 +645,93 @@ def test_track_and_untrack_sock(env):
         srv.close()
 
 
+def test_return_arg_action_track_sock(env):
+    """returnArg type sock + returnArgAction TrackSock on sk_alloc (as tcp-accept.yaml and friends): the
+    child that creates a socket owns it, so tcp_sendmsg on it by the parent (who got the fd over a unix
+    socket) is reported as the child's; the sk_alloc event carries the returned sock. The parent's own
+    socket stays its own."""
+    _need(env, "kprobe", "kretprobe")
+    srv = _listener()
+    port = srv.getsockname()[1]
+    spec = f"""
+    kprobes:
+    - call: sk_alloc
+      syscall: false
+      return: true
+      args:
+      - index: 1
+        type: int
+        label: Family
+      returnArg:
+        index: 0
+        type: sock
+      returnArgAction: TrackSock
+      selectors:
+      - matchPIDs:
+        - operator: In
+          followForks: true
+          values: [{ME}]
+        matchArgs:
+        - index: 1
+          operator: Equal
+          values: ["2"]
+    - call: tcp_sendmsg
+      syscall: false
+      args:
+      - index: 0
+        type: sock
+      selectors:
+      - matchArgs:
+        - index: 0
+          operator: DPort
+          values: ["{port}"]
+    """
+    child: list[int] = []
+
+    def run():
+        a, b = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the child creates the TCP socket and hands its fd to the parent
+            try:
+                t = socket.socket()
+                socket.send_fds(a, [b"fd"], [t.fileno()])
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        child.append(pid)
+        _msg, fds, _flags, _addr = socket.recv_fds(b, 16, 1)
+        t = socket.socket(fileno=fds[0])
+        t.connect(("127.0.0.1", port))
+        t.sendall(b"lanner")  # the parent sends on the child's socket
+        t.close()
+        own = socket.create_connection(("127.0.0.1", port))  # the parent's own socket
+        own.sendall(b"mine")
+        own.close()
+        a.close()
+        b.close()
+
+    def tracked_by(policy_id: int) -> int:
+        off = env.engine._socktrack_policy_off
+        return sum(int.from_bytes(bytes(v)[off:off + 4], "little") == policy_id
+                   for _k, v in env.engine.socktrack.lookup_batch())
+
+    try:
+        with env.load("kp-ret-track", spec):
+            evs = _events(env, run, "kp-ret-track")
+            policy_id = env.engine.status("kp-ret-track").id
+            assert tracked_by(policy_id) >= 1
+    finally:
+        srv.close()
+    assert tracked_by(policy_id) == 0  # deleting the policy forgets its socks (their addresses get reused)
+    alloc = [e for e in evs if e["function_name"] == "sk_alloc" and e["process"]["pid"] == child[0]]
+    assert len(alloc) == 1, evs
+    ret = alloc[0]["return"]["sock_arg"]
+    assert ret["family"] == "AF_INET", alloc  # inet_create sets type and protocol after sk_alloc returns
+    assert alloc[0]["return_action"] == "KPROBE_ACTION_TRACKSOCK" and alloc[0]["args"][0]["int_arg"] == 2
+    sends = [e["process"]["pid"] for e in evs if e["function_name"] == "tcp_sendmsg"]
+    assert sends == [child[0], ME], evs
+
+
 @pytest.mark.parametrize("state,hits", [("TCP_SYN_SENT", 1), ("TCP_ESTABLISHED", 0)])
 def test_kprobe_sock_saddr_sport_state_notdport(env, state, hits):
     """SAddr, SPort (a range), State, NotDPort and NotSAddr on a sock arg, ANDed."""

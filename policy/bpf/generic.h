@@ -118,8 +118,11 @@
 #define GHF_SYSWRAP (1 << 8) /* a syscall: true hook on the syscall's wrapper __x64_sys_X(struct pt_regs *regs)
 			      * (fentry or kprobe): args are the user's registers in *regs (x86-64 syscall ABI:
 			      * di, si, dx, r10, r8, r9; off = argument number), read with CO-RE */
+#define GHF_RET_SOCK (1 << 10)       /* returnArg type sock: the returned struct sock * is read into str[ret_slot] */
+#define GHF_RET_TRACKSOCK (1 << 11)  /* returnArgAction TrackSock: the returned sock -> this process (gen_socktrack) */
+#define GHF_RET_UNTRACKSOCK (1 << 12) /* returnArgAction UntrackSock: forget the returned sock */
 #define GHF_SCOPED (1 << 9)  /* a workload-scoped policy (TracingPolicyNamespaced, podSelector): the hook runs only
-			      * for tasks whose network namespace is in gen_scope under gen_hook.scope */
+			      * for tasks whose network namespace is in gen_scope under gen_hook.policy */
 
 /* the syscall dispatcher (generic_sys.bpf.c): gen_sys_on[nr] says whether hooks watch syscall nr and which
  * of the two gen_sys_list buffers of each direction is current; gen_sys_list[nr * 4 + dir * 2 + buf] lists
@@ -232,8 +235,9 @@ struct gen_hook {
 	__u8 ret_size;
 	__u8 ret_signed;
 	__u32 sysnr;   /* GHF_SYSCALL: the syscall number + 1 (the dispatcher runs the hook for that syscall only) */
-	__u32 scope;   /* GHF_SCOPED: the policy's scope id (gen_scope_key.scope) */
-	__u32 pad;
+	__u32 policy;  /* the policy's id: its gen_scope key (GHF_SCOPED) and the owner of its gen_socktrack entries */
+	__u8 ret_slot; /* GHF_RET_SOCK: the str slot of the returned sock (the hook's nargs) */
+	__u8 pad[3];
 	struct gen_arg args[GEN_MAX_ARGS];
 	struct gen_selector sel[GEN_MAX_SELECTORS];
 };
@@ -250,6 +254,14 @@ struct gen_str {
 struct gen_sys_hooks {
 	__u32 n;                   /* slots in use (the highest used slot + 1) */
 	__u32 ids[GEN_SYS_HOOKS];  /* hook ids, 0 = free */
+};
+
+/* gen_socktrack value: the process a tracked sock belongs to, and the policy that tracked it (its entries
+ * are removed with it: a freed sock's address is reused, and a stale entry would misname the next owner) */
+struct gen_socktrack_val {
+	struct proc_key key;
+	__u32 policy;
+	__u32 pad;
 };
 
 /* gen_scope: the pods a workload-scoped policy runs for, by network namespace inode (every process of a pod

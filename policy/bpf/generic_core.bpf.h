@@ -150,7 +150,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u64);
-	__type(value, struct proc_key);
+	__type(value, struct gen_socktrack_val);
 } gen_socktrack SEC(".maps");
 
 /* per entry hook id: GST_* counters (generic.h), one row per CPU */
@@ -344,11 +344,11 @@ static __always_inline void gen_read_sock(struct gen_scratch *s, __u32 i, struct
 		return;
 	{
 		__u64 key = (__u64)sk;
-		struct proc_key *owner = bpf_map_lookup_elem(&gen_socktrack, &key);
+		struct gen_socktrack_val *owner = bpf_map_lookup_elem(&gen_socktrack, &key);
 
 		s->ev.aux[i & (GEN_MAX_ARGS - 1)] = key; /* for TrackSock/UntrackSock */
 		if (owner) { /* a tracked sock: the event names its owner (e.g. from softirq context) */
-			s->ev.key = *owner;
+			s->ev.key = owner->key;
 			s->ev.flags &= ~GEF_NOPROC;
 			s->key_done = 1;
 		}
@@ -1372,6 +1372,14 @@ static __always_inline void gen_enforce(struct gen_hook *hook, struct gen_scratc
 }
 
 /* apply the matched selector's actions and post the event */
+/* TrackSock: the sock -> the event's process, recorded as this policy's */
+static __always_inline void gen_track_sock(struct gen_hook *hook, struct gen_scratch *s, __u64 sk)
+{
+	struct gen_socktrack_val v = { .key = s->ev.key, .policy = hook->policy };
+
+	bpf_map_update_elem(&gen_socktrack, &sk, &v, BPF_ANY);
+}
+
 static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch *s)
 {
 	__u32 si = s->ev.selector;
@@ -1391,7 +1399,7 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 		__u64 sk = s->ev.aux[sel->sock_arg & (GEN_MAX_ARGS - 1)];
 
 		if (sk && (sel->flags & GSF_TRACKSOCK))
-			bpf_map_update_elem(&gen_socktrack, &sk, &s->ev.key, BPF_ANY);
+			gen_track_sock(hook, s, sk);
 		else if (sk)
 			bpf_map_delete_elem(&gen_socktrack, &sk);
 	}
@@ -1464,7 +1472,7 @@ static __always_inline __u64 gen_inflight_key(__u32 hook_id)
 static __always_inline bool gen_in_scope(struct gen_hook *hook)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct gen_scope_key k = { .scope = hook->scope };
+	struct gen_scope_key k = { .scope = hook->policy };
 
 	k.netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum); /* 0 for an exiting task: in no scope */
 	return bpf_map_lookup_elem(&gen_scope, &k) != NULL;
@@ -1533,6 +1541,16 @@ static __always_inline int gen_exit(__s64 ret, struct gen_hook *exit_hook)
 	s->rev_done = 0;
 	s->ev.ret = ret;
 	s->ev.flags |= GEF_RETURN;
+	if ((hook->flags & GHF_RET_SOCK) && ret && hook->ret_slot < GEN_MAX_ARGS) {
+		/* the returned sock is new (sk_alloc, openreq child): an entry for its address is a freed sock's,
+		 * so the event keeps the returning process */
+		struct proc_key caller = s->ev.key;
+		__u32 flags = s->ev.flags;
+
+		gen_read_sock(s, hook->ret_slot, (struct sock *)ret);
+		s->ev.key = caller;
+		s->ev.flags = flags;
+	}
 	si = s->ev.selector;
 	if (si < GEN_MAX_SELECTORS && (hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)].flags & GSF_HAS_RET)) {
 		si = GEN_BOUND(si, GEN_MAX_SELECTORS);
@@ -1544,6 +1562,14 @@ static __always_inline int gen_exit(__s64 ret, struct gen_hook *exit_hook)
 		bpf_loop(GEN_MAX_FILTERS, gen_filter_step, &c, 0);
 		if (!c.ok)
 			return 0;
+	}
+	if ((hook->flags & (GHF_RET_TRACKSOCK | GHF_RET_UNTRACKSOCK)) && ret) { /* returnArgAction */
+		__u64 sk = (__u64)ret;
+
+		if (hook->flags & GHF_RET_TRACKSOCK)
+			gen_track_sock(hook, s, sk);
+		else
+			bpf_map_delete_elem(&gen_socktrack, &sk);
 	}
 	return gen_finish(hook, s);
 }
