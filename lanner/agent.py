@@ -213,11 +213,16 @@ class Agent:
         if self.netdp.pod_cache is not None and hasattr(self.encoder, "attach_pod_resolver"):
             self.encoder.attach_pod_resolver(self.netdp.pod_cache)  # process.pod on every event from a pod
         if self.netdp.pod_cache is not None and self.engine is not None:
-            from lanner.policy.workloads import Workload
+            from lanner.policy.workloads import Container, Workload, image_repo
 
-            scopes = self.engine.workloads  # TracingPolicyNamespaced / podSelector: the pods they run for
-            self.netdp.pod_cache.subscribe(lambda eps: scopes.sync(
-                Workload(ep.pod.namespace, ep.pod.label_dict(), ep.netns_inode) for ep in eps))
+            pods, scopes = self.netdp.pod_cache, self.engine.workloads  # the pods scoped policies run for
+
+            def workload(ep: Any) -> Workload:
+                known = pods.known_containers(ep.container_id)
+                return Workload(ep.pod.namespace, ep.pod.label_dict(), ep.netns_inode,
+                                tuple(Container(c.name, image_repo(c.image), cg) for c, cg in known))
+
+            pods.subscribe(lambda eps: scopes.sync(workload(ep) for ep in eps))
 
     def _drain_flows(self) -> int:
         """Flow events from the datapath, exported alongside the security events (not process-filtered)."""

@@ -181,7 +181,14 @@ class PodCache:
                 return False
             self._cgroups[cgroup_id] = PodMatch(ep.pod, container, image_id)
             self._cgroup_sandbox[cgroup_id] = sandbox_id
-            return True
+        self._changed()
+        return True
+
+    def known_containers(self, sandbox_id: str) -> list[tuple[ContainerInfo, int]]:
+        """The pod's containers whose cgroup is known, with their cgroup ids."""
+        with self._lock:
+            return [(m.container, cg) for cg, sid in self._cgroup_sandbox.items() if sid == sandbox_id
+                    and (m := self._cgroups.get(cg)) is not None and m.container is not None]
 
     def _drop(self, ep: Endpoint) -> None:
         self._by_sandbox.pop(ep.container_id, None)
@@ -269,7 +276,9 @@ class PodCache:
             if result is None and settled:
                 self._cgroups[cgroup_id] = None  # not a container the runtime knows: don't ask again
                 self._cgroup_sandbox[cgroup_id] = sid
-            return result
+        if settled and found:
+            self._changed()  # containers learned: container-scoped policies may now cover them
+        return result
 
     def _cgroup_of(self, cgroups_path: str) -> int:
         if not cgroups_path or ":" in cgroups_path:  # systemd-style "slice:prefix:name" is not a path

@@ -47,6 +47,7 @@ GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK 
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
 GHF_SYSWRAP = 256  # a syscall hook on the wrapper __x64_sys_X(struct pt_regs *): args from *regs
 GHF_SCOPED = 512  # a workload-scoped policy's hook: runs only for tasks in its pods' netns (gen_scope)
+GHF_SCOPED_CG = 8192  # ... or, for a containerSelector, in its containers' cgroups (gen_scope_cg)
 WRAP_MAX_CALLS = 16  # longer syscall lists go to the dispatcher (one program), not one fentry per syscall
 GENERATED_FTRACE_MAX = 256  # functions a generated_ftrace list may expand to (one kprobe link each)
 GHF_RET_SOCK, GHF_RET_TRACKSOCK, GHF_RET_UNTRACKSOCK = 1024, 2048, 4096  # sock return values, returnArgAction
@@ -193,7 +194,6 @@ class Compiler:
             out.skipped.append(("spec.loader", "", reason))
             out.order.append("spec.loader")
         counters = {"kprobes": 0, "fentries": 0, "tracepoints": 0, "uprobes": 0, "usdts": 0, "lsmhooks": 0}
-        scoped = workload_scoping(policy)
         for kind, display, spec in policy.hooks():
             attr = {"kprobe": "kprobes", "fentry": "fentries", "tracepoint": "tracepoints", "uprobe": "uprobes",
                     "usdt": "usdts", "lsmhook": "lsmhooks"}[kind]
@@ -202,9 +202,6 @@ class Compiler:
             out.order.append(path)
             scratch = CompiledPolicy()
             try:
-                if scoped:  # never run a container-scoped policy on every process
-                    raise Unavailable(f"{scoped} selects containers within pods; lanner scopes policies by pod "
-                                      "(TracingPolicyNamespaced, spec.podSelector), not by container")
                 plan = self._hook(policy, kind, path, display, spec, scratch, enforce)
                 # NotifyEnforcer: the selector stores argError per thread (gen_override, as Override) and
                 # an fmod_ret program on each spec.enforcers call applies it (attached with the first unit)
@@ -1159,15 +1156,6 @@ def _syscall_nr(name: str) -> int | None:
 
 def _nr_or(nr: int | None, default: int) -> int:
     return default if nr is None else nr
-
-
-def workload_scoping(policy: TracingPolicy) -> str:
-    """What scopes the policy to less than whole pods ("" if nothing does). Pod scoping (namespace,
-    spec.podSelector) is served by the engine (lanner.policy.workloads, GHF_SCOPED); a container scope
-    is not, and running it for the whole pod or every process would widen the policy."""
-    if policy.spec.container_selector is not None:
-        return "spec.containerSelector"
-    return ""
 
 
 def _tp_positions(positions: list[int]) -> bool:

@@ -24,8 +24,8 @@ from lanner.exporter.pipeline import OutEvent
 
 from . import bpf_attach
 from .compiler import (
-    GEN_STR_MAX, GHF_ENFORCE, GHF_SCOPED, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES, GST_OVERRIDE, GST_POST,
-    GEN_SYS_HOOKS, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
+    GEN_STR_MAX, GHF_ENFORCE, GHF_SCOPED, GHF_SCOPED_CG, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES,
+    GST_OVERRIDE, GST_POST, GEN_SYS_HOOKS, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
     Compiler, HookPlan, HookUnit,
 )
 from .errors import PolicyError
@@ -51,7 +51,8 @@ GSO_ENTER, GSO_EXIT, GSO_ENTER_BUF, GSO_EXIT_BUF = 1, 2, 4, 8
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_set32", "gen_str_set64",
                "gen_str_set128", "gen_str_lpm", "gen_heap", "gen_inflight",
-               "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "gen_scope", "events", "lanner_lost")
+               "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "gen_scope", "gen_scope_cg", "events",
+               "lanner_lost")
 # A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
@@ -194,9 +195,9 @@ class PolicyEngine:
             self.socktrack = self.tp.map("gen_socktrack")
             self._socktrack_policy_off = next(m.bit_offset // 8 for m in self.tp.btf.struct("gen_socktrack_val").members
                                               if m.name == "policy")
-            scope_map = self.tp.map("gen_scope")
-            # the pods of workload-scoped policies; fed by the agent from the pod table (sync)
-            self.workloads = WorkloadScopes(lambda k: scope_map.update(k, ONE), scope_map.delete, _host_netns())
+            # the pods (netns) and containers (cgroups) of workload-scoped policies; the agent feeds it its pod table
+            self.workloads = WorkloadScopes(KeySet(self.tp.map("gen_scope")), KeySet(self.tp.map("gen_scope_cg")),
+                                            _host_netns())
             lay = RecordLayout.from_btf(self.tp.btf, "gen_hook")
             self._hook_layout = lay
             self._hook_struct = lay.struct
@@ -254,8 +255,8 @@ class PolicyEngine:
         for plan in compiled.hooks:
             for unit in plan.units:
                 unit.config["policy"] = p.id  # gen_scope key, owner of the policy's gen_socktrack entries
-                if p.scope is not None:  # every entry hook runs only for the scope's pods (gen_scope)
-                    unit.config["flags"] |= GHF_SCOPED
+                if p.scope is not None:  # every entry hook runs only for the scope's pods (gen_scope, gen_scope_cg)
+                    unit.config["flags"] |= GHF_SCOPED | (GHF_SCOPED_CG if p.scope.container_selector else 0)
         self._policies[(p.name, p.namespace)] = p
         try:
             if p.scope is not None:
@@ -683,7 +684,9 @@ class PolicyEngine:
                     mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
                 hooks, counts = self._hook_status(p)
                 if p.scope is not None:
-                    hooks.insert(0, f"runs for {p.scope.describe()}: {self.workloads.selected(p.id)} pods on this node"
+                    pods, containers = self.workloads.selected(p.id)
+                    count = f"{containers} containers" if p.scope.container_selector else f"{pods} pods"
+                    hooks.insert(0, f"runs for {p.scope.describe()}: {count} on this node"
                                  + ("" if self.workloads.synced else " (no pod source: the agent runs without "
                                     "--enable-netdp, so no pod is known)"))
                 st = sensors_pb2.TracingPolicyStatus(
@@ -774,6 +777,19 @@ class PolicyEngine:
             self._tp_pool = [self.tp]
             self._tp_busy.clear()
             self._link_slot.clear()
+
+
+class KeySet:
+    """A BPF hash map used as a set of keys (value 1): what WorkloadScopes writes."""
+
+    def __init__(self, m: Any) -> None:
+        self.m = m
+
+    def put(self, key: bytes) -> None:
+        self.m.update(key, ONE)
+
+    def drop(self, key: bytes) -> None:
+        self.m.delete(key)
 
 
 def _host_netns() -> int:

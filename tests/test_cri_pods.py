@@ -485,3 +485,62 @@ spec:
             c.delete_policy(f"scoped-{m}", ns_in)
         for p in ([] if removed else [inside]) + [outside]:
             remove_pod(ctrd, p)
+
+
+@pytest.mark.bpf
+def test_lanner_cni_container_selector_runs_for_its_containers(lanner_node):
+    """containerSelector name In [main]: the pod's main container is seen, its sidecar is not. The agent
+    learns the containers' cgroups from the runtime when their first processes show (the status counts them)."""
+    from lanner.client import AgentClient
+
+    ctrd, agent, node = lanner_node
+    m = uuid.uuid4().hex[:8]
+    ns = f"ctr-{m}"
+    pod = run_pod(ctrd, "two-" + m, namespace=ns, containers={"main": ["/bin/sleep", "3600"],
+                                                             "side": ["/bin/sleep", "3601"]})
+    name = f"ctr-{m}"
+    policy = f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicyNamespaced
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  containerSelector:
+    matchExpressions:
+    - key: name
+      operator: In
+      values: [main]
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args:
+    - index: 1
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Prefix
+        values: ["/tmp/{m}"]
+"""
+    with AgentClient(agent.address, timeout=10) as c:
+        c.add_policy(policy)
+    try:
+        want = f"runs for namespace {ns}, containerSelector name In (main): 1 containers on this node"
+        deadline = time.monotonic() + 20
+        while _scoped_policy_info(agent, name, ns) != want:  # the entrypoints' exec events teach the agent
+            assert time.monotonic() < deadline, _scoped_policy_info(agent, name, ns)
+            time.sleep(0.2)
+        with ctrd.client() as cri:
+            cri.exec_sync(pod.containers["side"], ["/bin/cat", f"/tmp/{m}-side"])
+            cri.exec_sync(pod.containers["main"], ["/bin/cat", f"/tmp/{m}-main"])
+
+        def mine(evs: list[dict]) -> list[dict]:
+            return [e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name]
+
+        evs = mine(agent.wait_for(mine, timeout=15, what="the container-scoped policy's event"))
+        assert [a["string_arg"] for e in evs for a in e["args"]] == [f"/tmp/{m}-main"], evs
+        assert evs[0]["process"]["pod"]["container"]["name"] == "main"
+    finally:
+        with AgentClient(agent.address, timeout=10) as c:
+            c.delete_policy(name, ns)
+        remove_pod(ctrd, pod)

@@ -135,6 +135,29 @@ def test_container_learned_once_per_cgroup(cgroups):
     assert pc.pod_for_cgroup(cg_main) is None and pc.match(ep.netns_inode, cg_main) is None
 
 
+def test_listeners_see_pods_and_learned_containers(cgroups):
+    """subscribe: called at once and after every change of the pod set, a pod's labels or its known
+    containers (what the policy engine's workload scoping is fed from)."""
+    path_main, cg_main = cgroups("main")
+    src = TableSource({"sb1": [RuntimeContainer(ContainerInfo("c" * 64, "main", "busybox:1"), "sb1", path_main)]})
+    pc = PodCache(src)
+    seen: list[list[str]] = []
+    pc.subscribe(lambda eps: seen.append([e.container_id for e in eps]))
+    assert seen == [[]]
+    ep = _ep(pod=PodInfo("default", "web", labels=(("app", "web"),)))
+    pc.add(ep)
+    assert seen[-1] == ["sb1"] and pc.known_containers("sb1") == []
+    pc.match(ep.netns_inode, cg_main)  # the container's first process: learned from the runtime
+    assert [(c.name, cg) for c, cg in pc.known_containers("sb1")] == [("main", cg_main)]
+    assert len(seen) == 3
+    pc.update_pod("sb1", PodInfo("default", "web", labels=(("app", "db"),)))
+    assert len(seen) == 4
+    pc.remove(ep)
+    assert seen[-1] == [] and pc.known_containers("sb1") == []
+    pc.remove(ep)  # idempotent, and no change: no call
+    assert len(seen) == 5
+
+
 def test_labels_learned_after_add_update_the_pod(cgroups):
     path_main, cg_main = cgroups("main")
     src = TableSource({"sb1": [RuntimeContainer(ContainerInfo("c" * 64, "main", "img"), "sb1", path_main)]})

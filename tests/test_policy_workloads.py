@@ -14,14 +14,16 @@ import signal
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
-from lanner.policy.workloads import SCOPE_KEY, Workload
+from lanner.policy.workloads import SCOPE_CG_KEY, SCOPE_KEY, Container, Workload
 from tests.test_policy_operators import body, env, policy_yaml  # noqa: F401  (env: the fixture)
+
+CGROUP2 = Path("/sys/fs/cgroup/unified") if os.path.ismount("/sys/fs/cgroup/unified") else Path("/sys/fs/cgroup")
 
 pytestmark = [pytest.mark.bpf,
               pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
@@ -35,28 +37,41 @@ class FakePod:
     namespace: str
     labels: dict[str, str]
     proc: subprocess.Popen
+    containers: dict[str, Path] = field(default_factory=dict)  # name -> its cgroup (v2) directory
 
     @property
     def netns(self) -> int:
         return os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino
 
     def workload(self) -> Workload:
-        return Workload(self.namespace, dict(self.labels), self.netns)
+        return Workload(self.namespace, dict(self.labels), self.netns,
+                        tuple(Container(n, "busybox", cg.stat().st_ino)
+                              for n, cg in self.containers.items()))
 
-    def run(self, *cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", "--", *cmd],
-                              capture_output=True, text=True, timeout=30)
+    def run(self, *cmd: str, container: str | None = None) -> subprocess.CompletedProcess:
+        """cmd in the pod's netns (and, with container, in that container's cgroup, as runc would place it)."""
+        enter = ["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", "--"]
+        if container is not None:
+            procs = self.containers[container] / "cgroup.procs"
+            enter += ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"]
+        return subprocess.run([*enter, *cmd], capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
 def pods(env):  # noqa: F811
     made: list[FakePod] = []
     host_netns = os.stat("/proc/self/ns/net").st_ino
+    cg_root = CGROUP2 / f"lanner-test-workloads-{os.getpid()}"
+    cg_root.mkdir(exist_ok=True)
 
-    def make(namespace: str, **labels: str) -> FakePod:
+    def make(namespace: str, containers: tuple[str, ...] = (), **labels: str) -> FakePod:
         proc = subprocess.Popen(["unshare", "--net", "sleep", "600"], stdin=subprocess.DEVNULL)
         pod = FakePod(namespace, labels, proc)
         made.append(pod)
+        for name in containers:  # a cgroup per container, under a test directory of the cgroup2 hierarchy
+            cg = cg_root / f"pod{proc.pid}-{name}"
+            cg.mkdir()
+            pod.containers[name] = cg
         deadline = time.monotonic() + 10
         while True:  # unshare runs in the host netns until it has unshared and exec'd sleep
             try:
@@ -72,6 +87,20 @@ def pods(env):  # noqa: F811
     for pod in made:  # stop them by PID; their netns go with them
         pod.proc.kill()
         pod.proc.wait(timeout=10)
+        for cg in pod.containers.values():
+            _rmdir(cg)
+    _rmdir(cg_root)
+
+
+def _rmdir(cg: Path) -> None:
+    for _ in range(100):  # a process that just exited may keep its cgroup populated a moment
+        try:
+            cg.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def openat_policy(marker: str, action: str = "Post") -> str:
@@ -191,9 +220,11 @@ def test_scoped_policy_without_pod_source_matches_nothing(env):  # noqa: F811
     m = uuid.uuid4().hex[:10]
     from lanner.policy.workloads import WorkloadScopes
 
+    from lanner.policy.engine import KeySet
+
     saved = env.engine.workloads
-    m_ = env.engine.tp.map("gen_scope")
-    env.engine.workloads = WorkloadScopes(lambda k: m_.update(k, b"\x01"), m_.delete)  # as a fresh agent's
+    env.engine.workloads = WorkloadScopes(KeySet(env.engine.tp.map("gen_scope")),  # as a fresh agent's
+                                          KeySet(env.engine.tp.map("gen_scope_cg")))
     try:
         env.engine.add(namespaced("scoped-none", "default", openat_policy(m)), "test")
         try:
@@ -223,3 +254,51 @@ def test_pod_selector_with_host_selector_adds_the_host(env, pods):  # noqa: F811
         evs = env.run(lambda: (web.run("cat", f"/tmp/{m}-web"), db.run("cat", f"/tmp/{m}-db"),
                                subprocess.run(["cat", f"/tmp/{m}-host"], capture_output=True)), "scoped-host")
         assert opened(evs, m) == [f"/tmp/{m}-host", f"/tmp/{m}-web"]
+
+
+def test_container_selector_runs_for_the_selected_containers(env, pods):  # noqa: F811
+    """containerSelector (name In [main]) in the selected namespace: a process in the main container's cgroup
+    is seen; the sidecar's, the pod's own (pause) and another namespace's main container are not. A container
+    the runtime reports later (pod table updated) is covered from then on."""
+    m = uuid.uuid4().hex[:10]
+    a, b = pods("team-a", containers=("main", "side")), pods("team-b", containers=("main",))
+    a_known = Workload(a.namespace, {}, a.netns, tuple(c for c in a.workload().containers if c.name == "side"))
+    env.engine.workloads.sync([a_known, b.workload()])  # main's cgroup not learned yet
+    sel = "\n    containerSelector:\n      matchExpressions: [{key: name, operator: In, values: [main]}]"
+    env.engine.add(namespaced("scoped-ctr", "team-a", sel + openat_policy(m)), "test")
+    try:
+        assert info_line(env, "scoped-ctr", "team-a") == (
+            "runs for namespace team-a, containerSelector name In (main): 0 containers on this node")
+
+        def trigger() -> None:
+            a.run("cat", f"/tmp/{m}-a-main", container="main")
+            a.run("cat", f"/tmp/{m}-a-side", container="side")
+            a.run("cat", f"/tmp/{m}-a-pod")
+            b.run("cat", f"/tmp/{m}-b-main", container="main")
+
+        assert opened(env.run(trigger, "scoped-ctr"), m) == []  # fail closed until the container is known
+        env.engine.workloads.sync([a.workload(), b.workload()])
+        assert info_line(env, "scoped-ctr", "team-a").endswith(": 1 containers on this node")
+        assert opened(env.run(trigger, "scoped-ctr"), m) == [f"/tmp/{m}-a-main"]
+        pid = env.engine.status("scoped-ctr", "team-a").id
+        cg_keys = {SCOPE_CG_KEY.unpack(bytes(k)) for k in env.engine.tp.map("gen_scope_cg").keys()}
+        assert {k for k in cg_keys if k[0] == pid} == {(pid, 0, a.containers["main"].stat().st_ino)}
+    finally:
+        env.engine.delete("scoped-ctr", "team-a")
+    assert not [k for k in env.engine.tp.map("gen_scope_cg").keys() if SCOPE_CG_KEY.unpack(bytes(k))[0] == pid]
+
+
+def test_container_selector_by_image_repo(env, pods):  # noqa: F811
+    """containerSelector on `repo` (the image without its tag; label-value rules apply to the values, so a
+    repository with a registry or path cannot be written there): a container whose image matches."""
+    m = uuid.uuid4().hex[:10]
+    p = pods("shop", containers=("web",))
+    w = p.workload()
+    other = Workload(w.namespace, w.labels, w.netns, (Container("web", "nginx", w.containers[0].cgroup),))
+    env.engine.workloads.sync([other])
+    sel = "\n    containerSelector:\n      matchLabels: {repo: busybox}"
+    with env.load("scoped-repo", sel + openat_policy(m)):
+        assert opened(env.run(lambda: p.run("cat", f"/tmp/{m}-x", container="web"), "scoped-repo"), m) == []
+        env.engine.workloads.sync([w])  # the same container, now reported with a busybox image
+        assert opened(env.run(lambda: p.run("cat", f"/tmp/{m}-x", container="web"), "scoped-repo"), m) == \
+            [f"/tmp/{m}-x"]

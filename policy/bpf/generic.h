@@ -121,6 +121,8 @@
 #define GHF_RET_SOCK (1 << 10)       /* returnArg type sock: the returned struct sock * is read into str[ret_slot] */
 #define GHF_RET_TRACKSOCK (1 << 11)  /* returnArgAction TrackSock: the returned sock -> this process (gen_socktrack) */
 #define GHF_RET_UNTRACKSOCK (1 << 12) /* returnArgAction UntrackSock: forget the returned sock */
+#define GHF_SCOPED_CG (1 << 13) /* a container-scoped policy (containerSelector): the hook also runs for tasks whose
+				* cgroup (v2 id) is in gen_scope_cg under gen_hook.policy */
 #define GHF_SCOPED (1 << 9)  /* a workload-scoped policy (TracingPolicyNamespaced, podSelector): the hook runs only
 			      * for tasks whose network namespace is in gen_scope under gen_hook.policy */
 
@@ -269,6 +271,13 @@ struct gen_socktrack_val {
 struct gen_scope_key {
 	__u32 scope;
 	__u32 netns;
+};
+
+/* gen_scope_cg: the containers a containerSelector policy runs for, by cgroup v2 id */
+struct gen_scope_cg_key {
+	__u32 scope;
+	__u32 pad;
+	__u64 cgroup;
 };
 
 struct gen_int_key {

@@ -40,6 +40,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct gen_scope_cg_key);
+	__type(value, __u8);
+} gen_scope_cg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct gen_int_key);
 	__type(value, __u8);
@@ -1468,14 +1475,21 @@ static __always_inline __u64 gen_inflight_key(__u32 hook_id)
 	return (bpf_get_current_pid_tgid() << 32) | hook_id;
 }
 
-/* a workload-scoped hook runs for the selected pods only: the task's netns is one of theirs */
+/* a workload-scoped hook runs for the selected pods only (the task's netns is one of theirs) and, for a
+ * containerSelector, for the selected containers (the task's cgroup is one of theirs) */
 static __always_inline bool gen_in_scope(struct gen_hook *hook)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct gen_scope_key k = { .scope = hook->policy };
+	struct gen_scope_cg_key c = { .scope = hook->policy };
 
 	k.netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum); /* 0 for an exiting task: in no scope */
-	return bpf_map_lookup_elem(&gen_scope, &k) != NULL;
+	if (bpf_map_lookup_elem(&gen_scope, &k))
+		return true;
+	if (!(hook->flags & GHF_SCOPED_CG))
+		return false;
+	c.cgroup = bpf_get_current_cgroup_id();
+	return bpf_map_lookup_elem(&gen_scope_cg, &c) != NULL;
 }
 
 static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *hook)
