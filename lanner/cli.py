@@ -203,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add, list, delete, enable and disable Tetragon-format TracingPolicies "
                     "(cilium.io/v1alpha1 TracingPolicy and TracingPolicyNamespaced) in the running agent.",
         epilog="examples:\n  lanner tracingpolicy add policy.yaml\n  lanner tp list -o json\n"
-               "  lanner tp set-mode my-policy monitor\n  lanner tp delete my-policy")
+               "  lanner tp set-mode my-policy monitor\n  lanner tp delete my-policy\n"
+               "  lanner tp delete shop-policy -n shop   # a TracingPolicyNamespaced in namespace shop\n\n"
+               "A TracingPolicyNamespaced runs only for the pods of its namespace, and spec.podSelector /\n"
+               "containerSelector narrow a policy to some pods / containers: the agent learns them with\n"
+               "--enable-netdp (CNI and the CRI). `list` shows how many it runs for on this node.")
     tps = tp.add_subparsers(dest="tp_command", metavar="ACTION")
     t = tps.add_parser("add", help="load a policy file (all documents in it)")
     t.add_argument("file", type=Path)
