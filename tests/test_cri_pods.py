@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.cri_harness import Containerd, NodeNetns, missing_tools, remove_pod, run_pod
+from tests.policy_specs import openat_prefix, policy_yaml
 
 pytestmark = [
     pytest.mark.skipif(bool(missing_tools()), reason=f"containerd/runc tooling missing: {missing_tools()}"),
@@ -443,24 +444,7 @@ def test_lanner_cni_namespaced_tracing_policy_runs_for_its_pods(lanner_node):
     inside = run_pod(ctrd, "in-" + m, namespace=ns_in, labels={"app": "x"}, containers={"main": ["/bin/sleep", "3600"]})
     outside = run_pod(ctrd, "out-" + m, namespace=ns_out, labels={"app": "x"},
                       containers={"main": ["/bin/sleep", "3600"]})
-    policy = f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicyNamespaced
-metadata:
-  name: scoped-{m}
-  namespace: {ns_in}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - index: 1
-      type: string
-    selectors:
-    - matchArgs:
-      - index: 1
-        operator: Prefix
-        values: ["/tmp/{m}"]
-"""
+    policy = policy_yaml(f"scoped-{m}", openat_prefix(f"/tmp/{m}"), kind="TracingPolicyNamespaced", namespace=ns_in)
     removed = False
     with AgentClient(agent.address, timeout=10) as c:
         c.add_policy(policy)
@@ -499,29 +483,8 @@ def test_lanner_cni_container_selector_runs_for_its_containers(lanner_node):
     pod = run_pod(ctrd, "two-" + m, namespace=ns, containers={"main": ["/bin/sleep", "3600"],
                                                              "side": ["/bin/sleep", "3601"]})
     name = f"ctr-{m}"
-    policy = f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicyNamespaced
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  containerSelector:
-    matchExpressions:
-    - key: name
-      operator: In
-      values: [main]
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - index: 1
-      type: string
-    selectors:
-    - matchArgs:
-      - index: 1
-        operator: Prefix
-        values: ["/tmp/{m}"]
-"""
+    scope = "containerSelector:\n  matchExpressions: [{key: name, operator: In, values: [main]}]\n"
+    policy = policy_yaml(name, scope + openat_prefix(f"/tmp/{m}"), kind="TracingPolicyNamespaced", namespace=ns)
     with AgentClient(agent.address, timeout=10) as c:
         c.add_policy(policy)
     try:

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import orjson
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
+from tests.policy_specs import policy_yaml
 
 pytestmark = pytest.mark.bpf
 
@@ -92,11 +92,6 @@ def collect(agent, engine, fn, policy: str, settle: float = 0.15) -> list[dict]:
 
 def body(ev: dict) -> dict:
     return next(v for k, v in ev.items() if k.startswith("process_"))
-
-
-def policy_yaml(name: str, spec: str) -> str:
-    return f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n" + \
-        textwrap.indent(textwrap.dedent(spec), "  ")
 
 
 def copy_bin(tmp_path: Path, name: str, src: str = "/usr/bin/cat") -> str:

@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
+from tests.policy_specs import policy_yaml
 
 pytestmark = pytest.mark.bpf
 
@@ -104,11 +105,6 @@ class Loaded:
             self.engine.delete(self.name)
         except KeyError:
             pass
-
-
-def policy_yaml(name: str, spec: str) -> str:
-    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
-            + textwrap.indent(textwrap.dedent(spec), "  "))
 
 
 def body(ev: dict) -> dict:

@@ -21,7 +21,8 @@ import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
 from lanner.policy.workloads import SCOPE_CG_KEY, SCOPE_KEY, Container, Workload
-from tests.test_policy_operators import body, env, policy_yaml  # noqa: F401  (env: the fixture)
+from tests.policy_specs import openat_prefix, policy_yaml
+from tests.test_policy_operators import body, env  # noqa: F401  (env: the fixture)
 
 CGROUP2 = Path("/sys/fs/cgroup/unified") if os.path.ismount("/sys/fs/cgroup/unified") else Path("/sys/fs/cgroup")
 
@@ -104,26 +105,11 @@ def _rmdir(cg: Path) -> None:
 
 
 def openat_policy(marker: str, action: str = "Post") -> str:
-    return f"""
-    kprobes:
-    - call: sys_openat
-      syscall: true
-      args:
-      - index: 1
-        type: string
-      selectors:
-      - matchArgs:
-        - index: 1
-          operator: Prefix
-          values: ["/tmp/{marker}"]
-        matchActions:
-        - action: {action}
-    """
+    return openat_prefix(f"/tmp/{marker}", action)
 
 
 def namespaced(name: str, namespace: str, spec: str) -> str:
-    return policy_yaml(name, spec).replace("kind: TracingPolicy\n", "kind: TracingPolicyNamespaced\n") \
-        .replace(f"  name: {name}\n", f"  name: {name}\n  namespace: {namespace}\n")
+    return policy_yaml(name, spec, kind="TracingPolicyNamespaced", namespace=namespace)
 
 
 def opened(evs: list[dict], marker: str) -> list[str]:
@@ -180,8 +166,8 @@ def test_pod_selector_policy_follows_labels(env, pods):  # noqa: F811
     web, db, other = pods("shop", app="web", tier="front"), pods("shop", app="db"), pods("misc", app="web",
                                                                                           tier="canary")
     env.engine.workloads.sync([web.workload(), db.workload(), other.workload()])
-    sel = "\n    podSelector:\n      matchLabels: {app: web}\n      matchExpressions:\n" \
-          "      - {key: tier, operator: NotIn, values: [canary]}"
+    sel = "podSelector:\n  matchLabels: {app: web}\n  matchExpressions:\n" \
+          "  - {key: tier, operator: NotIn, values: [canary]}\n"
     with env.load("scoped-sel", sel + openat_policy(m)):
         assert info_line(env, "scoped-sel") == ("runs for every namespace, podSelector app=web,tier NotIn (canary): "
                                                 "1 pods on this node")
@@ -247,7 +233,7 @@ def test_pod_selector_with_host_selector_adds_the_host(env, pods):  # noqa: F811
     m = uuid.uuid4().hex[:10]
     web, db = pods("shop", app="web"), pods("shop", app="db")
     env.engine.workloads.sync([web.workload(), db.workload()])
-    sel = "\n    podSelector:\n      matchLabels: {app: web}\n    hostSelector: {}"
+    sel = "podSelector:\n  matchLabels: {app: web}\nhostSelector: {}\n"
     with env.load("scoped-host", sel + openat_policy(m)):
         assert info_line(env, "scoped-host") == ("runs for every namespace, podSelector app=web, and the host "
                                                  "(hostSelector {}): 1 pods on this node")
@@ -264,7 +250,7 @@ def test_container_selector_runs_for_the_selected_containers(env, pods):  # noqa
     a, b = pods("team-a", containers=("main", "side")), pods("team-b", containers=("main",))
     a_known = Workload(a.namespace, {}, a.netns, tuple(c for c in a.workload().containers if c.name == "side"))
     env.engine.workloads.sync([a_known, b.workload()])  # main's cgroup not learned yet
-    sel = "\n    containerSelector:\n      matchExpressions: [{key: name, operator: In, values: [main]}]"
+    sel = "containerSelector:\n  matchExpressions: [{key: name, operator: In, values: [main]}]\n"
     env.engine.add(namespaced("scoped-ctr", "team-a", sel + openat_policy(m)), "test")
     try:
         assert info_line(env, "scoped-ctr", "team-a") == (
@@ -296,7 +282,7 @@ def test_container_selector_by_image_repo(env, pods):  # noqa: F811
     w = p.workload()
     other = Workload(w.namespace, w.labels, w.netns, (Container("web", "nginx", w.containers[0].cgroup),))
     env.engine.workloads.sync([other])
-    sel = "\n    containerSelector:\n      matchLabels: {repo: busybox}"
+    sel = "containerSelector:\n  matchLabels: {repo: busybox}\n"
     with env.load("scoped-repo", sel + openat_policy(m)):
         assert opened(env.run(lambda: p.run("cat", f"/tmp/{m}-x", container="web"), "scoped-repo"), m) == []
         env.engine.workloads.sync([w])  # the same container, now reported with a busybox image

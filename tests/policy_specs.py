@@ -1,0 +1,32 @@
+"""TracingPolicy documents for tests: one builder, so each test writes only the part it is about."""
+
+from __future__ import annotations
+
+import textwrap
+
+
+def policy_yaml(name: str, spec: str, kind: str = "TracingPolicy", namespace: str | None = None) -> str:
+    """A whole policy document around ``spec`` (YAML of spec's fields, any common indentation)."""
+    meta = f"  name: {name}\n" + (f"  namespace: {namespace}\n" if namespace else "")
+    return (f"apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n{meta}spec:\n"
+            + textwrap.indent(textwrap.dedent(spec), "  "))
+
+
+def openat_prefix(prefix: str, action: str = "Post") -> str:
+    """spec.kprobes: sys_openat (a syscall hook) whose filename starts with ``prefix``, with one action; at
+    column 0, so it can follow other spec fields written at column 0."""
+    return textwrap.dedent(f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args:
+      - index: 1
+        type: string
+      selectors:
+      - matchArgs:
+        - index: 1
+          operator: Prefix
+          values: ["{prefix}"]
+        matchActions:
+        - action: {action}
+    """)
