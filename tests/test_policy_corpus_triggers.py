@@ -152,16 +152,9 @@ ENABLED_KFUNC = ENABLED_HERE | {
 # full there, loaded and unloaded but not triggered by this file (tests/test_policy_kernel_hooks.py covers
 # their argument types and operators with scoped policies of its own)
 LOAD_ONLY_KFUNC = {
-    # the trigger of datagram.yaml (CgroupSkb) reaches the hook, and Protocol alone matches it there, but its
-    # DAddr filter (127.0.0.1/8, or 127.0.0.1) on the skb arg does not, though the event's skb_arg shows
-    # daddr 127.0.0.1: an engine bug, reported
-    "datagram-with-selectors.yaml": "DAddr on the skb arg of __cgroup_bpf_run_filter_skb never matches",
     # its Mnt values are the fixed inode numbers of the initial pid, cgroup and time namespaces; mount
     # namespaces get dynamic ones (from 4026531840 up): no process is in one of them
     "fd_install_ns.yaml": "matchNamespaces Mnt In 4026531834-4026531836 matches no mount namespace",
-    # their datagram hooks filter DAddr on an skb arg, which never matches yet (see datagram-with-selectors)
-    "datagram-with-sock-tracking.yaml": "DAddr on the skb arg never matches",
-    "datagram_518.yaml": "DAddr on the skb arg never matches",
 }
 # ... and from a kernel version on (the hook's arguments changed)
 LOAD_ONLY_KFUNC_SINCE = {
@@ -1014,6 +1007,51 @@ class CgroupSkb(Trigger):
                 time.sleep(0.1)
 
 
+class CgroupSkbSelectors(CgroupSkb):
+    """datagram.yaml's trigger against DAddr 127.0.0.1/8 + Protocol IPPROTO_UDP on the skb (arg 1, after
+    the sock): the child's datagram to 127.0.0.1 matches; a datagram from a child in the same cgroup, in a
+    network namespace of its own with 198.51.100.1 (TEST-NET-2, outside 127.0.0.0/8) on lo, to a receiver
+    of its own there, passes the same egress hook and must be silent. Only the events of ``names`` (the
+    skb hooks) are checked: the tracking policies also report the children's sk_alloc/__sk_free."""
+
+    ADDR = "198.51.100.1"
+    NEG = ("import os, socket, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write('0'); "
+           "rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); rx.bind((sys.argv[2], 0)); "
+           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'lanner-dgram', rx.getsockname()); "
+           "assert rx.recv(64) == b'lanner-dgram'; print(os.getpid(), flush=True)")
+    silent = {"__cgroup_bpf_run_filter_skb"}  # the hooks that filter DAddr: none may report the negative
+
+    def fire(self):
+        port = self.rx.getsockname()[1]
+        pid = self._child("DGRAM", "connect", "; s.send(b'lanner-dgram')", port)
+        assert self.rx.recv(64) == b"lanner-dgram"
+
+        def mine(b):
+            if _name(b) not in self.names or b["process"]["pid"] != pid:
+                return False
+            skb = [a["skb_arg"] for a in b["args"] if "skb_arg" in a]
+            return len(skb) == 1 and skb[0]["daddr"] == "127.0.0.1" and skb[0]["dport"] == port \
+                and skb[0]["protocol"] == "IPPROTO_UDP"
+        return mine
+
+    def negative(self):
+        r = subprocess.run(["unshare", "--net", "sh", "-c", f'{IP} link set lo up && {IP} addr add {self.ADDR}/32 '
+                            f'dev lo && exec "$0" -c "$1" "$2" "$3"', sys.executable, self.NEG, str(self.cg),
+                            self.ADDR], capture_output=True, timeout=60)
+        assert r.returncode == 0, r
+        pid = int(r.stdout)  # sh exec'd python: the pid that sent the datagram
+        return lambda b: b["process"]["pid"] == pid and _name(b) in self.silent
+
+
+class Datagram518(CgroupSkbSelectors):
+    """datagram_518.yaml (sk_alloc TrackSock, __sk_free UntrackSock, DAddr 127.0.0.1/32 or ::1/128 + UDP on
+    the skb of sk_filter_trim_cap, ip_output, ip_mc_output, ip6_output): the same two datagrams; the first
+    is seen on ip_output (skb at arg 1, after the sock), the second on none of the skb hooks."""
+
+    names = {"ip_output"}
+    silent = {"sk_filter_trim_cap", "ip_output", "ip_mc_output", "ip6_output"}
+
+
 class DevHardStartXmit(Trigger):
     """net_device Equal "lo": a UDP datagram of the test's to 127.0.0.1."""
 
@@ -1651,6 +1689,9 @@ KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
     "cves/cve-2023-2640-overlayfs-ubuntu.yaml": OverlayCopyUp,
     "cves/cve-2024-3094-xz-ssh.yaml": XzSsh,
     "datagram.yaml": CgroupSkb,
+    "datagram-with-selectors.yaml": CgroupSkbSelectors,
+    "datagram-with-sock-tracking.yaml": CgroupSkbSelectors,
+    "datagram_518.yaml": Datagram518,
     "dev_hard_start_xmit.yaml": DevHardStartXmit,
     "dns-only-specified-servers.yaml": DnsOnlySpecifiedServers,
     "filename_monitoring.yaml": FilenameMonitoring,

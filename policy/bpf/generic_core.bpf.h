@@ -353,7 +353,7 @@ static __always_inline void gen_read_sock(struct gen_scratch *s, __u32 i, struct
 		__u64 key = (__u64)sk;
 		struct gen_socktrack_val *owner = bpf_map_lookup_elem(&gen_socktrack, &key);
 
-		s->ev.aux[i & (GEN_MAX_ARGS - 1)] = key; /* for TrackSock/UntrackSock */
+		s->ev.aux[GEN_BOUND(i, GEN_MAX_ARGS)] = key; /* for TrackSock/UntrackSock */
 		if (owner) { /* a tracked sock: the event names its owner (e.g. from softirq context) */
 			s->ev.key = owner->key;
 			s->ev.flags &= ~GEF_NOPROC;
@@ -378,7 +378,7 @@ static __always_inline void gen_read_sock(struct gen_scratch *s, __u32 i, struct
 		BPF_CORE_READ_INTO(&si->saddr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&si->daddr, sk, __sk_common.skc_v6_daddr);
 	}
-	s->ev.vals[i & (GEN_MAX_ARGS - 1)] = si->family;
+	s->ev.vals[GEN_BOUND(i, GEN_MAX_ARGS)] = si->family;
 	gen_put_info(s, i, si, sizeof(*si));
 }
 
@@ -424,7 +424,7 @@ static __always_inline void gen_read_skb(struct gen_scratch *s, __u32 i, struct 
 		si->sport = bpf_ntohs(ports[0]);
 		si->dport = bpf_ntohs(ports[1]);
 	}
-	s->ev.vals[i & (GEN_MAX_ARGS - 1)] = si->family;
+	s->ev.vals[GEN_BOUND(i, GEN_MAX_ARGS)] = si->family; /* GF_ADDR and Family read it */
 	gen_put_info(s, i, si, sizeof(*si));
 }
 
@@ -1403,7 +1403,7 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 	if (!(s->ev.flags & GEF_ENFORCED))
 		gen_enforce(hook, s, sel);
 	if (sel->flags & (GSF_TRACKSOCK | GSF_UNTRACKSOCK)) {
-		__u64 sk = s->ev.aux[sel->sock_arg & (GEN_MAX_ARGS - 1)];
+		__u64 sk = sel->sock_arg < GEN_MAX_ARGS ? s->ev.aux[GEN_BOUND(sel->sock_arg, GEN_MAX_ARGS)] : 0;
 
 		if (sk && (sel->flags & GSF_TRACKSOCK))
 			gen_track_sock(hook, s, sk);
