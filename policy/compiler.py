@@ -382,12 +382,18 @@ class Compiler:
         units, plans, ret_plan = [], [], None
         for call in calls:
             name = syscalls.bare(call)
+            fmt = None
             try:
                 fmt = tracefs.read_format("syscalls", f"sys_enter_{name}")
                 xfmt = tracefs.read_format("syscalls", f"sys_exit_{name}") if spec.return_ else None
             except FileNotFoundError:
-                raise Unavailable(f"needs kprobe attach, which this kernel lacks (kprobe: not supported), and "
-                                  f"there is no syscalls/sys_enter_{name} tracepoint to serve {call}") from None
+                # every mechanism needs the tracepoint's format (it types the arguments): name what is missing,
+                # and kprobes only where the probe says they are absent
+                tp = f"syscalls/sys_{'exit' if fmt is not None else 'enter'}_{name}"
+                no_kp = "" if self.supports("kprobe") else \
+                    ", and this kernel lacks kprobe attach (kprobe: not supported)"
+                raise Unavailable(f"there is no {tp} tracepoint to serve {call} (its format types the syscall's "
+                                  f"arguments){no_kp}") from None
             sys_fields = [f for f in fmt.fields if f.index > 4]  # after __syscall_nr
             gen_args, plans = [], []
             for i, a in enumerate(spec.args):

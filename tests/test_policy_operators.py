@@ -1181,9 +1181,10 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
     assert lines == [
         f"kprobes[0] security_file_permission: unavailable ({kp})",
         f"kprobes[1] sys_openat: {served} [matched 2, post 2]",
-        "kprobes[2] sys_usdt_does_not_exist: unavailable (needs kprobe attach, which this kernel lacks (kprobe: not "
-        "supported), and there is no syscalls/sys_enter_usdt_does_not_exist tracepoint to serve "
-        "sys_usdt_does_not_exist)",
+        "kprobes[2] sys_usdt_does_not_exist: unavailable (there is no syscalls/sys_enter_usdt_does_not_exist "
+        "tracepoint to serve sys_usdt_does_not_exist (its format types the syscall's arguments)"
+        + ("" if env.engine.probe.get("kprobe") else ", and this kernel lacks kprobe attach (kprobe: not supported)")
+        + ")",
         "tracepoints[0] sched/sched_process_free_does_not_exist: unavailable (tracepoint "
         "sched/sched_process_free_does_not_exist does not exist on this kernel)",
         "uprobes[0] /bin/bash:main: uprobe /bin/bash:main",
