@@ -1128,7 +1128,7 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
       syscall: false
       args:
       - index: 0
-        type: kiocb
+        type: bpf_prog
     - call: sys_openat
       syscall: true
       return: true
@@ -1173,10 +1173,10 @@ def test_status_per_hook_info_memory_and_counters(env, tmp_path):
         mem_small = st.kernel_memory_bytes
     assert len(evs) == 2
     lines = st.info.split("; ")
-    # kiocb args are served on no kernel: the hook is unavailable on kernels with kprobes too
+    # bpf_prog args are served on no kernel: the hook is unavailable on kernels with kprobes too
     kp = "needs kprobe attach, which this kernel lacks (kprobe: not supported, see 'lanner probe')" \
         if not env.engine.probe.get("kprobe") else \
-        "args[0]: type kiocb is not served on kprobe arguments by this lanner build"
+        "args[0]: type bpf_prog is not served on kprobe arguments by this lanner build"
     served, sensor = sys_openat_served(env.engine.probe, True)
     assert lines == [
         f"kprobes[0] security_file_permission: unavailable ({kp})",
@@ -1317,8 +1317,8 @@ def test_cli_list_shows_state_mode_hooks_memory_counters(tmp_path, opener):
       syscall: false
       args:
       - index: 0
-        type: kiocb
-    """))  # kiocb args are served on no kernel: the hook is unavailable everywhere
+        type: bpf_prog
+    """))  # bpf_prog args are served on no kernel: the hook is unavailable everywhere
     lanner = [sys.executable, "-m", "lanner"]
     a = start_agent(tmp_path)
     try:
