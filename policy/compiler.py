@@ -44,6 +44,7 @@ GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
 GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
 GPF_FOLLOW, GPF_NSPID = 1, 2
 GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
+GSF_KSTACK, GSF_USTACK = 64, 128  # Post kernelStackTrace / userStackTrace (gen_stacks ids in the event)
 GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
 GHF_SYSWRAP = 256  # a syscall hook on the wrapper __x64_sys_X(struct pt_regs *): args from *regs
 GHF_SCOPED = 512  # a workload-scoped policy's hook: runs only for tasks in its pods' netns (gen_scope)
@@ -407,7 +408,8 @@ class Compiler:
             positions = [a.index for a in spec.args]
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
-                               has_ret=spec.return_, uprobe=False, override_via=self._override_via())
+                               has_ret=spec.return_, uprobe=False, override_via=self._override_via(),
+                               stacks=GSF_KSTACK | GSF_USTACK)
             nr = _syscall_nr(name) if disp is not None else None
             fn = syscalls.function_name(name)
             if wrap is not None:
@@ -475,7 +477,7 @@ class Compiler:
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, [dict(g) for g in gen_args], plans, positions, spec.args, cp,
                                enforce, has_ret=spec.return_, uprobe=mech == "kprobe",
-                               override_via=self._override_via())
+                               override_via=self._override_via(), stacks=GSF_KSTACK | GSF_USTACK)
             if mech == "fentry":
                 cfg["flags"] |= GHF_BTF
             attach: list[tuple] = [("kprobe", call, False) if mech == "kprobe" else ("fentry", call)]
@@ -571,7 +573,7 @@ class Compiler:
         for sym, off in targets:
             hid = self._new_hook(cp)
             cfg = self._config(policy, spec.selectors, gen_args, plans, positions, spec.args, cp, enforce,
-                               has_ret=spec.return_, uprobe=True)
+                               has_ret=spec.return_, uprobe=True, stacks=GSF_USTACK)
             unit = HookUnit(hid, cfg, [("uprobe", spec.path, off, False)], event_kind="process_uprobe",
                             path=spec.path, symbol=sym, offset=off)
             if spec.return_:
@@ -742,7 +744,10 @@ class Compiler:
         return sid
 
     def _config(self, policy, selectors, gen_args, plans, positions, specargs, cp, enforce, has_ret,
-                uprobe, override_via: str | None = None) -> dict[str, Any]:
+                uprobe, override_via: str | None = None, stacks: int = 0) -> dict[str, Any]:
+        """``stacks``: the GSF_KSTACK / GSF_USTACK a Post may ask for: the stack traces the hook's event carries
+        (process_kprobe both, process_uprobe the user's; Tetragon's other events have none, and it ignores the
+        flags there)."""
         if len(gen_args) > GEN_MAX_ARGS:
             raise Unavailable(f"{len(gen_args)} args, the limit is {GEN_MAX_ARGS}")
         if len(selectors) > GEN_MAX_SELECTORS:
@@ -762,13 +767,13 @@ class Compiler:
             for k, v in g.items():
                 cfg[f"args[{i}].{k}"] = v
         for si, sel in enumerate(selectors):
-            self._selector(policy, sel, si, cfg, plans, positions, specargs, cp, has_ret, override_via)
+            self._selector(policy, sel, si, cfg, plans, positions, specargs, cp, has_ret, override_via, stacks)
         if enforce:
             cfg["flags"] |= GHF_ENFORCE
         return cfg
 
     def _selector(self, policy, sel: Selector, si, cfg, plans, positions, specargs, cp, has_ret,
-                  override_via: str | None = None) -> None:
+                  override_via: str | None = None, stacks: int = 0) -> None:
         p = f"sel[{si}]."
         where = f"selectors[{si}]"
         for attr, what in (("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
@@ -879,11 +884,15 @@ class Compiler:
             if mc.is_namespace_capability:
                 cfg[f"{p}capch_userns"] = host_ns("User")
         # actions
-        post, reported, sig, rate, override, track = True, None, 0, 0, False, 0
+        post, reported, sig, rate, override, track, stack = True, None, 0, 0, False, 0, 0
         for a in sel.match_actions:
-            if a.kernel_stack_trace or a.user_stack_trace or a.ima_hash:
-                raise Unavailable(f"{where}: {a.action} stack traces / imaHash are not served by this build")
+            if a.ima_hash:
+                raise Unavailable(f"{where}: {a.action} imaHash is not served by this build (it needs the IMA "
+                                  "hash helpers in a sleepable LSM program)")
             if a.action == "Post":
+                # stack traces: where the hook's event has the field (else ignored, as Tetragon does)
+                stack = ((GSF_KSTACK if a.kernel_stack_trace else 0) | (GSF_USTACK if a.user_stack_trace else 0)) \
+                    & stacks
                 rate = (a.rate_limit_seconds or 0) * 1_000_000_000
                 if a.rate_limit_scope not in (None, "thread", "process") and rate:
                     pass  # scope: the args hash is per hook+selector (global) in this build
@@ -948,7 +957,7 @@ class Compiler:
             reported = ACTIONS["Post"] if post else ACTIONS["NoPost"]
         cfg[f"{p}action"] = reported
         cfg[f"{p}flags"] = flags | (GSF_POST if post else 0) | (GSF_SIGNAL if sig else 0) | \
-            (GSF_OVERRIDE if override else 0) | track
+            (GSF_OVERRIDE if override else 0) | track | (stack if post else 0)
         cfg[f"{p}signal"] = sig
         cfg[f"{p}rate_limit_ns"] = rate
 

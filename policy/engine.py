@@ -30,6 +30,7 @@ from .compiler import (
 )
 from .errors import PolicyError
 from .events import EventDecoder, build_event
+from .stacks import Stacks
 from .loader import load_policies
 from .model import TracingPolicy
 from .workloads import WorkloadScope, WorkloadScopes, scope_of
@@ -50,7 +51,7 @@ SYS_PROGRAMS = {"tp_btf": ("gen_sys_enter", "gen_sys_exit"), "raw_tp": ("gen_sys
 GSO_ENTER, GSO_EXIT, GSO_ENTER_BUF, GSO_EXIT_BUF = 1, 2, 4, 8
 GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_set32", "gen_str_set64",
-               "gen_str_set128", "gen_str_lpm", "gen_heap", "gen_inflight",
+               "gen_str_set128", "gen_str_lpm", "gen_heap", "gen_inflight", "gen_stacks",
                "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "gen_scope", "gen_scope_cg", "events",
                "lanner_lost")
 # A tracepoint takes a given BPF program once (the kernel refuses a second attach of the same program
@@ -203,6 +204,7 @@ class PolicyEngine:
             self._hook_struct = lay.struct
             self._hook_defaults = [b"" if f.endswith("s") else 0 for f in _fmt_items(lay.fmt)]
             self.decoder = EventDecoder(self.tp.btf)
+            self.stacks = Stacks(self.tp.map("gen_stacks"))  # Post kernelStackTrace / userStackTrace
             self.ring = RingBuffer(self.tp.map("events"))
             sock = self.tp.btf.struct("gen_sock_info")
             sock_fields = {m.name: (m.bit_offset // 8, self.tp.btf.sizeof(m.type_id)) for m in sock.members}
@@ -724,9 +726,10 @@ class PolicyEngine:
             m = meta.get(rec[dec.i_hook])
             if m is None:  # policy deleted since
                 continue
-            ev = build_event(dec, rec, m, self.ctx.encoder, self.ctx.cache, want_pb)
+            ev = build_event(dec, rec, m, self.ctx.encoder, self.ctx.cache, want_pb, self.stacks)
             if ev is not None:
                 out.append(ev)
+        self.stacks.release()  # the stacks this batch read: deleted from gen_stacks
         return out
 
     def lost_total(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ from .compiler import (
 from .names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
 
 GEF_RETURN, GEF_NOPROC = 1, 2
+GEF_KSTACK, GEF_USTACK = 32, 64  # generic.h: kstack / ustack hold stack ids
 _PROTO_NAMES = {v: k for k, v in IP_PROTOCOLS.items()}
 _STATE_NAMES = {v: k for k, v in TCP_STATES.items()}
 _CAP_NAMES = {v: k for k, v in CAPABILITIES.items()}
@@ -117,6 +118,7 @@ class EventDecoder:
         self.i_pid, self.i_pktime = ix("key.pid"), ix("key.ktime")
         self.i_hook, self.i_tid, self.i_sel, self.i_action = ix("hook_id"), ix("tid"), ix("selector"), ix("action")
         self.i_flags, self.i_ret, self.i_trunc = ix("flags"), ix("ret"), ix("trunc")
+        self.i_kstack, self.i_ustack = ix("kstack"), ix("ustack")
         self.i_vals = [ix(f"vals[{i}]") for i in range(GEN_MAX_ARGS)]
         self.i_aux = [ix(f"aux[{i}]") for i in range(GEN_MAX_ARGS)]
         self.i_lens = [ix(f"lens[{i}]") for i in range(GEN_MAX_ARGS)]
@@ -264,8 +266,10 @@ def name_socket_pods(args: list[dict[str, Any]], pod_for_ip: Any) -> None:
                 body[pod_key] = {"namespace": pod.namespace, "name": pod.name}
 
 
-def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: Any, want_pb: bool) -> OutEvent | None:
-    """``meta``: engine._HookMeta (policy name, plan, unit)."""
+def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: Any, want_pb: bool,
+                stacks: Any = None) -> OutEvent | None:
+    """``meta``: engine._HookMeta (policy name, plan, unit); ``stacks``: lanner.policy.stacks.Stacks (the stack
+    traces of Post kernelStackTrace / userStackTrace)."""
     pid, pktime = rec[dec.i_pid], rec[dec.i_pktime]
     proc = cache.resolve(pid, pktime)
     parent = cache.get(proc.parent_key) if proc is not None and proc.parent_key else None
@@ -304,11 +308,20 @@ def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: A
         if plan.return_action:
             body["return_action"] = f"KPROBE_ACTION_{plan.return_action.upper()}"
     body["action"] = ACTION_NAMES.get(rec[dec.i_action], "KPROBE_ACTION_POST")
+    flags = rec[dec.i_flags]
+    if flags & GEF_KSTACK and stacks is not None:
+        trace = stacks.kernel_trace(rec[dec.i_kstack])
+        if trace:
+            body["kernel_stack_trace"] = trace
     body["policy_name"] = meta.policy_name
     if plan.message:
         body["message"] = plan.message
     if plan.tags:
         body["tags"] = list(plan.tags)
+    if flags & GEF_USTACK and stacks is not None:
+        trace = stacks.user_trace(rec[dec.i_ustack], rec[dec.i_tid])
+        if trace:
+            body["user_stack_trace"] = trace
     t = encoder.clock.rfc3339(rec[dec.i_ktime])
     doc = {kind: body, "node_name": encoder.node, "time": t}
     line = orjson.dumps(doc)

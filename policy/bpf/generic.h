@@ -91,6 +91,8 @@
 #define GSF_OVERRIDE (1 << 3) /* Override: return override_ret (LSM) / fmod_ret returns it (kprobe) */
 #define GSF_TRACKSOCK (1 << 4)   /* TrackSock: the sock of arg sock_arg -> this process (gen_socktrack) */
 #define GSF_UNTRACKSOCK (1 << 5) /* UntrackSock: forget the sock of arg sock_arg */
+#define GSF_KSTACK (1 << 6)      /* Post kernelStackTrace: the event carries a gen_stacks id of the kernel stack */
+#define GSF_USTACK (1 << 7)      /* Post userStackTrace: ... of the user stack (BPF_F_USER_STACK) */
 
 /* gen_stats slots: per entry hook id, per-CPU counters of what the generic programs did; summed
  * over CPUs and the policy's hooks into TracingPolicyStatus.stats.action_counters at list time */
@@ -354,6 +356,13 @@ struct gen_perf_event_info {
 #define GEF_SIGNALED (1 << 2)
 #define GEF_OVERRIDDEN (1 << 3)
 #define GEF_ENFORCED (1 << 4) /* return: true hooks: the selector's Signal/Override ran at the entry */
+#define GEF_KSTACK (1 << 5)   /* kstack is set: a gen_stacks id, or -errno of bpf_get_stackid */
+#define GEF_USTACK (1 << 6)   /* ustack is set: the same for the user stack */
+
+/* gen_stacks: bpf_get_stackid's map (Post kernelStackTrace / userStackTrace), shared by every generic program;
+ * user space reads an event's stacks and deletes them (lanner.policy.stacks) */
+#define GEN_STACK_DEPTH 127    /* frames per stack: PERF_MAX_STACK_DEPTH (the kernel.perf_event_max_stack default) */
+#define GEN_STACK_ENTRIES 4096 /* stacks (hash buckets; a different stack in a taken bucket: -EEXIST) */
 
 struct gen_event {
 	struct lanner_event_hdr hdr;
@@ -369,6 +378,8 @@ struct gen_event {
 	__u64 aux[GEN_MAX_ARGS];
 	__u32 lens[GEN_MAX_ARGS]; /* bytes in str[i].s */
 	__u32 trunc;              /* bit i: arg i's string was truncated */
+	__s32 kstack;             /* GEF_KSTACK: the kernel stack's id in gen_stacks (< 0: -errno, none) */
+	__s32 ustack;             /* GEF_USTACK: the user stack's */
 	struct gen_str str[GEN_MAX_ARGS];
 };
 

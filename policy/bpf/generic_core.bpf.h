@@ -168,6 +168,14 @@ struct {
 	__type(value, __u64[GST_SLOTS]);
 } gen_stats SEC(".maps");
 
+/* Post kernelStackTrace / userStackTrace: stack id -> the return addresses (generic.h GEN_STACK_*) */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, GEN_STACK_ENTRIES);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, GEN_STACK_DEPTH * sizeof(__u64));
+} gen_stacks SEC(".maps");
+
 static __always_inline void gen_stat(__u32 hook_id, __u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&gen_stats, &hook_id);
@@ -1387,7 +1395,23 @@ static __always_inline void gen_track_sock(struct gen_hook *hook, struct gen_scr
 	bpf_map_update_elem(&gen_socktrack, &sk, &v, BPF_ANY);
 }
 
-static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch *s)
+/* Post kernelStackTrace / userStackTrace: the stacks of the event being posted, by id in gen_stacks (the same
+ * stack gets the same id; user space deletes an id once read). ctx: the program's context (any program type
+ * that has bpf_get_stackid: tracepoint, raw_tp/tp_btf, kprobe, fentry/fexit, LSM, uprobe). Taken when the event
+ * is posted: at the return for a return: true hook. */
+static __always_inline void gen_take_stacks(void *ctx, struct gen_scratch *s, __u32 flags)
+{
+	if (flags & GSF_KSTACK) {
+		s->ev.kstack = bpf_get_stackid(ctx, &gen_stacks, 0);
+		s->ev.flags |= GEF_KSTACK;
+	}
+	if (flags & GSF_USTACK) {
+		s->ev.ustack = bpf_get_stackid(ctx, &gen_stacks, BPF_F_USER_STACK);
+		s->ev.flags |= GEF_USTACK;
+	}
+}
+
+static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch *s, void *ctx)
 {
 	__u32 si = s->ev.selector;
 	struct gen_selector *sel;
@@ -1418,6 +1442,8 @@ static __always_inline int gen_finish(struct gen_hook *hook, struct gen_scratch 
 		gen_stat(s->ev.hook_id, GST_RATE_LIMITED);
 		return 0;
 	}
+	if (sel->flags & (GSF_KSTACK | GSF_USTACK))
+		gen_take_stacks(ctx, s, sel->flags);
 post:
 	s->ev.hdr.ktime = bpf_ktime_get_ns();
 	if (gen_output(&s->ev, sizeof(s->ev)) == 0)
@@ -1529,10 +1555,11 @@ static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *
 		bpf_map_update_elem(&gen_inflight, &key, &s->ev, BPF_ANY);
 		return 0;
 	}
-	return gen_finish(hook, s);
+	return gen_finish(hook, s, (void *)ctx);
 }
 
-static __always_inline int gen_exit(__s64 ret, struct gen_hook *exit_hook)
+/* ctx: the program's context (Post stack traces) */
+static __always_inline int gen_exit(__s64 ret, struct gen_hook *exit_hook, void *ctx)
 {
 	__u32 zero = 0, entry_id = exit_hook->pair;
 	__u64 key = gen_inflight_key(entry_id);
@@ -1585,5 +1612,5 @@ static __always_inline int gen_exit(__s64 ret, struct gen_hook *exit_hook)
 		else
 			bpf_map_delete_elem(&gen_socktrack, &sk);
 	}
-	return gen_finish(hook, s);
+	return gen_finish(hook, s, ctx);
 }

@@ -30,5 +30,5 @@ int generic_fexit(unsigned long long *ctx)
 	if (!hook || !(hook->flags & GHF_EXIT))
 		return 0;
 	bpf_get_func_ret(ctx, &ret);
-	return gen_exit((__s64)gen_extend(ret, hook->ret_size, hook->ret_signed), hook); /* ret_size 0: as is */
+	return gen_exit((__s64)gen_extend(ret, hook->ret_size, hook->ret_signed), hook, ctx); /* ret_size 0: as is */
 }

@@ -26,5 +26,5 @@ int generic_kretprobe(struct pt_regs *ctx)
 
 	if (!hook || !(hook->flags & GHF_EXIT))
 		return 0;
-	return gen_exit((__s64)gen_extend(PT_REGS_RC(ctx), hook->ret_size, hook->ret_signed), hook); /* 0: as is */
+	return gen_exit((__s64)gen_extend(PT_REGS_RC(ctx), hook->ret_size, hook->ret_signed), hook, ctx); /* 0: as is */
 }

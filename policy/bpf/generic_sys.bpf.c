@@ -37,6 +37,7 @@ struct {
 
 struct gen_sys_ctx {
 	struct gen_sys_hooks *list;
+	void *ctx;   /* the program's context: bpf_get_stackid (Post stack traces) */
 	__s64 ret;
 	__u32 sysnr; /* nr + 1 */
 	__u32 pad;
@@ -56,7 +57,7 @@ static long gen_sys_enter_step(__u32 k, void *data)
 	hook = bpf_map_lookup_elem(&gen_hooks, &id);
 	if (!hook || hook->sysnr != c->sysnr || (hook->flags & (GHF_EXIT | GHF_SYSCALL)) != GHF_SYSCALL)
 		return 0;
-	gen_enter(0, id, hook);
+	gen_enter((__u64)c->ctx, id, hook); /* the args come from sysargs (GHF_SYSCALL), never from ctx */
 	return 0;
 }
 
@@ -74,7 +75,7 @@ static long gen_sys_exit_step(__u32 k, void *data)
 	hook = bpf_map_lookup_elem(&gen_hooks, &id);
 	if (!hook || hook->sysnr != c->sysnr || (hook->flags & (GHF_EXIT | GHF_SYSCALL)) != (GHF_EXIT | GHF_SYSCALL))
 		return 0;
-	gen_exit((__s64)gen_extend((__u64)c->ret, hook->ret_size, hook->ret_signed), hook);
+	gen_exit((__s64)gen_extend((__u64)c->ret, hook->ret_size, hook->ret_signed), hook, c->ctx);
 	return 0;
 }
 
@@ -93,9 +94,9 @@ static __always_inline struct gen_sys_hooks *gen_sys_list_of(__u32 nr, __u32 dir
 	return bpf_map_lookup_elem(&gen_sys_list, &idx);
 }
 
-static __always_inline int gen_sys_run_enter(struct gen_sys_hooks *list, __u32 nr)
+static __always_inline int gen_sys_run_enter(void *ctx, struct gen_sys_hooks *list, __u32 nr)
 {
-	struct gen_sys_ctx c = { .list = list, .sysnr = nr + 1 };
+	struct gen_sys_ctx c = { .list = list, .ctx = ctx, .sysnr = nr + 1 };
 	__u32 n = list->n;
 
 	if (n > GEN_SYS_HOOKS)
@@ -104,9 +105,9 @@ static __always_inline int gen_sys_run_enter(struct gen_sys_hooks *list, __u32 n
 	return 0;
 }
 
-static __always_inline int gen_sys_run_exit(struct gen_sys_hooks *list, __u32 nr, long ret)
+static __always_inline int gen_sys_run_exit(void *ctx, struct gen_sys_hooks *list, __u32 nr, long ret)
 {
-	struct gen_sys_ctx c = { .list = list, .ret = ret, .sysnr = nr + 1 };
+	struct gen_sys_ctx c = { .list = list, .ctx = ctx, .ret = ret, .sysnr = nr + 1 };
 	__u32 n = list->n;
 
 	if (n > GEN_SYS_HOOKS)
@@ -147,7 +148,7 @@ int BPF_PROG(gen_sys_enter, struct pt_regs *regs, long id)
 	s->sysargs[3] = regs->r10;
 	s->sysargs[4] = regs->r8;
 	s->sysargs[5] = regs->r9;
-	return gen_sys_run_enter(list, (__u32)id);
+	return gen_sys_run_enter(ctx, list, (__u32)id);
 }
 
 SEC("tp_btf/sys_exit")
@@ -168,7 +169,7 @@ int BPF_PROG(gen_sys_exit, struct pt_regs *regs, long ret)
 	task = bpf_get_current_task_btf();
 	if (bpf_core_field_exists(task->thread_info.status) && (task->thread_info.status & GEN_TS_COMPAT))
 		return 0;
-	return gen_sys_run_exit(list, (__u32)nr, ret);
+	return gen_sys_run_exit(ctx, list, (__u32)nr, ret);
 }
 
 /* ------------------------------------------------------------------- raw_tp: bpf_probe_read_kernel */
@@ -202,7 +203,7 @@ int gen_sys_enter_r(struct bpf_raw_tracepoint_args *ctx)
 	s->sysargs[3] = BPF_CORE_READ(regs, r10);
 	s->sysargs[4] = BPF_CORE_READ(regs, r8);
 	s->sysargs[5] = BPF_CORE_READ(regs, r9);
-	return gen_sys_run_enter(list, (__u32)id);
+	return gen_sys_run_enter(ctx, list, (__u32)id);
 }
 
 SEC("raw_tp/sys_exit")
@@ -217,5 +218,5 @@ int gen_sys_exit_r(struct bpf_raw_tracepoint_args *ctx)
 	list = gen_sys_list_of((__u32)nr, 1);
 	if (!list || gen_sys_compat_raw())
 		return 0;
-	return gen_sys_run_exit(list, (__u32)nr, (long)ctx->args[1]);
+	return gen_sys_run_exit(ctx, list, (__u32)nr, (long)ctx->args[1]);
 }

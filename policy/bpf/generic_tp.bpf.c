@@ -17,7 +17,7 @@ int generic_tp(void *ctx)
 		return 0;
 	if (hook->flags & GHF_EXIT) {
 		bpf_probe_read_kernel(&raw, 8, (char *)ctx + hook->ret_off);
-		return gen_exit((__s64)gen_extend(raw, hook->ret_size, hook->ret_signed), hook);
+		return gen_exit((__s64)gen_extend(raw, hook->ret_size, hook->ret_signed), hook, ctx);
 	}
 	return gen_enter((__u64)ctx, hook_id, hook);
 }

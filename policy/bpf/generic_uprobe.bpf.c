@@ -25,5 +25,5 @@ int generic_uretprobe(struct pt_regs *ctx)
 
 	if (!hook || !(hook->flags & GHF_EXIT))
 		return 0;
-	return gen_exit((__s64)PT_REGS_RC(ctx), hook);
+	return gen_exit((__s64)PT_REGS_RC(ctx), hook, ctx);
 }
