@@ -147,7 +147,7 @@ ENABLED_KFUNC = ENABLED_HERE | {
     "security_inode_follow_link.yaml", "tcp-connect-only-local-addrs.yaml", "tcp-connect-only-private-addrs.yaml",
     "tcp-connect-with-selectors.yaml", "tcp-connect.yaml", "tty_54.yaml", "host-changes/monitor-kernel-modules.yaml",
     "modules-nohost.yaml", "tcp-accept.yaml", "tcp-listen.yaml", "datagram-with-sock-tracking.yaml",
-    "datagram_518.yaml", "list-generated-ftrace.yaml",
+    "datagram_518.yaml", "list-generated-ftrace.yaml", "stack_traces.yaml",
 }
 # full there, loaded and unloaded but not triggered by this file (tests/test_policy_kernel_hooks.py covers
 # their argument types and operators with scoped policies of its own)
@@ -162,6 +162,11 @@ LOAD_ONLY_KFUNC_SINCE = {
     # arg 0 is then the dentry, which never equals "security.capability"
     "cves/cve-2023-2640-overlayfs-ubuntu.yaml": ((6, 10), "arg 0 is a struct dentry * since 6.10"),
 }
+# ... and LOAD_ERROR from a kernel version on, with this reason (the hooked function is gone)
+REASONS_KFUNC_SINCE = {
+    # 6.10 made kfree_skb_reason a static inline wrapper of sk_skb_reason_drop: no symbol to probe
+    "stack_traces.yaml": ((6, 10), "attach failed: attach generic_kprobe (kprobe kfree_skb_reason"),
+}
 PARTIAL_KFUNC = {  # some hooks run, the others are unavailable for this reason
     # find_module_sections is inlined on the Debian kernels: it cannot be probed
     "host-changes/monitor-signed-kernel-modules.yaml":
@@ -172,15 +177,15 @@ REASONS_KFUNC = {  # LOAD_ERROR there, with this reason (the rest: as in REASONS
     "dev_queue_xmit.yaml": "attach failed: attach generic_kprobe (kprobe dev_queue_xmit",  # an inline function
     "hardlink-override.yaml": "fmod_ret on __x64_sys_linkat " + FMOD_SYSCALL,
     "killer.yaml": "fmod_ret on __x64_sys_dup " + FMOD_SYSCALL,  # the NotifyEnforcer's enforcer
-    "lsm_bprm_check.yaml": "stack traces / imaHash are not served",
+    "lsm_bprm_check.yaml": "imaHash is not served",
     "lsm_track_grandparent.yml": "resolve/btfType/returnCopy are not served",
     "open_dnsrequest.yaml": "action DnsLookup is not served",
     "open_geturl.yaml": "action GetUrl is not served",
-    "stack_traces.yaml": "stack traces / imaHash are not served",
     "symlink-override.yaml": "fmod_ret on __x64_sys_symlinkat " + FMOD_SYSCALL,
 }
 assert ENABLED_KFUNC.isdisjoint(PARTIAL_KFUNC) and set(LOAD_ONLY_KFUNC) <= ENABLED_KFUNC
 assert ENABLED_KFUNC.isdisjoint(REASONS_KFUNC) and set(PARTIAL_KFUNC).isdisjoint(REASONS_KFUNC)
+assert set(REASONS_KFUNC_SINCE) <= ENABLED_KFUNC
 # the tables a kernel is held to: the CI host's above, or these where the kernel has all of
 KFUNC_FEATURES = ("kprobe", "kretprobe", "fmod_ret", "lsm")
 
@@ -1070,6 +1075,35 @@ class DevHardStartXmit(Trigger):
         return lambda b: b["process"]["pid"] == me and b["args"] == [{"net_dev_arg": {"name": "lo"}}]
 
 
+class StackTraces(Trigger):
+    """kfree_skb_reason (every dropped skb: no filter) with kernelStackTrace and userStackTrace: a UDP datagram of
+    the test's to a closed port of 127.0.0.1 is dropped by the UDP receive path (no socket); the event's skb is
+    that datagram and its kernel stack names the function that dropped it."""
+
+    names = {"kfree_skb_reason"}
+    attempts = 3
+
+    def fire(self):
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again below: nothing listens there
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"lanner-drop", ("127.0.0.1", port))
+
+        def mine(b):
+            skb = b["args"][0].get("skb_arg", {})
+            trace = b.get("kernel_stack_trace", [])
+            syms = [f.get("symbol", "") for f in trace]
+            # the kprobe's own function first, then its callers
+            return skb.get("daddr") == "127.0.0.1" and skb.get("dport") == port \
+                and syms[:1] == ["kfree_skb_reason"] and bool({"__udp4_lib_rcv", "udp_rcv"} & set(syms)) \
+                and all(int(f["address"]) for f in trace)
+
+        return mine
+
+
 class DnsOnlySpecifiedServers(Trigger):
     """Sigkill on ip_output of a UDP/TCP packet to port 53 of any server but 127.0.0.53, scoped to a copy
     of bash in tmp_path: its datagram to 127.0.0.1:53 kills it, one to 127.0.0.53:53 does not."""
@@ -1711,6 +1745,7 @@ KFUNC_TRIGGERS: dict[str, type[Trigger]] = {
     "host-changes/monitor-kernel-modules.yaml": KernelModules,
     "modules-nohost.yaml": ModulesNoHost,
     "list-generated-ftrace.yaml": KillKsys,
+    "stack_traces.yaml": StackTraces,
 }
 # the policies of ENABLED_KFUNC that enforce on processes the test did not start unless patched
 assert {"override-security.yaml", "tcp-connect-only-private-addrs.yaml",
@@ -1731,9 +1766,10 @@ def test_corpus_policy_on_this_kernel(env: Env, tmp_path: Path, path: Path):  # 
     engine = env.engine
     # the tables this kernel is held to (module docstring; docs/policies.md has both columns)
     kfunc = all(engine.probe.get(f) for f in KFUNC_FEATURES)
-    enabled = ENABLED_KFUNC if kfunc else ENABLED_HERE
+    since = {k: why for k, (v, why) in REASONS_KFUNC_SINCE.items() if kfunc and _release() >= v}
+    enabled = (ENABLED_KFUNC - set(since)) if kfunc else ENABLED_HERE
     partial = PARTIAL_KFUNC if kfunc else {}
-    reasons = {**REASONS, **REASONS_KFUNC} if kfunc else REASONS
+    reasons = {**REASONS, **REASONS_KFUNC, **since} if kfunc else REASONS
     triggers = {**TRIGGERS, **KFUNC_TRIGGERS} if kfunc else TRIGGERS
     trig = triggers[rel](tmp_path) if rel in triggers else None
     if trig is not None:
