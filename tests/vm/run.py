@@ -28,7 +28,7 @@ virtme-ng 1.42 (``vng``) from PyPI in ``build/vmtest/venv``. Caches live under `
 ``kernels/`` (extracted packages), ``root/`` (the image tree: stdlib, test venv, project copy),
 ``out/<kernel>/`` (console.log, probe.json, junit.xml of the last run), ``summary.json``.
 
-    tests/vm/run.py [--kernels 6.1,6.12] [--timeout 1500] [--jobs N] [--shards N] [-- PYTEST ARGS]
+    tests/vm/run.py [--kernels 6.1,6.12] [--timeout 2700] [--jobs N] [--shards N] [-- PYTEST ARGS]
     tests/vm/run.py --kernels 6.12 --sh 'lanner probe; bpftool prog'     # a look inside a guest
 """
 
@@ -516,7 +516,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", default=os.environ.get("VMTEST_KERNELS", ""),
                    help="comma/space separated names from tests/vm/kernels.txt (default: all; env VMTEST_KERNELS)")
-    p.add_argument("--timeout", type=int, default=int(os.environ.get("VMTEST_TIMEOUT", 1500)),
+    p.add_argument("--timeout", type=int, default=int(os.environ.get("VMTEST_TIMEOUT", 2700)),
                    help="seconds per guest, boot included (env VMTEST_TIMEOUT)")
     p.add_argument("--shards", type=int, default=int(os.environ.get("VMTEST_SHARDS", 1)),
                    help="guests per kernel, each running every n-th test (env VMTEST_SHARDS). Worth it only "
