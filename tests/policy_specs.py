@@ -30,3 +30,24 @@ def openat_prefix(prefix: str, action: str = "Post") -> str:
         matchActions:
         - action: {action}
     """)
+
+
+def openat_equal_pids(path: str, *match_pids: dict) -> str:
+    """spec.kprobes: sys_openat (a syscall hook) of exactly ``path`` by the processes the matchPIDs entries
+    (dicts as in the policy, e.g. {"operator": "In", "values": [pid]}) select; at column 0."""
+    import json
+
+    return textwrap.dedent(f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args:
+      - index: 1
+        type: string
+      selectors:
+      - matchPIDs: {json.dumps(list(match_pids))}
+        matchArgs:
+        - index: 1
+          operator: Equal
+          values: [{json.dumps(path)}]
+    """)

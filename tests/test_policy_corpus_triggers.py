@@ -1460,28 +1460,20 @@ class BpfObjects(Trigger):
         return lambda b: b["process"]["pid"] == pid and want.get(b["function_name"]) == b["args"]
 
 
-class TtyWriteArgs(Trigger):
-    """tty.yaml: a child writing to a pty slave (as tty_54.yaml's trigger), and its args: the kiocb's file
-    (the slave) and the iov_iter's bytes."""
-
-    names = {"tty_write"}
-    attempts = 3
-
-    def fire(self):
-        from lanner.policy.events import permission
-
-        master, slave = pty.openpty()
-        path = os.ttyname(slave)
-        want = [{"file_arg": {"path": path, "permission": permission(os.stat(path).st_mode)}},
-                {"bytes_arg": base64.b64encode(b"lanner-tty").decode()}]
-        try:
-            p = subprocess.Popen([sys.executable, "-c", "import os; os.write(1, b'lanner-tty')"], stdout=slave)
-            assert p.wait(timeout=60) == 0
-            assert os.read(master, 64).endswith(b"lanner-tty")
-        finally:
-            os.close(slave)
-            os.close(master)
-        return lambda b: b["process"]["pid"] == p.pid and b["args"] == want
+def _write_to_pty(data: bytes) -> tuple[int, str, int]:
+    """A child writes ``data`` to the slave of a pty the test opened: (the child's pid, the slave's path and
+    its st_mode while open)."""
+    master, slave = pty.openpty()
+    path = os.ttyname(slave)
+    mode = os.stat(path).st_mode
+    try:
+        p = subprocess.Popen([sys.executable, "-c", f"import os; os.write(1, {data!r})"], stdout=slave)
+        assert p.wait(timeout=60) == 0
+        assert os.read(master, 64).endswith(data)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return p.pid, path, mode
 
 
 class TtyWrite(Trigger):
@@ -1491,15 +1483,20 @@ class TtyWrite(Trigger):
     attempts = 3
 
     def fire(self):
-        master, slave = pty.openpty()
-        try:
-            p = subprocess.Popen([sys.executable, "-c", "import os; os.write(1, b'lanner-tty')"], stdout=slave)
-            assert p.wait(timeout=60) == 0
-            assert os.read(master, 64).endswith(b"lanner-tty")
-        finally:
-            os.close(slave)
-            os.close(master)
-        return lambda b: b["process"]["pid"] == p.pid
+        pid, _path, _mode = _write_to_pty(b"lanner-tty")
+        return lambda b: b["process"]["pid"] == pid
+
+
+class TtyWriteArgs(TtyWrite):
+    """tty.yaml: TtyWrite's child, and its args: the kiocb's file (the slave) and the iov_iter's bytes."""
+
+    def fire(self):
+        from lanner.policy.events import permission
+
+        pid, path, mode = _write_to_pty(b"lanner-tty")
+        want = [{"file_arg": {"path": path, "permission": permission(mode)}},
+                {"bytes_arg": base64.b64encode(b"lanner-tty").decode()}]
+        return lambda b: b["process"]["pid"] == pid and b["args"] == want
 
 
 class TcpListen(Trigger):

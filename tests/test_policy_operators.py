@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
-from tests.policy_specs import policy_yaml
+from tests.policy_specs import openat_equal_pids, policy_yaml
 
 pytestmark = pytest.mark.bpf
 
@@ -639,22 +639,7 @@ def test_match_binaries_follow_children(env, tmp_path, follow):
 @pytest.mark.parametrize("op", ["In", "NotIn"])
 def test_match_pids_operator(env, opener, tmp_path, op):
     t = str(tmp_path)
-    spec = f"""
-    kprobes:
-    - call: sys_openat
-      syscall: true
-      args:
-      - index: 1
-        type: string
-      selectors:
-      - matchPIDs:
-        - operator: {op}
-          values: [{os.getpid()}]
-        matchArgs:
-        - index: 1
-          operator: Equal
-          values: ["{t}/pidtarget"]
-    """
+    spec = openat_equal_pids(f"{t}/pidtarget", {"operator": op, "values": [os.getpid()]})
     child: dict = {}
 
     def run():
@@ -678,24 +663,8 @@ def test_match_pids_two_entries_are_anded(env, opener, tmp_path):
     kids = [subprocess.Popen(["sh", "-c", f"read x; exec {opener} {t}/pid2target"], stdin=subprocess.PIPE,
                              stdout=subprocess.DEVNULL) for _ in range(2)]
     a, b = (k.pid for k in kids)
-    spec = f"""
-    kprobes:
-    - call: sys_openat
-      syscall: true
-      args:
-      - index: 1
-        type: string
-      selectors:
-      - matchPIDs:
-        - operator: In
-          values: [{a}, {b}]
-        - operator: NotIn
-          values: [{b}]
-        matchArgs:
-        - index: 1
-          operator: Equal
-          values: ["{t}/pid2target"]
-    """
+    spec = openat_equal_pids(f"{t}/pid2target", {"operator": "In", "values": [a, b]},
+                             {"operator": "NotIn", "values": [b]})
 
     def run():
         try:
@@ -719,23 +688,7 @@ def test_match_pids_follow_forks(env, opener, tmp_path):
     # the test process's children match through the parent walk; without followForks they do not
     t = str(tmp_path)
     for follow, expect in ((True, 1), (False, 0)):
-        spec = f"""
-        kprobes:
-        - call: sys_openat
-          syscall: true
-          args:
-          - index: 1
-            type: string
-          selectors:
-          - matchPIDs:
-            - operator: In
-              followForks: {str(follow).lower()}
-              values: [{os.getpid()}]
-            matchArgs:
-            - index: 1
-              operator: Equal
-              values: ["{t}/fftarget"]
-        """
+        spec = openat_equal_pids(f"{t}/fftarget", {"operator": "In", "followForks": follow, "values": [os.getpid()]})
         with env.load("pids-ff", spec):
             evs = env.run(lambda: run_opener(str(opener), f"{t}/fftarget"), "pids-ff")
         assert len(evs) == expect, (follow, evs)
