@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "report what this kernel supports, why not where it does not, and which "
                                     "mechanism the agent picks for each kind of hook. Needs root.")
     pr.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    pr.add_argument("--programs", action="store_true",
+                    help="instead: load every BPF program lanner ships, as the agent configures it (nothing is "
+                         "attached), and print what the verifier spent on each: processed instructions and their "
+                         "share of the 1M limit (lanner's budget: 20 %%), peak states and verification time. "
+                         "Exit code 1 when a program is over the budget or rejected.")
 
     v = sub.add_parser("version", help="client and agent versions")
     _client_flags(v)
@@ -597,7 +602,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from lanner.kernel.probe import main as probe_main
 
-    return probe_main(["-o", args.output])
+    return probe_main(["-o", args.output] + (["--programs"] if args.programs else []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -619,11 +619,31 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lanner probe",
                                 description="Probe which eBPF features this kernel offers (needs root).")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--programs", action="store_true", help="the verifier budget of every program lanner ships")
     return p
+
+
+def programs_main(output: str) -> int:
+    """``lanner probe --programs``: the verifier's cost of every program (lanner.kernel.budget)."""
+    from lanner.kernel import budget
+
+    for m in fs.ensure_mounts():
+        if m.mounted_now:
+            log.info("mounted %s at %s", m.fstype, m.path)
+    costs = budget.measure()
+    if output == "json":
+        print(json.dumps({"kernel": os.uname().release, "limit": budget.LIMIT, "budget": budget.BUDGET,
+                          "programs": [c.as_dict() for c in costs]}, indent=2))
+    else:
+        print(f"kernel {os.uname().release}")
+        print(budget.table(costs))
+    return 1 if any(c.status in ("over_budget", "rejected") for c in costs) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.programs:
+        return programs_main(args.output)
     try:
         result = run_probe()
     except (OSError, L.LibbpfMissing) as exc:

@@ -16,12 +16,7 @@ const volatile __u32 cfg_args_max = LANNER_ARGS_MAX; /* clamp argv to this many 
 const volatile __u8 cfg_emit_clone = 1;
 
 /* The live processes' identities (tgid -> key), seeded from /proc by the agent at start. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct execve_entry);
-} execve_map SEC(".maps");
+#include "execve_map.bpf.h"
 
 /* Per-CPU scratch: the exec record is assembled here and copied to the ring buffer at its real size. */
 #define EXEC_DATA_SIZE (LANNER_FILENAME_MAX + 2 * LANNER_PATH_MAX + LANNER_ARGS_MAX) /* exactly what fits; per-CPU values are capped at 32 KiB */

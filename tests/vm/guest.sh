@@ -77,6 +77,9 @@ print("=== probe no: ", " ".join(no))
 print("=== best:     ", " ".join(f"{k}={v}" for k, v in doc["best_mechanism"].items()))
 EOF
 [ "$probe_rc" -eq 0 ] || tail -20 "$out/probe.stderr"
+# the verifier budget of every program on this kernel (docs/kernels.md, tests/test_verifier_budget.py)
+lanner probe --programs >"$out/budget.txt" 2>&1 || echo "=== lanner probe --programs: exit $?"
+cat "$out/budget.txt"
 ;;
 esac
 

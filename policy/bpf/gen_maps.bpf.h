@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Stage 0 of the generic policy datapath: its maps and per-CPU scratch. Every generic object
+ * (generic_*.bpf.c) includes this; the engine creates the maps once (generic_tp.bpf.o) and every other
+ * object shares them by fd. Configuration comes only through these maps (gen_hooks keyed by hook id).
+ */
+#pragma once
+
+#include <lanner/common.bpf.h>
+#include <bpf/bpf_endian.h>
+#include "../../sensors/bpf/execve_map.bpf.h"
+#include <lanner/path.bpf.h>
+#include "generic.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* A function the verifier checks once, on its own, whatever its callers' states (a BPF global function):
+ * arguments are scalars or pointers to sized memory (checked for NULL inside), the result a scalar.
+ * This is how the engine keeps each program far below the verifier's budget on every kernel. */
+#define GEN_STAGE __attribute__((noinline))
+
+/* v clamped to [0, n) in the register the verifier sees (clang may otherwise check a copy) */
+#define GEN_BOUND(v, n) ({ __u64 __v = (v); asm volatile("if %0 < %1 goto +1; %0 = 0;" : "+r"(__v) : "i"(n)); __v; })
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct gen_hook);
+} gen_hooks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct gen_scope_key);
+	__type(value, __u8);
+} gen_scope SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct gen_scope_cg_key);
+	__type(value, __u8);
+} gen_scope_cg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct gen_int_key);
+	__type(value, __u8);
+} gen_int_set SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct gen_str);
+	__type(value, __u8);
+} gen_str_set SEC(".maps");
+
+/* the same sets for short strings, keyed by the first GEN_STR_KEY32/64/128 bytes of struct gen_str: a string
+ * of len bytes lives in the smallest map whose key holds it zero padded (gen_str_bucket), so a lookup
+ * hashes 32, 64 or 128 bytes instead of the whole 260-byte key (jhash over the key is most of its cost) */
+#define GEN_STR_KEY32 32
+#define GEN_STR_KEY64 64
+#define GEN_STR_KEY128 128
+#define GEN_STR_HDR 6 /* prefixlen, set_hi, set_lo */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, GEN_STR_KEY32);
+	__uint(value_size, 1);
+} gen_str_set32 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, GEN_STR_KEY64);
+	__uint(value_size, 1);
+} gen_str_set64 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, GEN_STR_KEY128);
+	__uint(value_size, 1);
+} gen_str_set128 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct gen_str);
+	__type(value, __u8);
+} gen_str_lpm SEC(".maps");
+
+struct gen_scratch {
+	struct gen_event ev;
+	struct gen_str rev[GEN_MAX_ARGS]; /* reversed strings, for Postfix */
+	struct gen_str bin;               /* the current binary */
+	struct gen_str binrev;
+	struct gen_str key;               /* lookup key under construction */
+	struct gen_ratelimit_key rl;
+	__u32 rev_done;                   /* bit i: rev[i] is ready; GEN_BIN_DONE: bin; GEN_BINREV_DONE: binrev */
+	__u32 key_done;                   /* ev.key is set (the process's, or a tracked sock's owner) */
+	__u32 bin_len;                    /* bytes of the binary in bin */
+	__u32 override_set;               /* LSM: the matched selector asks to return override_ret */
+	__s64 override_ret;
+	struct gen_sock_info sock;        /* typed kernel arguments under construction */
+	struct gen_cred_info cred;
+	struct gen_userns_info userns;
+	union {                           /* GA_BPF_ATTR, GA_BPF_MAP, GA_PERF_EVENT */
+		struct gen_bpf_attr_info bpf_attr;
+		struct gen_bpf_map_info bpf_map;
+		struct gen_perf_event_info perf;
+	};
+	__u64 sysargs[6];                 /* GHF_SYSCALL: the syscall's arguments (generic_sys.bpf.c) */
+	__u64 ctx;                        /* the program's context (a tracepoint record, pt_regs, the BTF argument
+					   * array): its address, for the stages to read arguments from */
+	struct lanner_path_buf pb;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_scratch);
+} gen_heap SEC(".maps");
+
+/* entry half of a return hook -> its event, until the exit half runs */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct gen_event);
+} gen_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct gen_ratelimit_key);
+	__type(value, __u64);
+} gen_ratelimit SEC(".maps");
+
+/* Override on a kprobe: pid_tgid -> the value the fmod_ret program on the same function returns */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __s64);
+} gen_override SEC(".maps");
+
+/* TrackSock: struct sock * -> the process that owns it; events on a tracked sock report that process */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct gen_socktrack_val);
+} gen_socktrack SEC(".maps");
+
+/* per entry hook id: GST_* counters (generic.h), one row per CPU */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64[GST_SLOTS]);
+} gen_stats SEC(".maps");
+
+/* Post kernelStackTrace / userStackTrace: stack id -> the return addresses (generic.h GEN_STACK_*) */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, GEN_STACK_ENTRIES);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, GEN_STACK_DEPTH * sizeof(__u64));
+} gen_stacks SEC(".maps");
+
+static __always_inline void gen_stat(__u32 hook_id, __u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&gen_stats, &hook_id);
+
+	if (v && slot < GST_SLOTS)
+		v[slot] += 1; /* per-CPU value: no other writer on this CPU while the program runs */
+}
