@@ -101,8 +101,9 @@ static __always_inline void gen_take_stacks(void *ctx, struct gen_scratch *s, __
 }
 
 /* the actions of the event's selector (none: Post); GEN_DO_POST | stack flags when it is to be posted */
-GEN_STAGE int gen_decide(struct gen_hook *hook, struct gen_scratch *s)
+GEN_STAGE int gen_decide(struct gen_hook *hook)
 {
+	struct gen_scratch *s = gen_scratch();
 	__u32 si;
 	struct gen_selector *sel;
 
@@ -136,13 +137,6 @@ GEN_STAGE int gen_decide(struct gen_hook *hook, struct gen_scratch *s)
 		return 0;
 	}
 	return GEN_DO_POST | (sel->flags & GEN_STACK_FLAGS);
-}
-
-static __always_inline struct gen_scratch *gen_scratch(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&gen_heap, &zero);
 }
 
 /* in the program: a stage's verdict r -> the stacks (with the program's ctx) and the record into the ring */

@@ -122,9 +122,10 @@ static __always_inline struct file *gen_fd_file(__u64 fd)
 }
 
 /* the absolute path of a kernel struct path * (or of a dentry alone when path is NULL) into str[i] */
-GEN_STAGE int gen_read_path(struct gen_scratch *s, __u32 i, __u64 path, __u64 dentry)
+GEN_STAGE int gen_read_path(__u32 i, __u64 path, __u64 dentry)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct gen_scratch *s = gen_scratch();
 	struct path root, p = {};
 	__u32 status = 0, pos, len;
 
@@ -158,7 +159,7 @@ static __always_inline void gen_read_fd(struct gen_scratch *s, __u32 i, __u64 fd
 	struct file *f = gen_fd_file(fd);
 
 	if (f)
-		gen_read_path(s, i, (__u64)&f->f_path, 0);
+		gen_read_path(i, (__u64)&f->f_path, 0);
 }
 
 static __always_inline void gen_put_info(struct gen_scratch *s, __u32 i, void *info, __u32 size)
@@ -435,8 +436,9 @@ static __always_inline void gen_read_iov_iter(struct gen_scratch *s, __u32 i, st
 
 /* argument i of hook into the event's slot i; ctx: the tracepoint record or pt_regs address (a scalar: it
  * is only read with bpf_probe_read_kernel) */
-GEN_STAGE int gen_read_arg(struct gen_scratch *s, struct gen_hook *hook, __u64 ctx, __u32 i)
+GEN_STAGE int gen_read_arg(struct gen_hook *hook, __u64 ctx, __u32 i)
 {
+	struct gen_scratch *s = gen_scratch();
 	struct gen_arg *a;
 	__u64 v, p;
 	long n;
@@ -479,7 +481,7 @@ GEN_STAGE int gen_read_arg(struct gen_scratch *s, struct gen_hook *hook, __u64 c
 			break;
 		s->ev.aux[i] = BPF_CORE_READ(f, f_flags);
 		s->ev.vals[i] = BPF_CORE_READ(f, f_inode, i_mode);
-		gen_read_path(s, i, (__u64)&f->f_path, 0);
+		gen_read_path(i, (__u64)&f->f_path, 0);
 		break;
 	}
 	case GA_PATH: {
@@ -488,19 +490,19 @@ GEN_STAGE int gen_read_arg(struct gen_scratch *s, struct gen_hook *hook, __u64 c
 		if (!pa)
 			break;
 		s->ev.vals[i] = BPF_CORE_READ(pa, dentry, d_inode, i_mode);
-		gen_read_path(s, i, (__u64)pa, 0);
+		gen_read_path(i, (__u64)pa, 0);
 		break;
 	}
 	case GA_DENTRY:
 		if (v)
-			gen_read_path(s, i, 0, v);
+			gen_read_path(i, 0, v);
 		break;
 	case GA_BINPRM: {
 		struct file *f = BPF_CORE_READ((struct linux_binprm *)v, file);
 
 		if (f) {
 			s->ev.vals[i] = BPF_CORE_READ(f, f_inode, i_mode);
-			gen_read_path(s, i, (__u64)&f->f_path, 0);
+			gen_read_path(i, (__u64)&f->f_path, 0);
 		}
 		break;
 	}

@@ -120,8 +120,9 @@ static __always_inline bool gen_int_match(struct gen_filter *f, __u64 v)
 
 /* filter f on the event in s: GEN_FILTER_HIT, _MISS, or _SKIP when f belongs to the other phase
  * (phase_ret: 1 while evaluating matchReturnArgs at the return) */
-GEN_STAGE int gen_filter(struct gen_scratch *s, struct gen_filter *f, __u32 phase_ret)
+GEN_STAGE int gen_filter(struct gen_filter *f, __u32 phase_ret)
 {
+	struct gen_scratch *s = gen_scratch();
 	__u32 a, len;
 	bool hit = false, trunc;
 

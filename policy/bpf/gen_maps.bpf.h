@@ -176,6 +176,16 @@ struct {
 	__uint(value_size, GEN_STACK_DEPTH * sizeof(__u64));
 } gen_stacks SEC(".maps");
 
+/* this CPU's scratch. A stage looks it up itself rather than taking it as an argument: a stage's pointer
+ * arguments are plain memory to the verifier, which kernels before 6.3 refuse as a map helper's key or
+ * value, while a map lookup gives a map value they accept (the lookup is a few instructions) */
+static __always_inline struct gen_scratch *gen_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&gen_heap, &zero);
+}
+
 static __always_inline void gen_stat(__u32 hook_id, __u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&gen_stats, &hook_id);

@@ -331,8 +331,10 @@ static __always_inline bool gen_check_ns(struct gen_selector *sel)
 /* the process conditions of selector sel: matchPIDs, matchBinaries, matchNamespaces, matchCapabilities,
  * matchNamespaceChanges, matchCapabilityChanges. 1: they all hold (or it has none). They need no argument,
  * so the entry stage checks them first and reads no argument when no selector can match. */
-GEN_STAGE int gen_sel_process(struct gen_scratch *s, struct gen_selector *sel)
+GEN_STAGE int gen_sel_process(struct gen_selector *sel)
 {
+	struct gen_scratch *s = gen_scratch();
+
 	if (!s || !sel)
 		return 0;
 	if (sel->pids[0].op && !gen_check_pids(sel))
@@ -351,15 +353,15 @@ GEN_STAGE int gen_sel_process(struct gen_scratch *s, struct gen_selector *sel)
 }
 
 /* every filter of sel of this phase (phase_ret 0: matchArgs at the entry, 1: matchReturnArgs) holds */
-GEN_STAGE int gen_sel_filters(struct gen_scratch *s, struct gen_selector *sel, __u32 phase_ret)
+GEN_STAGE int gen_sel_filters(struct gen_selector *sel, __u32 phase_ret)
 {
-	if (!s || !sel)
+	if (!sel)
 		return 0;
 #pragma unroll
 	for (int j = 0; j < GEN_MAX_FILTERS; j++) {
 		if (j >= sel->nfilters)
 			break;
-		if (gen_filter(s, &sel->filters[j], phase_ret) == GEN_FILTER_MISS)
+		if (gen_filter(&sel->filters[j], phase_ret) == GEN_FILTER_MISS)
 			return 0;
 	}
 	return 1;

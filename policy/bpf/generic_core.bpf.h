@@ -77,7 +77,7 @@ static __always_inline bool gen_in_scope(struct gen_hook *hook)
 
 /* the first selector whose process conditions and argument filters hold (-1: none). The process
  * conditions come first: when no selector can match, no argument is read. */
-static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook, struct gen_scratch *s)
+static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook)
 {
 	__u32 cand = 0, nsel = hook->nselectors;
 
@@ -86,7 +86,7 @@ static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook, struct ge
 		for (int i = 0; i < GEN_MAX_SELECTORS; i++) {
 			if (i >= nsel)
 				break;
-			if (gen_sel_process(s, &hook->sel[i]))
+			if (gen_sel_process(&hook->sel[i]))
 				cand |= 1U << i;
 		}
 		if (!cand)
@@ -96,13 +96,13 @@ static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook, struct ge
 	for (int i = 0; i < GEN_MAX_ARGS; i++) {
 		if (i >= hook->nargs)
 			break;
-		gen_read_arg(s, hook, ctx, i);
+		gen_read_arg(hook, ctx, i);
 	}
 	if (!nsel)
 		return GEN_MAX_SELECTORS; /* no selectors: every call matches */
 #pragma unroll
 	for (int i = 0; i < GEN_MAX_SELECTORS; i++) {
-		if ((cand & (1U << i)) && gen_sel_filters(s, &hook->sel[i], 0)) {
+		if ((cand & (1U << i)) && gen_sel_filters(&hook->sel[i], 0)) {
 			gen_sel_matched(&hook->sel[i]);
 			return i;
 		}
@@ -112,8 +112,9 @@ static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook, struct ge
 
 /* the entry stage of a hook: arguments, selectors, actions; the event stays in the scratch for gen_deliver
  * (or goes to gen_inflight when the hook also has a return half) */
-GEN_STAGE int gen_enter_stage(struct gen_scratch *s, __u32 hook_id, struct gen_hook *hook)
+GEN_STAGE int gen_enter_stage(__u32 hook_id, struct gen_hook *hook)
 {
+	struct gen_scratch *s = gen_scratch();
 	__u64 key, ctx;
 	__u32 si;
 	int m;
@@ -125,7 +126,7 @@ GEN_STAGE int gen_enter_stage(struct gen_scratch *s, __u32 hook_id, struct gen_h
 	if ((hook->flags & GHF_SCOPED) && !gen_in_scope(hook)) /* after gen_begin: no stale LSM override */
 		return 0;
 	s->ev.nargs = hook->nargs;
-	m = gen_match(ctx, hook, s);
+	m = gen_match(ctx, hook);
 	if (m < 0)
 		return 0;
 	s->ev.selector = m;
@@ -140,7 +141,7 @@ GEN_STAGE int gen_enter_stage(struct gen_scratch *s, __u32 hook_id, struct gen_h
 		bpf_map_update_elem(&gen_inflight, &key, &s->ev, BPF_ANY);
 		return 0;
 	}
-	return gen_decide(hook, s);
+	return gen_decide(hook);
 }
 
 /* ctx: the program's context (Post stack traces) */
@@ -151,7 +152,7 @@ static __always_inline int gen_enter(__u64 ctx, __u32 hook_id, struct gen_hook *
 	if (!s)
 		return 0;
 	s->ctx = ctx; /* a stage takes scalars and sized memory: the context's address goes through the scratch */
-	return gen_deliver((void *)ctx, gen_enter_stage(s, hook_id, hook));
+	return gen_deliver((void *)ctx, gen_enter_stage(hook_id, hook));
 }
 
 /* the return stage of a hook: the entry's event from gen_inflight, the return value, matchReturnArgs, the
@@ -194,7 +195,7 @@ GEN_STAGE int gen_exit_stage(__s64 ret, struct gen_hook *exit_hook)
 	}
 	si = s->ev.selector;
 	if (si < GEN_MAX_SELECTORS && (hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)].flags & GSF_HAS_RET) &&
-	    !gen_sel_filters(s, &hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)], 1))
+	    !gen_sel_filters(&hook->sel[GEN_BOUND(si, GEN_MAX_SELECTORS)], 1))
 		return 0;
 	if ((hook->flags & (GHF_RET_TRACKSOCK | GHF_RET_UNTRACKSOCK)) && ret) { /* returnArgAction */
 		__u64 sk = (__u64)ret;
@@ -204,7 +205,7 @@ GEN_STAGE int gen_exit_stage(__s64 ret, struct gen_hook *exit_hook)
 		else
 			bpf_map_delete_elem(&gen_socktrack, &sk);
 	}
-	return gen_decide(hook, s);
+	return gen_decide(hook);
 }
 
 /* ctx: the program's context (Post stack traces) */
