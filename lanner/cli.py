@@ -12,6 +12,7 @@ from typing import Sequence
 
 from lanner import __version__
 from lanner.exporter.grpc_api import DEFAULT_ADDRESS, DEFAULT_INFO_FILE
+from lanner import rules_cli
 from lanner.netdp.cni import cli as netdp_cli
 
 EPILOG = """\
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(t)
 
     netdp_cli.add_cni_parser(sub)
+    rules_cli.add_parser(sub)
     return p
 
 
@@ -610,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"agent": cmd_agent, "getevents": cmd_getevents, "status": cmd_status, "version": cmd_version,
                 "probe": cmd_probe, "tracingpolicy": cmd_tracingpolicy, "tp": cmd_tracingpolicy,
-                "cni": netdp_cli.cmd_cni}
+                "cni": netdp_cli.cmd_cni, "rules": rules_cli.cmd_rules}
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,26 +1,117 @@
-"""The built-in rule library: every rule is a valid Tetragon policy that this kernel can serve."""
+"""The built-in rule library: every rule is a valid Tetragon policy that this kernel can serve, mapped to
+MITRE ATT&CK with a severity and notes; the catalog, the overlay and `lanner rules` without an agent."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+import yaml
 
 import lanner.rules
 from lanner.policy.loader import load_policy_file
+from lanner.rules import catalog
 
 RULES = sorted(Path(lanner.rules.__file__).parent.glob("*.yaml"))
 
 
 def test_rules_exist_and_validate():
-    assert len(RULES) >= 5
+    assert len(RULES) >= 40
     names = set()
     for path in RULES:
         policies = load_policy_file(path)
         assert len(policies) == 1, path
         p = policies[0]
         assert p.name.startswith("lanner-") and p.name not in names
+        assert not p.warnings, (path, p.warnings)
         names.add(p.name)
         for hook in p.spec.kprobes:
             assert hook.syscall, f"{path}: built-in rules hook syscalls only, so they run on any kernel"
+
+
+def test_every_rule_is_mapped_observes_and_tags_its_events():
+    rules = catalog.load_catalog()
+    assert len(rules) == len(RULES) and len({r.tactic for r in rules}) == len(catalog.TACTICS)
+    for r in rules:
+        assert r.techniques and all(t.startswith("T1") for t in r.techniques), r
+        assert r.description and r.false_positives and r.kernel, r
+        assert not r.enforcing, f"{r.path}: built-in rules observe; enforcement comes from an overlay"
+        doc = yaml.safe_load(r.path.read_text())
+        for hook in doc["spec"]["kprobes"]:
+            assert set(hook["tags"]) == {*r.techniques, r.tactic_id}, (r.path, hook["call"])
+            assert len(hook.get("selectors", [])) <= 5 and hook["message"]
+
+
+def test_select_by_tactic_and_severity():
+    rules = catalog.load_catalog()
+    high = catalog.select(rules, min_severity="high")
+    assert high and {r.severity for r in high} <= {"high", "critical"}
+    ex = catalog.select(rules, tactics=["execution", "impact"], min_severity="medium")
+    assert {r.tactic for r in ex} == {"execution", "impact"} and all(r.severity != "low" for r in ex)
+    with pytest.raises(ValueError, match="unknown tactic 'exfil'"):
+        catalog.select(rules, tactics=["exfil"])
+
+
+def test_overlay_merges_exceptions_and_enforce(tmp_path):
+    rules = catalog.load_catalog()
+    ov = tmp_path / "team.yaml"
+    ov.write_text("exceptions:\n  lanner-cron-write: [/opt/backup/agent]\n  lanner-mounts: [/usr/bin/snapd]\n"
+                  "enforce: [lanner-miner-exec]\ndisable: [lanner-exec-from-tmp]\nminSeverity: info\n")
+    overlay = catalog.load_overlay(ov, rules)
+    out = tmp_path / "out"
+    written = {p.name for p in catalog.render(rules, overlay, out)}
+    assert "exec-from-tmp.yaml" not in written and len(written) == len(rules) - 1
+    cron = load_policy_file(out / "cron-write.yaml")[0]
+    for hook in cron.spec.kprobes:
+        for sel in hook.selectors:
+            assert "/opt/backup/agent" in sel.match_binaries[0].values and "/usr/bin/crontab" in sel.match_binaries[0].values
+    mounts = yaml.safe_load((out / "mounts.yaml").read_text())  # a rule without selectors gets one
+    assert mounts["spec"]["kprobes"][0]["selectors"] == [{"matchBinaries": [{"operator": "NotIn", "values": ["/usr/bin/snapd"]}]}]
+    miner = yaml.safe_load((out / "miner-exec.yaml").read_text())
+    assert miner["spec"]["kprobes"][0]["selectors"][0]["matchActions"] == [{"action": "Sigkill"}]
+    assert catalog.load_catalog(out)[0].name  # the rendered set is a valid catalog too
+    assert [r for r in catalog.load_catalog(out) if r.name == "lanner-miner-exec"][0].enforcing
+
+
+@pytest.mark.parametrize("text, message", [
+    ("enforce: [lanner-mounts]\n", "enforce.lanner-mounts: the rule is not marked safe to enforce"),
+    ("disable: [lanner-nope]\n", "disable: no rule named 'lanner-nope'"),
+    ("exceptions: {lanner-nope: [/x]}\n", "exceptions.lanner-nope: no rule named"),
+    ("exceptions: {lanner-cron-write: [relative]}\n", "exceptions.lanner-cron-write: a list of absolute binary paths"),
+    ("minSeverity: urgent\n", "unknown severity 'urgent'"),
+    ("enforced: []\n", "unknown key 'enforced'"),
+])
+def test_overlay_errors_name_the_file_and_field(tmp_path, text, message):
+    ov = tmp_path / "bad.yaml"
+    ov.write_text(text)
+    with pytest.raises(ValueError, match=message) as exc:
+        catalog.load_overlay(ov, catalog.load_catalog())
+    assert str(ov) in str(exc.value)
+
+
+def test_overlay_refuses_binary_exceptions_on_binary_selected_rules(tmp_path):
+    ov = tmp_path / "o.yaml"
+    ov.write_text("exceptions: {lanner-reverse-shell-connect: [/usr/bin/bash]}\n")
+    rules = catalog.load_catalog()
+    with pytest.raises(ValueError, match="lanner-reverse-shell-connect .*matchBinaries Postfix"):
+        catalog.render(rules, catalog.load_overlay(ov, rules), tmp_path / "out")
+
+
+def test_rules_cli_without_agent(tmp_path):
+    lanner = [sys.executable, "-m", "lanner", "rules"]
+    p = subprocess.run(lanner + ["list", "-o", "json", "--server-address", f"unix://{tmp_path}/none.sock",
+                                 "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    rows = json.loads(p.stdout)
+    assert len(rows) == len(RULES) and {x["state"] for x in rows} == {"agent not reachable"}
+    assert {"rule", "tactic", "technique", "severity", "state", "mode"} <= set(rows[0])
+    p = subprocess.run(lanner + ["render", "--out", str(tmp_path / "r"), "--enforce", "lanner-mounts"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "--enforce lanner-mounts" in p.stderr
+    p = subprocess.run(lanner + ["--help"], capture_output=True, text=True, timeout=60)
+    assert "overlay" in p.stdout and "lanner rules disable --tactic discovery" in p.stdout
 
 
 def test_rules_readme_lists_every_rule():
@@ -31,19 +122,21 @@ def test_rules_readme_lists_every_rule():
 
 
 def test_agent_serves_builtin_rules_and_policy_cli(tmp_path):
-    import json
     import re
-    import subprocess
-    import sys
+    import time
 
     from tests.conftest import start_agent
 
     lanner = [sys.executable, "-m", "lanner"]
     a = start_agent(tmp_path, "--tracing-policy-dir", lanner_rules_dir())
     try:
-        p = subprocess.run(lanner + ["tp", "list", "-o", "json", "--server-address", a.address],
-                           capture_output=True, text=True, timeout=30)
-        listed = {x["name"]: x for x in json.loads(p.stdout)}
+        for _ in range(100):  # the policy files load right after the API is up
+            p = subprocess.run(lanner + ["tp", "list", "-o", "json", "--server-address", a.address],
+                               capture_output=True, text=True, timeout=30)
+            listed = {x["name"]: x for x in json.loads(p.stdout)}
+            if len(listed) == len(RULES):
+                break
+            time.sleep(0.2)
         assert set(listed) == {load_policy_file(r)[0].name for r in RULES}
         tracefs = Path("/sys/kernel/tracing/events/syscalls")
         for name, x in listed.items():
@@ -52,7 +145,9 @@ def test_agent_serves_builtin_rules_and_policy_cli(tmp_path):
                 # and the status must say so
                 missing = re.findall(r"no syscalls/(sys_enter_\w+) tracepoint", x.get("error", ""))
                 assert missing and not any((tracefs / m).exists() for m in missing), x
-        reader = subprocess.Popen(["/bin/cat", "/etc/shadow"], stdout=subprocess.DEVNULL)
+        # a shadow-like path that does not exist: the open is reported, no credential is read
+        reader = subprocess.Popen(["/bin/cat", "/etc/shadow.lanner-test-missing"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
         reader.wait()
 
         def shadow_opens(evs):
@@ -61,7 +156,7 @@ def test_agent_serves_builtin_rules_and_policy_cli(tmp_path):
 
         ev = shadow_opens(a.wait_for(shadow_opens, what="sensitive-file event"))[0]
         assert ev["policy_name"] == "lanner-sensitive-files" and ev["function_name"] == "__x64_sys_openat"
-        assert {"string_arg": "/etc/shadow"} in ev["args"]
+        assert {"string_arg": "/etc/shadow.lanner-test-missing"} in ev["args"] and "T1003.008" in ev["tags"]
         assert ev["process"]["binary"] == "/bin/cat" and ev["message"] == "sensitive file opened"
         # add, disable, delete a policy through the CLI
         pol = tmp_path / "extra.yaml"
