@@ -182,3 +182,10 @@ def test_agent_serves_builtin_rules_and_policy_cli(tmp_path):
 
 def lanner_rules_dir() -> str:
     return str(Path(lanner.rules.__file__).parent)
+
+
+def test_docs_list_every_rule_with_its_mapping():
+    doc = (Path(lanner.rules.__file__).parent.parent / "docs" / "rules.md").read_text()
+    for r in catalog.load_catalog():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{r.name}` |")), None)
+        assert row and all(t in row for t in r.techniques) and f"| {r.severity} |" in row, r.name
