@@ -78,11 +78,36 @@ def tracefs_root() -> Path:
     return TRACEFS if (TRACEFS / "events").is_dir() else DEBUGFS_TRACING
 
 
+def _check_pin_path(path: Path) -> None:
+    if not str(path).startswith(str(BPFFS / "lanner")):
+        raise ValueError(f"pin directory {path} must be under {BPFFS}/lanner*")
+
+
 def pin_dir(root: str | Path = DEFAULT_PIN_DIR) -> Path:
     """Create (if needed) and return a pin directory, which must live under /sys/fs/bpf/lanner*."""
     path = Path(root)
-    if not str(path).startswith(str(BPFFS / "lanner")):
-        raise ValueError(f"pin directory {path} must be under {BPFFS}/lanner*")
+    _check_pin_path(path)
     ensure_bpffs()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remove_pins(tree: str | Path) -> int:
+    """Remove a directory of pins (under /sys/fs/bpf/lanner*) and everything in it. Removing a link's pin
+    detaches its program once nothing else holds the link; a map's, frees the map once unused. Returns the
+    pins removed; a tree already gone (someone else removed it) counts 0."""
+    tree = Path(tree)
+    _check_pin_path(tree)
+    removed = 0
+    for dirpath, _dirs, filenames in os.walk(tree, topdown=False):
+        for name in filenames:
+            try:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,15 @@ BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1  # libbpf: replace a filter at the same handle/priority
 
 
+# Test-only: a comma-separated list of object file names (e.g. "generic_tp.bpf.o") whose load fails on purpose
+# with E2BIG, as a verifier rejection would, so tests can show the agent degrades instead of dying. Read in
+# one place, BpfObject.load(); never set it in production.
+FAIL_LOAD_ENV = "LANNER_TEST_FAIL_LOAD"
+# lines of a libbpf/verifier log that carry no reason: the instruction dump, source annotations, framing
+_NOISE = re.compile(r"^(\d+: |; |-- (BEGIN|END) PROG LOAD LOG --|failed to load object |Validating |"
+                    r"prog '[^']*': -- (BEGIN|END) PROG LOAD LOG --$)")
+
+
 class BpfError(OSError):
     """A libbpf call failed. ``log`` holds what libbpf said (the verifier log for a failed load)."""
 
@@ -41,6 +51,33 @@ class BpfError(OSError):
         if log_text:
             msg += "\n--- libbpf log ---\n" + log_text
         super().__init__(abs(err), msg)
+
+    def reason(self, lines: int = 3) -> str:
+        """One line: what failed, the errno, and the last meaningful lines of the libbpf/verifier log
+        (e.g. "processed 1000001 insns (limit 1000000) ..."), joined with " / "."""
+        head = f"{self.what}: {L.errno_text(self.errno)}"
+        tail = verifier_tail(self.log, lines)
+        return f"{head}: {tail}" if tail else head
+
+
+def verifier_tail(log_text: str, lines: int = 3) -> str:
+    """The last ``lines`` lines of a libbpf log that say something (not the instruction dump)."""
+    keep = []
+    for raw in log_text.splitlines():
+        text = raw.strip().removeprefix("libbpf: ").strip()
+        if text and not _NOISE.match(text):
+            keep.append(text.rstrip("."))
+    return " / ".join(keep[-lines:]).replace("; ", ", ")
+
+
+def _injected_failure(path: Path) -> BpfError | None:
+    """The failure LANNER_TEST_FAIL_LOAD asks for on this object, if any (test-only)."""
+    names = {n.strip() for n in os.environ.get(FAIL_LOAD_ENV, "").split(",") if n.strip()}
+    if path.name not in names:
+        return None
+    return BpfError(f"load BPF object {path.name}", errno.E2BIG,
+                    f"{FAIL_LOAD_ENV}: load of {path.name} refused on purpose (test-only setting)\n"
+                    "BPF program is too large. Processed 1000001 insn")
 
 
 def _check_ptr(ptr: int | None, what: str, cap: Any = None) -> int:
@@ -72,6 +109,14 @@ class Link:
     def pin(self, path: str) -> None:
         _check_rc(L.bpf_link__pin(self._ptr, path.encode()), f"pin link {self.description} at {path}")
 
+    def keep(self, path: str) -> None:
+        """Pin the link at ``path`` and let go of it: destroying this object afterwards (or the process
+        exiting) leaves the attachment in the kernel, held by the pin, until the pin is removed."""
+        if not self._ptr:
+            raise BpfError(f"keep link {self.description}", errno.EBADF)
+        self.pin(path)
+        _disconnect(self._ptr)
+
     def destroy(self) -> None:
         if self._ptr:
             L.bpf_link__destroy(self._ptr)
@@ -82,6 +127,18 @@ class Link:
 
     def __repr__(self) -> str:
         return f"Link({self.description})"
+
+
+_disconnect = L.lib.bpf_link__disconnect  # after it, bpf_link__destroy frees the link without detaching it
+_disconnect.restype, _disconnect.argtypes = None, [ctypes.c_void_p]
+
+
+def pinned_fd(path: str | Path) -> int:
+    """An fd for a pinned program, map or link (bpf_obj_get); the caller closes it."""
+    fd = L.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        raise BpfError(f"open pinned object {path}", ctypes.get_errno())
+    return fd
 
 
 class Program:
@@ -488,9 +545,7 @@ class BpfObject:
         _check_rc(L.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse fd {fd} for map {name}")
 
     def reuse_pinned_map(self, name: str, pin_path: str) -> None:
-        fd = L.bpf_obj_get(pin_path.encode())
-        if fd < 0:
-            raise BpfError(f"open pinned map {pin_path}", ctypes.get_errno())
+        fd = pinned_fd(pin_path)
         try:
             self.reuse_map(name, fd)
         finally:
@@ -506,6 +561,9 @@ class BpfObject:
 
     def load(self) -> None:
         ptr = self._require_open()
+        injected = _injected_failure(self.path)
+        if injected is not None and any(p.autoload for p in self.programs.values()):
+            raise injected  # maps-only loads (nothing to verify) are never refused
         with L.log_capture.capture() as cap:
             _check_rc(L.bpf_object__load(ptr), f"load BPF object {self.path.name}", cap)
         self._loaded = True
