@@ -117,7 +117,7 @@ def triggers(t: Path) -> dict[str, tuple[Callable[[str], int], Callable[[str], i
                                        lambda m: do_open(f"/usr/local/bin/{nx}{m}/x", r)),
         "lanner-setuid-bit-set": (lambda m: do_call(f"os.chmod('{t}/{m}/f', 0o4755)"),
                                   lambda m: do_call(f"os.chmod('{t}/{m}/f', 0o755)")),
-        "lanner-privilege-changes": (lambda m: do_call("os.setuid(0)"), lambda m: do_call(f"os.setuid({NOBODY})")),
+        "lanner-privilege-changes": (lambda m: do_call("os.setuid(0)", user=NOBODY), lambda m: do_call("os.setuid(0)")),
         "lanner-file-capabilities-set": (lambda m: do_call(f"os.setxattr('{t}/{m}/f', 'security.capability', b'x')"),
                                          lambda m: do_call(f"os.setxattr('{t}/{m}/f', 'user.lanner', b'x')")),
         "lanner-sudoers-write": (lambda m: do_open(f"/etc/sudoers.{nx}{m}/x", w),
