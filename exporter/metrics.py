@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lanner.metrics")
 
+POLICY_STATES = ("disabled", "enabled", "error", "load_error")  # tetragon_tracingpolicy_loaded, always present
+
 
 def prog_stats(fd: int) -> tuple[int, int]:
     """(run_cnt, run_time_ns) of a BPF program from its fdinfo; zero unless BPF stats are enabled."""
@@ -83,6 +85,8 @@ class AgentCollector:
             errors.add_metric([kind], n)
         yield errors
 
+        yield _policy_states(a.policy_states())
+
         st = a.cache.stats
         for name, doc, value, kind in (
             ("tetragon_process_cache_size", "Processes in the cache", len(a.cache), "gauge"),
@@ -104,6 +108,16 @@ class AgentCollector:
             secs.add_metric(["", "", sensor, attach, prog_name], ns / 1e9)
         yield runs
         yield secs
+
+
+def _policy_states(states: dict[str, int]) -> Metric:
+    """tetragon_tracingpolicy_loaded{state}: Tetragon's four states always (zero included), then lanner's
+    others (partially_enabled, loading) when some policy is in them."""
+    fam = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "The number of loaded tracing policies by state",
+                            labels=["state"])
+    for state in POLICY_STATES + tuple(sorted(set(states) - set(POLICY_STATES))):
+        fam.add_metric([state], states.get(state, 0))
+    return fam
 
 
 class MetricsServer:

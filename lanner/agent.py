@@ -30,6 +30,7 @@ from lanner.exporter.pipeline import ExportPipeline, OutEvent
 from lanner.exporter.ratelimit import ExportRateLimiter
 from lanner.exporter.sinks import RotatingFileSink, Sink, StreamSink
 from lanner.exporter.grpc_api import GrpcApiServer, GrpcConfig, ProtoEventEncoder
+from lanner.policyhost import PolicyHost, PolicyHostContext
 from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, FLAG_PROCFS, Process, ProcessCache, make_exec_id
 from lanner.sensors import procfs
 from lanner.sensors.process import (
@@ -107,7 +108,7 @@ class Agent:
         self.sensor: ProcessSensor | None = None
         self.ring: RingBuffer | None = None
         self.server: GrpcApiServer | None = None
-        self.engine = None  # lanner.policy.engine.PolicyEngine once started
+        self.policies: PolicyHost | None = None  # TracingPolicies (the engine is made and loaded on first need)
         self.metrics = None
         self.health = None
         self.netdp = None  # lanner.netdp.runtime.NetdpRuntime with --enable-netdp
@@ -148,15 +149,13 @@ class Agent:
         if self.cfg.procfs_seed:
             self._seed_from_procfs()
         if self.cfg.policy_engine:
-            self._start_policy_engine()
+            self._start_policies()
         if self.cfg.netdp is not None:
             self._start_netdp()
         if self.cfg.grpc is not None:
-            self.server = GrpcApiServer(self, self.cfg.grpc, self.engine)
+            self.server = GrpcApiServer(self, self.cfg.grpc, self.policies)
         if self.cfg.bpf_stats:
-            from lanner.exporter.metrics import enable_bpf_stats
-
-            self._bpf_stats_fd = enable_bpf_stats()
+            self._enable_bpf_stats()
         if self.cfg.metrics_address is not None:
             from lanner.exporter.metrics import MetricsServer
 
@@ -167,6 +166,8 @@ class Agent:
             self.health = HealthServer(self.cfg.health_address, lambda: self.last_loop,
                                        lambda: self.ready_s is not None)
         self.last_loop = time.monotonic()
+        if self.policies is not None:
+            self.policies.start()  # the policy files given at start load in the background: ready already
         _tune_memory()
         self.ready_s = time.monotonic() - self.started_mono
         log.info("ready in %.3f s: node %s, %d processes cached, API %s", self.ready_s, self.cfg.node_name,
@@ -186,23 +187,34 @@ class Agent:
             raise RuntimeError(
                 "the process sensor needs " + ", ".join(missing) + " which this kernel lacks (see 'lanner probe')")
 
-    def _start_policy_engine(self) -> None:
-        try:
-            from lanner.policy.engine import EngineContext, PolicyEngine
-        except ImportError as exc:  # the engine ships with the policy package; absent, policies are refused
-            log.warning("TracingPolicy engine unavailable: %s", exc)
-            return
+    def _start_policies(self) -> None:
+        self.policies = PolicyHost(PolicyHostContext(
+            make_engine=self._make_engine, files=tuple(self._policy_files()), on_error=self._count_error))
+
+    def _make_engine(self) -> Any:
+        from lanner.policy.engine import EngineContext, PolicyEngine
+
         assert self.sensor is not None
-        self.engine = PolicyEngine(EngineContext(
+        return PolicyEngine(EngineContext(
             probe=dict(self.probe_summary), execve_map_fd=self.sensor.obj.map("execve_map").fd, cache=self.cache,
             encoder=self.encoder, proto=self.proto, node_name=self.cfg.node_name))
-        for path in self._policy_files():
-            try:
-                self.engine.add(path.read_text(), source=str(path))
-                log.info("loaded tracing policy file %s", path)
-            except (OSError, ValueError) as exc:
-                self.counters.errors["policy_load"] = self.counters.errors.get("policy_load", 0) + 1
-                log.error("tracing policy %s not loaded: %s", path, exc)
+
+    @property
+    def engine(self) -> Any:
+        """The policy engine once a policy has needed it (None before)."""
+        return self.policies.engine if self.policies is not None else None
+
+    def _count_error(self, kind: str) -> None:
+        self.counters.errors[kind] = self.counters.errors.get(kind, 0) + 1
+
+    def _enable_bpf_stats(self) -> None:
+        from lanner.exporter.metrics import enable_bpf_stats
+
+        try:
+            self._bpf_stats_fd = enable_bpf_stats()
+        except OSError as exc:  # the overhead metrics stay at zero; nothing else depends on them
+            log.warning("--enable-bpf-stats: %s", exc)
+            self._count_error("bpf_stats")
 
     # ------------------------------------------------------------------ netdp (CNI + datapath)
     def _start_netdp(self) -> None:
@@ -212,10 +224,11 @@ class Agent:
         self.netdp.start()
         if self.netdp.pod_cache is not None and hasattr(self.encoder, "attach_pod_resolver"):
             self.encoder.attach_pod_resolver(self.netdp.pod_cache)  # process.pod on every event from a pod
-        if self.netdp.pod_cache is not None and self.engine is not None:
+        if self.netdp.pod_cache is not None and self.policies is not None:
             from lanner.policy.workloads import Container, Workload, image_repo
 
-            pods, scopes = self.netdp.pod_cache, self.engine.workloads  # the pods scoped policies run for
+            # the pods scoped policies run for (the engine is made now, still unloaded)
+            pods, scopes = self.netdp.pod_cache, self.policies.ensure_engine().workloads
 
             def workload(ep: Any) -> Workload:
                 known = pods.known_containers(ep.container_id)
@@ -293,9 +306,6 @@ class Agent:
         self._stop.set()
 
     def close(self) -> None:
-        if self.engine is not None and self.sensor is None:
-            self.engine.close()
-            self.engine = None
         for srv in (self.health, self.metrics):
             if srv is not None:
                 srv.close()
@@ -324,9 +334,9 @@ class Agent:
         if self.netdp is not None:
             self.netdp.close()  # stops serving CNI; pods keep their network
             self.netdp = None
-        if self.engine is not None:
-            self.engine.close()  # detaches every policy program
-            self.engine = None
+        if self.policies is not None:
+            self.policies.close()  # detaches every policy program
+            self.policies = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
@@ -344,11 +354,12 @@ class Agent:
         assert self.ring is not None
         sel = selectors.DefaultSelector()
         sel.register(self.ring.fd, selectors.EVENT_READ, None)
-        if self.engine is not None:
-            sel.register(self.engine.ring.fd, selectors.EVENT_READ, None)
+        policy_ring = None  # registered once the engine is loaded (by the first policy)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         try:
             while not self._stop.is_set():
+                if policy_ring is None and (policy_ring := self._policy_ring()) is not None:
+                    sel.register(policy_ring.fd, selectors.EVENT_READ, None)
                 sel.select(timeout=POLL_S)
                 self.drain()
                 now = self.last_loop = time.monotonic()
@@ -372,10 +383,11 @@ class Agent:
                 break
             total += len(raws)
             self.emit(self.handle(self.sensor.decoder.decode(raws)))
-        if self.engine is not None:
+        ring = self._policy_ring()
+        if ring is not None:
             # policy events after the process events of the same moment, so their processes are cached
             for _ in range(max_batches):
-                raws = self.engine.ring.read_batch(BATCH)
+                raws = ring.read_batch(BATCH)
                 if not raws:
                     break
                 total += len(raws)
@@ -387,6 +399,10 @@ class Agent:
         if total:
             self.export.flush()
         return total
+
+    def _policy_ring(self) -> RingBuffer | None:
+        engine = self.engine
+        return engine.ring if engine is not None else None
 
     def emit(self, out: list[OutEvent]) -> None:
         if not out:
@@ -510,6 +526,16 @@ class Agent:
             progs += self.engine.programs()
         return progs
 
+    def policy_states(self) -> dict[str, int]:
+        """How many policies are in each state ("enabled", "load_error", ...); never waits for a load."""
+        return self.policies.states() if self.policies is not None else {}
+
+    def _policy_status(self) -> dict:
+        """Policies by state and the ones not fully enabled with why; never waits for a policy being loaded."""
+        states = self.policy_states()
+        return {"policies": sum(states.values()), "policy_states": states,
+                "policy_problems": self.policies.problems() if self.policies is not None else []}
+
     def lost(self) -> dict[str, int]:
         lost = self.sensor.lost_total() if self.sensor else {}
         if self.engine is not None:
@@ -526,8 +552,8 @@ class Agent:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "ready_s": self.ready_s,
-            "sensors": (["process"] if self.sensor else []) + (["policy"] if self.engine else []),
-            "policies": len(self.engine.list()) if self.engine else 0,
+            "sensors": (["process"] if self.sensor else []) + (["policy"] if self._policy_ring() else []),
+            **self._policy_status(),
             "events": dict(self.counters.events),
             "records": self.counters.records,
             "ringbuf": {

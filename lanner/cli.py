@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracing-policy-dir", metavar="DIR", default=None,
                    help="load every *.yaml/*.yml TracingPolicy in this directory at start (default: lanner's "
                         "built-in rules: sensitive files, privilege changes, kernel modules, ptrace, mounts; "
-                        "see rules/README.md); an empty value loads none")
+                        "see rules/README.md); an empty value loads none. Policies load in the background once "
+                        "exec/exit events flow; one that fails to load (a BPF program the kernel rejects, a "
+                        "missing hook) is a warning, listed by 'lanner tp list' as load_error or "
+                        "partially_enabled with the reason, never a stop")
     g = a.add_argument_group("BPF")
     g.add_argument("--rb-size", type=_size, default=8 << 20, metavar="BYTES",
                    help="ring buffer size, a power of two >= 4096 (e.g. 8M); events are lost, and counted, "
@@ -495,6 +498,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"cache      {pc['size']}/{pc['capacity']} processes, evictions {pc['evictions']}, misses {pc['misses']}")
     print(f"api        {api.get('address')}: {api.get('clients', 0)} clients following, "
           f"dropped {api.get('dropped', 0)}")
+    states = st.get("policy_states") or {}
+    print("policies   " + (", ".join(f"{n} {k}" for k, n in sorted(states.items())) or "none"))
+    for bad in st.get("policy_problems", []):
+        ns = f" ({bad['namespace']})" if bad["namespace"] else ""
+        print(f"  {bad['name']}{ns}: {bad['state']}: {bad['error']}")
     if "netdp" in st:
         print(netdp_cli.status_line(st["netdp"]))
     return 0

@@ -1,22 +1,27 @@
 """The TracingPolicy engine: policies in, precompiled generic BPF programs configured through maps.
 
-``PolicyEngine`` loads policy/bpf/obj/generic_tp.bpf.o and generic_uprobe.bpf.o once (sharing every map,
-including the process sensor's ``execve_map`` by fd). Adding a policy parses and validates it, compiles
-it to map entries (:mod:`lanner.policy.compiler`), writes them, then attaches one link per hook with
-the hook id as bpf_cookie. See docs/policy-engine.md.
+``PolicyEngine`` loads nothing until the first policy: then generic_tp.bpf.o without its program creates the
+shared maps (the process sensor's ``execve_map`` reused by fd), and each mechanism's object (generic_tp
+instances, the syscall dispatcher, generic_uprobe, generic_kprobe, per-hook LSM/fentry instances) is loaded
+when a hook first needs it, every map shared by fd. Adding a policy parses and validates it, compiles it to map
+entries (:mod:`lanner.policy.compiler`), writes them, then attaches one link per hook with the hook id as
+bpf_cookie. An object the kernel refuses costs the hooks it serves (LOAD_ERROR / PARTIALLY_ENABLED with the
+verifier's reason), never the caller. See docs/policy-engine.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import logging
 import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from lanner.bpf.objects import BpfObject, Codec, Link
+from lanner.bpf.objects import BpfError, BpfObject, Codec, Link
 from lanner.bpf.records import RecordLayout
 from lanner.bpf.ringbuf import RingBuffer
 from lanner.exporter.api.gen.tetragon import sensors_pb2
@@ -58,6 +63,7 @@ SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str
 # to the same event with EEXIST), so a second hook on an event already served runs on another loaded
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
 MAX_TP_INSTANCES = 64
+SETTLE_WAIT_S = 5.0  # list() right after start waits this long for the start-up policies to load
 TARGETS_SHOWN = 8  # attachment targets listed per hook in `list` (the rest counted)
 # features this build attaches itself when the probe result does not mention them (attach errors are
 # reported per hook); the rest are assumed absent unless the probe says otherwise
@@ -131,6 +137,7 @@ class _Policy:
     attach_errors: list[str] = field(default_factory=list)
     attach_failed: dict[str, str] = field(default_factory=dict)  # hook path -> why its attach failed
     scope: WorkloadScope | None = None  # the pods it runs for (TracingPolicyNamespaced, podSelector); scope id = id
+    loading: bool = True  # until _add_one has written and attached everything (TP_STATE_LOADING)
 
     @property
     def name(self) -> str:
@@ -144,11 +151,46 @@ class _Policy:
         return self.compiled.unavailable + self.attach_errors
 
 
+@dataclass
+class _Failed:
+    """A policy the engine could not load at all (its objects failed): listed as LOAD_ERROR with the reason."""
+    id: int
+    policy: TracingPolicy
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def namespace(self) -> str:
+        return self.policy.namespace or ""
+
+
+class EngineLoadError(RuntimeError):
+    """The engine's own objects could not be loaded; the message names the object and the kernel's reason."""
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failed load/attach: a BpfError's errno and verifier tail, else the first line."""
+    if isinstance(exc, BpfError):
+        return exc.reason()
+    text = exc.strerror if isinstance(exc, OSError) and isinstance(exc.strerror, str) and exc.strerror else str(exc)
+    return text.split("\n", 1)[0]
+
+
 class PolicyEngine:
+    """Policies in, generic programs configured through maps. Nothing is loaded until the first policy
+    needs it (``_ensure_loaded``): an agent without policies runs none of this."""
+
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
         self._lock = threading.RLock()
         self._policies: dict[tuple[str, str], _Policy] = {}
+        self._failed: dict[tuple[str, str], _Failed] = {}  # policies whose engine objects failed to load
+        self._pending: set[tuple[str, str]] = set()  # start-up policies not added yet (TP_STATE_LOADING)
+        self._settled = threading.Event()  # set once the start-up policies are loaded (or there are none)
+        self._settled.set()
         self._meta: dict[int, _HookMeta] = {}
         self._hook_ids = itertools.count(1)
         self._free_sets: list[int] = []
@@ -157,12 +199,12 @@ class PolicyEngine:
         probe = dict(DEFAULT_FEATURES)
         probe.update({k: bool(v) for k, v in (ctx.probe or {}).items()})
         self.probe = probe
-        self.tp = BpfObject.open(TP_OBJECT)
-        self.up: BpfObject | None = None
+        self.tp: BpfObject | None = None  # generic_tp.bpf.o loaded without programs: owns every shared map
+        self.up: BpfObject | None = None  # generic_uprobe, loaded on the first uprobe/usdt hook
         self.kp: BpfObject | None = None  # generic_kprobe, loaded on demand
         self._inst: dict[int, BpfObject] = {}  # id(link) -> the per-hook instance (LSM, fmod_ret) it owns
-        self.ring: RingBuffer | None = None
-        self._tp_pool: list[BpfObject] = [self.tp]  # generic_tp instances; [0] owns the maps
+        self.ring: RingBuffer | None = None  # the policy events, once loaded
+        self._tp_pool: list[BpfObject] = []  # generic_tp instances with the program (maps shared by fd)
         self._tp_busy: dict[tuple[str, str], set[int]] = {}  # tracepoint -> instances attached to it
         self._link_slot: dict[int, tuple[tuple[str, str], int]] = {}  # id(link) -> (tracepoint, instance)
         self.sys: BpfObject | None = None  # the syscall dispatcher (generic_sys), loaded on demand
@@ -171,47 +213,85 @@ class PolicyEngine:
         self._sys_on: dict[int, int] = {}  # nr -> its gen_sys_on value (GSO_* bits)
         self._sys_links: dict[int, Link] = {}  # direction -> the dispatcher's link on sys_enter / sys_exit
         self._sys_count = 0  # hooks registered (each counts as a link in links())
+        self._load_failures: dict[str, str] = {}  # object file -> why it failed, within one add (no retry storm)
+        self._batch = 0  # depth of batch(): the failure memo lives as long as the outermost batch
+        # the pods (netns) and containers (cgroups) of workload-scoped policies; the agent feeds it its pod table.
+        # The maps behind it exist once loaded; no scope is registered before that
+        self._scope_keys = KeySet(None), KeySet(None)
+        self.workloads = WorkloadScopes(*self._scope_keys, _host_netns())
+
+    @property
+    def loaded(self) -> bool:
+        return self.ring is not None
+
+    def _ensure_loaded(self) -> None:
+        """Create the shared maps (generic_tp.bpf.o with no program: nothing for the verifier) and what reads
+        them. Programs are loaded per mechanism when a hook needs them. Raises EngineLoadError."""
+        if self.ring is not None:
+            return
         try:
-            self.tp.reuse_map("execve_map", ctx.execve_map_fd)
-            self.tp.resize_map("events", ctx.ringbuf_bytes)
-            self.tp.load()
-            self.up = BpfObject.open(UPROBE_OBJECT)
-            for name in SHARED_MAPS:
-                self.up.reuse_map(name, self.tp.map(name).fd)
-            self.up.load()
-            self.hooks_map = self.tp.map("gen_hooks", key=Codec.struct("<I"))
-            self.int_set = self.tp.map("gen_int_set")
-            self.str_set = self.tp.map("gen_str_set")
-            self.str_sets = {k: self.tp.map(name) for k, name in STR_BUCKETS}
-            for k, m in self.str_sets.items():
-                if m.key_size != k:
-                    raise RuntimeError(f"{TP_OBJECT}: {m.name} has {m.key_size}-byte keys, this engine expects {k}: "
-                                       "rebuild with 'make bpf'")
-            self.lpm = self.tp.map("gen_str_lpm")
-            self.stats_map = self.tp.map("gen_stats", key=Codec.struct("<I"))
-            if self.stats_map.value_size != 8 * GST_SLOTS:
-                raise RuntimeError(f"{TP_OBJECT}: gen_stats has {self.stats_map.value_size} bytes per hook, this "
-                                   f"engine expects {8 * GST_SLOTS}: rebuild with 'make bpf'")
-            self.lost_map = self.tp.map("lanner_lost", key=Codec.struct("<I"), value=Codec.struct("<Q"))
-            self.socktrack = self.tp.map("gen_socktrack")
-            self._socktrack_policy_off = next(m.bit_offset // 8 for m in self.tp.btf.struct("gen_socktrack_val").members
-                                              if m.name == "policy")
-            # the pods (netns) and containers (cgroups) of workload-scoped policies; the agent feeds it its pod table
-            self.workloads = WorkloadScopes(KeySet(self.tp.map("gen_scope")), KeySet(self.tp.map("gen_scope_cg")),
-                                            _host_netns())
-            lay = RecordLayout.from_btf(self.tp.btf, "gen_hook")
-            self._hook_layout = lay
-            self._hook_struct = lay.struct
-            self._hook_defaults = [b"" if f.endswith("s") else 0 for f in _fmt_items(lay.fmt)]
-            self.decoder = EventDecoder(self.tp.btf)
-            self.stacks = Stacks(self.tp.map("gen_stacks"))  # Post kernelStackTrace / userStackTrace
-            self.ring = RingBuffer(self.tp.map("events"))
-            sock = self.tp.btf.struct("gen_sock_info")
-            sock_fields = {m.name: (m.bit_offset // 8, self.tp.btf.sizeof(m.type_id)) for m in sock.members}
-            self.compiler = Compiler(self.probe, lambda: next(self._hook_ids), self._alloc_set, sock_fields)
-        except BaseException:
-            self.close()
+            tp = BpfObject.open(TP_OBJECT)
+        except OSError as exc:
+            raise EngineLoadError(f"the policy engine's maps ({TP_OBJECT.name}) could not be created: "
+                                  f"{_reason(exc)}") from exc
+        try:
+            for prog in tp.programs.values():
+                prog.set_autoload(False)
+            tp.reuse_map("execve_map", self.ctx.execve_map_fd)
+            tp.resize_map("events", self.ctx.ringbuf_bytes)
+            tp.load()
+            self.tp = tp
+            self._bind_maps(tp)
+        except BaseException as exc:
+            tp.close()
+            self.tp = None
+            if isinstance(exc, (OSError, RuntimeError)):
+                raise EngineLoadError(f"the policy engine's maps ({TP_OBJECT.name}) could not be created: "
+                                      f"{_reason(exc)}") from exc
             raise
+        log.info("policy engine loaded (%s maps)", TP_OBJECT.name)
+
+    def _bind_maps(self, tp: BpfObject) -> None:
+        self.hooks_map = tp.map("gen_hooks", key=Codec.struct("<I"))
+        self.int_set = tp.map("gen_int_set")
+        self.str_set = tp.map("gen_str_set")
+        self.str_sets = {k: tp.map(name) for k, name in STR_BUCKETS}
+        for k, m in self.str_sets.items():
+            if m.key_size != k:
+                raise RuntimeError(f"{TP_OBJECT}: {m.name} has {m.key_size}-byte keys, this engine expects {k}: "
+                                   "rebuild with 'make bpf'")
+        self.lpm = tp.map("gen_str_lpm")
+        self.stats_map = tp.map("gen_stats", key=Codec.struct("<I"))
+        if self.stats_map.value_size != 8 * GST_SLOTS:
+            raise RuntimeError(f"{TP_OBJECT}: gen_stats has {self.stats_map.value_size} bytes per hook, this "
+                               f"engine expects {8 * GST_SLOTS}: rebuild with 'make bpf'")
+        self.lost_map = tp.map("lanner_lost", key=Codec.struct("<I"), value=Codec.struct("<Q"))
+        self.socktrack = tp.map("gen_socktrack")
+        self._socktrack_policy_off = next(m.bit_offset // 8 for m in tp.btf.struct("gen_socktrack_val").members
+                                          if m.name == "policy")
+        self._scope_keys[0].m, self._scope_keys[1].m = tp.map("gen_scope"), tp.map("gen_scope_cg")
+        lay = RecordLayout.from_btf(tp.btf, "gen_hook")
+        self._hook_layout = lay
+        self._hook_struct = lay.struct
+        self._hook_defaults = [b"" if f.endswith("s") else 0 for f in _fmt_items(lay.fmt)]
+        self.decoder = EventDecoder(tp.btf)
+        self.stacks = Stacks(tp.map("gen_stacks"))  # Post kernelStackTrace / userStackTrace
+        sock = tp.btf.struct("gen_sock_info")
+        sock_fields = {m.name: (m.bit_offset // 8, tp.btf.sizeof(m.type_id)) for m in sock.members}
+        self.compiler = Compiler(self.probe, lambda: next(self._hook_ids), self._alloc_set, sock_fields)
+        self.ring = RingBuffer(tp.map("events"))  # last: `loaded` is true from here on
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several adds as one: an object that fails to load is tried once, not once per policy."""
+        with self._lock:
+            if not self._batch:
+                self._load_failures.clear()
+            self._batch += 1
+            try:
+                yield
+            finally:
+                self._batch -= 1
 
     # ------------------------------------------------------------------ ids and encodings
     def _alloc_set(self) -> int:
@@ -236,18 +316,34 @@ class PolicyEngine:
             policies = load_policies(yaml_text, source)
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
-        with self._lock:
+        with self.batch():
             for pol in policies:
                 if (pol.name, pol.namespace or "") in self._policies:
                     raise ValueError(f"tracing policy {pol.name!r} already exists")
+            try:
+                self._ensure_loaded()
+            except EngineLoadError as exc:  # listed as LOAD_ERROR; a later add (or a re-add) tries again
+                self._fail(policies, str(exc))
+                raise ValueError(f"tracing policy {policies[0].name!r} not loaded: {exc}") from None
             done: list[_Policy] = []
             try:
                 for pol in policies:
+                    self._failed.pop((pol.name, pol.namespace or ""), None)  # a re-add replaces a failed one
                     done.append(self._add_one(pol))
             except BaseException:
                 for p in done:
                     self._unload(p)
                 raise
+            finally:
+                for pol in policies:
+                    self._pending.discard((pol.name, pol.namespace or ""))
+
+    def _fail(self, policies: list[TracingPolicy], reason: str) -> None:
+        for pol in policies:
+            key = (pol.name, pol.namespace or "")
+            self._failed[key] = _Failed(next(self._ids), pol, reason.replace("; ", ", "))  # "; " joins a list's errors
+            self._pending.discard(key)
+            log.warning("tracing policy %s: LOAD_ERROR: %s", pol.name, reason)
 
     def _add_one(self, pol: TracingPolicy) -> _Policy:
         mode = pol.spec.settings.policy_mode
@@ -277,7 +373,9 @@ class PolicyEngine:
             if isinstance(exc, (OSError, KeyError, struct.error)):
                 raise ValueError(f"tracing policy {pol.name!r} could not be loaded: {exc}") from exc
             raise
-        log.info("policy %s: %d hooks loaded, %d unavailable", p.name, len(compiled.hooks), len(p.errors()))
+        p.loading = False
+        log.info("policy %s: %d of %d hooks attached, %d unavailable", p.name,
+                 len(compiled.hooks) - len(p.attach_failed), len(compiled.hooks), len(compiled.unavailable))
         return p
 
     def _write_sets(self, c: CompiledPolicy) -> None:
@@ -318,20 +416,14 @@ class PolicyEngine:
                 return i
         if len(self._tp_pool) >= MAX_TP_INSTANCES:
             raise OSError(f"more than {MAX_TP_INSTANCES} hooks on tracepoint {tp[0]}/{tp[1]}")
-        obj = BpfObject.open(TP_OBJECT)
-        try:
-            for name in SHARED_MAPS:
-                obj.reuse_map(name, self.tp.map(name).fd)
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
+        obj = self._load_shared(TP_OBJECT)
         self._tp_pool.append(obj)
         log.debug("loaded generic_tp instance %d (tracepoint %s/%s)", len(self._tp_pool) - 1, *tp)
         return len(self._tp_pool) - 1
 
     def _shared(self, path: Path) -> BpfObject:
         """A fresh instance of a generic object with every map shared by fd (not yet loaded)."""
+        assert self.tp is not None
         obj = BpfObject.open(path)
         try:
             for name in SHARED_MAPS:
@@ -341,16 +433,35 @@ class PolicyEngine:
             raise
         return obj
 
+    def _load_shared(self, path: Path, configure: Callable[[BpfObject], None] | None = None,
+                     memo: bool = True) -> BpfObject:
+        """Load an instance of a generic object, maps shared. A failure raises an OSError naming the object
+        with the verifier's last lines; with ``memo``, the same object is not tried again in this add/batch."""
+        known = self._load_failures.get(path.name) if memo else None
+        if known is not None:
+            raise OSError(errno.E2BIG, known)
+        obj = self._shared(path)
+        try:
+            if configure is not None:
+                configure(obj)
+            obj.load()
+        except BaseException as exc:
+            obj.close()
+            if memo and isinstance(exc, OSError):
+                self._load_failures[path.name] = _reason(exc)
+                log.warning("policy engine: %s", self._load_failures[path.name])
+            raise
+        return obj
+
     def _kprobe_obj(self) -> BpfObject:
         if self.kp is None:
-            obj = self._shared(KPROBE_OBJECT)
-            try:
-                obj.load()
-            except BaseException:
-                obj.close()
-                raise
-            self.kp = obj
+            self.kp = self._load_shared(KPROBE_OBJECT)
         return self.kp
+
+    def _uprobe_obj(self) -> BpfObject:
+        if self.up is None:
+            self.up = self._load_shared(UPROBE_OBJECT)
+        return self.up
 
     def _instance(self, path: Path, prog: str, target: str, hook_id: int | None) -> Link:
         """Load one instance of a BTF-attached generic program (LSM, fmod_ret) on ``target`` and attach it."""
@@ -374,14 +485,11 @@ class PolicyEngine:
     # ------------------------------------------------------------------ the syscall dispatcher
     def _sys_obj(self, kind: str) -> BpfObject:
         if self.sys is None:
-            obj = self._shared(SYS_OBJECT)
-            try:
+            def only(obj: BpfObject) -> None:
                 for name, prog in obj.programs.items():
                     prog.set_autoload(name in SYS_PROGRAMS[kind])
-                obj.load()
-            except BaseException:
-                obj.close()
-                raise
+
+            obj = self._load_shared(SYS_OBJECT, only)
             self.sys, self._sys_kind = obj, kind
             self._sys_on_map = obj.map("gen_sys_on", key=Codec.struct("<I"), value=Codec.struct("<I"))
             self._sys_list_map = obj.map("gen_sys_list", key=Codec.struct("<I"))
@@ -449,7 +557,6 @@ class PolicyEngine:
 
     def _attach_unit(self, unit: HookUnit) -> list[Link]:
         links: list[Link] = []
-        assert self.up is not None
         try:
             # the enforcer (fmod_ret) first, then the exit half, then the entry: a decision is never stored
             # without the program that applies it, and an entry never without its exit
@@ -484,7 +591,7 @@ class PolicyEngine:
                                           "security_* functions and, with CONFIG_FUNCTION_ERROR_INJECTION, "
                                           f"error-injectable ones): {first}") from None
                     else:
-                        prog = self.up.program("generic_uretprobe" if t[3] else "generic_uprobe")
+                        prog = self._uprobe_obj().program("generic_uretprobe" if t[3] else "generic_uprobe")
                         links.append(bpf_attach.attach_uprobe(prog, t[1], t[2], hid, retprobe=t[3],
                                                               ref_ctr_offset=t[4] if len(t) > 4 else 0))
         except BaseException:
@@ -502,7 +609,7 @@ class PolicyEngine:
                     hook_links += self._attach_unit(unit)
             except OSError as exc:
                 self._destroy(hook_links)
-                first = (exc.strerror if isinstance(exc.strerror, str) and exc.strerror else str(exc)).split("\n", 1)[0]
+                first = _reason(exc)
                 p.attach_errors.append(f"hook {plan.path} {plan.display}: attach failed: {first}")
                 p.attach_failed[plan.path] = first
                 continue
@@ -551,13 +658,32 @@ class PolicyEngine:
 
     def delete(self, name: str, namespace: str = "") -> None:
         with self._lock:
+            if self._failed.pop((name, namespace or ""), None) is not None:
+                return
             p = self._policies.get((name, namespace or ""))
             if p is None:
                 raise KeyError(f"tracing policy {name!r} not found")
             self._unload(p)
 
+    def _retry(self, f: _Failed) -> None:
+        """Load a policy that failed for want of the engine's objects (configure enable=True)."""
+        with self.batch():
+            try:
+                self._ensure_loaded()
+            except EngineLoadError as exc:
+                f.reason = str(exc).replace("; ", ", ")
+                raise ValueError(f"tracing policy {f.name!r} not loaded: {exc}") from None
+            del self._failed[(f.name, f.namespace)]
+            self._add_one(f.policy)
+
     def configure(self, name: str, namespace: str, enable: bool | None, mode: int | None) -> None:
         with self._lock:
+            failed = self._failed.get((name, namespace or ""))
+            if failed is not None:
+                if enable:
+                    return self._retry(failed)
+                raise ValueError(f"tracing policy {name!r} is not loaded ({failed.reason}): enable it to try "
+                                 "loading it again, or delete it")
             p = self._policies.get((name, namespace or ""))
             if p is None:
                 raise KeyError(f"tracing policy {name!r} not found")
@@ -667,41 +793,98 @@ class PolicyEngine:
         ordered = [lines.pop(k) for k in p.compiled.order if k in lines] + list(lines.values())
         return [t.replace("; ", ", ") for t in ordered], total
 
+    @staticmethod
+    def _state(p: _Policy) -> int:
+        if p.loading:
+            return sensors_pb2.TP_STATE_LOADING
+        if not p.enabled:
+            return sensors_pb2.TP_STATE_DISABLED
+        errors = p.errors()
+        if not p.links and (errors or p.compiled.hooks):
+            return sensors_pb2.TP_STATE_LOAD_ERROR
+        return sensors_pb2.TP_STATE_PARTIALLY_ENABLED if errors else sensors_pb2.TP_STATE_ENABLED
+
+    def _policy_status(self, p: _Policy) -> Any:
+        sensors = sorted({_SENSOR.get(h.mechanism, "generic_tracepoint") for h in p.compiled.hooks})
+        mode = sensors_pb2.TP_MODE_ENFORCE if p.enforce else sensors_pb2.TP_MODE_MONITOR
+        if not p.compiled.enforcing:
+            mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
+        hooks, counts = self._hook_status(p)
+        if p.scope is not None:
+            pods, containers = self.workloads.selected(p.id)
+            count = f"{containers} containers" if p.scope.container_selector else f"{pods} pods"
+            hooks.insert(0, f"runs for {p.scope.describe()}: {count} on this node"
+                         + ("" if self.workloads.synced else " (no pod source: the agent runs without "
+                            "--enable-netdp, so no pod is known)"))
+        st = sensors_pb2.TracingPolicyStatus(
+            id=p.id, name=p.name, namespace=p.namespace, info="; ".join(hooks), sensors=sensors,
+            error="; ".join(p.errors()), state=self._state(p), mode=mode, kernel_memory_bytes=self._kernel_memory(p))
+        ac = st.stats.action_counters
+        ac.post = counts[GST_POST]
+        ac.signal = counts[GST_SIGNAL]
+        ac.monitor_signal = counts[GST_MONITOR_SIGNAL]
+        ac.override = counts[GST_OVERRIDE]
+        ac.monitor_override = counts[GST_MONITOR_OVERRIDE]
+        return st
+
+    @staticmethod
+    def _failed_status(f: _Failed) -> Any:
+        mode = sensors_pb2.TP_MODE_MONITOR if f.policy.spec.settings.policy_mode == "monitor" \
+            else sensors_pb2.TP_MODE_ENFORCE
+        return sensors_pb2.TracingPolicyStatus(
+            id=f.id, name=f.name, namespace=f.namespace, state=sensors_pb2.TP_STATE_LOAD_ERROR, mode=mode,
+            error=f.reason, info="not loaded: the policy engine's objects failed to load "
+            "(re-add the policy, or enable it, to try again)")
+
+    def _loading(self) -> list[tuple[str, str]]:
+        """Policies given at start that are not loaded yet."""
+        return [k for k in list(self._pending) if k not in self._policies and k not in self._failed]
+
     def list(self) -> list:
-        out = []
-        with self._lock:
-            for p in self._policies.values():
-                errors = p.errors()
-                if not p.enabled:
-                    state = sensors_pb2.TP_STATE_DISABLED
-                elif not p.links and (errors or p.compiled.hooks):
-                    state = sensors_pb2.TP_STATE_LOAD_ERROR
-                elif errors:
-                    state = sensors_pb2.TP_STATE_PARTIALLY_ENABLED
-                else:
-                    state = sensors_pb2.TP_STATE_ENABLED
-                sensors = sorted({_SENSOR.get(h.mechanism, "generic_tracepoint") for h in p.compiled.hooks})
-                mode = sensors_pb2.TP_MODE_ENFORCE if p.enforce else sensors_pb2.TP_MODE_MONITOR
-                if not p.compiled.enforcing:
-                    mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
-                hooks, counts = self._hook_status(p)
-                if p.scope is not None:
-                    pods, containers = self.workloads.selected(p.id)
-                    count = f"{containers} containers" if p.scope.container_selector else f"{pods} pods"
-                    hooks.insert(0, f"runs for {p.scope.describe()}: {count} on this node"
-                                 + ("" if self.workloads.synced else " (no pod source: the agent runs without "
-                                    "--enable-netdp, so no pod is known)"))
-                st = sensors_pb2.TracingPolicyStatus(
-                    id=p.id, name=p.name, namespace=p.namespace, info="; ".join(hooks), sensors=sensors,
-                    error="; ".join(errors), state=state, mode=mode, kernel_memory_bytes=self._kernel_memory(p))
-                ac = st.stats.action_counters
-                ac.post = counts[GST_POST]
-                ac.signal = counts[GST_SIGNAL]
-                ac.monitor_signal = counts[GST_MONITOR_SIGNAL]
-                ac.override = counts[GST_OVERRIDE]
-                ac.monitor_override = counts[GST_MONITOR_OVERRIDE]
-                out.append(st)
+        """Every policy's status. Does not wait for a load in progress (that policy is LOADING), except right
+        after start: up to SETTLE_WAIT_S for the policies given at start, so a first list sees them loaded."""
+        self._settled.wait(SETTLE_WAIT_S)
+        out = [self._policy_status(p) for p in list(self._policies.values())]
+        out += [self._failed_status(f) for f in list(self._failed.values())]
+        out.sort(key=lambda st: st.id)
+        out += [sensors_pb2.TracingPolicyStatus(name=n, namespace=ns, state=sensors_pb2.TP_STATE_LOADING,
+                                                info="being loaded (given at start)") for n, ns in self._loading()]
         return out
+
+    def states(self) -> dict[str, int]:
+        """How many policies are in each state ("enabled", "load_error", ...), at once (no waiting)."""
+        out: dict[str, int] = {}
+        states = [self._state(p) for p in list(self._policies.values())]
+        states += [sensors_pb2.TP_STATE_LOAD_ERROR] * len(self._failed)
+        states += [sensors_pb2.TP_STATE_LOADING] * len(self._loading())
+        for st in states:
+            name = sensors_pb2.TracingPolicyState.Name(st).removeprefix("TP_STATE_").lower()
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    def problems(self, source: str | None = None) -> list[dict[str, str]]:
+        """The policies not fully enabled (load_error, partially_enabled) and why, at once (no waiting);
+        ``source``: only those loaded from that file."""
+        out = []
+        for p in list(self._policies.values()):
+            state = self._state(p)
+            if state in (sensors_pb2.TP_STATE_LOAD_ERROR, sensors_pb2.TP_STATE_PARTIALLY_ENABLED) and \
+                    source in (None, p.policy.source):
+                out.append({"name": p.name, "namespace": p.namespace, "error": "; ".join(p.errors()),
+                            "state": sensors_pb2.TracingPolicyState.Name(state).removeprefix("TP_STATE_").lower()})
+        out += [{"name": f.name, "namespace": f.namespace, "state": "load_error", "error": f.reason}
+                for f in list(self._failed.values()) if source in (None, f.policy.source)]
+        return out
+
+    def expect(self, keys: list[tuple[str, str]]) -> None:
+        """Policies given at start, about to be added in the background: LOADING until they are (``settle``)."""
+        self._settled.clear()
+        self._pending.update(keys)
+
+    def settle(self) -> None:
+        """The policies given at start are all added (or failed)."""
+        self._pending.clear()
+        self._settled.set()
 
     def counters(self, name: str, namespace: str = "") -> dict[str, int]:
         """All GST_* counters of a policy, summed over its hooks and CPUs (matched, post, signal,
@@ -733,11 +916,11 @@ class PolicyEngine:
         return out
 
     def lost_total(self) -> dict[str, int]:
-        return {"policy": self.lost_map.sum_percpu(GEN_OP)}
+        return {"policy": self.lost_map.sum_percpu(GEN_OP)} if self.loaded else {}
 
     def programs(self) -> list[tuple[str, str, str, int]]:
         out = []
-        for p in self._policies.values():
+        for p in list(self._policies.values()):
             for link in p.links:
                 prog = link.description.split(" -> ", 1)[0]
                 if isinstance(link, _SysLink):
@@ -770,20 +953,25 @@ class PolicyEngine:
             self._sys_links.clear()
             self._sys_slots.clear()
             self._sys_count = 0
-            for obj in (*self._inst.values(), self.kp, self.up, self.sys, *reversed(self._tp_pool)):
+            for obj in (*self._inst.values(), self.kp, self.up, self.sys, *reversed(self._tp_pool), self.tp):
                 if obj is not None:
                     obj.close()
             self.sys = None
             self._inst.clear()
             self.kp = None
             self.up = None
-            self._tp_pool = [self.tp]
+            self.tp = None
+            self._tp_pool = []
             self._tp_busy.clear()
             self._link_slot.clear()
+            self._failed.clear()
+            self._pending.clear()
+            self._settled.set()
 
 
 class KeySet:
-    """A BPF hash map used as a set of keys (value 1): what WorkloadScopes writes."""
+    """A BPF hash map used as a set of keys (value 1): what WorkloadScopes writes. ``m`` is None until the
+    engine is loaded; no scope registers before that, so nothing is written."""
 
     def __init__(self, m: Any) -> None:
         self.m = m

@@ -1,0 +1,160 @@
+"""The agent's side of TracingPolicies: the policy engine is made on first need, the policy files given at
+start are loaded in the background (the process sensor never waits for them), and a failure is a state,
+never an exit.
+
+``PolicyHost`` is what the gRPC API calls (its ``PolicyManager``). Until a policy arrives nothing of the
+engine is imported or loaded. A start-up file that fails (bad YAML, an object the verifier rejects, a missing
+tracepoint) is logged as a warning and listed with its state (``load_error`` or ``partially_enabled``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("lanner.policies")
+
+SETTLE_WAIT_S = 5.0  # how long a list right after start waits for the start-up policies
+
+
+@dataclass(frozen=True)
+class PolicyHostContext:
+    make_engine: Callable[[], Any]  # builds the (unloaded) PolicyEngine; called once, on first need
+    files: tuple[Path, ...] = ()  # policy files to load at start
+    on_settled: Callable[[], None] = lambda: None  # the start-up files are done (loaded or failed)
+    on_error: Callable[[str], None] = lambda _kind: None  # a start-up file failed (for the error counters)
+
+
+class PolicyHost:
+    def __init__(self, ctx: PolicyHostContext) -> None:
+        self.ctx = ctx
+        self._engine: Any = None
+        self._made = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._settled = threading.Event()  # the start-up files are done (set at once when there are none)
+        self._settled.set()
+
+    @property
+    def engine(self) -> Any:
+        """The engine once made (None before: no policy has needed it)."""
+        return self._engine
+
+    def ensure_engine(self) -> Any:
+        with self._made:
+            if self._engine is None:
+                try:
+                    self._engine = self.ctx.make_engine()
+                except ImportError as exc:  # the engine ships with the policy package; absent, policies are refused
+                    raise NotImplementedError(f"TracingPolicy engine unavailable: {exc}") from exc
+            return self._engine
+
+    # ------------------------------------------------------------------ start-up files
+    def start(self) -> None:
+        """Load the start-up files in a background thread (or report them settled at once if there are none)."""
+        if not self.ctx.files:
+            self.ctx.on_settled()
+            return
+        self._settled.clear()
+        self._thread = threading.Thread(target=self._load_startup, name="lanner-policies", daemon=True)
+        self._thread.start()
+
+    def _load_startup(self) -> None:
+        try:
+            docs = self._read(self.ctx.files)
+            engine = self.ensure_engine()
+            engine.expect(_names(docs))
+            with engine.batch():  # an object that fails is tried once for all of them
+                for path, text in docs:
+                    if self._cancel.is_set():
+                        break
+                    self._add_file(engine, path, text)
+            engine.settle()
+        except Exception:  # never let the thread die silently: the agent keeps running without the policies
+            log.exception("loading the tracing policies given at start failed")
+            self.ctx.on_error("policy_load")
+        finally:
+            self._settled.set()
+            self.ctx.on_settled()
+
+    def _read(self, files: tuple[Path, ...]) -> list[tuple[Path, str]]:
+        docs = []
+        for path in files:
+            try:
+                docs.append((path, path.read_text()))
+            except OSError as exc:
+                log.warning("tracing policy %s not loaded: %s", path, exc)
+                self.ctx.on_error("policy_load")
+        return docs
+
+    def _add_file(self, engine: Any, path: Path, text: str) -> None:
+        try:
+            engine.add(text, source=str(path))
+        except (OSError, ValueError) as exc:
+            log.warning("tracing policy %s not loaded: %s", path, str(exc).split("\n", 1)[0])
+            self.ctx.on_error("policy_load")
+            return
+        for bad in engine.problems(source=str(path)):
+            log.warning("tracing policy %s (%s): %s: %s", bad["name"], path, bad["state"], bad["error"])
+        log.info("loaded tracing policy file %s", path)
+
+    # ------------------------------------------------------------------ PolicyManager
+    def add(self, yaml_text: str) -> None:
+        self.ensure_engine().add(yaml_text)
+
+    def delete(self, name: str, namespace: str) -> None:
+        if self._engine is None:
+            raise KeyError(f"tracing policy {name!r} not found")
+        self._engine.delete(name, namespace)
+
+    def list(self) -> list:
+        """Right after start, waits (SETTLE_WAIT_S at most) for the start-up files, so a first list sees them
+        loaded; past that, the ones still loading are listed as such."""
+        self._settled.wait(SETTLE_WAIT_S)
+        return self._engine.list() if self._engine is not None else []
+
+    def configure(self, name: str, namespace: str, enable: bool | None, mode: int | None) -> None:
+        if self._engine is None:
+            raise KeyError(f"tracing policy {name!r} not found")
+        self._engine.configure(name, namespace, enable, mode)
+
+    # ------------------------------------------------------------------ status and lifecycle
+    def states(self) -> dict[str, int]:
+        return self._engine.states() if self._engine is not None else {}
+
+    def problems(self) -> list[dict[str, str]]:
+        return self._engine.problems() if self._engine is not None else []
+
+    def stop_loading(self) -> None:
+        """No further start-up file; the one being loaded finishes."""
+        self._cancel.set()
+        if self._thread is not None:
+            if self._thread.is_alive():
+                log.info("waiting for the tracing policy being loaded")
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop loading start-up files, then unload everything."""
+        self.stop_loading()
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def _names(docs: list[tuple[Path, str]]) -> list[tuple[str, str]]:
+    """(name, namespace) of every policy in the files; one that does not parse is reported when added."""
+    from lanner.policy.errors import PolicyError
+    from lanner.policy.loader import load_policies
+
+    keys = []
+    for path, text in docs:
+        try:
+            keys += [(p.name, p.namespace or "") for p in load_policies(text, str(path))]
+        except PolicyError:
+            pass
+    return keys
+
