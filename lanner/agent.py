@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lanner import __version__
+from lanner import keep
 from lanner.bpf import fs
 from lanner.bpf.ringbuf import RingBuffer
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
@@ -58,6 +59,7 @@ class AgentConfig:
     export_file_perm: int = 0o600
     grpc: GrpcConfig | None = field(default_factory=GrpcConfig)  # None: no API server
     pin_dir: Path | None = None  # e.g. /sys/fs/bpf/lanner: pin the process maps there while running
+    keep_sensors: bool = False  # --keep-sensors-on-exit: leave the programs attached and pinned at stop
     process_cache_size: int = 65536
     process_cache_grace_s: float = 30.0
     rb_size: int = 8 << 20
@@ -88,6 +90,7 @@ class AgentCounters:
     exit_misses: int = 0
     parent_misses: int = 0
     lost_reported: int = 0
+    duplicates: int = 0  # records dropped as the same event twice (old and new programs during a hand-over)
     by_binary: dict[tuple[str, str], int] = field(default_factory=dict)  # (event type, binary) -> count
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -109,6 +112,8 @@ class Agent:
         self.ring: RingBuffer | None = None
         self.server: GrpcApiServer | None = None
         self.policies: PolicyHost | None = None  # TracingPolicies (the engine is made and loaded on first need)
+        self.kept: keep.KeptSensors | None = None  # what a previous agent left attached in our pin dir
+        self.kept_on_exit = False  # close() left our programs attached and pinned (--keep-sensors-on-exit)
         self.metrics = None
         self.health = None
         self.netdp = None  # lanner.netdp.runtime.NetdpRuntime with --enable-netdp
@@ -139,17 +144,13 @@ class Agent:
         if self.cfg.run_probe:
             self._probe()
         self._open_sinks()
-        self.sensor = ProcessSensor(ProcessSensorConfig(
-            ringbuf_bytes=self.cfg.rb_size, execve_map_entries=self.cfg.execve_map_entries,
-            args_max=self.cfg.args_max))
-        self.ring = RingBuffer(self.sensor.events_map())
-        self.sensor.attach()
-        if self.cfg.pin_dir is not None:
-            self._pin_maps(self.cfg.pin_dir)
+        self._start_process_sensor()
         if self.cfg.procfs_seed:
             self._seed_from_procfs()
         if self.cfg.policy_engine:
             self._start_policies()
+        else:
+            self._release_kept()
         if self.cfg.netdp is not None:
             self._start_netdp()
         if self.cfg.grpc is not None:
@@ -187,9 +188,50 @@ class Agent:
             raise RuntimeError(
                 "the process sensor needs " + ", ".join(missing) + " which this kernel lacks (see 'lanner probe')")
 
+    def _start_process_sensor(self) -> None:
+        """Load and attach the process sensor; with a previous agent's kept programs in the pin dir, reuse their
+        maps (same build and sizes) and attach alongside them until ``_release_kept``."""
+        pins = self._pin_root()
+        reuse: dict[str, Path] = {}
+        if pins is not None:
+            pins = fs.pin_dir(pins)  # refuses a directory outside /sys/fs/bpf/lanner* before anything is loaded
+            self.kept = keep.KeptSensors(pins)
+            if self.kept.present():
+                reuse = self.kept.reusable_maps(self._fingerprint())
+                log.info("taking over from the agent that kept its sensors in %s: %s%s", self.kept.tree,
+                         self.kept.describe(), "; reusing its process maps" if reuse else "")
+        elif (fs.DEFAULT_PIN_DIR / keep.KEPT).is_dir():
+            log.warning("programs kept by an earlier agent (--keep-sensors-on-exit) are still attached under %s: "
+                        "start with --keep-sensors-on-exit (or --bpf-pin-dir %s) to take them over",
+                        fs.DEFAULT_PIN_DIR / keep.KEPT, fs.DEFAULT_PIN_DIR)
+        self.sensor = ProcessSensor(ProcessSensorConfig(
+            ringbuf_bytes=self.cfg.rb_size, execve_map_entries=self.cfg.execve_map_entries,
+            args_max=self.cfg.args_max), reuse=reuse)
+        self.ring = RingBuffer(self.sensor.events_map())
+        self.sensor.attach()
+        if pins is not None:
+            self._pin_maps(pins, reused=bool(reuse))
+
+    def _pin_root(self) -> Path | None:
+        if self.cfg.pin_dir is not None:
+            return self.cfg.pin_dir
+        return fs.DEFAULT_PIN_DIR if self.cfg.keep_sensors else None
+
+    def _fingerprint(self) -> str:
+        from lanner.sensors.process import PROCESS_OBJECT
+
+        return keep.fingerprint(PROCESS_OBJECT, self.cfg.rb_size, self.cfg.execve_map_entries)
+
+    def _release_kept(self) -> None:
+        """Detach what a previous agent kept: ours are attached by now (called once the start-up policies are)."""
+        if self.kept is not None and self.kept.present():
+            n = self.kept.release()
+            log.info("released %d pins an earlier agent kept: its programs are detached, ours run", n)
+
     def _start_policies(self) -> None:
         self.policies = PolicyHost(PolicyHostContext(
-            make_engine=self._make_engine, files=tuple(self._policy_files()), on_error=self._count_error))
+            make_engine=self._make_engine, files=tuple(self._policy_files()), on_settled=self._release_kept,
+            on_error=self._count_error))
 
     def _make_engine(self) -> Any:
         from lanner.policy.engine import EngineContext, PolicyEngine
@@ -272,40 +314,70 @@ class Agent:
                 self.cfg.export_file_compress, self.cfg.export_file_perm)
             sinks.append(self._file_sink)
 
-    def _pin_maps(self, root: Path) -> None:
+    def _pin_maps(self, root: Path, reused: bool = False) -> None:
+        """Pin the process maps while running (``reused``: they are the pinned ones already)."""
         assert self.sensor is not None
         d = fs.pin_dir(root)
-        for name in ("events", "execve_map", "lanner_lost"):
-            path = d / f"process_{name}"
-            if path.exists():
-                path.unlink()  # a stale pin from an agent that did not exit cleanly
-            self.sensor.obj.map(name).pin(str(path))
+        for name in keep.PROCESS_MAPS:
+            path = keep.map_pin(d, name)
+            if not reused:
+                if path.exists():
+                    path.unlink()  # a stale pin from an agent that did not exit cleanly, or kept by another build
+                self.sensor.obj.map(name).pin(str(path))
             self._pins.append(path)
 
     def _seed_from_procfs(self) -> None:
+        """Rebuild the cache from /proc. A process ``execve_map`` already knows keeps the identity the kernel
+        gave it (after a take-over: the one the previous agent exported), so its exec_id does not change."""
         assert self.sensor is not None
         t0 = time.monotonic()
         snap = procfs.snapshot()
-        known = {s.pid: s.ktime for s in snap}
-        self.sensor.seed((s.pid, s.ktime, s.ppid, known.get(s.ppid, 0), s.binary) for s in snap)
+        ids = self.sensor.identities()
+        ktime = {s.pid: ids[s.pid][0] if s.pid in ids else s.ktime for s in snap}
+        binary = {s.pid: ids[s.pid][1] if ids.get(s.pid, (0, ""))[1] else s.binary for s in snap}
+        self.sensor.seed((s.pid, ktime[s.pid], s.ppid, ktime.get(s.ppid, 0), s.binary) for s in snap)
         now = time.monotonic_ns()
         for s in snap:
             if self.cache.current(s.pid) is not None:
                 continue
             parent = self.cache.current(s.ppid)
+            kt = ktime[s.pid]
             self.cache.insert(Process(
-                key=(s.pid, s.ktime), exec_id=self.cache.exec_id(s.pid, s.ktime),
+                key=(s.pid, kt), exec_id=self.cache.exec_id(s.pid, kt),
                 parent_key=parent.key if parent else None, parent_exec_id=parent.exec_id if parent else "",
-                pid=s.pid, tid=s.pid, nspid=s.nspid, binary=s.binary, args=s.argv[1:], cwd=s.cwd,
-                flags=(FLAG_PROCFS,) + (("rootcwd",) if s.cwd == "/" else ()), start_ns=s.ktime, creds=s.creds,
+                pid=s.pid, tid=s.pid, nspid=s.nspid, binary=binary[s.pid], args=s.argv[1:], cwd=s.cwd,
+                flags=(FLAG_PROCFS,) + (("rootcwd",) if s.cwd == "/" else ()), start_ns=kt, creds=s.creds,
                 ns=s.ns, cgroup_id=s.cgroup_id,
             ), now)
-        log.info("seeded %d processes from /proc in %.3f s", len(snap), time.monotonic() - t0)
+        log.info("seeded %d processes from /proc in %.3f s (%d identities from execve_map)", len(snap),
+                 time.monotonic() - t0, sum(1 for s in snap if s.pid in ids))
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _keep(self) -> bool:
+        """Pin every attachment under ``kept/`` (the maps are pinned already) and let go of them."""
+        assert self.sensor is not None and self.kept is not None
+        if self.policies is not None:
+            self.policies.stop_loading()  # (its end releases what an earlier agent kept: before we pin ours)
+        self._release_kept()  # an earlier agent's, if we stop before the start-up policies were in: ours replace it
+        try:
+            n = self.sensor.keep(self.kept.process_dir(self._fingerprint()))
+            if self.policies is not None:
+                n += self.policies.keep(self.kept.tree)
+        except OSError as exc:
+            log.error("--keep-sensors-on-exit: %s; detaching everything instead", exc)
+            self.kept.release()
+            return False
+        log.info("--keep-sensors-on-exit: %d links stay attached, pinned under %s (the next agent with this pin "
+                 "dir takes them over; remove the directory to detach them)", n, self.kept.tree)
+        return True
+
     def close(self) -> None:
+        """Undo everything; with --keep-sensors-on-exit after a successful start, leave the programs attached and
+        pinned (``kept/`` in the pin dir) for the next agent to take over."""
+        kept = self._keep() if self.cfg.keep_sensors and self.ready_s is not None and self.sensor else False
+        self.kept_on_exit = self.kept_on_exit or kept
         for srv in (self.health, self.metrics):
             if srv is not None:
                 srv.close()
@@ -335,16 +407,18 @@ class Agent:
             self.netdp.close()  # stops serving CNI; pods keep their network
             self.netdp = None
         if self.policies is not None:
-            self.policies.close()  # detaches every policy program
+            self.policies.close()  # detaches every policy program (kept: leaves them)
             self.policies = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
         if self.sensor is not None:
-            self.sensor.close()  # destroys every link: nothing stays attached
+            self.sensor.close()  # destroys every link: nothing stays attached (kept: the pinned ones stay)
             self.sensor = None
-        for p in self._pins:
-            p.unlink(missing_ok=True)
+        if not self.kept_on_exit:
+            self._release_kept()  # a plain stop removes every pin
+            for p in self._pins:
+                p.unlink(missing_ok=True)
         self._pins.clear()
         self.export.close()
         self.export.sinks.clear()
@@ -433,8 +507,14 @@ class Agent:
         by_binary = self.counters.by_binary
         pb = self.server is not None and self.server.has_subscribers
         proto = self.proto
+        cache = self.cache
         for r in records:
+            # the same event twice (an earlier agent's kept programs and ours both ran for a moment): dropped
             if type(r) is ExecRecord:
+                seen = cache.get((r.pid, r.ktime))
+                if seen is not None and FLAG_EXECVE in seen.flags:
+                    self.counters.duplicates += 1
+                    continue
                 proc, parent = self._on_exec(r, now)
                 out.append(OutEvent("process_exec", proc, parent, self.encoder.exec_event(proc, parent),
                                     pb=proto.exec_event(proc, parent) if pb else None))
@@ -442,7 +522,10 @@ class Agent:
                 k = ("process_exec", proc.binary)
                 by_binary[k] = by_binary.get(k, 0) + 1
             elif type(r) is ExitRecord:
-                proc = self.cache.resolve(r.pid, r.exec_ktime)
+                proc = cache.resolve(r.pid, r.exec_ktime)
+                if proc is not None and not proc.alive:  # only an exited identity's own exit resolves to it
+                    self.counters.duplicates += 1
+                    continue
                 if proc is None:
                     self.counters.exit_misses += 1
                     proc = self._stub(r.pid, r.exec_ktime, now)
@@ -455,6 +538,9 @@ class Agent:
                 by_binary[k] = by_binary.get(k, 0) + 1
                 self.cache.exit(proc, now)
             elif type(r) is CloneRecord:
+                if cache.get((r.pid, r.ktime)) is not None:
+                    self.counters.duplicates += 1
+                    continue
                 self._on_clone(r, now)
         return out
 
@@ -483,6 +569,11 @@ class Agent:
             start_ns=r.ktime, creds=r.creds, ns=r.ns, cgroup_id=r.cgroup_id,
             exe=r.exe if r.exe != binary else "", exe_ino=r.exe_ino,
         )
+        if prev is not None and prev.key == proc.key:  # seeded from /proc, exec'd while no agent ran: same identity
+            proc.refcnt = prev.refcnt  # its children's references
+            old_parent = self.cache.get(prev.parent_key) if prev.parent_key else None
+            if old_parent is not None:
+                old_parent.refcnt -= 1  # insert() counts the parent again
         self.cache.insert(proc, now)
         return proc, parent
 
@@ -564,6 +655,9 @@ class Agent:
             "process_cache": {"size": len(self.cache), "capacity": st.capacity, "evictions": st.evictions,
                               "misses": st.misses, "collected": st.collected},
             "misses": {"exit": self.counters.exit_misses, "parent": self.counters.parent_misses},
+            "duplicates": self.counters.duplicates,
+            "pin_dir": str(self.kept.root) if self.kept is not None else None,
+            "keep_sensors_on_exit": self.cfg.keep_sensors,
             "export": {
                 "file": self.cfg.export_file,
                 "rotations": self._file_sink.rotations if self._file_sink else 0,
@@ -614,5 +708,6 @@ def run_agent(config: AgentConfig) -> int:
         agent.close()
         for s, h in old.items():
             signal.signal(s, h)
-        log.info("stopped; all programs detached")
+        log.info("stopped; %s", "programs kept attached (--keep-sensors-on-exit)" if agent.kept_on_exit
+                 else "all programs detached")
     return 0

@@ -130,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "when it fills")
     g.add_argument("--bpf-pin-dir", type=Path, default=None, metavar="DIR",
                    help="pin the process maps under this directory (must be under /sys/fs/bpf/lanner) while "
-                        "running; removed at exit")
+                        "running; removed at exit (default: none, or /sys/fs/bpf/lanner with "
+                        "--keep-sensors-on-exit)")
+    g.add_argument("--keep-sensors-on-exit", action="store_true",
+                   help="at stop, leave every program attached and pinned under the pin dir (kept/): policies "
+                        "keep enforcing (e.g. Sigkill) and exec/exit keep being recorded while no agent runs. The "
+                        "next agent started with the same pin dir takes over without a gap: it reuses the process "
+                        "maps (exec_ids unchanged, the cache rebuilt, what happened meanwhile exported), attaches "
+                        "its own programs, then detaches the kept ones. A stop without the flag removes every pin. "
+                        "To detach kept programs without starting an agent: rm -r PIN_DIR/kept")
     g.add_argument("--skip-probe", action="store_true", help="do not probe kernel features at start")
     g = a.add_argument_group("service")
     g.add_argument("--server-address", default=DEFAULT_ADDRESS, metavar="ADDR",
@@ -312,7 +320,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         node_name=args.node_name, export_stdout=args.export_stdout, export_file=args.export_file,
         export_file_max_mb=args.export_file_max_size_mb, export_file_max_backups=args.export_file_max_backups,
         export_file_compress=args.export_file_compress, export_file_perm=args.export_file_perm,
-        grpc=grpc_cfg, pin_dir=args.bpf_pin_dir, process_cache_size=args.process_cache_size,
+        grpc=grpc_cfg, pin_dir=args.bpf_pin_dir, keep_sensors=args.keep_sensors_on_exit,
+        process_cache_size=args.process_cache_size,
         rb_size=args.rb_size, execve_map_entries=args.execve_map_entries, args_max=args.args_max,
         procfs_seed=args.procfs_seed, process_cred=args.enable_process_cred, process_ns=args.enable_process_ns,
         run_probe=not args.skip_probe, export_allowlist=allow, export_denylist=deny, field_filters=fields,
@@ -503,6 +512,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for bad in st.get("policy_problems", []):
         ns = f" ({bad['namespace']})" if bad["namespace"] else ""
         print(f"  {bad['name']}{ns}: {bad['state']}: {bad['error']}")
+    if st.get("keep_sensors_on_exit"):
+        print(f"keep       programs stay attached at stop, pinned under {st.get('pin_dir')}/kept")
     if "netdp" in st:
         print(netdp_cli.status_line(st["netdp"]))
     return 0

@@ -128,6 +128,11 @@ class PolicyHost:
     def problems(self) -> list[dict[str, str]]:
         return self._engine.problems() if self._engine is not None else []
 
+    def keep(self, root: Path) -> int:
+        """Pin every policy attachment under ``root`` (--keep-sensors-on-exit); ``close`` then leaves them."""
+        self.stop_loading()
+        return self._engine.keep(root) if self._engine is not None else 0
+
     def stop_loading(self) -> None:
         """No further start-up file; the one being loaded finishes."""
         self._cancel.set()
@@ -138,7 +143,7 @@ class PolicyHost:
             self._thread = None
 
     def close(self) -> None:
-        """Stop loading start-up files, then unload everything."""
+        """Stop loading start-up files, then unload everything (or leave what ``keep`` pinned)."""
         self.stop_loading()
         if self._engine is not None:
             self._engine.close()

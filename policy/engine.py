@@ -215,6 +215,7 @@ class PolicyEngine:
         self._sys_count = 0  # hooks registered (each counts as a link in links())
         self._load_failures: dict[str, str] = {}  # object file -> why it failed, within one add (no retry storm)
         self._batch = 0  # depth of batch(): the failure memo lives as long as the outermost batch
+        self._kept = False  # keep() pinned the attachments: close() leaves them attached
         # the pods (netns) and containers (cgroups) of workload-scoped policies; the agent feeds it its pod table.
         # The maps behind it exist once loaded; no scope is registered before that
         self._scope_keys = KeySet(None), KeySet(None)
@@ -939,10 +940,36 @@ class PolicyEngine:
         return sum(len(o.links) for o in (*self._tp_pool, self.up, self.kp, *self._inst.values())
                    if o is not None) + self._sys_count
 
+    # ------------------------------------------------------------------ --keep-sensors-on-exit
+    def keep(self, root: Path) -> int:
+        """Pin every attachment under ``root`` (``policies/<namespace>_<name>/<n>``, the syscall dispatcher's
+        links in ``engine/``) and the shared maps in ``engine/maps/``: the programs keep enforcing after this
+        process exits; ``close`` then leaves them (and the maps' entries) as they are. Returns the links kept."""
+        with self._lock:
+            if not self.loaded:
+                return 0
+            assert self.tp is not None
+            self._kept = True
+            kept = 0
+            for p in list(self._policies.values()):
+                real = [link for link in p.links if not isinstance(link, _SysLink)]
+                d = root / "policies" / (f"{p.namespace}_{p.name}" if p.namespace else p.name)
+                for i, link in enumerate(real):
+                    d.mkdir(parents=True, exist_ok=True)
+                    kept += _keep_link(link, d / str(i))
+            (root / "engine" / "maps").mkdir(parents=True, exist_ok=True)
+            for direction, link in self._sys_links.items():
+                kept += _keep_link(link, root / "engine" / ("sys_exit" if direction else "sys_enter"))
+            for name in SHARED_MAPS:
+                if name != "execve_map":  # the process sensor's: pinned with it
+                    self.tp.map(name).pin(str(root / "engine" / "maps" / name))
+            return kept
+
     def close(self) -> None:
         with self._lock:
             for p in list(self._policies.values()):
-                self._destroy(p.links)
+                if not self._kept:  # kept: the maps stay as the running programs need them
+                    self._destroy(p.links)
             self._policies.clear()
             self._meta.clear()
             if self.ring is not None:
@@ -967,6 +994,15 @@ class PolicyEngine:
             self._failed.clear()
             self._pending.clear()
             self._settled.set()
+
+
+def _keep_link(link: Link, path: Path) -> int:
+    try:
+        link.keep(str(path))
+        return 1
+    except OSError as exc:
+        log.warning("cannot keep %s after exit: %s", link.description, _reason(exc))
+        return 0
 
 
 class KeySet:

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from lanner.bpf.objects import BPF_NOEXIST, BpfError, BpfObject, Codec, Map
 from lanner.bpf.records import RecordLayout
@@ -234,7 +234,10 @@ class ProcessSensor:
 
     name = "process"
 
-    def __init__(self, config: ProcessSensorConfig, object_path: Path = PROCESS_OBJECT) -> None:
+    def __init__(self, config: ProcessSensorConfig, object_path: Path = PROCESS_OBJECT,
+                 reuse: Mapping[str, Path] | None = None) -> None:
+        """``reuse``: map name -> pin of a map to use instead of creating it (a previous agent's, kept with
+        --keep-sensors-on-exit: its contents and size win over ``config``)."""
         if not 1 <= config.args_max <= ARGS_MAX:
             raise ValueError(f"args_max must be 1..{ARGS_MAX}, got {config.args_max}")
         rb = config.ringbuf_bytes
@@ -246,6 +249,8 @@ class ProcessSensor:
             self.obj.set_config(cfg_args_max=config.args_max, cfg_emit_clone=int(config.emit_clone))
             self.obj.resize_map("events", rb)
             self.obj.resize_map("execve_map", config.execve_map_entries)
+            for name, pin in (reuse or {}).items():
+                self.obj.reuse_pinned_map(name, str(pin))
             self.obj.load()
             self.decoder = ProcessDecoder(self.obj)
             self.execve_map: Map = self.obj.map("execve_map", key=_KEY, value=_ENTRY)
@@ -275,6 +280,29 @@ class ProcessSensor:
                 if exc.errno != 17:  # EEXIST: an exec or fork since attach already knows better
                     raise
         return added
+
+    def identities(self) -> dict[int, tuple[int, str]]:
+        """pid -> (ktime, binary) of every live process ``execve_map`` knows: the identity the programs gave it
+        (exec_ids are made of it; a kept map also has the ones an earlier agent saw) and the binary recorded at
+        its exec (the path as executed, where /proc only has the resolved file)."""
+        out = {}
+        for pid, (_, _, ktime, _, _, _, blen, _, binary) in self.execve_map.lookup_batch():
+            out[pid] = (ktime, binary[:blen].decode("utf-8", "surrogateescape"))
+        return out
+
+    def keep(self, directory: Path) -> int:
+        """Pin every attachment under ``directory`` and let go of them: the programs keep running after the
+        agent exits (--keep-sensors-on-exit). Returns how many were kept."""
+        directory.mkdir(parents=True, exist_ok=True)
+        kept = 0
+        for link in self.obj.links:
+            name = link.description.split(" -> ", 1)[0]
+            try:
+                link.keep(str(directory / name))
+                kept += 1
+            except BpfError as exc:
+                log.warning("cannot keep %s after exit: %s", link.description, exc.reason())
+        return kept
 
     def events_map(self) -> Map:
         return self.obj.map("events")
