@@ -6,7 +6,10 @@ can never half-load a file. Warnings never reject; they are attached to each pol
 
 The YAML reader is PyYAML's safe loader with two changes that make it read YAML the way Kubernetes
 tooling does: a duplicate key in a mapping is an error (instead of silently keeping the last one),
-and unquoted dates stay strings (``2024-01-01`` in an annotation is not a ``datetime``).
+and unquoted dates stay strings (``2024-01-01`` in an annotation is not a ``datetime``). Whatever PyYAML
+itself would raise other than a YAML error is one too, at its line: collections nested deeper than
+:data:`MAX_DEPTH` (PyYAML composes recursively: deeper input exhausts Python's stack), a scalar that does not
+read as its explicit tag (``!!int x``), a string with a lone surrogate (``"\\ud800"``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.reader import ReaderError
 
 from .errors import PolicyError, Problem, Report, SourcedProblem
 from .model import TracingPolicy
@@ -25,15 +30,47 @@ from .validate import validate_document
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+MAX_DEPTH = 100  # nested collections; a TracingPolicy needs about 10
 
 
 class _PolicyYAMLLoader(yaml.SafeLoader):
-    """SafeLoader + duplicate-key errors + no implicit timestamps. Per-class state only."""
+    """SafeLoader + duplicate-key errors + no implicit timestamps + a nesting limit. Changes nothing shared: the
+    resolvers are this class's own, the depth is counted per loader (one per stream)."""
 
     yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != TIMESTAMP_TAG]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ComposerError(None, None, f"collections nested deeper than {MAX_DEPTH} levels",
+                                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's constructors raise ValueError, KeyError or AttributeError on a scalar that does not read as
+        its explicit tag (``!!int x``, ``!!bool x``, ``!!timestamp x``): a YAML error at the node instead. So is
+        a string with a lone surrogate (``"\\ud800"``): it is no Unicode text, and could not be encoded."""
+        try:
+            value = super().construct_object(node, deep=deep)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            what = repr(node.value)[:80] if isinstance(node, yaml.ScalarNode) else f"this {node.id}"
+            raise ConstructorError(None, None, f"{what} is not a valid {tag} ({type(exc).__name__}: {exc})",
+                                   node.start_mark) from None
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                raise ConstructorError(None, None, f"{value[max(exc.start - 10, 0):exc.end + 10]!r} is not valid "
+                                                   f"Unicode text ({exc.reason})", node.start_mark) from None
+        return value
 
 
 def _construct_mapping(loader: SafeConstructor, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -56,13 +93,28 @@ def _construct_mapping(loader: SafeConstructor, node: yaml.MappingNode) -> dict[
 _PolicyYAMLLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _yaml_problem(err: yaml.YAMLError) -> Problem:
+def _yaml_problem(err: yaml.YAMLError, source: str | bytes) -> Problem:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err)
     context = getattr(err, "context", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if isinstance(err, ReaderError):  # a character YAML does not allow: the reader has only its position
+        where, problem = _reader_problem(err, source)
     text = f"{context}: {problem}" if context else problem
     return Problem("", f"invalid YAML{where}: {text}")
+
+
+def _reader_problem(err: ReaderError, source: str | bytes) -> tuple[str, str]:
+    """Where (" at line L, column C") and what for a character the reader refused: a character YAML does not
+    allow (position counts characters) or bytes that do not decode (position counts bytes)."""
+    unicode = err.encoding == "unicode"
+    buf = source.decode("utf-8", "replace") if unicode and isinstance(source, bytes) else source
+    nl = b"\n" if isinstance(buf, bytes) else "\n"
+    line_start = buf.rfind(nl, 0, err.position) + 1  # type: ignore[arg-type]
+    where = f" at line {buf.count(nl, 0, err.position) + 1}, column {err.position - line_start + 1}"  # type: ignore
+    code = err.character if isinstance(err.character, int) else ord(err.character[:1] or "\0")
+    what = f"character U+{code:04X} is not allowed" if unicode else f"byte 0x{code:02x} is not valid {err.encoding}"
+    return where, f"{what} ({err.reason})"
 
 
 def parse_documents(text: str | bytes) -> list[Any]:
@@ -83,7 +135,7 @@ def load_policies(text: str | bytes, source: str = "<string>") -> list[TracingPo
         for doc in yaml.load_all(text, Loader=_PolicyYAMLLoader):
             docs.append(doc)
     except yaml.YAMLError as err:
-        raise PolicyError(source, [SourcedProblem(source, len(docs), _yaml_problem(err))]) from None
+        raise PolicyError(source, [SourcedProblem(source, len(docs), _yaml_problem(err, text))]) from None
 
     policies: list[TracingPolicy] = []
     names: dict[tuple[str, str], int] = {}
