@@ -66,6 +66,8 @@ RETURN_ARG_ACTIONS = ("TrackSock", "UntrackSock")
 DATA_SOURCES = ("current_task", "pt_regs")
 CHAR_BUF_TYPES = ("char_buf", "char_iovec")
 MAX_DATA_TYPES = ("char_buf", "char_iovec", "iov_iter")
+# a kernel function's name goes to libbpf as a C string, which would end at the NUL (attaching to a prefix)
+NUL_IN_NAME = "a function name cannot contain a NUL character"
 
 
 def validate_document(doc: Any, report: Report) -> TracingPolicy | None:
@@ -294,10 +296,14 @@ def _lists(raw: list[Mapping[str, Any]], report: Report) -> tuple[ListSpec, ...]
             else:
                 try:
                     re.compile(pattern)
-                except re.error as e:
-                    report.error(child(path, "pattern"), f"{pattern!r} is not a valid regular expression: {e}")
+                except (re.error, OverflowError, RecursionError) as e:  # a huge {n}, groups nested too deep
+                    report.error(child(path, "pattern"), f"{pattern[:80]!r} is not a valid regular expression: "
+                                                         f"{e or type(e).__name__}")
         elif pattern is not None:
             report.warn(child(path, "pattern"), "is only used by generated_ftrace lists")
+        for j, v in enumerate(vals):
+            if "\0" in v:
+                report.error(item(child(path, "values"), j), NUL_IN_NAME)
         if type_ == "syscalls":
             for j, v in enumerate(vals):
                 if not SYSCALL_NAME.fullmatch(v):
@@ -327,7 +333,9 @@ def _enforcers(raw: list[Mapping[str, Any]], lists: Mapping[str, ListSpec], repo
         if not r["calls"]:
             report.error(path, "needs at least one syscall")
         for j, call in enumerate(r["calls"]):
-            if call.startswith("list:"):
+            if "\0" in call:
+                report.error(item(path, j), NUL_IN_NAME)
+            elif call.startswith("list:"):
                 if problem := _list_ref_problem(call, lists, syscall_only=True):
                     report.error(item(path, j), problem)
             elif not SYSCALL_NAME.fullmatch(call):
@@ -432,6 +440,8 @@ def _kprobe(raw: Mapping[str, Any], original: Mapping[str, Any], path: str, kind
     override_functions: tuple[str, ...] | None = (call,)
     if not call:
         report.error(cpath, "must not be empty")
+    elif "\0" in call:
+        report.error(cpath, NUL_IN_NAME)
     elif call.startswith("list:"):
         if problem := _list_ref_problem(call, env.lists, syscall_only=False):
             report.error(cpath, problem)

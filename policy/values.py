@@ -138,10 +138,16 @@ _RATE_LIMIT = re.compile(r"([0-9]+)([smhSMH]?)")
 _RATE_UNITS: Mapping[str, int] = MappingProxyType({"": 1, "s": 1, "m": 60, "h": 3600})
 
 
+MAX_RATE_LIMIT = 2**32 - 1  # seconds (136 years); the kernel's interval is in ns (u64)
+
+
 def parse_rate_limit(text: str) -> int:
     """``rateLimit`` in seconds: a number, optionally suffixed ``s``, ``m`` or ``h``."""
     m = _RATE_LIMIT.fullmatch(text)
     if not m or int(m.group(1)) > 2**32 - 1:
         raise ValueError(f"{text!r} is not a valid rate limit: use a number of seconds, "
                          "optionally suffixed with s, m or h (e.g. 30s, 1m, 2h)")
-    return int(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    seconds = int(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    if seconds > MAX_RATE_LIMIT:
+        raise ValueError(f"{text!r} is {seconds} seconds; a rate limit is at most {MAX_RATE_LIMIT} seconds")
+    return seconds
