@@ -16,11 +16,14 @@ serve is listed in :attr:`CompiledPolicy.unavailable` with the precise reason an
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from . import syscalls, tracefs
 from .model import (
@@ -29,6 +32,7 @@ from .model import (
 )
 from .uprobe import SymbolError, resolve_symbols
 from .usdt import UsdtError, find_probes
+from .values import parse_int
 
 # ------------------------------------------------------------------ constants mirrored from generic.h
 GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
@@ -319,10 +323,9 @@ class Compiler:
             return self._raw_tracepoint(policy, path, display, spec, cp, enforce)
         if not self.supports("tracepoint"):
             raise Unavailable("needs tracepoint programs, which this kernel lacks")
-        try:
-            fmt = tracefs.read_format(spec.subsystem, spec.event)
-        except FileNotFoundError:
-            raise Unavailable(f"tracepoint {spec.subsystem}/{spec.event} does not exist on this kernel") from None
+        fmt = _tp_format(spec.subsystem, spec.event)
+        if fmt is None:
+            raise Unavailable(f"tracepoint {spec.subsystem}/{spec.event} does not exist on this kernel")
         gen_args, plans = [], []
         for i, a in enumerate(spec.args):
             if a.index >= len(fmt.fields):
@@ -383,18 +386,16 @@ class Compiler:
         units, plans, ret_plan = [], [], None
         for call in calls:
             name = syscalls.bare(call)
-            fmt = None
-            try:
-                fmt = tracefs.read_format("syscalls", f"sys_enter_{name}")
-                xfmt = tracefs.read_format("syscalls", f"sys_exit_{name}") if spec.return_ else None
-            except FileNotFoundError:
+            fmt = _tp_format("syscalls", f"sys_enter_{name}")
+            xfmt = _tp_format("syscalls", f"sys_exit_{name}") if spec.return_ and fmt is not None else None
+            if fmt is None or (spec.return_ and xfmt is None):
                 # every mechanism needs the tracepoint's format (it types the arguments): name what is missing,
                 # and kprobes only where the probe says they are absent
                 tp = f"syscalls/sys_{'exit' if fmt is not None else 'enter'}_{name}"
                 no_kp = "" if self.supports("kprobe") else \
                     ", and this kernel lacks kprobe attach (kprobe: not supported)"
                 raise Unavailable(f"there is no {tp} tracepoint to serve {call} (its format types the syscall's "
-                                  f"arguments){no_kp}") from None
+                                  f"arguments){no_kp}")
             sys_fields = [f for f in fmt.fields if f.index > 4]  # after __syscall_nr
             gen_args, plans = [], []
             for i, a in enumerate(spec.args):
@@ -530,7 +531,7 @@ class Compiler:
         kernel functions."""
         if not self.supports("tp_btf"):
             raise Unavailable("raw: true needs BTF tracepoint (tp_btf) programs, which this kernel lacks")
-        if not tracefs.exists(spec.subsystem, spec.event):
+        if not _tp_exists(spec.subsystem, spec.event):
             raise Unavailable(f"tracepoint {spec.subsystem}/{spec.event} does not exist on this kernel")
         gen_args, plans = [], []
         for i, a in enumerate(spec.args):
@@ -556,10 +557,7 @@ class Compiler:
         if not os.path.exists(spec.path):
             raise Unavailable(f"{spec.path} does not exist")
         if spec.symbols:
-            try:
-                offsets = resolve_symbols(spec.path, spec.symbols)
-            except (SymbolError, OSError) as exc:
-                raise Unavailable(str(exc)) from None
+            offsets = _symbol_offsets(spec.path, spec.symbols)
             targets = [(s, offsets[s]) for s in spec.symbols]
         else:
             targets = [("", o) for o in spec.offsets]
@@ -600,6 +598,9 @@ class Compiler:
             sites = find_probes(spec.path, spec.provider, spec.name)
         except (UsdtError, OSError) as exc:
             raise Unavailable(str(exc)) from None
+        except Exception as exc:  # pyelftools on a file that is not a well-formed ELF: any exception
+            raise Unavailable(f"{spec.path} is not an ELF file this build can read ({type(exc).__name__}: "
+                              f"{exc})") from None
         if len(sites) > 64:
             raise Unavailable(f"USDT {spec.provider}:{spec.name} has {len(sites)} sites, the limit is 64")
         positions = [a.index for a in spec.args]  # matchArgs index: the arg's index field (docs/policy.md)
@@ -855,7 +856,8 @@ class Compiler:
             cfg[f"{p}ns[{n}].op"] = GOP[mn.operator]
             cfg[f"{p}ns[{n}].nvals"] = len(mn.values)
             for k, v in enumerate(mn.values):
-                cfg[f"{p}ns[{n}].vals[{k}]"] = host_ns(mn.namespace) if v == "host_ns" else int(v)
+                # an inode number as the validator read it (Go's ParseInt base 0: 0x.., 0o.., 0b.., 0755 octal)
+                cfg[f"{p}ns[{n}].vals[{k}]"] = host_ns(mn.namespace) if v == "host_ns" else parse_int(v, 32, False)
         cfg[f"{p}nns"] = len(sel.match_namespaces)
         # matchCapabilities
         if len(sel.match_capabilities) > 1:
@@ -1069,9 +1071,16 @@ class Compiler:
         return f
 
     def _sockaddr_filter(self, f, base, values, cp, where) -> dict:
-        if base == "Family":
-            f["set_id"] = sid = self._new_set(cp)
-            cp.int_sets[sid] = [FAMILIES[v] if isinstance(v, str) and v in FAMILIES else int(v) for v in values]
+        if base == "Family":  # numbers and names in the set, "lo:hi" ranges inline (the validator allows both)
+            ranges = [(v.lo, v.hi) for v in values if isinstance(v, IntRange)]
+            if len(ranges) > GEN_MAX_RANGES:
+                raise Unavailable(f"{where}: more than {GEN_MAX_RANGES} family ranges")
+            ints = [FAMILIES[v] if isinstance(v, str) and v in FAMILIES else int(v) for v in values
+                    if not isinstance(v, IntRange)]
+            if ints:
+                f["set_id"] = sid = self._new_set(cp)
+                cp.int_sets[sid] = ints
+            f["nranges"], f["lo"], f["hi"] = len(ranges), [a for a, _ in ranges], [b for _, b in ranges]
             return f
         if base in ("SPort", "DPort", "SPortPriv", "DPortPriv", "SportPriv", "DportPriv"):
             f["flags"] |= GFF_AUX
@@ -1158,6 +1167,53 @@ class Compiler:
             else:
                 out.append(v)
         return out
+
+
+def _symbol_offsets(path: str, symbols: tuple[str, ...]) -> Mapping[str, int]:
+    """The file offsets of ``symbols`` in the ELF at ``path``; raises Unavailable naming what is wrong. Read once per
+    version of the file and set of symbols: parsing a large binary's symbol table takes a fifth of a second, and a
+    policy may name the same binary in hundreds of hooks."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    offsets, error = _read_symbols(path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, symbols)
+    if error is not None:
+        raise Unavailable(error)
+    return offsets
+
+
+@functools.lru_cache(maxsize=256)
+def _read_symbols(path: str, dev: int, ino: int, mtime_ns: int, size: int, symbols: tuple[str, ...]
+                  ) -> tuple[Mapping[str, int], str | None]:
+    """resolve_symbols, its failure kept as a message too (a cache of the file's version: dev, inode, mtime, size)."""
+    try:
+        return MappingProxyType(resolve_symbols(path, symbols)), None
+    except (SymbolError, OSError) as exc:
+        return MappingProxyType({}), str(exc)
+    except Exception as exc:  # pyelftools on a file that is not a well-formed ELF: any exception
+        return MappingProxyType({}), f"{path} is not an ELF file this build can read ({type(exc).__name__}: {exc})"
+
+
+def _tp_format(subsystem: str, event: str) -> tracefs.TpFormat | None:
+    """A tracepoint's format; None when the kernel has no such tracepoint (no format file, or a name no file can
+    have: longer than NAME_MAX, a NUL). Another error (tracefs unreadable) is the hook's reason."""
+    try:
+        return tracefs.read_format(subsystem, event)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return None
+        raise Unavailable(f"cannot read tracepoint {subsystem}/{event}: {exc.strerror or exc}") from None
+
+
+def _tp_exists(subsystem: str, event: str) -> bool:
+    """The kernel has this tracepoint (a name longer than NAME_MAX, where stat fails, cannot be one)."""
+    try:
+        return tracefs.exists(subsystem, event)
+    except (OSError, ValueError):
+        return False
 
 
 def _syscall_nr(name: str) -> int | None:
