@@ -119,11 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load this TracingPolicy file at start (repeatable)")
     g.add_argument("--tracing-policy-dir", metavar="DIR", default=None,
                    help="load every *.yaml/*.yml TracingPolicy in this directory at start (default: lanner's "
-                        "built-in rules: sensitive files, privilege changes, kernel modules, ptrace, mounts; "
-                        "see rules/README.md); an empty value loads none. Policies load in the background once "
+                        "built-in rule library, 72 rules mapped to MITRE ATT&CK; "
+                        "see docs/rules.md and the --rules-* flags); an empty value loads none. Policies load in the background once "
                         "exec/exit events flow; one that fails to load (a BPF program the kernel rejects, a "
                         "missing hook) is a warning, listed by 'lanner tp list' as load_error or "
                         "partially_enabled with the reason, never a stop")
+    rules_cli.add_agent_flags(g)
     g = a.add_argument_group("BPF")
     g.add_argument("--rb-size", type=_size, default=8 << 20, metavar="BYTES",
                    help="ring buffer size, a power of two >= 4096 (e.g. 8M); events are lost, and counted, "
@@ -328,8 +329,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         redaction=redact, export_rate_limit=args.export_rate_limit, metrics_address=args.metrics_server,
         health_address=args.health_server_address or None, bpf_stats=args.enable_bpf_stats,
         tracing_policies=tuple(args.tracing_policy),
-        tracing_policy_dir=_builtin_rules_dir() if args.tracing_policy_dir is None
-        else (Path(args.tracing_policy_dir) if args.tracing_policy_dir else None))
+        tracing_policy_dir=rules_cli.agent_rules_dir(args, _builtin_rules_dir() if args.tracing_policy_dir is None
+                                                     else (Path(args.tracing_policy_dir) if args.tracing_policy_dir
+                                                           else None)))
     try:
         return run_agent(cfg)
     except (OSError, RuntimeError, ValueError) as exc:

@@ -161,3 +161,48 @@ def _configure(args: argparse.Namespace, rules: list[catalog.Rule]) -> int:
     print(f"{len(done)} rules {'enabled' if enable else 'disabled'}"
           + (f" ({len(chosen) - len(done)} not loaded in the agent)" if len(done) < len(chosen) else ""))
     return 0
+
+
+# ----------------------------------------------------------------------------------------- lanner agent flags
+def add_agent_flags(g: argparse._ArgumentGroup) -> None:
+    """`lanner agent` flags choosing the rule set loaded from --tracing-policy-dir (the built-in rules by default)."""
+    g.add_argument("--rules-tactic", action="append", default=[], choices=sorted(catalog.TACTICS), metavar="TACTIC",
+                   help="load only the rules of this ATT&CK tactic (repeatable; see 'lanner rules list'): "
+                        + ", ".join(catalog.TACTICS))
+    g.add_argument("--rules-min-severity", choices=catalog.SEVERITIES, metavar="SEVERITY",
+                   help="load only the rules at or above this severity: " + ", ".join(catalog.SEVERITIES))
+    g.add_argument("--rules-overlay", type=Path, metavar="FILE",
+                   help="merge a team's overlay (exceptions, enforce, disable, tactics, minSeverity) into the "
+                        "rules; see docs/rules.md")
+    g.add_argument("--rules-enforce", action="append", default=[], metavar="RULE",
+                   help="switch this rule to enforce (Sigkill; only rules marked lanner.io/enforce: safe; "
+                        "repeatable)")
+
+
+def agent_rules_dir(args: argparse.Namespace, directory: Path | None) -> Path | None:
+    """``directory`` itself, or, when a --rules-* flag is given, a private rendering of its rules with the
+    selection and overlay applied (removed when the agent exits). Exits with the reason on a bad flag/file."""
+    wanted = args.rules_tactic or args.rules_min_severity or args.rules_overlay or args.rules_enforce
+    if not wanted:
+        return directory
+    import atexit
+    import shutil
+    import tempfile
+
+    try:
+        if directory is None:
+            raise ValueError("the --rules-* flags choose rules from --tracing-policy-dir, which is empty")
+        rules = catalog.load_catalog(directory)
+        overlay = catalog.load_overlay(args.rules_overlay, rules) if args.rules_overlay else catalog.Overlay()
+        for name in args.rules_enforce:
+            if not any(r.name == name and r.enforce_safe for r in rules):
+                raise ValueError(f"--rules-enforce {name}: no such rule marked safe to enforce")
+        overlay = catalog.Overlay(overlay.exceptions, overlay.enforce + tuple(args.rules_enforce), overlay.disable,
+                                  tuple(args.rules_tactic) or overlay.tactics,
+                                  args.rules_min_severity or overlay.min_severity)
+        out = Path(tempfile.mkdtemp(prefix="lanner-rules-"))
+        atexit.register(shutil.rmtree, out, True)
+        catalog.render(rules, overlay, out)
+        return out
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"lanner agent: {exc}") from None

@@ -189,3 +189,35 @@ def test_docs_list_every_rule_with_its_mapping():
     for r in catalog.load_catalog():
         row = next((line for line in doc.splitlines() if line.startswith(f"| `{r.name}` |")), None)
         assert row and all(t in row for t in r.techniques) and f"| {r.severity} |" in row, r.name
+
+
+def test_agent_rule_flags_choose_the_set_and_enforce(tmp_path):
+    """--rules-tactic / --rules-min-severity / --rules-enforce / --rules-overlay render the set the agent loads."""
+    import time
+
+    from tests.conftest import start_agent
+
+    ov = tmp_path / "team.yaml"
+    ov.write_text("disable: [lanner-sysrq-trigger]\n")
+    a = start_agent(tmp_path, "--tracing-policy-dir", lanner_rules_dir(), "--rules-tactic", "impact",
+                    "--rules-min-severity", "high", "--rules-enforce", "lanner-miner-exec", "--rules-overlay", str(ov))
+    want = {r.name for r in catalog.select(catalog.load_catalog(), ["impact"], "high")} - {"lanner-sysrq-trigger"}
+    try:
+        for _ in range(100):
+            p = subprocess.run([sys.executable, "-m", "lanner", "rules", "list", "-o", "json", "--tactic", "impact",
+                                "--server-address", a.address], capture_output=True, text=True, timeout=30)
+            rows = {x["rule"]: x for x in json.loads(p.stdout)}
+            if {k for k, v in rows.items() if v["state"] == "enabled"} == want:
+                break
+            time.sleep(0.2)
+        assert {k for k, v in rows.items() if v["state"] == "enabled"} == want, rows
+        assert rows["lanner-miner-exec"]["mode"] == "enforce" and rows["lanner-miner-pool-connect"]["mode"] == "observe"
+        assert rows["lanner-sysrq-trigger"]["state"] == "not loaded"
+    finally:
+        a.stop()
+    bad = subprocess.run([sys.executable, "-m", "lanner", "agent", "--tracing-policy-dir", "", "--rules-tactic",
+                          "impact"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--tracing-policy-dir, which is empty" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "lanner", "agent", "--rules-enforce", "lanner-mounts"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--rules-enforce lanner-mounts" in bad.stderr
