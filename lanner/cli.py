@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracing-policy-dir", metavar="DIR", default=None,
                    help="load every *.yaml/*.yml TracingPolicy in this directory at start (default: lanner's "
                         "built-in rule library, 72 rules mapped to MITRE ATT&CK; "
-                        "see docs/rules.md and the --rules-* flags); an empty value loads none. Policies load in the background once "
+                        "see docs/rules.md and the --rules-* flags); an empty value loads none. "
+                        "Policies load in the background once "
                         "exec/exit events flow; one that fails to load (a BPF program the kernel rejects, a "
                         "missing hook) is a warning, listed by 'lanner tp list' as load_error or "
                         "partially_enabled with the reason, never a stop")
