@@ -46,6 +46,7 @@ HOUSEKEEPING_S = 1.0
 # The programs wake the agent only when a ring is filling up (lanner_wakeup_flags in common.bpf.h);
 # otherwise the agent drains every POLL_S, which bounds an event's latency on a quiet host.
 POLL_S = 0.01
+SENSOR_FEATURES = ("tp_btf", "ringbuf", "bpf_loop")  # what the process sensor cannot do without
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class Agent:
         self.started_mono = time.monotonic()
         self.ready_s: float | None = None
         self.probe_summary: dict = {}
+        self._probe_thread: threading.Thread | None = None
+        self._probe_done = False
         self._stop = threading.Event()
         self.export = ExportPipeline(
             [], FilterSet(config.export_allowlist, config.export_denylist), config.field_filters,
@@ -141,10 +144,12 @@ class Agent:
         for m in fs.ensure_mounts():
             if m.mounted_now:
                 log.info("mounted %s at %s", m.fstype, m.path)
-        if self.cfg.run_probe:
-            self._probe()
         self._open_sinks()
-        self._start_process_sensor()
+        try:
+            self._start_process_sensor()
+        except OSError as exc:
+            self._require_sensor_features(exc)
+            raise
         if self.cfg.procfs_seed:
             self._seed_from_procfs()
         if self.cfg.policy_engine:
@@ -167,6 +172,9 @@ class Agent:
             self.health = HealthServer(self.cfg.health_address, lambda: self.last_loop,
                                        lambda: self.ready_s is not None)
         self.last_loop = time.monotonic()
+        if self.cfg.run_probe and not self._probe_done:  # after ready, in the background (the engine waits for it)
+            self._probe_thread = threading.Thread(target=self._probe, name="lanner-probe", daemon=True)
+            self._probe_thread.start()
         if self.policies is not None:
             self.policies.start()  # the policy files given at start load in the background: ready already
         _tune_memory()
@@ -175,18 +183,37 @@ class Agent:
                  len(self.cache), self.server.address if self.server else "off")
 
     def _probe(self) -> None:
+        """What this kernel's eBPF can do (lanner probe): logged, shown in status, given to the policy engine."""
         try:
             from lanner.kernel.probe import run_probe
-        except ImportError:  # pragma: no cover - probe module always ships
+
+            result = run_probe()
+        except Exception as exc:  # the engine then assumes its defaults; attach errors say the rest
+            log.warning("kernel probe failed: %s", exc)
             return
-        result = run_probe()
+        finally:
+            self._probe_done = True
         self.probe_summary = {name: f.supported for name, f in result.features.items()}
         for reason in result.unavailable_reasons():
             log.info("kernel: %s", reason)
-        missing = [f for f in ("tp_btf", "ringbuf", "bpf_loop") if not result.supports(f)]
+
+    def _probed(self) -> dict[str, bool]:
+        """The probe's results: it starts in the background once the agent is ready; needed earlier (the process
+        sensor failed, --enable-netdp makes the engine at start), it runs now."""
+        thread = self._probe_thread
+        if thread is not None:
+            thread.join()
+        elif self.cfg.run_probe and not self._probe_done:
+            self._probe()
+        return dict(self.probe_summary)
+
+    def _require_sensor_features(self, exc: OSError) -> None:
+        """The process sensor failed to load: say so clearly when the kernel lacks what it needs."""
+        probed = self._probed()
+        missing = [f for f in SENSOR_FEATURES if probed and not probed.get(f, False)]
         if missing:
-            raise RuntimeError(
-                "the process sensor needs " + ", ".join(missing) + " which this kernel lacks (see 'lanner probe')")
+            raise RuntimeError("the process sensor needs " + ", ".join(missing) + " which this kernel lacks "
+                               "(see 'lanner probe')") from exc
 
     def _start_process_sensor(self) -> None:
         """Load and attach the process sensor; with a previous agent's kept programs in the pin dir, reuse their
@@ -238,7 +265,7 @@ class Agent:
 
         assert self.sensor is not None
         return PolicyEngine(EngineContext(
-            probe=dict(self.probe_summary), execve_map_fd=self.sensor.obj.map("execve_map").fd, cache=self.cache,
+            probe=self._probed(), execve_map_fd=self.sensor.obj.map("execve_map").fd, cache=self.cache,
             encoder=self.encoder, proto=self.proto, node_name=self.cfg.node_name))
 
     @property
@@ -376,6 +403,8 @@ class Agent:
     def close(self) -> None:
         """Undo everything; with --keep-sensors-on-exit after a successful start, leave the programs attached and
         pinned (``kept/`` in the pin dir) for the next agent to take over."""
+        if self._probe_thread is not None:
+            self._probe_thread.join()  # the probe cleans up what it loaded and attached before the agent exits
         kept = self._keep() if self.cfg.keep_sensors and self.ready_s is not None and self.sensor else False
         self.kept_on_exit = self.kept_on_exit or kept
         for srv in (self.health, self.metrics):
@@ -606,7 +635,8 @@ class Agent:
         return __version__
 
     def probes(self) -> dict[str, bool]:
-        return dict(self.probe_summary)
+        # GetInfo right after start waits for the background probe (well under a second)
+        return self._probed() if self._probe_thread is not None else dict(self.probe_summary)
 
     def programs(self) -> list[tuple[str, str, str, int]]:
         """(sensor, program, attach point, fd) of every loaded program."""
