@@ -251,7 +251,7 @@ def test_rule_triggers_and_near_miss_is_silent(library, name):
     miss.pid = near_miss(miss.marker)
     hit = Ran(0, "h" + uuid.uuid4().hex[:10])
     hit.pid = trigger(hit.marker)
-    evs = agent.wait_for(lambda _: _events(agent, name, hit), timeout=10, what=f"{name} event")
+    evs = agent.wait_for(lambda _: _events(agent, name, hit), timeout=20, what=f"{name} event")
     ev = _events(agent, name, hit)[0]
     assert set(rule.techniques) <= set(ev["tags"]) and rule.tactic_id in ev["tags"], ev
     assert ev["action"] == "KPROBE_ACTION_POST" and ev.get("message"), ev
