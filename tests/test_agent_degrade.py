@@ -186,3 +186,26 @@ def test_engine_maps_failing_is_a_listed_load_error_and_a_retry_loads_it(monkeyp
         if engine is not None:
             engine.close()
         agent.close()
+
+
+def test_a_verifier_log_is_reduced_to_its_reason():
+    """The lines a real rejection ends with (generic_tp on 6.18.44-fc-v1300 before the verifier budget work)."""
+    from lanner.bpf.objects import BpfError
+
+    log = "\n".join([
+        "libbpf: prog 'generic_tp': BPF program load failed: Argument list too long",
+        "libbpf: prog 'generic_tp': -- BEGIN PROG LOAD LOG --",
+        "10072: (0f) r3 += r9                  ; frame2: R3=map_value(map=gen_heap,ks=4,vs=8408)",
+        "; bpf_probe_read_kernel(s->key.s, 16, &str->s[off & 127]); @ generic_core.bpf.h:863",
+        "10073: (57) r1 &= 127",
+        "BPF program is too large. Processed 1000001 insn",
+        "processed 1000001 insns (limit 1000000) max_states_per_insn 200 total_states 87004 peak_states 248670",
+        "-- END PROG LOAD LOG --",
+        "libbpf: prog 'generic_tp': failed to load: -7",
+        "libbpf: failed to load object '/work/main/policy/bpf/obj/generic_tp.bpf.o'",
+    ])
+    reason = BpfError("load BPF object generic_tp.bpf.o", 7, log).reason()
+    assert reason == ("load BPF object generic_tp.bpf.o: Argument list too long (errno 7): BPF program is too "
+                      "large. Processed 1000001 insn / processed 1000001 insns (limit 1000000) max_states_per_insn "
+                      "200 total_states 87004 peak_states 248670 / prog 'generic_tp': failed to load: -7")
+    assert "\n" not in reason and "; " not in reason
