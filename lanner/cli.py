@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load this TracingPolicy file at start (repeatable)")
     g.add_argument("--tracing-policy-dir", metavar="DIR", default=None,
                    help="load every *.yaml/*.yml TracingPolicy in this directory at start (default: lanner's "
-                        "built-in rule library, 72 rules mapped to MITRE ATT&CK; "
+                        "built-in rule library, mapped to MITRE ATT&CK; "
                         "see docs/rules.md and the --rules-* flags); an empty value loads none. "
                         "Policies load in the background once "
                         "exec/exit events flow; one that fails to load (a BPF program the kernel rejects, a "

@@ -29,7 +29,9 @@ class Problem:
 
 
 def child(path: str, key: str) -> str:
-    """``spec`` + ``kprobes`` -> ``spec.kprobes``."""
+    """``spec`` + ``kprobes`` -> ``spec.kprobes``; an empty key (YAML allows ``"": 1``) -> ``spec[""]``."""
+    if not key:
+        return f'{path}[""]'
     return f"{path}.{key}" if path else key
 
 

@@ -185,7 +185,7 @@ def _conform_object(value: dict, node: Node, path: str, report: Report) -> dict:
     out: dict[str, Any] = {}
     for k, v in value.items():
         if not isinstance(k, str):
-            report.error(path, f"keys must be strings, got {describe(k)}")
+            report.error(key(path, repr(k)), f"keys must be strings, got {describe(k)}")
             continue
         if node.additional is not None:
             out[k] = conform(v, node.additional, key(path, k), report)

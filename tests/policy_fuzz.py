@@ -38,7 +38,9 @@ HOST_PROBE = {"tracepoint": True, "raw_tp": True, "tp_btf": True, "uprobe": True
               "fmod_ret": False, "lsm": False, "override_return": False}
 FULL_PROBE = {k: True for k in HOST_PROBE}
 PROBES = (HOST_PROBE, FULL_PROBE)
-FIELD_PATH = re.compile(r"^[^.\[\]\s]+")  # starts with a key of the document: spec..., metadata.name, an unknown key
+# a path from the document's root: keys joined by "." (a key may be any text but empty), [i] and [key] items
+_SEGMENT = r"(?:\[[^\]]*\]|[^.\[\]])+"
+FIELD_PATH = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*$")
 DOCUMENT_PROBLEMS = ("invalid YAML at line ", "a policy document must be a mapping")
 
 

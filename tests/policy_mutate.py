@@ -80,7 +80,7 @@ FIELD_POOLS: dict[str, tuple[Any, ...]] = {
     "tags": ("ab", "a", "", "x" * 200), "message": ("a message", "m", "", "x" * 300),
     "label": ("l", "", "x" * 300), "calls": ("sys_dup", "list:syscalls", "list:nolist", "dup", ""),
 }
-KEY_TYPOS = ("matchArg", "matcharGs", "selector", "arg", "Index", "values ", "bogusField", "", "spec", "0")
+KEY_TYPOS = ("matchArg", "matcharGs", "selector", "arg", "Index", "values ", "bogusField", "", "spec", "0", "<<")
 TEXT_TAGS = ("!!binary aGVsbG8=", "!!set {a, b}", "!!omap [{a: 1}]", "!!str 1", "!!int '12'", "!!float 1e400",
              "!!null ''", "!!timestamp 2001-12-14", "!!python/name:os.system ''", "!custom x", "!!map {1: 2}",
              "!!int x", "!!bool x", "!!timestamp x", "!!float x", "!!binary '@@'", '"\\ud800"', "!!pairs [{a: 1}]")

@@ -105,6 +105,10 @@ REJECTED_CASES = {
     "NUL in call": ('kprobes: [{call: "sys_openat\\0x"}]', "spec.kprobes[0].call: a function name cannot contain"),
     "NUL in list": ('lists: [{name: l, values: ["security_file_open\\0x"]}]', "spec.lists[0].values[0]: a function"),
     "NUL in enforcer": ('enforcers: [{calls: ["sys_dup\\0x"]}]', "spec.enforcers[0].calls[0]: a function name"),
+    # an empty key named no place: "unknown field" at path "" (or "spec.")
+    "empty key": ('"": 1', 'spec[""]: unknown field'),
+    # a key that is no string, at the root: "keys must be strings" at path ""
+    "null key": ('kprobes: []\n~: 1', "spec[None]: keys must be strings, got null"),
 }
 
 
