@@ -30,6 +30,8 @@ help:
 	@echo "make test   set up and run the test suite"
 	@echo "make bpf    (re)build the BPF objects only"
 	@echo "make cni    (re)build the compiled lanner-cni client only"
+	@echo "make k8s-bins  build kube-apiserver and kubectl for the Kubernetes tests (build/k8s/bin)"
+	@echo "make crds   regenerate install/kubernetes/crds.yaml from the policy schema"
 	@echo "make clean  remove build outputs and the virtualenv"
 
 setup: deps venv bpf proto cni
@@ -123,11 +125,43 @@ $(CRI_PY) &: $(CRI_PROTO) | $(VENV)/.installed
 	  && touch $(CRI_PY) \
 	  || { rm -f $(CRI_PY); exit 1; }
 
+# Test control plane (docs/kubernetes.md): kube-apiserver and kubectl built from the Go module proxy through
+# the wrapper module tools/k8s (it requires k8s.io/kubernetes and pins every staging module). Built once into
+# build/k8s/bin; rebuilt only when the wrapper's go.mod/go.sum change. `make run` does not need them.
+K8S_DIR     := tools/k8s
+K8S_BIN     := $(BUILD)/k8s/bin
+K8S_VERSION := $(shell awk '$$1=="require" && $$2=="k8s.io/kubernetes" {print $$3}' $(K8S_DIR)/go.mod)
+K8S_MINOR   := $(word 2,$(subst ., ,$(K8S_VERSION)))
+K8S_TOOLS   := kube-apiserver kubectl
+K8S_BINS    := $(addprefix $(K8S_BIN)/,$(K8S_TOOLS))
+K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+               -X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR) -X $(p).gitTreeState=clean)
+GO          ?= go
+
+.PHONY: k8s-bins
+k8s-bins: $(K8S_BINS)
+
+$(K8S_BINS) &: $(K8S_DIR)/go.mod $(K8S_DIR)/go.sum
+	@mkdir -p $(K8S_BIN)
+	@echo "==> go build $(K8S_TOOLS) $(K8S_VERSION) -> $(K8S_BIN) (first build: several minutes)"
+	@cd $(K8S_DIR) && GOTOOLCHAIN=local $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(CURDIR)/$(K8S_BIN)/ \
+	    $(addprefix k8s.io/kubernetes/cmd/,$(K8S_TOOLS))
+	@touch $(K8S_BINS)
+
+# The TracingPolicy CRDs, generated from lanner's policy schema (policy/crd.py) and committed;
+# tests/test_k8s_crds.py fails when the committed file is stale.
+CRDS_YAML := install/kubernetes/crds.yaml
+
+.PHONY: crds
+crds: $(VENV)/.installed
+	@echo "==> $(CRDS_YAML) from lanner.policy.crdgen"
+	@$(VPY) -m lanner.policy.crdgen -o $(CRDS_YAML)
+
 run: setup
 	@echo "==> starting the agent (Ctrl-C stops it and detaches every program)"
 	$(VENV)/bin/lanner agent $(AGENT_ARGS)
 
-test: setup
+test: setup k8s-bins
 	@echo "==> test suite"
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory vmtest

@@ -131,6 +131,7 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
                 return agent  # a TCP/TLS agent: its API is up once the info file is written
             try:
                 if agent.status().get("ready_s") is not None:
+                    _wait_startup_policies(agent, extra)
                     return agent
             except (OSError, RuntimeError):
                 pass
@@ -138,6 +139,23 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
             agent.stop()
             raise AssertionError("agent not ready after 30 s:\n" + err.read_text()[-4000:])
         time.sleep(0.05)
+
+
+def _wait_startup_policies(agent: RunningAgent, extra: tuple[str, ...]) -> None:
+    """The agent is ready before the policies given at start are loaded (they load in the background): a test
+    that passes some waits until none is still loading, as it did when they loaded before ready."""
+    given = any(a == "--tracing-policy" or a.startswith("--tracing-policy=") for a in extra) or any(
+        a == "--tracing-policy-dir" and i + 1 < len(extra) and extra[i + 1] for i, a in enumerate(extra))
+    if not given:
+        return
+    from lanner.client import AgentClient
+
+    deadline = time.monotonic() + 60
+    with AgentClient(agent.address, timeout=30) as c:
+        while any(p.state == "loading" or "LOADING" in str(p.state) for p in c.list_policies()):
+            if time.monotonic() > deadline:
+                raise AssertionError("start-up policies still loading after 60 s")
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -180,3 +198,9 @@ def wait_exec(agent: RunningAgent, timeout: float = 10.0, **match) -> dict:
 
 def wait_exit(agent: RunningAgent, timeout: float = 10.0, **match) -> dict:
     return _wait_one(agent, exits, "process_exit", timeout, match)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real Kubernetes control plane (etcd + kube-apiserver, one per session) and a fresh namespace per
+# test: tests/k8s_harness.py. Registered here so every test module shares the one session instance.
+from tests.k8s_harness import k8s, k8s_namespace  # noqa: E402,F401
