@@ -131,7 +131,7 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
                 return agent  # a TCP/TLS agent: its API is up once the info file is written
             try:
                 if agent.status().get("ready_s") is not None:
-                    _wait_startup_policies(agent, extra)
+                    wait_startup_policies(agent, extra)
                     return agent
             except (OSError, RuntimeError):
                 pass
@@ -141,7 +141,7 @@ def start_agent(tmp_path: Path, *extra: str, node: str = "testnode", env: dict |
         time.sleep(0.05)
 
 
-def _wait_startup_policies(agent: RunningAgent, extra: tuple[str, ...]) -> None:
+def wait_startup_policies(agent: RunningAgent, extra: tuple[str, ...]) -> None:
     """The agent is ready before the policies given at start are loaded (they load in the background): a test
     that passes some waits until none is still loading, as it did when they loaded before ready."""
     given = any(a == "--tracing-policy" or a.startswith("--tracing-policy=") for a in extra) or any(
@@ -149,10 +149,11 @@ def _wait_startup_policies(agent: RunningAgent, extra: tuple[str, ...]) -> None:
     if not given:
         return
     from lanner.client import AgentClient
+    from lanner.exporter.api.gen.tetragon import sensors_pb2
 
     deadline = time.monotonic() + 60
     with AgentClient(agent.address, timeout=30) as c:
-        while any(p.state == "loading" or "LOADING" in str(p.state) for p in c.list_policies()):
+        while any(p.state == sensors_pb2.TP_STATE_LOADING for p in c.list_policies()):
             if time.monotonic() > deadline:
                 raise AssertionError("start-up policies still loading after 60 s")
             time.sleep(0.05)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.cni_runner import CniNode, lanner_conflist
-from tests.conftest import RunningAgent
+from tests.conftest import RunningAgent, wait_startup_policies
 
 
 def test_enable_netdp_needs_a_pod_cidr(tmp_path):
@@ -50,6 +50,7 @@ class AgentNode:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("agent with --enable-netdp did not start:\n" + err.read_text()[-4000:])
             time.sleep(0.05)
+        wait_startup_policies(self.agent, extra)
         return self.agent
 
 

@@ -46,9 +46,6 @@ FLAKY: dict[str, tuple[frozenset[str], str]] = {
     "tests/test_policy_operators.py::test_cli_list_shows_state_mode_hooks_memory_counters": (
         GUESTS, "starts an agent with tests/conftest.py's 30 s readiness deadline; under TCG on a loaded host the "
                 "agent needs 11-27 s (seen on 6.12: ready in 26.4 s, the deadline missed)"),
-    "tests/test_agent_io.py::test_tiny_ring_buffer_makes_loss_counter_rise": (
-        GUESTS, "reads the export file right after SIGCONT: the few records the 4 KiB ring still holds are "
-                "not exported yet under TCG (seen: 0 exported + 191 lost of 200); should wait_for the sum"),
 }
 
 DESELECT: dict[str, tuple[frozenset[str], str]] = {
