@@ -91,12 +91,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    """SIGTERM by PID, SIGKILL if it lingers; always reaped."""
+def _stop(proc: subprocess.Popen | None, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """``sig`` (SIGTERM) by PID, SIGKILL if it lingers; always reaped."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, sig)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -153,13 +153,14 @@ def apiserver_argv(d: Path, etcd: str, port: int) -> list[str]:
     ]
 
 
-def wait_ready(server: str, ca: Path, token: str, proc: subprocess.Popen, log: Path) -> None:
-    """Poll /readyz until 200; fail with the log's tail if the process exits or time runs out."""
+def wait_ready(server: str, ca: Path, token: str, procs: dict[Path, subprocess.Popen]) -> None:
+    """Poll /readyz until 200; fail with a log's tail if a process (log -> process) exits or time runs out."""
     deadline = time.monotonic() + READY_TIMEOUT
     last = "not tried"
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kube-apiserver exited {proc.returncode}:\n{_tail(log)}")
+        for log, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{log.stem} exited {proc.returncode}:\n{_tail(log)}")
         if ca.exists():
             try:
                 req = urllib.request.Request(f"{server}/readyz", headers={"Authorization": f"Bearer {token}"})
@@ -169,7 +170,8 @@ def wait_ready(server: str, ca: Path, token: str, proc: subprocess.Popen, log: P
             except OSError as e:  # URLError, connection refused, 500 while post-start hooks run
                 last = str(e)
         time.sleep(0.3)
-    raise RuntimeError(f"kube-apiserver not ready in {READY_TIMEOUT:.0f} s ({last}):\n{_tail(log)}")
+    logs = "\n".join(f"{log.stem}:\n{_tail(log)}" for log in procs)
+    raise RuntimeError(f"kube-apiserver not ready in {READY_TIMEOUT:.0f} s ({last}):\n{logs}")
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
@@ -190,27 +192,49 @@ def bind_agent_rbac(cp: ControlPlane) -> None:
 
 
 # ------------------------------------------------------------------------------- the pair
+def _start_pair(d: Path, admin_token: str, procs: list[subprocess.Popen]) -> tuple[str, str]:
+    """Start etcd then kube-apiserver on fresh free ports (appended to ``procs``); wait for /readyz.
+
+    Returns (server URL, etcd endpoint). A port taken between choosing and binding it fails the
+    start; the caller stops ``procs`` and may try again.
+    """
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+    shutil.rmtree(d / "etcd", ignore_errors=True)
+    etcd_endpoint = f"http://127.0.0.1:{etcd_port}"
+    logs = (d / "etcd.log", d / "kube-apiserver.log")
+    procs.append(_spawn(etcd_argv(d, etcd_port, peer_port), logs[0]))
+    procs.append(_spawn(apiserver_argv(d, etcd_endpoint, api_port), logs[1]))
+    server = f"https://127.0.0.1:{api_port}"
+    wait_ready(server, d / "certs" / "apiserver.crt", admin_token, dict(zip(logs, procs)))
+    return server, etcd_endpoint
+
+
 @contextlib.contextmanager
-def control_plane(base: Path | None = None) -> Iterator[ControlPlane]:
+def control_plane(base: Path | None = None, attempts: int = 2) -> Iterator[ControlPlane]:
     """Start etcd and kube-apiserver; stop both by PID and remove their directory on exit."""
     d = Path(tempfile.mkdtemp(prefix="lanner-k8s-", dir=base))
-    etcd = apiserver = None
+    procs: list[subprocess.Popen] = []
     try:
         tokens = write_credentials(d)
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-        etcd = _spawn(etcd_argv(d, etcd_port, peer_port), d / "etcd.log")
-        etcd_endpoint = f"http://127.0.0.1:{etcd_port}"
-        apiserver = _spawn(apiserver_argv(d, etcd_endpoint, api_port), d / "kube-apiserver.log")
-        server, ca = f"https://127.0.0.1:{api_port}", d / "certs" / "apiserver.crt"
-        wait_ready(server, ca, tokens["admin"], apiserver, d / "kube-apiserver.log")
+        for attempt in range(1, attempts + 1):
+            try:
+                server, etcd_endpoint = _start_pair(d, tokens["admin"], procs)
+                break
+            except RuntimeError:
+                for proc in reversed(procs):
+                    _stop(proc, sig=signal.SIGKILL)  # a failed start: nothing to shut down cleanly
+                procs.clear()
+                if attempt == attempts:
+                    raise
+        ca = d / "certs" / "apiserver.crt"
         write_kubeconfig(d / "admin.kubeconfig", server, ca, "admin", tokens["admin"])
         write_kubeconfig(d / "agent.kubeconfig", server, ca, "lanner-agent", tokens["agent"])
         cp = ControlPlane(d, server, ca, d / "admin.kubeconfig", d / "agent.kubeconfig", etcd_endpoint)
         bind_agent_rbac(cp)
         yield cp
     finally:
-        _stop(apiserver)
-        _stop(etcd)
+        for proc in reversed(procs):  # the apiserver first, then etcd
+            _stop(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 

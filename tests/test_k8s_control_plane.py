@@ -133,3 +133,28 @@ def _is_zombie_free(pid: int) -> bool:
     except OSError:
         return True
     return b"lanner-k8s-" not in cmd
+
+
+def test_a_port_taken_before_etcd_binds_it_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """free_port() can race with another process: the first start fails fast and the second succeeds."""
+    import socket
+
+    from tests import k8s_harness
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real = k8s_harness.free_port
+    calls: list[int] = []
+
+    def racy() -> int:
+        calls.append(1)
+        return taken.getsockname()[1] if len(calls) == 1 else real()
+
+    monkeypatch.setattr(k8s_harness, "free_port", racy)
+    try:
+        with control_plane(tmp_path) as cp:
+            assert cp.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    finally:
+        taken.close()
+    assert len(calls) == 6  # two starts, three ports each
