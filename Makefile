@@ -32,6 +32,7 @@ help:
 	@echo "make cni    (re)build the compiled lanner-cni client only"
 	@echo "make k8s-bins  build kube-apiserver and kubectl for the Kubernetes tests (build/k8s/bin)"
 	@echo "make crds   regenerate install/kubernetes/crds.yaml from the policy schema"
+	@echo "make tetragon-client  build the gRPC client on Tetragon's Go stubs (build/tetragon/bin)"
 	@echo "make clean  remove build outputs and the virtualenv"
 
 setup: deps venv bpf proto cni
@@ -144,9 +145,22 @@ k8s-bins: $(K8S_BINS)
 $(K8S_BINS) &: $(K8S_DIR)/go.mod $(K8S_DIR)/go.sum
 	@mkdir -p $(K8S_BIN)
 	@echo "==> go build $(K8S_TOOLS) $(K8S_VERSION) -> $(K8S_BIN) (first build: several minutes)"
-	@cd $(K8S_DIR) && GOTOOLCHAIN=local $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $(CURDIR)/$(K8S_BIN)/ \
+	@cd $(K8S_DIR) && GOTOOLCHAIN=local $(GO) build -trimpath -buildvcs=false -ldflags "$(K8S_LDFLAGS)" -o $(CURDIR)/$(K8S_BIN)/ \
 	    $(addprefix k8s.io/kubernetes/cmd/,$(K8S_TOOLS))
 	@touch $(K8S_BINS)
+
+# A gRPC client built on Tetragon's own generated Go stubs (the api module is on the Go module proxy; the main
+# module with cmd/tetra is not: docs/api.md). tests/test_tetragon_go_client.py runs it against a real agent.
+TETRAGON_DIR    := tools/tetragon
+TETRAGON_CLIENT := $(BUILD)/tetragon/bin/tetragon-client
+
+.PHONY: tetragon-client
+tetragon-client: $(TETRAGON_CLIENT)
+
+$(TETRAGON_CLIENT): $(TETRAGON_DIR)/go.mod $(TETRAGON_DIR)/go.sum $(TETRAGON_DIR)/main.go $(TETRAGON_DIR)/stub/go.mod
+	@mkdir -p $(dir $@)
+	@echo "==> go build $@ (Tetragon's api stubs)"
+	@cd $(TETRAGON_DIR) && GOTOOLCHAIN=local $(GO) build -trimpath -buildvcs=false -o $(CURDIR)/$@ .
 
 # The TracingPolicy CRDs, generated from lanner's policy schema (policy/crd.py) and committed;
 # tests/test_k8s_crds.py fails when the committed file is stale.
@@ -161,7 +175,7 @@ run: setup
 	@echo "==> starting the agent (Ctrl-C stops it and detaches every program)"
 	$(VENV)/bin/lanner agent $(AGENT_ARGS)
 
-test: setup k8s-bins
+test: setup k8s-bins tetragon-client
 	@echo "==> test suite"
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory vmtest

@@ -326,7 +326,7 @@ def wrapper_ratio(args: argparse.Namespace) -> int:
     agent = Agent(AgentConfig(export_stdout=False, grpc=None, health_address=None, run_probe=True,
                               policy_engine=False))
     agent.start()
-    eng = PolicyEngine(EngineContext(agent.probe_summary, agent.sensor.obj.map("execve_map").fd, agent.cache,
+    eng = PolicyEngine(EngineContext(agent.probed(), agent.sensor.obj.map("execve_map").fd, agent.cache,
                                      agent.encoder, agent.proto, agent.cfg.node_name))
     eng.add(P.policy_yaml("bench-prefix-1", "Prefix", [WATCHED]), "bench")
     info = eng.status("bench-prefix-1").info

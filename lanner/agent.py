@@ -35,7 +35,7 @@ from lanner.policyhost import PolicyHost, PolicyHostContext
 from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, FLAG_PROCFS, Process, ProcessCache, make_exec_id
 from lanner.sensors import procfs
 from lanner.sensors.process import (
-    F_ERROR_CWD, F_TRUNC_ARGS, F_TRUNC_FILENAME, CloneRecord, ExecRecord, ExitRecord, ProcessSensor,
+    F_ERROR_CWD, F_TRUNC_ARGS, F_TRUNC_FILENAME, OP_POLICY, CloneRecord, ExecRecord, ExitRecord, ProcessSensor,
     ProcessSensorConfig,
 )
 
@@ -197,7 +197,7 @@ class Agent:
         for reason in result.unavailable_reasons():
             log.info("kernel: %s", reason)
 
-    def _probed(self) -> dict[str, bool]:
+    def probed(self) -> dict[str, bool]:
         """The probe's results: it starts in the background once the agent is ready; needed earlier (the process
         sensor failed, --enable-netdp makes the engine at start), it runs now."""
         thread = self._probe_thread
@@ -209,7 +209,7 @@ class Agent:
 
     def _require_sensor_features(self, exc: OSError) -> None:
         """The process sensor failed to load: say so clearly when the kernel lacks what it needs."""
-        probed = self._probed()
+        probed = self.probed()
         missing = [f for f in SENSOR_FEATURES if probed and not probed.get(f, False)]
         if missing:
             raise RuntimeError("the process sensor needs " + ", ".join(missing) + " which this kernel lacks "
@@ -264,9 +264,11 @@ class Agent:
         from lanner.policy.engine import EngineContext, PolicyEngine
 
         assert self.sensor is not None
-        return PolicyEngine(EngineContext(
-            probe=self._probed(), execve_map_fd=self.sensor.obj.map("execve_map").fd, cache=self.cache,
-            encoder=self.encoder, proto=self.proto, node_name=self.cfg.node_name))
+        obj = self.sensor.obj
+        return PolicyEngine(EngineContext(  # one ring: the policy programs write into the process sensor's
+            probe=self.probed(), execve_map_fd=obj.map("execve_map").fd, cache=self.cache,
+            encoder=self.encoder, proto=self.proto, node_name=self.cfg.node_name,
+            ring_fd=obj.map("events").fd, lost_fd=obj.map("lanner_lost").fd))
 
     @property
     def engine(self) -> Any:
@@ -456,13 +458,10 @@ class Agent:
     def run(self) -> None:
         assert self.ring is not None
         sel = selectors.DefaultSelector()
-        sel.register(self.ring.fd, selectors.EVENT_READ, None)
-        policy_ring = None  # registered once the engine is loaded (by the first policy)
+        sel.register(self.ring.fd, selectors.EVENT_READ, None)  # the one ring: every sensor writes into it
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         try:
             while not self._stop.is_set():
-                if policy_ring is None and (policy_ring := self._policy_ring()) is not None:
-                    sel.register(policy_ring.fd, selectors.EVENT_READ, None)
                 sel.select(timeout=POLL_S)
                 self.drain()
                 now = self.last_loop = time.monotonic()
@@ -473,7 +472,7 @@ class Agent:
             sel.close()
 
     def drain(self, max_batches: int = 64, max_s: float = 0.5) -> int:
-        """Consume what the ring buffers hold, for at most ``max_s`` per turn so the loop keeps turning
+        """Consume what the ring buffer holds, for at most ``max_s`` per turn so the loop keeps turning
         (housekeeping, /healthz) even when the agent is overloaded."""
         assert self.ring is not None and self.sensor is not None
         total = 0
@@ -485,27 +484,30 @@ class Agent:
             if not raws:
                 break
             total += len(raws)
-            self.emit(self.handle(self.sensor.decoder.decode(raws)))
-        ring = self._policy_ring()
-        if ring is not None:
-            # policy events after the process events of the same moment, so their processes are cached
-            for _ in range(max_batches):
-                raws = ring.read_batch(BATCH)
-                if not raws:
-                    break
-                total += len(raws)
-                out = self.engine.handle(raws, self.server is not None and self.server.has_subscribers)
-                for ev in out:
-                    self.counters.events[ev.kind] = self.counters.events.get(ev.kind, 0) + 1
-                self.emit(out)
+            self._dispatch(raws)
         total += self._drain_flows()
         if total:
             self.export.flush()
         return total
 
-    def _policy_ring(self) -> RingBuffer | None:
-        engine = self.engine
-        return engine.ring if engine is not None else None
+    def _dispatch(self, raws: list) -> None:
+        """One ring, in kernel order: each run of consecutive records of one sensor (the header's op: the
+        policy programs' OP_POLICY, the process sensor's the others) goes to that sensor's decoder as a batch."""
+        n, start = len(raws), 0
+        while start < n:
+            policy = raws[start][0] == OP_POLICY
+            end = start + 1
+            while end < n and (raws[end][0] == OP_POLICY) == policy:
+                end += 1
+            chunk = raws[start:end] if start or end < n else raws
+            if not policy:
+                self.emit(self.handle(self.sensor.decoder.decode(chunk)))
+            elif self.engine is not None:
+                out = self.engine.handle(chunk, self.server is not None and self.server.has_subscribers)
+                for ev in out:
+                    self.counters.events[ev.kind] = self.counters.events.get(ev.kind, 0) + 1
+                self.emit(out)
+            start = end
 
     def emit(self, out: list[OutEvent]) -> None:
         if not out:
@@ -636,7 +638,7 @@ class Agent:
 
     def probes(self) -> dict[str, bool]:
         # GetInfo right after start waits for the background probe (well under a second)
-        return self._probed() if self._probe_thread is not None else dict(self.probe_summary)
+        return self.probed() if self._probe_thread is not None else dict(self.probe_summary)
 
     def programs(self) -> list[tuple[str, str, str, int]]:
         """(sensor, program, attach point, fd) of every loaded program."""
@@ -658,11 +660,9 @@ class Agent:
                 "policy_problems": self.policies.problems() if self.policies is not None else []}
 
     def lost(self) -> dict[str, int]:
-        lost = self.sensor.lost_total() if self.sensor else {}
-        if self.engine is not None:
-            for k, v in self.engine.lost_total().items():
-                lost[f"policy_{k}"] = lost.get(f"policy_{k}", 0) + v
-        return lost
+        """Records the one ring had no room for, by op (every sensor counts into the process sensor's per-CPU
+        lanner_lost, shared by fd as the ring is)."""
+        return self.sensor.lost_total() if self.sensor else {}
 
     def status(self) -> dict:
         lost = self.lost()
@@ -673,7 +673,7 @@ class Agent:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "ready_s": self.ready_s,
-            "sensors": (["process"] if self.sensor else []) + (["policy"] if self._policy_ring() else []),
+            "sensors": (["process"] if self.sensor else []) + (["policy"] if self.engine is not None and self.engine.loaded else []),
             **self._policy_status(),
             "events": dict(self.counters.events),
             "records": self.counters.records,

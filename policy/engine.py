@@ -100,7 +100,12 @@ class EngineContext:
     encoder: Any  # exporter.encoder.ProcessEventEncoder
     proto: Any  # exporter.grpc_api.ProtoEventEncoder
     node_name: str
-    ringbuf_bytes: int = 4 << 20
+    ringbuf_bytes: int = 4 << 20  # the engine's own ring, when no ring_fd is given
+    # The agent's one ring: the policy programs write their records into the process sensor's ring buffer and
+    # loss counters (shared by fd, as execve_map), so every record comes in kernel order through one reader
+    # that dispatches by the header's op; -1: the engine has a ring of its own (tests driving it alone).
+    ring_fd: int = -1
+    lost_fd: int = -1
 
 
 class _SysLink:
@@ -203,7 +208,8 @@ class PolicyEngine:
         self.up: BpfObject | None = None  # generic_uprobe, loaded on the first uprobe/usdt hook
         self.kp: BpfObject | None = None  # generic_kprobe, loaded on demand
         self._inst: dict[int, BpfObject] = {}  # id(link) -> the per-hook instance (LSM, fmod_ret) it owns
-        self.ring: RingBuffer | None = None  # the policy events, once loaded
+        self._ring: RingBuffer | None = None  # a reader of the events map, made on first use of .ring
+        self._loaded = False
         self._tp_pool: list[BpfObject] = []  # generic_tp instances with the program (maps shared by fd)
         self._tp_busy: dict[tuple[str, str], set[int]] = {}  # tracepoint -> instances attached to it
         self._link_slot: dict[int, tuple[tuple[str, str], int]] = {}  # id(link) -> (tracepoint, instance)
@@ -223,12 +229,21 @@ class PolicyEngine:
 
     @property
     def loaded(self) -> bool:
-        return self.ring is not None
+        return self._loaded
+
+    @property
+    def ring(self) -> RingBuffer | None:
+        """A reader of the ring the policy programs write to, for driving the engine alone (tests, benches).
+        In the agent the ring is the process sensor's and the agent reads it (``ring_fd``): nothing reads it
+        here, and no second mapping of it is made unless asked for."""
+        if self._ring is None and self._loaded and self.tp is not None:
+            self._ring = RingBuffer(self.tp.map("events"))
+        return self._ring
 
     def _ensure_loaded(self) -> None:
         """Create the shared maps (generic_tp.bpf.o with no program: nothing for the verifier) and what reads
         them. Programs are loaded per mechanism when a hook needs them. Raises EngineLoadError."""
-        if self.ring is not None:
+        if self._loaded:
             return
         try:
             tp = BpfObject.open(TP_OBJECT)
@@ -239,7 +254,11 @@ class PolicyEngine:
             for prog in tp.programs.values():
                 prog.set_autoload(False)
             tp.reuse_map("execve_map", self.ctx.execve_map_fd)
-            tp.resize_map("events", self.ctx.ringbuf_bytes)
+            if self.ctx.ring_fd >= 0:
+                tp.reuse_map("events", self.ctx.ring_fd)
+                tp.reuse_map("lanner_lost", self.ctx.lost_fd)
+            else:
+                tp.resize_map("events", self.ctx.ringbuf_bytes)
             tp.load()
             self.tp = tp
             self._bind_maps(tp)
@@ -280,7 +299,7 @@ class PolicyEngine:
         sock = tp.btf.struct("gen_sock_info")
         sock_fields = {m.name: (m.bit_offset // 8, tp.btf.sizeof(m.type_id)) for m in sock.members}
         self.compiler = Compiler(self.probe, lambda: next(self._hook_ids), self._alloc_set, sock_fields)
-        self.ring = RingBuffer(tp.map("events"))  # last: `loaded` is true from here on
+        self._loaded = True  # last: `loaded` is true from here on
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -960,8 +979,9 @@ class PolicyEngine:
             (root / "engine" / "maps").mkdir(parents=True, exist_ok=True)
             for direction, link in self._sys_links.items():
                 kept += _keep_link(link, root / "engine" / ("sys_exit" if direction else "sys_enter"))
+            sensor_maps = ("execve_map", "events", "lanner_lost") if self.ctx.ring_fd >= 0 else ("execve_map",)
             for name in SHARED_MAPS:
-                if name != "execve_map":  # the process sensor's: pinned with it
+                if name not in sensor_maps:  # the process sensor's: pinned with it
                     self.tp.map(name).pin(str(root / "engine" / "maps" / name))
             return kept
 
@@ -972,9 +992,10 @@ class PolicyEngine:
                     self._destroy(p.links)
             self._policies.clear()
             self._meta.clear()
-            if self.ring is not None:
-                self.ring.close()
-                self.ring = None
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            self._loaded = False
             for link in self._sys_links.values():
                 link.destroy()
             self._sys_links.clear()

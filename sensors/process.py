@@ -22,7 +22,8 @@ log = logging.getLogger("lanner.sensors.process")
 PROCESS_OBJECT = Path(__file__).parent / "bpf" / "obj" / "process.bpf.o"
 
 OP_EXEC, OP_CLONE, OP_EXIT = 1, 2, 5
-OP_NAMES = {OP_EXEC: "exec", OP_CLONE: "clone", OP_EXIT: "exit"}
+OP_POLICY = 9  # the policy programs' records in the same ring (policy/bpf/generic.h GEN_OP)
+OP_NAMES = {OP_EXEC: "exec", OP_CLONE: "clone", OP_EXIT: "exit", OP_POLICY: "policy"}
 
 # exec_event.flags (process.h)
 F_TRUNC_ARGS = 1 << 0

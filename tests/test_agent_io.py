@@ -153,3 +153,39 @@ def test_probe_command_reports_this_kernel_truthfully():
     assert feats["tracepoint"]["supported"] is True
     for name in ("kprobe", "fentry", "lsm"):
         assert feats[name]["supported"] is False and feats[name]["detail"]
+
+
+def test_one_ring_orders_policy_events_after_their_exec_and_counts_their_losses(tmp_path):
+    """Every sensor writes into the one ring (--rb-size): a policy event comes after the exec of its process in
+    kernel order (its process is cached: parent and binary known), and a full ring counts the policy records
+    it refused under lost.policy, as it counts the process records."""
+    from tests.policy_specs import openat_prefix, policy_yaml
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    policy = tmp_path / "ring.yaml"
+    policy.write_text(policy_yaml("one-ring", openat_prefix(str(watched))))
+    a = start_agent(tmp_path, "--rb-size", "4096", "--tracing-policy", str(policy))
+    try:
+        assert a.status()["ringbuf"]["size_bytes"] == 4096
+        script = f"for i in 1 2 3; do /bin/cat {watched}/f$i 2>/dev/null; done"
+        subprocess.run(["/bin/sh", "-c", script])
+        evs = a.wait_for(lambda e: len([x for x in e if x.get("process_kprobe", {}).get("policy_name") == "one-ring"])
+                         >= 3, timeout=10 * current().slowdown, what="three policy events")
+        for i, e in enumerate(evs):
+            k = e.get("process_kprobe")
+            if k and k["policy_name"] == "one-ring":
+                assert k["process"]["binary"] == "/bin/cat" and k["parent"]["binary"], k
+                exec_at = [j for j, x in enumerate(evs) if x.get("process_exec", {}).get("process", {}).get(
+                    "exec_id") == k["process"]["exec_id"]]
+                assert exec_at and exec_at[0] < i, "the policy event came before its process's exec"
+        os.kill(a.proc.pid, signal.SIGSTOP)  # nobody consumes: the 4 KiB ring fills at once
+        try:
+            subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 100 ]; do /bin/cat {watched}/g 2>/dev/null;"
+                                             " i=$((i+1)); done"])
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        lost = a.status()["ringbuf"]["lost"]
+        assert lost["policy"] > 10 and lost["exec"] > 10, lost
+    finally:
+        a.stop()

@@ -50,7 +50,7 @@ def env():
     engine = None
     try:
         agent.start()
-        ctx = EngineContext(agent.probe_summary, agent.sensor.obj.map("execve_map").fd, agent.cache,
+        ctx = EngineContext(agent.probed(), agent.sensor.obj.map("execve_map").fd, agent.cache,
                             agent.encoder, agent.proto, agent.cfg.node_name)
         engine = PolicyEngine(ctx)
         yield Env(agent, engine)
