@@ -43,8 +43,11 @@ def test_objects_are_stored_and_watched(k8s: ControlPlane, k8s_namespace: str) -
     seen: list[str] = []
     w = watch.Watch()
 
-    def follow() -> None:
-        for ev in w.stream(core.list_namespaced_config_map, k8s_namespace, timeout_seconds=20):
+    start = core.list_namespaced_config_map(k8s_namespace).metadata.resource_version
+
+    def follow() -> None:  # from the list's resourceVersion: no write can slip in before the watch starts
+        for ev in w.stream(core.list_namespaced_config_map, k8s_namespace, resource_version=start,
+                           timeout_seconds=20):
             seen.append(f"{ev['type']} {ev['object'].metadata.name}")
             if len(seen) >= 2:
                 w.stop()
