@@ -66,7 +66,8 @@ class ControlPlane:
                 check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this control plane (admin, or the agent's identity)."""
         config = self.agent_kubeconfig if as_agent else self.admin_kubeconfig
-        proc = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], input=stdin,
+        proc = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), f"--cache-dir={self.dir / 'kube-cache'}",
+                               *args], input=stdin,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
