@@ -82,6 +82,7 @@ class AgentConfig:
     tracing_policy_dir: Path | None = None  # every *.yaml / *.yml in it, loaded at start
     policy_engine: bool = True
     netdp: Any = None  # lanner.netdp.runtime.NetdpConfig: be the node's CNI (--enable-netdp); None: off
+    k8s: Any = None  # lanner.k8s.client.K8sConfig: on the Kubernetes API (--enable-k8s-api); None: off
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Agent:
         self.metrics = None
         self.health = None
         self.netdp = None  # lanner.netdp.runtime.NetdpRuntime with --enable-netdp
+        self.k8s = None  # lanner.k8s.integration.K8sIntegration with --enable-k8s-api
         self._bpf_stats_fd = -1
         self.last_loop = time.monotonic()
         self.clock = KtimeClock()
@@ -158,6 +160,8 @@ class Agent:
             self._release_kept()
         if self.cfg.netdp is not None:
             self._start_netdp()
+        if self.cfg.k8s is not None:
+            self._start_k8s()
         if self.cfg.grpc is not None:
             self.server = GrpcApiServer(self, self.cfg.grpc, self.policies)
         if self.cfg.bpf_stats:
@@ -308,6 +312,13 @@ class Agent:
 
             pods.subscribe(lambda eps: scopes.sync(workload(ep) for ep in eps))
 
+    def _start_k8s(self) -> None:
+        """Watch the Kubernetes API in background threads; never waits for the server (lanner.k8s)."""
+        from lanner.k8s.integration import K8sIntegration
+
+        self.k8s = K8sIntegration(self.cfg.k8s, self.policies)
+        self.k8s.start()
+
     def _drain_flows(self) -> int:
         """Flow events from the datapath, exported alongside the security events (not process-filtered)."""
         if self.netdp is None:
@@ -407,6 +418,9 @@ class Agent:
         pinned (``kept/`` in the pin dir) for the next agent to take over."""
         if self._probe_thread is not None:
             self._probe_thread.join()  # the probe cleans up what it loaded and attached before the agent exits
+        if self.k8s is not None:
+            self.k8s.close()  # no policy change from the API while the policies are kept or unloaded
+            self.k8s = None
         kept = self._keep() if self.cfg.keep_sensors and self.ready_s is not None and self.sensor else False
         self.kept_on_exit = self.kept_on_exit or kept
         for srv in (self.health, self.metrics):
@@ -702,6 +716,7 @@ class Agent:
             "health_address": self.health.address if self.health else None,
             "kernel": self.probe_summary,
             **({"netdp": self.netdp.status()} if self.netdp is not None else {}),
+            **({"k8s": self.k8s.status()} if self.k8s is not None else {}),
         }
 
 

@@ -166,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     netdp_cli.add_netdp_flags(a.add_argument_group("networking (CNI and eBPF datapath; off by default)"),
                               with_enable=True)
+    g = a.add_argument_group("Kubernetes API (off by default; docs/kubernetes.md)")
+    g.add_argument("--enable-k8s-api", action="store_true",
+                   help="watch the Kubernetes API: TracingPolicy and TracingPolicyNamespaced objects are loaded, "
+                        "reloaded on a spec edit and unloaded on delete (spec.nodeSelector against this node's "
+                        "labels: --node-name); a load error or skip on this node is posted as an Event on the "
+                        "policy ('kubectl describe tgtp NAME'). The agent is ready without the API: an "
+                        "unreachable server or missing CRDs are retried in the background ('lanner status')")
+    g.add_argument("--k8s-kubeconfig-path", type=Path, default=None, metavar="FILE",
+                   help="kubeconfig to reach the API server (default: in-cluster config, the pod's "
+                        "service account)")
 
     # ---------------------------------------------------------------- getevents
     e = sub.add_parser(
@@ -317,8 +327,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lanner agent: {exc}", file=sys.stderr)
         return 2
+    k8s_cfg = None
+    if args.enable_k8s_api:
+        from lanner.k8s.client import K8sConfig
+
+        if args.k8s_kubeconfig_path is not None and not args.k8s_kubeconfig_path.is_file():
+            print(f"lanner agent: --k8s-kubeconfig-path {args.k8s_kubeconfig_path}: no such file", file=sys.stderr)
+            return 2
+        k8s_cfg = K8sConfig(node_name=args.node_name, kubeconfig=args.k8s_kubeconfig_path)
+    elif args.k8s_kubeconfig_path is not None:
+        print("lanner agent: --k8s-kubeconfig-path needs --enable-k8s-api", file=sys.stderr)
+        return 2
     cfg = AgentConfig(
-        netdp=netdp_cfg,
+        netdp=netdp_cfg, k8s=k8s_cfg,
         node_name=args.node_name, export_stdout=args.export_stdout, export_file=args.export_file,
         export_file_max_mb=args.export_file_max_size_mb, export_file_max_backups=args.export_file_max_backups,
         export_file_compress=args.export_file_compress, export_file_perm=args.export_file_perm,
@@ -519,6 +540,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"keep       programs stay attached at stop, pinned under {st.get('pin_dir')}/kept")
     if "netdp" in st:
         print(netdp_cli.status_line(st["netdp"]))
+    if "k8s" in st:
+        k = st["k8s"]
+        watches = ", ".join(f"{n} {w['state']} ({w['objects']})" for n, w in k.get("watches", {}).items())
+        print(f"kubernetes {k.get('server') or '-'}: {'connected' if k.get('connected') else 'not connected'}"
+              f"{': ' + k['error'] if k.get('error') else ''}; {watches or 'no watch'}")
     return 0
 
 

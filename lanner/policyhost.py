@@ -37,6 +37,15 @@ class PolicyHost:
         self._thread: threading.Thread | None = None
         self._settled = threading.Event()  # the start-up files are done (set at once when there are none)
         self._settled.set()
+        self._extra: list[Callable[[], list]] = []  # statuses of policies the engine does not hold (k8s: skipped)
+
+    def add_status_source(self, statuses: Callable[[], list]) -> None:
+        """Policies known elsewhere but not in the engine (a TracingPolicy skipped on this node, one the engine
+        refused): ``statuses()`` gives their TracingPolicyStatus, listed and counted with the engine's."""
+        self._extra.append(statuses)
+
+    def _extra_statuses(self) -> list:
+        return [st for source in self._extra for st in source()]
 
     @property
     def engine(self) -> Any:
@@ -114,7 +123,7 @@ class PolicyHost:
         """Right after start, waits (SETTLE_WAIT_S at most) for the start-up files, so a first list sees them
         loaded; past that, the ones still loading are listed as such."""
         self._settled.wait(SETTLE_WAIT_S)
-        return self._engine.list() if self._engine is not None else []
+        return (self._engine.list() if self._engine is not None else []) + self._extra_statuses()
 
     def configure(self, name: str, namespace: str, enable: bool | None, mode: int | None) -> None:
         if self._engine is None:
@@ -123,10 +132,18 @@ class PolicyHost:
 
     # ------------------------------------------------------------------ status and lifecycle
     def states(self) -> dict[str, int]:
-        return self._engine.states() if self._engine is not None else {}
+        from lanner.exporter.api.gen.tetragon import sensors_pb2
+
+        out = dict(self._engine.states()) if self._engine is not None else {}
+        for st in self._extra_statuses():
+            name = sensors_pb2.TracingPolicyState.Name(st.state).removeprefix("TP_STATE_").lower()
+            out[name] = out.get(name, 0) + 1
+        return out
 
     def problems(self) -> list[dict[str, str]]:
-        return self._engine.problems() if self._engine is not None else []
+        out = self._engine.problems() if self._engine is not None else []
+        return out + [{"name": st.name, "namespace": st.namespace, "state": "load_error", "error": st.error}
+                      for st in self._extra_statuses() if st.error]
 
     def keep(self, root: Path) -> int:
         """Pin every policy attachment under ``root`` (--keep-sensors-on-exit); ``close`` then leaves them."""

@@ -1,0 +1,127 @@
+"""The agent's Kubernetes integration: reflectors in, one worker applying their changes, Events out.
+
+Each reflector (TracingPolicy, TracingPolicyNamespaced, this node's Node) runs in its own thread and
+puts changes on one queue; a single worker thread applies them in order (a policy load never runs on
+the agent's event loop, and never concurrently with a Node relabel). Starting never waits for the API:
+``start`` only starts threads, an unreachable server is a warning in the log and a state in ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+from .client import K8sConfig, describe_server, make_api_client
+from .events import EventContext, EventRecorder
+from .reflector import Change, Reflector, ReflectorContext, Resource
+from .tracingpolicies import PolicyController, PolicyControllerContext
+
+log = logging.getLogger("lanner.k8s")
+
+TP = Resource("tracingpolicies", "/apis/cilium.io/v1alpha1/tracingpolicies")
+TPN = Resource("tracingpoliciesnamespaced", "/apis/cilium.io/v1alpha1/tracingpoliciesnamespaced")
+
+
+def node_resource(node: str) -> Resource:
+    return Resource("node", "/api/v1/nodes", field_selector=f"metadata.name={node}")
+
+
+class K8sIntegration:
+    """One object the agent starts and closes; ``policy_host`` may be None (no policy engine)."""
+
+    def __init__(self, cfg: K8sConfig, policy_host: Any = None) -> None:
+        self.cfg = cfg
+        self.host = policy_host
+        self.error = ""  # the client could not be made (no kubeconfig, not in a cluster)
+        self.server = ""
+        self.api: Any = None
+        self.events: EventRecorder | None = None
+        self.policies: PolicyController | None = None
+        self.reflectors: list[Reflector] = []
+        self._handlers: dict[str, Callable[[Change], None]] = {}
+        self._queue: queue.Queue[Change | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.applied = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        try:
+            self.api = make_api_client(self.cfg)
+        except Exception as exc:  # ConfigException, OSError: the agent runs on without the API
+            self.error = f"no Kubernetes API client: {exc}"
+            log.warning("--enable-k8s-api: %s", self.error)
+            return
+        self.server = describe_server(self.api)
+        self.events = EventRecorder(EventContext(self.api, self.cfg.node_name, self.cfg.event_interval_s))
+        self.events.start()
+        if self.cfg.watch_policies and self.host is not None:
+            self._watch_policies()
+        self._worker = threading.Thread(target=self._work, name="lanner-k8s-apply", daemon=True)
+        self._worker.start()
+        for r in self.reflectors:
+            r.start()
+        log.info("Kubernetes API %s: watching %s as node %s", self.server,
+                 ", ".join(r.ctx.resource.name for r in self.reflectors) or "nothing", self.cfg.node_name)
+
+    def _watch_policies(self) -> None:
+        assert self.events is not None
+        self.policies = PolicyController(PolicyControllerContext(
+            self.cfg.node_name, self.host.ensure_engine, self.events.record))
+        self.host.add_status_source(self.policies.statuses)
+        for res in (TP, TPN):
+            self._add(res, self.policies.on_policy, missing_poll_s=self.cfg.crd_poll_s)
+        self._add(node_resource(self.cfg.node_name), self.policies.on_node)
+
+    def _add(self, res: Resource, handler: Callable[[Change], None], **kw: Any) -> Reflector:
+        r = Reflector(ReflectorContext(self.api, res, self._queue.put, **kw))
+        self.reflectors.append(r)
+        self._handlers[res.name] = handler
+        return r
+
+    def close(self) -> None:
+        for r in self.reflectors:
+            r.close()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=30)
+            self._worker = None
+        if self.events is not None:
+            self.events.close()
+        if self.api is not None:
+            try:
+                self.api.close()
+            except Exception:
+                pass
+
+    def _work(self) -> None:
+        while True:
+            change = self._queue.get()
+            if change is None:
+                return
+            try:
+                self._handlers[change.resource](change)
+            except Exception:  # one bad object never stops the others
+                log.exception("applying %s %s from the Kubernetes API failed", change.type, change.resource)
+            self.applied += 1
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """``lanner status``: the server, each watch's state, policies by outcome, Events posted."""
+        out: dict[str, Any] = {"server": self.server, "error": self.error, "node": self.cfg.node_name}
+        out["watches"] = {r.ctx.resource.name: {"state": r.stats.state, "objects": len(r.items()),
+                                                "synced": r.stats.synced, "lists": r.stats.lists,
+                                                "gone": r.stats.gone, "reconnects": r.stats.reconnects,
+                                                "error": r.stats.last_error}
+                          for r in self.reflectors}
+        reachable = any(r.stats.state == "watching" or r.stats.state == "waiting for the resource"
+                        for r in self.reflectors)
+        out["connected"] = reachable and not self.error
+        if self.policies is not None:
+            out["policies"] = self.policies.counts()
+        if self.events is not None:
+            st = self.events.stats
+            out["events"] = {"posted": st.posted, "rate_limited": st.limited, "failed": st.failed,
+                             "last_error": st.last_error}
+        return out

@@ -1,0 +1,281 @@
+"""The agent on the Kubernetes API (--enable-k8s-api): TracingPolicies applied with the real kubectl reach the
+agent's engine, per-node status (tp list, metrics, Events), and the reflector's 410 re-list.
+
+One agent for the module (node ``lanner-k8s-<hex>``, a Node object with labels), started before the CRDs
+exist; the session's control plane (tests/k8s_harness.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import RunningAgent, start_agent
+from tests.k8s_harness import MANIFESTS, ControlPlane
+from tests.k8s_kubelet import create_node
+
+pytestmark = pytest.mark.bpf
+
+LANNER = [sys.executable, "-m", "lanner"]
+TP_HOOK = """
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_getppid
+"""
+MISSING_KPROBE = """
+  kprobes:
+  - call: lanner_no_such_kernel_function
+    syscall: false
+"""
+
+
+def policy(name: str, *, namespace: str | None = None, hook: str = TP_HOOK, extra: str = "") -> str:
+    kind = "TracingPolicyNamespaced" if namespace else "TracingPolicy"
+    ns = f"\n  namespace: {namespace}" if namespace else ""
+    return f"apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}{ns}\nspec:{extra}{hook}"
+
+
+class Ctx:
+    def __init__(self, k8s: ControlPlane, agent: RunningAgent, node: str, before_crds: dict) -> None:
+        self.k8s, self.agent, self.node, self.before_crds = k8s, agent, node, before_crds
+
+    def listed(self) -> dict[tuple[str, str], object]:
+        from lanner.client import AgentClient
+
+        with AgentClient(self.agent.address, timeout=10) as c:
+            return {(p.name, p.namespace): p for p in c.list_policies()}
+
+    def wait(self, pred, timeout: float = 10.0, what: str = "policies") -> tuple[dict, float]:
+        """Poll tp list until pred(listed) holds; (listed, seconds waited)."""
+        t0 = time.monotonic()
+        while True:
+            got = self.listed()
+            if pred(got):
+                return got, time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"timed out waiting for {what}: {sorted(got)}; agent log:\n"
+                                     + self.agent.stderr_path.read_text()[-3000:])
+            time.sleep(0.02)
+
+    def apply(self, text: str) -> None:
+        self.k8s.kubectl("apply", "-f", "-", stdin=text)
+
+
+def _state(p) -> str:
+    from lanner.exporter.api.gen.tetragon import sensors_pb2
+
+    return sensors_pb2.TracingPolicyState.Name(p.state).removeprefix("TP_STATE_").lower()
+
+
+def wait_established(k8s: ControlPlane, timeout: float = 60.0) -> None:
+    """Both CRDs Established (kubectl wait fails while a new CRD has no conditions yet: poll instead)."""
+    deadline = time.monotonic() + timeout
+    path = '{.items[*].status.conditions[?(@.type=="Established")].status}'
+    while True:
+        out = k8s.kubectl("get", "crd", "tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io",
+                          "-o", f"jsonpath={path}", check=False).stdout.split()
+        if out == ["True", "True"]:
+            return
+        assert time.monotonic() < deadline, f"CRDs not established: {out}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ctx(k8s: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
+    k8s.kubectl("delete", "--ignore-not-found", "--wait=true", "-f", str(MANIFESTS / "crds.yaml"), timeout=120)
+    node = f"lanner-k8s-{uuid.uuid4().hex[:8]}"
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s.api_client())
+    create_node(core, node, "10.244.9.0/24", labels={"lanner-test/role": "a"})
+    agent = start_agent(tmp_path_factory.mktemp("k8s-agent"), "--enable-k8s-api", "--k8s-kubeconfig-path",
+                        str(k8s.agent_kubeconfig), node=node)
+    try:
+        deadline = time.monotonic() + 15
+        while agent.status()["k8s"]["watches"]["tracingpolicies"]["state"] != "waiting for the resource":
+            assert time.monotonic() < deadline, agent.status()["k8s"]
+            time.sleep(0.1)
+        before = agent.status()
+        k8s.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "crds.yaml"))
+        wait_established(k8s)
+        yield Ctx(k8s, agent, node, before)
+    finally:
+        agent.stop()
+        core.delete_node(node)
+
+
+def test_agent_is_ready_before_the_crds_and_picks_them_up_later(ctx: Ctx) -> None:
+    k8s = ctx.before_crds["k8s"]
+    assert ctx.before_crds["ready_s"] is not None
+    assert k8s["watches"]["tracingpolicies"]["state"] == "waiting for the resource"
+    assert k8s["watches"]["node"]["state"] == "watching" and k8s["watches"]["node"]["objects"] == 1
+    ctx.apply(policy("late-crd"))
+    got, _ = ctx.wait(lambda p: ("late-crd", "") in p and _state(p[("late-crd", "")]) != "loading", timeout=15)
+    assert _state(got[("late-crd", "")]) == "enabled"
+    ctx.k8s.kubectl("delete", "tgtp", "late-crd")
+    ctx.wait(lambda p: ("late-crd", "") not in p)
+
+
+def test_apply_edit_label_and_delete_reach_the_engine_within_a_second(ctx: Ctx) -> None:
+    ctx.apply(policy("timing"))
+    got, t_apply = ctx.wait(lambda p: ("timing", "") in p and _state(p[("timing", "")]) == "enabled")
+    first_id = got[("timing", "")].id
+    ctx.k8s.kubectl("label", "tgtp", "timing", "team=blue")
+    ctx.k8s.kubectl("annotate", "tgtp", "timing", "note=just-metadata")
+    time.sleep(1.0)  # a reload would have happened by now
+    assert ctx.listed()[("timing", "")].id == first_id, "a label/annotation edit reloaded the policy"
+    ctx.k8s.kubectl("patch", "tgtp", "timing", "--type=merge", "-p",
+                    json.dumps({"spec": {"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_getpid"}]}}))
+    got, t_edit = ctx.wait(lambda p: ("timing", "") in p and p[("timing", "")].id != first_id
+                           and _state(p[("timing", "")]) == "enabled")
+    assert "sys_enter_getpid" in got[("timing", "")].info
+    ctx.k8s.kubectl("delete", "tgtp", "timing", "--wait=false")
+    _, t_delete = ctx.wait(lambda p: ("timing", "") not in p)
+    print(f"apply {t_apply:.3f} s, edit {t_edit:.3f} s, delete {t_delete:.3f} s (after kubectl returned)")
+    assert max(t_apply, t_edit, t_delete) < 1.0, (t_apply, t_edit, t_delete)
+
+
+def test_same_name_cluster_and_namespaced_policies_coexist(ctx: Ctx) -> None:
+    ns1, ns2 = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    for ns in (ns1, ns2):
+        ctx.k8s.kubectl("create", "namespace", ns)
+    try:
+        ctx.apply("---\n".join([policy("same"), policy("same", namespace=ns1), policy("same", namespace=ns2)]))
+        keys = {("same", ""), ("same", ns1), ("same", ns2)}
+        got, _ = ctx.wait(lambda p: keys <= set(p) and all(_state(p[k]) == "enabled" for k in keys))
+        assert len({got[k].id for k in keys}) == 3
+        ctx.k8s.kubectl("delete", "tgtpn", "same", "-n", ns1)
+        got, _ = ctx.wait(lambda p: ("same", ns1) not in p)
+        assert {("same", ""), ("same", ns2)} <= set(got)
+        ctx.k8s.kubectl("delete", "tgtp", "same")
+        ctx.k8s.kubectl("delete", "tgtpn", "same", "-n", ns2)
+        ctx.wait(lambda p: not keys & set(p))
+    finally:
+        for ns in (ns1, ns2):
+            ctx.k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _events(ctx: Ctx, name: str, reason: str) -> list[dict]:
+    out = ctx.k8s.kubectl("get", "events", "-A", "-o", "json", "--field-selector",
+                          f"involvedObject.name={name},reason={reason}").stdout
+    return json.loads(out)["items"]
+
+
+def test_node_selector_skips_and_follows_node_relabelling(ctx: Ctx) -> None:
+    sel = "\n  nodeSelector:\n    matchLabels:\n      lanner-test/role: b"
+    ctx.apply(policy("only-b", extra=sel))
+    got, _ = ctx.wait(lambda p: ("only-b", "") in p and _state(p[("only-b", "")]) != "loading")
+    assert _state(got[("only-b", "")]) == "skipped"
+    assert f"does not select node {ctx.node}" in got[("only-b", "")].info
+    metrics_states = ctx.agent.status()["policy_states"]
+    assert metrics_states.get("skipped", 0) >= 1
+    try:
+        ctx.k8s.kubectl("label", "node", ctx.node, "lanner-test/role=b", "--overwrite")
+        ctx.wait(lambda p: ("only-b", "") in p and _state(p[("only-b", "")]) == "enabled")
+        ctx.k8s.kubectl("label", "node", ctx.node, "lanner-test/role=a", "--overwrite")
+        ctx.wait(lambda p: ("only-b", "") in p and _state(p[("only-b", "")]) == "skipped")
+        deadline = time.monotonic() + 10
+        while not _events(ctx, "only-b", "PolicySkipped"):
+            assert time.monotonic() < deadline, "no PolicySkipped Event"
+            time.sleep(0.2)
+        ev = _events(ctx, "only-b", "PolicySkipped")[0]
+        assert ev["source"]["host"] == ctx.node and ctx.node in ev["message"]
+        assert ev["involvedObject"]["kind"] == "TracingPolicy"
+    finally:
+        ctx.k8s.kubectl("label", "node", ctx.node, "lanner-test/role=a", "--overwrite")
+        ctx.k8s.kubectl("delete", "tgtp", "only-b", check=False)
+
+
+def test_a_policy_the_kernel_refuses_is_an_event_and_in_tp_list(ctx: Ctx) -> None:
+    ctx.apply(policy("refused", hook=MISSING_KPROBE))
+    got, _ = ctx.wait(lambda p: ("refused", "") in p and _state(p[("refused", "")]) != "loading")
+    assert _state(got[("refused", "")]) == "load_error"
+    assert "lanner_no_such_kernel_function" in got[("refused", "")].error
+    tp = subprocess.run(LANNER + ["tp", "list", "--server-address", ctx.agent.address], capture_output=True,
+                        text=True, timeout=60)
+    assert "refused" in tp.stdout and "load_error" in tp.stdout, tp.stdout + tp.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        described = ctx.k8s.kubectl("describe", "tgtp", "refused").stdout
+        if "PolicyLoadError" in described:
+            break
+        assert time.monotonic() < deadline, described
+        time.sleep(0.2)
+    assert ctx.node in described and "lanner_no_such_kernel_function" in described
+    ctx.k8s.kubectl("delete", "tgtp", "refused")
+    ctx.wait(lambda p: ("refused", "") not in p)
+
+
+def test_agent_restart_converges_to_the_api_state(ctx: Ctx, tmp_path: Path) -> None:
+    ctx.apply(policy("kept-a") + "---\n" + policy("gone-b"))
+    ctx.wait(lambda p: {("kept-a", ""), ("gone-b", "")} <= set(p))
+    ctx.agent.stop()
+    ctx.k8s.kubectl("delete", "tgtp", "gone-b")
+    ctx.apply(policy("new-c"))
+    ctx.agent = start_agent(tmp_path, "--enable-k8s-api", "--k8s-kubeconfig-path",
+                            str(ctx.k8s.agent_kubeconfig), node=ctx.node)
+    got, _ = ctx.wait(lambda p: {("kept-a", ""), ("new-c", "")} <= set(p), timeout=20)
+    assert ("gone-b", "") not in got
+    ctx.k8s.kubectl("delete", "tgtp", "kept-a", "new-c")
+    ctx.wait(lambda p: not {("kept-a", ""), ("new-c", "")} & set(p))
+
+
+def test_reflector_relists_after_410_and_reports_the_missed_delete(ctx: Ctx) -> None:
+    from lanner.k8s.integration import TP
+    from lanner.k8s.reflector import DELETED, SYNCED, Reflector, ReflectorContext
+
+    ctx.apply(policy("r-keep") + "---\n" + policy("r-drop"))
+    changes: list = []
+    synced = threading.Event()
+
+    def emit(c) -> None:
+        changes.append(c)
+        if c.type == SYNCED:
+            synced.set()
+
+    r = Reflector(ReflectorContext(ctx.k8s.api_client(), TP, emit))
+    r._list()  # the cache as a reflector had it before it lost its watch
+    assert {"r-keep", "r-drop"} <= {o["metadata"]["name"] for o in r.items()}
+    ctx.k8s.kubectl("delete", "tgtp", "r-drop")
+    r._rv = "1"  # its version is long compacted away: the watch is answered 410 Gone
+    synced.clear()
+    changes.clear()
+    r.start()
+    try:
+        assert synced.wait(15), r.stats
+        assert r.stats.gone == 1 and r.stats.lists == 2
+        deleted = [c.obj["metadata"]["name"] for c in changes if c.type == DELETED]
+        assert deleted == ["r-drop"]
+        assert r.get("r-keep") is not None and r.get("r-drop") is None
+    finally:
+        r.close()
+        ctx.k8s.kubectl("delete", "tgtp", "r-keep")
+
+
+def test_an_unreachable_api_is_a_status_not_an_exit(k8s: ControlPlane, tmp_path: Path) -> None:
+    from tests.k8s_harness import free_port
+
+    config = tmp_path / "dead.kubeconfig"
+    text = k8s.agent_kubeconfig.read_text().replace(k8s.server, f"https://127.0.0.1:{free_port()}")
+    config.write_text(text)
+    agent = start_agent(tmp_path, "--enable-k8s-api", "--k8s-kubeconfig-path", str(config), node="lanner-k8s-dead")
+    try:
+        deadline = time.monotonic() + 10
+        while (st := agent.status())["k8s"]["watches"]["tracingpolicies"]["state"] != "unreachable":
+            assert time.monotonic() < deadline, st["k8s"]
+            time.sleep(0.1)
+        assert st["ready_s"] is not None and st["k8s"]["connected"] is False
+        assert st["k8s"]["watches"]["tracingpolicies"]["error"]  # the client's reason, e.g. connection refused
+        out = subprocess.run(LANNER + ["status", "--server-address", agent.address], capture_output=True, text=True,
+                             timeout=60).stdout
+        assert "kubernetes" in out and "not connected" in out, out
+    finally:
+        assert agent.stop() == 0
