@@ -7,15 +7,16 @@ Every mutant must be accepted, or rejected with messages that each name a field 
 exception, a "cannot be compiled" hook, a value that does not fit the kernel's record or a run over the time limit
 is a crash.
 
-Every K-th mutant (--engine-every) also goes through a real PolicyEngine.add on this kernel, in monitor mode
-(tests/policy_fuzz_kernel.py): after a rejection, or after deleting what was accepted, the engine's maps, links,
-dispatcher registrations, set ids and policy list must be exactly as before; each accepted one that writes hooks
-is loaded again while one map write fails part way (the late failures a valid policy can meet), same check.
+Every K-th accepted mutant and every 5K-th rejected one (--engine-every) also goes through a real
+PolicyEngine.add on this kernel, in monitor mode (tests/policy_fuzz_kernel.py): after a rejection, or after
+deleting what was accepted, the engine's maps, links, dispatcher registrations, set ids and policy list must be
+exactly as before; each accepted one that writes hooks is loaded again while one map write fails part way (the
+late failures a valid policy can meet), with the same check.
 
 Prints progress, then the counts; crashes (first 20: the YAML, its edits and the traceback) are saved in the
 directory it names. Exit code 1 on any crash, unlocated rejection or leak.
 
-  .venv/bin/python bench/fuzz_policies.py                    10,000 mutants, seed 1, every 50th through the kernel
+  .venv/bin/python bench/fuzz_policies.py                    10,000 mutants, seed 1, kernel path every 10th
   .venv/bin/python bench/fuzz_policies.py --count 500 --seed 7 --engine-every 0      pure path only
   .venv/bin/python bench/fuzz_policies.py --replay /tmp/lanner-fuzz-1/crash-0001.yaml one saved input again
 """
@@ -47,11 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=10_000, help="mutants to generate (default 10000)")
     p.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same mutants (default 1)")
-    p.add_argument("--engine-every", type=int, default=50, metavar="K",
-                   help="every K-th mutant also through a real PolicyEngine.add (default 50; 0: no kernel path)")
+    p.add_argument("--engine-every", type=int, default=10, metavar="K",
+                   help="every K-th accepted mutant (and 5K-th rejected one) also through a real PolicyEngine.add "
+                        "(default 10; 0: no kernel path)")
     p.add_argument("--max-units", type=int, default=8,
                    help="kernel path: skip accepted mutants with more hook units (attachments) than this (default 8)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per mutant before it is a crash (10)")
+    p.add_argument("--time-limit", type=float, default=10.0,
+                   help="seconds of CPU time per mutant (pure path) before it is a crash (default 10)")
     p.add_argument("--out", type=Path, default=None, help="where crashes are saved (default /tmp/lanner-fuzz-SEED)")
     p.add_argument("--corpus", type=Path, default=SHARED / "tetragon-policies", help="seed policies")
     p.add_argument("--replay", type=Path, default=None, help="run one saved YAML file through the pure path")
@@ -85,7 +88,8 @@ class Run:
                 f"crashes {c['crashes']}  kernel {c['kernel checks']} (leaks {c['leaks']})  {time.time() - t0:.0f} s")
 
 
-def pure_step(run: Run, pure: PurePath, m: Mutant) -> None:
+def pure_step(run: Run, pure: PurePath, m: Mutant) -> str:
+    """The mutant through the pure path, counted; its outcome's kind."""
     t = time.monotonic()
     o = pure.run(m.text)
     run.slowest = max(run.slowest, (time.monotonic() - t, m.number, "; ".join(m.edits)[:200]))
@@ -96,6 +100,7 @@ def pure_step(run: Run, pure: PurePath, m: Mutant) -> None:
         if o.kind == NO_PATH:
             run.crash(m, m.text, f"rejection without a field path: {o.detail}", o.detail)
             run.counts["crashes"] -= 1
+    return o.kind
 
 
 def kernel_step(run: Run, pure: PurePath, engine: Any, m: Mutant, rng: random.Random, max_units: int) -> None:
@@ -168,9 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine_every:
             from tests.policy_fuzz_kernel import real_engine
             engine = stack.enter_context(real_engine())
+        seen: Counter[str] = Counter()
         for m in mutator.mutants(args.count):
-            pure_step(run, pure, m)
-            if engine is not None and m.number % args.engine_every == 0:
+            kind = pure_step(run, pure, m)
+            seen[kind] += 1
+            # every K-th accepted mutant, and every 5K-th rejected one, through the engine
+            every = args.engine_every if kind == ACCEPTED else 5 * args.engine_every
+            if engine is not None and seen[kind] % every == 0:
                 kernel_step(run, pure, engine, m, rng, args.max_units)
             if (m.number + 1) % 500 == 0:
                 print(run.line(m.number + 1, args.count, t0), flush=True)

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import functools
 import ipaddress
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,13 @@ WRAP_MAX_CALLS = 16  # longer syscall lists go to the dispatcher (one program), 
 GENERATED_FTRACE_MAX = 256  # functions a generated_ftrace list may expand to (one kprobe link each)
 GHF_RET_SOCK, GHF_RET_TRACKSOCK, GHF_RET_UNTRACKSOCK = 1024, 2048, 4096  # sock return values, returnArgAction
 GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c)
+# what the kernel's maps hold for all policies together (gen_maps.bpf.h): gen_hooks entries, and value-set entries
+# in gen_int_set (262144), gen_str_set, gen_str_set32/64/128 and gen_str_lpm (32768 each). A policy needing more
+# can never load: its hooks past these are unavailable, and compiling stops there (a few KiB of YAML with a long
+# syscall list and thousands of values would otherwise make millions of entries, and gigabytes, before the engine
+# found a map full)
+GEN_MAX_HOOKS = 1024
+GEN_MAX_SET_ENTRIES = 262144 + 5 * 32768
 # gen_stats slots (generic.h GST_*)
 GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
     GST_OVERRIDE, GST_MONITOR_OVERRIDE = range(9)
@@ -174,6 +182,19 @@ class CompiledPolicy:
     set_ids: list[int] = field(default_factory=list)
     hook_ids: list[int] = field(default_factory=list)
     enforcing: bool = False  # has Sigkill/Signal actions
+    room: tuple[int, int] = (GEN_MAX_HOOKS, GEN_MAX_SET_ENTRIES)  # hooks and set entries it may still add
+    # sets counted so far in int_sets, str_sets, lpm_sets, and their entries (a set is written once: only the sets
+    # added since the last count are counted, so checking after every set stays linear)
+    tally: list[int] = field(default_factory=lambda: [0, 0, 0, 0], repr=False, compare=False)
+
+    def set_entries(self) -> int:
+        """Entries in the value sets."""
+        t = self.tally
+        for i, sets in enumerate((self.int_sets, self.str_sets, self.lpm_sets)):
+            if len(sets) > t[i]:
+                t[3] += sum(len(v) for v in itertools.islice(reversed(sets.values()), len(sets) - t[i]))
+                t[i] = len(sets)
+        return t[3]
 
 
 class Compiler:
@@ -205,9 +226,10 @@ class Compiler:
             path = f"{attr}[{counters[attr]}]"
             counters[attr] += 1
             out.order.append(path)
-            scratch = CompiledPolicy()
+            scratch = CompiledPolicy(room=(GEN_MAX_HOOKS - len(out.hook_ids), GEN_MAX_SET_ENTRIES - out.set_entries()))
             try:
                 plan = self._hook(policy, kind, path, display, spec, scratch, enforce)
+                self._check_room(scratch)
                 # NotifyEnforcer: the selector stores argError per thread (gen_override, as Override) and
                 # an fmod_ret program on each spec.enforcers call applies it (attached with the first unit)
                 if [u for u in plan.units if u.config.pop("_enforcer", False)]:
@@ -735,14 +757,26 @@ class Compiler:
 
     # --------------------------------------------------------------------------------- config
     def _new_hook(self, cp: CompiledPolicy) -> int:
+        self._check_room(cp, hooks=1)
         hid = self.alloc_hook()
         cp.hook_ids.append(hid)
         return hid
 
     def _new_set(self, cp: CompiledPolicy) -> int:
+        self._check_room(cp)
         sid = self.alloc_set()
         cp.set_ids.append(sid)
         return sid
+
+    @staticmethod
+    def _check_room(cp: CompiledPolicy, hooks: int = 0) -> None:
+        """Unavailable once the hook's entries (with the policy's hooks before it) exceed what the maps hold."""
+        if len(cp.hook_ids) + hooks > cp.room[0]:
+            raise Unavailable(f"the policy needs more than {GEN_MAX_HOOKS} hook entries, which is what gen_hooks "
+                              "holds for all policies together")
+        if cp.set_entries() > cp.room[1]:
+            raise Unavailable(f"the policy's value sets need more than {GEN_MAX_SET_ENTRIES} entries, which is what "
+                              "the value-set maps hold for all policies together")
 
     def _config(self, policy, selectors, gen_args, plans, positions, specargs, cp, enforce, has_ret,
                 uprobe, override_via: str | None = None, stacks: int = 0) -> dict[str, Any]:

@@ -11,7 +11,7 @@ packed as the engine writes it. The outcome is one of:
 * ``no-path``   a rejection with a problem that names no place (a bug: must never happen);
 * ``crash``     any other exception (KeyError, TypeError, RecursionError, struct.error ...), including one the
   compiler's catch-all turned into a hook's "cannot be compiled: KeyError(...)" reason, a value that does
-  not fit the ``gen_hook`` field it goes to, or a run longer than the time limit (a bug: must never happen).
+  not fit the ``gen_hook`` field it goes to, or a run over the time limit (CPU time; a bug: must never happen).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ HOST_PROBE = {"tracepoint": True, "raw_tp": True, "tp_btf": True, "uprobe": True
 FULL_PROBE = {k: True for k in HOST_PROBE}
 PROBES = (HOST_PROBE, FULL_PROBE)
 # a path from the document's root: keys joined by "." (a key may be any text but empty), [i] and [key] items
-_SEGMENT = r"(?:\[[^\]]*\]|[^.\[\]])+"
-FIELD_PATH = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*$")
+# a path from the document's root: keys joined by "." with [i] and [key] items (a key is any text, "[" and "]"
+# included, but never empty: an empty key is written [""]), so neither the first nor the last character is a "."
+FIELD_PATH = re.compile(r"^[^.](?:.*[^.])?$", re.S)
 DOCUMENT_PROBLEMS = ("invalid YAML at line ", "a policy document must be a mapping")
 
 
@@ -153,21 +154,22 @@ def pack_sets(c: CompiledPolicy) -> int:
 
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`FuzzTimeout` in this (main) thread after ``seconds``; 0: no limit."""
+    """Raise :class:`FuzzTimeout` in this (main) thread after ``seconds`` of this process's CPU time (what other work
+    on a shared machine takes does not count); 0: no limit."""
     if not seconds:
         yield
         return
 
     def expire(signum: int, frame: Any) -> None:
-        raise FuzzTimeout(f"took more than {seconds} s")
+        raise FuzzTimeout(f"took more than {seconds} s of CPU time")
 
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
 
 
 def unlocated(err: PolicyError) -> str | None:

@@ -142,6 +142,28 @@ def test_found_crash_is_now_an_unavailable_hook(pure, case) -> None:
     assert len(o.unavailable) == 1 and reason in o.unavailable[0]
 
 
+def test_value_sets_past_the_maps_stop_the_compiler(pure) -> None:
+    # a generated_syscalls hook (hundreds of syscalls) with 5,000 binaries made a set per syscall: 1.7 million
+    # entries, 8 s and hundreds of MB to compile 84 KB of YAML, for a policy the maps could never hold
+    values = ", ".join(f"/usr/bin/b{i}" for i in range(5000))
+    o = pure.run(doc(f"""
+        lists: [{{name: all, type: generated_syscalls}}]
+        kprobes: [{{call: "list:all", selectors: [{{matchBinaries: [{{operator: In, values: [{values}]}}]}}]}}]
+    """))
+    assert o.kind == ACCEPTED, (o.kind, o.detail)
+    assert o.unavailable == ("hook kprobes[0] list:all: the policy's value sets need more than 425984 entries, "
+                             "which is what the value-set maps hold for all policies together",)
+
+
+def test_hooks_past_gen_hooks_are_unavailable(pure) -> None:
+    hooks = ", ".join(["{subsystem: syscalls, event: sys_enter_getppid}"] * 1030)
+    o = pure.run(doc(f"tracepoints: [{hooks}]"))
+    assert o.kind == ACCEPTED and o.units == 2 * 1024, (o.kind, o.detail, o.units)
+    assert len(o.unavailable) == 6 and o.unavailable[0] == (
+        "hook tracepoints[1024] syscalls/sys_enter_getppid: the policy needs more than 1024 hook entries, which is "
+        "what gen_hooks holds for all policies together")
+
+
 def _filters(pure: PurePath, spec: str, probe: dict[str, bool]) -> dict:
     from lanner.policy import load_policies
 
