@@ -112,8 +112,9 @@ def pod_dict(m: Any, nspid: int = 0) -> dict:
         d["container"] = cd
     if pod.labels:
         d["pod_labels"] = dict(pod.labels)
-    d["workload"] = pod.name  # no owner references without the Kubernetes API: the pod is its own workload
-    d["workload_kind"] = "Pod"
+    # the controller from the Kubernetes API (--enable-k8s-api); without it the pod is its own workload
+    d["workload"] = getattr(pod, "workload", "") or pod.name
+    d["workload_kind"] = getattr(pod, "workload_kind", "") or "Pod"
     return d
 
 

@@ -36,6 +36,8 @@ class PodInfo:
     uid: str = ""
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     containers: tuple[ContainerInfo, ...] = ()
+    workload: str = ""  # the pod's controller (a Deployment through its ReplicaSet), from the Kubernetes API
+    workload_kind: str = ""  # "" with workload "": the pod is its own workload
 
     def label_dict(self) -> dict[str, str]:
         return dict(self.labels)

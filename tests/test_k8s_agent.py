@@ -100,10 +100,14 @@ def ctx(k8s: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                         str(k8s.agent_kubeconfig), node=node)
     try:
         deadline = time.monotonic() + 15
-        while agent.status()["k8s"]["watches"]["tracingpolicies"]["state"] != "waiting for the resource":
-            assert time.monotonic() < deadline, agent.status()["k8s"]
+        while True:
+            before = agent.status()
+            watches = before["k8s"]["watches"]
+            if watches["tracingpolicies"]["state"] == "waiting for the resource" and \
+                    watches["node"]["state"] == "watching":
+                break
+            assert time.monotonic() < deadline, before["k8s"]
             time.sleep(0.1)
-        before = agent.status()
         k8s.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "crds.yaml"))
         wait_established(k8s)
         yield Ctx(k8s, agent, node, before)

@@ -192,14 +192,14 @@ ALLOWED = [
     ("list", "tracingpolicies.cilium.io"), ("watch", "tracingpolicies.cilium.io"),
     ("watch", "tracingpoliciesnamespaced.cilium.io"), ("create", "events"), ("patch", "events"),
     ("create", "events.events.k8s.io"), ("create", "lanneridentities.lanner.io"),
-    ("delete", "lanneridentities.lanner.io"), ("update", "lannerendpoints.lanner.io"),
+    ("delete", "lanneridentities.lanner.io"), ("update", "lannerendpoints.lanner.io"), ("get", "replicasets.apps"),
 ]
 DENIED = [
     ("create", "pods"), ("delete", "pods"), ("delete", "nodes"), ("patch", "nodes"), ("get", "secrets"),
     ("list", "secrets"), ("create", "tracingpolicies.cilium.io"), ("update", "tracingpoliciesnamespaced.cilium.io"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"), ("create", "networkpolicies.networking.k8s.io"),
     ("get", "configmaps"), ("create", "serviceaccounts/token"), ("create", "pods/exec"), ("delete", "events"),
-    ("create", "ciliumidentities.lanner.io"), ("delete", "lanneridentities.other.io"),
+    ("create", "ciliumidentities.lanner.io"), ("delete", "lanneridentities.other.io"), ("update", "replicasets.apps"),
 ]
 
 

@@ -14,6 +14,7 @@ class K8sConfig:
     node_name: str
     kubeconfig: Path | None = None  # --k8s-kubeconfig-path; None: in-cluster config
     watch_policies: bool = True  # TracingPolicy / TracingPolicyNamespaced
+    watch_pods: bool = True  # this node's pods: event enrichment and policy scoping
     event_interval_s: float = 60.0  # one Event per policy, node and reason at most this often
     crd_poll_s: float = 2.0  # how often a resource whose CRD is missing is looked for again
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .client import K8sConfig, describe_server, make_api_client
 from .events import EventContext, EventRecorder
+from .pods import OwnerResolver, PodTable, PodTableContext
 from .reflector import Change, Reflector, ReflectorContext, Resource
 from .tracingpolicies import PolicyController, PolicyControllerContext
 
@@ -24,16 +25,39 @@ TP = Resource("tracingpolicies", "/apis/cilium.io/v1alpha1/tracingpolicies")
 TPN = Resource("tracingpoliciesnamespaced", "/apis/cilium.io/v1alpha1/tracingpoliciesnamespaced")
 
 
+TICK_S = 1.0
+
+
 def node_resource(node: str) -> Resource:
     return Resource("node", "/api/v1/nodes", field_selector=f"metadata.name={node}")
+
+
+def pods_resource(node: str) -> Resource:
+    return Resource("pods", "/api/v1/pods", field_selector=f"spec.nodeName={node}")
+
+
+class _Resolver:
+    """The encoder's pod resolver: the API's pods first, then ``fallback`` (the CNI's pod table)."""
+
+    def __init__(self, pods: PodTable, fallback: Any) -> None:
+        self.pods, self.fallback = pods, fallback
+
+    def match(self, netns_inode: int, cgroup_id: int) -> Any:
+        m = self.pods.match(netns_inode, cgroup_id)
+        if m is None and self.fallback is not None:
+            return self.fallback.match(netns_inode, cgroup_id)
+        return m
 
 
 class K8sIntegration:
     """One object the agent starts and closes; ``policy_host`` may be None (no policy engine)."""
 
-    def __init__(self, cfg: K8sConfig, policy_host: Any = None) -> None:
+    def __init__(self, cfg: K8sConfig, policy_host: Any = None,
+                 on_workloads: Callable[[list[Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.host = policy_host
+        self.on_workloads = on_workloads  # the pods for policy scoping (None: another source feeds it)
+        self.pods: PodTable | None = None
         self.error = ""  # the client could not be made (no kubeconfig, not in a cluster)
         self.server = ""
         self.api: Any = None
@@ -58,6 +82,9 @@ class K8sIntegration:
         self.events.start()
         if self.cfg.watch_policies and self.host is not None:
             self._watch_policies()
+        if self.cfg.watch_pods:
+            self.pods = PodTable(PodTableContext(OwnerResolver(self.api), self.on_workloads or (lambda _w: None)))
+            self._add(pods_resource(self.cfg.node_name), self.pods.on_pod)
         self._worker = threading.Thread(target=self._work, name="lanner-k8s-apply", daemon=True)
         self._worker.start()
         for r in self.reflectors:
@@ -80,6 +107,10 @@ class K8sIntegration:
         self._handlers[res.name] = handler
         return r
 
+    def pod_resolver(self, fallback: Any = None) -> Any:
+        """What the event encoder asks for a process's pod; None without the pod watch."""
+        return _Resolver(self.pods, fallback) if self.pods is not None else fallback
+
     def close(self) -> None:
         for r in self.reflectors:
             r.close()
@@ -97,14 +128,20 @@ class K8sIntegration:
 
     def _work(self) -> None:
         while True:
-            change = self._queue.get()
+            try:
+                change = self._queue.get(timeout=TICK_S)
+            except queue.Empty:
+                change = False
             if change is None:
                 return
             try:
-                self._handlers[change.resource](change)
+                if change:
+                    self._handlers[change.resource](change)
+                    self.applied += 1
+                if self.pods is not None:
+                    self.pods.tick()
             except Exception:  # one bad object never stops the others
-                log.exception("applying %s %s from the Kubernetes API failed", change.type, change.resource)
-            self.applied += 1
+                log.exception("applying %s from the Kubernetes API failed", change or "a periodic check")
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
@@ -120,6 +157,8 @@ class K8sIntegration:
         out["connected"] = reachable and not self.error
         if self.policies is not None:
             out["policies"] = self.policies.counts()
+        if self.pods is not None:
+            out["pods"] = self.pods.status()
         if self.events is not None:
             st = self.events.stats
             out["events"] = {"posted": st.posted, "rate_limited": st.limited, "failed": st.failed,
