@@ -32,12 +32,11 @@ from lanner.exporter.ratelimit import ExportRateLimiter
 from lanner.exporter.sinks import RotatingFileSink, Sink, StreamSink
 from lanner.exporter.grpc_api import GrpcApiServer, GrpcConfig, ProtoEventEncoder
 from lanner.policyhost import PolicyHost, PolicyHostContext
-from lanner.process_cache import FLAG_CLONE, FLAG_EXECVE, FLAG_PROCFS, Process, ProcessCache, make_exec_id
+from lanner.process_cache import FLAG_PROCFS, Process, ProcessCache
 from lanner.sensors import procfs
-from lanner.sensors.process import (
-    F_ERROR_CWD, F_TRUNC_ARGS, F_TRUNC_FILENAME, OP_POLICY, CloneRecord, ExecRecord, ExitRecord, ProcessSensor,
-    ProcessSensorConfig,
-)
+from lanner.sensors.base import SensorSet
+from lanner.sensors.process import ProcessSensor, ProcessSensorConfig
+from lanner.sensors.process_events import ProcessCounters, ProcessEvents, ProcessEventsContext
 
 log = logging.getLogger("lanner.agent")
 
@@ -86,14 +85,8 @@ class AgentConfig:
 
 
 @dataclass
-class AgentCounters:
-    events: dict[str, int] = field(default_factory=lambda: {"process_exec": 0, "process_exit": 0})
-    records: int = 0
-    exit_misses: int = 0
-    parent_misses: int = 0
+class AgentCounters(ProcessCounters):
     lost_reported: int = 0
-    duplicates: int = 0  # records dropped as the same event twice (old and new programs during a hand-over)
-    by_binary: dict[tuple[str, str], int] = field(default_factory=dict)  # (event type, binary) -> count
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -113,6 +106,7 @@ class Agent:
         self._file_sink: RotatingFileSink | None = None
         self._pins: list[Path] = []
         self.sensor: ProcessSensor | None = None
+        self.sensors = SensorSet()  # every sensor unit; the one ring's records are dispatched to them by op
         self.ring: RingBuffer | None = None
         self.server: GrpcApiServer | None = None
         self.policies: PolicyHost | None = None  # TracingPolicies (the engine is made and loaded on first need)
@@ -238,7 +232,10 @@ class Agent:
         self.sensor = ProcessSensor(ProcessSensorConfig(
             ringbuf_bytes=self.cfg.rb_size, execve_map_entries=self.cfg.execve_map_entries,
             args_max=self.cfg.args_max), reuse=reuse)
-        self.ring = RingBuffer(self.sensor.events_map())
+        self.sensor.bind(ProcessEvents(ProcessEventsContext(self.cfg.node_name, self.cache, self.encoder, self.proto,
+                                                            self.counters)))
+        self.sensors.add(self.sensor)
+        self.ring = RingBuffer(self.sensor.events_map())  # the one ring (every sensor writes into it)
         self.sensor.attach()
         if pins is not None:
             self._pin_maps(pins, reused=bool(reuse))
@@ -263,6 +260,7 @@ class Agent:
         self.policies = PolicyHost(PolicyHostContext(
             make_engine=self._make_engine, files=tuple(self._policy_files()), on_settled=self._release_kept,
             on_error=self._count_error))
+        self.sensors.add(self.policies)  # the generic sensor: its records are the ring's policy op
 
     def _make_engine(self) -> Any:
         from lanner.policy.engine import EngineContext, PolicyEngine
@@ -293,10 +291,12 @@ class Agent:
 
     # ------------------------------------------------------------------ netdp (CNI + datapath)
     def _start_netdp(self) -> None:
+        from lanner.netdp.flows import FlowSensor
         from lanner.netdp.runtime import NetdpRuntime
 
         self.netdp = NetdpRuntime(self.cfg.netdp)
         self.netdp.start()
+        self.sensors.add(FlowSensor(self.netdp, self.cfg.node_name, self.clock))
         if self.netdp.pod_cache is not None and hasattr(self.encoder, "attach_pod_resolver"):
             self.encoder.attach_pod_resolver(self.netdp.pod_cache)  # process.pod on every event from a pod
         if self.netdp.pod_cache is not None and self.policies is not None:
@@ -316,31 +316,8 @@ class Agent:
         """Watch the Kubernetes API in background threads; never waits for the server (lanner.k8s)."""
         from lanner.k8s.integration import K8sIntegration
 
-        api_scopes = self.policies is not None and (self.netdp is None or self.netdp.pod_cache is None)
-        self.k8s = K8sIntegration(self.cfg.k8s, self.policies, self._sync_scopes if api_scopes else None)
+        self.k8s = K8sIntegration(self.cfg.k8s, self.policies)
         self.k8s.start()
-        self.encoder.attach_pod_resolver(self.k8s.pod_resolver(self.encoder.pod_resolver))
-
-    def _sync_scopes(self, pods: list) -> None:
-        """The API's pods drive TracingPolicyNamespaced/podSelector scoping (without --enable-netdp's pod table)."""
-        if self.policies is not None:
-            self.policies.ensure_engine().workloads.sync(pods)
-
-    def _drain_flows(self) -> int:
-        """Flow events from the datapath, exported alongside the security events (not process-filtered)."""
-        if self.netdp is None:
-            return 0
-        flows = self.netdp.poll_flows()
-        if not flows:
-            return 0
-        import orjson
-
-        t = self.clock.rfc3339(time.monotonic_ns())
-        lines = [orjson.dumps({**(f if "flow" in f else {"flow": f}), "node_name": self.cfg.node_name,
-                               "time": f.get("time", t)}) for f in flows]
-        self.counters.events["flow"] = self.counters.events.get("flow", 0) + len(lines)
-        self.export._write_lines(lines)
-        return len(lines)
 
     def _policy_files(self) -> list[Path]:
         files = list(self.cfg.tracing_policies)
@@ -505,34 +482,24 @@ class Agent:
             if not raws:
                 break
             total += len(raws)
-            self._dispatch(raws)
-        total += self._drain_flows()
+            self.sensors.dispatch(raws, self.server is not None and self.server.has_subscribers, self.emit)
+        total += self.sensors.poll(self._write_polled)
         if total:
             self.export.flush()
         return total
 
-    def _dispatch(self, raws: list) -> None:
-        """One ring, in kernel order: each run of consecutive records of one sensor (the header's op: the
-        policy programs' OP_POLICY, the process sensor's the others) goes to that sensor's decoder as a batch."""
-        n, start = len(raws), 0
-        while start < n:
-            policy = raws[start][0] == OP_POLICY
-            end = start + 1
-            while end < n and (raws[end][0] == OP_POLICY) == policy:
-                end += 1
-            chunk = raws[start:end] if start or end < n else raws
-            if not policy:
-                self.emit(self.handle(self.sensor.decoder.decode(chunk)))
-            elif self.engine is not None:
-                out = self.engine.handle(chunk, self.server is not None and self.server.has_subscribers)
-                for ev in out:
-                    self.counters.events[ev.kind] = self.counters.events.get(ev.kind, 0) + 1
-                self.emit(out)
-            start = end
+    def _write_polled(self, lines: list[bytes]) -> None:
+        """Flow events from the datapath, exported alongside the security events (not process-filtered)."""
+        self.counters.events["flow"] = self.counters.events.get("flow", 0) + len(lines)
+        self.export._write_lines(lines)
 
     def emit(self, out: list[OutEvent]) -> None:
         if not out:
             return
+        counts = self.counters.events
+        for ev in out:
+            if ev.kind not in ("process_exec", "process_exit"):  # the process events count themselves
+                counts[ev.kind] = counts.get(ev.kind, 0) + 1
         self.export.write(out)
         if self.server is not None:
             self.server.publish(out)
@@ -545,110 +512,10 @@ class Agent:
 
     def _report_loss(self) -> None:
         if self.sensor is not None:
-            lost = sum(self.sensor.lost_total().values())
+            lost = sum(self.lost().values())  # every sensor's, the policy programs' too
             if lost > self.counters.lost_reported:
                 log.warning("ring buffer full: %d events lost so far (raise --rb-size)", lost)
                 self.counters.lost_reported = lost
-
-    # ------------------------------------------------------------------ records -> events
-    def handle(self, records: list) -> list[OutEvent]:
-        out: list[OutEvent] = []
-        now = time.monotonic_ns()
-        self.counters.records += len(records)
-        events = self.counters.events
-        by_binary = self.counters.by_binary
-        pb = self.server is not None and self.server.has_subscribers
-        proto = self.proto
-        cache = self.cache
-        for r in records:
-            # the same event twice (an earlier agent's kept programs and ours both ran for a moment): dropped
-            if type(r) is ExecRecord:
-                seen = cache.get((r.pid, r.ktime))
-                if seen is not None and FLAG_EXECVE in seen.flags:
-                    self.counters.duplicates += 1
-                    continue
-                proc, parent = self._on_exec(r, now)
-                out.append(OutEvent("process_exec", proc, parent, self.encoder.exec_event(proc, parent),
-                                    pb=proto.exec_event(proc, parent) if pb else None))
-                events["process_exec"] += 1
-                k = ("process_exec", proc.binary)
-                by_binary[k] = by_binary.get(k, 0) + 1
-            elif type(r) is ExitRecord:
-                proc = cache.resolve(r.pid, r.exec_ktime)
-                if proc is not None and not proc.alive:  # only an exited identity's own exit resolves to it
-                    self.counters.duplicates += 1
-                    continue
-                if proc is None:
-                    self.counters.exit_misses += 1
-                    proc = self._stub(r.pid, r.exec_ktime, now)
-                parent = self.cache.get(proc.parent_key) if proc.parent_key else None
-                out.append(OutEvent("process_exit", proc, parent,
-                                    self.encoder.exit_event(proc, parent, r.ktime, r.status, r.signal),
-                                    pb=proto.exit_event(proc, parent, r.ktime, r.status, r.signal) if pb else None))
-                events["process_exit"] += 1
-                k = ("process_exit", proc.binary)
-                by_binary[k] = by_binary.get(k, 0) + 1
-                self.cache.exit(proc, now)
-            elif type(r) is CloneRecord:
-                if cache.get((r.pid, r.ktime)) is not None:
-                    self.counters.duplicates += 1
-                    continue
-                self._on_clone(r, now)
-        return out
-
-    def _on_exec(self, r: ExecRecord, now: int) -> tuple[Process, Process | None]:
-        prev = self.cache.current(r.pid)
-        parent = self.cache.resolve(r.ppid, r.parent_ktime)
-        flags = [FLAG_EXECVE]
-        if prev is not None and FLAG_CLONE in prev.flags:
-            flags.append(FLAG_CLONE)
-        if r.flags & F_TRUNC_ARGS:
-            flags.append("truncArgs")
-        if r.flags & F_TRUNC_FILENAME:
-            flags.append("truncFilename")
-        if r.flags & F_ERROR_CWD:
-            flags.append("errorCWD")
-        elif r.cwd == "/":
-            flags.append("rootcwd")
-        if parent is None:
-            flags.append("miss")
-            self.counters.parent_misses += 1
-        binary = r.binary
-        proc = Process(
-            key=(r.pid, r.ktime), exec_id=self.cache.exec_id(r.pid, r.ktime),
-            parent_key=parent.key if parent else None, parent_exec_id=parent.exec_id if parent else "",
-            pid=r.pid, tid=r.tid, nspid=r.nspid, binary=binary, args=r.arguments, cwd=r.cwd, flags=tuple(flags),
-            start_ns=r.ktime, creds=r.creds, ns=r.ns, cgroup_id=r.cgroup_id,
-            exe=r.exe if r.exe != binary else "", exe_ino=r.exe_ino,
-        )
-        if prev is not None and prev.key == proc.key:  # seeded from /proc, exec'd while no agent ran: same identity
-            proc.refcnt = prev.refcnt  # its children's references
-            old_parent = self.cache.get(prev.parent_key) if prev.parent_key else None
-            if old_parent is not None:
-                old_parent.refcnt -= 1  # insert() counts the parent again
-        self.cache.insert(proc, now)
-        return proc, parent
-
-    def _on_clone(self, r: CloneRecord, now: int) -> None:
-        parent = self.cache.resolve(r.parent_pid, r.parent_ktime)
-        if parent is None:
-            self.counters.parent_misses += 1
-            return  # nothing to inherit; its exec (if any) will carry full details
-        self.cache.insert(Process(
-            key=(r.pid, r.ktime), exec_id=self.cache.exec_id(r.pid, r.ktime), parent_key=parent.key,
-            parent_exec_id=parent.exec_id, pid=r.pid, tid=r.tid, nspid=r.nspid, binary=parent.binary,
-            args=parent.args, cwd=parent.cwd, flags=(FLAG_CLONE,), start_ns=r.ktime, creds=parent.creds,
-            ns=parent.ns, cgroup_id=parent.cgroup_id, exe=parent.exe, exe_ino=parent.exe_ino,
-        ), now)
-
-    def _stub(self, pid: int, ktime: int, now: int) -> Process:
-        """An exit for a process the agent never saw start: report what the kernel told us."""
-        from lanner.sensors.process import Creds
-
-        return Process(key=(pid, ktime), exec_id=make_exec_id(self.cfg.node_name, ktime, pid) if ktime else "",
-                       parent_key=None, parent_exec_id="", pid=pid, tid=pid, nspid=0, binary="", args=(), cwd="",
-                       flags=("miss",), start_ns=ktime or now, creds=Creds(*([0] * 9), 0xFFFFFFFF, 0, 0, 0),
-                       ns=None, cgroup_id=0, alive=True)
 
     # ------------------------------------------------------------------ status
     def subscriber_drops(self) -> int:
@@ -663,12 +530,7 @@ class Agent:
 
     def programs(self) -> list[tuple[str, str, str, int]]:
         """(sensor, program, attach point, fd) of every loaded program."""
-        if self.sensor is None:
-            return []
-        progs = [("process", p.name, p.section, p.fd) for p in self.sensor.obj.programs.values()]
-        if self.engine is not None:
-            progs += self.engine.programs()
-        return progs
+        return self.sensors.programs()
 
     def policy_states(self) -> dict[str, int]:
         """How many policies are in each state ("enabled", "load_error", ...); never waits for a load."""
@@ -683,7 +545,7 @@ class Agent:
     def lost(self) -> dict[str, int]:
         """Records the one ring had no room for, by op (every sensor counts into the process sensor's per-CPU
         lanner_lost, shared by fd as the ring is)."""
-        return self.sensor.lost_total() if self.sensor else {}
+        return self.sensors.lost()
 
     def status(self) -> dict:
         lost = self.lost()

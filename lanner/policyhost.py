@@ -2,7 +2,8 @@
 start are loaded in the background (the process sensor never waits for them), and a failure is a state,
 never an exit.
 
-``PolicyHost`` is what the gRPC API calls (its ``PolicyManager``). Until a policy arrives nothing of the
+``PolicyHost`` is what the gRPC API calls (its ``PolicyManager``), and the generic (policy) sensor unit of
+the agent (sensors.base.Sensor: its programs' records are op 9 of the one ring). Until a policy arrives nothing of the
 engine is imported or loaded. A start-up file that fails (bad YAML, an object the verifier rejects, a missing
 tracepoint) is logged as a warning and listed with its state (``load_error`` or ``partially_enabled``).
 """
@@ -28,7 +29,13 @@ class PolicyHostContext:
     on_error: Callable[[str], None] = lambda _kind: None  # a start-up file failed (for the error counters)
 
 
+OP_POLICY = 9  # the policy programs' records (policy/bpf/generic.h GEN_OP)
+
+
 class PolicyHost:
+    name = "policy"
+    ops = frozenset({OP_POLICY})
+
     def __init__(self, ctx: PolicyHostContext) -> None:
         self.ctx = ctx
         self._engine: Any = None
@@ -144,6 +151,21 @@ class PolicyHost:
         out = self._engine.problems() if self._engine is not None else []
         return out + [{"name": st.name, "namespace": st.namespace, "state": "load_error", "error": st.error}
                       for st in self._extra_statuses() if st.error]
+
+    # ------------------------------------------------------------------ the Sensor unit
+    def handle(self, raws: list, want_pb: bool) -> list:
+        engine = self._engine
+        return engine.handle(raws, want_pb) if engine is not None and engine.loaded else []
+
+    def poll(self) -> list[bytes]:
+        return []
+
+    def lost(self) -> dict[str, int]:
+        engine = self._engine
+        return engine.lost_total() if engine is not None else {}
+
+    def programs(self) -> list[tuple[str, str, str, int]]:
+        return self._engine.programs() if self._engine is not None else []
 
     def keep(self, root: Path) -> int:
         """Pin every policy attachment under ``root`` (--keep-sensors-on-exit); ``close`` then leaves them."""

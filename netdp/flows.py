@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 from lanner.bpf.btf import Btf
@@ -148,3 +149,34 @@ class FlowReader:
 
     def close(self) -> None:
         self._ring.close()
+
+
+class FlowSensor:
+    """The datapath's flow reader as a sensor unit (sensors.base.Sensor): polled (its ring is the datapath's own),
+    its events exported as JSON lines that skip the process filters (a flow is no process event)."""
+
+    name = "flow"
+    ops: frozenset[int] = frozenset()
+
+    def __init__(self, runtime: Any, node_name: str, clock: KtimeClock) -> None:
+        self.runtime = runtime  # lanner.netdp.runtime.NetdpRuntime
+        self.node_name = node_name
+        self.clock = clock
+
+    def handle(self, raws: list, want_pb: bool) -> list:
+        return []
+
+    def poll(self) -> list[bytes]:
+        from lanner.exporter.flowjson import flow_lines
+
+        flows = self.runtime.poll_flows()
+        return flow_lines(flows, self.node_name, self.clock) if flows else []
+
+    def lost(self) -> dict[str, int]:
+        return {}  # its own ring's losses and rate limiting are in the netdp status (flows: lost)
+
+    def programs(self) -> list[tuple[str, str, str, int]]:
+        return []
+
+    def close(self) -> None:
+        self.runtime.close()

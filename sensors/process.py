@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from lanner.bpf.objects import BPF_NOEXIST, BpfError, BpfObject, Codec, Map
 from lanner.bpf.records import RecordLayout
@@ -22,8 +22,7 @@ log = logging.getLogger("lanner.sensors.process")
 PROCESS_OBJECT = Path(__file__).parent / "bpf" / "obj" / "process.bpf.o"
 
 OP_EXEC, OP_CLONE, OP_EXIT = 1, 2, 5
-OP_POLICY = 9  # the policy programs' records in the same ring (policy/bpf/generic.h GEN_OP)
-OP_NAMES = {OP_EXEC: "exec", OP_CLONE: "clone", OP_EXIT: "exit", OP_POLICY: "policy"}
+OP_NAMES = {OP_EXEC: "exec", OP_CLONE: "clone", OP_EXIT: "exit"}
 
 # exec_event.flags (process.h)
 F_TRUNC_ARGS = 1 << 0
@@ -231,9 +230,11 @@ class ProcessSensorConfig:
 
 
 class ProcessSensor:
-    """Owns the process BPF object: load, attach, seed, read, close."""
+    """The process sensor unit (sensors.base.Sensor): owns the process BPF object (load, attach, seed, keep,
+    close) and the ring every sensor writes into; its records become events in ``events`` (bind it first)."""
 
     name = "process"
+    ops = frozenset(OP_NAMES)
 
     def __init__(self, config: ProcessSensorConfig, object_path: Path = PROCESS_OBJECT,
                  reuse: Mapping[str, Path] | None = None) -> None:
@@ -256,6 +257,7 @@ class ProcessSensor:
             self.decoder = ProcessDecoder(self.obj)
             self.execve_map: Map = self.obj.map("execve_map", key=_KEY, value=_ENTRY)
             self.lost_map: Map = self.obj.map("lanner_lost", key=_KEY, value=Codec.struct("<Q"))
+            self.events: Any = None  # sensors.process_events.ProcessEvents, bound by the agent
         except BaseException:
             self.obj.close()
             raise
@@ -310,6 +312,23 @@ class ProcessSensor:
 
     def lost_total(self) -> dict[str, int]:
         return {name: self.lost_map.sum_percpu(op) for op, name in OP_NAMES.items()}
+
+    # ---- the Sensor unit
+    def bind(self, events: Any) -> None:
+        """What turns this sensor's records into events (sensors.process_events.ProcessEvents)."""
+        self.events = events
+
+    def handle(self, raws: list, want_pb: bool) -> list:
+        return self.events.handle(self.decoder.decode(raws), want_pb)
+
+    def poll(self) -> list[bytes]:
+        return []
+
+    def lost(self) -> dict[str, int]:
+        return self.lost_total()
+
+    def programs(self) -> list[tuple[str, str, str, int]]:
+        return [(self.name, p.name, p.section, p.fd) for p in self.obj.programs.values()]
 
     def close(self) -> None:
         self.obj.close()
