@@ -316,8 +316,15 @@ class Agent:
         """Watch the Kubernetes API in background threads; never waits for the server (lanner.k8s)."""
         from lanner.k8s.integration import K8sIntegration
 
-        self.k8s = K8sIntegration(self.cfg.k8s, self.policies)
+        api_scopes = self.policies is not None and (self.netdp is None or self.netdp.pod_cache is None)
+        self.k8s = K8sIntegration(self.cfg.k8s, self.policies, self._sync_scopes if api_scopes else None)
         self.k8s.start()
+        self.encoder.attach_pod_resolver(self.k8s.pod_resolver(self.encoder.pod_resolver))
+
+    def _sync_scopes(self, pods: list) -> None:
+        """The API's pods drive TracingPolicyNamespaced/podSelector scoping (without --enable-netdp's pod table)."""
+        if self.policies is not None:
+            self.policies.ensure_engine().workloads.sync(pods)
 
     def _policy_files(self) -> list[Path]:
         files = list(self.cfg.tracing_policies)
