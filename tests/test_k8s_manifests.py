@@ -170,6 +170,7 @@ def test_agent_flags_in_the_configmap_are_real_agent_flags(rendered: dict[str, d
     assert not any("$(" in a for a in expanded), expanded
     parsed = build_parser().parse_args(expanded)
     assert parsed.export_stdout is False
+    assert parsed.enable_k8s_api is True and parsed.k8s_kubeconfig_path is None  # in-cluster config
     assert parsed.server_address == data["SERVER_ADDRESS"]
     assert parsed.health_server_address == data["HEALTH_SERVER_ADDRESS"] == ":6789"
     assert all(f"$({k})" in " ".join(args) for k in data), "a ConfigMap key no argument uses"
