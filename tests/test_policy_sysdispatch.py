@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
+from orjson import loads as orjson_loads
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
 
@@ -381,3 +383,69 @@ def test_wrapper_without_btf_runs_as_kprobe(agent, measured):
             assert [body(x)["function_name"] for x in evs] == ["__x64_sys_getppid"]
     finally:
         e.close()
+
+
+def test_hooks_of_one_syscall_share_what_they_read(agent, tmp_path):
+    """The dispatcher's hooks of one syscall invocation share the binary and the argument slots an earlier hook
+    read (the same argument in the same slot is not read again): each hook still sees its own arguments, in its
+    own slots, with the truncation of a long path; a matchBinaries NotIn exception (checked after the filters)
+    still excludes its binary; and a slot an earlier hook filled with another argument is read again."""
+    from lanner.policy.engine import EngineContext, PolicyEngine
+
+    t = str(tmp_path)
+    mycat, other = copy_bin(tmp_path, "mycat"), copy_bin(tmp_path, "othercat")
+    longp = f"{t}/" + "d" * 300  # past the 253 bytes a string slot keeps
+    a = f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args: [{{index: 1, type: string}}]
+      selectors: [{{matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/"]}}]}}]
+    """
+    b = f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args: [{{index: 2, type: int}}, {{index: 1, type: string}}]
+      selectors: [{{matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/"]}}]}}]
+    """
+    c = f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args: [{{index: 1, type: string}}]
+      selectors:
+      - matchBinaries: [{{operator: NotIn, values: ["{other}"]}}]
+        matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/"]}}]
+    """
+    ctx = EngineContext(dict(HOST_PROBE), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
+                        agent.proto, agent.cfg.node_name)
+    e = PolicyEngine(ctx)
+
+    def run():
+        subprocess.run([mycat, f"{t}/x", longp], capture_output=True)
+        subprocess.run([other, f"{t}/y"], capture_output=True)
+
+    try:
+        with Loaded(e, policy_yaml("share-a", a), "share-a"), Loaded(e, policy_yaml("share-b", b), "share-b"), \
+                Loaded(e, policy_yaml("share-c", c), "share-c"):
+            agent.drain()
+            e.handle(e.ring.read_batch(1 << 20), False)
+            run()
+            time.sleep(0.15)
+            agent.drain()  # the processes' exec events first: the policy events name them
+            evs = [orjson_loads(x.line) for x in e.handle(e.ring.read_batch(1 << 20), True)]
+    finally:
+        e.close()
+    by = {}
+    for ev in evs:
+        k = body(ev)
+        by.setdefault(ev["process_kprobe"]["policy_name"], []).append(k)
+    strs = lambda name, slot: [(x["process"]["binary"], x["args"][slot].get("string_arg", "")) for x in by[name]]  # noqa: E731
+    assert strs("share-a", 0) == [(mycat, f"{t}/x"), (mycat, longp[:253]), (other, f"{t}/y")], by["share-a"]
+    assert strs("share-b", 1) == strs("share-a", 0)  # its string in slot 1, its flags in slot 0
+    assert all(0 <= x["args"][0]["int_arg"] < 1 << 22 for x in by["share-b"]), by["share-b"]  # open flags
+    assert strs("share-c", 0) == [(mycat, f"{t}/x"), (mycat, longp[:253])]  # `other` is an exception
+    long_a = next(x for x in by["share-a"] if x["args"][0]["string_arg"] == longp[:253])
+    long_c = next(x for x in by["share-c"] if x["args"][0]["string_arg"] == longp[:253])
+    assert long_a["args"][0] == long_c["args"][0]  # the shared slot keeps its truncation

@@ -434,6 +434,37 @@ static __always_inline void gen_read_iov_iter(struct gen_scratch *s, __u32 i, st
 		s->ev.lens[i] = size;
 }
 
+/* the first 8 bytes of a struct gen_arg (off, size, type, is_signed, size_arg, loc, reg): what it reads */
+static __always_inline __u64 gen_arg_desc(struct gen_arg *a)
+{
+	__u64 d = 0;
+
+	__builtin_memcpy(&d, a, sizeof(d));
+	return d;
+}
+
+/* slot i already holds argument a, read by an earlier hook of this dispatcher invocation: keep it */
+static __always_inline bool gen_arg_cached(struct gen_scratch *s, struct gen_arg *a, __u32 i)
+{
+	if (!s->share || i >= GEN_MAX_ARGS || a->type == GA_UBUF || a->type == GA_IOVEC) /* sizes: another arg */
+		return false;
+	if (s->arg_inv[i] != s->sysinv + 1 || s->arg_desc[i] != gen_arg_desc(a) || s->arg_flags[i] != a->flags)
+		return false;
+	s->ev.trunc |= s->arg_trunc & (1U << i);
+	return true;
+}
+
+/* slot i now holds argument a: later hooks of this invocation may keep it (or nobody, outside the dispatcher) */
+static __always_inline void gen_arg_read(struct gen_scratch *s, struct gen_arg *a, __u32 i)
+{
+	if (i >= GEN_MAX_ARGS)
+		return;
+	s->arg_inv[i] = s->share ? s->sysinv + 1 : 0;
+	s->arg_desc[i] = gen_arg_desc(a);
+	s->arg_flags[i] = a->flags;
+	s->arg_trunc = (s->arg_trunc & ~(1U << i)) | (s->ev.trunc & (1U << i));
+}
+
 /* argument i of hook into the event's slot i; ctx: the tracepoint record or pt_regs address (a scalar: it
  * is only read with bpf_probe_read_kernel) */
 GEN_STAGE int gen_read_arg(struct gen_hook *hook, __u64 ctx, __u32 i)
@@ -447,6 +478,8 @@ GEN_STAGE int gen_read_arg(struct gen_hook *hook, __u64 ctx, __u32 i)
 		return 0;
 	i = GEN_BOUND(i, GEN_MAX_ARGS);
 	a = &hook->args[i];
+	if (gen_arg_cached(s, a, i))
+		return 0;
 	v = gen_raw(ctx, s, hook, a);
 	s->ev.vals[i] = gen_extend(v, a->size, a->is_signed);
 	s->ev.lens[i] = 0;
@@ -607,6 +640,7 @@ GEN_STAGE int gen_read_arg(struct gen_hook *hook, __u64 ctx, __u32 i)
 		break;
 	}
 	}
+	gen_arg_read(s, a, i);
 	return 0;
 }
 

@@ -119,6 +119,16 @@ struct gen_scratch {
 	__u64 sysargs[6];                 /* GHF_SYSCALL: the syscall's arguments (generic_sys.bpf.c) */
 	__u64 ctx;                        /* the program's context (a tracepoint record, pt_regs, the BTF argument
 					   * array): its address, for the stages to read arguments from */
+	/* What the syscall dispatcher's hooks share within one of its invocations (every hook of a syscall reads
+	 * the same arguments of the same process): sysinv counts the invocations on this CPU; a binary or an
+	 * argument slot read in invocation n carries n + 1 (0: nothing cached) and serves the later hooks */
+	__u64 sysinv;
+	__u64 bin_inv;                    /* s->bin holds the binary of invocation bin_inv - 1 */
+	__u64 arg_inv[GEN_MAX_ARGS];      /* slot i holds the argument arg_desc[i] of invocation arg_inv[i] - 1 */
+	__u64 arg_desc[GEN_MAX_ARGS];     /* the first 8 bytes of the struct gen_arg it was read for */
+	__u16 arg_flags[GEN_MAX_ARGS];    /* and its flags (GAF_ZERO) */
+	__u32 arg_trunc;                  /* bit i: the cached slot i was truncated */
+	__u32 share;                      /* this hook may use and fill the caches above (a dispatcher hook) */
 	struct lanner_path_buf pb;
 };
 

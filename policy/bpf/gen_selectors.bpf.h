@@ -83,6 +83,9 @@ static __always_inline bool gen_check_pids(struct gen_selector *sel)
 	return !sel->pids[1].op || gen_check_pid_entry(&sel->pids[1]);
 }
 
+#define GEN_BIN_DONE (1U << 30)    /* s->rev_done: s->bin holds the current binary */
+#define GEN_BINREV_DONE (1U << 31) /* s->rev_done: s->binrev holds it reversed */
+
 /* matchBinaries followChildren: an ancestor's binary (execve_map, up to GEN_PARENT_LEVELS parents) is in
  * the set; the ancestor's binary is copied into s->binrev (Postfix, which needs it, is not allowed with
  * followChildren) */
@@ -108,15 +111,13 @@ static __always_inline bool gen_ancestor_binary(struct gen_scratch *s, struct ge
 		if (blen > GEN_STR_MAX - 1)
 			blen = GEN_STR_MAX - 1;
 		__builtin_memset(&s->binrev, 0, sizeof(s->binrev));
+		s->rev_done &= ~GEN_BINREV_DONE; /* binrev no longer holds the current binary reversed */
 		bpf_probe_read_kernel(s->binrev.s, blen & 255, e->binary);
 		hit = lpm ? gen_str_in_lpm(s, &s->binrev, blen, sel->bin_set)
 			  : gen_str_in_set(s, &s->binrev, blen, false, sel->bin_set);
 	}
 	return hit;
 }
-
-#define GEN_BIN_DONE (1U << 30)
-#define GEN_BINREV_DONE (1U << 31)
 
 /* the current process's binary into s->bin (zero padded: a hash key), once per event */
 static __always_inline void gen_load_binary(struct gen_scratch *s)
@@ -128,6 +129,9 @@ static __always_inline void gen_load_binary(struct gen_scratch *s)
 	if (s->rev_done & GEN_BIN_DONE)
 		return;
 	s->rev_done |= GEN_BIN_DONE;
+	if (s->share && s->bin_inv == s->sysinv + 1)
+		return; /* an earlier hook of this dispatcher invocation read it */
+	s->bin_inv = s->share ? s->sysinv + 1 : 0;
 	__builtin_memset(&s->bin, 0, sizeof(s->bin));
 	s->bin_len = 0;
 	e = bpf_map_lookup_elem(&execve_map, &tgid);
@@ -328,18 +332,27 @@ static __always_inline bool gen_check_ns(struct gen_selector *sel)
 	return true;
 }
 
+/* a matchBinaries NotIn / NotPrefix / NotPostfix: a list of exceptions, which almost every process passes */
+static __always_inline bool gen_bin_exception(struct gen_selector *sel)
+{
+	return sel->bin_op == GOP_NOTIN || sel->bin_op == GOP_NOTPREFIX || sel->bin_op == GOP_NOTPOSTFIX;
+}
+
 /* the process conditions of selector sel: matchPIDs, matchBinaries, matchNamespaces, matchCapabilities,
  * matchNamespaceChanges, matchCapabilityChanges. 1: they all hold (or it has none). They need no argument,
- * so the entry stage checks them first and reads no argument when no selector can match. */
-GEN_STAGE int gen_sel_process(struct gen_selector *sel)
+ * so the entry stage checks the selective ones first (phase 0) and reads no argument when no selector can
+ * match; binary exceptions (phase 1) rarely exclude anything and are checked once the filters matched. */
+GEN_STAGE int gen_sel_process(struct gen_selector *sel, __u32 phase)
 {
 	struct gen_scratch *s = gen_scratch();
 
 	if (!s || !sel)
 		return 0;
+	if (phase)
+		return !sel->bin_op || !gen_bin_exception(sel) || gen_check_binary(s, sel);
 	if (sel->pids[0].op && !gen_check_pids(sel))
 		return 0;
-	if (sel->bin_op && !gen_check_binary(s, sel))
+	if (sel->bin_op && !gen_bin_exception(sel) && !gen_check_binary(s, sel))
 		return 0;
 	if (sel->nns && !gen_check_ns(sel))
 		return 0;

@@ -86,7 +86,7 @@ static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook)
 		for (int i = 0; i < GEN_MAX_SELECTORS; i++) {
 			if (i >= nsel)
 				break;
-			if (gen_sel_process(&hook->sel[i]))
+			if (gen_sel_process(&hook->sel[i], 0))
 				cand |= 1U << i;
 		}
 		if (!cand)
@@ -102,7 +102,7 @@ static __always_inline int gen_match(__u64 ctx, struct gen_hook *hook)
 		return GEN_MAX_SELECTORS; /* no selectors: every call matches */
 #pragma unroll
 	for (int i = 0; i < GEN_MAX_SELECTORS; i++) {
-		if ((cand & (1U << i)) && gen_sel_filters(&hook->sel[i], 0)) {
+		if ((cand & (1U << i)) && gen_sel_filters(&hook->sel[i], 0) && gen_sel_process(&hook->sel[i], 1)) {
 			gen_sel_matched(&hook->sel[i]);
 			return i;
 		}
@@ -123,6 +123,7 @@ GEN_STAGE int gen_enter_stage(__u32 hook_id, struct gen_hook *hook)
 		return 0;
 	ctx = s->ctx;
 	gen_begin(s, hook_id);
+	s->share = !!(hook->flags & GHF_SYSCALL); /* a dispatcher hook: it shares what this invocation read */
 	if ((hook->flags & GHF_SCOPED) && !gen_in_scope(hook)) /* after gen_begin: no stale LSM override */
 		return 0;
 	s->ev.nargs = hook->nargs;

@@ -142,6 +142,7 @@ int BPF_PROG(gen_sys_enter, struct pt_regs *regs, long id)
 	s = gen_sys_scratch();
 	if (!s)
 		return 0;
+	s->sysinv++; /* a new invocation: what earlier ones read is not shared with its hooks */
 	s->sysargs[0] = regs->di;
 	s->sysargs[1] = regs->si;
 	s->sysargs[2] = regs->dx;
@@ -197,6 +198,7 @@ int gen_sys_enter_r(struct bpf_raw_tracepoint_args *ctx)
 	s = gen_sys_scratch();
 	if (!s)
 		return 0;
+	s->sysinv++;
 	s->sysargs[0] = BPF_CORE_READ(regs, di);
 	s->sysargs[1] = BPF_CORE_READ(regs, si);
 	s->sysargs[2] = BPF_CORE_READ(regs, dx);
