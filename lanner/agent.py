@@ -315,9 +315,11 @@ class Agent:
     def _start_k8s(self) -> None:
         """Watch the Kubernetes API in background threads; never waits for the server (lanner.k8s)."""
         from lanner.k8s.integration import K8sIntegration
+        from lanner.k8s.netpolicies import netpol_context
 
         api_scopes = self.policies is not None and (self.netdp is None or self.netdp.pod_cache is None)
-        self.k8s = K8sIntegration(self.cfg.k8s, self.policies, self._sync_scopes if api_scopes else None)
+        self.k8s = K8sIntegration(self.cfg.k8s, self.policies, self._sync_scopes if api_scopes else None,
+                                  netpol_context(self.netdp))
         self.k8s.start()
         self.encoder.attach_pod_resolver(self.k8s.pod_resolver(self.encoder.pod_resolver))
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .client import K8sConfig, describe_server, make_api_client
 from .events import EventContext, EventRecorder
+from .netpolicies import NetpolContext, NetworkPolicyController
 from .pods import OwnerResolver, PodTable, PodTableContext
 from .reflector import Change, Reflector, ReflectorContext, Resource
 from .tracingpolicies import PolicyController, PolicyControllerContext
@@ -26,6 +27,7 @@ TPN = Resource("tracingpoliciesnamespaced", "/apis/cilium.io/v1alpha1/tracingpol
 
 
 TICK_S = 1.0
+NETPOL = Resource("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies")
 
 
 def node_resource(node: str) -> Resource:
@@ -53,11 +55,13 @@ class K8sIntegration:
     """One object the agent starts and closes; ``policy_host`` may be None (no policy engine)."""
 
     def __init__(self, cfg: K8sConfig, policy_host: Any = None,
-                 on_workloads: Callable[[list[Any]], None] | None = None) -> None:
+                 on_workloads: Callable[[list[Any]], None] | None = None, netpol: NetpolContext | None = None) -> None:
         self.cfg = cfg
         self.host = policy_host
         self.on_workloads = on_workloads  # the pods for policy scoping (None: another source feeds it)
+        self.netpol_ctx = netpol  # NetworkPolicies into the datapath (None: no datapath)
         self.pods: PodTable | None = None
+        self.netpols: NetworkPolicyController | None = None
         self.error = ""  # the client could not be made (no kubeconfig, not in a cluster)
         self.server = ""
         self.api: Any = None
@@ -85,6 +89,9 @@ class K8sIntegration:
         if self.cfg.watch_pods:
             self.pods = PodTable(PodTableContext(OwnerResolver(self.api), self.on_workloads or (lambda _w: None)))
             self._add(pods_resource(self.cfg.node_name), self.pods.on_pod)
+        if self.netpol_ctx is not None:
+            self.netpols = NetworkPolicyController(self.netpol_ctx)
+            self._add(NETPOL, self.netpols.on_change)
         self._worker = threading.Thread(target=self._work, name="lanner-k8s-apply", daemon=True)
         self._worker.start()
         for r in self.reflectors:
@@ -159,6 +166,8 @@ class K8sIntegration:
             out["policies"] = self.policies.counts()
         if self.pods is not None:
             out["pods"] = self.pods.status()
+        if self.netpols is not None:
+            out["network_policies"] = self.netpols.status()
         if self.events is not None:
             st = self.events.stats
             out["events"] = {"posted": st.posted, "rate_limited": st.limited, "failed": st.failed,

@@ -1,0 +1,77 @@
+"""NetworkPolicies from the API (lanner.k8s.netpolicies) reach the datapath's set_network_policies beside the
+files' ones: applied, refused by lanner's parser (left out, named in status), deleted. The integration
+runs in this process as the agent's identity against the session's control plane; the datapath is a
+recorder (the datapath's enforcement of a policy set is tests/test_cri_pods.py's job)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from lanner.k8s.client import K8sConfig
+from lanner.k8s.integration import K8sIntegration
+from lanner.k8s.netpolicies import NetpolContext
+from lanner.netdp.netpolicy import parse_network_policy
+from tests.k8s_harness import ControlPlane
+
+
+def _policy(name: str, namespace: str, spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+DB = {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}],
+                   "ports": [{"protocol": "TCP", "port": 8080}]}]}
+V6 = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": "fd00::/64"}}]}]}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sets: list[list[str]] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, policies: list) -> None:
+        with self.changed:
+            self.sets.append([f"{p.namespace}/{p.name}" for p in policies])
+            self.changed.notify_all()
+
+    def wait(self, pred, timeout: float = 10.0) -> tuple[list[str], float]:
+        t0 = time.monotonic()
+        with self.changed:
+            while not (self.sets and pred(self.sets[-1])):
+                left = timeout - (time.monotonic() - t0)
+                assert left > 0, self.sets[-3:]
+                self.changed.wait(left)
+            return self.sets[-1], time.monotonic() - t0
+
+
+def test_network_policies_from_the_api_reach_the_datapath(k8s: ControlPlane, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    file_policy = parse_network_policy(_policy("from-file", "files", DB), "file.yaml")
+    rec = Recorder()
+    cfg = K8sConfig(node_name="netpol-test", kubeconfig=k8s.agent_kubeconfig, watch_pods=False)
+    k = K8sIntegration(cfg, None, None, NetpolContext(rec, (file_policy,)))
+    k.start()
+    try:
+        first, _ = rec.wait(lambda s: s[:1] == ["files/from-file"])  # after the first list: files + the API's
+        k8s.kubectl("apply", "-f", "-", stdin=json.dumps(_policy("db", ns, DB)))
+        got, t_apply = rec.wait(lambda s: f"{ns}/db" in s)
+        assert got[0] == "files/from-file"
+        k8s.kubectl("apply", "-f", "-", stdin=json.dumps(_policy("v6", ns, V6)))  # valid to the API, not to lanner
+        deadline = time.monotonic() + 10
+        while f"{ns}/v6" not in k.status()["network_policies"]["refused"]:
+            assert time.monotonic() < deadline, k.status()
+            time.sleep(0.05)
+        assert f"{ns}/v6" not in rec.sets[-1] and f"{ns}/db" in rec.sets[-1]
+        assert "ipBlock" in k.status()["network_policies"]["refused"][f"{ns}/v6"]
+        k8s.kubectl("delete", "networkpolicy", "db", "v6", "-n", ns)
+        _, t_delete = rec.wait(lambda s: f"{ns}/db" not in s)
+        print(f"NetworkPolicy apply -> datapath {t_apply:.3f} s, delete {t_delete:.3f} s (after kubectl returned)")
+        assert t_apply < 1.0 and t_delete < 1.0
+        assert k.status()["network_policies"]["refused"] == {}
+    finally:
+        k.close()
