@@ -115,6 +115,7 @@ def kernel_step(run: Run, pure: PurePath, engine: Any, m: Mutant, rng: random.Ra
         result = submit(engine, text)
         leaks = list(result.leaks)
         run.counts["kernel checks"] += 1
+        run.counts["kernel accepted" if result.accepted else "kernel rejected"] += 1
         if result.accepted != (o.kind == ACCEPTED):
             run.counts["kernel late rejections" if o.kind == ACCEPTED else "kernel accepted a rejected text"] += 1
         if o.kind == ACCEPTED and result.accepted and o.units:  # it writes hooks: load it again, failing
@@ -141,8 +142,13 @@ def report(run: Run, total: int, elapsed: float, args: argparse.Namespace) -> in
     print(f"rejected, located  {c['rejected']}")
     print(f"rejected, no path  {c['no-path']}")
     print(f"crashes            {c['crashes']}")
-    for key in sorted(k for k in c if k.startswith("kernel")):
-        print(f"{key:<18} {c[key]}")
+    if args.engine_every:
+        print(f"kernel checks      {c['kernel checks']} ({c['kernel accepted']} accepted then deleted, "
+              f"{c['kernel rejected']} rejected; {c['kernel skipped (too many units)']} skipped: more than "
+              f"{args.max_units} hook units)")
+        print(f"  late rejections  {c['kernel late rejections']} (accepted by the pure path, refused by the engine)")
+        print(f"  wrongly accepted {c['kernel accepted a rejected text']}")
+        print(f"  with a map write failing: {c['kernel fault checks']}")
     print(f"leaks              {c['leaks']}")
     if run.saved:
         print(f"saved {run.saved} failing inputs in {run.out}")
