@@ -218,11 +218,18 @@ def _listed(a: RunningAgent) -> dict[str, object]:
         return {p.name: p for p in c.list_policies()}
 
 
+def _harness_exec(body: dict) -> bool:
+    """The exec of the test's own Python child (the harness, not the behaviour under test): it runs from the
+    checkout's virtualenv, which may itself live under /tmp."""
+    args = body.get("args") or [{}]
+    return body.get("function_name", "").endswith("execve") and args[0].get("string_arg") == sys.executable
+
+
 def _events(a: RunningAgent, rule: str, ran: Ran) -> list[dict]:
     out = []
     for e in a.events():
         body = e.get("process_kprobe")
-        if body and body.get("policy_name") == rule and (
+        if body and body.get("policy_name") == rule and not _harness_exec(body) and (
                 body["process"]["pid"] == ran.pid or ran.marker in json.dumps(body.get("args", []))):
             out.append(body)
     return out
