@@ -137,7 +137,7 @@ K8S_TOOLS   := kube-apiserver kubectl
 K8S_BINS    := $(addprefix $(K8S_BIN)/,$(K8S_TOOLS))
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
                -X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(K8S_MINOR) -X $(p).gitTreeState=clean)
-GO          ?= go
+GO          ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 
 .PHONY: k8s-bins
 k8s-bins: $(K8S_BINS)

@@ -118,10 +118,11 @@ def _trigger_until_answered(stream: subprocess.Popen, command: list[str]) -> str
 
 def test_strict_mode_names_fields_tetragon_does_not_define() -> None:
     """--strict is what makes the tests above fail on a field number mismatch: its Go unit test."""
-    if not shutil.which("go"):
+    go = shutil.which("go") or "/usr/local/go/bin/go"  # where the Makefile looks too
+    if not Path(go).exists():
         pytest.skip("go is not installed")
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"}
-    proc = subprocess.run(["go", "test", "-count=1", "-run", "TestUnknownFields", "-v", "."],
+    proc = subprocess.run([go, "test", "-count=1", "-run", "TestUnknownFields", "-v", "."],
                           cwd=ROOT / "tools" / "tetragon", env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "--- PASS: TestUnknownFieldsAreFoundWithTheirPath" in proc.stdout
