@@ -161,3 +161,16 @@ def test_a_port_taken_before_etcd_binds_it_is_retried(tmp_path: Path, monkeypatc
     finally:
         taken.close()
     assert len(calls) == 6  # two starts, three ports each
+
+
+def test_a_second_make_builds_nothing() -> None:
+    """make k8s-bins / tetragon-client reuse what is in build/ (CI builds them once, before the suite)."""
+    import shutil
+    import subprocess
+
+    from tests.k8s_harness import KUBE_APISERVER, KUBECTL, ROOT
+
+    if not (KUBE_APISERVER.exists() and KUBECTL.exists()) or not shutil.which("make"):
+        pytest.skip("the binaries are not built (make k8s-bins)")
+    proc = subprocess.run(["make", "-q", "-C", str(ROOT), "k8s-bins"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"make k8s-bins would rebuild: {proc.stdout}{proc.stderr}"
