@@ -283,3 +283,110 @@ def test_an_unreachable_api_is_a_status_not_an_exit(k8s: ControlPlane, tmp_path:
         assert "kubernetes" in out and "not connected" in out, out
     finally:
         assert agent.stop() == 0
+
+
+class TcpProxy:
+    """A loopback TCP relay to the API server (TLS passes through); ``cut()`` drops every connection and stops
+    listening, as an API server that went away; ``restore()`` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._conns: list = []
+        self._listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(16)
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        self._listener.close()
+        for s in self._conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self._conns.clear()
+
+
+def test_api_server_away_and_back_converges(ctx: Ctx, tmp_path: Path) -> None:
+    """The API server unreachable for a while (connections cut, nothing listening), changes made meanwhile:
+    once it is back the agent's watches resume and it holds exactly the API's policies."""
+    from lanner.client import AgentClient
+
+    host, port = ctx.k8s.server.removeprefix("https://").rsplit(":", 1)
+    proxy = TcpProxy((host, int(port)))
+    config = tmp_path / "proxied.kubeconfig"
+    config.write_text(ctx.k8s.agent_kubeconfig.read_text().replace(ctx.k8s.server, f"https://127.0.0.1:{proxy.port}"))
+    ctx.apply(policy("away-kept") + "---\n" + policy("away-gone"))
+    agent = start_agent(tmp_path, "--enable-k8s-api", "--k8s-kubeconfig-path", str(config), node=ctx.node)
+    try:
+        def listed() -> set[str]:
+            with AgentClient(agent.address, timeout=10) as c:
+                return {p.name for p in c.list_policies() if p.name.startswith("away-")}
+
+        deadline = time.monotonic() + 15
+        while listed() != {"away-kept", "away-gone"}:
+            assert time.monotonic() < deadline, listed()
+            time.sleep(0.05)
+        proxy.cut()
+        deadline = time.monotonic() + 15
+        while agent.status()["k8s"]["watches"]["tracingpolicies"]["state"] != "unreachable":
+            assert time.monotonic() < deadline, agent.status()["k8s"]
+            time.sleep(0.1)
+        ctx.k8s.kubectl("delete", "tgtp", "away-gone")
+        ctx.apply(policy("away-new"))
+        time.sleep(0.5)
+        assert listed() == {"away-kept", "away-gone"}  # nothing can reach it meanwhile
+        proxy.restore()
+        deadline = time.monotonic() + 30  # the back-off doubles up to 10 s
+        while listed() != {"away-kept", "away-new"}:
+            assert time.monotonic() < deadline, (listed(), agent.status()["k8s"]["watches"])
+            time.sleep(0.1)
+        assert agent.status()["k8s"]["watches"]["tracingpolicies"]["reconnects"] >= 1
+    finally:
+        assert agent.stop() == 0
+        proxy.cut()
+        ctx.k8s.kubectl("delete", "tgtp", "away-kept", "away-new", "away-gone", "--ignore-not-found", check=False)
