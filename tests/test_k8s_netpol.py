@@ -75,3 +75,4 @@ def test_network_policies_from_the_api_reach_the_datapath(k8s: ControlPlane, k8s
         assert k.status()["network_policies"]["refused"] == {}
     finally:
         k.close()
+
