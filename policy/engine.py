@@ -633,6 +633,9 @@ class PolicyEngine:
                 p.attach_errors.append(f"hook {plan.path} {plan.display}: attach failed: {first}")
                 p.attach_failed[plan.path] = first
                 continue
+            except BaseException:  # anything else (an interrupt, a bug): no part of the hook stays attached
+                self._destroy(hook_links)
+                raise
             p.links += hook_links
 
     def _destroy(self, links: list[Link]) -> None:
