@@ -34,7 +34,8 @@ class StreamSink:
 
     def write_lines(self, lines: list[bytes]) -> None:
         if lines:
-            self._out.write(b"\n".join(lines) + b"\n")
+            self._out.write(b"\n".join(lines))
+            self._out.write(b"\n")
 
     def flush(self) -> None:
         try:
@@ -72,11 +73,13 @@ class RotatingFileSink:
     def write_lines(self, lines: list[bytes]) -> None:
         if not lines:
             return
-        data = b"\n".join(lines) + b"\n"
-        if self._size + len(data) <= self.max_bytes:
+        data = b"\n".join(lines)  # the batch's last newline is written apart: no second copy of the batch
+        n = len(data) + 1
+        if self._size + n <= self.max_bytes:
             self._fh.write(data)
-            self._size += len(data)
-            self.bytes_written += len(data)
+            self._fh.write(b"\n")
+            self._size += n
+            self.bytes_written += n
             return
         # slow path: split the batch at line boundaries around rotations
         for line in lines:

@@ -114,12 +114,12 @@ class ProcessEvents:
             flags.append("miss")
             self.counters.parent_misses += 1
         binary = r.binary
+        # positional, in Process's field order (keywords cost measurably on this path)
+        pid, ktime, exe = r.pid, r.ktime, r.exe
         proc = Process(
-            key=(r.pid, r.ktime), exec_id=cache.exec_id(r.pid, r.ktime),
-            parent_key=parent.key if parent else None, parent_exec_id=parent.exec_id if parent else "",
-            pid=r.pid, tid=r.tid, nspid=r.nspid, binary=binary, args=r.arguments, cwd=r.cwd, flags=tuple(flags),
-            start_ns=r.ktime, creds=r.creds, ns=r.ns, cgroup_id=r.cgroup_id,
-            exe=r.exe if r.exe != binary else "", exe_ino=r.exe_ino,
+            (pid, ktime), cache.exec_id(pid, ktime), parent.key if parent else None,
+            parent.exec_id if parent else "", pid, r.tid, r.nspid, binary, r.arguments, r.cwd, tuple(flags),
+            ktime, r.creds, r.ns, r.cgroup_id, exe if exe != binary else "", r.exe_ino,
         )
         if prev is not None and prev.key == proc.key:  # seeded from /proc, exec'd while no agent ran: same identity
             proc.refcnt = prev.refcnt  # its children's references
