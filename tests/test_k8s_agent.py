@@ -299,6 +299,8 @@ class TcpProxy:
         probe.close()
         self._conns: list = []
         self._listener = None
+        self._lock = threading.Lock()
+        self._open = False
         self.restore()
 
     def restore(self) -> None:
@@ -308,19 +310,33 @@ class TcpProxy:
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ls.bind(("127.0.0.1", self.port))
         ls.listen(16)
+        ls.settimeout(0.1)  # the accept loop checks _open (closing a socket does not wake a blocked accept)
         self._listener = ls
-        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+        self._open = True
+        self._thread = threading.Thread(target=self._accept, args=(ls,), daemon=True)
+        self._thread.start()
 
     def _accept(self, ls) -> None:
         import socket
 
         while True:
+            if not self._open:
+                ls.close()
+                return
             try:
                 client, _ = ls.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             upstream = socket.create_connection(self.target)
-            self._conns += [client, upstream]
+            with self._lock:
+                if not self._open or ls is not self._listener:  # accepted just as it was cut
+                    client.close()
+                    upstream.close()
+                    continue
+                self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -341,14 +357,17 @@ class TcpProxy:
     def cut(self) -> None:
         import socket
 
-        self._listener.close()
-        for s in self._conns:
+        with self._lock:
+            self._open = False
+        self._thread.join(timeout=5)  # it closes the listener: nothing accepts any more
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
             try:
                 s.shutdown(socket.SHUT_RDWR)
                 s.close()
             except OSError:
                 pass
-        self._conns.clear()
 
 
 def test_api_server_away_and_back_converges(ctx: Ctx, tmp_path: Path) -> None:
@@ -379,7 +398,7 @@ def test_api_server_away_and_back_converges(ctx: Ctx, tmp_path: Path) -> None:
         ctx.k8s.kubectl("delete", "tgtp", "away-gone")
         ctx.apply(policy("away-new"))
         time.sleep(0.5)
-        assert listed() == {"away-kept", "away-gone"}  # nothing can reach it meanwhile
+        assert listed() == {"away-kept", "away-gone"}, agent.status()["k8s"]  # nothing reaches it meanwhile
         proxy.restore()
         deadline = time.monotonic() + 30  # the back-off doubles up to 10 s
         while listed() != {"away-kept", "away-new"}:
