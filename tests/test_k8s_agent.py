@@ -234,7 +234,7 @@ def test_agent_restart_converges_to_the_api_state(ctx: Ctx, tmp_path: Path) -> N
 
 def test_reflector_relists_after_410_and_reports_the_missed_delete(ctx: Ctx) -> None:
     from lanner.k8s.integration import TP
-    from lanner.k8s.reflector import DELETED, SYNCED, Reflector, ReflectorContext
+    from lanner.k8s.reflector import DELETED, SYNCED, Reflector, ReflectorContext, Resource
 
     ctx.apply(policy("r-keep") + "---\n" + policy("r-drop"))
     changes: list = []
@@ -245,9 +245,11 @@ def test_reflector_relists_after_410_and_reports_the_missed_delete(ctx: Ctx) -> 
         if c.type == SYNCED:
             synced.set()
 
-    r = Reflector(ReflectorContext(ctx.k8s.api_client(), TP, emit))
+    res = Resource(TP.name, TP.path, indexes={"prefix": lambda o: [o["metadata"]["name"].split("-")[0]]})
+    r = Reflector(ReflectorContext(ctx.k8s.api_client(), res, emit))
     r._list()  # the cache as a reflector had it before it lost its watch
     assert {"r-keep", "r-drop"} <= {o["metadata"]["name"] for o in r.items()}
+    assert sorted(o["metadata"]["name"] for o in r.by_index("prefix", "r")) == ["r-drop", "r-keep"]
     ctx.k8s.kubectl("delete", "tgtp", "r-drop")
     r._rv = "1"  # its version is long compacted away: the watch is answered 410 Gone
     synced.clear()
@@ -259,6 +261,7 @@ def test_reflector_relists_after_410_and_reports_the_missed_delete(ctx: Ctx) -> 
         deleted = [c.obj["metadata"]["name"] for c in changes if c.type == DELETED]
         assert deleted == ["r-drop"]
         assert r.get("r-keep") is not None and r.get("r-drop") is None
+        assert [o["metadata"]["name"] for o in r.by_index("prefix", "r")] == ["r-keep"]  # the index follows
     finally:
         r.close()
         ctx.k8s.kubectl("delete", "tgtp", "r-keep")
