@@ -592,7 +592,7 @@ class Agent:
                     **(self.server.stats() if self.server else {})},
             "metrics_address": self.metrics.address if self.metrics else None,
             "health_address": self.health.address if self.health else None,
-            "kernel": self.probe_summary,
+            "kernel": self.probes(),  # waits for the background probe, as GetInfo does
             **({"netdp": self.netdp.status()} if self.netdp is not None else {}),
             **({"k8s": self.k8s.status()} if self.k8s is not None else {}),
         }
