@@ -156,11 +156,15 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-INTERN_MAX = 4096  # distinct values a decoder keeps per interned kind before it starts over
+INTERN_MAX = 1024  # distinct values a decoder keeps per interned kind before it starts over
+INTERN_KEY_MAX = 256  # longer raw values (long argument lists, deep paths) are decoded each time, not kept
 
 
 def _interned(memo: dict, key: Any, make: Any) -> Any:
-    """``memo[key]``, made by ``make(key)`` on a miss; the memo starts over past INTERN_MAX entries."""
+    """``memo[key]``, made by ``make(key)`` on a miss; the memo starts over past INTERN_MAX entries, so it
+    holds at most INTERN_MAX x INTERN_KEY_MAX bytes of keys."""
+    if len(key) > INTERN_KEY_MAX:
+        return make(key)
     if len(memo) >= INTERN_MAX:
         memo.clear()
     v = memo[key] = make(key)
@@ -199,6 +203,7 @@ class ProcessDecoder:
         self._creds: dict[tuple, Creds] = {}
         self._nss: dict[tuple, Namespaces] = {}
         self._texts: dict[bytes, str] = {}
+        self._argvs: dict[bytes, tuple[str, ...]] = {}
 
     def decode(self, raws: Iterable[bytes]) -> list[Record]:
         out: list[Record] = []
@@ -228,9 +233,9 @@ class ProcessDecoder:
         cwd_end = exe_end + t[i_cwd]
         args_end = cwd_end + t[i_args]
         args_raw = raw[cwd_end:args_end]
-        if args_raw.endswith(b"\0"):
-            args_raw = args_raw[:-1]
-        argv = tuple(_text(a) for a in args_raw.split(b"\0")) if args_raw else ()
+        argv = self._argvs.get(args_raw)
+        if argv is None:
+            argv = _interned(self._argvs, args_raw, _argv)
         texts = self._texts
         fn, exe, cwd = raw[pos:fn_end], raw[fn_end:exe_end], raw[exe_end:cwd_end]
         ck, nk = t[self._cred_slice], t[self._ns_slice]
@@ -241,6 +246,13 @@ class ProcessDecoder:
             texts.get(fn) or _interned(texts, fn, _text), texts.get(exe) or _interned(texts, exe, _text),
             texts.get(cwd) or _interned(texts, cwd, _text), argv, t[i_asz],
         )
+
+
+def _argv(args_raw: bytes) -> tuple[str, ...]:
+    """argv from its NUL-separated bytes (a last NUL ends the last argument)."""
+    if args_raw.endswith(b"\0"):
+        args_raw = args_raw[:-1]
+    return tuple(_text(a) for a in args_raw.split(b"\0")) if args_raw else ()
 
 
 def _make_creds(values: tuple) -> Creds:
