@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "reloaded on a spec edit and unloaded on delete (spec.nodeSelector against this node's "
                         "labels: --node-name); a load error or skip on this node is posted as an Event on the "
                         "policy ('kubectl describe tgtp NAME'). The agent is ready without the API: an "
-                        "unreachable server or missing CRDs are retried in the background ('lanner status')")
+                        "unreachable server or missing CRDs are retried in the background ('lanner status'). "
+                        "Also: this node's pods enrich events and scope namespaced policies; with "
+                        "--enable-netdp, NetworkPolicies come from the API too and, without --pod-cidr, the "
+                        "Node's spec.podCIDR is read at start (waiting up to 30 s for it)")
     g.add_argument("--k8s-kubeconfig-path", type=Path, default=None, metavar="FILE",
                    help="kubeconfig to reach the API server (default: in-cluster config, the pod's "
                         "service account)")
@@ -323,20 +326,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
                               max_queue=args.server_client_queue_size,
                               info_file=args.info_file)
     try:
+        k8s_cfg = _k8s_config(args)
         netdp_cfg = netdp_cli.netdp_config(args, required=False)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"lanner agent: {exc}", file=sys.stderr)
-        return 2
-    k8s_cfg = None
-    if args.enable_k8s_api:
-        from lanner.k8s.client import K8sConfig
-
-        if args.k8s_kubeconfig_path is not None and not args.k8s_kubeconfig_path.is_file():
-            print(f"lanner agent: --k8s-kubeconfig-path {args.k8s_kubeconfig_path}: no such file", file=sys.stderr)
-            return 2
-        k8s_cfg = K8sConfig(node_name=args.node_name, kubeconfig=args.k8s_kubeconfig_path)
-    elif args.k8s_kubeconfig_path is not None:
-        print("lanner agent: --k8s-kubeconfig-path needs --enable-k8s-api", file=sys.stderr)
         return 2
     cfg = AgentConfig(
         netdp=netdp_cfg, k8s=k8s_cfg,
@@ -359,6 +352,26 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError) as exc:
         logging.getLogger("lanner").error("%s", exc)
         return 1
+
+
+def _k8s_config(args: argparse.Namespace):  # -> lanner.k8s.client.K8sConfig | None
+    """--enable-k8s-api's config; with --enable-netdp and no --pod-cidr, the Node's spec.podCIDR becomes it
+    (read now: the only wait for the API at start). ValueError/RuntimeError name the flag or the Node."""
+    if not args.enable_k8s_api:
+        if args.k8s_kubeconfig_path is not None:
+            raise ValueError("--k8s-kubeconfig-path needs --enable-k8s-api")
+        return None
+    from lanner.k8s.client import K8sConfig
+
+    if args.k8s_kubeconfig_path is not None and not args.k8s_kubeconfig_path.is_file():
+        raise ValueError(f"--k8s-kubeconfig-path {args.k8s_kubeconfig_path}: no such file")
+    cfg = K8sConfig(node_name=args.node_name, kubeconfig=args.k8s_kubeconfig_path)
+    if getattr(args, "enable_netdp", False) and not args.pod_cidr:
+        from lanner.k8s.nodes import node_pod_cidr
+
+        args.pod_cidr = node_pod_cidr(cfg)
+        logging.getLogger("lanner").info("pod CIDR %s from Node %s", args.pod_cidr, args.node_name)
+    return cfg
 
 
 def _builtin_rules_dir() -> Path:
