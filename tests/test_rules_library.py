@@ -310,7 +310,9 @@ def test_enforce_overlay_kills_the_test_child(library, tmp_path):
         child = subprocess.run([sys.executable, "-c", f"import os\ntry: os.execv('{tmp}/{mk}/xmrig', ['x'])\n"
                                 "except OSError: pass"], timeout=20)
         assert child.returncode == -9
-        ev = [b for b in _events(agent, "lanner-miner-exec", Ran(0, mk))]
+        agent.wait_for(lambda _: _events(agent, "lanner-miner-exec", Ran(0, mk)), timeout=10,
+                       what="the miner-exec kill event")
+        ev = _events(agent, "lanner-miner-exec", Ran(0, mk))
         assert ev and ev[0]["action"] == "KPROBE_ACTION_SIGKILL", ev
         mode = _lanner("rules", "list", "-o", "json", "--server-address", agent.address).stdout
         assert {x["rule"]: x["mode"] for x in json.loads(mode)}["lanner-miner-exec"] == "enforce"
