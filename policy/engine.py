@@ -131,8 +131,22 @@ class _HookMeta:
     unit: HookUnit
 
 
+class _Named:
+    """The (name, namespace) a policy is known by (``policy`` is its TracingPolicy)."""
+
+    policy: TracingPolicy
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def namespace(self) -> str:
+        return self.policy.namespace or ""
+
+
 @dataclass
-class _Policy:
+class _Policy(_Named):
     id: int
     policy: TracingPolicy
     compiled: CompiledPolicy
@@ -144,32 +158,16 @@ class _Policy:
     scope: WorkloadScope | None = None  # the pods it runs for (TracingPolicyNamespaced, podSelector); scope id = id
     loading: bool = True  # until _add_one has written and attached everything (TP_STATE_LOADING)
 
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def namespace(self) -> str:
-        return self.policy.namespace or ""
-
     def errors(self) -> list[str]:
         return self.compiled.unavailable + self.attach_errors
 
 
 @dataclass
-class _Failed:
+class _Failed(_Named):
     """A policy the engine could not load at all (its objects failed): listed as LOAD_ERROR with the reason."""
     id: int
     policy: TracingPolicy
     reason: str
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def namespace(self) -> str:
-        return self.policy.namespace or ""
 
 
 class EngineLoadError(RuntimeError):
