@@ -5,7 +5,7 @@ written into a private ring buffer, then pushed through the agent's own code one
 
   read    lanner.bpf.ringbuf.RingBuffer.read_batch (copy records out of the ring)
   decode  the process sensor's ProcessDecoder (bytes -> typed records)
-  handle  Agent.handle: process cache (insert / resolve / exit) and JSON encoding
+  handle  ProcessEvents.handle: process cache (insert / resolve / exit) and JSON encoding
   emit    Agent.emit: the export pipeline and its file sink (write + flush); no gRPC subscriber
 
 Times are CPU time of this process (``time.process_time``), so other load on the machine barely
@@ -63,10 +63,18 @@ def new_agent(work: Path, tag: str):
     a._open_sinks()
     # seed the cache from /proc as the agent does at start (the flood's parent is this process);
     # the kernel map seeding is skipped: there is no sensor here
-    a.sensor = types.SimpleNamespace(seed=lambda entries: sum(1 for _ in entries))
+    a.sensor = types.SimpleNamespace(seed=lambda entries: sum(1 for _ in entries), identities=lambda: {})
     a._seed_from_procfs()
     a.sensor = None
     return a
+
+
+def handler(a):
+    """The process sensor's records -> events step (sensors.process_events), on the agent's cache and encoders."""
+    from lanner.sensors.process_events import ProcessEvents, ProcessEventsContext
+
+    ev = ProcessEvents(ProcessEventsContext(a.cfg.node_name, a.cache, a.encoder, a.proto, a.counters))
+    return lambda recs: ev.handle(recs, False)
 
 
 def timed(fn, *args):
@@ -122,7 +130,7 @@ def main() -> int:
             recs, t_dec = timed(decoder.decode, raws)
             a = new_agent(work, "gc-on")
             gc.collect()
-            out, t_handle = timed(a.handle, recs)
+            out, t_handle = timed(handler(a), recs)
             _, t_emit = timed(lambda: (a.emit(out), a.export.flush()))
             a.close()
 
@@ -131,7 +139,7 @@ def main() -> int:
             gc.collect()
             gc.disable()
             try:
-                _, t_handle_nogc = timed(b.handle, recs2)
+                _, t_handle_nogc = timed(handler(b), recs2)
             finally:
                 gc.enable()
             b.close()

@@ -12,6 +12,8 @@ import os
 import textwrap
 from pathlib import Path
 
+import time
+
 import pytest
 import yaml
 
@@ -24,7 +26,12 @@ CRD_NAMES = ("tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io")
 @pytest.fixture(scope="module")
 def crds(k8s: ControlPlane) -> ControlPlane:
     k8s.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "crds.yaml"))
-    k8s.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in CRD_NAMES))
+    deadline = time.monotonic() + 60  # kubectl wait fails on a CRD whose status has no conditions yet: poll
+    for n in CRD_NAMES:
+        while k8s.kubectl("get", f"crd/{n}", "-o", "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                          check=False).stdout.strip() != "True":
+            assert time.monotonic() < deadline, f"CRD {n} not Established after 60 s"
+            time.sleep(0.2)
     return k8s
 
 
