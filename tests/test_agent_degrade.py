@@ -105,8 +105,10 @@ def test_a_refused_object_costs_its_policies_not_the_agent(tmp_path):
 
 
 def test_builtin_rules_that_fail_are_warnings(tmp_path):
-    """The default rules need the syscall dispatcher (or fentry/kprobe objects): refuse them all."""
-    objs = "generic_sys.bpf.o,generic_fentry.bpf.o,generic_kprobe.bpf.o,generic_tp.bpf.o"
+    """The default rules need the syscall dispatcher (or fentry/kprobe objects, and the BPF LSM for the LSM
+    variants where the kernel has it): refuse every program object."""
+    objs = ("generic_sys.bpf.o,generic_fentry.bpf.o,generic_kprobe.bpf.o,generic_tp.bpf.o,generic_lsm.bpf.o,"
+            "generic_fmodret.bpf.o,generic_tpbtf.bpf.o,generic_uprobe.bpf.o")
     rules = ROOT / "rules"
     a = start_agent(tmp_path, "--tracing-policy-dir", str(rules), env={**os.environ, "LANNER_TEST_FAIL_LOAD": objs})
     try:
