@@ -74,6 +74,10 @@ DESELECT_FILES: dict[str, tuple[frozenset[str], str]] = {
     "tests/test_cni_cri.py": (GUESTS, NETDP_USERLAND),
     "tests/test_cri_pods.py": (GUESTS, NETDP_USERLAND),
     "tests/test_multinode.py": (GUESTS, NETDP_USERLAND),
+    "tests/test_k8s_agent.py": (GUESTS, "the agent on a real kube-apiserver and etcd (userland, kernel-independent; the "
+                                        "control plane's binaries are built for the host, not copied into the guest)"),
+    "tests/test_k8s_pods.py": (GUESTS, "real containerd pods and their API Pods on a real kube-apiserver (userland; "
+                                       "the host suite runs it)"),
     "tests/test_netdp_datapath.py": (GUESTS, "the datapath's remaining tests are about policy compilation and "
                                              "user-space scale; the kept ones load and exercise the TC programs"),
 }
