@@ -12,7 +12,7 @@ consecutive records of one sensor goes to that sensor as one batch, so no event 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol
 
 from lanner.exporter.pipeline import OutEvent
 
@@ -20,7 +20,6 @@ from lanner.exporter.pipeline import OutEvent
 ProgramRow = tuple[str, str, str, int]
 
 
-@runtime_checkable
 class Sensor(Protocol):
     name: str
     ops: frozenset[int]  # the lanner_event_hdr ops of its records in the ring (empty: it is polled)
@@ -55,12 +54,6 @@ class SensorSet:
                 raise ValueError(f"sensor {sensor.name}: op {op} is {self._by_op[op].name}'s")
             self._by_op[op] = sensor
         self._sensors.append(sensor)
-
-    def __iter__(self):
-        return iter(list(self._sensors))
-
-    def get(self, name: str) -> Sensor | None:
-        return next((s for s in self._sensors if s.name == name), None)
 
     def dispatch(self, raws: list, want_pb: bool, emit: Callable[[list[OutEvent]], None]) -> None:
         """Hand each run of consecutive records of one op's sensor to it, in ring order; emit each run's events."""

@@ -1,0 +1,57 @@
+"""The agent's loop over sensor units (sensors.base.SensorSet): records of the one ring go to the sensor of
+their op, in ring order, one batch per run; a polled sensor's lines go to the export as they are."""
+
+from __future__ import annotations
+
+import pytest
+
+from lanner.sensors.base import SensorSet
+
+
+class FakeSensor:
+    def __init__(self, name: str, ops: set[int], lost: int = 0, lines: list[bytes] | None = None) -> None:
+        self.name, self.ops, self._lost, self._lines = name, frozenset(ops), lost, lines or []
+        self.batches: list[list[bytes]] = []
+
+    def handle(self, raws: list, want_pb: bool) -> list:
+        self.batches.append(list(raws))
+        return [f"{self.name}:{r[1:].decode()}" for r in raws]
+
+    def poll(self) -> list[bytes]:
+        return self._lines
+
+    def lost(self) -> dict[str, int]:
+        return {self.name: self._lost}
+
+    def programs(self) -> list[tuple[str, str, str, int]]:
+        return [(self.name, "prog", "attach", 3)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_runs_of_one_sensor_go_to_it_as_batches_in_ring_order():
+    proc, pol = FakeSensor("process", {1, 2, 5}), FakeSensor("policy", {9})
+    ss = SensorSet()
+    ss.add(proc)
+    ss.add(pol)
+    emitted: list[list[str]] = []
+    raws = [b"\x01a", b"\x05b", b"\x09c", b"\x09d", b"\x07x", b"\x02e", b"\x09f"]
+    ss.dispatch(raws, False, emitted.append)
+    assert proc.batches == [[b"\x01a", b"\x05b"], [b"\x02e"]]
+    assert pol.batches == [[b"\x09c", b"\x09d"], [b"\x09f"]]
+    assert emitted == [["process:a", "process:b"], ["policy:c", "policy:d"], ["process:e"], ["policy:f"]]
+    assert ss.unknown == 1  # op 7: no sensor claims it; counted, dropped
+
+
+def test_an_op_belongs_to_one_sensor_and_lost_and_programs_sum_over_sensors():
+    ss = SensorSet()
+    ss.add(FakeSensor("process", {1}, lost=2))
+    with pytest.raises(ValueError, match="op 1 is process's"):
+        ss.add(FakeSensor("other", {1}))
+    flow = FakeSensor("flow", set(), lost=3, lines=[b'{"flow":{}}'])
+    ss.add(flow)
+    assert ss.lost() == {"process": 2, "flow": 3}
+    assert [r[0] for r in ss.programs()] == ["process", "flow"]
+    written: list[list[bytes]] = []
+    assert ss.poll(written.append) == 1 and written == [[b'{"flow":{}}']]  # only the polled sensor is asked
