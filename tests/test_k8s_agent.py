@@ -98,6 +98,7 @@ def ctx(k8s: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     create_node(core, node, "10.244.9.0/24", labels={"lanner-test/role": "a"})
     agent = start_agent(tmp_path_factory.mktemp("k8s-agent"), "--enable-k8s-api", "--k8s-kubeconfig-path",
                         str(k8s.agent_kubeconfig), node=node)
+    c: Ctx | None = None
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -110,9 +111,12 @@ def ctx(k8s: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             time.sleep(0.1)
         k8s.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "crds.yaml"))
         wait_established(k8s)
-        yield Ctx(k8s, agent, node, before)
+        c = Ctx(k8s, agent, node, before)
+        yield c
     finally:
         agent.stop()
+        if c is not None and c.agent is not agent:
+            c.agent.stop()  # a test restarted it (test_agent_restart_converges_to_the_api_state)
         core.delete_node(node)
 
 
