@@ -194,8 +194,11 @@ def test_kept_pins_of_a_stopped_agent_are_released_by_a_plain_start(tmp_path, pi
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
     a = start_agent(tmp_path / "a", "--bpf-pin-dir", str(pins), "--keep-sensors-on-exit")
-    a_progs = _attached(a.proc.pid)
-    assert len(a_progs) == 3 and a.stop() == 0
+    try:
+        a_progs = _attached(a.proc.pid)
+    finally:  # stopped before the pins fixture removes its tree, even when a check fails (else it keeps later)
+        rc = a.stop()
+    assert len(a_progs) == 3 and rc == 0
     assert a_progs <= set(loaded_progs()) and (pins / "kept").is_dir()
     b = start_agent(tmp_path / "b", "--bpf-pin-dir", str(pins))
     try:
