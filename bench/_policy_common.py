@@ -100,9 +100,12 @@ def run_loop(exe: Path, path: str, iterations: int, batches: int, cpu: int) -> l
 
 
 # ------------------------------------------------------------------------------------------ policies
-def policy_yaml(name: str, op: str, values: list, arg_index: int = 1, arg_type: str = "string") -> str:
-    """A kprobes/syscall policy on sys_openat with one matchArgs filter (``op`` over ``values``)."""
+def policy_yaml(name: str, op: str, values: list, arg_index: int = 1, arg_type: str = "string",
+                action: str = "") -> str:
+    """A kprobes/syscall policy on sys_openat with one matchArgs filter (``op`` over ``values``), and one
+    matchActions ``action`` (Sigkill, ...) when given."""
     vals = "\n".join(f"          - {json.dumps(v) if isinstance(v, str) else json.dumps(str(v))}" for v in values)
+    act = f"\n      matchActions:\n      - action: {action}" if action else ""
     return f"""apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
@@ -119,7 +122,7 @@ spec:
       - index: {arg_index}
         operator: {op}
         values:
-{vals}
+{vals}{act}
 """
 
 

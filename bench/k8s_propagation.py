@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as C  # noqa: E402
+from _policy_common import policy_yaml  # noqa: E402
 
 NODE = "bench"
 GOAL_P99_S = 1.0
@@ -39,25 +40,8 @@ def nearest_rank(xs: list[float], q: float) -> float:
 
 
 def policy(name: str, prefix: str) -> str:
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args:
-    - index: 1
-      type: string
-    selectors:
-    - matchArgs:
-      - index: 1
-        operator: Prefix
-        values: ["{prefix}"]
-      matchActions:
-      - action: Sigkill
-"""
+    """The Sigkill policy applied: openat of a path under ``prefix`` kills the opener."""
+    return policy_yaml(name, "Prefix", [prefix], action="Sigkill")
 
 
 def killed(path: str) -> bool:
