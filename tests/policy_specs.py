@@ -51,3 +51,11 @@ def openat_equal_pids(path: str, *match_pids: dict) -> str:
           operator: Equal
           values: [{json.dumps(path)}]
     """)
+
+
+# spec.tracepoints: the getppid syscall tracepoint, no selectors (at two spaces: a spec fragment)
+TP_HOOK = """
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_getppid
+"""

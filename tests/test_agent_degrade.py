@@ -19,17 +19,12 @@ import pytest
 from tests.bpf_progs import fd_ids, loaded_progs, map_names
 from tests.vm.expectations import current
 from tests.conftest import start_agent, wait_exec, wait_exit
-from tests.policy_specs import policy_yaml
+from tests.policy_specs import TP_HOOK, policy_yaml
 
 pytestmark = pytest.mark.bpf
 
 ROOT = Path(__file__).resolve().parents[1]
 LANNER = [sys.executable, "-m", "lanner"]
-TP_HOOK = """
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_getppid
-"""
 SYSCALL_HOOK = """
   kprobes:
   - call: sys_getppid

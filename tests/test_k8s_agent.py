@@ -21,15 +21,11 @@ import pytest
 from tests.conftest import RunningAgent, start_agent
 from tests.k8s_harness import MANIFESTS, ControlPlane
 from tests.k8s_kubelet import create_node
+from tests.policy_specs import TP_HOOK
 
 pytestmark = pytest.mark.bpf
 
 LANNER = [sys.executable, "-m", "lanner"]
-TP_HOOK = """
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_getppid
-"""
 MISSING_KPROBE = """
   kprobes:
   - call: lanner_no_such_kernel_function
