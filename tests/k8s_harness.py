@@ -73,6 +73,19 @@ class ControlPlane:
             raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
+    def kubeconfig_via(self, port: int, path: Path, *, as_agent: bool = True) -> Path:
+        """A kubeconfig like the agent's (or the admin's) whose server is https://127.0.0.1:``port``: the
+        end of a tests/netns_forward.py relay inside a node netns (the serving certificate covers 127.0.0.1)."""
+        src = yaml.safe_load((self.agent_kubeconfig if as_agent else self.admin_kubeconfig).read_text())
+        src["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        path.write_text(yaml.safe_dump(src))
+        os.chmod(path, 0o600)
+        return path
+
+    @property
+    def port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1])
+
     def api_client(self, *, as_agent: bool = False):  # -> kubernetes.client.ApiClient
         """A `kubernetes` Python client configured from the admin's (or the agent's) kubeconfig."""
         from kubernetes import config as kconfig
