@@ -8,7 +8,8 @@ only definition).
 
 Identities are allocated by the caller (``store.allocate(pod_identity_labels(pod))``) and carried in
 ``Endpoint.identity``; the datapath writes the endpoint's ``/32`` into the store's ipcache and the BPF
-ipcache, and compiles the NetworkPolicies against every identity the store knows. ipBlock CIDRs get
+ipcache, and compiles the NetworkPolicies against every identity the store knows (a namespaceSelector
+against the namespace labels the API gives, ``set_network_policies(namespaces=...)``). ipBlock CIDRs get
 node-local identities (``LOCAL_IDENTITY_FLAG | n``, Cilium's local scope) that live only in the BPF
 ipcache, as do the node's own addresses (``host_ips``: identity host, always allowed into its pods).
 """
@@ -38,7 +39,7 @@ from lanner.bpf.ringbuf import RingBuffer
 from .endpoint import IDENTITY_HOST, Endpoint
 from .flows import FlowDecoder, FlowReader
 from .identity import IdentityStore, normalize_cidr, pod_identity_labels
-from .netpolicy import CidrIdentities, NetworkPolicy, PolicyEntry, compile_endpoint
+from .netpolicy import CidrIdentities, NetworkPolicy, PolicyEntry, compile_endpoint, subjects_of
 
 log = logging.getLogger("lanner.netdp.datapath")
 
@@ -140,6 +141,7 @@ class Datapath:
         self._endpoints: dict[int, _EndpointState] = {}
         self._by_ip: dict[str, Endpoint] = {}
         self._policies: list[NetworkPolicy] = []
+        self._namespaces: dict[str, dict[str, str]] | None = None  # namespace labels from the API (None: unknown)
         self._cidr_ids: dict[str, int] = {}
         self._cookies: dict[str, int] = {}  # "namespace/name" -> policy cookie (never reused while running)
         self._cookie_names: dict[int, str] = {}
@@ -313,17 +315,21 @@ class Datapath:
     # ------------------------------------------------------------------------------------------
     # policy
 
-    def set_network_policies(self, policies: Sequence[NetworkPolicy]) -> None:
-        """Replace the policy set and recompile every endpoint's policy map.
+    def set_network_policies(self, policies: Sequence[NetworkPolicy],
+                             namespaces: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Replace the policy set (and, when given, every namespace's labels as the API has them: what
+        a namespaceSelector matches; None keeps the current ones) and recompile every endpoint's policy map.
 
         Everything is compiled and checked against the map sizes first: a set that does not fit
         raises DatapathError and leaves the previous policies in force."""
         with self._lock:
             self._require_open()
             policies = list(policies)
+            nsl = self._namespaces if namespaces is None else {n: dict(v) for n, v in namespaces.items()}
             cidr_ids = self._cidr_identities_for(policies)
-            plan = self._compile(policies, cidr_ids)
+            plan = self._compile(policies, cidr_ids, nsl)
             self._policies = policies
+            self._namespaces = nsl
             self._cidr_ids = cidr_ids
             self._sync_ipcache(remove=False)  # new CIDR identities first, stale ones after the policy moved
             self._apply(plan)
@@ -385,15 +391,16 @@ class Datapath:
         """The policy ("namespace/name") behind a policy map entry's cookie."""
         return self._cookie_names.get(cookie)
 
-    def _compile(self, policies: Sequence[NetworkPolicy], cidr_ids: Mapping[str, int]) -> dict[int, tuple[int, dict]]:
+    def _compile(self, policies: Sequence[NetworkPolicy], cidr_ids: Mapping[str, int],
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None) -> dict[int, tuple[int, dict]]:
         """Endpoint id -> (flags, policy entries with their cookies), checked to fit the policy map."""
-        identities = self._identities() if policies else {}
+        subjects = subjects_of(self._identities(), namespaces) if policies else {}
         cidrs = CidrIdentities(dict(cidr_ids))
         plan: dict[int, tuple[int, dict]] = {}
         peak = sum(len(st.policy_keys) for st in self._endpoints.values())
         for epid, st in self._endpoints.items():
             ep = st.ep
-            comp = compile_endpoint(policies, ep.pod.namespace, ep.pod.label_dict(), identities, cidrs)
+            comp = compile_endpoint(policies, ep.pod.namespace, ep.pod.label_dict(), subjects, cidrs)
             flags = (EP_INGRESS_ENFORCED if comp.ingress_enforced else 0) | \
                 (EP_EGRESS_ENFORCED if comp.egress_enforced else 0)
             plan[epid] = (flags, {k: self._cookie(o) for k, o in comp.origins.items()})
@@ -446,7 +453,7 @@ class Datapath:
         return mask
 
     def _apply_policies(self) -> None:
-        self._apply(self._compile(self._policies, self._cidr_ids))
+        self._apply(self._compile(self._policies, self._cidr_ids, self._namespaces))
 
     def policy_entries(self, endpoint_id: int) -> int:
         """How many policy map entries an endpoint has."""

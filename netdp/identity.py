@@ -8,6 +8,9 @@ implement the same protocol so every node agrees on the numbers.
 Label keys carry a source prefix as Cilium's do: pod labels are ``k8s:<key>``, the pod's namespace is
 ``k8s:io.kubernetes.pod.namespace`` and namespace labels (when known) are
 ``k8s:io.cilium.k8s.namespace.labels.<key>``. ``pod_identity_labels`` builds that set from a pod.
+The CNI service allocates identities from the pod and its namespace's name; with ``--enable-k8s-api``
+the datapath sees each namespace's current labels from the API beside them (``netdp.netpolicy``'s
+``namespaces``), so relabelling a namespace re-evaluates policies without re-allocating identities.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ rejected whole.
 protocol 0 any protocol, and ports are aligned blocks (prefix length 16 = one port, 0 = every port;
 an endPort range becomes a few blocks), plus whether each direction is enforced (some policy selects the
 endpoint for it). Peers are resolved to identities from their labels (see ``netdp.identity``);
-ipBlocks to CIDR identities (``CidrIdentities``).
+ipBlocks to CIDR identities (``CidrIdentities``). A ``namespaceSelector`` sees a namespace's labels as
+the API has them when the caller passes them (``namespaces``, from the agent's Namespace watch), else
+those the identity carries; ``kubernetes.io/metadata.name`` is always the namespace's name.
 
 Semantics (the Kubernetes spec): a pod is isolated for a direction once any policy selecting it has
 that policy type; the allowed traffic is then the union of all rules. ``ingress: []`` (or an Ingress
@@ -145,6 +147,10 @@ class NetworkPolicy:
                     out.add(peer.ip_block.cidr)
                     out.update(peer.ip_block.except_)
         return out
+
+    def selects_namespaces(self) -> bool:
+        """Whether a peer has a namespaceSelector (its entries depend on namespace labels)."""
+        return any(peer.namespace_selector is not None for rule in self.ingress + self.egress for peer in rule.peers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +382,11 @@ class SubjectLabels:
     namespace_labels: dict[str, str]
 
     @classmethod
-    def from_identity_labels(cls, labels: Mapping[str, str]) -> "SubjectLabels":
+    def from_identity_labels(cls, labels: Mapping[str, str],
+                             namespaces: Mapping[str, Mapping[str, str]] | None = None) -> "SubjectLabels":
+        """``namespaces``: namespace name -> its labels as the API has them now. A namespace listed there
+        has exactly those labels (those the identity carries are left aside); otherwise the identity's
+        ``io.cilium.k8s.namespace.labels.*``. Either way ``kubernetes.io/metadata.name`` is the name."""
         ns = labels.get(NAMESPACE_LABEL)
         pod: dict[str, str] = {}
         nsl: dict[str, str] = {}
@@ -387,6 +397,8 @@ class SubjectLabels:
                 nsl[k[len(NAMESPACE_LABELS_PREFIX):]] = v
             elif k.startswith(LABEL_SOURCE):
                 pod[k[len(LABEL_SOURCE):]] = v
+        if ns is not None and namespaces is not None and ns in namespaces:
+            nsl = dict(namespaces[ns])
         if ns is not None:
             nsl.setdefault(NS_NAME_LABEL, ns)
         return cls(ns, pod, nsl)
@@ -478,14 +490,23 @@ def _rule_entries(rule: Rule, direction: int, policy_ns: str, subjects: Mapping[
     return {(ident, direction, proto, port, plen) for ident in idents for proto, port, plen in l4}
 
 
+def subjects_of(identities: Mapping[int, Mapping[str, str]],
+                namespaces: Mapping[str, Mapping[str, str]] | None = None) -> dict[int, SubjectLabels]:
+    """What selectors see of every identity (``namespaces``: see SubjectLabels.from_identity_labels)."""
+    return {i: SubjectLabels.from_identity_labels(lbl, namespaces) for i, lbl in identities.items()}
+
+
 def compile_endpoint(policies: Iterable[NetworkPolicy], namespace: str, pod_labels: Mapping[str, str],
-                     identities: Mapping[int, Mapping[str, str]], cidrs: CidrIdentities,
-                     allow_host: bool = True) -> EndpointPolicy:
-    """The policy map entries of one endpoint, given every known identity's labels.
+                     identities: Mapping[int, Mapping[str, str]] | Mapping[int, SubjectLabels],
+                     cidrs: CidrIdentities, allow_host: bool = True,
+                     namespaces: Mapping[str, Mapping[str, str]] | None = None) -> EndpointPolicy:
+    """The policy map entries of one endpoint, given every known identity's labels (or their
+    ``subjects_of``, computed once for many endpoints). ``namespaces``: namespace labels from the API.
 
     ``allow_host``: the node itself (identity host) may always reach its pods, as Cilium's
     allow-localhost default does (kubelet probes)."""
-    subjects = {i: SubjectLabels.from_identity_labels(lbl) for i, lbl in identities.items()}
+    subjects = {i: s if isinstance(s, SubjectLabels) else SubjectLabels.from_identity_labels(s, namespaces)
+                for i, s in identities.items()}
     ing = egr = False
     origins: dict[PolicyEntry, str] = {}
     for pol in policies:

@@ -1,7 +1,8 @@
 """NetworkPolicies from the API (lanner.k8s.netpolicies) reach the datapath's set_network_policies beside the
-files' ones: applied, refused by lanner's parser (left out, named in status), deleted. The integration
+files' ones: applied, refused by lanner's parser (left out, named in status), deleted; Namespace labels go
+with them, and a namespace relabel re-evaluates the set when a policy has a namespaceSelector. The integration
 runs in this process as the agent's identity against the session's control plane; the datapath is a
-recorder (the datapath's enforcement of a policy set is tests/test_cri_pods.py's job)."""
+recorder (the enforcement on real pods is tests/test_k8s_netpol_e2e.py's job)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ V6 = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock
 class Recorder:
     def __init__(self) -> None:
         self.sets: list[list[str]] = []
+        self.namespaces: list[dict[str, dict[str, str]]] = []
         self.changed = threading.Condition()
 
-    def __call__(self, policies: list) -> None:
+    def __call__(self, policies: list, namespaces: dict[str, dict[str, str]]) -> None:
         with self.changed:
             self.sets.append([f"{p.namespace}/{p.name}" for p in policies])
+            self.namespaces.append(namespaces)
             self.changed.notify_all()
 
     def wait(self, pred, timeout: float = 10.0) -> tuple[list[str], float]:
@@ -76,3 +79,54 @@ def test_network_policies_from_the_api_reach_the_datapath(k8s: ControlPlane, k8s
     finally:
         k.close()
 
+
+
+TEAM_A = {"podSelector": {}, "policyTypes": ["Ingress"],
+          "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}]}
+
+
+def test_namespace_labels_reach_the_datapath(k8s: ControlPlane, k8s_namespace: str) -> None:
+    """The first set carries every namespace's labels; a relabel is pushed only while a policy has a
+    namespaceSelector; an unrelated change of the namespace (an annotation) pushes nothing."""
+    ns = k8s_namespace
+    rec = Recorder()
+    cfg = K8sConfig(node_name="netpol-test", kubeconfig=k8s.agent_kubeconfig, watch_pods=False)
+    k = K8sIntegration(cfg, None, None, NetpolContext(rec))
+    k.start()
+    try:
+        rec.wait(lambda s: True)
+        assert rec.namespaces[-1][ns].get("kubernetes.io/metadata.name") == ns
+        assert "kube-system" in rec.namespaces[-1]
+        pushes = len(rec.sets)
+        k8s.kubectl("label", "namespace", ns, "early=1")  # no policy selects namespaces yet: nothing pushed
+        _wait(lambda: k.status()["network_policies"]["namespaces"] >= 1 and _seen_label(k, ns, "early"))
+        assert len(rec.sets) == pushes
+        k8s.kubectl("apply", "-f", "-", stdin=json.dumps(_policy("team-a", ns, TEAM_A)))
+        rec.wait(lambda s: f"{ns}/team-a" in s)
+        assert rec.namespaces[-1][ns].get("early") == "1"
+        k8s.kubectl("label", "namespace", ns, "team=a")
+        t0 = time.monotonic()
+        with rec.changed:
+            while rec.namespaces[-1].get(ns, {}).get("team") != "a":
+                assert rec.changed.wait(max(0.0, 10 - (time.monotonic() - t0))), rec.namespaces[-1].get(ns)
+        print(f"namespace relabel -> datapath {time.monotonic() - t0:.3f} s (after kubectl returned)")
+        pushes = len(rec.sets)
+        k8s.kubectl("annotate", "namespace", ns, "note=x")
+        k8s.kubectl("label", "namespace", ns, "team=b", "--overwrite")
+        rec.wait(lambda s: rec.namespaces[-1][ns].get("team") == "b")
+        assert len(rec.sets) == pushes + 1  # the annotation pushed nothing, the relabel once
+        assert k.status()["network_policies"]["relabels"] >= 2
+    finally:
+        k.close()
+
+
+def _seen_label(k: K8sIntegration, ns: str, key: str) -> bool:
+    return any(key in ((o.get("metadata") or {}).get("labels") or {})
+               for r in k.reflectors if r.ctx.resource.name == "namespaces" for o in [r.get(ns) or {}])
+
+
+def _wait(pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

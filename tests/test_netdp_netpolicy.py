@@ -107,6 +107,42 @@ spec:
     assert comp.entries == {(0, EGRESS, 17, 53, 16), ((1 << 24) | 9, EGRESS, 0, 0, 0), (IDENTITY_WORLD, EGRESS, 0, 0, 0)}
 
 
+TEAM = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-team-a, namespace: prod}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: a}}}]
+"""
+
+
+def test_namespace_labels_from_the_api(tmp_path: Path) -> None:
+    """A namespaceSelector sees the namespace labels the caller gives (the API's), before those the identity
+    carries; kubernetes.io/metadata.name stays the name; a namespace the caller does not list keeps its
+    identity's labels."""
+    (pol,) = load_network_policies(write(tmp_path, "t.yaml", TEAM))
+    assert pol.selects_namespaces() and not load_network_policies(write(tmp_path, "g.yaml", GOOD))[1].selects_namespaces()
+    ids = dict(IDS)
+    ids[304] = {"k8s:io.kubernetes.pod.namespace": "legacy", "k8s:io.cilium.k8s.namespace.labels.team": "a"}
+    none = CidrIdentities()
+
+    def peers(namespaces):
+        comp = compile_endpoint([pol], "prod", {}, ids, none, allow_host=False, namespaces=namespaces)
+        assert comp.ingress_enforced
+        return {e[0] for e in comp.entries}
+
+    assert peers(None) == {304}  # only the identity that carries the label
+    assert peers({"dev": {"team": "a"}}) == {301, 304}  # dev's pods now; legacy not listed: its own labels
+    assert peers({"dev": {"team": "a"}, "legacy": {"team": "b"}}) == {301}  # the API's labels win
+    assert peers({"dev": {"team": "b"}, "legacy": {}}) == set()
+    # the name label cannot be taken away by the API's labels
+    (by_name,) = load_network_policies(write(tmp_path, "n.yaml", TEAM.replace("team: a", "kubernetes.io/metadata.name: ops")))
+    comp = compile_endpoint([by_name], "prod", {}, ids, none, allow_host=False, namespaces={"ops": {"x": "y"}})
+    assert {e[0] for e in comp.entries} == {302}
+
+
 def test_directory_load(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", GOOD)
     write(tmp_path, "README.txt", "not a policy")

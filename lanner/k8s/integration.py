@@ -1,6 +1,7 @@
 """The agent's Kubernetes integration: reflectors in, one worker applying their changes, Events out.
 
-Each reflector (TracingPolicy, TracingPolicyNamespaced, this node's Node) runs in its own thread and
+Each reflector (TracingPolicy, TracingPolicyNamespaced, this node's Node and pods; with the datapath,
+NetworkPolicy and Namespace) runs in its own thread and
 puts changes on one queue; a single worker thread applies them in order (a policy load never runs on
 the agent's event loop, and never concurrently with a Node relabel). Starting never waits for the API:
 ``start`` only starts threads, an unreachable server is a warning in the log and a state in ``status``.
@@ -28,6 +29,7 @@ TPN = Resource("tracingpoliciesnamespaced", "/apis/cilium.io/v1alpha1/tracingpol
 
 TICK_S = 1.0
 NETPOL = Resource("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies")
+NAMESPACES = Resource("namespaces", "/api/v1/namespaces")
 
 
 def node_resource(node: str) -> Resource:
@@ -92,6 +94,7 @@ class K8sIntegration:
         if self.netpol_ctx is not None:
             self.netpols = NetworkPolicyController(self.netpol_ctx)
             self._add(NETPOL, self.netpols.on_change)
+            self._add(NAMESPACES, self.netpols.on_namespace)
         self._worker = threading.Thread(target=self._work, name="lanner-k8s-apply", daemon=True)
         self._worker.start()
         for r in self.reflectors:
