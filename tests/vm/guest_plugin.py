@@ -76,6 +76,8 @@ DESELECT_FILES: dict[str, tuple[frozenset[str], str]] = {
     "tests/test_multinode.py": (GUESTS, NETDP_USERLAND),
     "tests/test_k8s_agent.py": (GUESTS, "the agent on a real kube-apiserver and etcd (userland, kernel-independent; the "
                                         "control plane's binaries are built for the host, not copied into the guest)"),
+    "tests/test_k8s_netpol_e2e.py": (GUESTS, "lanner-cni pods and a real kube-apiserver (userland; the host suite "
+                                             "runs it; the datapath's kernel side is test_netdp_datapath.py's)"),
     "tests/test_k8s_pods.py": (GUESTS, "real containerd pods and their API Pods on a real kube-apiserver (userland; "
                                        "the host suite runs it)"),
     "tests/test_netdp_datapath.py": (GUESTS, "the datapath's remaining tests are about policy compilation and "
