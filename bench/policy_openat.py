@@ -307,7 +307,7 @@ def wrapper_ratio(args: argparse.Namespace) -> int:
 
     from lanner.agent import Agent, AgentConfig
     from lanner.bpf.objects import BpfObject
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     C.require_root()
     cpu = 1 if (os.cpu_count() or 1) > 1 else 0

@@ -31,10 +31,10 @@ from lanner.exporter.pipeline import ExportPipeline, OutEvent
 from lanner.exporter.ratelimit import ExportRateLimiter
 from lanner.exporter.sinks import RotatingFileSink, Sink, StreamSink
 from lanner.exporter.grpc_api import GrpcApiServer, GrpcConfig, ProtoEventEncoder
-from lanner.policyhost import PolicyHost, PolicyHostContext
 from lanner.process_cache import FLAG_PROCFS, Process, ProcessCache
 from lanner.sensors import procfs
 from lanner.sensors.base import SensorSet
+from lanner.sensors.generic.sensor import PolicyHost, PolicyHostContext
 from lanner.sensors.process import ProcessSensor, ProcessSensorConfig
 from lanner.sensors.process_events import ProcessCounters, ProcessEvents, ProcessEventsContext
 
@@ -263,7 +263,7 @@ class Agent:
         self.sensors.add(self.policies)  # the generic sensor: its records are the ring's policy op
 
     def _make_engine(self) -> Any:
-        from lanner.policy.engine import EngineContext, PolicyEngine
+        from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
         assert self.sensor is not None
         obj = self.sensor.obj

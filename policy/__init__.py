@@ -1,4 +1,5 @@
-"""TracingPolicy engine: parse and validate Tetragon-compatible TracingPolicy YAML.
+"""The TracingPolicy language: parse and validate Tetragon-compatible TracingPolicy YAML (no kernel here:
+the generic sensor that runs policies is lanner.sensors.generic).
 
 Entry points::
 

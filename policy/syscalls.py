@@ -1,4 +1,5 @@
-"""The x86_64 syscall table (name <-> number), read at run time from the kernel headers.
+"""The x86_64 syscall table (name <-> number), read at run time from the kernel headers (no kernel call:
+whether the running kernel has a syscall's function is sensors/generic/kernel_btf.py's question).
 
 Names are accepted in every form policies use: ``openat``, ``sys_openat``, ``__x64_sys_openat``.
 """
@@ -43,29 +44,3 @@ def number(name: str) -> int | None:
 @lru_cache(maxsize=1)
 def names() -> dict[int, str]:
     return {v: k for k, v in table().items()}
-
-
-@lru_cache(maxsize=1)
-def _vmlinux_btf() -> int | None:
-    """libbpf's parsed /sys/kernel/btf/vmlinux (kept for the process), or None without it."""
-    import ctypes
-
-    from lanner.bpf import libbpf as L
-
-    load = L._fn("btf__load_vmlinux_btf", ctypes.c_void_p)
-    return load() or None
-
-
-def btf_function(name: str) -> bool | None:
-    """Whether the kernel's BTF has function ``name`` (an fentry can attach to it); None: no vmlinux BTF.
-    Syscalls without arguments have no BTF entry for their wrapper on some kernels (Debian 6.1:
-    ``__x64_sys_getppid`` is an alias of ``__do_sys_getppid``): a kprobe on the symbol works there."""
-    import ctypes
-
-    from lanner.bpf import libbpf as L
-
-    btf = _vmlinux_btf()
-    if btf is None:
-        return None
-    find = L._fn("btf__find_by_name_kind", ctypes.c_int32, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32)
-    return find(btf, name.encode(), 12) > 0  # BTF_KIND_FUNC

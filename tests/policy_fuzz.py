@@ -1,7 +1,7 @@
 """The pure half of the policy fuzzer: one YAML text through load -> validate -> compile -> pack, no kernel.
 
 :class:`PurePath` runs a text exactly as ``PolicyEngine.add`` would up to the first kernel call: ``load_policies``,
-then :class:`lanner.policy.compiler.Compiler` with the engine's probe dict and a fake id allocator, then every
+then :class:`lanner.sensors.generic.compiler.Compiler` with the engine's probe dict and a fake id allocator, then every
 ``gen_hook`` value packed with the layout the engine reads from the generic object's BTF and every value-set key
 packed as the engine writes it. The outcome is one of:
 
@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from lanner.policy.compiler import CompiledPolicy, Compiler, Ignored, Unavailable
-from lanner.policy.engine import _INT_KEY, _STR_KEY, DEFAULT_FEATURES, TP_OBJECT, PolicyEngine, _fmt_items
+from lanner.sensors.generic.compiler import CompiledPolicy, Compiler, Ignored, Unavailable
+from lanner.sensors.generic.engine import _INT_KEY, _STR_KEY, DEFAULT_FEATURES, TP_OBJECT, PolicyEngine, _fmt_items
 from lanner.policy.errors import PolicyError
 from lanner.policy.loader import load_policies
 from lanner.policy.model import TracingPolicy

@@ -37,7 +37,7 @@ def real_engine(probe: dict[str, bool] = HOST_PROBE) -> Iterator[Any]:
     """A PolicyEngine on this kernel, built as tests/test_policy_engine.py builds it (a started agent gives the
     process sensor's execve_map, the process cache and the encoders)."""
     from lanner.agent import Agent, AgentConfig
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     agent = Agent(AgentConfig(export_stdout=False, grpc=None, health_address=None, run_probe=False))
     engine = None

@@ -158,7 +158,7 @@ def test_ready_does_not_wait_for_start_up_policies(tmp_path):
 def test_engine_maps_failing_is_a_listed_load_error_and_a_retry_loads_it(monkeypatch):
     """The engine's own maps cannot be created: the policy is kept as LOAD_ERROR with the reason, add says so,
     and enabling it again (once the cause is gone) loads it."""
-    import lanner.policy.engine as E
+    import lanner.sensors.generic.engine as E
     from lanner.agent import Agent, AgentConfig
     from lanner.exporter.api.gen.tetragon import sensors_pb2
 
@@ -203,7 +203,7 @@ def test_a_verifier_log_is_reduced_to_its_reason():
         "processed 1000001 insns (limit 1000000) max_states_per_insn 200 total_states 87004 peak_states 248670",
         "-- END PROG LOAD LOG --",
         "libbpf: prog 'generic_tp': failed to load: -7",
-        "libbpf: failed to load object '/work/main/policy/bpf/obj/generic_tp.bpf.o'",
+        "libbpf: failed to load object '/work/main/sensors/generic/bpf/obj/generic_tp.bpf.o'",
     ])
     reason = BpfError("load BPF object generic_tp.bpf.o", 7, log).reason()
     assert reason == ("load BPF object generic_tp.bpf.o: Argument list too long (errno 7): BPF program is too "

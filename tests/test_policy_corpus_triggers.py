@@ -1491,7 +1491,7 @@ class TtyWriteArgs(TtyWrite):
     """tty.yaml: TtyWrite's child, and its args: the kiocb's file (the slave) and the iov_iter's bytes."""
 
     def fire(self):
-        from lanner.policy.events import permission
+        from lanner.exporter.tracing import permission
 
         pid, path, mode = _write_to_pty(b"lanner-tty")
         want = [{"file_arg": {"path": path, "permission": permission(mode)}},

@@ -41,7 +41,7 @@ def _need_root() -> None:
 def env():
     _need_root()
     from lanner.agent import Agent, AgentConfig
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     agent = Agent(AgentConfig(export_stdout=False, grpc=None, health_address=None, run_probe=False))
     engine = None

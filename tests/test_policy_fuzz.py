@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from lanner.policy.compiler import Compiler
+from lanner.sensors.generic.compiler import Compiler
 from tests.conftest import SHARED
 from tests.policy_fuzz import ACCEPTED, CRASH, FULL_PROBE, HOST_PROBE, NO_PATH, REJECTED, PurePath
 from tests.policy_mutate import Mutator, corpus_seeds

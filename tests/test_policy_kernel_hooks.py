@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
-from lanner.policy.events import permission
+from lanner.exporter.tracing import permission
 from tests.test_policy_operators import Env, body, env  # noqa: F401  (env: the module-scoped fixture)
 
 pytestmark = pytest.mark.bpf

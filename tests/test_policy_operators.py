@@ -41,7 +41,7 @@ def env():
     if not (ROOT / "policy" / "bpf" / "obj" / "generic_tp.bpf.o").exists():
         pytest.skip("run 'make bpf' first")
     from lanner.agent import Agent, AgentConfig
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     # the measured probe of this kernel (what `lanner agent` uses); the agent's own engine is off, the
     # test drives its own

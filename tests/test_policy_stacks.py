@@ -1,4 +1,4 @@
-"""Post ``kernelStackTrace`` / ``userStackTrace`` (lanner.policy.stacks, gen_stacks in generic_core.bpf.h).
+"""Post ``kernelStackTrace`` / ``userStackTrace`` (lanner.sensors.generic.stacks, gen_stacks in generic_core.bpf.h).
 
 On the real kernel: a syscall hook (the sys_enter dispatcher here, fentry on __x64_sys_X in the kernel-matrix
 guests) and a uprobe, both scoped to a small C program the test builds (main -> lanner_middle -> lanner_leaf,
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
-from lanner.policy.stacks import ElfSymbols, KernelSymbols, Stacks, UserSymbols
+from lanner.sensors.generic.stacks import ElfSymbols, KernelSymbols, Stacks, UserSymbols
 from tests.test_policy_operators import Env, body, env, unavailable  # noqa: F401  (env: the module fixture)
 
 bpf = pytest.mark.bpf
@@ -360,7 +360,7 @@ def test_stacks_read_once_and_recent(tmp_path: Path):
 
 def test_elf_file_offsets(prog: Path):
     """File offset -> symbol through the PT_LOAD segments; the uprobe resolver's offsets name their symbols."""
-    from lanner.policy.uprobe import resolve_symbols
+    from lanner.sensors.generic.uprobe import resolve_symbols
 
     offs = resolve_symbols(str(prog), ["main", "lanner_leaf", "lanner_middle"])
     with open(prog, "rb") as fh:

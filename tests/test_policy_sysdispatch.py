@@ -43,7 +43,7 @@ def agent():
 
 @pytest.fixture(params=list(FLAVOURS))
 def engine(request, agent):
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     probe = dict(HOST_PROBE)
     probe.update(FLAVOURS[request.param][0])
@@ -126,7 +126,7 @@ def test_syscall_kprobes_in_each_flavour(agent, engine, tmp_path):
 
 def test_many_syscalls_and_a_list(agent, tmp_path):
     """A syscalls list hooks several syscall numbers in the one dispatcher; other syscalls pass through."""
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     ctx = EngineContext(dict(HOST_PROBE), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
                         agent.proto, agent.cfg.node_name)
@@ -179,7 +179,7 @@ def test_equal_strings_of_every_key_size(agent, tmp_path):
     """Equal (and matchBinaries In) strings live in hash maps by length (32/64/128-byte keys, or the whole
     260-byte one): a value of each size matches exactly, a string of the same length that differs in its
     last byte does not; a binary path over 122 bytes is found in the largest map."""
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     ctx = EngineContext(dict(HOST_PROBE), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
                         agent.proto, agent.cfg.node_name)
@@ -227,7 +227,7 @@ def test_without_a_syscall_table_hooks_stay_on_the_syscall_tracepoints(monkeypat
     """The dispatcher needs syscall numbers (the kernel headers' unistd_64.h); a machine without them
     serves syscall hooks from the syscall tracepoints, as before."""
     from lanner.policy import syscalls
-    from lanner.policy.compiler import Compiler
+    from lanner.sensors.generic.compiler import Compiler
     from lanner.policy.loader import load_policies
 
     def missing():
@@ -267,7 +267,7 @@ def test_syscall_hooks_on_the_wrapper(agent, measured, mech, tmp_path):
     string, the mode in r10, an fd resolved to its file), the return value, and Sigkill of the test's own
     child. The same events as the dispatcher's. On a kernel without them (the CI host) this skips and
     syscall hooks stay on the dispatcher (the tests above)."""
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     features, force, info, sensor = WRAPPERS[mech]
     missing = [f for f in features if not measured.get(f)]
@@ -356,12 +356,12 @@ def test_wrapper_without_btf_runs_as_kprobe(agent, measured):
     """A syscall without arguments may have no BTF entry for its wrapper (__x64_sys_getppid is an alias of
     __do_sys_getppid on Debian 6.1 and on this host): no fentry there, the hook runs as a kprobe on the symbol
     (or on the dispatcher without kprobes) and fires."""
-    from lanner.policy import syscalls
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.kernel_btf import btf_function
 
     if not (measured.get("fentry") and measured.get("kprobe")):
         pytest.skip("this kernel lacks fentry or kprobe (lanner probe); runs in the make vmtest guests")
-    if syscalls.btf_function("__x64_sys_getppid") is not False:
+    if btf_function("__x64_sys_getppid") is not False:
         pytest.skip("this kernel's BTF has __x64_sys_getppid")
     ctx = EngineContext(dict(measured), agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
                         agent.proto, agent.cfg.node_name)
@@ -390,7 +390,7 @@ def test_hooks_of_one_syscall_share_what_they_read(agent, tmp_path):
     read (the same argument in the same slot is not read again): each hook still sees its own arguments, in its
     own slots, with the truncation of a long path; a matchBinaries NotIn exception (checked after the filters)
     still excludes its binary; and a slot an earlier hook filled with another argument is read again."""
-    from lanner.policy.engine import EngineContext, PolicyEngine
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     t = str(tmp_path)
     mycat, other = copy_bin(tmp_path, "mycat"), copy_bin(tmp_path, "othercat")

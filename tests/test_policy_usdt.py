@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
-from lanner.policy.usdt import LOC_MEM, UsdtError, find_probes, parse_arg
+from lanner.sensors.generic.usdt import LOC_MEM, UsdtError, find_probes, parse_arg
 from tests.test_policy_engine import Loaded, body, collect, env, policy_yaml  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.bpf

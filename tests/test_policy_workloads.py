@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from lanner.exporter.api.gen.tetragon import sensors_pb2
-from lanner.policy.workloads import SCOPE_CG_KEY, SCOPE_KEY, Container, Workload
+from lanner.policy.workloads import Container, Workload
+from lanner.sensors.generic.scopes import SCOPE_CG_KEY, SCOPE_KEY
 from tests.policy_specs import openat_prefix, policy_yaml
 from tests.test_policy_operators import body, env  # noqa: F401  (env: the fixture)
 
@@ -204,9 +205,9 @@ def test_scoped_policy_without_pod_source_matches_nothing(env):  # noqa: F811
     """An agent without --enable-netdp knows no pod: a namespaced policy loads, says so, and matches
     no process (never widened to the host)."""
     m = uuid.uuid4().hex[:10]
-    from lanner.policy.workloads import WorkloadScopes
+    from lanner.sensors.generic.scopes import WorkloadScopes
 
-    from lanner.policy.engine import KeySet
+    from lanner.sensors.generic.engine import KeySet
 
     saved = env.engine.workloads
     env.engine.workloads = WorkloadScopes(KeySet(env.engine.tp.map("gen_scope")),  # as a fresh agent's

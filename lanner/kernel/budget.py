@@ -29,7 +29,7 @@ _LOG_BYTES = 1 << 20
 
 ROOT = Path(__file__).resolve().parents[2]
 _REPO_OBJ = {  # import name dir -> obj dir (the package-dir mapping of pyproject.toml)
-    "policy": ROOT / "policy" / "bpf" / "obj",
+    "generic": ROOT / "sensors" / "generic" / "bpf" / "obj",
     "sensors": ROOT / "sensors" / "bpf" / "obj",
     "netdp": ROOT / "netdp" / "bpf" / "obj",
     "kernel": Path(__file__).resolve().parent / "obj",
@@ -62,17 +62,17 @@ class Load:
 # target; the engine loads one instance per hooked function, with the same code.
 LOADS: tuple[Load, ...] = (
     Load("sensors/process.bpf.o", ("lanner_exec", "lanner_fork", "lanner_exit")),
-    Load("policy/generic_tp.bpf.o", ("generic_tp",)),
-    Load("policy/generic_uprobe.bpf.o", ("generic_uprobe", "generic_uretprobe")),
-    Load("policy/generic_kprobe.bpf.o", ("generic_kprobe", "generic_kretprobe")),
-    Load("policy/generic_sys.bpf.o", ("gen_sys_enter", "gen_sys_exit")),
-    Load("policy/generic_sys.bpf.o", ("gen_sys_enter_r", "gen_sys_exit_r")),
-    Load("policy/generic_tpbtf.bpf.o", ("generic_tp_btf",), target="sched_process_exec", config=(("cfg_hook_id", 1),)),
-    Load("policy/generic_fentry.bpf.o", ("generic_fentry",), target="security_file_open",
+    Load("generic/generic_tp.bpf.o", ("generic_tp",)),
+    Load("generic/generic_uprobe.bpf.o", ("generic_uprobe", "generic_uretprobe")),
+    Load("generic/generic_kprobe.bpf.o", ("generic_kprobe", "generic_kretprobe")),
+    Load("generic/generic_sys.bpf.o", ("gen_sys_enter", "gen_sys_exit")),
+    Load("generic/generic_sys.bpf.o", ("gen_sys_enter_r", "gen_sys_exit_r")),
+    Load("generic/generic_tpbtf.bpf.o", ("generic_tp_btf",), target="sched_process_exec", config=(("cfg_hook_id", 1),)),
+    Load("generic/generic_fentry.bpf.o", ("generic_fentry",), target="security_file_open",
          config=(("cfg_hook_id", 1),)),
-    Load("policy/generic_fentry.bpf.o", ("generic_fexit",), target="security_file_open", config=(("cfg_hook_id", 1),)),
-    Load("policy/generic_lsm.bpf.o", ("generic_lsm",), target="file_open", config=(("cfg_hook_id", 1),)),
-    Load("policy/generic_fmodret.bpf.o", ("generic_fmodret",), target="security_file_open"),
+    Load("generic/generic_fentry.bpf.o", ("generic_fexit",), target="security_file_open", config=(("cfg_hook_id", 1),)),
+    Load("generic/generic_lsm.bpf.o", ("generic_lsm",), target="file_open", config=(("cfg_hook_id", 1),)),
+    Load("generic/generic_fmodret.bpf.o", ("generic_fmodret",), target="security_file_open"),
     Load("netdp/datapath.bpf.o", ()),  # every program of the object
 )
 
@@ -132,7 +132,7 @@ def _programs_of(load: Load) -> list[str]:
 
 def _measure_one(load: Load, name: str) -> ProgramCost:
     """Load program ``name`` of ``load`` alone (every other program's autoload off) with a stats log."""
-    from lanner.policy.bpf_attach import set_attach_target
+    from lanner.sensors.generic.bpf_attach import set_attach_target
 
     cost = ProgramCost(load.obj, name, target=load.target)
     obj = BpfObject.open(load.path)

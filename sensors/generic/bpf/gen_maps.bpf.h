@@ -8,7 +8,7 @@
 
 #include <lanner/common.bpf.h>
 #include <bpf/bpf_endian.h>
-#include "../../sensors/bpf/execve_map.bpf.h"
+#include "../../bpf/execve_map.bpf.h"
 #include <lanner/path.bpf.h>
 #include "generic.h"
 

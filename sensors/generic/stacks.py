@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-log = logging.getLogger("lanner.policy.stacks")
+log = logging.getLogger("lanner.sensors.generic.stacks")
 
 GEN_STACK_DEPTH = 127  # generic.h (PERF_MAX_STACK_DEPTH)
 RECENT = 512           # released stacks kept for a late event of the same stack

@@ -16,13 +16,13 @@ from lanner.bpf.records import RecordLayout
 from lanner.exporter.encoder import SECUREBITS, cap_names
 from lanner.exporter.pipeline import OutEvent
 
-from .compiler import (
+from lanner.sensors.generic.compiler import (
     ACTION_NAMES, GA_BINPRM, GA_BPF_ATTR, GA_BPF_MAP, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR,
     GA_INT, GA_IOV_ITER, GA_IOVEC, GA_KIOCB, GA_KSOCKADDR, GA_KSTR, GA_LOAD_INFO, GA_MODULE, GA_NETDEV, GA_PATH,
     GA_PERF_EVENT, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS, GA_USOCKADDR, GA_USTR,
     GEN_MAX_ARGS, ArgPlan,
 )
-from .names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
+from lanner.policy.names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
 
 GEF_RETURN, GEF_NOPROC = 1, 2
 GEF_KSTACK, GEF_USTACK = 32, 64  # generic.h: kstack / ustack hold stack ids
@@ -268,7 +268,7 @@ def name_socket_pods(args: list[dict[str, Any]], pod_for_ip: Any) -> None:
 
 def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: Any, want_pb: bool,
                 stacks: Any = None) -> OutEvent | None:
-    """``meta``: engine._HookMeta (policy name, plan, unit); ``stacks``: lanner.policy.stacks.Stacks (the stack
+    """``meta``: engine._HookMeta (policy name, plan, unit); ``stacks``: lanner.sensors.generic.stacks.Stacks (the stack
     traces of Post kernelStackTrace / userStackTrace)."""
     pid, pktime = rec[dec.i_pid], rec[dec.i_pktime]
     proc = cache.resolve(pid, pktime)

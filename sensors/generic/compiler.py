@@ -1,4 +1,4 @@
-"""TracingPolicy -> map entries for the generic BPF programs (policy/bpf/generic_core.bpf.h).
+"""TracingPolicy -> map entries for the generic BPF programs (sensors/generic/bpf/generic_core.bpf.h).
 
 Nothing is compiled on the node: every hook becomes one or two ``struct gen_hook`` values (keyed by
 hook id, the bpf_cookie of its attachment) plus entries in the shared value-set maps:
@@ -26,14 +26,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from . import syscalls, tracefs
-from .model import (
+from lanner.policy import syscalls
+from lanner.policy.model import (
     ArgSpec, IntRange, KProbeSpec, ListRef, LsmHookSpec, MatchArg, Selector, TracepointSpec, TracingPolicy,
     UProbeSpec, USDTSpec,
 )
+from lanner.policy.values import parse_int
+
+from . import kernel_btf, tracefs
 from .uprobe import SymbolError, resolve_symbols
 from .usdt import UsdtError, find_probes
-from .values import parse_int
 
 # ------------------------------------------------------------------ constants mirrored from generic.h
 GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
@@ -381,7 +383,7 @@ class Compiler:
         and the kernel's BTF has every wrapper of ``functions``, else ``kprobe`` (+ kretprobe); ``None``: the
         syscall dispatcher (:meth:`sys_dispatch`)."""
         if self.supports("fentry") and (self.supports("fexit") or not ret) and \
-                all(syscalls.btf_function(f) is not False for f in functions):
+                all(kernel_btf.btf_function(f) is not False for f in functions):
             return "fentry"
         if self.supports("kprobe") and (self.supports("kretprobe") or not ret):
             return "kprobe"

@@ -4,7 +4,7 @@
 shared maps (the process sensor's ``execve_map`` reused by fd), and each mechanism's object (generic_tp
 instances, the syscall dispatcher, generic_uprobe, generic_kprobe, per-hook LSM/fentry instances) is loaded
 when a hook first needs it, every map shared by fd. Adding a policy parses and validates it, compiles it to map
-entries (:mod:`lanner.policy.compiler`), writes them, then attaches one link per hook with the hook id as
+entries (:mod:`lanner.sensors.generic.compiler`), writes them, then attaches one link per hook with the hook id as
 bpf_cookie. An object the kernel refuses costs the hooks it serves (LOAD_ERROR / PARTIALLY_ENABLED with the
 verifier's reason), never the caller. See docs/policy-engine.md.
 """
@@ -26,6 +26,11 @@ from lanner.bpf.records import RecordLayout
 from lanner.bpf.ringbuf import RingBuffer
 from lanner.exporter.api.gen.tetragon import sensors_pb2
 from lanner.exporter.pipeline import OutEvent
+from lanner.exporter.tracing import EventDecoder, build_event
+from lanner.policy.errors import PolicyError
+from lanner.policy.loader import load_policies
+from lanner.policy.model import TracingPolicy
+from lanner.policy.workloads import WorkloadScope, scope_of
 
 from . import bpf_attach
 from .compiler import (
@@ -33,14 +38,10 @@ from .compiler import (
     GST_OVERRIDE, GST_POST, GEN_SYS_HOOKS, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
     Compiler, HookPlan, HookUnit,
 )
-from .errors import PolicyError
-from .events import EventDecoder, build_event
+from .scopes import WorkloadScopes
 from .stacks import Stacks
-from .loader import load_policies
-from .model import TracingPolicy
-from .workloads import WorkloadScope, WorkloadScopes, scope_of
 
-log = logging.getLogger("lanner.policy.engine")
+log = logging.getLogger("lanner.sensors.generic.engine")
 
 OBJ_DIR = Path(__file__).parent / "bpf" / "obj"
 TP_OBJECT = OBJ_DIR / "generic_tp.bpf.o"

@@ -29,7 +29,7 @@ class PolicyHostContext:
     on_error: Callable[[str], None] = lambda _kind: None  # a start-up file failed (for the error counters)
 
 
-OP_POLICY = 9  # the policy programs' records (policy/bpf/generic.h GEN_OP)
+OP_POLICY = 9  # the policy programs' records (sensors/generic/bpf/generic.h GEN_OP)
 
 
 class PolicyHost:
