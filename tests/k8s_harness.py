@@ -14,6 +14,8 @@ one temporary directory:
 No kubelet or controller-manager runs: tests play their part (tests/k8s_kubelet.py), and the
 ServiceAccount admission plugin is off (nothing would create the ``default`` ServiceAccounts).
 Both processes are stopped by PID and the directory removed on exit, also after a failure.
+:func:`restartable_control_plane` is one of a test's own whose kube-apiserver the test may stop and start
+again on the same port (etcd keeps running): the session's is never restarted.
 The ``k8s`` fixture is session-scoped (one control plane per test run); ``k8s_namespace`` gives each
 test a fresh namespace (deleted namespaces never finish terminating without a controller-manager).
 """
@@ -226,6 +228,41 @@ def _start_pair(d: Path, admin_token: str, procs: list[subprocess.Popen]) -> tup
 @contextlib.contextmanager
 def control_plane(base: Path | None = None, attempts: int = 2) -> Iterator[ControlPlane]:
     """Start etcd and kube-apiserver; stop both by PID and remove their directory on exit."""
+    with _running(base, attempts) as (cp, _procs, _token):
+        yield cp
+
+
+@dataclass
+class ApiServerRestarter:
+    """Stops and starts one private control plane's kube-apiserver (etcd keeps running), on the same port,
+    with the same certificate (the API server reuses the one in its ``--cert-dir``) and tokens."""
+
+    cp: ControlPlane
+    procs: list[subprocess.Popen]  # [etcd, kube-apiserver], as _running keeps them (stopped in reverse)
+    admin_token: str
+    restarts: int = 0
+
+    def stop(self) -> None:
+        _stop(self.procs[1])
+
+    def start(self) -> None:
+        assert self.procs[1].poll() is not None, "kube-apiserver is still running"
+        self.restarts += 1
+        log = self.cp.dir / f"kube-apiserver.restart{self.restarts}.log"
+        self.procs[1] = _spawn(apiserver_argv(self.cp.dir, self.cp.etcd_endpoint, self.cp.port), log)
+        wait_ready(self.cp.server, self.cp.ca_file, self.admin_token, {log: self.procs[1]})
+
+
+@contextlib.contextmanager
+def restartable_control_plane(base: Path | None = None) -> Iterator[tuple[ControlPlane, ApiServerRestarter]]:
+    """A control plane of the caller's own (never the session's) whose kube-apiserver it may stop and start."""
+    with _running(base, 2) as (cp, procs, token):
+        yield cp, ApiServerRestarter(cp, procs, token)
+
+
+@contextlib.contextmanager
+def _running(base: Path | None, attempts: int) -> Iterator[tuple[ControlPlane, list[subprocess.Popen], str]]:
+    """The control plane, its processes (a restart replaces the API server's in place) and the admin token."""
     d = Path(tempfile.mkdtemp(prefix="lanner-k8s-", dir=base))
     procs: list[subprocess.Popen] = []
     try:
@@ -245,7 +282,7 @@ def control_plane(base: Path | None = None, attempts: int = 2) -> Iterator[Contr
         write_kubeconfig(d / "agent.kubeconfig", server, ca, "lanner-agent", tokens["agent"])
         cp = ControlPlane(d, server, ca, d / "admin.kubeconfig", d / "agent.kubeconfig", etcd_endpoint)
         bind_agent_rbac(cp)
-        yield cp
+        yield cp, procs, tokens["admin"]
     finally:
         for proc in reversed(procs):  # the apiserver first, then etcd
             _stop(proc)

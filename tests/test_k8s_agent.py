@@ -2,7 +2,8 @@
 agent's engine, per-node status (tp list, metrics, Events), and the reflector's 410 re-list.
 
 One agent for the module (node ``lanner-k8s-<hex>``, a Node object with labels), started before the CRDs
-exist; the session's control plane (tests/k8s_harness.py).
+exist; the session's control plane (tests/k8s_harness.py). The API server restart test has a control plane
+of its own (restartable_control_plane), never the session's.
 """
 
 from __future__ import annotations
@@ -412,3 +413,74 @@ def test_api_server_away_and_back_converges(ctx: Ctx, tmp_path: Path) -> None:
         assert agent.stop() == 0
         proxy.cut()
         ctx.k8s.kubectl("delete", "tgtp", "away-kept", "away-new", "away-gone", "--ignore-not-found", check=False)
+
+
+def _killed(path: str) -> bool:
+    return subprocess.run(["/bin/cat", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == -9
+
+
+def _sigkill_policy(name: str, path: str) -> str:
+    """openat of ``path`` (only this test opens it) kills the opener."""
+    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
+            f"  kprobes:\n  - call: sys_openat\n    syscall: true\n    args:\n    - {{index: 1, type: string}}\n"
+            f"    selectors:\n    - matchArgs:\n      - {{index: 1, operator: Equal, values: [\"{path}\"]}}\n"
+            f"      matchActions:\n      - action: Sigkill\n")
+
+
+def _poll(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (got := pred()):
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        time.sleep(0.1)
+    return got
+
+
+def test_a_real_api_server_restart_converges(tmp_path: Path) -> None:
+    """kube-apiserver (not etcd) of a control plane of this test's own stopped and started again on the same
+    port: the agent stays up and keeps enforcing its policies meanwhile, status shows the watches
+    unreachable and not connected; after the restart a policy deleted and one applied both reach it."""
+    from lanner.client import AgentClient
+    from tests.k8s_harness import missing_binaries, restartable_control_plane
+
+    if missing_binaries():
+        pytest.skip(f"missing {', '.join(missing_binaries())}: run 'make k8s-bins'")
+    tag = uuid.uuid4().hex[:8]
+    kept_path = f"/tmp/lanner-restart-{tag}"
+    with restartable_control_plane() as (cp, apiserver):
+        from kubernetes import client
+
+        cp.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "crds.yaml"))
+        wait_established(cp)
+        create_node(client.CoreV1Api(cp.api_client()), "lanner-restart", "10.244.8.0/24")
+        cp.kubectl("apply", "-f", "-", stdin=_sigkill_policy("rs-kept", kept_path) + "---\n" + policy("rs-gone"))
+        agent = start_agent(tmp_path, "--enable-k8s-api", "--k8s-kubeconfig-path", str(cp.agent_kubeconfig),
+                            node="lanner-restart")
+        try:
+            def listed() -> set[str]:
+                with AgentClient(agent.address, timeout=10) as c:
+                    return {p.name for p in c.list_policies() if p.name.startswith("rs-")}
+
+            def watches() -> dict:
+                return agent.status()["k8s"]["watches"]
+
+            _poll(lambda: listed() == {"rs-kept", "rs-gone"}, 30, lambda: (listed(), watches()))
+            _poll(lambda: _killed(kept_path), 10, "rs-kept does not kill")
+            before = watches()["tracingpolicies"]
+            apiserver.stop()
+            _poll(lambda: watches()["tracingpolicies"]["state"] == "unreachable", 20, watches)
+            out = subprocess.run(LANNER + ["status", "--server-address", agent.address], capture_output=True,
+                                 text=True, timeout=60).stdout
+            assert "not connected" in out and "tracingpolicies unreachable" in out, out
+            assert agent.proc.poll() is None and _killed(kept_path)  # up, and enforcing what it had
+            assert listed() == {"rs-kept", "rs-gone"}
+            apiserver.start()  # the same port, certificate and etcd
+            cp.kubectl("delete", "tgtp", "rs-gone")
+            cp.kubectl("apply", "-f", "-", stdin=policy("rs-new"))
+            _poll(lambda: listed() == {"rs-kept", "rs-new"}, 40, lambda: (listed(), watches()))  # back-off <= 10 s
+            after = watches()["tracingpolicies"]
+            assert after["state"] == "watching" and after["reconnects"] > before["reconnects"], after
+            assert agent.status()["k8s"]["connected"] is True and _killed(kept_path)
+            print(f"restart: tracingpolicies lists {before['lists']} -> {after['lists']}, 410s {after['gone']}, "
+                  f"reconnects {after['reconnects']}")
+        finally:
+            assert agent.stop() == 0
