@@ -1,9 +1,10 @@
-"""Cluster mode: this node's part of a multi-node netdp, with its state in etcd.
+"""Cluster mode: this node's part of a multi-node netdp, with its state in etcd or in Kubernetes objects.
 
 ``ClusterNode`` joins the pieces the single-node runtime does not have:
 
-- the cluster store (``EtcdStore``): identities every node agrees on, the cluster-wide ipcache, node
-  registrations, all on this node's lease;
+- the cluster store (``kvstore.store.open_store``: ``EtcdStore`` for ``--kvstore etcd``, ``CrdStore`` for
+  ``--kvstore crd``): identities every node agrees on, the cluster-wide ipcache, node registrations, all
+  expiring when this node stops renewing them (an etcd lease; a LannerNode renewed every TTL/3);
 - routing (``NodeRouter``): native routes or the VXLAN overlay to every other node's pod CIDR;
 - the BPF side: each change another node makes to the ipcache or to identities triggers
   ``Datapath.sync()`` (debounced on one worker thread), so remote pods' identities reach this
@@ -21,11 +22,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from lanner.netdp.endpoint import Endpoint, PodInfo
-from lanner.netdp.kvstore.etcd import EtcdClient
-from lanner.netdp.kvstore.etcd_store import EtcdStore, IpcacheEntry
+from lanner.netdp.kvstore.store import ClusterStore, IpcacheEntry, open_store
 from lanner.netdp.routing import LocalNode, Mode, NodeRouter
 
 log = logging.getLogger("lanner.netdp.cluster")
@@ -35,7 +36,7 @@ SYNC_DEBOUNCE_S = 0.02
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    etcd_endpoint: str  # http://HOST:PORT of an etcd member
+    etcd_endpoint: str  # http://HOST:PORT of an etcd member (--kvstore etcd)
     node_name: str
     node_ip: str  # this node's underlay address (what other nodes route to)
     pod_cidr: str
@@ -43,34 +44,36 @@ class ClusterConfig:
     routing: Mode = "native"
     lease_ttl_s: int = 10
     prefix: str = "lanner/"
+    kvstore: str = "etcd"  # or "crd": the Kubernetes API
+    kubeconfig: Path | None = None  # --kvstore crd: --k8s-kubeconfig-path; None: in-cluster config
 
 
 class ClusterNode:
-    def __init__(self, cfg: ClusterConfig, ipr: Any | None = None) -> None:
+    def __init__(self, cfg: ClusterConfig, ipr: Any | None = None,
+                 store_factory: Callable[[ClusterConfig], ClusterStore] = open_store) -> None:
         from pyroute2 import IPRoute
 
         self.cfg = cfg
         self._own_ipr = ipr is None
         self._ipr = ipr if ipr is not None else IPRoute()
-        self.store: EtcdStore | None = None
+        self.store: ClusterStore | None = None
         self._syncer: threading.Thread | None = None
         self._stop = threading.Event()
         self.router = NodeRouter(LocalNode(cfg.node_name, cfg.node_ip, cfg.pod_cidr, cfg.underlay_device,
                                            cfg.routing), self._ipr)
-        self.store = EtcdStore(EtcdClient(cfg.etcd_endpoint), cfg.node_name, prefix=cfg.prefix,
-                               lease_ttl_s=cfg.lease_ttl_s)
         self._datapath: Any = None
         self._dirty = threading.Event()
         self.last_sync_monotonic = 0.0
         try:
+            self.store = store_factory(cfg)
             extra = self.router.setup()
             self.store.subscribe(on_node=self.router.on_node)
             self.store.register_node(cfg.node_ip, cfg.pod_cidr, **extra)
         except BaseException:
             self.close()
             raise
-        log.info("cluster node %s (%s, pods %s, %s routing) registered in etcd %s", cfg.node_name, cfg.node_ip,
-                 cfg.pod_cidr, cfg.routing, cfg.etcd_endpoint)
+        log.info("cluster node %s (%s, pods %s, %s routing) registered in %s", cfg.node_name, cfg.node_ip,
+                 cfg.pod_cidr, cfg.routing, self.store.describe())
 
     def pod_mtu(self) -> int:
         return self.router.pod_mtu()
@@ -124,7 +127,7 @@ class ClusterNode:
         pass  # the CNI service deletes the ipcache entry itself
 
     def status(self) -> dict:
-        return {"etcd": self.cfg.etcd_endpoint, "node": self.cfg.node_name, "routing": self.cfg.routing,
+        return {"kvstore": self.store.describe(), "node": self.cfg.node_name, "routing": self.cfg.routing,
                 "nodes": sorted(self.store.nodes()), "routed_nodes": sorted(self.router.routed_nodes()),
                 "ipcache_entries": len(self.store.ipcache())}
 

@@ -1,35 +1,88 @@
-"""netdp/kvstore/crd_store.py against the real API server, as the agent's identity (its ClusterRole): identities
-created by name (a 409 means taken), two stores allocating the same label sets at once agree, the ipcache as
-one LannerEndpoint per IP."""
+"""netdp/kvstore/crd_store.py (``--kvstore crd``) against the real API server, as the agent's identity (its
+ClusterRole): identities created by name (a 409 means taken), stores in threads and in separate processes
+allocating the same label sets at once agree and different sets never share a number, the ipcache as one
+LannerEndpoint per IP seen by other stores through their watches, node registration, a node that stops
+renewing expiring from the others' view (with its objects collected), a clean close deleting its objects at
+once, and a node whose object was collected while it was cut off coming back. The liveness rule itself is
+tested with a fake clock. Node names carry a per-test suffix; every object a test makes is deleted after it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from lanner.netdp.kvstore.crd_liveness import NodeLiveness
 from lanner.netdp.kvstore.crd_store import CrdStore
 from tests.k8s_harness import MANIFESTS, ControlPlane
 
+CRDS = ("lanneridentities.lanner.io", "lannerendpoints.lanner.io", "lannernodes.lanner.io")
 
-@pytest.fixture(scope="module")
-def stores(k8s: ControlPlane):
-    import time
 
+def install_crds(k8s: ControlPlane) -> None:
+    """Apply install/kubernetes/lanner-crds.yaml with kubectl and wait until the three CRDs are Established."""
     k8s.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "lanner-crds.yaml"))
     deadline = time.monotonic() + 60
     path = '{.items[*].status.conditions[?(@.type=="Established")].status}'
-    while k8s.kubectl("get", "crd", "lanneridentities.lanner.io", "lannerendpoints.lanner.io", "-o",
-                      f"jsonpath={path}", check=False).stdout.split() != ["True", "True"]:
-        assert time.monotonic() < deadline
+    while k8s.kubectl("get", "crd", *CRDS, "-o", f"jsonpath={path}", check=False).stdout.split() != ["True"] * 3:
+        assert time.monotonic() < deadline, "lanner CRDs not Established after 60 s"
         time.sleep(0.2)
-    return CrdStore(k8s.api_client(as_agent=True), "node-a"), CrdStore(k8s.api_client(as_agent=True), "node-b")
 
 
-def test_two_stores_allocating_the_same_labels_at_once_agree(stores) -> None:
-    a, b = stores
+def delete_node_objects(k8s: ControlPlane, *nodes: str) -> None:
+    """Remove what these node names left (endpoints by their lanner.io/node label, the LannerNodes)."""
+    for n in nodes:
+        k8s.kubectl("delete", "lannerendpoints", "-l", f"lanner.io/node={n}", "--ignore-not-found", check=False)
+        k8s.kubectl("delete", "lannernodes", n, "--ignore-not-found", check=False)
+
+
+def wait(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def crds(k8s: ControlPlane) -> ControlPlane:
+    install_crds(k8s)
+    return k8s
+
+
+@pytest.fixture
+def names(crds: ControlPlane):
+    """Two node names of this test's own, their objects deleted afterwards."""
+    run = uuid.uuid4().hex[:6]
+    out = (f"node-a-{run}", f"node-b-{run}")
+    yield out
+    delete_node_objects(crds, *out)
+
+
+@pytest.fixture
+def stores(crds: ControlPlane, names):
+    made: list[CrdStore] = []
+
+    def make(name: str, watch: bool = False, ttl: int = 10) -> CrdStore:
+        made.append(CrdStore(crds.api_client(as_agent=True), name, watch=watch, lease_ttl_s=ttl))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close(revoke=True)
+
+
+# ------------------------------------------------------------------------------------------ identities
+def test_two_stores_allocating_the_same_labels_at_once_agree(stores, names) -> None:
+    a, b = stores(names[0]), stores(names[1])
     run = uuid.uuid4().hex[:8]
     sets = [{"k8s:app": f"app{i}", "k8s:run": run} for i in range(4)]
     start = threading.Barrier(8)
@@ -50,20 +103,120 @@ def test_two_stores_allocating_the_same_labels_at_once_agree(stores) -> None:
     ids = [next(iter(by_set[i])) for i in range(4)]
     assert len(set(ids)) == 4 and all(i >= 256 for i in ids)  # different sets, different ids
     assert all(a.labels_of(ids[i]) == sets[i] == b.labels_of(ids[i]) for i in range(4))
+    claimed = a.claimed_identities()
+    assert {i: claimed[i] for i in ids} == {ids[i]: sets[i] for i in range(4)}
     assert {i: a.identities()[i] for i in ids} == {ids[i]: sets[i] for i in range(4)}
     numbers = [int(n) for n in a._numbers()]
-    assert len(numbers) == len(set(numbers)) and not set(numbers) - set(a.identities())  # no orphan left
+    assert len(numbers) == len(set(numbers)) and not set(numbers) - set(claimed)  # no orphan left
 
 
-def test_ipcache_entries_are_endpoint_objects(stores) -> None:
-    a, b = stores
+ALLOCATOR = """
+import json, sys, time
+from kubernetes import config
+from lanner.netdp.kvstore.crd_store import CrdStore
+kubeconfig, node, start, sets = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
+store = CrdStore(config.new_client_from_config(config_file=kubeconfig), node, watch=False)
+time.sleep(max(0.0, start - time.time()))
+print(json.dumps([store.allocate(s) for s in sets]))
+"""
+
+
+def test_agent_processes_allocating_at_once_agree_and_never_share_a_number(crds: ControlPlane, names) -> None:
+    """Two processes (as two agents are) allocate at one instant: two shared label sets, and each one set
+    of its own. The shared sets get one number in both; the three distinct sets three numbers."""
+    run = uuid.uuid4().hex[:8]
+    shared = [{"k8s:app": f"shared{i}", "k8s:run": run} for i in range(2)]
+    own = [{"k8s:app": f"own-{n}", "k8s:run": run} for n in names]
+    start = time.time() + 3.0  # both import and connect first, then allocate together
+    procs = [subprocess.Popen([sys.executable, "-c", ALLOCATOR, str(crds.agent_kubeconfig), n, str(start),
+                               json.dumps(list(reversed(shared)) + [own[k]] if k else shared + [own[k]])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, n in enumerate(names)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out))
+    first, second = outs  # first: shared0, shared1, own0; second: shared1, shared0, own1
+    assert (first[0], first[1]) == (second[1], second[0]), outs
+    numbers = {first[0], first[1], first[2], second[2]}
+    assert len(numbers) == 4, outs  # shared0, shared1 and the two own sets: four numbers
+
+
+def test_liveness_on_a_fake_clock() -> None:
+    now = [100.0]
+    live = NodeLiveness("me", clock=lambda: now[0])
+    live.saw("peer", "1", 3.0)
+    now[0] += 10
+    assert live.expired() == []  # this node's own renewals never came back: the watch is not trusted
+    live.saw("me", "2", 3.0)
+    assert live.expired() == ["peer"]  # silent for 10 s > its 3 s TTL, while the watch is live
+    assert live.saw("peer", "3", 3.0) and not live.saw("peer", "3", 3.0)  # a renewal; the same version again
+    now[0] += 2.9
+    assert live.expired() == []  # renewed 2.9 s ago: within its TTL
+    now[0] += 0.2
+    assert live.expired() == []  # 3.1 s, but this node's own renewal is 3.1 s old too: no verdict
+    live.saw("me", "4", 3.0)
+    assert live.expired() == ["peer"] and live.silent_for("peer") == pytest.approx(3.1)
+
+
+# ------------------------------------------------------------------------------------- watched state
+def test_endpoints_and_nodes_reach_other_stores_and_a_clean_close_removes_them(stores, names, crds) -> None:
+    a, b = stores(names[0], watch=True), stores(names[1], watch=True)
+    a.register_node("192.0.2.1", "10.7.1.0/24", routing="vxlan", vxlan_mac="02:00:00:00:00:01")
+    b.register_node("192.0.2.2", "10.7.2.0/24", routing="native")
+    seen: list[tuple[str, object]] = []
+    b.subscribe(on_ipcache=lambda cidr, e: seen.append((cidr, e)))
     ident = a.allocate({"k8s:app": "ipcache", "k8s:run": uuid.uuid4().hex[:8]})
-    a.upsert_ip("10.7.0.5/32", ident, {"namespace": "shop", "name": "web"})
-    b.upsert_ip("10.7.1.9/32", ident)
-    assert {k: v for k, v in b.ipcache().items() if k.startswith("10.7.")} == {"10.7.0.5/32": ident,
-                                                                              "10.7.1.9/32": ident}
-    a.upsert_ip("10.7.0.5/32", ident + 1)  # an update of its own entry
-    assert a.ipcache()["10.7.0.5/32"] == ident + 1
-    a.delete_ip("10.7.0.5/32")
-    b.delete_ip("10.7.1.9/32")
-    assert not [k for k in a.ipcache() if k.startswith("10.7.")]
+    a.upsert_ip("10.7.1.5/32", ident, {"namespace": "shop", "name": "web"})
+    b.upsert_ip("10.7.2.9/32", ident)
+    node_a = wait(lambda: b.nodes().get(names[0]), 10, "node a registered, seen by b")
+    assert (node_a.ip, node_a.pod_cidr, dict(node_a.extra)) == ("192.0.2.1", "10.7.1.0/24",
+                                                                {"routing": "vxlan", "vxlan_mac": "02:00:00:00:00:01"})
+    wait(lambda: "10.7.1.5/32" in b.ipcache(), 10, "a's endpoint in b's view")
+    entry = b.ipcache_entries()["10.7.1.5/32"]
+    assert (entry.identity, entry.node, dict(entry.pod)) == (ident, names[0], {"namespace": "shop", "name": "web"})
+    assert b.identities()[ident] == a.labels_of(ident)  # b learns the identity its view uses
+    assert ("10.7.1.5/32", entry) in seen  # the listener heard it
+    wait(lambda: a.ipcache().get("10.7.2.9/32") == ident, 10, "b's endpoint in a's view")
+    a.upsert_ip("10.7.1.5/32", ident + 1)  # an update of its own entry
+    wait(lambda: b.ipcache().get("10.7.1.5/32") == ident + 1, 10, "the update in b's view")
+    a.close(revoke=True)  # a clean stop: a's objects go at once, not after the TTL
+    t0 = time.monotonic()
+    wait(lambda: names[0] not in b.nodes() and "10.7.1.5/32" not in b.ipcache(), 5, "a gone from b's view")
+    assert time.monotonic() - t0 < 5 and ("10.7.1.5/32", None) in seen
+    left = crds.kubectl("get", "lannerendpoints,lannernodes", "-o", "name").stdout
+    assert names[0] not in left and names[1] in left
+
+
+def test_a_node_that_stops_renewing_expires_and_its_objects_are_collected(stores, names, crds) -> None:
+    ttl = 2
+    a, b = stores(names[0], watch=True, ttl=ttl), stores(names[1], watch=True, ttl=ttl)
+    for s, ip in ((a, "192.0.2.1"), (b, "192.0.2.2")):
+        s.register_node(ip, f"10.7.{ip[-1]}.0/24")
+    gone: list[str] = []
+    b.subscribe(on_node=lambda name, info: gone.append(name) if info is None else None)
+    ident = a.allocate({"k8s:app": "expiry", "k8s:run": uuid.uuid4().hex[:8]})
+    a.upsert_ip("10.7.1.7/32", ident)
+    wait(lambda: "10.7.1.7/32" in b.ipcache(), 10, "a's endpoint in b's view")
+    time.sleep(ttl * 1.5)  # a keeps renewing: alive well past one TTL
+    assert names[0] in b.nodes() and b.stats["expired_nodes"] == 0
+    a.close(revoke=False)  # as a SIGKILL: no more renewals, nothing deleted
+    t0 = time.monotonic()
+    wait(lambda: names[0] not in b.nodes() and "10.7.1.7/32" not in b.ipcache(), ttl + 10, "a expired in b")
+    # the last renewal was at most ttl/3 before the stop, and the TTL is timed from it
+    assert time.monotonic() - t0 >= ttl - ttl / 3 - 0.2 and gone == [names[0]]
+    wait(lambda: names[0] not in crds.kubectl("get", "lannerendpoints,lannernodes", "-o", "name").stdout, 10,
+         "a's endpoint and LannerNode deleted by b")
+    assert names[1] in crds.kubectl("get", "lannernodes", "-o", "name").stdout  # b's own stay
+
+
+def test_a_node_collected_while_cut_off_comes_back_at_its_next_renewal(stores, names, crds) -> None:
+    a, b = stores(names[0], watch=True, ttl=3), stores(names[1], watch=True, ttl=3)
+    a.register_node("192.0.2.1", "10.7.1.0/24")
+    b.register_node("192.0.2.2", "10.7.2.0/24")
+    a.upsert_ip("10.7.1.8/32", a.allocate({"k8s:app": "back", "k8s:run": uuid.uuid4().hex[:8]}))
+    wait(lambda: "10.7.1.8/32" in b.ipcache(), 10, "a's endpoint in b's view")
+    crds.kubectl("delete", f"lannernodes/{names[0]}", f"lannerendpoints/{names[0]}.10.7.1.8-32")
+    wait(lambda: "10.7.1.8/32" not in b.ipcache(), 5, "a's endpoint gone from b's view with its LannerNode")
+    wait(lambda: names[0] in b.nodes() and "10.7.1.8/32" in b.ipcache(), 10, "a re-created its objects")

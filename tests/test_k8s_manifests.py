@@ -201,6 +201,9 @@ ALLOWED = [
     ("watch", "tracingpoliciesnamespaced.cilium.io"), ("create", "events"), ("patch", "events"),
     ("create", "events.events.k8s.io"), ("create", "lanneridentities.lanner.io"),
     ("delete", "lanneridentities.lanner.io"), ("update", "lannerendpoints.lanner.io"), ("get", "replicasets.apps"),
+    # --kvstore crd: its LannerNode (created, renewed with update, watched) and a dead node's objects deleted
+    ("create", "lannernodes.lanner.io"), ("update", "lannernodes.lanner.io"), ("watch", "lannernodes.lanner.io"),
+    ("delete", "lannernodes.lanner.io"), ("watch", "lannerendpoints.lanner.io"), ("delete", "lannerendpoints.lanner.io"),
 ]
 DENIED = [
     ("create", "pods"), ("delete", "pods"), ("delete", "nodes"), ("patch", "nodes"), ("get", "secrets"),
@@ -208,13 +211,15 @@ DENIED = [
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"), ("create", "networkpolicies.networking.k8s.io"),
     ("get", "configmaps"), ("create", "serviceaccounts/token"), ("create", "pods/exec"), ("delete", "events"),
     ("create", "ciliumidentities.lanner.io"), ("delete", "lanneridentities.other.io"), ("update", "replicasets.apps"),
+    ("patch", "lannernodes.lanner.io"), ("deletecollection", "lannerendpoints.lanner.io"),
+    ("create", "leases.coordination.k8s.io"), ("update", "nodes/status"),
 ]
 
 
 def _can_i(cp: ControlPlane, verb: str, resource: str) -> bool:
-    """`kubectl auth can-i --as` the agent's ServiceAccount. lanner.io's kinds have no CRD yet (the identity
-    backend installs them), so kubectl cannot resolve them: those go as a SubjectAccessReview, which is
-    what can-i sends, through kubectl too."""
+    """`kubectl auth can-i --as` the agent's ServiceAccount. lanner.io's CRDs (lanner-crds.yaml) are not
+    applied in this module, so kubectl cannot resolve their kinds: those go as a SubjectAccessReview, which
+    is what can-i sends, through kubectl too."""
     if not resource.endswith(".lanner.io"):
         proc = cp.kubectl("auth", "can-i", verb, resource, "-A", f"--as={AGENT_USER}", check=False)
         assert proc.stdout.strip() in ("yes", "no"), proc.stderr

@@ -59,22 +59,25 @@ def add_netdp_flags(g: argparse._ArgumentGroup, with_enable: bool) -> None:
     g.add_argument("--cri-socket", type=Path, default=None, metavar="PATH",
                    help="the container runtime's CRI socket (e.g. /run/containerd/containerd.sock): pod labels for "
                         "identities and containers for pod enrichment; without it identities use the namespace only")
-    g.add_argument("--kvstore", choices=["local", "etcd"], default="local",
-                   help="where identities and the ipcache live: 'local' (a file in --netdp-state-dir, one node) or "
-                        "'etcd' (the cluster: every node agrees on identities, sees the others' pods and routes to "
-                        "their pod CIDRs; needs --etcd-endpoint and --node-ip)")
+    g.add_argument("--kvstore", choices=["local", "etcd", "crd"], default="local",
+                   help="where identities and the ipcache live: 'local' (a file in --netdp-state-dir, one node); "
+                        "for a cluster, where every node agrees on identities, sees the others' pods and routes to "
+                        "their pod CIDRs (needs --node-ip): 'etcd' (an etcd cluster: --etcd-endpoint) or 'crd' "
+                        "(the Kubernetes API: LannerIdentity/LannerEndpoint/LannerNode objects of "
+                        "install/kubernetes/lanner-crds.yaml, reached with --k8s-kubeconfig-path or in-cluster)")
     g.add_argument("--etcd-endpoint", metavar="URL", default=None,
                    help="an etcd v3 member's client URL, e.g. http://10.0.0.1:2379 (with --kvstore etcd)")
     g.add_argument("--node-ip", metavar="IP", default=None,
-                   help="this node's address on the network between nodes (with --kvstore etcd)")
+                   help="this node's address on the network between nodes (with --kvstore etcd|crd)")
     g.add_argument("--underlay-device", metavar="DEV", default="eth0",
-                   help="the device carrying node-to-node traffic (with --kvstore etcd)")
+                   help="the device carrying node-to-node traffic (with --kvstore etcd|crd)")
     g.add_argument("--routing-mode", choices=["native", "vxlan"], default="native",
                    help="how pod traffic reaches other nodes: 'native' routes (nodes share an L2 segment) or a "
                         "'vxlan' overlay (UDP 8472; pod MTU = underlay MTU - 50)")
     g.add_argument("--kvstore-lease-ttl", type=int, default=10, metavar="SECONDS",
-                   help="this node's etcd lease: after a crash its pods and routes vanish from the other nodes "
-                        "within this time")
+                   help="after a crash this node's pods and routes vanish from the other nodes within this time: "
+                        "the TTL of its etcd lease, or (crd) of its LannerNode, renewed every TTL/3; the other "
+                        "agents time the silence on their own clock and delete its objects")
     g.add_argument("--cluster-node-name", metavar="NAME", default=None,
                    help="this node's name in the cluster (default: --node-name, else the hostname)")
     g.add_argument("--netdp-pin-dir", type=Path, default=Path(DEFAULT_PIN_DIR), metavar="DIR",
@@ -110,16 +113,20 @@ def netdp_config(args: argparse.Namespace, required: bool):
 
 
 def _cluster_config(args: argparse.Namespace, pod_cidr: str):
-    """ClusterConfig for --kvstore etcd (None for local). ValueError names the bad flag."""
-    if args.kvstore != "etcd":
-        for flag, value in (("--etcd-endpoint", args.etcd_endpoint), ("--node-ip", args.node_ip)):
+    """ClusterConfig for --kvstore etcd|crd (None for local). ValueError names the bad flag."""
+    if args.kvstore == "local":
+        for flag, value, needs in (("--etcd-endpoint", args.etcd_endpoint, "--kvstore etcd"),
+                                   ("--node-ip", args.node_ip, "--kvstore etcd or crd")):
             if value:
-                raise ValueError(f"{flag} needs --kvstore etcd")
+                raise ValueError(f"{flag} needs {needs}")
         return None
-    if not args.etcd_endpoint:
+    if args.kvstore == "etcd" and not args.etcd_endpoint:
         raise ValueError("--kvstore etcd needs --etcd-endpoint (e.g. http://10.0.0.1:2379)")
+    if args.kvstore == "crd" and args.etcd_endpoint:
+        raise ValueError("--etcd-endpoint is for --kvstore etcd; --kvstore crd reaches the Kubernetes API "
+                         "(--k8s-kubeconfig-path, or in-cluster)")
     if not args.node_ip:
-        raise ValueError("--kvstore etcd needs --node-ip (this node's address between nodes)")
+        raise ValueError(f"--kvstore {args.kvstore} needs --node-ip (this node's address between nodes)")
     try:
         ipaddress.IPv4Address(args.node_ip)
     except ValueError:
@@ -131,9 +138,24 @@ def _cluster_config(args: argparse.Namespace, pod_cidr: str):
     from lanner.netdp.cluster import ClusterConfig
 
     name = args.cluster_node_name or getattr(args, "node_name", "") or socket.gethostname()
-    return ClusterConfig(etcd_endpoint=args.etcd_endpoint, node_name=name, node_ip=args.node_ip, pod_cidr=pod_cidr,
-                         underlay_device=args.underlay_device, routing=args.routing_mode,
-                         lease_ttl_s=args.kvstore_lease_ttl)
+    kubeconfig = getattr(args, "k8s_kubeconfig_path", None)
+    if args.kvstore == "crd":
+        _check_crd_flags(name, kubeconfig)
+    return ClusterConfig(etcd_endpoint=args.etcd_endpoint or "", node_name=name, node_ip=args.node_ip,
+                         pod_cidr=pod_cidr, underlay_device=args.underlay_device, routing=args.routing_mode,
+                         lease_ttl_s=args.kvstore_lease_ttl, kvstore=args.kvstore,
+                         kubeconfig=kubeconfig if args.kvstore == "crd" else None)
+
+
+def _check_crd_flags(name: str, kubeconfig: Path | None) -> None:
+    """The node name becomes a LannerNode's name: a DNS subdomain. The kubeconfig must exist."""
+    import re
+
+    if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name):
+        raise ValueError(f"--kvstore crd: node name {name!r} (--cluster-node-name, else --node-name, else the "
+                         "hostname) must be a lowercase DNS subdomain: it names this node's LannerNode object")
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        raise ValueError(f"--k8s-kubeconfig-path {kubeconfig}: no such file (needed by --kvstore crd)")
 
 
 def status_line(st: dict) -> str:
@@ -173,7 +195,10 @@ def add_cni_parser(sub) -> None:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                       description="The agent's networking half without the security sensors: serves "
                                   "lanner-cni on --cni-socket in the current network namespace. Needs root.")
-    add_netdp_flags(s.add_argument_group("networking"), with_enable=False)
+    net = s.add_argument_group("networking")
+    add_netdp_flags(net, with_enable=False)
+    net.add_argument("--k8s-kubeconfig-path", type=Path, default=None, metavar="FILE",
+                     help="kubeconfig for --kvstore crd (default: in-cluster config, the pod's service account)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

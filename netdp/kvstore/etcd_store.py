@@ -20,11 +20,11 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 from lanner.netdp.endpoint import FIRST_CLUSTER_IDENTITY
 from lanner.netdp.kvstore.etcd import EtcdClient, EtcdError, Watch, WatchEvent
+from lanner.netdp.kvstore.store import IpcacheEntry, IpcacheListener, NodeInfo, NodeListener
 
 log = logging.getLogger("lanner.netdp.etcd_store")
 
@@ -38,26 +38,6 @@ def canonical_labels(labels: Mapping[str, str]) -> str:
 
 def labels_digest(labels: Mapping[str, str]) -> str:
     return hashlib.sha256(canonical_labels(labels).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    ip: str
-    pod_cidr: str
-    extra: Mapping[str, str] = field(default_factory=dict)  # e.g. {"vxlan_mac": ...}
-
-
-@dataclass(frozen=True)
-class IpcacheEntry:
-    cidr: str
-    identity: int
-    node: str
-    pod: Mapping[str, object] | None = None  # {namespace, name, labels} for a pod IP
-
-
-IpcacheListener = Callable[[str, "IpcacheEntry | None"], None]
-NodeListener = Callable[[str, "NodeInfo | None"], None]
 
 
 class EtcdStore:
@@ -167,6 +147,9 @@ class EtcdStore:
     def nodes(self) -> dict[str, NodeInfo]:
         with self._lock:
             return dict(self._nodes)
+
+    def describe(self) -> str:
+        return f"etcd {self.client.endpoint}"
 
     # -- change notification ----------------------------------------------------------------------
     def subscribe(self, on_ipcache: IpcacheListener | None = None, on_node: NodeListener | None = None) -> None:
