@@ -10,10 +10,12 @@ Configurations, in the same run and the same agent build:
   * file   -- the JSON export file only (the baseline);
   * grpc1  -- the file plus one GetEvents client;
   * grpc4  -- the file plus four GetEvents clients.
-Each client is a separate process reading the stream as raw messages (counting, not decoding), so its
-CPU is not the agent's; on this 2-core machine they still compete with the agent for CPU.
+Each client is a separate process, so its CPU is not the agent's; on this 2-core machine they still
+compete with the agent for CPU. ``--client go`` (the default when built) is tools/tetragon's client on
+Tetragon's own generated Go stubs (``make tetragon-client``), decoding every event and counting it;
+``--client python`` reads the stream with grpcio as raw messages (counting, not decoding).
 
-Usage: .venv/bin/python bench/grpc_rate.py [--steps 10,20,30,40,60,80] [--step-s 3]
+Usage: .venv/bin/python bench/grpc_rate.py [--steps 10,20,30,40,60,80] [--step-s 3] [--client go|python]
 """
 
 from __future__ import annotations
@@ -57,7 +59,17 @@ def read_count(path: Path) -> int:
         return 0
 
 
-def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: list[float], step_s: float) -> list[dict]:
+GO_CLIENT = C.ROOT / "build" / "tetragon" / "bin" / "tetragon-client"
+
+
+def reader_cmd(kind: str, address: str, out: Path) -> list[str]:
+    if kind == "go":
+        return [str(GO_CLIENT), "--server-address", address, "--timeout", "1h", "getevents", "--count-file", str(out)]
+    return [C.PY, "-c", READER, address, str(out)]
+
+
+def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: list[float], step_s: float,
+               client: str) -> list[dict]:
     pin = stack.pin_dir(f"grpc-{name}")
     agent = C.start_agent(stack, work, "--tracing-policy-dir", "", "--skip-probe", pin_dir=pin, name=name)
     agent.wait_ready()
@@ -66,7 +78,7 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
     readers = []
     for i in range(clients):
         out = work / f"{name}-reader{i}.count"
-        p = subprocess.Popen([C.PY, "-c", READER, agent.address, str(out)], stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(C.guarded(reader_cmd(client, agent.address, out)), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         stack.callback(lambda p=p: (p.poll() is None and p.send_signal(signal.SIGTERM), p.wait(10)))
         readers.append((p, out))
@@ -83,6 +95,7 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
         got0 = [read_count(o) for _, o in readers]
         lines0 = lines.poll()
         sub0 = flood.submitted()
+        cpu0 = agent.cpu_s()
         r = C.pace(rate * 1000, step_s, flood.per_call)
         submitted = flood.submitted() - sub0
         deadline = time.monotonic() + 15
@@ -93,16 +106,19 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
             if done_file and all(g >= submitted for g in got) or time.monotonic() > deadline:
                 break
         st1 = agent.status()
+        cpu1 = agent.cpu_s()
         lost = st1["ringbuf"]["lost_total"] - st0["ringbuf"]["lost_total"]
         dropped = st1["api"].get("dropped", 0) - st0["api"].get("dropped", 0)
         exported = lines.poll() - lines0
         res = {"config": name, "rate_k": rate, "offered_per_s": r["offered"] / r["wall_s"], "submitted": submitted,
-               "lost": lost, "dropped": dropped, "exported": exported, "received": got}
+               "lost": lost, "dropped": dropped, "exported": exported, "received": got,
+               "agent_cpu_us_per_event": (cpu1 - cpu0) / max(submitted, 1) * 1e6}
         res["ok"] = lost == 0 and dropped == 0 and exported >= submitted and all(g >= submitted for g in got)
         results.append(res)
         print(f"  {name:6} {rate:>5.0f}k/s offered {res['offered_per_s'] / 1000:7.1f}k/s  lost {lost:>7}  "
               f"client drops {dropped:>7}  exported {exported:>8}/{submitted}  "
-              f"received {','.join(str(g) for g in got) or '-':>20}  {'zero-loss' if res['ok'] else 'LOSS'}",
+              f"received {','.join(str(g) for g in got) or '-':>20}  agent {res['agent_cpu_us_per_event']:5.1f} us/event  "
+              f"{'zero-loss' if res['ok'] else 'LOSS'}",
               flush=True)
         if not res["ok"]:
             break
@@ -112,24 +128,31 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default="10,20,30,40,60,80,100", help="offered rates, thousands of events/s")
+    ap.add_argument("--steps", default="5,10,15,20,25,30,40,50,60,75,90,100,120",
+                    help="offered rates, thousands of events/s")
+    ap.add_argument("--client", choices=("go", "python"), default="go" if GO_CLIENT.exists() else "python")
+    ap.add_argument("--configs", default="file,grpc1,grpc4", help="which configurations to run")
     ap.add_argument("--step-s", type=float, default=3.0)
     args = ap.parse_args()
     C.require_root()
     steps = [float(x) for x in args.steps.split(",")]
-    print("grpc_rate:", C.machine())
+    print("grpc_rate:", C.machine(), "client:", args.client)
     best = {}
-    with C.Cleanup(budget_s=170) as stack:
+    load = C.LoadMonitor()
+    with C.Cleanup(budget_s=400) as stack:
         work = stack.tempdir("lanner-grpc-bench-")
         for name, clients in (("file", 0), ("grpc1", 1), ("grpc4", 4)):
+            if name not in args.configs.split(","):
+                continue
             print(f"\n{name}: {clients} gRPC client(s)")
-            res = run_config(stack, work, name, clients, steps, args.step_s)
+            res = run_config(stack, work, name, clients, steps, args.step_s, args.client)
             ok = [r["offered_per_s"] for r in res if r["ok"]]
             best[name] = max(ok) if ok else 0.0
     print("\nhighest zero-loss rate (events/s; the ladder's last passing step):")
-    base = best["file"] or float("nan")
+    base = best.get("file") or float("nan")
     for name, v in best.items():
         print(f"  {name:6} {v / 1000:7.1f}k/s  ({v / base:.2f}x of the file sink alone)")
+    print(load.report())
     return 0
 
 
