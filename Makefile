@@ -24,18 +24,19 @@ BPF_CFLAGS := -g -O2 -target bpf $(ARCH_DEF) -Wall -Werror -Wno-unused-function 
 
 AGENT_ARGS ?=
 
-.PHONY: help setup deps venv bpf cni run test clean
+.PHONY: help setup deps venv bpf cni fastpath run test clean
 help:
 	@echo "make run    set up (apt, .venv, BPF objects, CNI client) and start the agent"
 	@echo "make test   set up and run the test suite"
 	@echo "make bpf    (re)build the BPF objects only"
 	@echo "make cni    (re)build the compiled lanner-cni client only"
+	@echo "make fastpath  (re)build the process sensor's C fast path (lanner.sensors._fastproc)"
 	@echo "make k8s-bins  build kube-apiserver and kubectl for the Kubernetes tests (build/k8s/bin)"
 	@echo "make crds   regenerate install/kubernetes/crds.yaml from the policy schema"
 	@echo "make tetragon-client  build the gRPC client on Tetragon's Go stubs (build/tetragon/bin)"
 	@echo "make clean  remove build outputs and the virtualenv"
 
-setup: deps venv bpf proto cni
+setup: deps venv bpf proto cni fastpath
 
 # apt packages: installed only when one is missing, so a second run does nothing.
 deps:
@@ -89,6 +90,21 @@ $(CNI_BIN): $(CNI_DIR)/lanner-cni.c $(CNI_HDR)
 	@$(CNI_CC) $(CNI_CFLAGS) -I$(dir $(CNI_HDR)) $< -o $@.tmp && mv $@.tmp $@
 
 cni: $(CNI_BIN)
+
+# The process sensor's ring -> JSON loop in C (sensors/fastproc.c), a Python extension built against the
+# venv's interpreter (headers: python3-dev). Built here, never at run time; without it the agent runs the
+# Python path and `lanner status` says so.
+FAST_SRC    := sensors/fastproc.c
+FAST_CC     ?= $(CLANG)
+FAST_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -fPIC -shared
+
+fastpath: $(VENV)/.installed
+	@so=sensors/_fastproc$$($(VPY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+	inc=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	if [ ! -e $$so ] || [ $(FAST_SRC) -nt $$so ]; then \
+	  echo "==> $(FAST_CC) $(FAST_SRC)"; \
+	  $(FAST_CC) $(FAST_CFLAGS) -I$$inc $(FAST_SRC) -o $$so.tmp && mv $$so.tmp $$so; \
+	fi
 
 # gRPC API: Tetragon-compatible .proto files (exporter/api/v1) compiled into the
 # lanner.exporter.api.gen.tetragon package; regenerated only when a .proto changes.
@@ -209,4 +225,4 @@ vmtest: setup
 	  $(if $(VMTEST_ARGS),-- $(VMTEST_ARGS))
 
 clean:
-	rm -rf $(BUILD) $(VENV) $(BPF_OBJS) $(CNI_DIR)/bin *.egg-info
+	rm -rf $(BUILD) $(VENV) $(BPF_OBJS) $(CNI_DIR)/bin *.egg-info sensors/_fastproc*.so

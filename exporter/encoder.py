@@ -159,6 +159,12 @@ class ProcessEventEncoder:
         """The attached resolver (policy events also name the pods behind socket addresses with it)."""
         return self._pods
 
+    @property
+    def renders_plain(self) -> bool:
+        """A process's JSON has no optional part (credentials, namespaces, pods, redactions): what the C fast
+        path (sensors/fastproc.c) renders itself."""
+        return not (self._pods is not None or self.redactor or self.opts.process_cred or self.opts.process_ns)
+
     def _pod(self, p: Process) -> dict | None:
         ns = p.ns
         m = self._pods.match(ns.net if ns is not None else 0, p.cgroup_id)  # type: ignore[union-attr]

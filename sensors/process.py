@@ -184,6 +184,7 @@ class ProcessDecoder:
         ex = RecordLayout.from_btf(obj.btf, "exec_event")
         cl = RecordLayout.from_btf(obj.btf, "clone_event")
         xt = RecordLayout.from_btf(obj.btf, "exit_event")
+        self.exec_layout, self.exit_layout = ex, xt  # the C fast path takes its offsets from these
         self._exec = ex.struct
         self._exec_tail = ex.tail_offset
         self._clone = cl.struct
@@ -248,6 +249,14 @@ class ProcessDecoder:
         )
 
 
+    def creds_ns(self, raw: bytes) -> tuple[Creds, Namespaces]:
+        """An exec record's shared credentials and namespaces (the C fast path's memo misses come here)."""
+        t = self._exec.unpack_from(raw)
+        ck, nk = t[self._cred_slice], t[self._ns_slice]
+        return (self._creds.get(ck) or _interned(self._creds, ck, _make_creds),
+                self._nss.get(nk) or _interned(self._nss, nk, _make_ns))
+
+
 def _argv(args_raw: bytes) -> tuple[str, ...]:
     """argv from its NUL-separated bytes (a last NUL ends the last argument)."""
     if args_raw.endswith(b"\0"):
@@ -300,6 +309,8 @@ class ProcessSensor:
             self.execve_map: Map = self.obj.map("execve_map", key=_KEY, value=_ENTRY)
             self.lost_map: Map = self.obj.map("lanner_lost", key=_KEY, value=Codec.struct("<Q"))
             self.events: Any = None  # sensors.process_events.ProcessEvents, bound by the agent
+            self.fast: Any = None  # sensors.fastproc.FastPath: the C loop, when built
+            self.fastpath = "python"  # which path handles the records, for status
         except BaseException:
             self.obj.close()
             raise
@@ -357,10 +368,18 @@ class ProcessSensor:
 
     # ---- the Sensor unit
     def bind(self, events: Any) -> None:
-        """What turns this sensor's records into events (sensors.process_events.ProcessEvents)."""
+        """What turns this sensor's records into events (sensors.process_events.ProcessEvents); the C fast path
+        (sensors/fastproc.py) works on the same cache and counters when it is built."""
+        from .fastproc import FastPath, load_module
+
         self.events = events
+        module, self.fastpath = load_module()
+        self.fast = FastPath(module, self.decoder, events) if module is not None else None
 
     def handle(self, raws: list, want_pb: bool) -> list:
+        fast = self.fast
+        if fast is not None and fast.usable(want_pb):
+            return fast.handle(raws)
         return self.events.handle(self.decoder.decode(raws), want_pb)
 
     def poll(self) -> list[bytes]:

@@ -47,9 +47,12 @@ class ProcessEvents:
         self.counters = ctx.counters
 
     def handle(self, records: list, want_pb: bool) -> list[OutEvent]:
-        out: list[OutEvent] = []
-        now = time.monotonic_ns()
         self.counters.records += len(records)
+        return self.handle_records(records, want_pb, time.monotonic_ns())
+
+    def handle_records(self, records: list, want_pb: bool, now: int) -> list[OutEvent]:
+        """``handle`` without counting the records (the C fast path counts its batch and sends some here)."""
+        out: list[OutEvent] = []
         for r in records:
             t = type(r)
             if t is ExecRecord:

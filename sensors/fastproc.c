@@ -1,0 +1,617 @@
+/* lanner.sensors._fastproc: the process sensor's ring -> JSON loop in C (the fast path).
+ *
+ * One call (FastProc.handle) takes a batch of raw exec/exit records as the ring gave them and does, per
+ * record, what sensors/process_events.py does in Python: decode, resolve the parent in the process cache,
+ * build the cached Process, render its Tetragon JSON once (kept on Process.encoded) and assemble the event
+ * line. The process cache stays the Python one (lanner/process_cache.py): its dicts are read here, and its
+ * insert()/exit() are called, so its rules exist once. Every record this file does not handle exactly as
+ * the Python code would (clones, scripts, relative or unnormalised paths, truncated filenames, duplicates,
+ * unknown parents, exits of unknown processes, short records) goes to the Python path (`slow`), in order.
+ *
+ * Record layouts are not defined here: the Python glue (sensors/fastproc.py) reads them from the object's
+ * BTF (lanner/bpf/records.py) and passes each field's offset and size at init.
+ * No compile at run time: `make fastpath` builds this file; without it the agent uses the Python path.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define F_TRUNC_ARGS (1u << 0)
+#define F_TRUNC_FILENAME (1u << 1)
+#define F_ERROR_CWD (1u << 3)
+#define F_SCRIPT (1u << 5)
+#define OP_EXEC 1
+#define OP_EXIT 5
+#define MEMO_MAX 1024     /* INTERN_MAX in sensors/process.py */
+#define MEMO_KEY_MAX 256  /* INTERN_KEY_MAX */
+
+typedef struct { Py_ssize_t off, size; } Field;
+
+/* exec_event fields, in the order the glue passes them */
+enum { X_KTIME, X_PID, X_TID, X_PPID, X_NSPID, X_PKTIME, X_FLAGS, X_CGROUP, X_INO, X_UID, X_AUID,
+       X_FN_LEN, X_EXE_LEN, X_CWD_LEN, X_ARGS_LEN, X_NFIELDS };
+/* exit_event fields */
+enum { T_KTIME, T_PID, T_EKTIME, T_CODE, T_NFIELDS };
+
+typedef struct { char *p; Py_ssize_t n, cap; } Buf;
+
+typedef struct {
+    PyObject_HEAD
+    Field x[X_NFIELDS], t[T_NFIELDS];
+    Py_ssize_t x_tail, x_min, t_min, creds_off, creds_len, ns_off, ns_len;
+    char node[256]; Py_ssize_t node_n;   /* the node name, UTF-8, for exec_ids */
+    PyObject *node_json;                 /* bytes: the node name as a JSON string */
+    PyObject *process_type, *event_type, *cache, *entries, *by_pid, *events, *by_binary, *encoder;
+    PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (Creds, Namespaces) */
+    PyObject *memo_cred, *memo_ns, *memo_text, *memo_args;
+    PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
+    PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
+    PyObject *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
+    long long last_sec; char sec_text[32];
+    Buf buf, obj;
+} FastProc;
+
+/* ------------------------------------------------------------------ small helpers */
+static int buf_grow(Buf *b, Py_ssize_t more) {
+    if (b->n + more <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->n + more) cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (!p) { PyErr_NoMemory(); return -1; }
+    b->p = p; b->cap = cap;
+    return 0;
+}
+static int put(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_grow(b, n)) return -1;
+    memcpy(b->p + b->n, s, n); b->n += n;
+    return 0;
+}
+#define PUTS(b, lit) put((b), (lit), (Py_ssize_t)sizeof(lit) - 1)
+static int put_u64(Buf *b, unsigned long long v) {
+    char tmp[24]; int n = 0;
+    do { tmp[23 - n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    return put(b, tmp + 24 - n, n);
+}
+/* a JSON string as orjson writes it: ", \ and control characters escaped, everything else as UTF-8 */
+static int put_json_utf8(Buf *b, const char *s, Py_ssize_t n) {
+    static const char hex[] = "0123456789abcdef";
+    if (buf_grow(b, n * 6 + 2)) return -1;
+    char *o = b->p + b->n;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') { *o++ = (char)c; continue; }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\t': *o++ = 't'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\r': *o++ = 'r'; break;
+        default: *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = hex[c >> 4]; *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->n = o - b->p;
+    return 0;
+}
+static int put_json_str(Buf *b, PyObject *u) {
+    Py_ssize_t n; const char *s = PyUnicode_AsUTF8AndSize(u, &n);
+    return s ? put_json_utf8(b, s, n) : -1;
+}
+static unsigned long long rd(const unsigned char *p, Field f) {
+    switch (f.size) {
+    case 1: return p[f.off];
+    case 2: { uint16_t v; memcpy(&v, p + f.off, 2); return v; }
+    case 4: { uint32_t v; memcpy(&v, p + f.off, 4); return v; }
+    default: { uint64_t v; memcpy(&v, p + f.off, 8); return v; }
+    }
+}
+/* KtimeClock.rfc3339: "%Y-%m-%dT%H:%M:%S" of the UTC second, then ".%09dZ" */
+static int put_time(FastProc *s, Buf *b, long long wall) {
+    long long sec = wall / 1000000000LL, ns = wall % 1000000000LL;
+    if (ns < 0) { ns += 1000000000LL; sec -= 1; }
+    if (sec != s->last_sec) {
+        time_t t = (time_t)sec; struct tm tm;
+        if (!gmtime_r(&t, &tm) || !strftime(s->sec_text, sizeof s->sec_text, "%Y-%m-%dT%H:%M:%S", &tm)) {
+            PyErr_SetString(PyExc_ValueError, "time out of range"); return -1;
+        }
+        s->last_sec = sec;
+    }
+    char tail[16];
+    snprintf(tail, sizeof tail, ".%09lldZ", ns);
+    return put(b, s->sec_text, (Py_ssize_t)strlen(s->sec_text)) || put(b, tail, 11);
+}
+/* make_exec_id: base64("node:ktime:pid") */
+static PyObject *exec_id(FastProc *s, unsigned long long ktime, unsigned long long pid) {
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    unsigned char in[320]; char out[432];
+    int n = snprintf((char *)in, sizeof in, "%.*s:%llu:%llu", (int)s->node_n, s->node, ktime, pid);
+    int o = 0;
+    for (int i = 0; i < n; i += 3) {
+        unsigned v = in[i] << 16 | (i + 1 < n ? in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+        out[o++] = b64[v >> 18 & 63]; out[o++] = b64[v >> 12 & 63];
+        out[o++] = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? b64[v & 63] : '=';
+    }
+    return PyUnicode_DecodeASCII(out, o, NULL);
+}
+/* memo[key] (new reference) or NULL without an error when absent */
+static PyObject *memo_get(PyObject *memo, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(memo, key);
+    Py_XINCREF(v);
+    return v;
+}
+static int memo_put(PyObject *memo, PyObject *key, PyObject *v) {
+    if (PyDict_GET_SIZE(memo) >= MEMO_MAX) PyDict_Clear(memo);
+    return PyDict_SetItem(memo, key, v);
+}
+/* a path or cwd as the decoder gives it (UTF-8, backslashreplace), one object per distinct short value */
+static PyObject *text(FastProc *s, const char *p, Py_ssize_t n) {
+    PyObject *u = PyUnicode_DecodeUTF8(p, n, "backslashreplace");
+    if (!u || n > MEMO_KEY_MAX) return u;
+    PyObject *have = memo_get(s->memo_text, u);
+    if (have) { Py_DECREF(u); return have; }
+    if (PyErr_Occurred() || memo_put(s->memo_text, u, u)) { Py_DECREF(u); return NULL; }
+    return u;
+}
+/* key -> value of a cache dict, borrowed, NULL if absent (or on error, with the error set) */
+static PyObject *cache_current(FastProc *s, PyObject *pid) {
+    PyObject *key = PyDict_GetItemWithError(s->by_pid, pid);
+    return key ? PyDict_GetItemWithError(s->entries, key) : NULL;
+}
+/* d[key] += 1 (from 0) */
+static int incr(PyObject *d, PyObject *key) {
+    PyObject *old = PyDict_GetItemWithError(d, key);
+    if (!old && PyErr_Occurred()) return -1;
+    long long n = old ? PyLong_AsLongLong(old) : 0;
+    if (n == -1 && PyErr_Occurred()) return -1;
+    PyObject *v = PyLong_FromLongLong(n + 1);
+    int rc = v ? PyDict_SetItem(d, key, v) : -1;
+    Py_XDECREF(v);
+    return rc;
+}
+/* ProcessEvents._count: events by kind, and by (kind, binary) */
+static int count(FastProc *s, PyObject *kind, PyObject *binary) {
+    PyObject *k = PyTuple_Pack(2, kind, binary);
+    int rc = k ? incr(s->by_binary, k) : -1;
+    Py_XDECREF(k);
+    return rc ? rc : incr(s->events, kind);
+}
+/* a process's memoised JSON (new reference): Process.encoded, else the Python encoder renders it */
+static PyObject *process_json(FastProc *s, PyObject *proc) {
+    PyObject *j = PyObject_GetAttr(proc, s->a_encoded);
+    if (j && j != Py_None && PyBytes_Check(j)) return j;
+    Py_XDECREF(j);
+    return j ? PyObject_CallMethodOneArg(s->encoder, s->a_pjson, proc) : NULL;
+}
+static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *parent, Buf *b) {
+    PyObject *line = PyBytes_FromStringAndSize(b->p, b->n);
+    if (!line) return NULL;
+    PyObject *args[4] = {kind, proc, parent, line};
+    PyObject *ev = PyObject_Vectorcall(s->event_type, args, 4, NULL);
+    Py_DECREF(line);
+    return ev;
+}
+
+/* ------------------------------------------------------------------ exec */
+/* (arguments tuple, JSON string of join_arguments or b"") for an argv's raw NUL-separated bytes */
+static PyObject *make_args(const char *p, Py_ssize_t n) {
+    if (n && p[n - 1] == '\0') n--;
+    const char *end = p + n, *a = n ? memchr(p, '\0', n) : NULL;
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    Buf joined = {0};
+    int fail = 0;
+    for (const char *q = a ? a + 1 : end; a && !fail; q = a + 1) {  /* argv[1:] */
+        a = memchr(q, '\0', end - q);
+        const char *e = a ? a : end;
+        PyObject *u = PyUnicode_DecodeUTF8(q, e - q, "backslashreplace");
+        Py_ssize_t un; const char *us = u ? PyUnicode_AsUTF8AndSize(u, &un) : NULL;
+        fail = !us || (PyList_GET_SIZE(list) && PUTS(&joined, " ")) || PyList_Append(list, u);
+        if (!fail) {
+            int quote = memchr(us, ' ', un) != NULL;  /* Tetragon quotes an argument that holds a space */
+            fail = (quote && PUTS(&joined, "\"")) || put(&joined, us, un) || (quote && PUTS(&joined, "\""));
+        }
+        Py_XDECREF(u);
+        if (!a) break;
+    }
+    PyObject *res = NULL;
+    if (!fail) {
+        Buf js = {0};
+        if (joined.n == 0 || !put_json_utf8(&js, joined.p, joined.n)) {
+            PyObject *t = PyList_AsTuple(list), *j = PyBytes_FromStringAndSize(js.p ? js.p : "", js.n);
+            if (t && j) res = PyTuple_Pack(2, t, j);
+            Py_XDECREF(t); Py_XDECREF(j);
+        }
+        PyMem_Free(js.p);
+    }
+    PyMem_Free(joined.p);
+    Py_DECREF(list);
+    return res;
+}
+static PyObject *args_entry(FastProc *s, const char *p, Py_ssize_t n) {
+    if (n > MEMO_KEY_MAX) return make_args(p, n);
+    PyObject *key = PyBytes_FromStringAndSize(p, n);
+    if (!key) return NULL;
+    PyObject *v = memo_get(s->memo_args, key);
+    if (!v && !PyErr_Occurred() && (v = make_args(p, n)) && memo_put(s->memo_args, key, v)) Py_CLEAR(v);
+    Py_DECREF(key);
+    return v;
+}
+/* the exec's shared Creds and Namespaces (new references in *c, *ns) */
+static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
+    const char *p = PyBytes_AS_STRING(raw);
+    PyObject *ck = PyBytes_FromStringAndSize(p + s->creds_off, s->creds_len);
+    PyObject *nk = PyBytes_FromStringAndSize(p + s->ns_off, s->ns_len);
+    int rc = -1;
+    if (ck && nk) {
+        *c = memo_get(s->memo_cred, ck);
+        *ns = *c ? memo_get(s->memo_ns, nk) : NULL;
+        if (*c && *ns) rc = 0;
+        else if (!PyErr_Occurred()) {
+            Py_CLEAR(*c); Py_CLEAR(*ns);
+            PyObject *pair = PyObject_CallOneArg(s->creds_ns, raw);  /* the decoder's own classes */
+            if (pair && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+                *c = Py_NewRef(PyTuple_GET_ITEM(pair, 0)); *ns = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+                rc = (memo_put(s->memo_cred, ck, *c) || memo_put(s->memo_ns, nk, *ns)) ? -1 : 0;
+            } else if (pair) PyErr_SetString(PyExc_TypeError, "creds_ns must return (creds, ns)");
+            Py_XDECREF(pair);
+        }
+    }
+    Py_XDECREF(ck); Py_XDECREF(nk);
+    if (rc) { Py_CLEAR(*c); Py_CLEAR(*ns); }
+    return rc;
+}
+/* the process object's JSON (Tetragon field order, as ProcessEventEncoder.process_dict) into s->obj */
+static int render_process(FastProc *s, PyObject *eid, unsigned long long pid, unsigned long long uid,
+                          PyObject *cwd, PyObject *binary, PyObject *args_json, unsigned bits, long long wall,
+                          unsigned long long auid, PyObject *parent_eid, unsigned long long tid, PyObject *exe,
+                          unsigned long long ino) {
+    static const char *const flag_json[16] = {
+        "execve", "execve clone", "execve truncArgs", "execve truncArgs clone", "execve rootcwd",
+        "execve rootcwd clone", "execve truncArgs rootcwd", "execve truncArgs rootcwd clone", "execve errorCWD",
+        "execve errorCWD clone", "execve truncArgs errorCWD", "execve truncArgs errorCWD clone", "", "", "", ""};
+    Buf *b = &s->obj;
+    b->n = 0;
+    if (PUTS(b, "{\"exec_id\":") || put_json_str(b, eid) || PUTS(b, ",\"pid\":") || put_u64(b, pid) ||
+        PUTS(b, ",\"uid\":") || put_u64(b, uid) || PUTS(b, ",\"cwd\":") || put_json_str(b, cwd) ||
+        PUTS(b, ",\"binary\":") || put_json_str(b, binary))
+        return -1;
+    if (PyBytes_GET_SIZE(args_json) &&
+        (PUTS(b, ",\"arguments\":") || put(b, PyBytes_AS_STRING(args_json), PyBytes_GET_SIZE(args_json))))
+        return -1;
+    if (PUTS(b, ",\"flags\":\"") || put(b, flag_json[bits], (Py_ssize_t)strlen(flag_json[bits])) ||
+        PUTS(b, "\",\"start_time\":\"") || put_time(s, b, wall) || PUTS(b, "\",\"auid\":") || put_u64(b, auid))
+        return -1;
+    if (PyUnicode_GET_LENGTH(parent_eid) && (PUTS(b, ",\"parent_exec_id\":") || put_json_str(b, parent_eid)))
+        return -1;
+    if (PUTS(b, ",\"tid\":") || put_u64(b, tid))
+        return -1;
+    if (PyUnicode_GET_LENGTH(exe)) {
+        if (PUTS(b, ",\"binary_properties\":{\"file\":{\"path\":") || put_json_str(b, exe))
+            return -1;
+        if (ino && (PUTS(b, ",\"inode\":{\"number\":\"") || put_u64(b, ino) || PUTS(b, "\"}")))
+            return -1;
+        if (PUTS(b, "}}"))
+            return -1;
+    }
+    return PUTS(b, "}");
+}
+/* binary: a complete absolute filename with no "/." or "//" is what the Python path keeps as is */
+static int plain_abs(const unsigned char *fn, Py_ssize_t n) {
+    if (n == 0 || fn[0] != '/') return 0;
+    for (Py_ssize_t i = 0; i + 1 < n; i++)
+        if (fn[i] == '/' && (fn[i + 1] == '.' || fn[i + 1] == '/')) return 0;
+    return 1;
+}
+/* 1: handled, 0: for the Python path (nothing changed), -1: error */
+static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, PyObject *out) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (n < s->x_min) return 0;
+    unsigned fl = (unsigned)rd(p, s->x[X_FLAGS]);
+    Py_ssize_t fn_n = rd(p, s->x[X_FN_LEN]), exe_n = rd(p, s->x[X_EXE_LEN]), cwd_n = rd(p, s->x[X_CWD_LEN]);
+    Py_ssize_t args_n = rd(p, s->x[X_ARGS_LEN]);
+    const unsigned char *fn = p + s->x_tail, *exe = fn + fn_n, *cwd = exe + exe_n, *argv = cwd + cwd_n;
+    if (fl & (F_SCRIPT | F_TRUNC_FILENAME) || s->x_tail + fn_n + exe_n + cwd_n + args_n > n || !plain_abs(fn, fn_n))
+        return 0;
+    unsigned long long ktime_v = rd(p, s->x[X_KTIME]), pkt = rd(p, s->x[X_PKTIME]);
+    PyObject *o[16] = {0};  /* owned: freed at the end */
+    enum { PID, KTIME, KEY, PPID, PKEY, EID, TID, NSPID, BIN, ARGS, CWD, CRED, NS, CG, EXE, INO };
+    PyObject *proc = NULL, *parent = NULL, *pj = NULL, *line_ev = NULL;
+    int rc = -1;
+    if (!(o[PID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_PID]))) ||
+        !(o[KTIME] = PyLong_FromUnsignedLongLong(ktime_v)) || !(o[KEY] = PyTuple_Pack(2, o[PID], o[KTIME])) ||
+        !(o[PPID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_PPID]))))
+        goto done;
+    if (PyDict_GetItemWithError(s->entries, o[KEY])) { rc = 0; goto done; }  /* seen: duplicate or re-seeded */
+    PyObject *prev = PyErr_Occurred() ? NULL : cache_current(s, o[PID]);
+    if (PyErr_Occurred()) goto done;
+    if (pkt) {
+        PyObject *pk = PyLong_FromUnsignedLongLong(pkt);
+        o[PKEY] = pk ? PyTuple_Pack(2, o[PPID], pk) : NULL;
+        Py_XDECREF(pk);
+        if (!o[PKEY]) goto done;
+        parent = PyDict_GetItemWithError(s->entries, o[PKEY]);
+    }
+    if (!parent && !PyErr_Occurred()) parent = cache_current(s, o[PPID]);
+    if (!parent) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* unknown parent: "miss", counted there */
+    Py_INCREF(parent);
+    unsigned bits = 0;
+    if (prev) {
+        PyObject *pf = PyObject_GetAttr(prev, s->a_flags);
+        int has = pf ? PySequence_Contains(pf, s->s_clone) : -1;
+        Py_XDECREF(pf);
+        if (has < 0) goto done;
+        bits |= has ? 1 : 0;
+    }
+    if (fl & F_TRUNC_ARGS) bits |= 2;
+    if (fl & F_ERROR_CWD) bits |= 8;
+    else if (cwd_n == 1 && cwd[0] == '/') bits |= 4;
+    PyObject *pkey = PyObject_GetAttr(parent, s->a_exec_id);  /* parent.exec_id */
+    PyObject *pkey2 = pkey ? PyObject_GetAttr(parent, s->a_key) : NULL;  /* parent.key */
+    if (!pkey2) { Py_XDECREF(pkey); goto done; }
+    PyObject *args_e = NULL;
+    int same_exe = exe_n == fn_n && !memcmp(exe, fn, fn_n);
+    if (!(o[EID] = exec_id(s, ktime_v, rd(p, s->x[X_PID]))) ||
+        !(o[TID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_TID]))) ||
+        !(o[NSPID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_NSPID]))) ||
+        !(o[BIN] = text(s, (const char *)fn, fn_n)) || !(args_e = args_entry(s, (const char *)argv, args_n)) ||
+        !(o[CWD] = text(s, (const char *)cwd, cwd_n)) || creds_ns(s, raw, &o[CRED], &o[NS]) ||
+        !(o[CG] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_CGROUP]))) ||
+        !(o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, (const char *)exe, exe_n)) ||
+        !(o[INO] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_INO])))) {
+        Py_XDECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
+        goto done;
+    }
+    o[ARGS] = Py_NewRef(PyTuple_GET_ITEM(args_e, 0));
+    PyObject *cargs[17] = {o[KEY], o[EID], pkey2, pkey, o[PID], o[TID], o[NSPID], o[BIN], o[ARGS], o[CWD],
+                           s->flag_tuples[bits], o[KTIME], o[CRED], o[NS], o[CG], o[EXE], o[INO]};
+    proc = PyObject_Vectorcall(s->process_type, cargs, 17, NULL);
+    PyObject *ins = proc ? PyObject_CallMethodObjArgs(s->cache, s->a_insert, proc, now, NULL) : NULL;
+    Py_XDECREF(ins);
+    int bad = !ins || render_process(s, o[EID], rd(p, s->x[X_PID]), rd(p, s->x[X_UID]), o[CWD], o[BIN],
+                                     PyTuple_GET_ITEM(args_e, 1), bits, (long long)ktime_v + offset,
+                                     rd(p, s->x[X_AUID]), pkey, rd(p, s->x[X_TID]), o[EXE], rd(p, s->x[X_INO]));
+    Py_DECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
+    if (bad) goto done;
+    PyObject *enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n);
+    if (!enc || PyObject_SetAttr(proc, s->a_encoded, enc)) { Py_XDECREF(enc); goto done; }
+    Buf *b = &s->buf;
+    b->n = 0;
+    bad = PUTS(b, "{\"process_exec\":{\"process\":") || put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
+    Py_DECREF(enc);
+    if (bad || !(pj = process_json(s, parent)) || PUTS(b, ",\"parent\":") ||
+        put(b, PyBytes_AS_STRING(pj), PyBytes_GET_SIZE(pj)) || PUTS(b, "},\"node_name\":") ||
+        put(b, PyBytes_AS_STRING(s->node_json), PyBytes_GET_SIZE(s->node_json)) || PUTS(b, ",\"time\":\"") ||
+        put_time(s, b, (long long)ktime_v + offset) || PUTS(b, "\"}"))
+        goto done;
+    if (!(line_ev = emit(s, s->s_exec, proc, parent, b)) || PyList_Append(out, line_ev) || count(s, s->s_exec, o[BIN]))
+        goto done;
+    rc = 1;
+done:
+    for (int i = 0; i < 16; i++) Py_XDECREF(o[i]);
+    Py_XDECREF(proc); Py_XDECREF(parent); Py_XDECREF(pj); Py_XDECREF(line_ev);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ exit */
+static int on_exit_rec(FastProc *s, PyObject *raw, PyObject *now, long long offset, PyObject *out) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    if (PyBytes_GET_SIZE(raw) < s->t_min) return 0;
+    unsigned long long ekt = rd(p, s->t[T_EKTIME]), code = rd(p, s->t[T_CODE]);
+    long long wall = (long long)rd(p, s->t[T_KTIME]) + offset;
+    PyObject *pid = PyLong_FromUnsignedLongLong(rd(p, s->t[T_PID])), *proc = NULL, *parent = NULL;
+    PyObject *alive = NULL, *pkey = NULL, *pj = NULL, *ppj = NULL, *ev = NULL, *bin = NULL, *r = NULL;
+    int rc = -1;
+    if (!pid) return -1;
+    if (ekt) {
+        PyObject *kt = PyLong_FromUnsignedLongLong(ekt), *key = kt ? PyTuple_Pack(2, pid, kt) : NULL;
+        proc = key ? PyDict_GetItemWithError(s->entries, key) : NULL;
+        Py_XDECREF(kt); Py_XDECREF(key);
+        if (!key) goto done;
+    }
+    if (!proc && !PyErr_Occurred()) proc = cache_current(s, pid);
+    if (!proc) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* unknown: a stub, made there */
+    Py_INCREF(proc);
+    if (!(alive = PyObject_GetAttr(proc, s->a_alive))) goto done;
+    if (alive != Py_True) { rc = 0; goto done; }  /* exited already: a duplicate, counted there */
+    if (!(pkey = PyObject_GetAttr(proc, s->a_parent_key))) goto done;
+    parent = pkey != Py_None ? PyDict_GetItemWithError(s->entries, pkey) : NULL;
+    if (!parent && PyErr_Occurred()) goto done;
+    parent = Py_NewRef(parent ? parent : Py_None);
+    Buf *b = &s->buf;
+    b->n = 0;
+    if (!(pj = process_json(s, proc)) || PUTS(b, "{\"process_exit\":{\"process\":") ||
+        put(b, PyBytes_AS_STRING(pj), PyBytes_GET_SIZE(pj)))
+        goto done;
+    if (parent != Py_None && (!(ppj = process_json(s, parent)) || PUTS(b, ",\"parent\":") ||
+                              put(b, PyBytes_AS_STRING(ppj), PyBytes_GET_SIZE(ppj))))
+        goto done;
+    unsigned sig = code & 0x7F, status = (code >> 8) & 0xFF;
+    if (sig) {
+        PyObject *name = PyList_GET_ITEM(s->signals, sig);
+        if (PUTS(b, ",\"signal\":\"") || put(b, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)) || PUTS(b, "\""))
+            goto done;
+    }
+    if (status && (PUTS(b, ",\"status\":") || put_u64(b, status))) goto done;
+    if (PUTS(b, ",\"time\":\"")) goto done;
+    Py_ssize_t t0 = b->n;
+    if (put_time(s, b, wall)) goto done;
+    Py_ssize_t tn = b->n - t0;  /* the event's time, written twice */
+    if (PUTS(b, "\"},\"node_name\":") || put(b, PyBytes_AS_STRING(s->node_json), PyBytes_GET_SIZE(s->node_json)) ||
+        PUTS(b, ",\"time\":\"") || buf_grow(b, tn))
+        goto done;
+    memcpy(b->p + b->n, b->p + t0, tn);
+    b->n += tn;
+    if (PUTS(b, "\"}")) goto done;
+    if (!(ev = emit(s, s->s_exit, proc, parent, b)) || PyList_Append(out, ev)) goto done;
+    if (!(bin = PyObject_GetAttr(proc, s->a_binary)) || count(s, s->s_exit, bin)) goto done;
+    if (!(r = PyObject_CallMethodObjArgs(s->cache, s->a_exit, proc, now, NULL))) goto done;
+    rc = 1;
+done:
+    Py_DECREF(pid); Py_XDECREF(proc); Py_XDECREF(alive); Py_XDECREF(pkey); Py_XDECREF(pj); Py_XDECREF(ppj);
+    Py_XDECREF(ev); Py_XDECREF(bin); Py_XDECREF(r); Py_XDECREF(parent);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the type */
+static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
+    PyObject *raws, *now, *out;
+    long long offset;
+    if (!PyArg_ParseTuple(args, "O!OL:handle", &PyList_Type, &raws, &now, &offset) || !(out = PyList_New(0)))
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        int rc = 0;
+        if (PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) > 0) {
+            unsigned char op = (unsigned char)PyBytes_AS_STRING(raw)[0];
+            Py_INCREF(raw);  /* the list is the caller's: keep the record alive while Python code runs */
+            rc = op == OP_EXEC ? on_exec(s, raw, now, offset, out) : op == OP_EXIT ? on_exit_rec(s, raw, now, offset, out) : 0;
+            Py_DECREF(raw);
+        }
+        if (rc == 0) {  /* the Python path, for this record, in order */
+            PyObject *more = PyObject_CallOneArg(s->slow, raw);
+            PyObject *r = more ? _PyList_Extend((PyListObject *)out, more) : NULL;
+            Py_XDECREF(more);
+            if (!r) rc = -1;
+            Py_XDECREF(r);
+        }
+        if (rc < 0) { Py_DECREF(out); return NULL; }
+    }
+    return out;
+}
+
+static int fields(PyObject *seq, Field *f, Py_ssize_t n, const char *what) {
+    if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd (offset, size) pairs expected", what, n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(seq, i), "nn", &f[i].off, &f[i].size)) return -1;
+        if (f[i].off < 0 || (f[i].size != 1 && f[i].size != 2 && f[i].size != 4 && f[i].size != 8)) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd]: bad field (%zd, %zd)", what, i, f[i].off, f[i].size);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
+
+static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
+    PyObject *xf, *tf, *node, *r[11];
+    if (!PyArg_ParseTuple(args, "OOnnn(nn)(nn)UOOOOOOOOOOO!:FastProc", &xf, &tf, &s->x_tail, &s->x_min, &s->t_min,
+                          &s->creds_off, &s->creds_len, &s->ns_off, &s->ns_len, &node, &r[0], &r[1], &r[2], &r[3],
+                          &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10]))
+        return -1;
+    PyObject **refs[] = {&s->process_type, &s->event_type, &s->cache, &s->entries, &s->by_pid, &s->events,
+                         &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals};
+    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_XSETREF(*refs[i], Py_NewRef(r[i]));
+    if (fields(xf, s->x, X_NFIELDS, "exec fields") || fields(tf, s->t, T_NFIELDS, "exit fields")) return -1;
+    if (!PyDict_Check(s->entries) || !PyDict_Check(s->by_pid) || !PyDict_Check(s->events) || !PyDict_Check(s->by_binary)) {
+        PyErr_SetString(PyExc_TypeError, "the cache's and counters' tables must be dicts");
+        return -1;
+    }
+    if (PyList_GET_SIZE(s->signals) != 128) { PyErr_SetString(PyExc_ValueError, "128 signal names expected"); return -1; }
+    for (Py_ssize_t i = 0; i < 128; i++)
+        if (!PyBytes_Check(PyList_GET_ITEM(s->signals, i))) { PyErr_SetString(PyExc_TypeError, "signal names: bytes"); return -1; }
+    Py_ssize_t nn; const char *ns = PyUnicode_AsUTF8AndSize(node, &nn);
+    if (!ns) return -1;
+    if (nn >= (Py_ssize_t)sizeof s->node) { PyErr_SetString(PyExc_ValueError, "node name too long"); return -1; }
+    memcpy(s->node, ns, nn); s->node_n = nn;
+    Buf nj = {0};
+    if (put_json_utf8(&nj, ns, nn)) return -1;
+    s->node_json = PyBytes_FromStringAndSize(nj.p, nj.n);
+    PyMem_Free(nj.p);
+    s->last_sec = -1;
+    if (!s->node_json || !(s->memo_cred = PyDict_New()) || !(s->memo_ns = PyDict_New()) ||
+        !(s->memo_text = PyDict_New()) || !(s->memo_args = PyDict_New()) || !(s->s_exec = intern("process_exec")) ||
+        !(s->s_exit = intern("process_exit")) || !(s->s_execve = intern("execve")) || !(s->s_clone = intern("clone")) ||
+        !(s->s_empty = intern("")) || !(s->empty_tuple = PyTuple_New(0)) || !(s->a_key = intern("key")) ||
+        !(s->a_encoded = intern("encoded")) || !(s->a_alive = intern("alive")) ||
+        !(s->a_parent_key = intern("parent_key")) || !(s->a_binary = intern("binary")) ||
+        !(s->a_flags = intern("flags")) || !(s->a_exec_id = intern("exec_id")) || !(s->a_insert = intern("insert")) ||
+        !(s->a_exit = intern("exit")) || !(s->a_pjson = intern("process_json")))
+        return -1;
+    /* Process.flags as the Python path builds them: execve, clone, truncArgs, errorCWD | rootcwd */
+    for (unsigned bits = 0; bits < 12; bits++) {
+        PyObject *l = PyList_New(0);
+        int bad = !l || PyList_Append(l, s->s_execve) || ((bits & 1) && PyList_Append(l, s->s_clone));
+        PyObject *w = NULL;
+        if (!bad && (bits & 2)) bad = !(w = intern("truncArgs")) || PyList_Append(l, w);
+        Py_XDECREF(w); w = NULL;
+        if (!bad && (bits & 12)) bad = !(w = intern(bits & 8 ? "errorCWD" : "rootcwd")) || PyList_Append(l, w);
+        Py_XDECREF(w);
+        if (bad || !(s->flag_tuples[bits] = PyList_AsTuple(l))) { Py_XDECREF(l); return -1; }
+        Py_DECREF(l);
+    }
+    return 0;
+}
+
+static int FastProc_traverse(FastProc *s, visitproc visit, void *arg) {
+    Py_VISIT(s->process_type); Py_VISIT(s->event_type); Py_VISIT(s->cache); Py_VISIT(s->entries);
+    Py_VISIT(s->by_pid); Py_VISIT(s->events); Py_VISIT(s->by_binary); Py_VISIT(s->encoder); Py_VISIT(s->slow);
+    Py_VISIT(s->creds_ns); Py_VISIT(s->memo_cred); Py_VISIT(s->memo_ns);
+    return 0;
+}
+
+static int FastProc_clear(FastProc *s) {
+    PyObject **all[] = {&s->node_json, &s->process_type, &s->event_type, &s->cache, &s->entries, &s->by_pid,
+                        &s->events, &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals, &s->memo_cred,
+                        &s->memo_ns, &s->memo_text, &s->memo_args, &s->s_exec, &s->s_exit, &s->s_execve,
+                        &s->s_clone, &s->s_empty, &s->empty_tuple, &s->a_key, &s->a_encoded, &s->a_alive,
+                        &s->a_parent_key, &s->a_binary, &s->a_flags, &s->a_exec_id, &s->a_insert, &s->a_exit,
+                        &s->a_pjson};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) Py_CLEAR(*all[i]);
+    for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);
+    return 0;
+}
+
+static void FastProc_dealloc(FastProc *s) {
+    PyObject_GC_UnTrack(s);
+    FastProc_clear(s);
+    PyMem_Free(s->buf.p);
+    PyMem_Free(s->obj.p);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *FastProc_memo_sizes(FastProc *s, PyObject *unused) {
+    return Py_BuildValue("{snsnsnsn}", "creds", PyDict_GET_SIZE(s->memo_cred), "ns", PyDict_GET_SIZE(s->memo_ns),
+                         "text", PyDict_GET_SIZE(s->memo_text), "args", PyDict_GET_SIZE(s->memo_args));
+}
+
+static PyMethodDef FastProc_methods[] = {
+    {"handle", (PyCFunction)FastProc_handle, METH_VARARGS,
+     "handle(raws, now_ns, clock_offset_ns) -> [OutEvent]: a batch of process records, in ring order"},
+    {"memo_sizes", (PyCFunction)FastProc_memo_sizes, METH_NOARGS, "entries in each of the shared-value memos"},
+    {NULL}};
+
+static PyTypeObject FastProcType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lanner.sensors._fastproc.FastProc",
+    .tp_basicsize = sizeof(FastProc),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The process sensor's records -> Tetragon JSON lines (see sensors/fastproc.py)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastProc_init,
+    .tp_dealloc = (destructor)FastProc_dealloc,
+    .tp_traverse = (traverseproc)FastProc_traverse,
+    .tp_clear = (inquiry)FastProc_clear,
+    .tp_methods = FastProc_methods,
+};
+
+static struct PyModuleDef fastproc_module = {PyModuleDef_HEAD_INIT, "_fastproc",
+                                             "The process sensor's ring -> JSON loop in C", -1, NULL};
+
+PyMODINIT_FUNC PyInit__fastproc(void) {
+    if (PyType_Ready(&FastProcType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&fastproc_module);
+    if (m && PyModule_AddObjectRef(m, "FastProc", (PyObject *)&FastProcType) < 0) Py_CLEAR(m);
+    return m;
+}

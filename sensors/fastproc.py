@@ -1,0 +1,97 @@
+"""The process sensor's C fast path: loads ``lanner.sensors._fastproc`` (sensors/fastproc.c, built by
+``make fastpath``) and hands it what it needs, so the ring -> JSON loop runs in C.
+
+The C code defines no record layout: the offsets and sizes of the exec and exit records' fields come from
+the object's BTF (``lanner.bpf.records.RecordLayout``, the decoder's layouts) and are passed at init. It
+works on the agent's own process cache, counters and classes, and sends every record it does not handle
+exactly as the Python path would (clones, scripts, unknown parents, duplicates, ...) to the Python path, in
+ring order. It renders the process JSON itself only while that JSON holds no optional part (credentials,
+namespaces, pods, redactions) and no gRPC client needs protobuf; otherwise the batch takes the Python path.
+
+Without the built module (or with ``LANNER_FASTPATH=0``) the agent runs the Python path and ``lanner status``
+says so (``fastpath``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import time
+from typing import Any
+
+from lanner.bpf.records import RecordLayout
+from lanner.exporter.encoder import signal_name
+from lanner.exporter.pipeline import OutEvent
+from lanner.process_cache import Process
+
+EXEC_FIELDS = ("hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "flags", "cgroup_id", "exe_ino",
+               "creds.uid", "creds.auid", "filename_len", "exe_len", "cwd_len", "args_len")  # fastproc.c X_*
+EXIT_FIELDS = ("hdr.ktime", "key.pid", "key.ktime", "exit_code")  # fastproc.c T_*
+
+
+def load_module() -> tuple[Any, str]:
+    """(the C module or None, a line for ``lanner status``)."""
+    if os.environ.get("LANNER_FASTPATH", "1") == "0":
+        return None, "python (LANNER_FASTPATH=0)"
+    try:
+        from lanner.sensors import _fastproc  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, f"python (C fast path not built: `make fastpath`; {exc})"
+    return _fastproc, "c"
+
+
+def field_offsets(layout: RecordLayout) -> dict[str, tuple[int, int]]:
+    """name -> (byte offset, size) of every field of a layout, from its struct format."""
+    out: dict[str, tuple[int, int]] = {}
+    names = iter(layout.names)
+    pos = 0
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", layout.fmt):
+        n = int(count) if count else 1
+        if code == "x":
+            pos += n
+            continue
+        size = n if code == "s" else struct.calcsize("<" + code)
+        out[next(names)] = (pos, size)
+        pos += size
+    return out
+
+
+def _span(offsets: dict[str, tuple[int, int]], prefix: str) -> tuple[int, int]:
+    """(offset, length) of the bytes a nested struct's fields cover."""
+    parts = [v for k, v in offsets.items() if k.startswith(prefix)]
+    start = min(o for o, _ in parts)
+    return start, max(o + s for o, s in parts) - start
+
+
+class FastPath:
+    """The C loop bound to one ProcessEvents (its cache, counters, encoder) and one decoder."""
+
+    def __init__(self, module: Any, decoder: Any, events: Any) -> None:
+        ex, xt = field_offsets(decoder.exec_layout), field_offsets(decoder.exit_layout)
+        ctx = events.ctx
+        self.events = events
+        self.encoder = ctx.encoder
+        self.counters = ctx.counters
+
+        def slow(raw: bytes) -> list[OutEvent]:
+            records = decoder.decode((raw,))
+            if not records:  # an op the decoder does not know: not a record, as on the Python path
+                self.counters.records -= 1
+            return events.handle_records(records, False, time.monotonic_ns())
+
+        self._c = module.FastProc(
+            tuple(ex[n] for n in EXEC_FIELDS), tuple(xt[n] for n in EXIT_FIELDS), decoder.exec_layout.tail_offset,
+            struct.calcsize(decoder.exec_layout.fmt), struct.calcsize(decoder.exit_layout.fmt), _span(ex, "creds."),
+            _span(ex, "ns."), ctx.node_name, Process, OutEvent, ctx.cache, ctx.cache._entries, ctx.cache._by_pid,
+            ctx.counters.events, ctx.counters.by_binary, ctx.encoder, slow, decoder.creds_ns,
+            [signal_name(i).encode() for i in range(128)],
+        )
+
+    def usable(self, want_pb: bool) -> bool:
+        """Whether this batch can take the C path (no protobuf wanted, the process JSON has no optional part)."""
+        return not want_pb and self.encoder.renders_plain
+
+    def handle(self, raws: list[bytes]) -> list[OutEvent]:
+        self.counters.records += len(raws)
+        return self._c.handle(raws, time.monotonic_ns(), self.encoder.clock.offset_ns)
