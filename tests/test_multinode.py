@@ -1,6 +1,8 @@
-"""Multi-node netdp (issue 7): two nodes as network namespaces on an underlay bridge, each running its own
-agent (``lanner cni serve`` with the eBPF datapath) with its own pins and sockets, sharing a real etcd in
-the underlay namespace. Pods come from the real plugin through the libcni-style runner.
+"""Multi-node netdp (issues 7 and 15): two nodes as network namespaces on an underlay bridge, each running its
+own agent (``lanner cni serve`` with the eBPF datapath) with its own pins and sockets, sharing the cluster
+state: a real etcd in the underlay namespace (``--kvstore etcd``), or the session's real kube-apiserver
+(``--kvstore crd``), reached from each node netns through a loopback relay (tests/netns_forward.py) with the
+agent's own kubeconfig and RBAC. Pods come from the real plugin through the libcni-style runner.
 
 Proves: cross-node pod connectivity (native routes and VXLAN), identity agreement across nodes, a
 NetworkPolicy that allows one remote namespace and denies another (only possible when the remote pods'
@@ -10,6 +12,7 @@ entries expiring from the other node's maps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,8 +26,9 @@ from pathlib import Path
 import pytest
 
 from bench._cluster_topo import cluster_topology
-from tests.cni_runner import CniNode, CniRunner, lanner_conflist
 from bench._etcd import start_etcd
+from tests.cni_runner import CniNode, CniRunner, lanner_conflist
+from tests.netns_forward import forward_into_netns
 
 pytestmark = pytest.mark.bpf
 
@@ -52,13 +56,15 @@ class AgentNode:
     log: Path | None = None
     pods: dict[str, str] = field(default_factory=dict)  # pod name -> pod IP
 
-    def start(self, etcd: str, mode: str, policy_dir: Path) -> None:
+    store_args: list[str] = field(default_factory=list)  # --kvstore etcd|crd and how to reach it
+
+    def start(self, mode: str, policy_dir: Path) -> None:
         self.log = self.cni.tmp / f"{self.name}.log"
         self.cni.socket.unlink(missing_ok=True)
         cmd = ["nsenter", f"--net=/var/run/netns/{self.cni.netns}", sys.executable, "-m", "lanner", "cni", "serve",
                "--pod-cidr", self.cni.cidr, "--cni-socket", str(self.cni.socket),
                "--netdp-state-dir", str(self.cni.state_dir), "--netdp-pin-dir", str(self.pin),
-               "--network-policy-dir", str(policy_dir), "--kvstore", "etcd", "--etcd-endpoint", etcd,
+               "--network-policy-dir", str(policy_dir), *self.store_args,
                "--node-ip", self.ip, "--underlay-device", "eth0", "--routing-mode", mode,
                "--cluster-node-name", self.name, "--kvstore-lease-ttl", "3", "--log-level", "info"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
@@ -130,38 +136,75 @@ def wait(pred, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.fixture(params=["etcd", "crd"])
+def backend(request) -> str:
+    return request.param
+
+
+@contextlib.contextmanager
+def _crd_store(request, nodes: list[AgentNode]):
+    """The session's API server for both agents: the lanner CRDs applied with kubectl, a relay into each node
+    netns and a kubeconfig of the agent's identity through it; afterwards the nodes' objects are deleted."""
+    from tests.test_k8s_crd_store import delete_node_objects, install_crds
+
+    k8s = request.getfixturevalue("k8s")
+    install_crds(k8s)
+    try:
+        with contextlib.ExitStack() as relays:
+            for n in nodes:
+                port = relays.enter_context(forward_into_netns(f"/var/run/netns/{n.cni.netns}", k8s.port))
+                config = k8s.kubeconfig_via(port, n.cni.tmp / "agent.kubeconfig")
+                n.store_args = ["--kvstore", "crd", "--k8s-kubeconfig-path", str(config)]
+            yield
+            for n in nodes:
+                n.stop()  # while the relays still run: a clean stop deletes its objects through them
+    finally:
+        delete_node_objects(k8s, *(n.name for n in nodes))
+
+
+@contextlib.contextmanager
+def _etcd_store(tmp_path: Path, tag: str, nodes: list[AgentNode]):
+    etcd = start_etcd(tmp_path, netns=f"{tag}-u", host="192.168.252.254")
+    try:
+        for n in nodes:
+            n.store_args = ["--kvstore", "etcd", "--etcd-endpoint", etcd.endpoint]
+        yield
+        for n in nodes:
+            n.stop()
+    finally:
+        etcd.stop()
+
+
 @pytest.fixture
-def two_nodes(tmp_path):
+def two_nodes(tmp_path, backend, request):
     tag = f"lmn{os.getpid() % 1000}{uuid.uuid4().hex[:3]}"
-    nodes = [AgentNode(CniNode(f"{tag}{i}", tmp_path / f"n{i}", cidr=f"10.252.{i}.0/24"), f"node{i}",
+    nodes = [AgentNode(CniNode(f"{tag}{i}", tmp_path / f"n{i}", cidr=f"10.252.{i}.0/24"), f"{tag}-node{i}",
                        f"192.168.252.{i}", Path(f"/sys/fs/bpf/lanner-mn-{tag}-{i}")) for i in (1, 2)]
-    etcd = None
     try:
         for n in nodes:
             n.cni.tmp.mkdir(parents=True)
             n.cni.setup()
         with cluster_topology(2, 0, tag=tag, underlay_net="192.168.252", pod_bridge=False,
                               node_netns=[n.cni.netns for n in nodes]) as _topo:
-            etcd = start_etcd(tmp_path, netns=f"{tag}-u", host="192.168.252.254")
             policies = tmp_path / "netpol"
             policies.mkdir()
             (policies / "db.yaml").write_text(POLICY)
-            yield nodes, etcd, policies
+            store = _crd_store(request, nodes) if backend == "crd" else _etcd_store(tmp_path, tag, nodes)
+            with store:
+                yield nodes, policies
     finally:
         for n in nodes:
             n.stop()
-        if etcd is not None:
-            etcd.stop()
         for n in nodes:
             n.cni.close()
             subprocess.run(["rm", "-rf", str(n.pin)])
 
 
 @pytest.mark.parametrize("mode", ["native", "vxlan"])
-def test_pods_on_two_nodes_with_cluster_identities_and_policy(two_nodes, mode):
-    (n1, n2), etcd, policies = two_nodes
+def test_pods_on_two_nodes_with_cluster_identities_and_policy(two_nodes, mode, backend, request):
+    (n1, n2), policies = two_nodes
     for n in (n1, n2):
-        n.start(etcd.endpoint, mode, policies)
+        n.start(mode, policies)
     web1 = n1.add_pod("web", "web1")
     other1 = n1.add_pod("other", "other1")
     db2 = n2.add_pod("db", "db2")
@@ -191,10 +234,18 @@ def test_pods_on_two_nodes_with_cluster_identities_and_policy(two_nodes, mode):
     finally:
         server.kill()
         server.wait()
-    # node1's agent dies (no clean shutdown): its lease expires and node2 drops node1's pods and routes
+    # node1's agent dies (no clean shutdown): its lease expires (etcd), or node2 hears no renewal of its
+    # LannerNode for the TTL (crd), and node2 drops node1's pods and routes
     n1.stop(signal.SIGKILL)
     wait(lambda: not ({f"{web1}/32", f"{other1}/32"} & set(n2.ipcache())), 15,
          "node1's pods gone from node2's BPF ipcache after its lease expired")
     routes = subprocess.run(["ip", "-n", n2.cni.netns, "route"], capture_output=True, text=True).stdout
     assert "10.252.1.0/24" not in routes
     assert f"{db2}/32" in n2.ipcache()  # node2's own pods stay
+    if backend == "crd":  # node2 also deleted the dead node's LannerNode and LannerEndpoints
+        k8s = request.getfixturevalue("k8s")
+        left = wait(lambda: (lambda out: out if n1.name not in out else "")(
+            k8s.kubectl("get", "lannernodes,lannerendpoints", "-o", "name").stdout), 15, "node1's objects collected")
+        assert f"lannernode.lanner.io/{n2.name}" in left and f"{n2.name}.{db2}-32" in left
+        assert f"node {n1.name}: not renewed for" in n2.log.read_text()  # expired by node2's clock, not revoked
+    assert f"registered in {backend} " in n2.log.read_text()  # the backend under test is the one in use
