@@ -14,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -37,12 +38,23 @@ enum { T_KTIME, T_PID, T_EKTIME, T_CODE, T_NFIELDS };
 
 typedef struct { char *p; Py_ssize_t n, cap; } Buf;
 
+/* A slotted dataclass built without running its generated __init__: each field's slot offset comes from the
+ * class's own member descriptors, and the fields past the positional ones take their dataclass defaults
+ * (names and defaults from dataclasses.fields(), passed by the glue). */
+#define CTOR_MAX 32
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t n, npos, off[CTOR_MAX];
+    PyObject *defaults[CTOR_MAX];  /* for fields npos..n-1 */
+} Ctor;
+
 typedef struct {
     PyObject_HEAD
     Field x[X_NFIELDS], t[T_NFIELDS];
     Py_ssize_t x_tail, x_min, t_min, creds_off, creds_len, ns_off, ns_len;
     char node[256]; Py_ssize_t node_n;   /* the node name, UTF-8, for exec_ids */
     PyObject *node_json;                 /* bytes: the node name as a JSON string */
+    Ctor process_ctor, event_ctor;
     PyObject *process_type, *event_type, *cache, *entries, *by_pid, *events, *by_binary, *encoder;
     PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (Creds, Namespaces) */
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args;
@@ -150,6 +162,46 @@ static int memo_put(PyObject *memo, PyObject *key, PyObject *v) {
     if (PyDict_GET_SIZE(memo) >= MEMO_MAX) PyDict_Clear(memo);
     return PyDict_SetItem(memo, key, v);
 }
+/* spec: (names of every field in order, defaults of the fields after the npos first) */
+static int ctor_init(Ctor *c, PyObject *type, PyObject *spec, Py_ssize_t npos) {
+    PyObject *names, *defaults;
+    if (!PyType_Check(type) || !PyArg_ParseTuple(spec, "O!O!", &PyTuple_Type, &names, &PyTuple_Type, &defaults))
+        return PyErr_Occurred() ? -1 : (PyErr_SetString(PyExc_TypeError, "a class expected"), -1);
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n > CTOR_MAX || n < npos || PyTuple_GET_SIZE(defaults) != n - npos) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd fields, %zd defaults for %zd positional", ((PyTypeObject *)type)->tp_name,
+                     n, PyTuple_GET_SIZE(defaults), npos);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyObject_GetAttr(type, PyTuple_GET_ITEM(names, i));
+        int ok = d && Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok) c->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_XDECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s.%U is not an object slot", ((PyTypeObject *)type)->tp_name,
+                         PyTuple_GET_ITEM(names, i));
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = npos; i < n; i++) c->defaults[i] = Py_NewRef(PyTuple_GET_ITEM(defaults, i - npos));
+    c->type = (PyTypeObject *)Py_NewRef(type);
+    c->n = n; c->npos = npos;
+    return 0;
+}
+static void ctor_clear(Ctor *c) {
+    for (Py_ssize_t i = c->npos; i < c->n; i++) Py_CLEAR(c->defaults[i]);
+    Py_CLEAR(c->type);
+    c->n = c->npos = 0;
+}
+/* a new instance from exactly npos positional values (borrowed) */
+static PyObject *ctor_new(Ctor *c, PyObject *const *args) {
+    PyObject *o = c->type->tp_alloc(c->type, 0);
+    if (!o) return NULL;
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        *(PyObject **)((char *)o + c->off[i]) = Py_NewRef(i < c->npos ? args[i] : c->defaults[i]);
+    return o;
+}
 /* a path or cwd as the decoder gives it (UTF-8, backslashreplace), one object per distinct short value */
 static PyObject *text(FastProc *s, const char *p, Py_ssize_t n) {
     PyObject *u = PyUnicode_DecodeUTF8(p, n, "backslashreplace");
@@ -193,7 +245,7 @@ static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *par
     PyObject *line = PyBytes_FromStringAndSize(b->p, b->n);
     if (!line) return NULL;
     PyObject *args[4] = {kind, proc, parent, line};
-    PyObject *ev = PyObject_Vectorcall(s->event_type, args, 4, NULL);
+    PyObject *ev = ctor_new(&s->event_ctor, args);
     Py_DECREF(line);
     return ev;
 }
@@ -372,7 +424,7 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     o[ARGS] = Py_NewRef(PyTuple_GET_ITEM(args_e, 0));
     PyObject *cargs[17] = {o[KEY], o[EID], pkey2, pkey, o[PID], o[TID], o[NSPID], o[BIN], o[ARGS], o[CWD],
                            s->flag_tuples[bits], o[KTIME], o[CRED], o[NS], o[CG], o[EXE], o[INO]};
-    proc = PyObject_Vectorcall(s->process_type, cargs, 17, NULL);
+    proc = ctor_new(&s->process_ctor, cargs);
     PyObject *ins = proc ? PyObject_CallMethodObjArgs(s->cache, s->a_insert, proc, now, NULL) : NULL;
     Py_XDECREF(ins);
     int bad = !ins || render_process(s, o[EID], rd(p, s->x[X_PID]), rd(p, s->x[X_UID]), o[CWD], o[BIN],
@@ -505,11 +557,14 @@ static int fields(PyObject *seq, Field *f, Py_ssize_t n, const char *what) {
 static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
 
 static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
-    PyObject *xf, *tf, *node, *r[11];
-    if (!PyArg_ParseTuple(args, "OOnnn(nn)(nn)UOOOOOOOOOOO!:FastProc", &xf, &tf, &s->x_tail, &s->x_min, &s->t_min,
+    PyObject *xf, *tf, *node, *r[11], *pspec, *espec;
+    if (!PyArg_ParseTuple(args, "OOnnn(nn)(nn)UOOOOOOOOOOO!OO:FastProc", &xf, &tf, &s->x_tail, &s->x_min, &s->t_min,
                           &s->creds_off, &s->creds_len, &s->ns_off, &s->ns_len, &node, &r[0], &r[1], &r[2], &r[3],
-                          &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10]))
+                          &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10], &pspec, &espec))
         return -1;
+    ctor_clear(&s->process_ctor);
+    ctor_clear(&s->event_ctor);
+    if (ctor_init(&s->process_ctor, r[0], pspec, 17) || ctor_init(&s->event_ctor, r[1], espec, 4)) return -1;
     PyObject **refs[] = {&s->process_type, &s->event_type, &s->cache, &s->entries, &s->by_pid, &s->events,
                          &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals};
     for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_XSETREF(*refs[i], Py_NewRef(r[i]));
@@ -570,6 +625,8 @@ static int FastProc_clear(FastProc *s) {
                         &s->a_pjson};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) Py_CLEAR(*all[i]);
     for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);
+    ctor_clear(&s->process_ctor);
+    ctor_clear(&s->event_ctor);
     return 0;
 }
 

@@ -14,6 +14,7 @@ says so (``fastpath``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import struct
@@ -57,6 +58,18 @@ def field_offsets(layout: RecordLayout) -> dict[str, tuple[int, int]]:
     return out
 
 
+def ctor_spec(cls: type, npos: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """What the C code needs to build a slotted dataclass without its generated ``__init__``: every field's name
+    (its slot) and the defaults of the fields after the ``npos`` it is given."""
+    fs = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__"):
+        raise TypeError(f"{cls.__name__}: a slotted dataclass without __post_init__ expected")
+    rest = fs[npos:]
+    if any(f.default is dataclasses.MISSING for f in rest):
+        raise TypeError(f"{cls.__name__}: a field after the first {npos} has no plain default")
+    return tuple(f.name for f in fs), tuple(f.default for f in rest)
+
+
 def _span(offsets: dict[str, tuple[int, int]], prefix: str) -> tuple[int, int]:
     """(offset, length) of the bytes a nested struct's fields cover."""
     parts = [v for k, v in offsets.items() if k.startswith(prefix)]
@@ -85,7 +98,7 @@ class FastPath:
             struct.calcsize(decoder.exec_layout.fmt), struct.calcsize(decoder.exit_layout.fmt), _span(ex, "creds."),
             _span(ex, "ns."), ctx.node_name, Process, OutEvent, ctx.cache, ctx.cache._entries, ctx.cache._by_pid,
             ctx.counters.events, ctx.counters.by_binary, ctx.encoder, slow, decoder.creds_ns,
-            [signal_name(i).encode() for i in range(128)],
+            [signal_name(i).encode() for i in range(128)], ctor_spec(Process, 17), ctor_spec(OutEvent, 4),
         )
 
     def usable(self, want_pb: bool) -> bool:
