@@ -220,3 +220,58 @@ def test_a_node_collected_while_cut_off_comes_back_at_its_next_renewal(stores, n
     crds.kubectl("delete", f"lannernodes/{names[0]}", f"lannerendpoints/{names[0]}.10.7.1.8-32")
     wait(lambda: "10.7.1.8/32" not in b.ipcache(), 5, "a's endpoint gone from b's view with its LannerNode")
     wait(lambda: names[0] in b.nodes() and "10.7.1.8/32" in b.ipcache(), 10, "a re-created its objects")
+
+
+# ------------------------------------------------------------------------------------------ the flags
+@pytest.mark.parametrize("argv,message", [
+    (["--kvstore", "crd"], "--kvstore crd needs --node-ip"),
+    (["--kvstore", "crd", "--node-ip", "192.0.2.1", "--etcd-endpoint", "http://e:2379"], "--etcd-endpoint is for --kvstore etcd"),
+    (["--kvstore", "crd", "--node-ip", "192.0.2.1", "--cluster-node-name", "Node_1"], "must be a lowercase DNS subdomain"),
+    (["--kvstore", "crd", "--node-ip", "192.0.2.1", "--cluster-node-name", "n1", "--k8s-kubeconfig-path", "/nonexistent"],
+     "--k8s-kubeconfig-path /nonexistent: no such file"),
+    (["--node-ip", "192.0.2.1"], "--node-ip needs --kvstore etcd or crd"),
+])
+def test_flag_errors_name_the_flag(argv: list[str], message: str) -> None:
+    from lanner.cli import build_parser
+    from lanner.netdp.cni.cli import netdp_config
+
+    args = build_parser().parse_args(["cni", "serve", "--pod-cidr", "10.9.0.0/24", *argv])
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        netdp_config(args, required=True)
+
+
+def test_crd_flags_make_a_cluster_config(tmp_path) -> None:
+    from lanner.cli import build_parser
+    from lanner.netdp.cni.cli import netdp_config
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("{}")
+    args = build_parser().parse_args(["agent", "--enable-netdp", "--pod-cidr", "10.9.0.0/24", "--kvstore", "crd",
+                                      "--node-ip", "192.0.2.1", "--cluster-node-name", "n1", "--k8s-kubeconfig-path",
+                                      str(kubeconfig), "--kvstore-lease-ttl", "4"])
+    cluster = netdp_config(args, required=False).cluster
+    assert (cluster.kvstore, cluster.kubeconfig, cluster.node_name, cluster.lease_ttl_s) == ("crd", kubeconfig, "n1", 4)
+
+
+def test_no_kubeconfig_outside_a_pod_names_the_flag(monkeypatch) -> None:
+    from lanner.netdp.cluster import ClusterConfig
+    from lanner.netdp.kvstore.store import open_store
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = ClusterConfig(etcd_endpoint="", node_name="n1", node_ip="192.0.2.1", pod_cidr="10.9.0.0/24",
+                        underlay_device="eth0", kvstore="crd")
+    with pytest.raises(ValueError, match="in-cluster config .*--k8s-kubeconfig-path FILE"):
+        open_store(cfg)
+
+
+def test_an_unreachable_api_server_fails_the_start_with_the_reason(crds: ControlPlane, tmp_path) -> None:
+    from kubernetes import config
+
+    from lanner.netdp.identity import IdentityError
+    from tests.k8s_harness import free_port
+
+    path = crds.kubeconfig_via(free_port(), tmp_path / "kubeconfig")  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(IdentityError, match=r"lanner\.io objects not listed within 2 s \(lannernodes unreachable"):
+        CrdStore(config.new_client_from_config(config_file=str(path)), "n1", sync_timeout_s=2)
+    assert time.monotonic() - t0 < 15
