@@ -566,6 +566,7 @@ class Agent:
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "ready_s": self.ready_s,
             "sensors": (["process"] if self.sensor else []) + (["policy"] if self.engine is not None and self.engine.loaded else []),
+            "fastpath": self.sensor.fastpath if self.sensor else None,  # process records: "c", or why "python"
             **self._policy_status(),
             "events": dict(self.counters.events),
             "records": self.counters.records,

@@ -538,7 +538,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rb, pc, api = st["ringbuf"], st["process_cache"], st.get("api", {})
     print(f"agent      running (pid {st['pid']}, version {st['version']}, node {st['node_name']}, "
           f"up {st['uptime_s']:.0f}s, ready in {st['ready_s']:.2f}s)")
-    print(f"sensors    {', '.join(st['sensors'])}")
+    print(f"sensors    {', '.join(st['sensors'])}" + (f"; process records: {st['fastpath']}" if st.get("fastpath") else ""))
     print("events     " + ", ".join(f"{k} {v}" for k, v in st["events"].items()))
     print(f"ringbuf    {rb['size_bytes']} bytes, lost {rb['lost_total']}")
     print(f"cache      {pc['size']}/{pc['capacity']} processes, evictions {pc['evictions']}, misses {pc['misses']}")

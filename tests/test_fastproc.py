@@ -9,7 +9,9 @@ backslashes and non-ASCII. No BPF is loaded: the layouts come from the built obj
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
 
 import pytest
 
@@ -22,6 +24,7 @@ from lanner.sensors import fastproc
 from lanner.sensors.process import (F_ERROR_CWD, F_SCRIPT, F_TRUNC_ARGS, F_TRUNC_FILENAME, OP_CLONE, OP_EXEC,
                                     OP_EXIT, PROCESS_OBJECT, Creds, ProcessDecoder)
 from lanner.sensors.process_events import ProcessCounters, ProcessEvents, ProcessEventsContext
+from tests.conftest import start_agent, wait_exec, wait_exit
 
 MODULE, WHY = fastproc.load_module()
 pytestmark = pytest.mark.skipif(MODULE is None, reason=WHY)
@@ -186,3 +189,20 @@ def test_field_offsets_match_the_layout():
         want = t[layout.index(name)]
         got = raw[off:off + size] if isinstance(want, bytes) else int.from_bytes(raw[off:off + size], "little")
         assert got == want, name
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("env,want", [({}, "c"), ({"LANNER_FASTPATH": "0"}, "python (LANNER_FASTPATH=0)")])
+def test_running_agent_reports_its_path_and_exports_exactly(tmp_path, env, want):
+    """The agent says in its status which path handles process records, and either exports a real exec exactly."""
+    a = start_agent(tmp_path, env={**os.environ, **env})
+    try:
+        assert a.status()["fastpath"] == want
+        p = subprocess.Popen(["/bin/echo", "fast path", 'q"uote'], cwd="/", stdout=subprocess.DEVNULL)
+        p.wait()
+        ex = wait_exec(a, pid=p.pid)
+        assert ex["process"]["binary"] == "/bin/echo" and ex["process"]["arguments"] == '"fast path" q"uote'
+        assert ex["process"]["flags"] == "execve rootcwd clone" and ex["parent"]["pid"] == os.getpid()
+        assert wait_exit(a, pid=p.pid)["process"] == ex["process"]
+    finally:
+        a.stop()
