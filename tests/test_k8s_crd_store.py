@@ -146,18 +146,37 @@ def test_agent_processes_allocating_at_once_agree_and_never_share_a_number(crds:
 def test_liveness_on_a_fake_clock() -> None:
     now = [100.0]
     live = NodeLiveness("me", clock=lambda: now[0])
-    live.saw("peer", "1", 3.0)
-    now[0] += 10
-    assert live.expired() == []  # this node's own renewals never came back: the watch is not trusted
-    live.saw("me", "2", 3.0)
-    assert live.expired() == ["peer"]  # silent for 10 s > its 3 s TTL, while the watch is live
+    live.saw("me", "1", 3.0)
+    live.saw("peer", "2", 3.0)
+    for _ in range(4):  # both renew every second: nobody expires
+        now[0] += 1.0
+        live.saw("me", f"me{now[0]}", 3.0)
+        live.saw("peer", f"peer{now[0]}", 3.0)
+        assert live.expired() == []
     assert live.saw("peer", "3", 3.0) and not live.saw("peer", "3", 3.0)  # a renewal; the same version again
-    now[0] += 2.9
-    assert live.expired() == []  # renewed 2.9 s ago: within its TTL
+    for _ in range(3):  # peer goes silent; this node's renewals keep coming back
+        now[0] += 1.0
+        live.saw("me", f"me{now[0]}", 3.0)
+    assert live.expired() == []  # silent for 3.0 s: not more than its TTL yet
     now[0] += 0.2
-    assert live.expired() == []  # 3.1 s, but this node's own renewal is 3.1 s old too: no verdict
+    assert live.expired() == ["peer"] and live.silent_for("peer") == pytest.approx(3.2)  # own renewal 0.2 s old
+
+
+def test_liveness_trusts_no_silence_while_its_own_renewals_are_away() -> None:
+    now = [100.0]
+    live = NodeLiveness("me", clock=lambda: now[0])
+    live.saw("me", "1", 3.0)
+    live.saw("peer", "2", 3.0)
+    now[0] += 10.0  # the API server (or this watch) was away for 10 s: nothing came back, own renewals neither
+    assert live.expired() == []  # this node's own renewals never came back: the watch is not trusted
+    live.saw("me", "3", 3.0)  # back: every node gets a fresh TTL from now, as their renewals were unseen too
+    assert live.expired() == []
+    now[0] += 2.0
     live.saw("me", "4", 3.0)
-    assert live.expired() == ["peer"] and live.silent_for("peer") == pytest.approx(3.1)
+    assert live.expired() == []
+    now[0] += 1.5
+    live.saw("me", "5", 3.0)
+    assert live.expired() == ["peer"]  # 3.5 s of silence since the watch came back
 
 
 # ------------------------------------------------------------------------------------- watched state

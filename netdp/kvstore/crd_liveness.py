@@ -6,7 +6,9 @@ object change; a node whose object has not changed for longer than that node's T
 (``spec.leaseTTLSeconds``, the owner's own setting) is gone. Wall clocks are never compared (nodes'
 clocks may disagree; ``renewTime`` is for people reading the object). Silence is only trusted while the
 watch itself is proven live: this agent's own renewals must have come back through it within its TTL.
-An agent that lost the API server therefore declares nobody gone; it does not tear down the cluster.
+An agent that lost the API server therefore declares nobody gone; it does not tear down the cluster. And
+when its own renewals come back after such a gap (the API server, or this agent's watch, was away), every
+node gets a fresh TTL from that moment: their renewals during the gap could not be seen either.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ class NodeLiveness:
         old = self._seen.get(name)
         if old is not None and old[0] == resource_version:
             return False
-        self._seen[name] = (resource_version, self._clock(), float(ttl_s))
+        now = self._clock()
+        if name == self.me and (old is None or now - old[1] > old[2]):
+            self._seen = {n: (rv, now, ttl) for n, (rv, _t, ttl) in self._seen.items()}  # after a gap: a fresh TTL
+        self._seen[name] = (resource_version, now, float(ttl_s))
         return True
 
     def forget(self, name: str) -> None:
