@@ -16,6 +16,8 @@ from typing import Callable, Protocol
 
 from lanner.exporter.pipeline import OutEvent
 
+from .fastproc import load_module
+
 # (sensor, program, attach point, fd) of a loaded program, for status and metrics
 ProgramRow = tuple[str, str, str, int]
 
@@ -46,17 +48,30 @@ class SensorSet:
     def __init__(self) -> None:
         self._sensors: list[Sensor] = []
         self._by_op: dict[int, Sensor] = {}
+        self._table = bytearray(b"\xff" * 256)  # op -> index in _sensors (255: no sensor), for the C scan
+        self._op_runs = getattr(load_module()[0], "op_runs", None)  # the scan in C (sensors/fastproc.c), if built
         self.unknown = 0  # records whose op no sensor claims (counted, dropped)
 
     def add(self, sensor: Sensor) -> None:
         for op in sensor.ops:
             if op in self._by_op:
                 raise ValueError(f"sensor {sensor.name}: op {op} is {self._by_op[op].name}'s")
+            if not 0 <= op < 256 or len(self._sensors) >= 255:
+                raise ValueError(f"sensor {sensor.name}: op {op} out of 0..255, or too many sensors")
             self._by_op[op] = sensor
+            self._table[op] = len(self._sensors)
         self._sensors.append(sensor)
 
     def dispatch(self, raws: list, want_pb: bool, emit: Callable[[list[OutEvent]], None]) -> None:
         """Hand each run of consecutive records of one op's sensor to it, in ring order; emit each run's events."""
+        if self._op_runs is not None:
+            sensors, n = self._sensors, len(raws)
+            for start, end, i in self._op_runs(raws, self._table):
+                if i == 255:
+                    self.unknown += end - start
+                else:
+                    emit(sensors[i].handle(raws if end - start == n else raws[start:end], want_pb))
+            return
         by_op, n, start = self._by_op, len(raws), 0
         while start < n:
             sensor = by_op.get(raws[start][0])

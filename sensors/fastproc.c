@@ -57,7 +57,7 @@ typedef struct {
     Ctor process_ctor, event_ctor;
     PyObject *process_type, *event_type, *cache, *entries, *by_pid, *events, *by_binary, *encoder;
     PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (Creds, Namespaces) */
-    PyObject *memo_cred, *memo_ns, *memo_text, *memo_args;
+    PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
     PyObject *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
@@ -209,6 +209,15 @@ static PyObject *text(FastProc *s, const char *p, Py_ssize_t n) {
     PyObject *have = memo_get(s->memo_text, u);
     if (have) { Py_DECREF(u); return have; }
     if (PyErr_Occurred() || memo_put(s->memo_text, u, u)) { Py_DECREF(u); return NULL; }
+    return u;
+}
+/* an int that repeats from exec to exec (cgroup ids, inodes): one object per distinct value */
+static PyObject *shared_int(FastProc *s, unsigned long long v) {
+    PyObject *u = PyLong_FromUnsignedLongLong(v);
+    if (!u || v < 256) return u;
+    PyObject *have = memo_get(s->memo_int, u);
+    if (have) { Py_DECREF(u); return have; }
+    if (PyErr_Occurred() || memo_put(s->memo_int, u, u)) { Py_DECREF(u); return NULL; }
     return u;
 }
 /* key -> value of a cache dict, borrowed, NULL if absent (or on error, with the error set) */
@@ -410,14 +419,15 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     if (!pkey2) { Py_XDECREF(pkey); goto done; }
     PyObject *args_e = NULL;
     int same_exe = exe_n == fn_n && !memcmp(exe, fn, fn_n);
-    if (!(o[EID] = exec_id(s, ktime_v, rd(p, s->x[X_PID]))) ||
-        !(o[TID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_TID]))) ||
-        !(o[NSPID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_NSPID]))) ||
+    unsigned long long pid_v = rd(p, s->x[X_PID]), tid_v = rd(p, s->x[X_TID]), nspid_v = rd(p, s->x[X_NSPID]);
+    if (!(o[EID] = exec_id(s, ktime_v, pid_v)) ||  /* tid and nspid are mostly the pid: one object (memory) */
+        !(o[TID] = tid_v == pid_v ? Py_NewRef(o[PID]) : PyLong_FromUnsignedLongLong(tid_v)) ||
+        !(o[NSPID] = nspid_v == pid_v ? Py_NewRef(o[PID]) : PyLong_FromUnsignedLongLong(nspid_v)) ||
         !(o[BIN] = text(s, (const char *)fn, fn_n)) || !(args_e = args_entry(s, (const char *)argv, args_n)) ||
         !(o[CWD] = text(s, (const char *)cwd, cwd_n)) || creds_ns(s, raw, &o[CRED], &o[NS]) ||
-        !(o[CG] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_CGROUP]))) ||
+        !(o[CG] = shared_int(s, rd(p, s->x[X_CGROUP]))) ||
         !(o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, (const char *)exe, exe_n)) ||
-        !(o[INO] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_INO])))) {
+        !(o[INO] = shared_int(s, rd(p, s->x[X_INO])))) {
         Py_XDECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
         goto done;
     }
@@ -586,7 +596,7 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
     PyMem_Free(nj.p);
     s->last_sec = -1;
     if (!s->node_json || !(s->memo_cred = PyDict_New()) || !(s->memo_ns = PyDict_New()) ||
-        !(s->memo_text = PyDict_New()) || !(s->memo_args = PyDict_New()) || !(s->s_exec = intern("process_exec")) ||
+        !(s->memo_text = PyDict_New()) || !(s->memo_args = PyDict_New()) || !(s->memo_int = PyDict_New()) || !(s->s_exec = intern("process_exec")) ||
         !(s->s_exit = intern("process_exit")) || !(s->s_execve = intern("execve")) || !(s->s_clone = intern("clone")) ||
         !(s->s_empty = intern("")) || !(s->empty_tuple = PyTuple_New(0)) || !(s->a_key = intern("key")) ||
         !(s->a_encoded = intern("encoded")) || !(s->a_alive = intern("alive")) ||
@@ -619,7 +629,7 @@ static int FastProc_traverse(FastProc *s, visitproc visit, void *arg) {
 static int FastProc_clear(FastProc *s) {
     PyObject **all[] = {&s->node_json, &s->process_type, &s->event_type, &s->cache, &s->entries, &s->by_pid,
                         &s->events, &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals, &s->memo_cred,
-                        &s->memo_ns, &s->memo_text, &s->memo_args, &s->s_exec, &s->s_exit, &s->s_execve,
+                        &s->memo_ns, &s->memo_text, &s->memo_args, &s->memo_int, &s->s_exec, &s->s_exit, &s->s_execve,
                         &s->s_clone, &s->s_empty, &s->empty_tuple, &s->a_key, &s->a_encoded, &s->a_alive,
                         &s->a_parent_key, &s->a_binary, &s->a_flags, &s->a_exec_id, &s->a_insert, &s->a_exit,
                         &s->a_pjson};
@@ -639,8 +649,37 @@ static void FastProc_dealloc(FastProc *s) {
 }
 
 static PyObject *FastProc_memo_sizes(FastProc *s, PyObject *unused) {
-    return Py_BuildValue("{snsnsnsn}", "creds", PyDict_GET_SIZE(s->memo_cred), "ns", PyDict_GET_SIZE(s->memo_ns),
-                         "text", PyDict_GET_SIZE(s->memo_text), "args", PyDict_GET_SIZE(s->memo_args));
+    return Py_BuildValue("{snsnsnsnsn}", "creds", PyDict_GET_SIZE(s->memo_cred), "ns", PyDict_GET_SIZE(s->memo_ns),
+                         "text", PyDict_GET_SIZE(s->memo_text), "args", PyDict_GET_SIZE(s->memo_args), "ints", PyDict_GET_SIZE(s->memo_int));
+}
+
+/* op_runs(raws, table): the runs of consecutive records whose first byte (the op) maps, through the 256-byte
+ * table, to one value: [(start, end, value), ...] in ring order (SensorSet.dispatch's per-record scan) */
+static PyObject *op_runs(PyObject *mod, PyObject *args) {
+    PyObject *raws; Py_buffer tb;
+    if (!PyArg_ParseTuple(args, "O!y*:op_runs", &PyList_Type, &raws, &tb)) return NULL;
+    PyObject *out = tb.len == 256 ? PyList_New(0) : NULL;
+    if (!out) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a 256-byte table expected"); goto end; }
+    const unsigned char *table = tb.buf;
+    Py_ssize_t n = PyList_GET_SIZE(raws), start = 0;
+    int cur = -1;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        int v = -2;
+        if (i < n) {
+            PyObject *r = PyList_GET_ITEM(raws, i);
+            v = PyBytes_Check(r) && PyBytes_GET_SIZE(r) ? table[(unsigned char)PyBytes_AS_STRING(r)[0]] : 255;
+        }
+        if (v == cur) continue;
+        if (i > 0) {
+            PyObject *t = Py_BuildValue("(nni)", start, i, cur);
+            if (!t || PyList_Append(out, t)) { Py_XDECREF(t); Py_CLEAR(out); goto end; }
+            Py_DECREF(t);
+        }
+        start = i; cur = v;
+    }
+end:
+    PyBuffer_Release(&tb);
+    return out;
 }
 
 static PyMethodDef FastProc_methods[] = {
@@ -663,8 +702,12 @@ static PyTypeObject FastProcType = {
     .tp_methods = FastProc_methods,
 };
 
+static PyMethodDef module_methods[] = {
+    {"op_runs", op_runs, METH_VARARGS, "op_runs(raws, table) -> [(start, end, table[op])]: runs of one value"},
+    {NULL}};
+
 static struct PyModuleDef fastproc_module = {PyModuleDef_HEAD_INIT, "_fastproc",
-                                             "The process sensor's ring -> JSON loop in C", -1, NULL};
+                                             "The process sensor's ring -> JSON loop in C", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fastproc(void) {
     if (PyType_Ready(&FastProcType) < 0) return NULL;

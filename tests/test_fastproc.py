@@ -206,3 +206,29 @@ def test_running_agent_reports_its_path_and_exports_exactly(tmp_path, env, want)
         assert wait_exit(a, pid=p.pid)["process"] == ex["process"]
     finally:
         a.stop()
+
+
+def test_dispatch_scan_in_c_matches_the_python_scan():
+    """SensorSet.dispatch's op scan (C when built) hands the same runs to the same sensors as the Python loop."""
+    import random
+
+    from lanner.sensors.base import SensorSet
+    from tests.test_sensor_units import FakeSensor
+
+    rnd = random.Random(16)
+    raws = [bytes([rnd.choice([1, 2, 5, 9, 9, 7, 200])]) + b"%d" % i for i in range(3000)]
+    seen = []
+    for use_c in (True, False):
+        a, b, c = FakeSensor("process", {1, 2, 5}), FakeSensor("policy", {9}), FakeSensor("other", {200})
+        ss = SensorSet()
+        for s in (a, b, c):
+            ss.add(s)
+        assert (ss._op_runs is not None) == (MODULE is not None)
+        if not use_c:
+            ss._op_runs = None
+        emitted: list = []
+        ss.dispatch(raws[:1], False, emitted.append)  # a whole batch of one record
+        ss.dispatch(raws[1:], False, emitted.append)
+        seen.append((emitted, a.batches, b.batches, c.batches, ss.unknown))
+    assert seen[0] == seen[1]
+    assert seen[0][4] > 100 and len(seen[0][0]) > 1000
