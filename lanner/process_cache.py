@@ -131,22 +131,25 @@ class ProcessCache:
     def exit(self, proc: Process, now_ns: int) -> None:
         if proc.alive:
             self._end(proc, now_ns)
-            if self._by_pid.get(proc.pid) == proc.key:
-                del self._by_pid[proc.pid]
+            by_pid = self._by_pid
+            if by_pid.get(proc.pid) == proc.key:
+                del by_pid[proc.pid]
 
     def _end(self, proc: Process, now_ns: int) -> None:
+        """The process is gone: drop its own reference and the one it holds on its parent (one call per event on
+        the hot path, so the two drops are written out rather than two calls of a helper)."""
         proc.alive = False
-        self._unref(proc, now_ns)
+        n = proc.refcnt - 1
+        proc.refcnt = n if n > 0 else 0
+        if n <= 0:
+            self._dead.append((now_ns, proc.key))
         if proc.parent_key is not None:
             parent = self._entries.get(proc.parent_key)
             if parent is not None:
-                self._unref(parent, now_ns)
-
-    def _unref(self, proc: Process, now_ns: int) -> None:
-        proc.refcnt -= 1
-        if proc.refcnt <= 0:
-            proc.refcnt = 0
-            self._dead.append((now_ns, proc.key))
+                n = parent.refcnt - 1
+                parent.refcnt = n if n > 0 else 0
+                if n <= 0:
+                    self._dead.append((now_ns, parent.key))
 
     # ------------------------------------------------------------------ collection
     def gc(self, now_ns: int) -> int:
