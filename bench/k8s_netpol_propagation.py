@@ -114,7 +114,7 @@ def rounds(cp, probe: Probe, n: int) -> dict:
                              ("delete_from_kubectl_start", removed))}
 
 
-def start_pods(stack: C.Cleanup, node, agent_node) -> Probe:
+def start_pods(stack: C.Cleanup, node) -> Probe:
     """The server and client pods through the real plugin, the server process and the probe in them."""
     from tests.cni_runner import lanner_conflist
 
@@ -165,7 +165,7 @@ def main() -> int:
         kubeconfig = cp.kubeconfig_via(port, work / "agent.kubeconfig")
         agent = an.start("--enable-k8s-api", "--k8s-kubeconfig-path", str(kubeconfig))
         stack.callback(agent.stop)
-        probe = start_pods(stack, an.node, an)
+        probe = start_pods(stack, an.node)
         load.sample()
         result = {"propagation_s": rounds(cp, probe, args.rounds)}
         load.sample()

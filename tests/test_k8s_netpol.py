@@ -118,6 +118,7 @@ def test_namespace_labels_reach_the_datapath(k8s: ControlPlane, k8s_namespace: s
         assert k.status()["network_policies"]["relabels"] >= 2
     finally:
         k.close()
+        k8s.kubectl("delete", "networkpolicy", "team-a", "-n", ns, "--ignore-not-found", check=False)
 
 
 def _seen_label(k: K8sIntegration, ns: str, key: str) -> bool:

@@ -72,13 +72,11 @@ class NetworkPolicyController:
                 self._push()
             return
         name = str((change.obj.get("metadata") or {}).get("name", ""))
-        labels = {} if change.type == DELETED else _labels(change.obj)
-        before = self._namespaces.get(name)
-        if change.type == DELETED:
-            self._namespaces.pop(name, None)
-        else:
-            self._namespaces[name] = labels
-        if before == (labels if change.type != DELETED else None):
+        before = self._namespaces.pop(name, None)
+        after = None if change.type == DELETED else _labels(change.obj)
+        if after is not None:
+            self._namespaces[name] = after
+        if before == after:
             return
         if NAMESPACES in self._synced and self._uses_namespaces():
             self.stats.relabels += 1
