@@ -131,3 +131,41 @@ def _wait(pred, timeout: float = 10.0) -> None:
     while not pred():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_controller_pushes_only_complete_lists_and_label_changes() -> None:
+    """No API: nothing reaches the datapath before both first lists; a deleted namespace and a relabel are
+    pushed only while a policy has a namespaceSelector; a datapath error leaves the error in status."""
+    from lanner.k8s.netpolicies import NetworkPolicyController
+    from lanner.k8s.reflector import ADDED, DELETED, MODIFIED, SYNCED, Change
+
+    rec = Recorder()
+    c = NetworkPolicyController(NetpolContext(rec))
+
+    def ns(kind: str, name: str, **labels: str) -> None:
+        c.on_namespace(Change("namespaces", kind, {"metadata": {"name": name, "labels": labels}}))
+
+    ns(ADDED, "a", team="a")
+    c.on_change(Change("networkpolicies", ADDED, _policy("db", "a", DB)))
+    c.on_change(Change("networkpolicies", SYNCED, {}))
+    assert rec.sets == []  # the namespaces are not listed yet
+    c.on_namespace(Change("namespaces", SYNCED, {}))
+    assert rec.sets == [["a/db"]] and rec.namespaces[-1] == {"a": {"team": "a"}}
+    ns(MODIFIED, "a", team="b")  # no policy selects namespaces: kept, not pushed
+    ns(ADDED, "b")
+    assert len(rec.sets) == 1 and c.status()["namespaces"] == 2
+    c.on_change(Change("networkpolicies", ADDED, _policy("team", "a", TEAM_A)))
+    assert rec.namespaces[-1] == {"a": {"team": "b"}, "b": {}}
+    ns(MODIFIED, "a", team="b")  # the same labels
+    assert len(rec.sets) == 2
+    ns(DELETED, "b")
+    assert len(rec.sets) == 3 and rec.namespaces[-1] == {"a": {"team": "b"}}
+    c.on_namespace(Change("namespaces", SYNCED, {}))  # a re-list's end pushes nothing by itself
+    assert len(rec.sets) == 3 and c.status()["relabels"] == 1
+
+    def refuse(_policies, _namespaces) -> None:
+        raise RuntimeError("policies need 300000 policy map entries at peak")
+
+    c.ctx = NetpolContext(refuse)
+    ns(MODIFIED, "a", team="c")
+    assert c.status()["error"].startswith("policies need") and c.stats.applied == 3
