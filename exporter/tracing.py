@@ -1,31 +1,27 @@
-"""Policy event records (struct gen_event, from the object's BTF) -> Tetragon JSON / protobuf.
+"""Tracing-policy events (the generic programs' struct gen_event records) -> Tetragon JSON / protobuf.
 
-One ``unpack_from`` per record; the process and parent come from the process cache and are rendered
-by the shared encoder (memoised fragments), so per event only the args are built here.
+The generic sensor unpacks a record (lanner.sensors.generic.decoder: one ``unpack_from``, fields by their
+BTF layout); this turns it into ``process_kprobe`` / ``process_tracepoint`` / ``process_lsm`` /
+``process_uprobe`` / ``process_usdt``. The process and parent come from the process cache and are rendered
+by the shared encoder (memoised fragments), so per event only the args are built here. Each argument type
+(generic.h ``enum gen_arg_type``, by name) has its renderer.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-from typing import Any
+from typing import Any, Callable, Mapping, Protocol
 
 import orjson
 
 from lanner.bpf.records import RecordLayout
 from lanner.exporter.encoder import SECUREBITS, cap_names
 from lanner.exporter.pipeline import OutEvent
+from lanner.policy.names import ACTION_NUMBERS, CAPABILITIES, IP_PROTOCOLS, TCP_STATES
 
-from lanner.sensors.generic.compiler import (
-    ACTION_NAMES, GA_BINPRM, GA_BPF_ATTR, GA_BPF_MAP, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR,
-    GA_INT, GA_IOV_ITER, GA_IOVEC, GA_KIOCB, GA_KSOCKADDR, GA_KSTR, GA_LOAD_INFO, GA_MODULE, GA_NETDEV, GA_PATH,
-    GA_PERF_EVENT, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS, GA_USOCKADDR, GA_USTR,
-    GEN_MAX_ARGS, ArgPlan,
-)
-from lanner.policy.names import CAPABILITIES, IP_PROTOCOLS, TCP_STATES
+ACTION_NAMES = {0: "KPROBE_ACTION_POST", **{v: f"KPROBE_ACTION_{k.upper()}" for k, v in ACTION_NUMBERS.items()}}
 
-GEF_RETURN, GEF_NOPROC = 1, 2
-GEF_KSTACK, GEF_USTACK = 32, 64  # generic.h: kstack / ustack hold stack ids
 _PROTO_NAMES = {v: k for k, v in IP_PROTOCOLS.items()}
 _STATE_NAMES = {v: k for k, v in TCP_STATES.items()}
 _CAP_NAMES = {v: k for k, v in CAPABILITIES.items()}
@@ -92,7 +88,7 @@ def _signed(v: int, bits: int) -> int:
     return v - (1 << bits) if v >> (bits - 1) else v
 
 
-def int_arg(plan: ArgPlan, v: int) -> dict[str, Any]:
+def int_arg(plan: ArgPlanLike, v: int) -> dict[str, Any]:
     t = plan.type
     if t in _S32:
         return {"int_arg": _signed(v, 32)}
@@ -107,178 +103,280 @@ def int_arg(plan: ArgPlan, v: int) -> dict[str, Any]:
     return {"size_arg": str(v & ((1 << 64) - 1))}  # uint64/ulong/size_t: protojson writes uint64 as a string
 
 
-class EventDecoder:
-    def __init__(self, btf: Any) -> None:
-        lay = RecordLayout.from_btf(btf, "gen_event")
-        self.size = lay.size
-        self.st = lay.struct
-        ix = lay.index
-        self.i_op = ix("hdr.op")
-        self.i_ktime = ix("hdr.ktime")
-        self.i_pid, self.i_pktime = ix("key.pid"), ix("key.ktime")
-        self.i_hook, self.i_tid, self.i_sel, self.i_action = ix("hook_id"), ix("tid"), ix("selector"), ix("action")
-        self.i_flags, self.i_ret, self.i_trunc = ix("flags"), ix("ret"), ix("trunc")
-        self.i_kstack, self.i_ustack = ix("kstack"), ix("ustack")
-        self.i_vals = [ix(f"vals[{i}]") for i in range(GEN_MAX_ARGS)]
-        self.i_aux = [ix(f"aux[{i}]") for i in range(GEN_MAX_ARGS)]
-        self.i_lens = [ix(f"lens[{i}]") for i in range(GEN_MAX_ARGS)]
-        self.i_str = [ix(f"str[{i}].s") for i in range(GEN_MAX_ARGS)]
-        # the typed kernel arguments' records in str[i] (generic.h), decoded by their BTF layouts
-        self.sock = RecordLayout.from_btf(btf, "gen_sock_info")
-        self.cred = RecordLayout.from_btf(btf, "gen_cred_info")
-        self.userns = RecordLayout.from_btf(btf, "gen_userns_info")
-        self.bpf_attr = RecordLayout.from_btf(btf, "gen_bpf_attr_info")
-        self.bpf_map = RecordLayout.from_btf(btf, "gen_bpf_map_info")
-        self.perf = RecordLayout.from_btf(btf, "gen_perf_event_info")
+class ArgPlanLike(Protocol):
+    """How one argument is reported (lanner.sensors.generic.compiler.ArgPlan)."""
 
-    def _record(self, lay: RecordLayout, raw: bytes) -> dict[str, Any]:
-        return dict(zip(lay.names, lay.struct.unpack_from(raw.ljust(lay.size, b"\0"))))
+    type: str
+    gen_type: int
+    label: str | None
 
-    def _sock(self, raw: bytes, skb: bool) -> dict[str, Any]:
-        r = self._record(self.sock, raw)
+
+class EventLayout(Protocol):
+    """Where a gen_event record's fields are (lanner.sensors.generic.decoder.EventDecoder)."""
+
+    i_ktime: int
+    i_pid: int
+    i_pktime: int
+    i_tid: int
+    i_action: int
+    i_flags: int
+    i_ret: int
+    i_trunc: int
+    i_kstack: int
+    i_ustack: int
+    i_vals: list[int]
+    i_aux: list[int]
+    i_lens: list[int]
+    i_str: list[int]
+    sock: RecordLayout
+    cred: RecordLayout
+    userns: RecordLayout
+    bpf_attr: RecordLayout
+    bpf_map: RecordLayout
+    perf: RecordLayout
+    arg_types: Mapping[str, int]
+    event_flags: Mapping[str, int]
+
+    def record(self, lay: RecordLayout, raw: bytes) -> dict[str, Any]: ...
+
+
+Rendered = dict[str, Any] | None
+Renderer = Callable[["TracingEvents", tuple, int, "ArgPlanLike"], Rendered]
+
+
+def _text(ev: "TracingEvents", rec: tuple, i: int) -> str:
+    d = ev.dec
+    return rec[d.i_str[i]][:rec[d.i_lens[i]]].decode("utf-8", "replace")
+
+
+def _raw(ev: "TracingEvents", rec: tuple, i: int) -> bytes:
+    d = ev.dec
+    return rec[d.i_str[i]][:rec[d.i_lens[i]]]
+
+
+def _int(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    v = rec[ev.dec.i_vals[i]]
+    if plan.type == "capability":
+        c = _signed(v, 32)
+        return {"capability_arg": {"value": c, "name": _CAP_NAMES.get(c, str(c))}}
+    return int_arg(plan, v)
+
+
+def _string(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    return {"string_arg": _text(ev, rec, i)}
+
+
+def _fd(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    if rec[ev.dec.i_lens[i]]:
+        return {"file_arg": {"path": _text(ev, rec, i)}}
+    return {"int_arg": _signed(rec[ev.dec.i_vals[i]], 32)}
+
+
+def _bytes(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    data = base64.b64encode(_raw(ev, rec, i)).decode()
+    if rec[ev.dec.i_trunc] & (1 << i):
+        return {"truncated_bytes_arg": {"bytes_arg": data, "orig_size": str(rec[ev.dec.i_aux[i]])}}
+    return {"bytes_arg": data}
+
+
+def _sockaddr(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    raw = _raw(ev, rec, i)
+    v = rec[ev.dec.i_vals[i]]
+    addr = str(ipaddress.ip_address(raw)) if len(raw) in (4, 16) else ""
+    return {"sockaddr_arg": {"family": FAMILY_NAMES.get(v, str(v)), "addr": addr, "port": rec[ev.dec.i_aux[i]]}}
+
+
+def _path_like(key: str, with_mode: bool) -> Renderer:
+    def render(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+        body: dict[str, Any] = {"path": _text(ev, rec, i)}
+        v = rec[ev.dec.i_vals[i]]
+        if with_mode and v:
+            body["permission"] = permission(v)
+        return {key: body}
+    return render
+
+
+def _sock(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    return {"sock_arg": ev.sock(_raw(ev, rec, i), False)}
+
+
+def _skb(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    return {"skb_arg": ev.sock(_raw(ev, rec, i), True)}
+
+
+def _cred(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    r = ev.dec.record(ev.dec.cred, _raw(ev, rec, i))
+    out: dict[str, Any] = {k: r[k] for k in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")}
+    bits = [SECUREBITS[b] for b in range(len(SECUREBITS)) if r["securebits"] >> b & 1]
+    if bits:
+        out["securebits"] = bits
+    caps = {k: cap_names(r[f"cap_{k}"]) for k in ("permitted", "effective", "inheritable")}
+    out["caps"] = {k: v for k, v in caps.items() if v}
+    out["user_ns"] = {"ns": {"inum": r["userns_inum"]}}
+    return {"process_credentials_arg": out}
+
+
+def _userns(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    r = ev.dec.record(ev.dec.userns, _raw(ev, rec, i))
+    return {"user_ns_arg": {"level": r["level"], "uid": r["owner"], "gid": r["group"], "ns": {"inum": r["inum"]}}}
+
+
+def _module(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    mod: dict[str, Any] = {"name": _text(ev, rec, i)}
+    sig = rec[ev.dec.i_aux[i]]
+    if sig in (0, 1):
+        mod["signature_ok"] = bool(sig)
+    v = rec[ev.dec.i_vals[i]]
+    taints = [name for bit, name in _TAINTS.items() if v >> bit & 1]
+    if taints:
+        mod["tainted"] = taints
+    return {"module_arg": mod}
+
+
+def _bpf_attr(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    r = ev.dec.record(ev.dec.bpf_attr, _raw(ev, rec, i))
+    return {"bpf_attr_arg": _nonzero({
+        "ProgType": _enum_name("BPF_PROG_TYPE_", _BPF_PROG_TYPES, r["prog_type"]),
+        "InsnCnt": r["insn_cnt"], "ProgName": _cstr(r["prog_name"])})}
+
+
+def _bpf_map(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    r = ev.dec.record(ev.dec.bpf_map, _raw(ev, rec, i))
+    return {"bpf_map_arg": _nonzero({
+        "MapType": _enum_name("BPF_MAP_TYPE_", _BPF_MAP_TYPES, r["map_type"]), "KeySize": r["key_size"],
+        "ValueSize": r["value_size"], "MaxEntries": r["max_entries"], "MapName": _cstr(r["name"])})}
+
+
+def _perf_event(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    r = ev.dec.record(ev.dec.perf, _raw(ev, rec, i))
+    return {"perf_event_arg": _nonzero({
+        "KprobeFunc": _cstr(r["kprobe_func"]), "Type": _enum_name("PERF_TYPE_", _PERF_TYPES, r["type"]),
+        "Config": str(r["config"]), "ProbeOffset": str(r["probe_offset"])})}
+
+
+def _netdev(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    return {"net_dev_arg": {"name": _text(ev, rec, i)}}
+
+
+def _other(ev: "TracingEvents", rec: tuple, i: int, plan: ArgPlanLike) -> Rendered:
+    """GA_NONE and a type this exporter does not know: a ``nop`` argument is left out, others print as int."""
+    return None if plan.type == "nop" else {"int_arg": _signed(rec[ev.dec.i_vals[i]], 32)}
+
+
+# generic.h enum gen_arg_type, by name -> how the argument is written
+RENDERERS: Mapping[str, Renderer] = {
+    "GA_INT": _int, "GA_USTR": _string, "GA_KSTR": _string, "GA_DATALOC": _string, "GA_INLINE_STR": _string,
+    "GA_FD": _fd, "GA_UBUF": _bytes, "GA_IOVEC": _bytes, "GA_IOV_ITER": _bytes, "GA_USOCKADDR": _sockaddr,
+    "GA_KSOCKADDR": _sockaddr, "GA_FILE": _path_like("file_arg", True), "GA_PATH": _path_like("path_arg", True),
+    "GA_BINPRM": _path_like("linux_binprm_arg", True), "GA_DENTRY": _path_like("file_arg", False),
+    "GA_KIOCB": _path_like("file_arg", True), "GA_SOCK": _sock, "GA_SOCKET": _sock, "GA_SKB": _skb,
+    "GA_CRED": _cred, "GA_USERNS": _userns, "GA_MODULE": _module, "GA_LOAD_INFO": _module,
+    "GA_BPF_ATTR": _bpf_attr, "GA_BPF_MAP": _bpf_map, "GA_PERF_EVENT": _perf_event, "GA_NETDEV": _netdev,
+}
+
+
+class TracingEvents:
+    """The Tetragon rendering of one generic object's event records (its BTF's layout and enum values)."""
+
+    def __init__(self, dec: EventLayout) -> None:
+        self.dec = dec
+        missing = set(RENDERERS) - set(dec.arg_types)
+        if missing:
+            raise KeyError(f"the generic object's enum gen_arg_type lacks {sorted(missing)}")
+        self._render: dict[int, Renderer] = {dec.arg_types[n]: fn for n, fn in RENDERERS.items()}
+        self._ga_sock = dec.arg_types["GA_SOCK"]
+        f = dec.event_flags
+        self._f_return, self._f_kstack, self._f_ustack = f["GEF_RETURN"], f["GEF_KSTACK"], f["GEF_USTACK"]
+
+    def sock(self, raw: bytes, skb: bool) -> dict[str, Any]:
+        r = self.dec.record(self.dec.sock, raw)
         fam = r["family"]
-        fam_name = FAMILY_NAMES.get(fam, str(fam))
-        out: dict[str, Any] = {"family": fam_name}
+        out: dict[str, Any] = {"family": FAMILY_NAMES.get(fam, str(fam))}
+        saddr, daddr = _addr(r["saddr"], fam), _addr(r["daddr"], fam)
+        protocol = _PROTO_NAMES.get(r["protocol"], str(r["protocol"]))
         if skb:
-            out.update(len=r["len"], priority=r["priority"], mark=r["mark"], saddr=_addr(r["saddr"], fam),
-                       daddr=_addr(r["daddr"], fam), sport=r["sport"], dport=r["dport"], proto=r["protocol"],
-                       protocol=_PROTO_NAMES.get(r["protocol"], str(r["protocol"])))
+            out.update(len=r["len"], priority=r["priority"], mark=r["mark"], saddr=saddr, daddr=daddr,
+                       sport=r["sport"], dport=r["dport"], proto=r["protocol"], protocol=protocol)
         else:
-            out.update(type=_SOCK_TYPES.get(r["type"], str(r["type"])),
-                       protocol=_PROTO_NAMES.get(r["protocol"], str(r["protocol"])), mark=r["mark"],
-                       priority=r["priority"], saddr=_addr(r["saddr"], fam), daddr=_addr(r["daddr"], fam),
-                       sport=r["sport"], dport=r["dport"], cookie=str(r["cookie"]),
-                       state=_STATE_NAMES.get(r["state"], str(r["state"])))
+            out.update(type=_SOCK_TYPES.get(r["type"], str(r["type"])), protocol=protocol, mark=r["mark"],
+                       priority=r["priority"], saddr=saddr, daddr=daddr, sport=r["sport"], dport=r["dport"],
+                       cookie=str(r["cookie"]), state=_STATE_NAMES.get(r["state"], str(r["state"])))
         return {k: v for k, v in out.items() if v not in (0, "", "0")}
-
-    def _cred(self, raw: bytes) -> dict[str, Any]:
-        r = self._record(self.cred, raw)
-        out: dict[str, Any] = {k: r[k] for k in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")}
-        bits = [SECUREBITS[i] for i in range(len(SECUREBITS)) if r["securebits"] >> i & 1]
-        if bits:
-            out["securebits"] = bits
-        caps = {k: cap_names(r[f"cap_{k}"]) for k in ("permitted", "effective", "inheritable")}
-        out["caps"] = {k: v for k, v in caps.items() if v}
-        out["user_ns"] = {"ns": {"inum": r["userns_inum"]}}
-        return out
 
     def ret_sock(self, rec: tuple, slot: int) -> dict[str, Any]:
         """A sock return value, read at the return into the slot after the args (GHF_RET_SOCK); NULL: int 0."""
-        n = rec[self.i_lens[slot]] if rec[self.i_ret] else 0
-        return {"sock_arg": self._sock(rec[self.i_str[slot]][:n], False)} if n else {"int_arg": 0}
+        d = self.dec
+        n = rec[d.i_lens[slot]] if rec[d.i_ret] else 0
+        return {"sock_arg": self.sock(rec[d.i_str[slot]][:n], False)} if n else {"int_arg": 0}
 
-    def args(self, rec: tuple, plans: list[ArgPlan]) -> list[dict[str, Any]]:
+    def args(self, rec: tuple, plans: list) -> list[dict[str, Any]]:
         out = []
-        trunc = rec[self.i_trunc]
+        render = self._render
         for i, plan in enumerate(plans):
-            v = rec[self.i_vals[i]]
-            n = rec[self.i_lens[i]]
-            g = plan.gen_type
-            if g == GA_INT and plan.type == "capability":
-                c = _signed(v, 32)
-                a = {"capability_arg": {"value": c, "name": _CAP_NAMES.get(c, str(c))}}
-            elif g == GA_INT:
-                a = int_arg(plan, v)
-            elif g in (GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR):
-                a = {"string_arg": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
-            elif g == GA_FD:
-                a = {"file_arg": {"path": rec[self.i_str[i]][:n].decode("utf-8", "replace")}} if n else \
-                    {"int_arg": _signed(v, 32)}
-            elif g in (GA_UBUF, GA_IOVEC, GA_IOV_ITER):
-                data = base64.b64encode(rec[self.i_str[i]][:n]).decode()
-                size = rec[self.i_aux[i]]
-                a = {"truncated_bytes_arg": {"bytes_arg": data, "orig_size": str(size)}} if trunc & (1 << i) \
-                    else {"bytes_arg": data}
-            elif g == GA_USOCKADDR:
-                raw = rec[self.i_str[i]][:n]
-                addr = str(ipaddress.ip_address(raw)) if n in (4, 16) else ""
-                a = {"sockaddr_arg": {"family": FAMILY_NAMES.get(v, str(v)), "addr": addr,
-                                      "port": rec[self.i_aux[i]]}}
-            elif g in (GA_FILE, GA_PATH, GA_BINPRM, GA_DENTRY, GA_KIOCB):
-                key = {GA_FILE: "file_arg", GA_PATH: "path_arg", GA_BINPRM: "linux_binprm_arg",
-                       GA_DENTRY: "file_arg", GA_KIOCB: "file_arg"}[g]
-                body: dict[str, Any] = {"path": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
-                if g != GA_DENTRY and v:
-                    body["permission"] = permission(v)
-                a = {key: body}
-            elif g in (GA_SOCK, GA_SOCKET):
-                a = {"sock_arg": self._sock(rec[self.i_str[i]][:n], False)}
-            elif g == GA_SKB:
-                a = {"skb_arg": self._sock(rec[self.i_str[i]][:n], True)}
-            elif g == GA_KSOCKADDR:
-                raw = rec[self.i_str[i]][:n]
-                addr = str(ipaddress.ip_address(raw)) if n in (4, 16) else ""
-                a = {"sockaddr_arg": {"family": FAMILY_NAMES.get(v, str(v)), "addr": addr,
-                                      "port": rec[self.i_aux[i]]}}
-            elif g == GA_CRED:
-                a = {"process_credentials_arg": self._cred(rec[self.i_str[i]][:n])}
-            elif g == GA_USERNS:
-                r = self._record(self.userns, rec[self.i_str[i]][:n])
-                a = {"user_ns_arg": {"level": r["level"], "uid": r["owner"], "gid": r["group"],
-                                     "ns": {"inum": r["inum"]}}}
-            elif g in (GA_MODULE, GA_LOAD_INFO):
-                mod: dict[str, Any] = {"name": rec[self.i_str[i]][:n].decode("utf-8", "replace")}
-                sig = rec[self.i_aux[i]]
-                if sig in (0, 1):
-                    mod["signature_ok"] = bool(sig)
-                taints = [name for bit, name in _TAINTS.items() if v >> bit & 1]
-                if taints:
-                    mod["tainted"] = taints
-                a = {"module_arg": mod}
-            elif g == GA_BPF_ATTR:
-                r = self._record(self.bpf_attr, rec[self.i_str[i]][:n])
-                a = {"bpf_attr_arg": _nonzero({
-                    "ProgType": _enum_name("BPF_PROG_TYPE_", _BPF_PROG_TYPES, r["prog_type"]),
-                    "InsnCnt": r["insn_cnt"], "ProgName": _cstr(r["prog_name"])})}
-            elif g == GA_BPF_MAP:
-                r = self._record(self.bpf_map, rec[self.i_str[i]][:n])
-                a = {"bpf_map_arg": _nonzero({
-                    "MapType": _enum_name("BPF_MAP_TYPE_", _BPF_MAP_TYPES, r["map_type"]), "KeySize": r["key_size"],
-                    "ValueSize": r["value_size"], "MaxEntries": r["max_entries"], "MapName": _cstr(r["name"])})}
-            elif g == GA_PERF_EVENT:
-                r = self._record(self.perf, rec[self.i_str[i]][:n])
-                a = {"perf_event_arg": _nonzero({
-                    "KprobeFunc": _cstr(r["kprobe_func"]), "Type": _enum_name("PERF_TYPE_", _PERF_TYPES, r["type"]),
-                    "Config": str(r["config"]), "ProbeOffset": str(r["probe_offset"])})}
-            elif g == GA_NETDEV:
-                a = {"net_dev_arg": {"name": rec[self.i_str[i]][:n].decode("utf-8", "replace")}}
-            elif plan.type == "nop":
+            a = render.get(plan.gen_type, _other)(self, rec, i, plan)
+            if a is None:
                 continue
-            else:
-                a = {"int_arg": _signed(v, 32)}
             if plan.label:
                 a["label"] = plan.label
             out.append(a)
         return out
 
+    def build(self, rec: tuple, meta: Any, encoder: Any, cache: Any, want_pb: bool,
+              stacks: Any = None) -> OutEvent | None:
+        """``meta``: the engine's _HookMeta (policy name, plan, unit); ``stacks``: lanner.sensors.generic.stacks
+        .Stacks (the stack traces of Post kernelStackTrace / userStackTrace)."""
+        d = self.dec
+        pid, pktime = rec[d.i_pid], rec[d.i_pktime]
+        proc = cache.resolve(pid, pktime)
+        parent = cache.get(proc.parent_key) if proc is not None and proc.parent_key else None
+        body: dict[str, Any] = {}
+        body["process"] = encoder.process_fragment(proc) if proc is not None else {"pid": pid, "tid": rec[d.i_tid]}
+        if parent is not None:
+            body["parent"] = encoder.process_fragment(parent)
+        kind = meta.unit.event_kind
+        _hook_fields(body, kind, meta.unit)
+        self._body(body, rec, meta, encoder, stacks)
+        doc = {kind: body, "node_name": encoder.node, "time": encoder.clock.rfc3339(rec[d.i_ktime])}
+        line = orjson.dumps(doc)
+        pb = _proto(line) if want_pb else None
+        return OutEvent(kind, proc, parent, line, policy_name=meta.policy_name, pb=pb)
 
-def name_socket_pods(args: list[dict[str, Any]], pod_for_ip: Any) -> None:
-    """Socket arguments whose destination is a pod of this node name it: ``dst_pod`` in sock_arg/skb_arg
-    (by daddr), ``pod`` in sockaddr_arg (by addr). lanner fields: Tetragon's protobuf ignores them."""
-    for a in args:
-        for key, addr_key, pod_key in (("sock_arg", "daddr", "dst_pod"), ("skb_arg", "daddr", "dst_pod"),
-                                       ("sockaddr_arg", "addr", "pod")):
-            body = a.get(key)
-            if body is None or not body.get(addr_key):
-                continue
-            pod = pod_for_ip(body[addr_key])
-            if pod is not None:
-                body[pod_key] = {"namespace": pod.namespace, "name": pod.name}
+    def _body(self, body: dict[str, Any], rec: tuple, meta: Any, encoder: Any, stacks: Any) -> None:
+        """args, return, action, stack traces, policy name, message and tags, in Tetragon's field order."""
+        d, plan = self.dec, meta.plan
+        args = self.args(rec, plan.args)
+        if args:
+            pods = getattr(encoder, "pod_resolver", None)
+            if pods is not None and hasattr(pods, "pod_for_ip"):
+                name_socket_pods(args, pods.pod_for_ip)
+            body["args"] = args
+        flags = rec[d.i_flags]
+        if flags & self._f_return and plan.ret is not None:
+            r = self.ret_sock(rec, len(plan.args)) if plan.ret.gen_type == self._ga_sock else \
+                int_arg(plan.ret, rec[d.i_ret] & ((1 << 64) - 1))
+            if plan.ret.label:
+                r["label"] = plan.ret.label
+            body["return"] = r
+            if plan.return_action:
+                body["return_action"] = f"KPROBE_ACTION_{plan.return_action.upper()}"
+        body["action"] = ACTION_NAMES.get(rec[d.i_action], "KPROBE_ACTION_POST")
+        if flags & self._f_kstack and stacks is not None:
+            trace = stacks.kernel_trace(rec[d.i_kstack])
+            if trace:
+                body["kernel_stack_trace"] = trace
+        body["policy_name"] = meta.policy_name
+        if plan.message:
+            body["message"] = plan.message
+        if plan.tags:
+            body["tags"] = list(plan.tags)
+        if flags & self._f_ustack and stacks is not None:
+            trace = stacks.user_trace(rec[d.i_ustack], rec[d.i_tid])
+            if trace:
+                body["user_stack_trace"] = trace
 
 
-def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: Any, want_pb: bool,
-                stacks: Any = None) -> OutEvent | None:
-    """``meta``: engine._HookMeta (policy name, plan, unit); ``stacks``: lanner.sensors.generic.stacks.Stacks (the stack
-    traces of Post kernelStackTrace / userStackTrace)."""
-    pid, pktime = rec[dec.i_pid], rec[dec.i_pktime]
-    proc = cache.resolve(pid, pktime)
-    parent = cache.get(proc.parent_key) if proc is not None and proc.parent_key else None
-    plan, unit = meta.plan, meta.unit
-    body: dict[str, Any] = {}
-    body["process"] = encoder.process_fragment(proc) if proc is not None else {"pid": pid, "tid": rec[dec.i_tid]}
-    if parent is not None:
-        body["parent"] = encoder.process_fragment(parent)
-    kind = unit.event_kind
+def _hook_fields(body: dict[str, Any], kind: str, unit: Any) -> None:
+    """What names the hook in each event kind: function, tracepoint, USDT probe or uprobe."""
     if kind in ("process_kprobe", "process_lsm"):
         body["function_name"] = unit.function_name
     elif kind == "process_tracepoint":
@@ -293,44 +391,26 @@ def build_event(dec: EventDecoder, rec: tuple, meta: Any, encoder: Any, cache: A
         if unit.symbol:
             body["symbol"] = unit.symbol
         body["offset"] = str(unit.offset)
-    args = dec.args(rec, plan.args)
-    if args:
-        pods = getattr(encoder, "pod_resolver", None)
-        if pods is not None and hasattr(pods, "pod_for_ip"):
-            name_socket_pods(args, pods.pod_for_ip)
-        body["args"] = args
-    if rec[dec.i_flags] & GEF_RETURN and plan.ret is not None:
-        r = dec.ret_sock(rec, len(plan.args)) if plan.ret.gen_type == GA_SOCK else \
-            int_arg(plan.ret, rec[dec.i_ret] & ((1 << 64) - 1))
-        if plan.ret.label:
-            r["label"] = plan.ret.label
-        body["return"] = r
-        if plan.return_action:
-            body["return_action"] = f"KPROBE_ACTION_{plan.return_action.upper()}"
-    body["action"] = ACTION_NAMES.get(rec[dec.i_action], "KPROBE_ACTION_POST")
-    flags = rec[dec.i_flags]
-    if flags & GEF_KSTACK and stacks is not None:
-        trace = stacks.kernel_trace(rec[dec.i_kstack])
-        if trace:
-            body["kernel_stack_trace"] = trace
-    body["policy_name"] = meta.policy_name
-    if plan.message:
-        body["message"] = plan.message
-    if plan.tags:
-        body["tags"] = list(plan.tags)
-    if flags & GEF_USTACK and stacks is not None:
-        trace = stacks.user_trace(rec[dec.i_ustack], rec[dec.i_tid])
-        if trace:
-            body["user_stack_trace"] = trace
-    t = encoder.clock.rfc3339(rec[dec.i_ktime])
-    doc = {kind: body, "node_name": encoder.node, "time": t}
-    line = orjson.dumps(doc)
-    pb = None
-    if want_pb:
-        from google.protobuf import json_format
 
-        from lanner.exporter.api.gen.tetragon import events_pb2
 
-        pb = json_format.ParseDict(orjson.loads(line), events_pb2.GetEventsResponse(),
-                                   ignore_unknown_fields=True).SerializeToString()
-    return OutEvent(kind, proc, parent, line, policy_name=meta.policy_name, pb=pb)
+def _proto(line: bytes) -> bytes:
+    """The event as GetEventsResponse protobuf bytes (from its JSON: one encoding to keep right)."""
+    from google.protobuf import json_format
+
+    from lanner.exporter.api.gen.tetragon import events_pb2
+
+    return json_format.ParseDict(orjson.loads(line), events_pb2.GetEventsResponse(),
+                                 ignore_unknown_fields=True).SerializeToString()
+
+def name_socket_pods(args: list[dict[str, Any]], pod_for_ip: Any) -> None:
+    """Socket arguments whose destination is a pod of this node name it: ``dst_pod`` in sock_arg/skb_arg
+    (by daddr), ``pod`` in sockaddr_arg (by addr). lanner fields: Tetragon's protobuf ignores them."""
+    for a in args:
+        for key, addr_key, pod_key in (("sock_arg", "daddr", "dst_pod"), ("skb_arg", "daddr", "dst_pod"),
+                                       ("sockaddr_arg", "addr", "pod")):
+            body = a.get(key)
+            if body is None or not body.get(addr_key):
+                continue
+            pod = pod_for_ip(body[addr_key])
+            if pod is not None:
+                body[pod_key] = {"namespace": pod.namespace, "name": pod.name}

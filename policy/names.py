@@ -59,3 +59,10 @@ FILE_TYPES: Mapping[str, int] = MappingProxyType({
 })
 
 MAX_SIGNAL = 64  # SIGRTMAX on Linux
+
+
+# Tetragon's KprobeAction numbers (api/v1/tetragon: the action an event reports), by the policy's action name
+ACTION_NUMBERS: Mapping[str, int] = MappingProxyType({
+    "Post": 1, "Sigkill": 3, "Override": 5, "GetUrl": 7, "DnsLookup": 8, "NoPost": 9, "Signal": 10, "TrackSock": 11,
+    "UntrackSock": 12, "NotifyEnforcer": 13, "CleanupEnforcerNotification": 14, "Set": 15,
+})

@@ -33,7 +33,7 @@ HOST_PROBE = {"tracepoint": True, "raw_tp": True, "tp_btf": True, "uprobe": True
 def _need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    if not (ROOT / "policy" / "bpf" / "obj" / "generic_tp.bpf.o").exists():
+    if not (ROOT / "sensors" / "generic" / "bpf" / "obj" / "generic_tp.bpf.o").exists():
         pytest.skip("run 'make bpf' first")
 
 

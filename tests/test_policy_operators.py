@@ -38,7 +38,7 @@ ENABLED = sensors_pb2.TP_STATE_ENABLED
 def env():
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    if not (ROOT / "policy" / "bpf" / "obj" / "generic_tp.bpf.o").exists():
+    if not (ROOT / "sensors" / "generic" / "bpf" / "obj" / "generic_tp.bpf.o").exists():
         pytest.skip("run 'make bpf' first")
     from lanner.agent import Agent, AgentConfig
     from lanner.sensors.generic.engine import EngineContext, PolicyEngine

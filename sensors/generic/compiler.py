@@ -31,35 +31,31 @@ from lanner.policy.model import (
     ArgSpec, IntRange, KProbeSpec, ListRef, LsmHookSpec, MatchArg, Selector, TracepointSpec, TracingPolicy,
     UProbeSpec, USDTSpec,
 )
+from lanner.policy.names import ACTION_NUMBERS
 from lanner.policy.values import parse_int
 
-from . import kernel_btf, tracefs
+from . import abi, kernel_btf, tracefs
+from .abi import (
+    GAF_ZERO, GA_BINPRM, GA_BPF_ATTR, GA_BPF_MAP, GA_CRED, GA_DATALOC, GA_DENTRY, GA_FD, GA_FILE, GA_INLINE_STR,
+    GA_INT, GA_IOVEC, GA_IOV_ITER, GA_KIOCB, GA_KSOCKADDR, GA_KSTR, GA_LOAD_INFO, GA_MODULE, GA_NETDEV, GA_PATH,
+    GA_PERF_EVENT, GA_SKB, GA_SOCK, GA_SOCKET, GA_UBUF, GA_USERNS, GA_USOCKADDR, GA_USTR, GEN_MAX_ARGS,
+    GEN_MAX_FILTERS, GEN_MAX_NS, GEN_MAX_NS_VALUES, GEN_MAX_PIDS, GEN_MAX_PID_ENTRIES, GEN_MAX_RANGES,
+    GEN_MAX_SELECTORS, GEN_RET_ARG, GEN_STR_MAX, GEN_SYS_NR, GFF_AUX, GFF_NEGATE, GFF_RET, GFF_SIGNED, GFF_SUB,
+    GF_ADDR, GF_INT, GF_MASK, GF_STR_EQ, GF_STR_POSTFIX, GF_STR_PREFIX, GHF_BTF, GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET,
+    GHF_LSM, GHF_RET_SOCK, GHF_RET_TRACKSOCK, GHF_RET_UNTRACKSOCK, GHF_SYSCALL, GHF_SYSWRAP, GHF_UPROBE, GHF_USDT,
+    GNS_CGROUP, GNS_IPC, GNS_MNT, GNS_NET, GNS_PID, GNS_PID_FOR_CHILDREN, GNS_TIME, GNS_TIME_FOR_CHILDREN, GNS_USER,
+    GNS_UTS, GOP_IN, GOP_NOTIN, GOP_NOTPOSTFIX, GOP_NOTPREFIX, GOP_POSTFIX, GOP_PREFIX, GPF_FOLLOW, GPF_NSPID,
+    GSF_HAS_RET, GSF_KSTACK, GSF_OVERRIDE, GSF_POST, GSF_SIGNAL, GSF_TRACKSOCK, GSF_UNTRACKSOCK, GSF_USTACK,
+    GST_MATCHED,
+)
 from .uprobe import SymbolError, resolve_symbols
 from .usdt import UsdtError, find_probes
 
-# ------------------------------------------------------------------ constants mirrored from generic.h
-GEN_MAX_ARGS, GEN_MAX_SELECTORS, GEN_MAX_FILTERS, GEN_MAX_RANGES = 5, 5, 8, 4
-GEN_MAX_PIDS, GEN_MAX_NS, GEN_MAX_NS_VALUES, GEN_STR_MAX, GEN_RET_ARG = 4, 4, 4, 254, 7
-GEN_MAX_PID_ENTRIES = 2  # matchPIDs entries per selector
-GA_INT, GA_USTR, GA_KSTR, GA_DATALOC, GA_INLINE_STR, GA_UBUF, GA_FD, GA_USOCKADDR, GA_IOVEC = range(1, 10)
-GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM, GA_CRED, GA_SOCK, GA_SOCKET, GA_SKB, GA_KSOCKADDR, GA_USERNS, \
-    GA_NETDEV, GA_MODULE, GA_LOAD_INFO = range(10, 23)
-GA_BPF_ATTR, GA_BPF_MAP, GA_PERF_EVENT, GA_KIOCB, GA_IOV_ITER = range(23, 28)
-GF_INT, GF_MASK, GF_STR_EQ, GF_STR_PREFIX, GF_STR_POSTFIX, GF_ADDR = range(1, 7)
-GAF_ZERO = 1  # gen_arg.flags
-GFF_NEGATE, GFF_SIGNED, GFF_AUX, GFF_RET, GFF_SUB = 1, 2, 4, 8, 16
-GOP = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
-GPF_FOLLOW, GPF_NSPID = 1, 2
-GSF_POST, GSF_SIGNAL, GSF_HAS_RET, GSF_OVERRIDE, GSF_TRACKSOCK, GSF_UNTRACKSOCK = 1, 2, 4, 8, 16, 32
-GSF_KSTACK, GSF_USTACK = 64, 128  # Post kernelStackTrace / userStackTrace (gen_stacks ids in the event)
-GHF_ENFORCE, GHF_EXIT, GHF_HAS_RET, GHF_UPROBE, GHF_BTF, GHF_LSM, GHF_USDT, GHF_SYSCALL = 1, 2, 4, 8, 16, 32, 64, 128
-GHF_SYSWRAP = 256  # a syscall hook on the wrapper __x64_sys_X(struct pt_regs *): args from *regs
-GHF_SCOPED = 512  # a workload-scoped policy's hook: runs only for tasks in its pods' netns (gen_scope)
-GHF_SCOPED_CG = 8192  # ... or, for a containerSelector, in its containers' cgroups (gen_scope_cg)
+# ------------------------------------------------------------------ constants (defined in generic.h, read from BTF)
+GOP = {"In": GOP_IN, "NotIn": GOP_NOTIN, "Prefix": GOP_PREFIX, "NotPrefix": GOP_NOTPREFIX, "Postfix": GOP_POSTFIX,
+       "NotPostfix": GOP_NOTPOSTFIX}
 WRAP_MAX_CALLS = 16  # longer syscall lists go to the dispatcher (one program), not one fentry per syscall
 GENERATED_FTRACE_MAX = 256  # functions a generated_ftrace list may expand to (one kprobe link each)
-GHF_RET_SOCK, GHF_RET_TRACKSOCK, GHF_RET_UNTRACKSOCK = 1024, 2048, 4096  # sock return values, returnArgAction
-GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c)
 # what the kernel's maps hold for all policies together (gen_maps.bpf.h): gen_hooks entries, and value-set entries
 # in gen_int_set (262144), gen_str_set, gen_str_set32/64/128 and gen_str_lpm (32768 each). A policy needing more
 # can never load: its hooks past these are unavailable, and compiling stops there (a few KiB of YAML with a long
@@ -67,12 +63,9 @@ GEN_SYS_NR, GEN_SYS_HOOKS = 512, 64  # the syscall dispatcher (generic_sys.bpf.c
 # found a map full)
 GEN_MAX_HOOKS = 1024
 GEN_MAX_SET_ENTRIES = 262144 + 5 * 32768
-# gen_stats slots (generic.h GST_*)
-GST_MATCHED, GST_POST, GST_SIGNAL, GST_MONITOR_SIGNAL, GST_NOPOST, GST_RATE_LIMITED, GST_POST_LOST, \
-    GST_OVERRIDE, GST_MONITOR_OVERRIDE = range(9)
-GST_SLOTS = 9
-GST_NAMES = ("matched", "post", "signal", "monitor_signal", "nopost", "rate_limited", "post_lost", "override",
-             "monitor_override")
+# gen_stats slots (generic.h enum gen_stat): GST_MATCHED -> "matched", in slot order
+GST_NAMES = tuple(n.removeprefix("GST_").lower() for n, v in sorted(abi.enum("gen_stat").items(), key=lambda kv: kv[1])
+                  if n != "GST_SLOTS")
 # BTF-typed kernel pointer arguments (kprobes, LSM hooks): policy type -> gen_arg.type
 KERNEL_PTR_TYPES = {"file": GA_FILE, "path": GA_PATH, "dentry": GA_DENTRY, "linux_binprm": GA_BINPRM,
                     "cred": GA_CRED, "sock": GA_SOCK, "socket": GA_SOCKET, "skb": GA_SKB,
@@ -81,17 +74,14 @@ KERNEL_PTR_TYPES = {"file": GA_FILE, "path": GA_PATH, "dentry": GA_DENTRY, "linu
                     "perf_event": GA_PERF_EVENT, "kiocb": GA_KIOCB, "iov_iter": GA_IOV_ITER}
 PATH_GA = (GA_FILE, GA_PATH, GA_DENTRY, GA_BINPRM)
 SOCK_GA = (GA_SOCK, GA_SOCKET, GA_SKB)
-NS_TYPES = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5, "Time": 6,
-            "TimeForChildren": 7, "Cgroup": 8, "User": 9}
+NS_TYPES = {"Uts": GNS_UTS, "Ipc": GNS_IPC, "Mnt": GNS_MNT, "Pid": GNS_PID, "PidForChildren": GNS_PID_FOR_CHILDREN,
+            "Net": GNS_NET, "Time": GNS_TIME, "TimeForChildren": GNS_TIME_FOR_CHILDREN, "Cgroup": GNS_CGROUP,
+            "User": GNS_USER}
 NS_PROC = {"Uts": "uts", "Ipc": "ipc", "Mnt": "mnt", "Pid": "pid", "PidForChildren": "pid_for_children",
            "Net": "net", "Time": "time", "TimeForChildren": "time_for_children", "Cgroup": "cgroup",
            "User": "user"}
 CAP_TYPES = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 ALL_NS_MASK = (1 << len(NS_TYPES)) - 1
-ACTIONS = {"Post": 1, "Sigkill": 3, "Override": 5, "GetUrl": 7, "DnsLookup": 8, "NoPost": 9, "Signal": 10,
-           "TrackSock": 11, "UntrackSock": 12, "NotifyEnforcer": 13, "CleanupEnforcerNotification": 14, "Set": 15}
-ACTION_NAMES = {v: f"KPROBE_ACTION_{k.upper()}" for k, v in ACTIONS.items()}
-ACTION_NAMES[0] = "KPROBE_ACTION_POST"
 FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
             "AF_PACKET": 17}
 
@@ -942,7 +932,7 @@ class Compiler:
                 sig = 9 if a.action == "Sigkill" else (a.arg_sig or 0)
                 if not 0 < sig < 65:
                     raise Unavailable(f"{where}: Signal needs argSig 1..64")
-                reported = reported or ACTIONS[a.action]
+                reported = reported or ACTION_NUMBERS[a.action]
                 cp.enforcing = True
             elif a.action == "Override" and override_via is not None:
                 if a.arg_error is None:
@@ -950,7 +940,7 @@ class Compiler:
                 override = True
                 cfg[f"{p}override_ret"] = a.arg_error
                 cfg["_override"] = True
-                reported = reported or ACTIONS["Override"]
+                reported = reported or ACTION_NUMBERS["Override"]
                 cp.enforcing = True
             elif a.action in ("TrackSock", "UntrackSock"):
                 sock_index = a.arg_sock or 0  # argSock defaults to 0
@@ -962,7 +952,7 @@ class Compiler:
                     raise Unavailable(f"{where}: one TrackSock/UntrackSock per selector is served")
                 track = GSF_TRACKSOCK if a.action == "TrackSock" else GSF_UNTRACKSOCK
                 cfg[f"{p}sock_arg"] = pos
-                reported = reported or ACTIONS[a.action]
+                reported = reported or ACTION_NUMBERS[a.action]
             elif a.action == "NotifyEnforcer":
                 calls = self._enforcer_calls(policy)
                 if not calls:
@@ -980,7 +970,7 @@ class Compiler:
                         raise Unavailable(f"{where}: NotifyEnforcer argSig must be 1..64")
                     sig = a.arg_sig
                 cfg["_enforcer"] = True
-                reported = reported or ACTIONS["NotifyEnforcer"]
+                reported = reported or ACTION_NUMBERS["NotifyEnforcer"]
                 cp.enforcing = True
             elif a.action in ("Override", "NotifyEnforcer"):
                 if self.supports("fmod_ret") or self.supports("override_return"):
@@ -992,7 +982,7 @@ class Compiler:
             else:
                 raise Unavailable(f"{where}: action {a.action} is not served by this lanner build")
         if reported is None:
-            reported = ACTIONS["Post"] if post else ACTIONS["NoPost"]
+            reported = ACTION_NUMBERS["Post"] if post else ACTION_NUMBERS["NoPost"]
         cfg[f"{p}action"] = reported
         cfg[f"{p}flags"] = flags | (GSF_POST if post else 0) | (GSF_SIGNAL if sig else 0) | \
             (GSF_OVERRIDE if override else 0) | track | (stack if post else 0)

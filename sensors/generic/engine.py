@@ -26,18 +26,20 @@ from lanner.bpf.records import RecordLayout
 from lanner.bpf.ringbuf import RingBuffer
 from lanner.exporter.api.gen.tetragon import sensors_pb2
 from lanner.exporter.pipeline import OutEvent
-from lanner.exporter.tracing import EventDecoder, build_event
+from lanner.exporter.tracing import TracingEvents
 from lanner.policy.errors import PolicyError
 from lanner.policy.loader import load_policies
 from lanner.policy.model import TracingPolicy
 from lanner.policy.workloads import WorkloadScope, scope_of
 
 from . import bpf_attach
-from .compiler import (
-    GEN_STR_MAX, GHF_ENFORCE, GHF_SCOPED, GHF_SCOPED_CG, GST_MONITOR_OVERRIDE, GST_MONITOR_SIGNAL, GST_NAMES,
-    GST_OVERRIDE, GST_POST, GEN_SYS_HOOKS, GST_SIGNAL, GST_SLOTS, CompiledPolicy,
-    Compiler, HookPlan, HookUnit,
+from .abi import (
+    GEN_OP, GEN_STR_HDR, GEN_STR_KEY32, GEN_STR_KEY64, GEN_STR_KEY128, GEN_STR_MAX, GEN_SYS_HOOKS, GHF_ENFORCE,
+    GHF_SCOPED, GHF_SCOPED_CG, GSO_ENTER, GSO_ENTER_BUF, GSO_EXIT, GSO_EXIT_BUF, GST_MONITOR_OVERRIDE,
+    GST_MONITOR_SIGNAL, GST_OVERRIDE, GST_POST, GST_SIGNAL, GST_SLOTS,
 )
+from .compiler import GST_NAMES, CompiledPolicy, Compiler, HookPlan, HookUnit
+from .decoder import EventDecoder
 from .scopes import WorkloadScopes
 from .stacks import Stacks
 
@@ -54,8 +56,6 @@ TPBTF_OBJECT = OBJ_DIR / "generic_tpbtf.bpf.o"  # one instance per raw (BTF) tra
 SYS_OBJECT = OBJ_DIR / "generic_sys.bpf.o"  # the syscall dispatcher (sys_enter/sys_exit), loaded on the first syscall hook
 # the dispatcher's programs per flavour (compiler.sys_dispatch): (enter, exit)
 SYS_PROGRAMS = {"tp_btf": ("gen_sys_enter", "gen_sys_exit"), "raw_tp": ("gen_sys_enter_r", "gen_sys_exit_r")}
-GSO_ENTER, GSO_EXIT, GSO_ENTER_BUF, GSO_EXIT_BUF = 1, 2, 4, 8
-GEN_OP = 9
 SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str_set32", "gen_str_set64",
                "gen_str_set128", "gen_str_lpm", "gen_heap", "gen_inflight", "gen_stacks",
                "gen_ratelimit", "gen_stats", "gen_override", "gen_socktrack", "gen_scope", "gen_scope_cg", "events",
@@ -74,8 +74,8 @@ _INT_KEY = struct.Struct("<IIQ")
 _STR_KEY = struct.Struct(f"<IBB{GEN_STR_MAX}s")
 # Equal / matchBinaries In sets: a string of n bytes lives in the smallest map whose key (the first K bytes
 # of the zero-padded struct gen_str, header 6 bytes) holds it (generic_core.bpf.h gen_str_in_set)
-STR_BUCKETS = ((32, "gen_str_set32"), (64, "gen_str_set64"), (128, "gen_str_set128"))
-_STR_HDR = 6
+STR_BUCKETS = ((GEN_STR_KEY32, "gen_str_set32"), (GEN_STR_KEY64, "gen_str_set64"), (GEN_STR_KEY128, "gen_str_set128"))
+_STR_HDR = GEN_STR_HDR
 
 
 def _str_bucket(v: bytes) -> int | None:
@@ -294,6 +294,7 @@ class PolicyEngine:
         self._hook_struct = lay.struct
         self._hook_defaults = [b"" if f.endswith("s") else 0 for f in _fmt_items(lay.fmt)]
         self.decoder = EventDecoder(tp.btf)
+        self.tracing = TracingEvents(self.decoder)
         self.stacks = Stacks(tp.map("gen_stacks"))  # Post kernelStackTrace / userStackTrace
         sock = tp.btf.struct("gen_sock_info")
         sock_fields = {m.name: (m.bit_offset // 8, tp.btf.sizeof(m.type_id)) for m in sock.members}
@@ -931,7 +932,7 @@ class PolicyEngine:
             m = meta.get(rec[dec.i_hook])
             if m is None:  # policy deleted since
                 continue
-            ev = build_event(dec, rec, m, self.ctx.encoder, self.ctx.cache, want_pb, self.stacks)
+            ev = self.tracing.build(rec, m, self.ctx.encoder, self.ctx.cache, want_pb, self.stacks)
             if ev is not None:
                 out.append(ev)
         self.stacks.release()  # the stacks this batch read: deleted from gen_stacks

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import abi
+
 log = logging.getLogger("lanner.policies")
 
 SETTLE_WAIT_S = 5.0  # how long a list right after start waits for the start-up policies
@@ -29,12 +31,13 @@ class PolicyHostContext:
     on_error: Callable[[str], None] = lambda _kind: None  # a start-up file failed (for the error counters)
 
 
-OP_POLICY = 9  # the policy programs' records (sensors/generic/bpf/generic.h GEN_OP)
-
-
 class PolicyHost:
     name = "policy"
-    ops = frozenset({OP_POLICY})
+
+    @property
+    def ops(self) -> frozenset[int]:
+        """The ring's record op of the generic programs (generic.h GEN_OP, read from the object's BTF)."""
+        return frozenset({abi.GEN_OP})
 
     def __init__(self, ctx: PolicyHostContext) -> None:
         self.ctx = ctx

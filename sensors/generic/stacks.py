@@ -29,9 +29,10 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from .abi import GEN_STACK_DEPTH
+
 log = logging.getLogger("lanner.sensors.generic.stacks")
 
-GEN_STACK_DEPTH = 127  # generic.h (PERF_MAX_STACK_DEPTH)
 RECENT = 512           # released stacks kept for a late event of the same stack
 ELF_CACHE = 128        # files whose symbols are kept
 _TEXT = (b"t", b"T", b"w", b"W")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from elftools.elf.elffile import ELFFile
 
+from .abi import GL_CONST, GL_MEM, GL_REG
+
 # register name -> the pt_regs slot the BPF program reads (gen_usdt_reg in generic_core.bpf.h): ax bx cx dx
 # si di bp sp r8..r15 ip
 REGS: dict[str, int] = {}
@@ -30,7 +32,7 @@ for _k in range(8, 16):
         REGS[_n] = _k
 REGS["rip"] = 16
 
-LOC_REG, LOC_MEM, LOC_CONST = 1, 2, 3  # gen_arg.loc (GL_*)
+LOC_REG, LOC_MEM, LOC_CONST = GL_REG, GL_MEM, GL_CONST  # gen_arg.loc
 NT_STAPSDT = 3
 
 

@@ -14,6 +14,43 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* the short-string sets' key sizes (gen_str_set32/64/128 below) */
+enum gen_str_key {
+	GEN_STR_KEY32 = 32,
+	GEN_STR_KEY64 = 64,
+	GEN_STR_KEY128 = 128,
+	GEN_STR_HDR = 6, /* prefixlen, set_hi, set_lo */
+};
+
+/* The constants Python shares with these programs, by enum (generic.h, and gen_str_key above):
+ * clang emits a type into the object's BTF only when something emitted refers to it, so this struct names
+ * every shared enum and gen_abi_btf, a function no program calls (libbpf loads none of its instructions),
+ * refers to the struct. lanner.sensors.generic.abi reads the enumerators by name from the BTF. */
+struct gen_abi {
+	enum gen_op op;
+	enum gen_limits limits;
+	enum gen_arg_type arg_type;
+	enum gen_arg_flags arg_flags;
+	enum gen_filter_kind filter_kind;
+	enum gen_filter_flags filter_flags;
+	enum gen_operator operator;
+	enum gen_pid_flags pid_flags;
+	enum gen_selector_flags selector_flags;
+	enum gen_stat stat;
+	enum gen_hook_flags hook_flags;
+	enum gen_sys sys;
+	enum gen_ns_type ns_type;
+	enum gen_arg_loc arg_loc;
+	enum gen_event_flags event_flags;
+	enum gen_stacks stacks;
+	enum gen_str_key str_key;
+};
+
+__attribute__((used)) static int gen_abi_btf(struct gen_abi *abi)
+{
+	return 0;
+}
+
 /* A function the verifier checks once, on its own, whatever its callers' states (a BPF global function):
  * arguments are scalars or pointers to sized memory (checked for NULL inside), the result a scalar.
  * This is how the engine keeps each program far below the verifier's budget on every kernel. */
@@ -60,10 +97,6 @@ struct {
 /* the same sets for short strings, keyed by the first GEN_STR_KEY32/64/128 bytes of struct gen_str: a string
  * of len bytes lives in the smallest map whose key holds it zero padded (gen_str_bucket), so a lookup
  * hashes 32, 64 or 128 bytes instead of the whole 260-byte key (jhash over the key is most of its cost) */
-#define GEN_STR_KEY32 32
-#define GEN_STR_KEY64 64
-#define GEN_STR_KEY128 128
-#define GEN_STR_HDR 6 /* prefixlen, set_hi, set_lo */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768);

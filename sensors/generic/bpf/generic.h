@@ -1,159 +1,189 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /*
  * TracingPolicy engine records: the one definition of the per-hook configuration the Python
- * compiler (lanner.policy.compiler) writes into maps, and of the event record the generic programs
- * send. Python reads these layouts from the object's BTF (lanner.bpf.records / btf sizes).
+ * compiler (lanner.sensors.generic.compiler) writes into maps, and of the event record the generic programs
+ * send. Python reads these layouts from the object's BTF (lanner.bpf.records / btf sizes), and the constants
+ * below too: every enum named in struct gen_abi (gen_maps.bpf.h) is read by name from the object's BTF
+ * (lanner.sensors.generic.abi), so a value is written here only.
  */
 #pragma once
 
-#define GEN_OP 9 /* lanner_event_hdr.op of policy events; also its lanner_lost slot */
+enum gen_op {
+	GEN_OP = 9, /* lanner_event_hdr.op of policy events; also its lanner_lost slot */
+};
 
 /* limits (docs/policy-engine.md) */
-#define GEN_MAX_ARGS 5
-#define GEN_MAX_SELECTORS 5
-#define GEN_MAX_FILTERS 8      /* matchArgs + matchReturnArgs entries per selector */
-#define GEN_MAX_RANGES 4       /* inline ranges/masks per filter (sets of values live in maps) */
-#define GEN_MAX_PIDS 4
-#define GEN_MAX_PID_ENTRIES 2  /* matchPIDs entries per selector (ANDed) */
-#define GEN_MAX_NS 4           /* matchNamespaces entries per selector */
-#define GEN_MAX_NS_VALUES 4
-#define GEN_STR_MAX 254        /* bytes of a string kept for matching and reporting (253 chars + NUL) */
-#define GEN_PARENT_LEVELS 8    /* matchPIDs followForks / matchBinaries followChildren ancestor walk */
-#define GEN_RET_ARG 7          /* gen_filter.arg for the return value */
+enum gen_limits {
+	GEN_MAX_ARGS = 5,
+	GEN_MAX_SELECTORS = 5,
+	GEN_MAX_FILTERS = 8, /* matchArgs + matchReturnArgs entries per selector */
+	GEN_MAX_RANGES = 4, /* inline ranges/masks per filter (sets of values live in maps) */
+	GEN_MAX_PIDS = 4,
+	GEN_MAX_PID_ENTRIES = 2, /* matchPIDs entries per selector (ANDed) */
+	GEN_MAX_NS = 4, /* matchNamespaces entries per selector */
+	GEN_MAX_NS_VALUES = 4,
+	GEN_STR_MAX = 254, /* bytes of a string kept for matching and reporting (253 chars + NUL) */
+	GEN_PARENT_LEVELS = 8, /* matchPIDs followForks / matchBinaries followChildren ancestor walk */
+	GEN_RET_ARG = 7, /* gen_filter.arg for the return value */
+};
 
 /* gen_arg.type: how an argument is read */
-#define GA_NONE 0
-#define GA_INT 1          /* integer of gen_arg.size bytes, sign-extended when is_signed */
-#define GA_USTR 2         /* user pointer to a NUL-terminated string */
-#define GA_KSTR 3         /* kernel pointer to a NUL-terminated string */
-#define GA_DATALOC 4      /* tracepoint __data_loc string (u32: len << 16 | offset in the record) */
-#define GA_INLINE_STR 5   /* char array inside the tracepoint record */
-#define GA_UBUF 6         /* user buffer, size from the arg at size_arg (1-based) */
-#define GA_FD 7           /* file descriptor -> absolute path of the file */
-#define GA_USOCKADDR 8    /* user struct sockaddr: val = family, aux = port, str = address bytes */
-#define GA_IOVEC 9        /* user struct iovec array, count from size_arg: first buffer */
-/* BTF-typed kernel pointers (kprobe / LSM arguments), read with CO-RE */
-#define GA_FILE 10        /* struct file * -> absolute path (str), f_flags (aux), i_mode (vals) */
-#define GA_PATH 11        /* struct path * -> absolute path, i_mode (vals) */
-#define GA_DENTRY 12      /* struct dentry * -> path inside its filesystem */
-#define GA_BINPRM 13      /* struct linux_binprm * -> its file's absolute path */
-#define GA_CRED 14        /* struct cred * -> struct gen_cred_info in str */
-#define GA_SOCK 15        /* struct sock * -> struct gen_sock_info in str, family in vals */
-#define GA_SOCKET 16      /* struct socket * -> its sk, as GA_SOCK */
-#define GA_SKB 17         /* struct sk_buff * -> struct gen_sock_info from the IP/TCP/UDP headers */
-#define GA_KSOCKADDR 18   /* kernel struct sockaddr *: as GA_USOCKADDR */
-#define GA_USERNS 19      /* struct user_namespace * -> struct gen_userns_info in str */
-#define GA_NETDEV 20      /* struct net_device * -> name */
-#define GA_MODULE 21      /* struct module * -> name (str), taints (vals) */
-#define GA_LOAD_INFO 22   /* struct load_info * -> name (str), sig_ok (aux: 0/1, 2 unknown) */
-#define GA_BPF_ATTR 23    /* union bpf_attr * (BPF_PROG_LOAD) -> struct gen_bpf_attr_info in str */
-#define GA_BPF_MAP 24     /* struct bpf_map * -> struct gen_bpf_map_info in str */
-#define GA_PERF_EVENT 25  /* struct perf_event * -> struct gen_perf_event_info in str */
-#define GA_KIOCB 26       /* struct kiocb * -> its ki_filp, as GA_FILE */
-#define GA_IOV_ITER 27    /* struct iov_iter * -> the user bytes of its first segment (ITER_UBUF / ITER_IOVEC) in str,
+enum gen_arg_type {
+	GA_NONE = 0,
+	GA_INT = 1, /* integer of gen_arg.size bytes, sign-extended when is_signed */
+	GA_USTR = 2, /* user pointer to a NUL-terminated string */
+	GA_KSTR = 3, /* kernel pointer to a NUL-terminated string */
+	GA_DATALOC = 4, /* tracepoint __data_loc string (u32: len << 16 | offset in the record) */
+	GA_INLINE_STR = 5, /* char array inside the tracepoint record */
+	GA_UBUF = 6, /* user buffer, size from the arg at size_arg (1-based) */
+	GA_FD = 7, /* file descriptor -> absolute path of the file */
+	GA_USOCKADDR = 8, /* user struct sockaddr: val = family, aux = port, str = address bytes */
+	GA_IOVEC = 9, /* user struct iovec array, count from size_arg: first buffer */
+	/* BTF-typed kernel pointers (kprobe / LSM arguments), read with CO-RE */
+	GA_FILE = 10, /* struct file * -> absolute path (str), f_flags (aux), i_mode (vals) */
+	GA_PATH = 11, /* struct path * -> absolute path, i_mode (vals) */
+	GA_DENTRY = 12, /* struct dentry * -> path inside its filesystem */
+	GA_BINPRM = 13, /* struct linux_binprm * -> its file's absolute path */
+	GA_CRED = 14, /* struct cred * -> struct gen_cred_info in str */
+	GA_SOCK = 15, /* struct sock * -> struct gen_sock_info in str, family in vals */
+	GA_SOCKET = 16, /* struct socket * -> its sk, as GA_SOCK */
+	GA_SKB = 17, /* struct sk_buff * -> struct gen_sock_info from the IP/TCP/UDP headers */
+	GA_KSOCKADDR = 18, /* kernel struct sockaddr *: as GA_USOCKADDR */
+	GA_USERNS = 19, /* struct user_namespace * -> struct gen_userns_info in str */
+	GA_NETDEV = 20, /* struct net_device * -> name */
+	GA_MODULE = 21, /* struct module * -> name (str), taints (vals) */
+	GA_LOAD_INFO = 22, /* struct load_info * -> name (str), sig_ok (aux: 0/1, 2 unknown) */
+	GA_BPF_ATTR = 23, /* union bpf_attr * (BPF_PROG_LOAD) -> struct gen_bpf_attr_info in str */
+	GA_BPF_MAP = 24, /* struct bpf_map * -> struct gen_bpf_map_info in str */
+	GA_PERF_EVENT = 25, /* struct perf_event * -> struct gen_perf_event_info in str */
+	GA_KIOCB = 26, /* struct kiocb * -> its ki_filp, as GA_FILE */
+	GA_IOV_ITER = 27, /* struct iov_iter * -> the user bytes of its first segment (ITER_UBUF / ITER_IOVEC) in str,
 			   * the segment's size in aux */
+};
 
 /* gen_arg.flags */
-#define GAF_ZERO 1        /* zero the whole string slot before reading (a string compared as a hash key: Equal) */
+enum gen_arg_flags {
+	GAF_ZERO = 1, /* zero the whole string slot before reading (a string compared as a hash key: Equal) */
+};
 
 /* gen_filter.kind */
-#define GF_INT 1          /* value in set (set_id) or in one of the ranges */
-#define GF_MASK 2         /* value & lo[i] != 0 for some i */
-#define GF_STR_EQ 3       /* string in the hash set set_id */
-#define GF_STR_PREFIX 4   /* a prefix of the string is in LPM set set_id */
-#define GF_STR_POSTFIX 5  /* a prefix of the reversed string is in LPM set set_id */
-#define GF_ADDR 6         /* address (str at soff, family in vals) in CIDR LPM set set_id (v4) / set_id2 (v6) */
+enum gen_filter_kind {
+	GF_INT = 1, /* value in set (set_id) or in one of the ranges */
+	GF_MASK = 2, /* value & lo[i] != 0 for some i */
+	GF_STR_EQ = 3, /* string in the hash set set_id */
+	GF_STR_PREFIX = 4, /* a prefix of the string is in LPM set set_id */
+	GF_STR_POSTFIX = 5, /* a prefix of the reversed string is in LPM set set_id */
+	GF_ADDR = 6, /* address (str at soff, family in vals) in CIDR LPM set set_id (v4) / set_id2 (v6) */
+};
 
 /* gen_filter.flags */
-#define GFF_NEGATE (1 << 0)
-#define GFF_SIGNED (1 << 1)
-#define GFF_AUX (1 << 2)  /* compare the arg's aux value (sockaddr port, buffer size) */
-#define GFF_RET (1 << 3)  /* matchReturnArgs: evaluated at return */
-#define GFF_SUB (1 << 4)  /* compare the ssize-byte integer at str offset soff (gen_sock_info fields) */
+enum gen_filter_flags {
+	GFF_NEGATE = 1 << 0,
+	GFF_SIGNED = 1 << 1,
+	GFF_AUX = 1 << 2, /* compare the arg's aux value (sockaddr port, buffer size) */
+	GFF_RET = 1 << 3, /* matchReturnArgs: evaluated at return */
+	GFF_SUB = 1 << 4, /* compare the ssize-byte integer at str offset soff (gen_sock_info fields) */
+};
 
 /* gen_selector operators */
-#define GOP_NONE 0
-#define GOP_IN 1
-#define GOP_NOTIN 2
-#define GOP_PREFIX 3
-#define GOP_NOTPREFIX 4
-#define GOP_POSTFIX 5
-#define GOP_NOTPOSTFIX 6
+enum gen_operator {
+	GOP_NONE = 0,
+	GOP_IN = 1,
+	GOP_NOTIN = 2,
+	GOP_PREFIX = 3,
+	GOP_NOTPREFIX = 4,
+	GOP_POSTFIX = 5,
+	GOP_NOTPOSTFIX = 6,
+};
 
 /* gen_pids.flags */
-#define GPF_FOLLOW 1
-#define GPF_NSPID 2
+enum gen_pid_flags {
+	GPF_FOLLOW = 1,
+	GPF_NSPID = 2,
+};
 
 /* gen_selector.flags */
-#define GSF_POST (1 << 0)
-#define GSF_SIGNAL (1 << 1)
-#define GSF_HAS_RET (1 << 2)
-#define GSF_OVERRIDE (1 << 3) /* Override: return override_ret (LSM) / fmod_ret returns it (kprobe) */
-#define GSF_TRACKSOCK (1 << 4)   /* TrackSock: the sock of arg sock_arg -> this process (gen_socktrack) */
-#define GSF_UNTRACKSOCK (1 << 5) /* UntrackSock: forget the sock of arg sock_arg */
-#define GSF_KSTACK (1 << 6)      /* Post kernelStackTrace: the event carries a gen_stacks id of the kernel stack */
-#define GSF_USTACK (1 << 7)      /* Post userStackTrace: ... of the user stack (BPF_F_USER_STACK) */
+enum gen_selector_flags {
+	GSF_POST = 1 << 0,
+	GSF_SIGNAL = 1 << 1,
+	GSF_HAS_RET = 1 << 2,
+	GSF_OVERRIDE = 1 << 3, /* Override: return override_ret (LSM) / fmod_ret returns it (kprobe) */
+	GSF_TRACKSOCK = 1 << 4, /* TrackSock: the sock of arg sock_arg -> this process (gen_socktrack) */
+	GSF_UNTRACKSOCK = 1 << 5, /* UntrackSock: forget the sock of arg sock_arg */
+	GSF_KSTACK = 1 << 6, /* Post kernelStackTrace: the event carries a gen_stacks id of the kernel stack */
+	GSF_USTACK = 1 << 7, /* Post userStackTrace: ... of the user stack (BPF_F_USER_STACK) */
+};
 
 /* gen_stats slots: per entry hook id, per-CPU counters of what the generic programs did; summed
  * over CPUs and the policy's hooks into TracingPolicyStatus.stats.action_counters at list time */
-#define GST_MATCHED 0        /* a selector matched (or the hook has none) */
-#define GST_POST 1           /* event written to the ring buffer */
-#define GST_SIGNAL 2         /* Sigkill/Signal sent (mode enforce) */
-#define GST_MONITOR_SIGNAL 3 /* Sigkill/Signal matched but not sent (mode monitor) */
-#define GST_NOPOST 4         /* matched, NoPost: no event */
-#define GST_RATE_LIMITED 5   /* Post suppressed by rateLimit */
-#define GST_POST_LOST 6      /* Post failed: the ring buffer was full */
-#define GST_OVERRIDE 7       /* Override applied (mode enforce) */
-#define GST_MONITOR_OVERRIDE 8 /* Override matched but not applied (mode monitor) */
-#define GST_SLOTS 9
+enum gen_stat {
+	GST_MATCHED = 0, /* a selector matched (or the hook has none) */
+	GST_POST = 1, /* event written to the ring buffer */
+	GST_SIGNAL = 2, /* Sigkill/Signal sent (mode enforce) */
+	GST_MONITOR_SIGNAL = 3, /* Sigkill/Signal matched but not sent (mode monitor) */
+	GST_NOPOST = 4, /* matched, NoPost: no event */
+	GST_RATE_LIMITED = 5, /* Post suppressed by rateLimit */
+	GST_POST_LOST = 6, /* Post failed: the ring buffer was full */
+	GST_OVERRIDE = 7, /* Override applied (mode enforce) */
+	GST_MONITOR_OVERRIDE = 8, /* Override matched but not applied (mode monitor) */
+	GST_SLOTS = 9,
+};
 
 /* gen_hook.flags */
-#define GHF_ENFORCE (1 << 0) /* policy mode enforce: signals are sent */
-#define GHF_EXIT (1 << 1)    /* the return half of a hook: pair = the entry hook's id */
-#define GHF_HAS_RET (1 << 2) /* entry half of a return hook: store, the exit half emits */
-#define GHF_UPROBE (1 << 3)  /* args come from pt_regs (off = argument number): uprobes and kprobes */
-#define GHF_BTF (1 << 4)     /* args come from the BTF context array (LSM, fentry: off = argument number) */
-#define GHF_LSM (1 << 5)     /* BPF LSM hook: Override is the program's return value */
-#define GHF_USDT (1 << 6)    /* USDT probe (a uprobe): args at gen_arg.loc/reg/disp */
-#define GHF_SYSCALL (1 << 7) /* served by the sys_enter/sys_exit dispatcher (generic_sys.bpf.c): args are the
+enum gen_hook_flags {
+	GHF_ENFORCE = 1 << 0, /* policy mode enforce: signals are sent */
+	GHF_EXIT = 1 << 1, /* the return half of a hook: pair = the entry hook's id */
+	GHF_HAS_RET = 1 << 2, /* entry half of a return hook: store, the exit half emits */
+	GHF_UPROBE = 1 << 3, /* args come from pt_regs (off = argument number): uprobes and kprobes */
+	GHF_BTF = 1 << 4, /* args come from the BTF context array (LSM, fentry: off = argument number) */
+	GHF_LSM = 1 << 5, /* BPF LSM hook: Override is the program's return value */
+	GHF_USDT = 1 << 6, /* USDT probe (a uprobe): args at gen_arg.loc/reg/disp */
+	GHF_SYSCALL = 1 << 7, /* served by the sys_enter/sys_exit dispatcher (generic_sys.bpf.c): args are the
 			      * syscall's arguments from pt_regs (off = argument number), sysnr = nr + 1 */
-#define GHF_SYSWRAP (1 << 8) /* a syscall: true hook on the syscall's wrapper __x64_sys_X(struct pt_regs *regs)
+	GHF_SYSWRAP = 1 << 8, /* a syscall: true hook on the syscall's wrapper __x64_sys_X(struct pt_regs *regs)
 			      * (fentry or kprobe): args are the user's registers in *regs (x86-64 syscall ABI:
 			      * di, si, dx, r10, r8, r9; off = argument number), read with CO-RE */
-#define GHF_RET_SOCK (1 << 10)       /* returnArg type sock: the returned struct sock * is read into str[ret_slot] */
-#define GHF_RET_TRACKSOCK (1 << 11)  /* returnArgAction TrackSock: the returned sock -> this process (gen_socktrack) */
-#define GHF_RET_UNTRACKSOCK (1 << 12) /* returnArgAction UntrackSock: forget the returned sock */
-#define GHF_SCOPED_CG (1 << 13) /* a container-scoped policy (containerSelector): the hook also runs for tasks whose
+	GHF_RET_SOCK = 1 << 10, /* returnArg type sock: the returned struct sock * is read into str[ret_slot] */
+	GHF_RET_TRACKSOCK = 1 << 11, /* returnArgAction TrackSock: the returned sock -> this process (gen_socktrack) */
+	GHF_RET_UNTRACKSOCK = 1 << 12, /* returnArgAction UntrackSock: forget the returned sock */
+	GHF_SCOPED_CG = 1 << 13, /* a container-scoped policy (containerSelector): the hook also runs for tasks whose
 				* cgroup (v2 id) is in gen_scope_cg under gen_hook.policy */
-#define GHF_SCOPED (1 << 9)  /* a workload-scoped policy (TracingPolicyNamespaced, podSelector): the hook runs only
+	GHF_SCOPED = 1 << 9, /* a workload-scoped policy (TracingPolicyNamespaced, podSelector): the hook runs only
 			      * for tasks whose network namespace is in gen_scope under gen_hook.policy */
+};
 
 /* the syscall dispatcher (generic_sys.bpf.c): gen_sys_on[nr] says whether hooks watch syscall nr and which
  * of the two gen_sys_list buffers of each direction is current; gen_sys_list[nr * 4 + dir * 2 + buf] lists
  * the hook ids (0 = free slot) */
-#define GEN_SYS_NR 512         /* x86-64 syscall numbers served (x32 numbers, bit 30, are not) */
-#define GEN_SYS_HOOKS 64       /* hooks per syscall and direction */
-#define GSO_ENTER 1            /* gen_sys_on bits */
-#define GSO_EXIT 2
-#define GSO_ENTER_BUF 4
-#define GSO_EXIT_BUF 8
+enum gen_sys {
+	GEN_SYS_NR = 512, /* x86-64 syscall numbers served (x32 numbers, bit 30, are not) */
+	GEN_SYS_HOOKS = 64, /* hooks per syscall and direction */
+	GSO_ENTER = 1, /* gen_sys_on bits */
+	GSO_EXIT = 2,
+	GSO_ENTER_BUF = 4,
+	GSO_EXIT_BUF = 8,
+};
 
 /* namespace types (gen_ns.type), in struct proc_ns order */
-#define GNS_UTS 0
-#define GNS_IPC 1
-#define GNS_MNT 2
-#define GNS_PID 3
-#define GNS_PID_FOR_CHILDREN 4
-#define GNS_NET 5
-#define GNS_TIME 6
-#define GNS_TIME_FOR_CHILDREN 7
-#define GNS_CGROUP 8
-#define GNS_USER 9
+enum gen_ns_type {
+	GNS_UTS = 0,
+	GNS_IPC = 1,
+	GNS_MNT = 2,
+	GNS_PID = 3,
+	GNS_PID_FOR_CHILDREN = 4,
+	GNS_NET = 5,
+	GNS_TIME = 6,
+	GNS_TIME_FOR_CHILDREN = 7,
+	GNS_CGROUP = 8,
+	GNS_USER = 9,
+};
 
 /* gen_arg.loc: where a USDT argument is (GHF_USDT), from the probe's note */
-#define GL_REG 1   /* register reg */
-#define GL_MEM 2   /* user memory at register reg + disp */
-#define GL_CONST 3 /* the constant disp */
+enum gen_arg_loc {
+	GL_REG = 1, /* register reg */
+	GL_MEM = 2, /* user memory at register reg + disp */
+	GL_CONST = 3, /* the constant disp */
+};
 
 struct gen_arg {
 	__u16 off;     /* offset in the tracepoint record, or argument number (uprobe) */
@@ -269,7 +299,7 @@ struct gen_socktrack_val {
 };
 
 /* gen_scope: the pods a workload-scoped policy runs for, by network namespace inode (every process of a pod
- * shares its netns); written by lanner.policy.workloads as pods come and go */
+ * shares its netns); written by lanner.sensors.generic.scopes as pods come and go */
 struct gen_scope_key {
 	__u32 scope;
 	__u32 netns;
@@ -323,7 +353,9 @@ struct gen_userns_info {
 };
 
 /* GA_BPF_ATTR: the program being loaded */
-#define GEN_BPF_NAME 16 /* BPF_OBJ_NAME_LEN */
+enum gen_bpf_name {
+	GEN_BPF_NAME = 16, /* BPF_OBJ_NAME_LEN */
+};
 struct gen_bpf_attr_info {
 	__u32 prog_type;
 	__u32 insn_cnt;
@@ -341,7 +373,9 @@ struct gen_bpf_map_info {
 
 /* GA_PERF_EVENT: its attr; kprobe_func (attr.config1: a user pointer to the probed function's name) is read
  * for dynamic PMUs only (type >= PERF_TYPE_MAX: kprobe, uprobe), where config1 can be a name */
-#define GEN_KSYM_NAME 128 /* as Tetragon (the kernel allows 512 since 6.1): a longer name is cut */
+enum gen_ksym_name {
+	GEN_KSYM_NAME = 128, /* as Tetragon (the kernel allows 512 since 6.1): a longer name is cut */
+};
 struct gen_perf_event_info {
 	__u64 config;
 	__u64 probe_offset;
@@ -351,18 +385,22 @@ struct gen_perf_event_info {
 };
 
 /* gen_event.flags */
-#define GEF_RETURN (1 << 0)  /* ret is set */
-#define GEF_NOPROC (1 << 1)  /* the process had no execve_map entry */
-#define GEF_SIGNALED (1 << 2)
-#define GEF_OVERRIDDEN (1 << 3)
-#define GEF_ENFORCED (1 << 4) /* return: true hooks: the selector's Signal/Override ran at the entry */
-#define GEF_KSTACK (1 << 5)   /* kstack is set: a gen_stacks id, or -errno of bpf_get_stackid */
-#define GEF_USTACK (1 << 6)   /* ustack is set: the same for the user stack */
+enum gen_event_flags {
+	GEF_RETURN = 1 << 0, /* ret is set */
+	GEF_NOPROC = 1 << 1, /* the process had no execve_map entry */
+	GEF_SIGNALED = 1 << 2,
+	GEF_OVERRIDDEN = 1 << 3,
+	GEF_ENFORCED = 1 << 4, /* return: true hooks: the selector's Signal/Override ran at the entry */
+	GEF_KSTACK = 1 << 5, /* kstack is set: a gen_stacks id, or -errno of bpf_get_stackid */
+	GEF_USTACK = 1 << 6, /* ustack is set: the same for the user stack */
+};
 
 /* gen_stacks: bpf_get_stackid's map (Post kernelStackTrace / userStackTrace), shared by every generic program;
- * user space reads an event's stacks and deletes them (lanner.policy.stacks) */
-#define GEN_STACK_DEPTH 127    /* frames per stack: PERF_MAX_STACK_DEPTH (the kernel.perf_event_max_stack default) */
-#define GEN_STACK_ENTRIES 4096 /* stacks (hash buckets; a different stack in a taken bucket: -EEXIST) */
+ * user space reads an event's stacks and deletes them (lanner.sensors.generic.stacks) */
+enum gen_stacks {
+	GEN_STACK_DEPTH = 127, /* frames per stack: PERF_MAX_STACK_DEPTH (the kernel.perf_event_max_stack default) */
+	GEN_STACK_ENTRIES = 4096, /* stacks (hash buckets; a different stack in a taken bucket: -EEXIST) */
+};
 
 struct gen_event {
 	struct lanner_event_hdr hdr;
