@@ -41,6 +41,10 @@ typedef struct { char *p; Py_ssize_t n, cap; } Buf;
 /* A slotted dataclass built without running its generated __init__: each field's slot offset comes from the
  * class's own member descriptors, and the fields past the positional ones take their dataclass defaults
  * (names and defaults from dataclasses.fields(), passed by the glue). */
+/* the last raw value of one record field and what it decoded to: consecutive execs mostly repeat them */
+typedef struct { char *raw; Py_ssize_t n, cap; PyObject *obj; } Last;
+enum { L_FN, L_EXE, L_CWD, L_ARGS, L_CREDS, L_NS, L_COUNT };
+
 #define CTOR_MAX 32
 typedef struct {
     PyTypeObject *type;
@@ -55,6 +59,7 @@ typedef struct {
     char node[256]; Py_ssize_t node_n;   /* the node name, UTF-8, for exec_ids */
     PyObject *node_json;                 /* bytes: the node name as a JSON string */
     Ctor process_ctor, event_ctor;
+    Last last[L_COUNT];
     PyObject *process_type, *event_type, *cache, *entries, *by_pid, *events, *by_binary, *encoder;
     PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (Creds, Namespaces) */
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
@@ -62,6 +67,7 @@ typedef struct {
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
     PyObject *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
     long long last_sec; char sec_text[32];
+    PyObject *run_kind, *run_bin; long long run_n;  /* events counted but not yet in the counters' dicts */
     Buf buf, obj;
 } FastProc;
 
@@ -134,15 +140,24 @@ static int put_time(FastProc *s, Buf *b, long long wall) {
         }
         s->last_sec = sec;
     }
-    char tail[16];
-    snprintf(tail, sizeof tail, ".%09lldZ", ns);
+    char tail[11];
+    tail[0] = '.'; tail[10] = 'Z';
+    for (int i = 9; i >= 1; i--) { tail[i] = (char)('0' + ns % 10); ns /= 10; }
     return put(b, s->sec_text, (Py_ssize_t)strlen(s->sec_text)) || put(b, tail, 11);
 }
 /* make_exec_id: base64("node:ktime:pid") */
 static PyObject *exec_id(FastProc *s, unsigned long long ktime, unsigned long long pid) {
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     unsigned char in[320]; char out[432];
-    int n = snprintf((char *)in, sizeof in, "%.*s:%llu:%llu", (int)s->node_n, s->node, ktime, pid);
+    int n = (int)s->node_n;  /* "node:ktime:pid" (node is under 256 bytes, checked at init) */
+    memcpy(in, s->node, n);
+    for (int k = 0; k < 2; k++) {
+        unsigned long long v = k ? pid : ktime;
+        char d[20]; int nd = 0;
+        do { d[nd++] = (char)('0' + v % 10); v /= 10; } while (v);
+        in[n++] = ':';
+        while (nd) in[n++] = (unsigned char)d[--nd];
+    }
     int o = 0;
     for (int i = 0; i < n; i += 3) {
         unsigned v = in[i] << 16 | (i + 1 < n ? in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
@@ -202,13 +217,34 @@ static PyObject *ctor_new(Ctor *c, PyObject *const *args) {
         *(PyObject **)((char *)o + c->off[i]) = Py_NewRef(i < c->npos ? args[i] : c->defaults[i]);
     return o;
 }
+static PyObject *last_hit(Last *l, const char *p, Py_ssize_t n) {
+    return l->obj && l->n == n && !memcmp(l->raw, p, n) ? Py_NewRef(l->obj) : NULL;
+}
+static void last_keep(Last *l, const char *p, Py_ssize_t n, PyObject *obj) {
+    if (n > MEMO_KEY_MAX) return;
+    if (n > l->cap) {
+        char *r = PyMem_Realloc(l->raw, MEMO_KEY_MAX);
+        if (!r) return;  /* only a cache: nothing kept */
+        l->raw = r; l->cap = MEMO_KEY_MAX;
+    }
+    memcpy(l->raw, p, n); l->n = n;
+    Py_XSETREF(l->obj, Py_NewRef(obj));
+}
+static void last_clear(Last *l) {
+    PyMem_Free(l->raw);
+    l->raw = NULL; l->n = l->cap = 0;
+    Py_CLEAR(l->obj);
+}
 /* a path or cwd as the decoder gives it (UTF-8, backslashreplace), one object per distinct short value */
-static PyObject *text(FastProc *s, const char *p, Py_ssize_t n) {
-    PyObject *u = PyUnicode_DecodeUTF8(p, n, "backslashreplace");
+static PyObject *text(FastProc *s, Last *l, const char *p, Py_ssize_t n) {
+    PyObject *u = last_hit(l, p, n);
+    if (u) return u;
+    u = PyUnicode_DecodeUTF8(p, n, "backslashreplace");
     if (!u || n > MEMO_KEY_MAX) return u;
     PyObject *have = memo_get(s->memo_text, u);
-    if (have) { Py_DECREF(u); return have; }
+    if (have) { Py_DECREF(u); last_keep(l, p, n, have); return have; }
     if (PyErr_Occurred() || memo_put(s->memo_text, u, u)) { Py_DECREF(u); return NULL; }
+    last_keep(l, p, n, u);
     return u;
 }
 /* an int that repeats from exec to exec (cgroup ids, inodes): one object per distinct value */
@@ -225,23 +261,33 @@ static PyObject *cache_current(FastProc *s, PyObject *pid) {
     PyObject *key = PyDict_GetItemWithError(s->by_pid, pid);
     return key ? PyDict_GetItemWithError(s->entries, key) : NULL;
 }
-/* d[key] += 1 (from 0) */
-static int incr(PyObject *d, PyObject *key) {
+/* d[key] += n (from 0) */
+static int add_n(PyObject *d, PyObject *key, long long n) {
     PyObject *old = PyDict_GetItemWithError(d, key);
     if (!old && PyErr_Occurred()) return -1;
-    long long n = old ? PyLong_AsLongLong(old) : 0;
-    if (n == -1 && PyErr_Occurred()) return -1;
-    PyObject *v = PyLong_FromLongLong(n + 1);
-    int rc = v ? PyDict_SetItem(d, key, v) : -1;
-    Py_XDECREF(v);
+    long long v = old ? PyLong_AsLongLong(old) : 0;
+    if (v == -1 && PyErr_Occurred()) return -1;
+    PyObject *nv = PyLong_FromLongLong(v + n);
+    int rc = nv ? PyDict_SetItem(d, key, nv) : -1;
+    Py_XDECREF(nv);
     return rc;
 }
-/* ProcessEvents._count: events by kind, and by (kind, binary) */
-static int count(FastProc *s, PyObject *kind, PyObject *binary) {
-    PyObject *k = PyTuple_Pack(2, kind, binary);
-    int rc = k ? incr(s->by_binary, k) : -1;
+/* the pending run of events of one kind and binary into ProcessEvents' counters (events, by_binary) */
+static int count_flush(FastProc *s) {
+    if (!s->run_n) return 0;
+    PyObject *k = PyTuple_Pack(2, s->run_kind, s->run_bin);
+    int rc = k ? add_n(s->by_binary, k, s->run_n) || add_n(s->events, s->run_kind, s->run_n) : -1;
     Py_XDECREF(k);
-    return rc ? rc : incr(s->events, kind);
+    s->run_n = 0;
+    Py_CLEAR(s->run_kind); Py_CLEAR(s->run_bin);
+    return rc;
+}
+/* ProcessEvents._count, counted as runs of one (kind, binary): flushed when it changes and after each batch */
+static int count(FastProc *s, PyObject *kind, PyObject *binary) {
+    if (s->run_n && kind == s->run_kind && binary == s->run_bin) { s->run_n++; return 0; }
+    if (count_flush(s)) return -1;
+    s->run_kind = Py_NewRef(kind); s->run_bin = Py_NewRef(binary); s->run_n = 1;
+    return 0;
 }
 /* a process's memoised JSON (new reference): Process.encoded, else the Python encoder renders it */
 static PyObject *process_json(FastProc *s, PyObject *proc) {
@@ -297,16 +343,23 @@ static PyObject *make_args(const char *p, Py_ssize_t n) {
 }
 static PyObject *args_entry(FastProc *s, const char *p, Py_ssize_t n) {
     if (n > MEMO_KEY_MAX) return make_args(p, n);
+    PyObject *v = last_hit(&s->last[L_ARGS], p, n);
+    if (v) return v;
     PyObject *key = PyBytes_FromStringAndSize(p, n);
     if (!key) return NULL;
-    PyObject *v = memo_get(s->memo_args, key);
+    v = memo_get(s->memo_args, key);
     if (!v && !PyErr_Occurred() && (v = make_args(p, n)) && memo_put(s->memo_args, key, v)) Py_CLEAR(v);
     Py_DECREF(key);
+    if (v) last_keep(&s->last[L_ARGS], p, n, v);
     return v;
 }
 /* the exec's shared Creds and Namespaces (new references in *c, *ns) */
 static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
     const char *p = PyBytes_AS_STRING(raw);
+    if ((*c = last_hit(&s->last[L_CREDS], p + s->creds_off, s->creds_len))) {
+        if ((*ns = last_hit(&s->last[L_NS], p + s->ns_off, s->ns_len))) return 0;
+        Py_CLEAR(*c);
+    }
     PyObject *ck = PyBytes_FromStringAndSize(p + s->creds_off, s->creds_len);
     PyObject *nk = PyBytes_FromStringAndSize(p + s->ns_off, s->ns_len);
     int rc = -1;
@@ -325,8 +378,10 @@ static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
         }
     }
     Py_XDECREF(ck); Py_XDECREF(nk);
-    if (rc) { Py_CLEAR(*c); Py_CLEAR(*ns); }
-    return rc;
+    if (rc) { Py_CLEAR(*c); Py_CLEAR(*ns); return rc; }
+    last_keep(&s->last[L_CREDS], p + s->creds_off, s->creds_len, *c);
+    last_keep(&s->last[L_NS], p + s->ns_off, s->ns_len, *ns);
+    return 0;
 }
 /* the process object's JSON (Tetragon field order, as ProcessEventEncoder.process_dict) into s->obj */
 static int render_process(FastProc *s, PyObject *eid, unsigned long long pid, unsigned long long uid,
@@ -423,10 +478,10 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     if (!(o[EID] = exec_id(s, ktime_v, pid_v)) ||  /* tid and nspid are mostly the pid: one object (memory) */
         !(o[TID] = tid_v == pid_v ? Py_NewRef(o[PID]) : PyLong_FromUnsignedLongLong(tid_v)) ||
         !(o[NSPID] = nspid_v == pid_v ? Py_NewRef(o[PID]) : PyLong_FromUnsignedLongLong(nspid_v)) ||
-        !(o[BIN] = text(s, (const char *)fn, fn_n)) || !(args_e = args_entry(s, (const char *)argv, args_n)) ||
-        !(o[CWD] = text(s, (const char *)cwd, cwd_n)) || creds_ns(s, raw, &o[CRED], &o[NS]) ||
+        !(o[BIN] = text(s, &s->last[L_FN], (const char *)fn, fn_n)) || !(args_e = args_entry(s, (const char *)argv, args_n)) ||
+        !(o[CWD] = text(s, &s->last[L_CWD], (const char *)cwd, cwd_n)) || creds_ns(s, raw, &o[CRED], &o[NS]) ||
         !(o[CG] = shared_int(s, rd(p, s->x[X_CGROUP]))) ||
-        !(o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, (const char *)exe, exe_n)) ||
+        !(o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, &s->last[L_EXE], (const char *)exe, exe_n)) ||
         !(o[INO] = shared_int(s, rd(p, s->x[X_INO])))) {
         Py_XDECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
         goto done;
@@ -435,7 +490,8 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     PyObject *cargs[17] = {o[KEY], o[EID], pkey2, pkey, o[PID], o[TID], o[NSPID], o[BIN], o[ARGS], o[CWD],
                            s->flag_tuples[bits], o[KTIME], o[CRED], o[NS], o[CG], o[EXE], o[INO]};
     proc = ctor_new(&s->process_ctor, cargs);
-    PyObject *ins = proc ? PyObject_CallMethodObjArgs(s->cache, s->a_insert, proc, now, NULL) : NULL;
+    PyObject *iargs[3] = {s->cache, proc, now};
+    PyObject *ins = proc ? PyObject_VectorcallMethod(s->a_insert, iargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL) : NULL;
     Py_XDECREF(ins);
     int bad = !ins || render_process(s, o[EID], rd(p, s->x[X_PID]), rd(p, s->x[X_UID]), o[CWD], o[BIN],
                                      PyTuple_GET_ITEM(args_e, 1), bits, (long long)ktime_v + offset,
@@ -514,7 +570,8 @@ static int on_exit_rec(FastProc *s, PyObject *raw, PyObject *now, long long offs
     if (PUTS(b, "\"}")) goto done;
     if (!(ev = emit(s, s->s_exit, proc, parent, b)) || PyList_Append(out, ev)) goto done;
     if (!(bin = PyObject_GetAttr(proc, s->a_binary)) || count(s, s->s_exit, bin)) goto done;
-    if (!(r = PyObject_CallMethodObjArgs(s->cache, s->a_exit, proc, now, NULL))) goto done;
+    PyObject *xargs[3] = {s->cache, proc, now};
+    if (!(r = PyObject_VectorcallMethod(s->a_exit, xargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL))) goto done;
     rc = 1;
 done:
     Py_DECREF(pid); Py_XDECREF(proc); Py_XDECREF(alive); Py_XDECREF(pkey); Py_XDECREF(pj); Py_XDECREF(ppj);
@@ -538,14 +595,20 @@ static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
             Py_DECREF(raw);
         }
         if (rc == 0) {  /* the Python path, for this record, in order */
-            PyObject *more = PyObject_CallOneArg(s->slow, raw);
+            PyObject *more = count_flush(s) ? NULL : PyObject_CallOneArg(s->slow, raw);
             PyObject *r = more ? _PyList_Extend((PyListObject *)out, more) : NULL;
             Py_XDECREF(more);
             if (!r) rc = -1;
             Py_XDECREF(r);
         }
-        if (rc < 0) { Py_DECREF(out); return NULL; }
+        if (rc < 0) {  /* an error is set: the pending run is dropped, not written with it pending */
+            Py_CLEAR(s->run_kind); Py_CLEAR(s->run_bin);
+            s->run_n = 0;
+            Py_DECREF(out);
+            return NULL;
+        }
     }
+    if (count_flush(s)) Py_CLEAR(out);
     return out;
 }
 
@@ -623,6 +686,7 @@ static int FastProc_traverse(FastProc *s, visitproc visit, void *arg) {
     Py_VISIT(s->process_type); Py_VISIT(s->event_type); Py_VISIT(s->cache); Py_VISIT(s->entries);
     Py_VISIT(s->by_pid); Py_VISIT(s->events); Py_VISIT(s->by_binary); Py_VISIT(s->encoder); Py_VISIT(s->slow);
     Py_VISIT(s->creds_ns); Py_VISIT(s->memo_cred); Py_VISIT(s->memo_ns);
+    for (int i = 0; i < L_COUNT; i++) Py_VISIT(s->last[i].obj);
     return 0;
 }
 
@@ -637,6 +701,9 @@ static int FastProc_clear(FastProc *s) {
     for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);
     ctor_clear(&s->process_ctor);
     ctor_clear(&s->event_ctor);
+    for (int i = 0; i < L_COUNT; i++) last_clear(&s->last[i]);
+    Py_CLEAR(s->run_kind); Py_CLEAR(s->run_bin);
+    s->run_n = 0;
     return 0;
 }
 
