@@ -7,6 +7,7 @@ filters with their request.
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from .ratelimit import ExportRateLimiter
 from .sinks import Sink
 
 log = logging.getLogger("lanner.exporter")
+_line = operator.attrgetter("line")
 
 
 @dataclass(slots=True)
@@ -64,14 +66,14 @@ class ExportPipeline:
             ff = self.field_filters.apply
             lines = [orjson.dumps(ff(e.kind, orjson.loads(e.line))) for e in selected]
         else:
-            lines = [e.line for e in selected]
+            lines = list(map(_line, selected))
         self._write_lines(lines)
 
     def _write_lines(self, lines: list[bytes]) -> None:
         for s in self.sinks:
             s.write_lines(lines)
         self.counters.exported += len(lines)
-        self.counters.exported_bytes += sum(len(x) for x in lines) + len(lines)
+        self.counters.exported_bytes += sum(map(len, lines)) + len(lines)
 
     def report_rate_limit(self, node_name: str, time_text: str) -> int:
         """Write a ``rate_limit_info`` event when the limiter dropped events since the last report."""
