@@ -62,6 +62,62 @@ def wait_cache(agent: C.AgentProc, want: int, timeout: float = 30.0) -> dict:
         time.sleep(0.05)
 
 
+def cached_bytes(n: int) -> dict[str, float]:
+    """Bytes the heap grows by per cached process (tracemalloc, exact, no RSS noise), for the Python and the C
+    path: n synthetic exec records from the flood source pushed through each path's own cache in this process
+    (the flood's parent is this process, known to the cache from /proc)."""
+    import gc
+    import tracemalloc
+
+    from lanner.bpf.btf import Btf
+    from lanner.bpf.ringbuf import RingBuffer
+    from lanner.sensors.fastproc import FastPath, load_module
+    from lanner.sensors.process import PROCESS_OBJECT, ProcessDecoder
+    from lanner.sensors.process_events import ProcessEvents, ProcessEventsContext
+    from pipeline_breakdown import new_agent
+
+    flood = C.Flood(rb_size=1 << 26)
+    try:
+        flood.set(100, exits=False)
+        for _ in range(-(-n // 100)):
+            os.getppid()
+        ring = RingBuffer(flood.obj.map("events"))
+        raws: list[bytes] = []
+        while batch := ring.read_batch(4096):
+            raws += batch
+        ring.close()
+    finally:
+        flood.close()
+
+    class _Obj:
+        btf = Btf.from_elf(PROCESS_OBJECT)
+
+    module, why = load_module()
+    out: dict[str, float] = {}
+    with C.Cleanup(60) as stack:
+        work = stack.tempdir("lanner-bench-cached-")
+        for label in ("python", "c") if module is not None else ("python",):
+            a = new_agent(work, label)
+            ev = ProcessEvents(ProcessEventsContext(a.cfg.node_name, a.cache, a.encoder, a.proto, a.counters))
+            dec = ProcessDecoder(_Obj())  # type: ignore[arg-type]
+            fast = FastPath(module, dec, ev) if label == "c" else None
+            handle = fast.handle if fast else (lambda rs: ev.handle(dec.decode(rs), False))
+            handle(raws[:10])  # the decoders' shared values exist before the count starts
+            gc.collect()
+            tracemalloc.start()
+            before, n0 = tracemalloc.get_traced_memory()[0], len(a.cache)
+            for i in range(10, len(raws), 4096):
+                handle(raws[i:i + 4096])
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            out[label] = grown / max(len(a.cache) - n0, 1)
+            a.close()
+    if module is None:
+        print(f"  (no C path: {why})")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--starts", type=int, default=5, help="agent starts per configuration")
@@ -120,6 +176,10 @@ def main() -> int:
               f" {mib(m['VmHWM']):7.1f}  {st['process_cache']['size']}")
     per = (full["VmRSS"] - idle["VmRSS"]) * 1024 / max(added, 1)
     print(f"  per cached process: {per:.0f} bytes of RSS; records lost while caching: {lost}")
+
+    heap = cached_bytes(args.cached)
+    print("  per cached process, heap (tracemalloc, in this process): "
+          + ", ".join(f"{k} path {v:.0f} bytes" for k, v in heap.items()))
 
     med_ready = C.median(ready["default"]["spawn_to_status"])
     rss_full = mib(full["VmRSS"])
