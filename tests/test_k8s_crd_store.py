@@ -294,3 +294,72 @@ def test_an_unreachable_api_server_fails_the_start_with_the_reason(crds: Control
     with pytest.raises(IdentityError, match=r"lanner\.io objects not listed within 2 s \(lannernodes unreachable"):
         CrdStore(config.new_client_from_config(config_file=str(path)), "n1", sync_timeout_s=2)
     assert time.monotonic() - t0 < 15
+
+
+def test_a_node_cut_off_from_the_api_declares_nobody_gone_and_comes_back(stores, names, crds, tmp_path) -> None:
+    """b loses the API server (a relay cut: connections dropped, nothing listening) for longer than the TTL,
+    while a keeps renewing. b must not expire a (its own renewals did not come back: its silence proves
+    nothing); a expires b and collects its objects (b was gone as far as the API knows). Back, b re-creates
+    its LannerNode and endpoint and a sees them again; b still has a."""
+    from kubernetes import config
+
+    from tests.test_k8s_agent import TcpProxy
+
+    ttl = 2
+    host, port = crds.server.removeprefix("https://").rsplit(":", 1)
+    proxy = TcpProxy((host, int(port)))
+    try:
+        path = crds.kubeconfig_via(proxy.port, tmp_path / "proxied.kubeconfig")
+        a = stores(names[0], watch=True, ttl=ttl)
+        b = CrdStore(config.new_client_from_config(config_file=str(path)), names[1], watch=True, lease_ttl_s=ttl)
+        try:
+            a.register_node("192.0.2.1", "10.7.1.0/24")
+            b.register_node("192.0.2.2", "10.7.2.0/24")
+            b.upsert_ip("10.7.2.3/32", b.allocate({"k8s:app": "cut", "k8s:run": uuid.uuid4().hex[:8]}))
+            wait(lambda: names[0] in b.nodes() and "10.7.2.3/32" in a.ipcache(), 10, "both see each other")
+            proxy.cut()
+            wait(lambda: names[1] not in a.nodes() and "10.7.2.3/32" not in a.ipcache(), ttl + 10, "a expires b")
+            time.sleep(ttl)  # b, cut off, has not heard a for well over a TTL by now
+            assert names[0] in b.nodes() and b.stats["expired_nodes"] == 0
+            proxy.restore()
+            wait(lambda: names[1] in a.nodes() and "10.7.2.3/32" in a.ipcache(), 30, "b back in a's view")
+            time.sleep(ttl)  # after its watch resumed, b gave a a fresh TTL, and a renewed within it
+            assert names[0] in b.nodes() and b.stats["expired_nodes"] == 0
+        finally:
+            b.close(revoke=True)
+    finally:
+        proxy.cut()
+
+
+def test_after_an_api_outage_for_everyone_nobody_is_collected(stores, names, crds, tmp_path) -> None:
+    """Both nodes lose the API server for twice the TTL, then it is back. Each one's own renewal may come back
+    through its watch before the other's first renewal: the silence during the outage must not count, so
+    nobody is expired and no object is deleted."""
+    from kubernetes import config
+
+    from tests.test_k8s_agent import TcpProxy
+
+    ttl = 2
+    host, port = crds.server.removeprefix("https://").rsplit(":", 1)
+    proxy = TcpProxy((host, int(port)))
+    made: list[CrdStore] = []
+    try:
+        path = crds.kubeconfig_via(proxy.port, tmp_path / "proxied.kubeconfig")
+        for i, name in enumerate(names):
+            made.append(CrdStore(config.new_client_from_config(config_file=str(path)), name, watch=True,
+                                 lease_ttl_s=ttl))
+            made[-1].register_node(f"192.0.2.{i + 1}", f"10.7.{i + 1}.0/24")
+        a, b = made
+        wait(lambda: names[0] in b.nodes() and names[1] in a.nodes(), 10, "both see each other")
+        proxy.cut()
+        time.sleep(2 * ttl)
+        proxy.restore()
+        wait(lambda: a.stats["renewals"] and b.stats["renewals"] and all(
+            s._liveness.watch_live() for s in made), 30, "both renewing and watching again")
+        time.sleep(ttl)
+        assert (a.stats["expired_nodes"], b.stats["expired_nodes"]) == (0, 0)
+        assert names[1] in a.nodes() and names[0] in b.nodes()
+    finally:
+        for s in made:
+            s.close(revoke=True)
+        proxy.cut()
