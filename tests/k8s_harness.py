@@ -242,8 +242,10 @@ class ApiServerRestarter:
     admin_token: str
     restarts: int = 0
 
-    def stop(self) -> None:
-        _stop(self.procs[1])
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``. With an agent's watches open, kube-apiserver stops
+        listening at once but was seen not to exit within 15 s (its HTTP server's shutdown waits on them)."""
+        _stop(self.procs[1], timeout=grace_s)
 
     def start(self) -> None:
         assert self.procs[1].poll() is not None, "kube-apiserver is still running"

@@ -466,7 +466,7 @@ def test_a_real_api_server_restart_converges(tmp_path: Path) -> None:
             _poll(lambda: listed() == {"rs-kept", "rs-gone"}, 30, lambda: (listed(), watches()))
             _poll(lambda: _killed(kept_path), 10, "rs-kept does not kill")
             before = watches()["tracingpolicies"]
-            apiserver.stop()
+            apiserver.stop(grace_s=3.0)  # not listening at once; killed if still there after 3 s
             _poll(lambda: watches()["tracingpolicies"]["state"] == "unreachable", 20, watches)
             out = subprocess.run(LANNER + ["status", "--server-address", agent.address], capture_output=True,
                                  text=True, timeout=60).stdout
