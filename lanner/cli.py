@@ -558,6 +558,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         watches = ", ".join(f"{n} {w['state']} ({w['objects']})" for n, w in k.get("watches", {}).items())
         print(f"kubernetes {k.get('server') or '-'}: {'connected' if k.get('connected') else 'not connected'}"
               f"{': ' + k['error'] if k.get('error') else ''}; {watches or 'no watch'}")
+        nps = k.get("network_policies")
+        if nps:
+            refused = "".join(f"\n  {key}: refused: {why}" for key, why in sorted(nps.get("refused", {}).items()))
+            print(f"netpol     {nps.get('from_api', 0)} NetworkPolicies from the API, {nps.get('files', 0)} from files, "
+                  f"{nps.get('namespaces', 0)} namespaces' labels; sets applied {nps.get('applied', 0)}"
+                  f"{'; not applied: ' + nps['error'] if nps.get('error') else ''}{refused}")
     return 0
 
 

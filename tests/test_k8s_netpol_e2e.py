@@ -113,6 +113,9 @@ def test_network_policy_from_kubectl_is_enforced(k8s: ControlPlane, namespaces, 
     assert tcp_answer(node, srv, ip_b) == "refused", "the policy selects the server's ingress only"
     nps = agent.status()["k8s"]["network_policies"]  # the session's API may hold other tests' policies too
     assert nps["from_api"] >= 1 and f"{server_ns}/only-labelled" not in nps["refused"] and nps["error"] == "", nps
+    out = subprocess.run([sys.executable, "-m", "lanner", "status", "--server-address", agent.address],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "namespaces watching" in out and "NetworkPolicies from the API" in out, out
 
     k8s.kubectl("label", "namespace", ns_b, f"{label}=yes")
     t_label = wait_reach(node, b, ip_srv, True, "the other client after kubectl label namespace", agent)
