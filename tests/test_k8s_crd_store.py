@@ -239,6 +239,13 @@ def test_a_node_collected_while_cut_off_comes_back_at_its_next_renewal(stores, n
     crds.kubectl("delete", f"lannernodes/{names[0]}", f"lannerendpoints/{names[0]}.10.7.1.8-32")
     wait(lambda: "10.7.1.8/32" not in b.ipcache(), 5, "a's endpoint gone from b's view with its LannerNode")
     wait(lambda: names[0] in b.nodes() and "10.7.1.8/32" in b.ipcache(), 10, "a re-created its objects")
+    crds.kubectl("delete", f"lannerendpoints/{names[0]}.10.7.1.8-32")  # an endpoint alone: a writes it again
+    wait(lambda: f"{names[0]}.10.7.1.8-32" in crds.kubectl("get", "lannerendpoints", "-o", "name").stdout, 10,
+         "a's endpoint re-created")
+    a.delete_ip("10.7.1.8/32")  # its own delete is not undone
+    wait(lambda: "10.7.1.8/32" not in b.ipcache(), 10, "a's deleted endpoint gone from b's view")
+    time.sleep(1)
+    assert f"{names[0]}.10.7.1.8-32" not in crds.kubectl("get", "lannerendpoints", "-o", "name").stdout
 
 
 # ------------------------------------------------------------------------------------------ the flags

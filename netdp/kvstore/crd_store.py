@@ -184,6 +184,9 @@ class CrdStore:
     # ------------------------------------------------------------------ ipcache
     def upsert_ip(self, cidr: str, identity: int, pod: Mapping[str, object] | None = None) -> None:
         entry = IpcacheEntry(cidr=cidr, identity=int(identity), node=self.node, pod=dict(pod) if pod else None)
+        with self._lock:
+            if self._own.get(cidr) == entry:
+                return  # written already (the CNI service, the datapath and ClusterNode each upsert a pod's IP)
         self._write_endpoint(entry)
         with self._lock:
             self._own[cidr] = entry
@@ -204,11 +207,11 @@ class CrdStore:
             self._replace(ENDPOINTS, name, obj)
 
     def delete_ip(self, cidr: str) -> None:
-        self._delete(ENDPOINTS, endpoint_name(self.node, cidr))
-        with self._lock:
+        with self._lock:  # first: the watch's DELETED of an entry still ours would re-create it
             self._own.pop(cidr, None)
             changes = self._refresh([cidr])
         self._notify_ip(changes)
+        self._delete(ENDPOINTS, endpoint_name(self.node, cidr))
 
     def ipcache(self) -> dict[str, int]:
         with self._lock:
@@ -362,7 +365,11 @@ class CrdStore:
                 by_node[entry.node] = entry
                 self._ep_meta[name] = (entry.node, str(obj["metadata"].get("uid", "")))
             changes = self._refresh([entry.cidr])
+            lost = self._own.get(entry.cidr) if kind == "DELETED" and entry.node == self.node else None
         self._notify_ip(changes)
+        if lost is not None and not self._stop.is_set():  # deleted by someone else: still ours, so again
+            log.warning("LannerEndpoint %s was deleted while this node still has it: re-creating it", name)
+            self._write_endpoint(lost)
 
     def _on_node(self, kind: str, obj: dict) -> None:
         info = _node_info(obj)
