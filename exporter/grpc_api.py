@@ -143,6 +143,11 @@ class GrpcSubscriber:
             with self.cond:
                 self.cond.notify()
 
+    def drop(self, events: list[OutEvent]) -> None:
+        """Count the events this client would have been offered (they were not encoded: its queue was full)."""
+        admits = self.filters.admits
+        self.dropped += sum(1 for ev in events if admits(ev))
+
     def _filtered(self, ev: OutEvent) -> bytes:
         d = self.field_filters.apply(ev.kind, orjson.loads(ev.line))
         return json_format.ParseDict(d, events_pb2.GetEventsResponse(), ignore_unknown_fields=True).SerializeToString()
@@ -208,6 +213,7 @@ class GrpcApiServer:
         self._subs: tuple[GrpcSubscriber, ...] = ()
         self._subs_lock = threading.Lock()
         self.dropped_closed = 0  # drops of clients that have gone
+        self._skipping = False  # the last wants_events() said no while clients follow: publish() drops
         self._stopping = threading.Event()
         self._socket_path: Path | None = None
         self._server = grpc.server(ThreadPoolExecutor(max_workers=config.max_clients + 8,
@@ -265,13 +271,23 @@ class GrpcApiServer:
         tmp.replace(self.cfg.info_file)
 
     # ---- event fan-out (called from the agent's thread)
-    @property
-    def has_subscribers(self) -> bool:
-        return bool(self._subs)
+    def wants_events(self) -> bool:
+        """Whether the next batch should carry wire bytes: some client follows and has room in its queue.
+        When every client's queue is full the batch is not encoded at all (under overload that work would
+        only be dropped, and it would take the event loop's time), and the next ``publish`` counts its
+        events as dropped for every client, as if they had been offered."""
+        subs = self._subs
+        room = any(len(s.queue) < s.max_queue for s in subs)
+        self._skipping = bool(subs) and not room
+        return room
 
     def publish(self, events: list[OutEvent]) -> None:
+        skipping = self._skipping
         for sub in self._subs:
-            sub.offer(events)
+            if skipping:
+                sub.drop(events)
+            else:
+                sub.offer(events)
 
     def stats(self) -> dict:
         subs = self._subs

@@ -494,7 +494,7 @@ class Agent:
             if not raws:
                 break
             total += len(raws)
-            self.sensors.dispatch(raws, self.server is not None and self.server.has_subscribers, self.emit)
+            self.sensors.dispatch(raws, self.server is not None and self.server.wants_events(), self.emit)
         total += self.sensors.poll(self._write_polled)
         if total:
             self.export.flush()

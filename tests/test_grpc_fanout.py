@@ -1,0 +1,64 @@
+"""The GetEvents fan-out under overload (exporter/grpc_api.py): when every client's queue is full the agent is
+told not to encode the next batch, and that batch's events are counted as dropped for every client, so each
+client's offered = sent + dropped + still queued, exactly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+
+from lanner.exporter.grpc_api import GrpcApiServer, GrpcConfig
+from lanner.exporter.pipeline import OutEvent
+
+BATCH = 40
+
+
+class FakeAgent:
+    def status(self) -> dict:
+        return {}
+
+    def version(self) -> str:
+        return "test"
+
+    def probes(self) -> dict[str, bool]:
+        return {}
+
+
+def batch(encoded: bool) -> list[OutEvent]:
+    return [OutEvent("process_exec", None, None, b"{}", pb=b"\x0a\x00" if encoded else None) for _ in range(BATCH)]
+
+
+def test_full_queues_skip_encoding_and_count_every_drop(tmp_path: Path) -> None:
+    srv = GrpcApiServer(FakeAgent(), GrpcConfig(address=f"unix://{tmp_path}/api.sock", max_queue=100, info_file=None))
+    try:
+        assert not srv.wants_events()  # nobody follows: nothing to encode, nothing dropped
+        srv.publish(batch(False))
+        assert srv.stats()["dropped"] == 0
+        # a client with no BDP probing that never reads: its 64 KiB window fills, then its queue
+        ch = grpc.insecure_channel(srv.address, options=[("grpc.http2.bdp_probe", 0)])
+        stuck = ch.unary_stream("/tetragon.FineGuidanceSensors/GetEvents", request_serializer=None,
+                                response_deserializer=None)(b"")
+        deadline = time.monotonic() + 10
+        while srv.stats()["clients"] < 1:
+            assert time.monotonic() < deadline, "the client did not connect"
+            time.sleep(0.01)
+        offered, skipped = 0, 0
+        for _ in range(2000):
+            want = srv.wants_events()
+            skipped += not want
+            srv.publish(batch(want))
+            offered += BATCH
+            if skipped >= 5:
+                break
+        assert skipped >= 5, "the queue never filled"
+        time.sleep(0.2)  # the sender is now blocked on the full transport, its count settled
+        sub = srv._subs[0]
+        st = srv.stats()
+        assert st["dropped"] >= 5 * BATCH
+        assert st["sent"] + st["dropped"] + len(sub.queue) == offered
+        stuck.cancel()
+        ch.close()
+    finally:
+        srv.close()
