@@ -3,8 +3,9 @@ ClusterRole): identities created by name (a 409 means taken), stores in threads 
 allocating the same label sets at once agree and different sets never share a number, the ipcache as one
 LannerEndpoint per IP seen by other stores through their watches, node registration, a node that stops
 renewing expiring from the others' view (with its objects collected), a clean close deleting its objects at
-once, and a node whose object was collected while it was cut off coming back. The liveness rule itself is
-tested with a fake clock. Node names carry a per-test suffix; every object a test makes is deleted after it."""
+once, a node whose object was collected while it was cut off coming back, and the API server going away (a
+relay cut) for one node or for both. The liveness rule itself is tested with a fake clock, the flags through
+the CLI's config step. Node names carry a per-test suffix; every object a test makes is deleted after it."""
 
 from __future__ import annotations
 
