@@ -36,11 +36,19 @@ class PolicyHost:
 
     @property
     def ops(self) -> frozenset[int]:
-        """The ring's record op of the generic programs (generic.h GEN_OP, read from the object's BTF)."""
-        return frozenset({abi.GEN_OP})
+        """The ring's record op of the generic programs (generic.h GEN_OP, read from the object's BTF once);
+        none when the object cannot be read (no policy can load then; the process sensor runs on)."""
+        if self._ops is None:
+            try:
+                self._ops = frozenset({abi.GEN_OP})
+            except (OSError, ValueError) as exc:  # missing object (make bpf), unreadable BTF
+                log.warning("the generic sensor's object cannot be read: %s", exc)
+                self._ops = frozenset()
+        return self._ops
 
     def __init__(self, ctx: PolicyHostContext) -> None:
         self.ctx = ctx
+        self._ops: frozenset[int] | None = None
         self._engine: Any = None
         self._made = threading.Lock()
         self._cancel = threading.Event()
