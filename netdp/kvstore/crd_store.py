@@ -248,8 +248,7 @@ class CrdStore:
         """Create (or take over) this node's LannerNode, then renew it every TTL/3 until ``close``."""
         spec = {"ip": ip, "podCIDR": pod_cidr, "leaseTTLSeconds": self.lease_ttl_s, "renewTime": _now(),
                 "extra": {k: str(v) for k, v in extra.items()}}
-        body = {"metadata": {"name": self.node, "labels": {KIND_LABEL: "node"}}, "spec": spec}
-        if self._create(NODES, self.node, body["metadata"]["labels"], spec):
+        if self._create(NODES, self.node, {KIND_LABEL: "node"}, spec):
             obj = self._get(NODES, self.node)
         else:  # left by this node's previous run (or a second agent under one name: the last one wins)
             obj = self._get(NODES, self.node) or {}
