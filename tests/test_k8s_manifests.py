@@ -130,7 +130,8 @@ def test_kustomization_passes_a_server_side_dry_run(crds: ControlPlane) -> None:
     proc = crds.kubectl("apply", "-k", str(MANIFESTS), "--dry-run=server")
     for kind in ("serviceaccount/lanner", "clusterrole.rbac.authorization.k8s.io/lanner",
                  "clusterrolebinding.rbac.authorization.k8s.io/lanner", "configmap/lanner-config",
-                 "daemonset.apps/lanner", "customresourcedefinition.apiextensions.k8s.io/tracingpolicies.cilium.io"):
+                 "daemonset.apps/lanner", "customresourcedefinition.apiextensions.k8s.io/tracingpolicies.cilium.io",
+                 "customresourcedefinition.apiextensions.k8s.io/lannernodes.lanner.io"):
         assert f"{kind} " in proc.stdout and "(server dry run)" in proc.stdout, proc.stdout
     assert crds.kubectl("get", "ds", "-n", "kube-system", "-o", "name").stdout.strip() == ""
 
