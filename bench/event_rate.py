@@ -397,8 +397,8 @@ def main() -> int:
     print(f"  consumer positions caught half-written by this benchmark's reader: agent {agent_torn}"
           + (f", raw baseline {raw_torn}" if "raw" in results else "")
           + " (RingBuffer stores the position with struct.pack_into, byte by byte)")
-    print(f"  agent: process records handled by the {st1.get('fastpath') or 'python'} path "
-          "(LANNER_FASTPATH=0 in this script's environment runs the Python path)")
+    print(f"  agent: process records handled by: {st1.get('fastpath') or 'python'} "
+          "(LANNER_FASTPATH=0 in this script's environment measures the Python path)")
     print(f"  agent: cache {st1['process_cache']}, misses {st1['misses']}, "
           f"events {st1['events']} (was {st0['events']})")
     print(f"  agent memory after the run: VmRSS {mem.get('VmRSS', 0) / 1024:.1f} MiB, "
