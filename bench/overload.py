@@ -5,8 +5,9 @@ Phases, each ``--storm-s`` / ``--flood-s`` seconds (60 by default), one agent fo
     /bin/true (``storm-true``, so its events are told apart from the machine's) as fast as it can;
   * flood -- bench/bpf/flood.bpf.o (as in event_rate.py) writes synthetic exec+exit pairs into the
     agent's ring for every getppid() of this process, called as fast as Python can: far above what
-    the agent consumes, so the ring stays full and records are lost. Synthetic pids are 10-digit
-    (from 4,000,000,000; a real pid has at most 7), which tells their lines apart.
+    the agent consumes, so the ring stays full and records are lost. Synthetic pids have 10 digits
+    (from 1,000,000,000: room for 3.29e9 pairs, refused ones included, before the u32 wraps; a real pid
+    has at most 7), which tells their lines apart.
 
 Throughout, a watcher polls the agent's ``/healthz`` every 0.1 s (HTTP status, event-loop age), its
 status over gRPC every 0.5 s (2 s deadline; answered or not, latency) and its VmRSS every 0.5 s. The
@@ -44,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-FLOOD_PID_BASE = 4_000_000_000
+FLOOD_PID_BASE = 1_000_000_000  # 10 digits until 3.29e9 more pairs (the counter also counts refused ones)
 FLOOD_PID = re.compile(rb'"pid":\d{10}[,}]')
 STORM_MARK = b'/storm-true"'
 _LIBC = ctypes.CDLL(None, use_errno=True)
