@@ -3,8 +3,9 @@
  * One call (FastProc.handle) takes a batch of raw exec/exit records as the ring gave them and does, per
  * record, what sensors/process_events.py does in Python: decode, resolve the parent in the process cache,
  * build the cached Process, render its Tetragon JSON once (kept on Process.encoded) and assemble the event
- * line. The process cache stays the Python one (lanner/process_cache.py): its dicts are read here, and its
- * insert()/exit() are called, so its rules exist once. Every record this file does not handle exactly as
+ * line. The process cache stays the Python one (lanner/process_cache.py): its dicts are read and updated here
+ * (cache_insert, cache_exit: the tests compare the cache's state after both paths), and its own _end() and
+ * _evict() are called for references and eviction. Every record this file does not handle exactly as
  * the Python code would (clones, scripts, relative or unnormalised paths, truncated filenames, duplicates,
  * unknown parents, exits of unknown processes, short records) goes to the Python path (`slow`), in order.
  *
@@ -55,6 +56,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     Field x[X_NFIELDS], t[T_NFIELDS];
+    Py_ssize_t capacity;                 /* the cache's, read at each batch */
     Py_ssize_t x_tail, x_min, t_min, creds_off, creds_len, ns_off, ns_len;
     char node[256]; Py_ssize_t node_n;   /* the node name, UTF-8, for exec_ids */
     PyObject *node_json;                 /* bytes: the node name as a JSON string */
@@ -65,7 +67,7 @@ typedef struct {
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
-    PyObject *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
+    PyObject *a_pid, *a_refcnt, *a_end, *a_evict, *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
     long long last_sec; char sec_text[32];
     PyObject *run_kind, *run_bin; long long run_n;  /* events counted but not yet in the counters' dicts */
     Buf buf, obj;
@@ -305,6 +307,65 @@ static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *par
     return ev;
 }
 
+/* ------------------------------------------------------------------ the process cache */
+/* ProcessCache.insert of a new identity whose parent is known: the common case in C (the two dicts, the parent's
+ * reference); the rest stays the cache's own code: ending the pid's previous live identity (_end), eviction */
+static int cache_insert(FastProc *s, PyObject *proc, PyObject *key, PyObject *pid, PyObject *parent, PyObject *now) {
+    PyObject *prev_key = PyDict_GetItemWithError(s->by_pid, pid), *prev = NULL;
+    if (!prev_key && PyErr_Occurred()) return -1;
+    if (prev_key) {
+        Py_INCREF(prev_key);
+        int same = PyObject_RichCompareBool(prev_key, key, Py_EQ);
+        prev = same == 0 ? PyDict_GetItemWithError(s->entries, prev_key) : NULL;
+        Py_DECREF(prev_key);
+        if (same < 0 || (!prev && PyErr_Occurred())) return -1;
+    }
+    if (prev) {
+        PyObject *alive = PyObject_GetAttr(prev, s->a_alive);
+        int is = alive ? PyObject_IsTrue(alive) : -1;
+        Py_XDECREF(alive);
+        if (is < 0) return -1;
+        if (is) {
+            PyObject *args[3] = {s->cache, prev, now};
+            PyObject *r = PyObject_VectorcallMethod(s->a_end, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (!r) return -1;
+            Py_DECREF(r);
+        }
+    }
+    if (PyDict_SetItem(s->entries, key, proc) || PyDict_SetItem(s->by_pid, pid, key)) return -1;
+    PyObject *rc = PyObject_GetAttr(parent, s->a_refcnt);
+    long long n = rc ? PyLong_AsLongLong(rc) : -1;
+    Py_XDECREF(rc);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    PyObject *nv = PyLong_FromLongLong(n + 1);
+    int bad = !nv || PyObject_SetAttr(parent, s->a_refcnt, nv);
+    Py_XDECREF(nv);
+    if (bad) return -1;
+    if (PyDict_GET_SIZE(s->entries) > s->capacity) {
+        PyObject *args[2] = {s->cache, now};
+        PyObject *r = PyObject_VectorcallMethod(s->a_evict, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (!r) return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+/* ProcessCache.exit of a live process: the cache's own _end, then the pid forgets it if it is still its own */
+static int cache_exit(FastProc *s, PyObject *proc, PyObject *now) {
+    PyObject *args[3] = {s->cache, proc, now};
+    PyObject *r = PyObject_VectorcallMethod(s->a_end, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (!r) return -1;
+    Py_DECREF(r);
+    PyObject *pid = PyObject_GetAttr(proc, s->a_pid), *key = pid ? PyObject_GetAttr(proc, s->a_key) : NULL;
+    PyObject *cur = key ? PyDict_GetItemWithError(s->by_pid, pid) : NULL;
+    int rc = key && (cur || !PyErr_Occurred()) ? 0 : -1;
+    if (cur) {
+        int same = PyObject_RichCompareBool(cur, key, Py_EQ);
+        rc = same < 0 ? -1 : same ? PyDict_DelItem(s->by_pid, pid) : 0;
+    }
+    Py_XDECREF(pid); Py_XDECREF(key);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ exec */
 /* (arguments tuple, JSON string of join_arguments or b"") for an argv's raw NUL-separated bytes */
 static PyObject *make_args(const char *p, Py_ssize_t n) {
@@ -490,10 +551,7 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     PyObject *cargs[17] = {o[KEY], o[EID], pkey2, pkey, o[PID], o[TID], o[NSPID], o[BIN], o[ARGS], o[CWD],
                            s->flag_tuples[bits], o[KTIME], o[CRED], o[NS], o[CG], o[EXE], o[INO]};
     proc = ctor_new(&s->process_ctor, cargs);
-    PyObject *iargs[3] = {s->cache, proc, now};
-    PyObject *ins = proc ? PyObject_VectorcallMethod(s->a_insert, iargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL) : NULL;
-    Py_XDECREF(ins);
-    int bad = !ins || render_process(s, o[EID], rd(p, s->x[X_PID]), rd(p, s->x[X_UID]), o[CWD], o[BIN],
+    int bad = !proc || cache_insert(s, proc, o[KEY], o[PID], parent, now) || render_process(s, o[EID], rd(p, s->x[X_PID]), rd(p, s->x[X_UID]), o[CWD], o[BIN],
                                      PyTuple_GET_ITEM(args_e, 1), bits, (long long)ktime_v + offset,
                                      rd(p, s->x[X_AUID]), pkey, rd(p, s->x[X_TID]), o[EXE], rd(p, s->x[X_INO]));
     Py_DECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
@@ -570,8 +628,7 @@ static int on_exit_rec(FastProc *s, PyObject *raw, PyObject *now, long long offs
     if (PUTS(b, "\"}")) goto done;
     if (!(ev = emit(s, s->s_exit, proc, parent, b)) || PyList_Append(out, ev)) goto done;
     if (!(bin = PyObject_GetAttr(proc, s->a_binary)) || count(s, s->s_exit, bin)) goto done;
-    PyObject *xargs[3] = {s->cache, proc, now};
-    if (!(r = PyObject_VectorcallMethod(s->a_exit, xargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL))) goto done;
+    if (cache_exit(s, proc, now)) goto done;
     rc = 1;
 done:
     Py_DECREF(pid); Py_XDECREF(proc); Py_XDECREF(alive); Py_XDECREF(pkey); Py_XDECREF(pj); Py_XDECREF(ppj);
@@ -583,8 +640,11 @@ done:
 static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
     PyObject *raws, *now, *out;
     long long offset;
-    if (!PyArg_ParseTuple(args, "O!OL:handle", &PyList_Type, &raws, &now, &offset) || !(out = PyList_New(0)))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "O!OL:handle", &PyList_Type, &raws, &now, &offset)) return NULL;
+    PyObject *cap = PyObject_GetAttrString(s->cache, "capacity");
+    s->capacity = cap ? PyLong_AsSsize_t(cap) : -1;
+    Py_XDECREF(cap);
+    if ((s->capacity == -1 && PyErr_Occurred()) || !(out = PyList_New(0))) return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(raws); i++) {
         PyObject *raw = PyList_GET_ITEM(raws, i);
         int rc = 0;
@@ -665,7 +725,8 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
         !(s->a_encoded = intern("encoded")) || !(s->a_alive = intern("alive")) ||
         !(s->a_parent_key = intern("parent_key")) || !(s->a_binary = intern("binary")) ||
         !(s->a_flags = intern("flags")) || !(s->a_exec_id = intern("exec_id")) || !(s->a_insert = intern("insert")) ||
-        !(s->a_exit = intern("exit")) || !(s->a_pjson = intern("process_json")))
+        !(s->a_exit = intern("exit")) || !(s->a_pid = intern("pid")) || !(s->a_refcnt = intern("refcnt")) ||
+        !(s->a_end = intern("_end")) || !(s->a_evict = intern("_evict")) || !(s->a_pjson = intern("process_json")))
         return -1;
     /* Process.flags as the Python path builds them: execve, clone, truncArgs, errorCWD | rootcwd */
     for (unsigned bits = 0; bits < 12; bits++) {
@@ -695,7 +756,8 @@ static int FastProc_clear(FastProc *s) {
                         &s->events, &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals, &s->memo_cred,
                         &s->memo_ns, &s->memo_text, &s->memo_args, &s->memo_int, &s->s_exec, &s->s_exit, &s->s_execve,
                         &s->s_clone, &s->s_empty, &s->empty_tuple, &s->a_key, &s->a_encoded, &s->a_alive,
-                        &s->a_parent_key, &s->a_binary, &s->a_flags, &s->a_exec_id, &s->a_insert, &s->a_exit,
+                        &s->a_parent_key, &s->a_binary, &s->a_flags, &s->a_exec_id, &s->a_insert, &s->a_exit, &s->a_pid,
+                        &s->a_refcnt, &s->a_end, &s->a_evict,
                         &s->a_pjson};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) Py_CLEAR(*all[i]);
     for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);

@@ -3,10 +3,12 @@
 
 The C code defines no record layout: the offsets and sizes of the exec and exit records' fields come from
 the object's BTF (``lanner.bpf.records.RecordLayout``, the decoder's layouts) and are passed at init. It
-works on the agent's own process cache, counters and classes, and sends every record it does not handle
-exactly as the Python path would (clones, scripts, unknown parents, duplicates, ...) to the Python path, in
-ring order. It renders the process JSON itself only while that JSON holds no optional part (credentials,
-namespaces, pods, redactions) and no gRPC client needs protobuf; otherwise the batch takes the Python path.
+works on the agent's own process cache, counters and classes: of the cache's insert and exit it does the dict
+updates and the parent's reference itself, and calls the cache's own ``_end`` and ``_evict`` for the rest. It
+sends every record it does not handle exactly as the Python path would (clones, scripts, unknown parents,
+duplicates, ...) to the Python path, in ring order. It renders the process JSON itself only while that JSON
+holds no optional part (credentials, namespaces, pods, redactions) and no gRPC client needs protobuf;
+otherwise the batch takes the Python path.
 
 Without the built module (or with ``LANNER_FASTPATH=0``) the agent runs the Python path and ``lanner status``
 says so (``fastpath``).
@@ -86,6 +88,7 @@ class FastPath:
         self.events = events
         self.encoder = ctx.encoder
         self.counters = ctx.counters
+        self.cache = ctx.cache
 
         def slow(raw: bytes) -> list[OutEvent]:
             records = decoder.decode((raw,))
@@ -107,4 +110,7 @@ class FastPath:
 
     def handle(self, raws: list[bytes]) -> list[OutEvent]:
         self.counters.records += len(raws)
-        return self._c.handle(raws, time.monotonic_ns(), self.encoder.clock.offset_ns)
+        out = self._c.handle(raws, time.monotonic_ns(), self.encoder.clock.offset_ns)
+        cache = self.cache
+        cache.stats.size = len(cache)  # as ProcessCache.insert leaves it
+        return out

@@ -119,7 +119,7 @@ def records() -> list[bytes]:
 
 def world(node: str, fast: bool):
     decoder = ProcessDecoder(_Obj())  # type: ignore[arg-type]
-    cache = ProcessCache(node, capacity=64)
+    cache = ProcessCache(node, capacity=20)  # small: the records make it evict
     clock = KtimeClock()
     clock.offset_ns = OFFSET_NS
     enc = ProcessEventEncoder(EncoderOptions(node), (0,) * 10, clock)
@@ -135,8 +135,9 @@ def world(node: str, fast: bool):
     return lambda raws: events.handle(decoder.decode(raws), False), cache, counters, events
 
 
-def _cache_state(cache: ProcessCache) -> list[tuple]:
-    return [(p.key, p.exec_id, p.parent_key, p.parent_exec_id, p.pid, p.tid, p.nspid, p.binary, p.args, p.cwd,
+def _cache_state(cache: ProcessCache) -> list:
+    st = cache.stats
+    return [dict(cache._by_pid), [k for _, k in cache._dead], (st.size, st.evictions, st.misses, st.collected)] + [(p.key, p.exec_id, p.parent_key, p.parent_exec_id, p.pid, p.tid, p.nspid, p.binary, p.args, p.cwd,
              p.flags, p.start_ns, p.creds, p.ns, p.cgroup_id, p.exe, p.exe_ino, p.refcnt, p.alive, p.encoded)
             for p in cache._entries.values()]
 
