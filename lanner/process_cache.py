@@ -111,7 +111,11 @@ class ProcessCache:
 
     # ------------------------------------------------------------------ updates
     def insert(self, proc: Process, now_ns: int) -> Process:
-        """Add a new identity. It replaces the pid's previous identity (an exec after a clone)."""
+        """Add a new identity. It replaces the pid's previous identity (an exec after a clone).
+
+        sensors/fastproc.c (``cache_insert``, ``cache_exit``) does what ``insert`` and ``exit`` do for the execs and
+        exits it handles, calling ``_end`` and ``_evict`` from here: a change to these rules is made there too
+        (tests/test_fastproc.py compares the cache after both paths)."""
         prev_key = self._by_pid.get(proc.pid)
         if prev_key is not None and prev_key != proc.key:
             prev = self._entries.get(prev_key)
