@@ -7,13 +7,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-# what the kernel's maps hold for all policies together (gen_maps.bpf.h): gen_hooks entries, and value-set entries
-# in gen_int_set (262144), gen_str_set, gen_str_set32/64/128 and gen_str_lpm (32768 each). A policy needing more
-# can never load: its hooks past these are unavailable, and compiling stops there (a few KiB of YAML with a long
-# syscall list and thousands of values would otherwise make millions of entries, and gigabytes, before the engine
-# found a map full)
-GEN_MAX_HOOKS = 1024
-GEN_MAX_SET_ENTRIES = 262144 + 5 * 32768
+from .abi import GEN_INT_SET_ENTRIES, GEN_MAX_HOOKS, GEN_STR_SET_ENTRIES
+
+# what the kernel's maps hold for all policies together (gen_maps.bpf.h enum gen_map_size): gen_hooks entries, and
+# value-set entries in gen_int_set, gen_str_set, gen_str_set32/64/128 and gen_str_lpm. A policy needing more can
+# never load: its hooks past these are unavailable, and compiling stops there (a few KiB of YAML with a long syscall
+# list and thousands of values would otherwise make millions of entries, and gigabytes, before the engine found a
+# map full)
+GEN_MAX_SET_ENTRIES = GEN_INT_SET_ENTRIES + 5 * GEN_STR_SET_ENTRIES
 
 
 class Unavailable(Exception):

@@ -14,6 +14,14 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* the sets' and hooks' map sizes: what all policies together may use (the compiler refuses a policy past them) */
+enum gen_map_size {
+	GEN_MAX_HOOKS = 1024,          /* gen_hooks */
+	GEN_SCOPE_ENTRIES = 65536,     /* gen_scope, gen_scope_cg */
+	GEN_INT_SET_ENTRIES = 262144,  /* gen_int_set */
+	GEN_STR_SET_ENTRIES = 32768,   /* gen_str_set, gen_str_set32/64/128, gen_str_lpm each */
+};
+
 /* the short-string sets' key sizes (gen_str_set32/64/128 below) */
 enum gen_str_key {
 	GEN_STR_KEY32 = 32,
@@ -44,6 +52,8 @@ struct gen_abi {
 	enum gen_event_flags event_flags;
 	enum gen_stacks stacks;
 	enum gen_str_key str_key;
+	enum gen_map_size map_size;
+	enum gen_cap_type cap_type;
 };
 
 __attribute__((used)) static int gen_abi_btf(struct gen_abi *abi)
@@ -61,35 +71,35 @@ __attribute__((used)) static int gen_abi_btf(struct gen_abi *abi)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, GEN_MAX_HOOKS);
 	__type(key, __u32);
 	__type(value, struct gen_hook);
 } gen_hooks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, GEN_SCOPE_ENTRIES);
 	__type(key, struct gen_scope_key);
 	__type(value, __u8);
 } gen_scope SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, GEN_SCOPE_ENTRIES);
 	__type(key, struct gen_scope_cg_key);
 	__type(value, __u8);
 } gen_scope_cg SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, GEN_INT_SET_ENTRIES);
 	__type(key, struct gen_int_key);
 	__type(value, __u8);
 } gen_int_set SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, GEN_STR_SET_ENTRIES);
 	__type(key, struct gen_str);
 	__type(value, __u8);
 } gen_str_set SEC(".maps");
@@ -99,7 +109,7 @@ struct {
  * hashes 32, 64 or 128 bytes instead of the whole 260-byte key (jhash over the key is most of its cost) */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, GEN_STR_SET_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(key_size, GEN_STR_KEY32);
 	__uint(value_size, 1);
@@ -107,7 +117,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, GEN_STR_SET_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(key_size, GEN_STR_KEY64);
 	__uint(value_size, 1);
@@ -115,7 +125,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, GEN_STR_SET_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(key_size, GEN_STR_KEY128);
 	__uint(value_size, 1);
@@ -123,7 +133,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 32768);
+	__uint(max_entries, GEN_STR_SET_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct gen_str);
 	__type(value, __u8);

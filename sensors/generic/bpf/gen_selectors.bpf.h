@@ -190,9 +190,9 @@ static __always_inline __u64 gen_task_caps(struct task_struct *task, __u32 t)
 
 	/* kernel_cap_t is a u64 "val" since 6.3 and a u32 cap[2] before (same 8 bytes): read the field
 	 * whole, by its relocated offset, so the program loads on both (Debian 6.1 has the array) */
-	if (t == 1)
+	if (t == GCT_INHERITABLE)
 		cap = __builtin_preserve_access_index(&cred->cap_inheritable);
-	else if (t == 2)
+	else if (t == GCT_PERMITTED)
 		cap = __builtin_preserve_access_index(&cred->cap_permitted);
 	else
 		cap = __builtin_preserve_access_index(&cred->cap_effective);
@@ -278,7 +278,7 @@ static __always_inline bool gen_check_cap_changes(struct gen_selector *sel)
 	__u32 t = sel->capch_type;
 	__u64 was, now;
 
-	if (gen_in_userns(task, sel->capch_userns) || t > 2)
+	if (gen_in_userns(task, sel->capch_userns) || t > GCT_PERMITTED)
 		return false;
 	e = gen_exec_state(task, &fresh);
 	if (!e || fresh)

@@ -96,6 +96,13 @@ enum gen_operator {
 	GOP_NOTPOSTFIX = 6,
 };
 
+/* gen_selector.cap_type / capch_type: which of the task's capability sets */
+enum gen_cap_type {
+	GCT_EFFECTIVE = 0,
+	GCT_INHERITABLE = 1,
+	GCT_PERMITTED = 2,
+};
+
 /* gen_pids.flags */
 enum gen_pid_flags {
 	GPF_FOLLOW = 1,
@@ -239,7 +246,7 @@ struct gen_selector {
 	__u8 nns;
 	__u8 cap_op;
 	__u16 bin_set;
-	__u8 cap_type; /* 0 effective, 1 inheritable, 2 permitted */
+	__u8 cap_type; /* GCT_* */
 	__u8 sock_arg; /* TrackSock/UntrackSock: the position of the sock/socket arg */
 	struct gen_pids pids[GEN_MAX_PID_ENTRIES];
 	__u64 cap_mask;
@@ -255,7 +262,7 @@ struct gen_selector {
 	__u16 nsch_mask;    /* matchNamespaceChanges: bit (1 << GNS_*) per namespace compared with exec time */
 	__u8 nsch_op;       /* matchNamespaceChanges present (GOP_IN; NotIn is compiled into the mask) */
 	__u8 capch_op;      /* matchCapabilityChanges: GOP_IN / GOP_NOTIN, 0 = none */
-	__u8 capch_type;    /* 0 effective, 1 inheritable, 2 permitted */
+	__u8 capch_type;    /* GCT_* */
 	__u8 pad2[3];
 	struct gen_filter filters[GEN_MAX_FILTERS];
 };
