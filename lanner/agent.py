@@ -47,7 +47,7 @@ HOUSEKEEPING_S = 1.0
 POLL_S = 0.01
 # One drain turn stops after DRAIN_MAX_S (checked between batches of BATCH records), so the loop (housekeeping,
 # /healthz's liveness) turns several times a second however far the ring is behind (bench/overload.py).
-DRAIN_MAX_S = 0.2
+DRAIN_MAX_S = 0.1
 SENSOR_FEATURES = ("tp_btf", "ringbuf", "bpf_loop")  # what the process sensor cannot do without
 
 
