@@ -17,7 +17,7 @@ import itertools
 import logging
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,16 +30,16 @@ from lanner.exporter.tracing import TracingEvents
 from lanner.policy.errors import PolicyError
 from lanner.policy.loader import load_policies
 from lanner.policy.model import TracingPolicy
-from lanner.policy.workloads import WorkloadScope, scope_of
+from lanner.policy.workloads import scope_of
 
-from . import bpf_attach
+from . import bpf_attach, status
 from .abi import (
     GEN_OP, GEN_STR_HDR, GEN_STR_KEY32, GEN_STR_KEY64, GEN_STR_KEY128, GEN_STR_MAX, GEN_SYS_HOOKS, GHF_ENFORCE,
-    GHF_SCOPED, GHF_SCOPED_CG, GSO_ENTER, GSO_ENTER_BUF, GSO_EXIT, GSO_EXIT_BUF, GST_MONITOR_OVERRIDE,
-    GST_MONITOR_SIGNAL, GST_OVERRIDE, GST_POST, GST_SIGNAL, GST_SLOTS,
+    GHF_SCOPED, GHF_SCOPED_CG, GSO_ENTER, GSO_ENTER_BUF, GSO_EXIT, GSO_EXIT_BUF, GST_SLOTS,
 )
-from .compiler import GST_NAMES, CompiledPolicy, Compiler, HookPlan, HookUnit
+from .compiler import GST_NAMES, CompiledPolicy, Compiler, HookUnit
 from .decoder import EventDecoder
+from .loaded import FailedPolicy, HookMeta, LoadedPolicy
 from .scopes import WorkloadScopes
 from .stacks import Stacks
 
@@ -65,7 +65,6 @@ SHARED_MAPS = ("execve_map", "gen_hooks", "gen_int_set", "gen_str_set", "gen_str
 # instance of generic_tp (same maps, by fd). At most this many hooks per tracepoint:
 MAX_TP_INSTANCES = 64
 SETTLE_WAIT_S = 5.0  # list() right after start waits this long for the start-up policies to load
-TARGETS_SHOWN = 8  # attachment targets listed per hook in `list` (the rest counted)
 # features this build attaches itself when the probe result does not mention them (attach errors are
 # reported per hook); the rest are assumed absent unless the probe says otherwise
 DEFAULT_FEATURES = {"tracepoint": True, "uprobe": True, "uretprobe": True, "send_signal": True, "raw_tp": True}
@@ -82,15 +81,6 @@ def _str_bucket(v: bytes) -> int | None:
     """The key size of the map holding v (None: gen_str_set, the whole struct)."""
     return next((k for k, _ in STR_BUCKETS if len(v) <= k - _STR_HDR), None)
 ONE = b"\x01"
-# kernel_memory_bytes estimate (see docs/policies.md "Kernel memory"): bytes the kernel holds for one
-# element, from include/linux/bpf / kernel/bpf/hashtab.c and lpm_trie.c on x86_64
-HTAB_ELEM_HEADER = 48  # struct htab_elem before the key
-LPM_NODE_HEADER = 24   # struct lpm_trie_node before the data (child[2], prefixlen, flags)
-
-
-# TracingPolicyStatus.sensors: the generic program family serving each HookPlan.mechanism
-_SENSOR = {"uprobe": "generic_uprobe", "kprobe": "generic_kprobe", "lsm": "generic_lsm", "fentry": "generic_fentry",
-           "usdt": "generic_usdt"}
 
 
 @dataclass(frozen=True)
@@ -125,52 +115,6 @@ class _SysLink:
             self.engine._sys_remove(self)
 
 
-@dataclass
-class _HookMeta:
-    policy_name: str
-    plan: HookPlan
-    unit: HookUnit
-
-
-class _Named:
-    """The (name, namespace) a policy is known by (``policy`` is its TracingPolicy)."""
-
-    policy: TracingPolicy
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def namespace(self) -> str:
-        return self.policy.namespace or ""
-
-
-@dataclass
-class _Policy(_Named):
-    id: int
-    policy: TracingPolicy
-    compiled: CompiledPolicy
-    enforce: bool
-    enabled: bool = True
-    links: list[Link] = field(default_factory=list)
-    attach_errors: list[str] = field(default_factory=list)
-    attach_failed: dict[str, str] = field(default_factory=dict)  # hook path -> why its attach failed
-    scope: WorkloadScope | None = None  # the pods it runs for (TracingPolicyNamespaced, podSelector); scope id = id
-    loading: bool = True  # until _add_one has written and attached everything (TP_STATE_LOADING)
-
-    def errors(self) -> list[str]:
-        return self.compiled.unavailable + self.attach_errors
-
-
-@dataclass
-class _Failed(_Named):
-    """A policy the engine could not load at all (its objects failed): listed as LOAD_ERROR with the reason."""
-    id: int
-    policy: TracingPolicy
-    reason: str
-
-
 class EngineLoadError(RuntimeError):
     """The engine's own objects could not be loaded; the message names the object and the kernel's reason."""
 
@@ -190,12 +134,12 @@ class PolicyEngine:
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
         self._lock = threading.RLock()
-        self._policies: dict[tuple[str, str], _Policy] = {}
-        self._failed: dict[tuple[str, str], _Failed] = {}  # policies whose engine objects failed to load
+        self._policies: dict[tuple[str, str], LoadedPolicy] = {}
+        self._failed: dict[tuple[str, str], FailedPolicy] = {}  # policies whose engine objects failed to load
         self._pending: set[tuple[str, str]] = set()  # start-up policies not added yet (TP_STATE_LOADING)
         self._settled = threading.Event()  # set once the start-up policies are loaded (or there are none)
         self._settled.set()
-        self._meta: dict[int, _HookMeta] = {}
+        self._meta: dict[int, HookMeta] = {}
         self._hook_ids = itertools.count(1)
         self._free_sets: list[int] = []
         self._next_set = 1
@@ -345,7 +289,7 @@ class PolicyEngine:
             except EngineLoadError as exc:  # listed as LOAD_ERROR; a later add (or a re-add) tries again
                 self._fail(policies, str(exc))
                 raise ValueError(f"tracing policy {policies[0].name!r} not loaded: {exc}") from None
-            done: list[_Policy] = []
+            done: list[LoadedPolicy] = []
             try:
                 for pol in policies:
                     self._failed.pop((pol.name, pol.namespace or ""), None)  # a re-add replaces a failed one
@@ -361,15 +305,15 @@ class PolicyEngine:
     def _fail(self, policies: list[TracingPolicy], reason: str) -> None:
         for pol in policies:
             key = (pol.name, pol.namespace or "")
-            self._failed[key] = _Failed(next(self._ids), pol, reason.replace("; ", ", "))  # "; " joins a list's errors
+            self._failed[key] = FailedPolicy(next(self._ids), pol, reason.replace("; ", ", "))  # "; " joins a list's errors
             self._pending.discard(key)
             log.warning("tracing policy %s: LOAD_ERROR: %s", pol.name, reason)
 
-    def _add_one(self, pol: TracingPolicy) -> _Policy:
+    def _add_one(self, pol: TracingPolicy) -> LoadedPolicy:
         mode = pol.spec.settings.policy_mode
         enforce = mode != "monitor"
         compiled = self.compiler.compile(pol, enforce)
-        p = _Policy(next(self._ids), pol, compiled, enforce, scope=scope_of(pol))
+        p = LoadedPolicy(next(self._ids), pol, compiled, enforce, scope=scope_of(pol))
         for plan in compiled.hooks:
             for unit in plan.units:
                 unit.config["policy"] = p.id  # gen_scope key, owner of the policy's gen_socktrack entries
@@ -386,7 +330,7 @@ class PolicyEngine:
                     self.stats_map.update(unit.hook_id, [b"\0" * self.stats_map.value_size] * self.stats_map.ncpus)
                     if unit.exit_id is not None:
                         self.hooks_map.update(unit.exit_id, self._pack_hook(unit.exit_config or {}))
-                    self._meta[unit.hook_id] = _HookMeta(p.name, plan, unit)
+                    self._meta[unit.hook_id] = HookMeta(p.name, plan, unit)
             self._attach(p)
         except BaseException as exc:
             self._unload(p)
@@ -619,7 +563,7 @@ class PolicyEngine:
             raise
         return links
 
-    def _attach(self, p: _Policy) -> None:
+    def _attach(self, p: LoadedPolicy) -> None:
         p.attach_errors = []
         p.attach_failed = {}
         for plan in list(p.compiled.hooks):
@@ -653,7 +597,7 @@ class PolicyEngine:
             if inst is not None:
                 inst.close()
 
-    def _unload(self, p: _Policy) -> None:
+    def _unload(self, p: LoadedPolicy) -> None:
         self._destroy(p.links)
         p.links = []
         for plan in p.compiled.hooks:
@@ -688,7 +632,7 @@ class PolicyEngine:
                 raise KeyError(f"tracing policy {name!r} not found")
             self._unload(p)
 
-    def _retry(self, f: _Failed) -> None:
+    def _retry(self, f: FailedPolicy) -> None:
         """Load a policy that failed for want of the engine's objects (configure enable=True)."""
         with self.batch():
             try:
@@ -735,103 +679,23 @@ class PolicyEngine:
                 out[i] += int.from_bytes(cpu[8 * i:8 * i + 8], "little")
         return out
 
-    def _elem_bytes(self, m: Any, lpm: bool = False) -> int:
-        """Kernel bytes of one element of a shared map (the per-element cost, without rounding)."""
-        r8 = lambda n: (n + 7) & ~7  # noqa: E731
-        if lpm:
-            return LPM_NODE_HEADER + (m.key_size - 4) + m.value_size
-        if m.percpu:
-            return HTAB_ELEM_HEADER + r8(m.key_size) + 8 + r8(m.value_size) * m.ncpus
-        return HTAB_ELEM_HEADER + r8(m.key_size) + r8(m.value_size)
-
-    def _kernel_memory(self, p: _Policy) -> int:
+    def _kernel_memory(self, p: LoadedPolicy) -> int:
         """Bytes of the policy's entries in the shared maps (docs/policies.md, "Kernel memory")."""
         c = p.compiled
         units = [u for h in c.hooks for u in h.units]
         n_hooks = len(units) + sum(1 for u in units if u.exit_id is not None)
-        return (n_hooks * self._elem_bytes(self.hooks_map)
-                + len(units) * self._elem_bytes(self.stats_map)
-                + sum(len(v) for v in c.int_sets.values()) * self._elem_bytes(self.int_set)
-                + sum(len(keys) * self._elem_bytes(self.str_sets[k] if k else self.str_set)
+        return (n_hooks * status.elem_bytes(self.hooks_map)
+                + len(units) * status.elem_bytes(self.stats_map)
+                + sum(len(v) for v in c.int_sets.values()) * status.elem_bytes(self.int_set)
+                + sum(len(keys) * status.elem_bytes(self.str_sets[k] if k else self.str_set)
                       for k, keys in self._str_entries(c).items())
-                + sum(len(v) for v in c.lpm_sets.values()) * self._elem_bytes(self.lpm, lpm=True))
+                + sum(len(v) for v in c.lpm_sets.values()) * status.elem_bytes(self.lpm, lpm=True))
 
-    @staticmethod
-    def _targets(plan: HookPlan) -> str:
-        out = []
-        for u in plan.units:
-            kind = u.attach[0][0] if u.attach else ""
-            if kind == "sys":
-                t = f"{u.attach[0][1]}/sys_enter[{u.attach[0][4]}]"
-                if u.exit_attach:
-                    t += f"+sys_exit[{u.exit_attach[0][4]}]"
-            elif kind == "tp":
-                t = f"{u.attach[0][1]}/{u.attach[0][2]}"
-                if u.exit_attach:
-                    t += f"+{u.exit_attach[0][2]}"
-            elif kind == "kprobe":
-                t = u.attach[0][1] + ("+kretprobe" if u.exit_attach else "")
-            elif kind == "lsm":
-                t = f"lsm/{u.attach[0][1]}"
-            elif kind == "tp_btf":
-                t = f"tp_btf/{u.attach[0][1]}"
-            elif kind == "fentry":
-                t = f"fentry/{u.attach[0][1]}" + ("+fexit" if u.exit_attach else "")
-            elif plan.kind == "usdt":
-                t = f"{u.path}:{u.subsys}:{u.event}@{hex(u.offset)}"
-            else:
-                t = f"{u.path}:{u.symbol or hex(u.offset)}" + ("+uretprobe" if u.exit_attach else "")
-            if any(a[0] == "fmodret" for a in u.attach):
-                t += f"+fmod_ret {next(a[1] for a in u.attach if a[0] == 'fmodret')}"
-            out.append(t)
-        if len(out) > TARGETS_SHOWN:  # a long list (generated_syscalls: hundreds): the first few and the count
-            return ", ".join(out[:TARGETS_SHOWN]) + f", ... ({len(out)} in all)"
-        return ", ".join(out)
-
-    def _hook_status(self, p: _Policy) -> tuple[list[str], list[int]]:
+    def _hook_status(self, p: LoadedPolicy) -> tuple[list[str], list[int]]:
         """One line per hook of the policy (in policy order) and the policy's summed counters."""
-        total = [0] * len(GST_NAMES)
-        lines: dict[str, str] = {}
-        for plan in p.compiled.hooks:
-            counts = [0] * len(GST_NAMES)
-            for unit in plan.units:
-                for i, n in enumerate(self._hook_counters(unit)):
-                    counts[i] += n
-            total = [a + b for a, b in zip(total, counts)]
-            head = f"{plan.path} {plan.display}: {plan.mechanism} {self._targets(plan)}"
-            if plan.path in p.attach_failed:
-                text = f"{head}: attach failed ({p.attach_failed[plan.path]})"
-            elif not p.enabled:
-                text = f"{head}: detached (policy disabled)"
-            else:
-                text = head
-            nonzero = [f"{name} {n}" for name, n in zip(GST_NAMES, counts) if n]
-            if nonzero:
-                text += f" [{', '.join(nonzero)}]"
-            lines[plan.path] = text
-        for path, display, reason in p.compiled.skipped:
-            lines[path] = f"{path} {display}: unavailable ({reason})" if display else f"{path}: unavailable ({reason})"
-        for path, display, why in p.compiled.ignored:
-            lines[path] = f"{path} {display}: {why}"
-        ordered = [lines.pop(k) for k in p.compiled.order if k in lines] + list(lines.values())
-        return [t.replace("; ", ", ") for t in ordered], total
+        return status.hook_lines(p, self._hook_counters)
 
-    @staticmethod
-    def _state(p: _Policy) -> int:
-        if p.loading:
-            return sensors_pb2.TP_STATE_LOADING
-        if not p.enabled:
-            return sensors_pb2.TP_STATE_DISABLED
-        errors = p.errors()
-        if not p.links and (errors or p.compiled.hooks):
-            return sensors_pb2.TP_STATE_LOAD_ERROR
-        return sensors_pb2.TP_STATE_PARTIALLY_ENABLED if errors else sensors_pb2.TP_STATE_ENABLED
-
-    def _policy_status(self, p: _Policy) -> Any:
-        sensors = sorted({_SENSOR.get(h.mechanism, "generic_tracepoint") for h in p.compiled.hooks})
-        mode = sensors_pb2.TP_MODE_ENFORCE if p.enforce else sensors_pb2.TP_MODE_MONITOR
-        if not p.compiled.enforcing:
-            mode = sensors_pb2.TP_MODE_MONITOR_ONLY if p.enforce else mode
+    def _policy_status(self, p: LoadedPolicy) -> Any:
         hooks, counts = self._hook_status(p)
         if p.scope is not None:
             pods, containers = self.workloads.selected(p.id)
@@ -839,25 +703,7 @@ class PolicyEngine:
             hooks.insert(0, f"runs for {p.scope.describe()}: {count} on this node"
                          + ("" if self.workloads.synced else " (no pod source: the agent runs without "
                             "--enable-netdp, so no pod is known)"))
-        st = sensors_pb2.TracingPolicyStatus(
-            id=p.id, name=p.name, namespace=p.namespace, info="; ".join(hooks), sensors=sensors,
-            error="; ".join(p.errors()), state=self._state(p), mode=mode, kernel_memory_bytes=self._kernel_memory(p))
-        ac = st.stats.action_counters
-        ac.post = counts[GST_POST]
-        ac.signal = counts[GST_SIGNAL]
-        ac.monitor_signal = counts[GST_MONITOR_SIGNAL]
-        ac.override = counts[GST_OVERRIDE]
-        ac.monitor_override = counts[GST_MONITOR_OVERRIDE]
-        return st
-
-    @staticmethod
-    def _failed_status(f: _Failed) -> Any:
-        mode = sensors_pb2.TP_MODE_MONITOR if f.policy.spec.settings.policy_mode == "monitor" \
-            else sensors_pb2.TP_MODE_ENFORCE
-        return sensors_pb2.TracingPolicyStatus(
-            id=f.id, name=f.name, namespace=f.namespace, state=sensors_pb2.TP_STATE_LOAD_ERROR, mode=mode,
-            error=f.reason, info="not loaded: the policy engine's objects failed to load "
-            "(re-add the policy, or enable it, to try again)")
+        return status.policy_status(p, hooks, counts, self._kernel_memory(p))
 
     def _loading(self) -> list[tuple[str, str]]:
         """Policies given at start that are not loaded yet."""
@@ -868,7 +714,7 @@ class PolicyEngine:
         after start: up to SETTLE_WAIT_S for the policies given at start, so a first list sees them loaded."""
         self._settled.wait(SETTLE_WAIT_S)
         out = [self._policy_status(p) for p in list(self._policies.values())]
-        out += [self._failed_status(f) for f in list(self._failed.values())]
+        out += [status.failed_status(f) for f in list(self._failed.values())]
         out.sort(key=lambda st: st.id)
         out += [sensors_pb2.TracingPolicyStatus(name=n, namespace=ns, state=sensors_pb2.TP_STATE_LOADING,
                                                 info="being loaded (given at start)") for n, ns in self._loading()]
@@ -877,7 +723,7 @@ class PolicyEngine:
     def states(self) -> dict[str, int]:
         """How many policies are in each state ("enabled", "load_error", ...), at once (no waiting)."""
         out: dict[str, int] = {}
-        states = [self._state(p) for p in list(self._policies.values())]
+        states = [status.state(p) for p in list(self._policies.values())]
         states += [sensors_pb2.TP_STATE_LOAD_ERROR] * len(self._failed)
         states += [sensors_pb2.TP_STATE_LOADING] * len(self._loading())
         for st in states:
@@ -890,7 +736,7 @@ class PolicyEngine:
         ``source``: only those loaded from that file."""
         out = []
         for p in list(self._policies.values()):
-            state = self._state(p)
+            state = status.state(p)
             if state in (sensors_pb2.TP_STATE_LOAD_ERROR, sensors_pb2.TP_STATE_PARTIALLY_ENABLED) and \
                     source in (None, p.policy.source):
                 out.append({"name": p.name, "namespace": p.namespace, "error": "; ".join(p.errors()),
