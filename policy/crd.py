@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 __all__ = ["API_VERSION", "KINDS", "TRACING_POLICY", "TRACING_POLICY_NAMESPACED"]
 
-from .model import API_VERSION, KIND_CLUSTER, KIND_NAMESPACED
+from .model import API_VERSION, DEPRECATED_ACTIONS, KIND_CLUSTER, KIND_NAMESPACED
 from .schema import Node, Rule, anything, arr, boolean, integer, mapping, obj, string
 
 KINDS = (KIND_CLUSTER, KIND_NAMESPACED)
@@ -49,7 +49,6 @@ CRD_ACTIONS: tuple[str, ...] = (
     "Post", "Sigkill", "Override", "GetUrl", "DnsLookup", "NoPost", "Signal", "TrackSock",
     "UntrackSock", "NotifyEnforcer", "CleanupEnforcerNotification", "Set",
 )
-DEPRECATED_ACTIONS: tuple[str, ...] = ("FollowFD", "UnfollowFD", "CopyFD")
 ACTIONS: tuple[str, ...] = CRD_ACTIONS + DEPRECATED_ACTIONS
 BINARY_OPERATORS = ("In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 IN_NOT_IN = ("In", "NotIn")

@@ -39,6 +39,8 @@ V = TypeVar("V")
 API_VERSION = "cilium.io/v1alpha1"
 KIND_CLUSTER = "TracingPolicy"
 KIND_NAMESPACED = "TracingPolicyNamespaced"
+# actions Tetragon removed from the CRD after v1.7.0 (still accepted by v1.7.0): loaded, never served
+DEPRECATED_ACTIONS: tuple[str, ...] = ("FollowFD", "UnfollowFD", "CopyFD")
 
 
 class FrozenDict(Mapping[K, V]):
@@ -303,8 +305,6 @@ class Action(_Wire):
 
     @property
     def deprecated(self) -> bool:
-        from .crd import DEPRECATED_ACTIONS
-
         return self.action in DEPRECATED_ACTIONS
 
 
