@@ -486,93 +486,133 @@ static int plain_abs(const unsigned char *fn, Py_ssize_t n) {
         if (fn[i] == '/' && (fn[i + 1] == '.' || fn[i + 1] == '/')) return 0;
     return 1;
 }
-/* 1: handled, 0: for the Python path (nothing changed), -1: error */
-static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, PyObject *out) {
+/* an exec record's fields (pointers into the record) */
+typedef struct {
+    const unsigned char *fn, *exe, *cwd, *argv;
+    Py_ssize_t fn_n, exe_n, cwd_n, args_n;
+    unsigned long long ktime, pkt, pid, ppid, tid, nspid, uid, auid, cgroup, ino;
+    unsigned flags;
+} ExecView;
+
+/* 1 with *v filled, 0 when the Python path takes the record (short, script, truncated, relative or
+ * unnormalised filename) */
+static int exec_view(FastProc *s, PyObject *raw, ExecView *v) {
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
     if (n < s->x_min) return 0;
-    unsigned fl = (unsigned)rd(p, s->x[X_FLAGS]);
-    Py_ssize_t fn_n = rd(p, s->x[X_FN_LEN]), exe_n = rd(p, s->x[X_EXE_LEN]), cwd_n = rd(p, s->x[X_CWD_LEN]);
-    Py_ssize_t args_n = rd(p, s->x[X_ARGS_LEN]);
-    const unsigned char *fn = p + s->x_tail, *exe = fn + fn_n, *cwd = exe + exe_n, *argv = cwd + cwd_n;
-    if (fl & (F_SCRIPT | F_TRUNC_FILENAME) || s->x_tail + fn_n + exe_n + cwd_n + args_n > n || !plain_abs(fn, fn_n))
+    v->flags = (unsigned)rd(p, s->x[X_FLAGS]);
+    v->fn_n = rd(p, s->x[X_FN_LEN]); v->exe_n = rd(p, s->x[X_EXE_LEN]);
+    v->cwd_n = rd(p, s->x[X_CWD_LEN]); v->args_n = rd(p, s->x[X_ARGS_LEN]);
+    v->fn = p + s->x_tail; v->exe = v->fn + v->fn_n; v->cwd = v->exe + v->exe_n; v->argv = v->cwd + v->cwd_n;
+    if (v->flags & (F_SCRIPT | F_TRUNC_FILENAME) || s->x_tail + v->fn_n + v->exe_n + v->cwd_n + v->args_n > n ||
+        !plain_abs(v->fn, v->fn_n))
         return 0;
-    unsigned long long ktime_v = rd(p, s->x[X_KTIME]), pkt = rd(p, s->x[X_PKTIME]);
-    PyObject *o[16] = {0};  /* owned: freed at the end */
-    enum { PID, KTIME, KEY, PPID, PKEY, EID, TID, NSPID, BIN, ARGS, CWD, CRED, NS, CG, EXE, INO };
-    PyObject *proc = NULL, *parent = NULL, *pj = NULL, *line_ev = NULL;
-    int rc = -1;
-    if (!(o[PID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_PID]))) ||
-        !(o[KTIME] = PyLong_FromUnsignedLongLong(ktime_v)) || !(o[KEY] = PyTuple_Pack(2, o[PID], o[KTIME])) ||
-        !(o[PPID] = PyLong_FromUnsignedLongLong(rd(p, s->x[X_PPID]))))
-        goto done;
-    if (PyDict_GetItemWithError(s->entries, o[KEY])) { rc = 0; goto done; }  /* seen: duplicate or re-seeded */
-    PyObject *prev = PyErr_Occurred() ? NULL : cache_current(s, o[PID]);
-    if (PyErr_Occurred()) goto done;
-    if (pkt) {
-        PyObject *pk = PyLong_FromUnsignedLongLong(pkt);
-        o[PKEY] = pk ? PyTuple_Pack(2, o[PPID], pk) : NULL;
+    v->ktime = rd(p, s->x[X_KTIME]); v->pkt = rd(p, s->x[X_PKTIME]); v->pid = rd(p, s->x[X_PID]);
+    v->ppid = rd(p, s->x[X_PPID]); v->tid = rd(p, s->x[X_TID]); v->nspid = rd(p, s->x[X_NSPID]);
+    v->uid = rd(p, s->x[X_UID]); v->auid = rd(p, s->x[X_AUID]); v->cgroup = rd(p, s->x[X_CGROUP]);
+    v->ino = rd(p, s->x[X_INO]);
+    return 1;
+}
+/* the parent ProcessCache.resolve gives (new reference); NULL without an error when it would miss */
+static PyObject *exec_parent(FastProc *s, const ExecView *v, PyObject *ppid) {
+    PyObject *parent = NULL;
+    if (v->pkt) {
+        PyObject *pk = PyLong_FromUnsignedLongLong(v->pkt), *key = pk ? PyTuple_Pack(2, ppid, pk) : NULL;
         Py_XDECREF(pk);
-        if (!o[PKEY]) goto done;
-        parent = PyDict_GetItemWithError(s->entries, o[PKEY]);
+        if (!key) return NULL;
+        parent = PyDict_GetItemWithError(s->entries, key);
+        Py_DECREF(key);
     }
-    if (!parent && !PyErr_Occurred()) parent = cache_current(s, o[PPID]);
-    if (!parent) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* unknown parent: "miss", counted there */
-    Py_INCREF(parent);
-    unsigned bits = 0;
-    if (prev) {
+    if (!parent && !PyErr_Occurred()) parent = cache_current(s, ppid);
+    return Py_XNewRef(parent);
+}
+/* the index of the exec's flags in flag_tuples and render_process's table, -1 on error */
+static int exec_bits(FastProc *s, const ExecView *v, PyObject *prev) {
+    int bits = 0;
+    if (prev) {  /* a clone's child that execs */
         PyObject *pf = PyObject_GetAttr(prev, s->a_flags);
         int has = pf ? PySequence_Contains(pf, s->s_clone) : -1;
         Py_XDECREF(pf);
-        if (has < 0) goto done;
+        if (has < 0) return -1;
         bits |= has ? 1 : 0;
     }
-    if (fl & F_TRUNC_ARGS) bits |= 2;
-    if (fl & F_ERROR_CWD) bits |= 8;
-    else if (cwd_n == 1 && cwd[0] == '/') bits |= 4;
-    PyObject *pkey = PyObject_GetAttr(parent, s->a_exec_id);  /* parent.exec_id */
-    PyObject *pkey2 = pkey ? PyObject_GetAttr(parent, s->a_key) : NULL;  /* parent.key */
-    if (!pkey2) { Py_XDECREF(pkey); goto done; }
-    PyObject *args_e = NULL;
-    int same_exe = exe_n == fn_n && !memcmp(exe, fn, fn_n);
-    unsigned long long pid_v = rd(p, s->x[X_PID]), tid_v = rd(p, s->x[X_TID]), nspid_v = rd(p, s->x[X_NSPID]);
-    if (!(o[EID] = exec_id(s, ktime_v, pid_v)) ||  /* tid and nspid are mostly the pid: one object (memory) */
-        !(o[TID] = tid_v == pid_v ? Py_NewRef(o[PID]) : PyLong_FromUnsignedLongLong(tid_v)) ||
-        !(o[NSPID] = nspid_v == pid_v ? Py_NewRef(o[PID]) : PyLong_FromUnsignedLongLong(nspid_v)) ||
-        !(o[BIN] = text(s, &s->last[L_FN], (const char *)fn, fn_n)) || !(args_e = args_entry(s, (const char *)argv, args_n)) ||
-        !(o[CWD] = text(s, &s->last[L_CWD], (const char *)cwd, cwd_n)) || creds_ns(s, raw, &o[CRED], &o[NS]) ||
-        !(o[CG] = shared_int(s, rd(p, s->x[X_CGROUP]))) ||
-        !(o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, &s->last[L_EXE], (const char *)exe, exe_n)) ||
-        !(o[INO] = shared_int(s, rd(p, s->x[X_INO])))) {
-        Py_XDECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
-        goto done;
-    }
-    o[ARGS] = Py_NewRef(PyTuple_GET_ITEM(args_e, 0));
-    PyObject *cargs[17] = {o[KEY], o[EID], pkey2, pkey, o[PID], o[TID], o[NSPID], o[BIN], o[ARGS], o[CWD],
-                           s->flag_tuples[bits], o[KTIME], o[CRED], o[NS], o[CG], o[EXE], o[INO]};
-    proc = ctor_new(&s->process_ctor, cargs);
-    int bad = !proc || cache_insert(s, proc, o[KEY], o[PID], parent, now) || render_process(s, o[EID], rd(p, s->x[X_PID]), rd(p, s->x[X_UID]), o[CWD], o[BIN],
-                                     PyTuple_GET_ITEM(args_e, 1), bits, (long long)ktime_v + offset,
-                                     rd(p, s->x[X_AUID]), pkey, rd(p, s->x[X_TID]), o[EXE], rd(p, s->x[X_INO]));
-    Py_DECREF(args_e); Py_DECREF(pkey); Py_DECREF(pkey2);
-    if (bad) goto done;
-    PyObject *enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n);
-    if (!enc || PyObject_SetAttr(proc, s->a_encoded, enc)) { Py_XDECREF(enc); goto done; }
+    if (v->flags & F_TRUNC_ARGS) bits |= 2;
+    if (v->flags & F_ERROR_CWD) bits |= 8;
+    else if (v->cwd_n == 1 && v->cwd[0] == '/') bits |= 4;
+    return bits;
+}
+/* the process_exec line into s->buf, from the process's and its parent's JSON */
+static int exec_line(FastProc *s, PyObject *enc, PyObject *parent, long long wall) {
     Buf *b = &s->buf;
     b->n = 0;
-    bad = PUTS(b, "{\"process_exec\":{\"process\":") || put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
-    Py_DECREF(enc);
-    if (bad || !(pj = process_json(s, parent)) || PUTS(b, ",\"parent\":") ||
-        put(b, PyBytes_AS_STRING(pj), PyBytes_GET_SIZE(pj)) || PUTS(b, "},\"node_name\":") ||
-        put(b, PyBytes_AS_STRING(s->node_json), PyBytes_GET_SIZE(s->node_json)) || PUTS(b, ",\"time\":\"") ||
-        put_time(s, b, (long long)ktime_v + offset) || PUTS(b, "\"}"))
-        goto done;
-    if (!(line_ev = emit(s, s->s_exec, proc, parent, b)) || PyList_Append(out, line_ev) || count(s, s->s_exec, o[BIN]))
+    PyObject *pj = process_json(s, parent);
+    int bad = !pj || PUTS(b, "{\"process_exec\":{\"process\":") || put(b, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc)) ||
+              PUTS(b, ",\"parent\":") || put(b, PyBytes_AS_STRING(pj), PyBytes_GET_SIZE(pj)) ||
+              PUTS(b, "},\"node_name\":") || put(b, PyBytes_AS_STRING(s->node_json), PyBytes_GET_SIZE(s->node_json)) ||
+              PUTS(b, ",\"time\":\"") || put_time(s, b, wall) || PUTS(b, "\"}");
+    Py_XDECREF(pj);
+    return bad ? -1 : 0;
+}
+/* the exec's Process (new reference), built as ProcessEvents._on_exec builds it, inserted in the cache and
+ * with its JSON on it */
+static PyObject *exec_process(FastProc *s, PyObject *raw, const ExecView *v, PyObject *key, PyObject *pid,
+                              PyObject *ktime, PyObject *parent, int bits, PyObject *now, long long offset) {
+    enum { EID, TID, NSPID, BIN, CWD, CRED, NS, CG, EXE, INO, PEID, PKEY, ARGS_E, N };
+    PyObject *o[N] = {0}, *proc = NULL;
+    int same_exe = v->exe_n == v->fn_n && !memcmp(v->exe, v->fn, v->fn_n);
+    if ((o[EID] = exec_id(s, v->ktime, v->pid)) &&  /* tid and nspid are mostly the pid: one object (memory) */
+        (o[TID] = v->tid == v->pid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(v->tid)) &&
+        (o[NSPID] = v->nspid == v->pid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(v->nspid)) &&
+        (o[BIN] = text(s, &s->last[L_FN], (const char *)v->fn, v->fn_n)) &&
+        (o[ARGS_E] = args_entry(s, (const char *)v->argv, v->args_n)) &&
+        (o[CWD] = text(s, &s->last[L_CWD], (const char *)v->cwd, v->cwd_n)) && !creds_ns(s, raw, &o[CRED], &o[NS]) &&
+        (o[CG] = shared_int(s, v->cgroup)) &&
+        (o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, &s->last[L_EXE], (const char *)v->exe, v->exe_n)) &&
+        (o[INO] = shared_int(s, v->ino)) && (o[PEID] = PyObject_GetAttr(parent, s->a_exec_id)) &&
+        (o[PKEY] = PyObject_GetAttr(parent, s->a_key))) {
+        PyObject *cargs[17] = {key, o[EID], o[PKEY], o[PEID], pid, o[TID], o[NSPID], o[BIN],
+                               PyTuple_GET_ITEM(o[ARGS_E], 0), o[CWD], s->flag_tuples[bits], ktime, o[CRED], o[NS],
+                               o[CG], o[EXE], o[INO]};
+        proc = ctor_new(&s->process_ctor, cargs);
+    }
+    PyObject *enc = NULL;
+    if (proc && !cache_insert(s, proc, key, pid, parent, now) &&
+        !render_process(s, o[EID], v->pid, v->uid, o[CWD], o[BIN], PyTuple_GET_ITEM(o[ARGS_E], 1), bits,
+                        (long long)v->ktime + offset, v->auid, o[PEID], v->tid, o[EXE], v->ino) &&
+        (enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n)) && !PyObject_SetAttr(proc, s->a_encoded, enc)) {
+        Py_DECREF(enc);
+    } else {
+        Py_XDECREF(enc);
+        Py_CLEAR(proc);
+    }
+    for (int i = 0; i < N; i++) Py_XDECREF(o[i]);
+    return proc;
+}
+/* 1: handled, 0: for the Python path (nothing changed), -1: error */
+static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, PyObject *out) {
+    ExecView v;
+    if (!exec_view(s, raw, &v)) return 0;
+    PyObject *pid = PyLong_FromUnsignedLongLong(v.pid), *ktime = PyLong_FromUnsignedLongLong(v.ktime);
+    PyObject *ppid = PyLong_FromUnsignedLongLong(v.ppid), *key = pid && ktime ? PyTuple_Pack(2, pid, ktime) : NULL;
+    PyObject *parent = NULL, *proc = NULL, *ev = NULL, *bin = NULL;
+    int rc = -1;
+    if (!key || !ppid) goto done;
+    if (PyDict_GetItemWithError(s->entries, key)) { rc = 0; goto done; }  /* seen: duplicate or re-seeded */
+    PyObject *prev = PyErr_Occurred() ? NULL : cache_current(s, pid);  /* borrowed; the cache keeps it */
+    if (PyErr_Occurred()) goto done;
+    if (!(parent = exec_parent(s, &v, ppid))) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* a "miss" */
+    int bits = exec_bits(s, &v, prev);
+    if (bits < 0 || !(proc = exec_process(s, raw, &v, key, pid, ktime, parent, bits, now, offset))) goto done;
+    PyObject *enc = PyObject_GetAttr(proc, s->a_encoded);
+    int bad = !enc || exec_line(s, enc, parent, (long long)v.ktime + offset);
+    Py_XDECREF(enc);
+    if (bad || !(bin = PyObject_GetAttr(proc, s->a_binary)) || !(ev = emit(s, s->s_exec, proc, parent, &s->buf)) ||
+        PyList_Append(out, ev) || count(s, s->s_exec, bin))
         goto done;
     rc = 1;
 done:
-    for (int i = 0; i < 16; i++) Py_XDECREF(o[i]);
-    Py_XDECREF(proc); Py_XDECREF(parent); Py_XDECREF(pj); Py_XDECREF(line_ev);
+    Py_XDECREF(pid); Py_XDECREF(ktime); Py_XDECREF(ppid); Py_XDECREF(key);
+    Py_XDECREF(parent); Py_XDECREF(proc); Py_XDECREF(ev); Py_XDECREF(bin);
     return rc;
 }
 
