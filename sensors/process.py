@@ -374,7 +374,13 @@ class ProcessSensor:
 
         self.events = events
         module, self.fastpath = load_module()
-        self.fast = FastPath(module, self.decoder, events) if module is not None else None
+        self.fast = None
+        if module is not None:
+            try:
+                self.fast = FastPath(module, self.decoder, events)
+            except (TypeError, ValueError) as exc:  # a module built from another version of fastproc.c
+                self.fastpath = f"python (C fast path unusable, rebuild it with `make fastpath`: {exc})"
+                log.warning("process records take the Python path: %s", self.fastpath)
 
     def handle(self, raws: list, want_pb: bool) -> list:
         fast = self.fast
