@@ -248,7 +248,6 @@ class ProcessDecoder:
             texts.get(cwd) or _interned(texts, cwd, _text), argv, t[i_asz],
         )
 
-
     def creds_ns(self, raw: bytes) -> tuple[Creds, Namespaces]:
         """An exec record's shared credentials and namespaces (the C fast path's memo misses come here)."""
         t = self._exec.unpack_from(raw)
