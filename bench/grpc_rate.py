@@ -9,7 +9,9 @@ received every event and the file has every line.
 Configurations, in the same run and the same agent build:
   * file   -- the JSON export file only (the baseline);
   * grpc1  -- the file plus one GetEvents client;
-  * grpc4  -- the file plus four GetEvents clients.
+  * grpc4  -- the file plus four GetEvents clients;
+  * framed1, framed4 -- the same, the clients on ``--server-events-address`` (GetEvents framed by lanner,
+    exporter/api/h2events.py) instead of grpcio's server.
 Each client is a separate process, so its CPU is not the agent's; on this 2-core machine they still
 compete with the agent for CPU. ``--client go`` (the default when built) is tools/tetragon's client on
 Tetragon's own generated Go stubs (``make tetragon-client``), decoding every event and counting it;
@@ -71,14 +73,18 @@ def reader_cmd(kind: str, address: str, out: Path) -> list[str]:
 def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: list[float], step_s: float,
                client: str) -> list[dict]:
     pin = stack.pin_dir(f"grpc-{name}")
-    agent = C.start_agent(stack, work, "--tracing-policy-dir", "", "--skip-probe", pin_dir=pin, name=name)
+    extra = ["--tracing-policy-dir", "", "--skip-probe"]
+    if name.startswith("framed"):  # the clients read GetEvents framed by lanner (--server-events-address)
+        extra += ["--server-events-address", f"unix://{work}/{name}-events.sock"]
+    agent = C.start_agent(stack, work, *extra, pin_dir=pin, name=name)
     agent.wait_ready()
+    address = f"unix://{work}/{name}-events.sock" if name.startswith("framed") else agent.address
     flood = C.Flood(pin_dir=pin)
     stack.callback(flood.close)
     readers = []
     for i in range(clients):
         out = work / f"{name}-reader{i}.count"
-        p = subprocess.Popen(C.guarded(reader_cmd(client, agent.address, out)), stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(C.guarded(reader_cmd(client, address, out)), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         stack.callback(lambda p=p: (p.poll() is None and p.send_signal(signal.SIGTERM), p.wait(10)))
         readers.append((p, out))
@@ -115,7 +121,7 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
                "agent_cpu_us_per_event": (cpu1 - cpu0) / max(submitted, 1) * 1e6}
         res["ok"] = lost == 0 and dropped == 0 and exported >= submitted and all(g >= submitted for g in got)
         results.append(res)
-        print(f"  {name:6} {rate:>5.0f}k/s offered {res['offered_per_s'] / 1000:7.1f}k/s  lost {lost:>7}  "
+        print(f"  {name:7} {rate:>5.0f}k/s offered {res['offered_per_s'] / 1000:7.1f}k/s  lost {lost:>7}  "
               f"client drops {dropped:>7}  exported {exported:>8}/{submitted}  "
               f"received {','.join(str(g) for g in got) or '-':>20}  agent {res['agent_cpu_us_per_event']:5.1f} us/event  "
               f"{'zero-loss' if res['ok'] else 'LOSS'}",
@@ -131,7 +137,7 @@ def main() -> int:
     ap.add_argument("--steps", default="5,10,15,20,25,30,40,50,60,75,90,100,120",
                     help="offered rates, thousands of events/s")
     ap.add_argument("--client", choices=("go", "python"), default="go" if GO_CLIENT.exists() else "python")
-    ap.add_argument("--configs", default="file,grpc1,grpc4", help="which configurations to run")
+    ap.add_argument("--configs", default="file,grpc1,grpc4,framed1,framed4", help="which configurations to run")
     ap.add_argument("--step-s", type=float, default=3.0)
     args = ap.parse_args()
     C.require_root()
@@ -141,7 +147,7 @@ def main() -> int:
     load = C.LoadMonitor()
     with C.Cleanup(budget_s=400) as stack:
         work = stack.tempdir("lanner-grpc-bench-")
-        for name, clients in (("file", 0), ("grpc1", 1), ("grpc4", 4)):
+        for name, clients in (("file", 0), ("grpc1", 1), ("grpc4", 4), ("framed1", 1), ("framed4", 4)):
             if name not in args.configs.split(","):
                 continue
             print(f"\n{name}: {clients} gRPC client(s)")
@@ -151,7 +157,7 @@ def main() -> int:
     print("\nhighest zero-loss rate (events/s; the ladder's last passing step):")
     base = best.get("file") or float("nan")
     for name, v in best.items():
-        print(f"  {name:6} {v / 1000:7.1f}k/s  ({v / base:.2f}x of the file sink alone)")
+        print(f"  {name:7} {v / 1000:7.1f}k/s  ({v / base:.2f}x of the file sink alone)")
     print(load.report())
     return 0
 

@@ -193,6 +193,7 @@ class GrpcConfig:
     tls_client_ca: str | None = None  # set: mTLS (clients must present a certificate signed by it)
     enable_deprecated_policy_rpcs: bool = False
     max_queue: int = 10000  # events per client before drops
+    events_address: str | None = None  # unix:///path: GetEvents framed by lanner itself (exporter/api/h2events.py)
     max_clients: int = 64
     info_file: Path | None = DEFAULT_INFO_FILE
 
@@ -213,6 +214,7 @@ class GrpcApiServer:
         self._subs: tuple[GrpcSubscriber, ...] = ()
         self._subs_lock = threading.Lock()
         self.dropped_closed = 0  # drops of clients that have gone
+        self.sent_closed = 0  # events sent to clients that have gone
         self._skipping = False  # the last wants_events() said no while clients follow: publish() drops
         self._stopping = threading.Event()
         self._socket_path: Path | None = None
@@ -224,6 +226,7 @@ class GrpcApiServer:
         self._server.start()
         if self._socket_path is not None:
             os.chmod(self._socket_path, 0o660)
+        self._events = self._start_events_listener()
         self._write_info()
         log.info("gRPC API on %s", self.address)
 
@@ -261,6 +264,18 @@ class GrpcApiServer:
         host = addr.rsplit(":", 1)[0]
         return f"{host}:{port}"
 
+    def _start_events_listener(self) -> Any:
+        addr = self.cfg.events_address
+        if not addr:
+            return None
+        if not addr.startswith("unix://"):
+            raise ValueError(f"--server-events-address {addr}: only unix:///path is served")
+        from lanner.exporter.api.h2events import EventsServer
+
+        srv = EventsServer(Path(addr[len("unix://"):]), self._subscribe_raw, self._unsubscribe)
+        log.info("GetEvents stream (framed by lanner) on %s", addr)
+        return srv
+
     def _write_info(self) -> None:
         if self.cfg.info_file is None:
             return
@@ -292,7 +307,7 @@ class GrpcApiServer:
     def stats(self) -> dict:
         subs = self._subs
         return {"clients": len(subs), "dropped": self.dropped_closed + sum(s.dropped for s in subs),
-                "sent": sum(s.sent for s in subs)}
+                "sent": self.sent_closed + sum(s.sent for s in subs)}
 
     # ---- RPCs
     def _handlers(self) -> grpc.GenericRpcHandler:
@@ -330,14 +345,38 @@ class GrpcApiServer:
             lambda req, ctx: orjson.dumps(self.agent.status()), request_deserializer=None, response_serializer=None)
         return grpc.method_handlers_generic_handler("lanner.v1.Agent", {"Status": status})
 
-    def _get_events(self, request: events_pb2.GetEventsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        try:
-            flt, ff = request_filters(request)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    def _subscribe(self, request: events_pb2.GetEventsRequest) -> GrpcSubscriber:
+        """A new client with the request's filters (ValueError: a filter is invalid; OverflowError: the
+        agent already has ``max_clients`` GetEvents clients)."""
+        flt, ff = request_filters(request)
         sub = GrpcSubscriber(flt, ff, self.cfg.max_queue)
         with self._subs_lock:
+            if len(self._subs) >= self.cfg.max_clients:
+                raise OverflowError(f"this agent serves at most {self.cfg.max_clients} GetEvents clients")
             self._subs = self._subs + (sub,)
+        return sub
+
+    def _subscribe_raw(self, request: bytes) -> GrpcSubscriber:
+        try:
+            req = events_pb2.GetEventsRequest.FromString(request)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise ValueError(f"GetEventsRequest: {exc}") from None
+        return self._subscribe(req)
+
+    def _unsubscribe(self, sub: GrpcSubscriber) -> None:
+        with self._subs_lock:
+            if sub in self._subs:
+                self._subs = tuple(s for s in self._subs if s is not sub)
+                self.dropped_closed += sub.dropped
+                self.sent_closed += sub.sent
+
+    def _get_events(self, request: events_pb2.GetEventsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            sub = self._subscribe(request)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except OverflowError as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         log.debug("GetEvents client %s connected (%d clients)", context.peer(), len(self._subs))
         try:
             while context.is_active() and not self._stopping.is_set():
@@ -350,9 +389,7 @@ class GrpcApiServer:
                     sub.sent += 1
                     yield item
         finally:
-            with self._subs_lock:
-                self._subs = tuple(s for s in self._subs if s is not sub)
-                self.dropped_closed += sub.dropped
+            self._unsubscribe(sub)
 
     def _get_health(self, request: Any, context: Any) -> tetragon_pb2.GetHealthStatusResponse:
         return tetragon_pb2.GetHealthStatusResponse(health_status=[tetragon_pb2.HealthStatus(
@@ -434,6 +471,8 @@ class GrpcApiServer:
     # ---- shutdown
     def close(self) -> None:
         self._stopping.set()
+        if self._events is not None:
+            self._events.close()
         for sub in self._subs:
             with sub.cond:
                 sub.cond.notify_all()

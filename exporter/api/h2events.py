@@ -1,0 +1,326 @@
+"""``GetEvents`` framed by lanner itself (``--server-events-address``): many gRPC messages per HTTP/2 frame.
+
+grpcio sends one streamed message per completion-queue round trip (20-40k messages/s per core, sync or
+aio: docs/performance.md §5). This unix-socket listener serves Tetragon's ``GetEvents`` stream by writing
+the HTTP/2 and gRPC framing itself: each client's queued events (their wire bytes, assembled once for all
+clients) are joined into DATA frames, within the client's flow-control windows, one socket write per frame.
+Clients built on Tetragon's protos (``tetra getevents --server-address unix://...``) read it unchanged.
+
+It serves that one method: request headers are skipped, not decoded (every call on this socket is a
+``GetEvents``), the request message (filters) is. Everything else stays on ``--server-address``. Clients,
+queues, filters and drop counts are the gRPC server's (``GrpcApiServer``), shared with its own GetEvents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+log = logging.getLogger("lanner.grpc")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
+END_STREAM, END_HEADERS, ACK, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x1, 0x8, 0x20
+MAX_FRAME = 16384  # ours (the default): a client frame larger than this ends the connection
+MAX_REQUEST = 1 << 20  # a GetEventsRequest (filters) larger than this ends the connection
+BATCH = 512  # events joined per write run
+MAX_STREAMS = 16  # open calls per connection; more are refused (RST_STREAM REFUSED_STREAM)
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """HPACK: a literal header field without indexing, new name, no Huffman coding (values cut at 126 bytes)."""
+    value = value[:126]  # a 7-bit length prefix: 127 would need a second byte
+    return b"\x00" + bytes((len(name),)) + name + bytes((len(value),)) + value
+
+
+RESPONSE_HEADERS = b"\x88" + _literal(b"content-type", b"application/grpc")  # \x88: ":status: 200" (static 8)
+
+
+def trailers(code: int, message: str = "") -> bytes:
+    block = _literal(b"grpc-status", str(code).encode())
+    if message:
+        block += _literal(b"grpc-message", quote(message, safe=" ").encode())
+    return block
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class _Stream:
+    def __init__(self, sid: int, window: int) -> None:
+        self.sid = sid
+        self.window = window
+        self.body = bytearray()
+        self.sub: Any = None  # the GrpcSubscriber once the request is complete
+        self.closed = False
+
+
+class Connection:
+    """One client connection: a reader thread for its frames, a writer thread per open stream."""
+
+    def __init__(self, sock: socket.socket, subscribe: Callable[[bytes], Any], unsubscribe: Callable[[Any], None],
+                 stopping: threading.Event) -> None:
+        self.sock = sock
+        self.subscribe, self.unsubscribe = subscribe, unsubscribe
+        self.stopping = stopping
+        self.cond = threading.Condition()  # windows, streams, closed
+        self.send_lock = threading.Lock()
+        self.conn_window = 65535
+        self.initial_window = 65535
+        self.peer_max_frame = 16384
+        self.streams: dict[int, _Stream] = {}
+        self.closed = False
+
+    def serve(self) -> None:
+        try:
+            self._send(frame(SETTINGS, 0, 0))
+            self._read_frames()
+        except (OSError, ProtocolError, ValueError) as exc:
+            log.debug("events connection ended: %s", exc)
+        finally:
+            self.close()
+
+    # ---- reading
+    def _recv_exact(self, n: int, buf: bytearray) -> bytes:
+        while len(buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(buf)))
+            if not chunk:
+                raise ProtocolError("peer closed")
+            buf += chunk
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def _read_frames(self) -> None:
+        buf = bytearray()
+        if self._recv_exact(len(PREFACE), buf) != PREFACE:
+            raise ProtocolError("not an HTTP/2 client preface")
+        while not self.closed:
+            head = self._recv_exact(9, buf)
+            n = int.from_bytes(head[:3], "big")
+            if n > MAX_FRAME:
+                raise ProtocolError(f"frame of {n} bytes")
+            payload = self._recv_exact(n, buf)
+            self._on_frame(head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload)
+
+    def _on_frame(self, kind: int, flags: int, sid: int, pl: bytes) -> None:
+        if kind == SETTINGS and not flags & ACK:
+            self._on_settings(pl)
+        elif kind == PING and not flags & ACK:
+            self._send(frame(PING, ACK, 0, pl))
+        elif kind == WINDOW_UPDATE:
+            self._on_window_update(sid, pl)
+        elif kind == HEADERS:
+            self._on_headers(sid, flags)
+        elif kind == DATA:
+            self._on_data(sid, flags, pl)
+        elif kind == RST_STREAM:
+            self._end_stream(sid)
+        elif kind == GOAWAY:
+            raise ProtocolError("GOAWAY from the client")
+        # PRIORITY, CONTINUATION (header blocks are not decoded) and unknown frames are ignored
+
+    def _on_settings(self, pl: bytes) -> None:
+        if len(pl) % 6:
+            raise ProtocolError("SETTINGS payload")
+        with self.cond:
+            for i in range(0, len(pl), 6):
+                key, val = struct.unpack(">HI", pl[i:i + 6])
+                if key == 4:  # INITIAL_WINDOW_SIZE: applies to the open streams too
+                    for st in self.streams.values():
+                        st.window += val - self.initial_window
+                    self.initial_window = val
+                elif key == 5:
+                    self.peer_max_frame = max(16384, min(val, 1 << 20))
+            self.cond.notify_all()
+        self._send(frame(SETTINGS, ACK, 0))
+
+    def _on_window_update(self, sid: int, pl: bytes) -> None:
+        inc = int.from_bytes(pl[:4], "big") & 0x7FFFFFFF
+        with self.cond:
+            if sid == 0:
+                self.conn_window += inc
+            elif sid in self.streams:
+                self.streams[sid].window += inc
+            self.cond.notify_all()
+
+    def _on_headers(self, sid: int, flags: int) -> None:
+        with self.cond:
+            if sid in self.streams or not sid & 1:
+                return  # trailers of a request, or not a client stream
+            refused = len(self.streams) >= MAX_STREAMS
+            if not refused:
+                st = self.streams[sid] = _Stream(sid, self.initial_window)
+        if refused:
+            self._send(frame(RST_STREAM, 0, sid, (7).to_bytes(4, "big")))  # REFUSED_STREAM
+            return
+        if flags & END_STREAM:
+            self._start(st)
+
+    def _on_data(self, sid: int, flags: int, pl: bytes) -> None:
+        st = self.streams.get(sid)
+        if flags & PADDED and pl:
+            pl = pl[1:len(pl) - pl[0]]
+        if st is None or st.sub is not None:
+            return
+        st.body += pl
+        if len(st.body) > MAX_REQUEST:
+            raise ProtocolError("request too large")
+        if flags & END_STREAM:
+            self._start(st)
+
+    def _start(self, st: _Stream) -> None:
+        body = bytes(st.body)
+        if len(body) >= 5:
+            if body[0]:
+                self._finish(st, 12, "compressed requests are not supported")
+                return
+            body = body[5:5 + int.from_bytes(body[1:5], "big")]
+        try:
+            st.sub = self.subscribe(body)
+        except ValueError as exc:
+            self._finish(st, 3, str(exc))  # INVALID_ARGUMENT, as the grpcio server answers it
+            return
+        except OverflowError as exc:
+            self._finish(st, 8, str(exc))  # RESOURCE_EXHAUSTED: the agent's client limit
+            return
+        self._send(frame(HEADERS, END_HEADERS, st.sid, RESPONSE_HEADERS))
+        threading.Thread(target=self._write_events, args=(st,), name="lanner-events-tx", daemon=True).start()
+
+    def _finish(self, st: _Stream, code: int, message: str) -> None:
+        self._send(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, RESPONSE_HEADERS + trailers(code, message)))
+        self._end_stream(st.sid)
+
+    # ---- writing
+    def _write_events(self, st: _Stream) -> None:
+        sub = st.sub
+        q = sub.queue
+        try:
+            while not (st.closed or self.closed or self.stopping.is_set()):
+                with sub.cond:
+                    if not q:
+                        sub.cond.wait(timeout=0.5)
+                n = min(len(q), BATCH)
+                if not n:
+                    continue
+                items = [q.popleft() for _ in range(n)]
+                data = b"".join(b"\x00" + len(pb).to_bytes(4, "big") + pb for pb in items)
+                if not self._send_data(st, data):
+                    break
+                sub.sent += n
+            if self.stopping.is_set() and not self.closed:
+                self._send(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, trailers(0)))
+        except OSError:
+            pass
+        finally:
+            self._end_stream(st.sid)
+
+    def _send_data(self, st: _Stream, data: bytes) -> bool:
+        off = 0
+        while off < len(data):
+            with self.cond:
+                while min(self.conn_window, st.window) <= 0 and not (st.closed or self.closed):
+                    self.cond.wait(timeout=0.5)
+                    if self.stopping.is_set():
+                        return False
+                if st.closed or self.closed:
+                    return False
+                room = min(self.conn_window, st.window, self.peer_max_frame, len(data) - off)
+                self.conn_window -= room
+                st.window -= room
+            self._send(frame(DATA, 0, st.sid, data[off:off + room]))
+            off += room
+        return True
+
+    def _send(self, data: bytes) -> None:
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    def _end_stream(self, sid: int) -> None:
+        with self.cond:
+            st = self.streams.pop(sid, None)
+            if st is not None:
+                st.closed = True
+            self.cond.notify_all()
+        if st is not None and st.sub is not None:
+            self.unsubscribe(st.sub)
+            with st.sub.cond:
+                st.sub.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            sids = list(self.streams)
+            self.cond.notify_all()
+        for sid in sids:
+            self._end_stream(sid)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class EventsServer:
+    """Listens on a unix socket (mode 0660) and serves each connection in its own thread."""
+
+    def __init__(self, path: Path, subscribe: Callable[[bytes], Any], unsubscribe: Callable[[Any], None]) -> None:
+        self.path = path
+        self.subscribe, self.unsubscribe = subscribe, unsubscribe
+        self.stopping = threading.Event()
+        self._conns: set[Connection] = set()
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117)
+        try:
+            self._sock.bind(str(path))
+        finally:
+            os.umask(old)
+        self._sock.listen(64)
+        self._thread = threading.Thread(target=self._accept, name="lanner-events", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self._sock.accept()
+            except OSError:
+                return
+            conn = Connection(sock, self.subscribe, self.unsubscribe, self.stopping)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), name="lanner-events-rx", daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        try:
+            conn.serve()
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+
+    def close(self) -> None:
+        self.stopping.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            c.close()
+        self._thread.join(timeout=3)
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,99 @@
+"""``--server-events-address``: GetEvents framed by lanner itself (exporter/api/h2events.py), read by
+Tetragon's own Go stubs (tools/tetragon, --strict: no field Tetragon does not define) and by grpcio.
+
+Filters from the request apply, a bad filter is INVALID_ARGUMENT with its reason, the clients count in the
+agent's status while connected, and many events per frame arrive whole and in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lanner.exporter.api.gen.tetragon import events_pb2
+from tests.conftest import ROOT, RunningAgent, start_agent
+
+CLIENT = ROOT / "build" / "tetragon" / "bin" / "tetragon-client"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningAgent, str]:
+    tmp = tmp_path_factory.mktemp("events")
+    address = f"unix://{tmp}/events.sock"
+    a = start_agent(tmp, "--server-events-address", address)
+    yield a, address
+    a.stop()
+    assert not (tmp / "events.sock").exists()  # removed at stop
+
+
+def go_client(address: str, *args: str) -> subprocess.Popen:
+    if not CLIENT.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CLIENT} is missing: run 'make tetragon-client'")
+        pytest.skip(f"{CLIENT} is missing: run 'make tetragon-client'")
+    return subprocess.Popen([str(CLIENT), "--server-address", address, "--timeout", "20s", "--strict", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_go_stubs_read_filtered_events(agent: tuple[RunningAgent, str], tmp_path: Path) -> None:
+    a, address = agent
+    binary = tmp_path / "lanner-events-id"  # a name no other process runs
+    binary.write_bytes(Path("/usr/bin/id").read_bytes())
+    binary.chmod(0o755)
+    stream = go_client(address, "getevents", "--process", f"{binary}$", "--count", "2")
+    try:
+        for _ in range(100):  # until the client is connected and answered
+            subprocess.run([str(binary), "-u"], stdout=subprocess.DEVNULL)
+            try:
+                out, err = stream.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            raise AssertionError("no events for the Go client")
+    finally:
+        stream.kill()
+    assert stream.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 2
+    exec_ = next(e["process_exec"] for e in events if "process_exec" in e)
+    assert exec_["process"]["binary"] == str(binary) and exec_["process"]["arguments"] == "-u"
+    assert all(e["node_name"] == a.node for e in events)
+
+
+def test_bad_filter_is_invalid_argument(agent: tuple[RunningAgent, str]) -> None:
+    _, address = agent
+    proc = go_client(address, "getevents", "--process", "(")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "InvalidArgument" in err and "binary_regex" in err
+
+
+def test_grpcio_reads_many_events_in_order(agent: tuple[RunningAgent, str]) -> None:
+    a, address = agent
+    with grpc.insecure_channel(address) as ch:
+        call = ch.unary_stream("/tetragon.FineGuidanceSensors/GetEvents",
+                               request_serializer=events_pb2.GetEventsRequest.SerializeToString,
+                               response_deserializer=events_pb2.GetEventsResponse.FromString)(
+            events_pb2.GetEventsRequest(allow_list=[events_pb2.Filter(arguments_regex=["^lanner-burst-"])]),
+            timeout=60)
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while a.status()["api"]["clients"] < 1:  # the client counts in the agent's status once it is following
+            assert time.monotonic() < deadline, "the client never counted"
+            time.sleep(0.02)
+        for i in range(300):  # many events in few frames
+            subprocess.run(["/bin/true", f"lanner-burst-{i}"])
+        for ev in call:
+            if ev.WhichOneof("event") == "process_exec":
+                seen.append(ev.process_exec.process.arguments)
+            if len(seen) == 300:
+                break
+        call.cancel()
+    assert seen == [f"lanner-burst-{i}" for i in range(300)]
