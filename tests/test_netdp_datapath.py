@@ -910,3 +910,49 @@ def test_host_routing_flag_reaches_the_runtime(flag: list[str], want: bool) -> N
     args = build_parser().parse_args(["agent", "--enable-netdp", "--pod-cidr", "10.230.0.0/24", *flag])
     cfg = netdp_config(args, required=False)
     assert cfg is not None and cfg.host_routing is want
+
+
+def _ping(netns: str, ip: str, *opts: str) -> bool:
+    r = subprocess.run(nsexec(netns, "ping", "-c1", "-W2", *opts, ip), capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("host_routing", [True, False], ids=["host-routed", "stack"])
+def test_icmp_echo_conntrack_tells_requests_from_replies(topo: Topology, host_routing: bool) -> None:
+    """ICMP echo is tracked by its identifier, and a request never passes as a reply. The regression: a
+    client pinged srv while allowed, then a policy denied client -> srv; srv's own pings to the client
+    matched the client's old entries as "replies" (the tuple had no identifier and no type), so no entry
+    of srv's flow was made and the client's echo replies met srv's ingress policy and were dropped, for
+    the 60 s the ICMP entries live (longer while srv kept pinging)."""
+    client, srv, other = two_pods(topo)  # app=client, app=web, app=other
+    dp = start(topo, host_routing=host_routing)
+    assert _ping(client.netns, srv.ip)
+    assert _ping(client.netns, srv.ip, "-e", "4242")  # one flow with a known identifier
+    with in_netns(topo.node):
+        ct = dp.conntrack()
+    echo = [k for k, _ in ct if k["proto"] == 1 and k["dport"] == 4242 and k["sport"] == 0]
+    assert {k["direction"] for k in echo} == {0, 1}, ct  # client's egress entry and srv's ingress entry
+    dp.flows().poll()
+    set_policies(topo, netpol("isolate-web", {"podSelector": {"matchLabels": {"app": "web"}},
+                                              "policyTypes": ["Ingress"]}))
+    # right after the deny: srv's pings are answered, the same identifier included, whatever the client
+    # sent before; a pod that never pinged srv, too
+    assert _ping(srv.netns, client.ip)
+    assert _ping(srv.netns, client.ip, "-e", "4242")
+    assert _ping(srv.netns, other.ip)
+    # the client's pings, the same identifier included, are dropped by srv's ingress policy
+    assert not _ping(client.netns, srv.ip)
+    assert not _ping(client.netns, srv.ip, "-e", "4242")
+    # and srv's pings still pass afterwards, a fragmented echo reply too (its later fragments carry no
+    # ICMP header: they take the identifier their first fragment left)
+    assert _ping(srv.netns, client.ip, "-e", "4242")
+    assert _ping(srv.netns, client.ip, "-s", "3000")
+    assert not _ping(client.netns, srv.ip, "-s", "3000")
+    flows = [e["flow"] for e in dp.flows().poll() if e["flow"]["protocol"] == "ICMP"]
+    drops = [f for f in flows if f["verdict"] == "DROPPED"]
+    assert drops and all(f["src"]["ip"] == client.ip and f["dst"]["ip"] == srv.ip and f["direction"] == "ingress"
+                         and f["reason"] == "policy-denied" for f in drops), drops
+    # flow events keep ICMP portless: the identifier is conntrack's
+    assert all(f["src"]["port"] == 0 and f["dst"]["port"] == 0 for f in flows), flows
+    assert any(f["verdict"] == "FORWARDED" and f["src"]["ip"] == srv.ip and f["direction"] == "egress"
+               for f in flows), flows

@@ -34,6 +34,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define IPPROTO_SCTP 132
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
 
 /* keep the record types in BTF for the Python decoders */
 const struct flow_event *_anchor_flow __attribute__((unused));
@@ -100,6 +102,8 @@ struct {
 	__type(value, __u64);
 } netdp_stats SEC(".maps");
 
+/* ICMP echo (as Cilium keys it): a request carries its identifier as dport, a reply as sport, so a reply's
+ * reversed tuple is the request's; echo_request: the packet never passes as a reply (ct_pass) */
 struct tuple {
 	__u32 saddr;
 	__u32 daddr;
@@ -107,6 +111,7 @@ struct tuple {
 	__u16 dport;
 	__u8 proto;
 	__u8 tcp_flags;
+	__u8 echo_request;
 };
 
 static __always_inline void stat_inc(__u32 slot)
@@ -115,6 +120,25 @@ static __always_inline void stat_inc(__u32 slot)
 
 	if (v)
 		*v += 1;
+}
+
+/* the tuple's ports from the first 6 bytes of the L4 header: TCP/UDP/SCTP ports; for an ICMP echo
+ * request or reply, its identifier (other ICMP messages: ports 0) */
+static __always_inline void l4_ports(struct tuple *t, const __u8 *h)
+{
+	if (t->proto != IPPROTO_ICMP) {
+		t->sport = ((__u16)h[0] << 8) | h[1];
+		t->dport = ((__u16)h[2] << 8) | h[3];
+		return;
+	}
+	__u16 id = ((__u16)h[4] << 8) | h[5];
+
+	if (h[0] == ICMP_ECHO) {
+		t->dport = id;
+		t->echo_request = 1;
+	} else if (h[0] == ICMP_ECHOREPLY) {
+		t->sport = id;
+	}
 }
 
 /* 0: IPv4 parsed; -1: not IPv4 (ARP, IPv6...), let it pass. Headers are read in place when the
@@ -144,16 +168,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 	t->sport = 0;
 	t->dport = 0;
 	t->tcp_flags = 0;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+	t->echo_request = 0;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP && proto != IPPROTO_ICMP)
 		return 0;
 	if (frag & 0x3fff) /* a fragment: its ports go through netdp_frags */
 		goto fragment;
 	__u32 l4 = ETH_HLEN + ihl * 4;
 	__u8 *p = data + l4;
 
-	if (p + 4 <= (__u8 *)end) {
-		t->sport = ((__u16)p[0] << 8) | p[1];
-		t->dport = ((__u16)p[2] << 8) | p[3];
+	if (p + 6 <= (__u8 *)end) { /* every L4 header here is 8 bytes or more */
+		l4_ports(t, p);
 		if (proto != IPPROTO_TCP)
 			return 0;
 		if (p + 14 <= (__u8 *)end)
@@ -162,12 +186,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 			bpf_skb_load_bytes(skb, l4 + 13, &t->tcp_flags, 1);
 		return 0;
 	}
-	__be16 ports[2];
+	__u8 h[6];
 
-	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) == 0) {
-		t->sport = bpf_ntohs(ports[0]);
-		t->dport = bpf_ntohs(ports[1]);
-	}
+	if (bpf_skb_load_bytes(skb, l4, h, sizeof(h)) == 0)
+		l4_ports(t, h);
 	if (proto == IPPROTO_TCP)
 		bpf_skb_load_bytes(skb, l4 + 13, &t->tcp_flags, 1);
 	return 0;
@@ -181,16 +203,19 @@ fragment:;
 		if (fp) {
 			t->sport = fp->sport;
 			t->dport = fp->dport;
+			t->echo_request = fp->echo_request;
 		}
 		return 0;
 	}
-	/* the first fragment (more fragments follow) */
-	__be16 fports[2];
+	/* the first fragment (more fragments follow: it holds 8 bytes of L4 header or more) */
+	__u8 fh[6];
 	struct frag_ports fpv = {};
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4, fports, sizeof(fports)) == 0) {
-		fpv.sport = t->sport = bpf_ntohs(fports[0]);
-		fpv.dport = t->dport = bpf_ntohs(fports[1]);
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4, fh, sizeof(fh)) == 0) {
+		l4_ports(t, fh);
+		fpv.sport = t->sport;
+		fpv.dport = t->dport;
+		fpv.echo_request = t->echo_request;
 	}
 	if (proto == IPPROTO_TCP)
 		bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4 + 13, &t->tcp_flags, 1);
@@ -217,29 +242,39 @@ static __always_inline __u32 policy_get(__u16 ep, __u32 identity, __u8 dir, __u8
 }
 
 /* for one identity: the port blocks holding dport, longest first, then any protocol */
-static __always_inline __u32 policy_for(struct endpoint_info *ep, __u32 identity, __u8 dir, __u8 proto,
+static __always_inline __u32 policy_for(__u16 ep_id, __u32 plens, __u32 identity, __u8 dir, __u8 proto,
 					__u16 dport)
 {
-	__u32 plens = ep->port_plens;
 	__u32 c;
 
 	for (int plen = NETDP_PORT_PLEN_MAX; plen >= 0; plen--) {
 		if (!(plens & (1U << plen)))
 			continue;
 		__u16 mask = plen ? (__u16)(0xffff << (NETDP_PORT_PLEN_MAX - plen)) : 0;
-		c = policy_get(ep->endpoint_id, identity, dir, proto, dport & mask, plen);
+		c = policy_get(ep_id, identity, dir, proto, dport & mask, plen);
 		if (c)
 			return c;
 	}
-	return (plens & 1) ? policy_get(ep->endpoint_id, identity, dir, 0, 0, 0) : 0;
+	return (plens & 1) ? policy_get(ep_id, identity, dir, 0, 0, 0) : 0;
+}
+
+/* The policy lookups, a global function: the verifier checks it once, not once for every path that
+ * reaches the slow path (their loop over port blocks is most of the programs' verification cost).
+ * Scalars only; dir_proto_port: direction << 24 | protocol << 16 | destination port. */
+__attribute__((noinline)) __u32 netdp_policy_allows(__u32 identity, __u32 ep_id, __u32 plens, __u32 dir_proto_port)
+{
+	__u8 dir = dir_proto_port >> 24, proto = dir_proto_port >> 16;
+	__u16 dport = proto != IPPROTO_ICMP ? dir_proto_port : 0; /* an echo identifier is no port */
+	__u32 c = policy_for(ep_id, plens, identity, dir, proto, dport);
+
+	return c ? c : policy_for(ep_id, plens, 0, dir, proto, dport);
 }
 
 static __always_inline __u32 policy_allows(struct endpoint_info *ep, __u32 identity, __u8 dir, __u8 proto,
 					   __u16 dport)
 {
-	__u32 c = policy_for(ep, identity, dir, proto, dport);
-
-	return c ? c : policy_for(ep, 0, dir, proto, dport);
+	return netdp_policy_allows(identity, ep->endpoint_id, ep->port_plens,
+				   ((__u32)dir << 24) | ((__u32)proto << 16) | dport);
 }
 
 static __always_inline int flow_rate_ok(__u64 now)
@@ -288,8 +323,8 @@ static __always_inline void emit(struct __sk_buff *skb, struct tuple *t, struct 
 	ev.ktime = now;
 	ev.saddr = t->saddr;
 	ev.daddr = t->daddr;
-	ev.sport = t->sport;
-	ev.dport = t->dport;
+	ev.sport = t->proto != IPPROTO_ICMP ? t->sport : 0; /* an echo identifier is conntrack's, not a port */
+	ev.dport = t->proto != IPPROTO_ICMP ? t->dport : 0;
 	ev.proto = t->proto;
 	ev.tcp_flags = t->tcp_flags;
 	ev.endpoint_id = ep->endpoint_id;
@@ -362,8 +397,9 @@ static __always_inline int ct_pass(struct tuple *t, __u8 dir, __u32 ifindex, str
 	s->k.proto = t->proto;
 	s->k.direction = dir ^ 1;
 	s->k.pad = 0;
-	/* a reply to a flow the other direction opened (and its policy allowed) */
-	e = bpf_map_lookup_elem(&netdp_ct, &s->k);
+	/* a reply to a flow the other direction opened (and its policy allowed); an ICMP echo request
+	 * never is one: it opens its own flow, whatever the peer sent before */
+	e = t->echo_request ? NULL : bpf_map_lookup_elem(&netdp_ct, &s->k);
 	if (e && ct_alive(e, t->proto, s->now)) {
 		if (ifindex && e->ifindex != ifindex) {
 			s->reply = e; /* the source check decides */

@@ -95,8 +95,8 @@ struct policy_value {
 struct ct_key {
 	__u32 saddr;
 	__u32 daddr;
-	__u16 sport;   /* host order; ICMP: 0 */
-	__u16 dport;
+	__u16 sport;   /* host order; ICMP: an echo reply's identifier, else 0 */
+	__u16 dport;   /* ICMP: an echo request's identifier, else 0 */
 	__u8 proto;
 	__u8 direction; /* NETDP_DIR_* of the endpoint that created it */
 	__u16 pad;
@@ -135,6 +135,8 @@ struct frag_key {
 struct frag_ports {
 	__u16 sport;
 	__u16 dport;
+	__u8 echo_request; /* an ICMP echo request's: it never passes as a reply */
+	__u8 pad;
 };
 
 /* flow rate limit: one token bucket for the node */
