@@ -60,7 +60,17 @@ def listen_in_netns(netns_path: str) -> socket.socket:
     return out["sock"]  # type: ignore[return-value]
 
 
-def _pipe(a: socket.socket, b: socket.socket, stop: threading.Event) -> None:
+def _shutdown(*socks: socket.socket) -> None:
+    """Shut sockets down: a thread waiting on them (select, recv, a blocked sendall) wakes at once, and their
+    peers see the connection end. Closing is left to the thread that uses them."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:  # not connected any more, or already closed
+            pass
+
+
+def _pipe(a: socket.socket, b: socket.socket, stop: threading.Event, live: set, lock: threading.Lock) -> None:
     sel = selectors.DefaultSelector()
     sel.register(a, selectors.EVENT_READ, b)
     sel.register(b, selectors.EVENT_READ, a)
@@ -75,6 +85,9 @@ def _pipe(a: socket.socket, b: socket.socket, stop: threading.Event) -> None:
         return
     finally:
         sel.close()
+        with lock:
+            live.discard((a, b))
+        _shutdown(a, b)
         a.close()
         b.close()
 
@@ -86,6 +99,8 @@ def forward_into_netns(netns_path: str, target_port: int, target_host: str = "12
     listener.settimeout(0.5)
     stop = threading.Event()
     workers: list[threading.Thread] = []
+    live: set[tuple[socket.socket, socket.socket]] = set()  # the relays' sockets, until their thread ends
+    lock = threading.Lock()
 
     def accept_loop() -> None:
         while not stop.is_set():
@@ -102,16 +117,28 @@ def forward_into_netns(netns_path: str, target_port: int, target_host: str = "12
                 continue
             conn.settimeout(None)
             upstream.settimeout(None)
-            w = threading.Thread(target=_pipe, args=(conn, upstream, stop), name="netns-relay", daemon=True)
-            w.start()
-            workers.append(w)
+            with lock:
+                if stop.is_set():  # accepted as the context closed
+                    conn.close()
+                    upstream.close()
+                    return
+                live.add((conn, upstream))
+                w = threading.Thread(target=_pipe, args=(conn, upstream, stop, live, lock), name="netns-relay",
+                                     daemon=True)
+                w.start()
+                workers.append(w)
 
     acceptor = threading.Thread(target=accept_loop, name="netns-accept", daemon=True)
     acceptor.start()
     try:
         yield int(listener.getsockname()[1])
     finally:
-        stop.set()
+        with lock:
+            stop.set()
+            relays = list(live)
+        _shutdown(listener)  # wakes the accept() at once
+        for pair in relays:  # every live relay ends now, not at its next poll (or never, in a blocked sendall)
+            _shutdown(*pair)
         acceptor.join(timeout=2)
         listener.close()
         for w in workers:

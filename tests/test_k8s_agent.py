@@ -291,7 +291,13 @@ def test_an_unreachable_api_is_a_status_not_an_exit(k8s: ControlPlane, tmp_path:
 
 class TcpProxy:
     """A loopback TCP relay to the API server (TLS passes through); ``cut()`` drops every connection and stops
-    listening, as an API server that went away; ``restore()`` listens again on the same port."""
+    listening, as an API server that went away; ``restore()`` listens again on the same port. ``close()`` (the
+    same as ``cut()``) shuts every live connection down and ends its relay threads.
+
+    Each connection has two relay threads, one per direction. When one direction ends, both sockets are shut
+    down before they are closed: ``close()`` alone does not wake the other thread blocked in ``recv()`` on a
+    socket (the kernel keeps the connection open while a call holds it), so the API server's end of a watch
+    would stay open, and kube-apiserver waits for it at the session's end."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         import socket
@@ -302,6 +308,7 @@ class TcpProxy:
         self.port = probe.getsockname()[1]
         probe.close()
         self._conns: list = []
+        self._pumps: list[threading.Thread] = []
         self._listener = None
         self._lock = threading.Lock()
         self._open = False
@@ -334,44 +341,64 @@ class TcpProxy:
             except OSError:
                 return
             client.settimeout(None)
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:  # the API server itself is away: the client sees its connection closed
+                self._drop(client)
+                continue
+            upstream.settimeout(None)
             with self._lock:
                 if not self._open or ls is not self._listener:  # accepted just as it was cut
                     client.close()
                     upstream.close()
                     continue
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                self._pumps = [t for t in self._pumps if t.is_alive()]
+                for a, b in ((client, upstream), (upstream, client)):
+                    t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                    t.start()
+                    self._pumps.append(t)
 
-    @staticmethod
-    def _pump(a, b) -> None:
+    def _pump(self, a, b) -> None:
         try:
             while data := a.recv(65536):
                 b.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (a, b):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            self._drop(a, b)  # wakes the thread of the other direction, blocked in b.recv()
 
-    def cut(self) -> None:
+    def _drop(self, *socks) -> None:
+        """Shut the sockets down (this wakes a thread blocked on them and tells both peers), then close them."""
         import socket
 
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:  # not connected any more, or already closed
+                pass
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        with self._lock:
+            self._conns = [c for c in self._conns if all(c is not s for s in socks)]
+
+    def cut(self) -> None:
         with self._lock:
             self._open = False
         self._thread.join(timeout=5)  # it closes the listener: nothing accepts any more
         with self._lock:
             conns, self._conns = self._conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
+            pumps, self._pumps = self._pumps, []
+        self._drop(*conns)
+        for t in pumps:
+            t.join(timeout=5)
+        stuck = [t for t in pumps if t.is_alive()]
+        assert not stuck, f"{len(stuck)} relay threads still running after the proxy was cut"
+
+    close = cut
 
 
 def test_api_server_away_and_back_converges(ctx: Ctx, tmp_path: Path) -> None:
