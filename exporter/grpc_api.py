@@ -155,7 +155,7 @@ class GrpcSubscriber:
 
 # ---------------------------------------------------------------------------------------- policies
 class PolicyManager(Protocol):
-    """What the API needs from the policy engine (the agent's ``lanner.policyhost.PolicyHost``). ``list`` has
+    """What the API needs from the policy engine (the agent's ``lanner.sensors.generic.sensor.PolicyHost``). ``list`` has
     every policy the agent knows, with Tetragon's states: one whose BPF objects the kernel refused stays listed
     as TP_STATE_LOAD_ERROR (or TP_STATE_PARTIALLY_ENABLED) with the reason in ``error``, one still being loaded
     as TP_STATE_LOADING. ``add`` raises ValueError when the policy could not be loaded at all (it stays listed)."""

@@ -1066,7 +1066,7 @@ def test_host_selector_alone_is_served(env):
 # ------------------------------------------------------------------------------ status and the CLI
 def sys_openat_served(probe: dict, ret: bool) -> tuple[str, str]:
     """How a `syscall: true` hook on openat is served with this probe (status text, sensor): fentry on
-    __x64_sys_openat, else kprobe, else the syscall dispatcher (policy/compiler.py sys_wrapper)."""
+    __x64_sys_openat, else kprobe, else the syscall dispatcher (sensors/generic/compiler.py sys_wrapper)."""
     if probe.get("fentry") and (probe.get("fexit") or not ret):
         return "fentry fentry/__x64_sys_openat" + ("+fexit" if ret else ""), "generic_fentry"
     if probe.get("kprobe") and (probe.get("kretprobe") or not ret):

@@ -5,6 +5,6 @@ list+watch cache of one resource run in a thread; ``tracingpolicies`` turns Trac
 TracingPolicyNamespaced objects into policy-engine adds and deletes (``spec.nodeSelector`` per node);
 ``events`` reports a node's load error or skip as a rate-limited Kubernetes Event on the policy;
 ``integration`` wires them together behind one object with ``start``/``close``/``status`` that the agent
-owns. It lives beside ``policyhost`` (not under ``netdp``) because it feeds the agent's policies first and
-the datapath only later.
+owns. It is not under ``netdp`` because it feeds the agent's policies (``lanner.sensors.generic.sensor``)
+first and the datapath only later.
 """

@@ -158,7 +158,7 @@ class K8sIntegration:
         """``lanner status``: the server, each watch's state, policies by outcome, Events posted."""
         out: dict[str, Any] = {"server": self.server, "error": self.error, "node": self.cfg.node_name}
         out["watches"] = {r.ctx.resource.name: {"state": r.stats.state, "objects": len(r.items()),
-                                                "synced": r.stats.synced, "lists": r.stats.lists,
+                                                "synced": r.stats.synced, "lists": r.stats.lists, "events": r.stats.events,
                                                 "gone": r.stats.gone, "reconnects": r.stats.reconnects,
                                                 "error": r.stats.last_error}
                           for r in self.reflectors}

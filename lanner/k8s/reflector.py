@@ -63,6 +63,7 @@ class ReflectorStats:
     gone: int = 0  # 410 Gone answers (each re-listed)
     reconnects: int = 0
     synced: bool = False
+    events: int = 0  # watch events applied (ADDED, MODIFIED, DELETED), bookmarks not counted
 
 
 class Gone(Exception):
@@ -266,6 +267,7 @@ class Reflector:
         else:
             self._put(obj)
         self._rv = rv or self._rv
+        self.stats.events += 1
         self.ctx.emit(Change(self.ctx.resource.name, kind, obj))
 
     # ------------------------------------------------------------------ store and indexes
