@@ -15,6 +15,7 @@ as JSON (raw bytes in, raw bytes out) for ``lanner status``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -51,7 +52,13 @@ def _vi(field_no: int, value: int) -> bytes:
 
 def _timestamp(wall_ns: int) -> bytes:
     sec, ns = divmod(wall_ns, 1_000_000_000)
-    return (_vi(1, sec) if sec else b"") + (_vi(2, ns) if ns else b"")
+    return _seconds(sec) + (b"\x10" + varint(ns) if ns else b"")
+
+
+@functools.lru_cache(maxsize=64)
+def _seconds(sec: int) -> bytes:
+    """Timestamp.seconds (field 1): events of one second share it."""
+    return _vi(1, sec) if sec else b""
 
 
 class ProtoEventEncoder:
@@ -67,7 +74,7 @@ class ProtoEventEncoder:
         """The process's ``tetragon.Process`` bytes, rendered once from its JSON dict and memoised on it."""
         pb = p.encoded_pb
         if pb is None:
-            d = self.json.process_dict(p)
+            d = orjson.loads(self.json.process_json(p))  # the JSON is rendered (and memoised) anyway
             try:
                 pb = self._process.encode(d)
             except (TypeError, KeyError, ValueError):  # a shape wire.py does not cover: protobuf's own parser

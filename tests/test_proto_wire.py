@@ -72,7 +72,10 @@ def test_timestamps(text: str) -> None:
 
 
 def test_varint_edges() -> None:
-    assert varint(0) == b"\x00" and varint(127) == b"\x7f" and varint(128) == b"\x80\x01"
+    from google.protobuf.internal.encoder import _VarintBytes  # protobuf's own (pure Python) varint
+
+    for n in (0, 1, 127, 128, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 0xFFFFFFF, 0x10000000, 2**32 - 1, 2**35, 2**64 - 1):
+        assert varint(n) == _VarintBytes(n), n
     assert varint(-1) == b"\xff" * 9 + b"\x01"  # negative: ten bytes, as protobuf writes an int64
 
 

@@ -30,11 +30,17 @@ _SMALL = tuple(bytes((i,)) for i in range(128))
 def varint(n: int) -> bytes:
     if 0 <= n < 0x80:
         return _SMALL[n]
+    if 0 < n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if 0 < n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if 0 < n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
     if n < 0:
         n &= (1 << 64) - 1  # negative int32/int64: ten bytes of two's complement, as protobuf does
-    out = bytearray()
+    out = []
     while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
+        out.append(n & 0x7F | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
@@ -49,18 +55,18 @@ def timestamp_payload(text: str) -> bytes:
     """``google.protobuf.Timestamp`` from ``YYYY-MM-DDTHH:MM:SS[.fraction]Z``."""
     if len(text) < 20 or text[-1] != "Z" or text[10] != "T":
         raise TypeError(f"timestamp {text!r}: only UTC RFC 3339 with Z is encoded here")
-    sec = _epoch(text[:19])
+    seconds = _seconds_field(text[:19])
     frac = text[20:-1] if text[19] == "." else ""
     nanos = int((frac + "000000000")[:9]) if frac else 0
-    return (varint(8) + varint(sec) if sec else b"") + (varint(16) + varint(nanos) if nanos else b"")
+    return seconds + (b"\x10" + varint(nanos) if nanos else b"")
 
 
 @functools.lru_cache(maxsize=256)
-def _epoch(prefix: str) -> int:
-    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SS`` (UTC); consecutive events share their second."""
-    t = prefix
-    return calendar.timegm((int(t[0:4]), int(t[5:7]), int(t[8:10]), int(t[11:13]), int(t[14:16]), int(t[17:19]),
-                            0, 0, 0))
+def _seconds_field(t: str) -> bytes:
+    """Timestamp.seconds (field 1) of ``YYYY-MM-DDTHH:MM:SS`` (UTC); consecutive events share their second."""
+    sec = calendar.timegm((int(t[0:4]), int(t[5:7]), int(t[8:10]), int(t[11:13]), int(t[14:16]), int(t[17:19]),
+                           0, 0, 0))
+    return b"\x08" + varint(sec) if sec else b""
 
 
 class DictEncoder:
