@@ -293,6 +293,9 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    from lanner import memory
+
+    memory.configure()  # one malloc arena: before any thread exists (docs/performance.md §3)
     _setup_logging(args.log_level)
     from lanner.agent import AgentConfig, run_agent
 

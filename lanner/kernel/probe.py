@@ -42,6 +42,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, NoReturn
 
+from lanner import memory
 from lanner.bpf import fs
 from lanner.bpf import libbpf as L
 from lanner.bpf.objects import BpfError, BpfObject, Link, Program
@@ -608,6 +609,7 @@ def run_probe(obj_path: Path = PROBE_OBJECT) -> ProbeResult:
     # the netns child is forked first, while no probe thread exists that could hold a lock it needs
     found += netdev_features(obj_path)
     found += run_in_parallel(obj_path, targets)
+    memory.trim()  # the checks' object loads parsed the kernel's BTF, megabytes freed now (lanner/memory.py)
     for feat in found:
         log.debug("probe %s: %s (%s)", feat.name, "yes" if feat.supported else "no", feat.detail)
     by_name = {f.name: f for f in found}
