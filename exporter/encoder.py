@@ -12,7 +12,8 @@ Not emitted: ``refcnt`` (it changes over a process's life, so a memoised renderi
 ``pod``/``docker``: only when a pod resolver is attached (``attach_pod_resolver``, e.g. the datapath's
 ``lanner.netdp.podcache.PodCache``) and it knows the process's pod from the netns inode or cgroup id the
 exec record carries. The lookup runs once per process, when its JSON is first rendered, and is memoised
-with it (and kept on ``Process.pod`` for the export filters); host processes render as before.
+with it (and kept on ``Process.pod`` for the export filters); host processes render as before. The C fast
+path resolves a batch's distinct (netns, cgroup) pairs once and renders the pod from ``pod_parts``.
 """
 
 from __future__ import annotations
@@ -161,9 +162,31 @@ class ProcessEventEncoder:
 
     @property
     def renders_plain(self) -> bool:
-        """A process's JSON has no optional part (credentials, namespaces, pods, redactions): what the C fast
-        path (sensors/fastproc.c) renders itself."""
-        return not (self._pods is not None or self.redactor or self.opts.process_cred or self.opts.process_ns)
+        """A process's JSON has no optional part but its pod (no credentials, namespaces or redactions): what the
+        C fast path (sensors/fastproc.c) renders itself, the pod from ``pod_parts``."""
+        return not (self.redactor or self.opts.process_cred or self.opts.process_ns)
+
+    def why_not_plain(self) -> str:
+        """The options that keep process records on the Python path ("" when none does)."""
+        why = [n for n, on in (("--enable-process-cred", self.opts.process_cred),
+                               ("--enable-process-ns", self.opts.process_ns),
+                               ("--redaction-filters", bool(self.redactor))) if on]
+        return ", ".join(why)
+
+    def pod_parts(self, m: Any) -> tuple[bytes, bytes, bytes, dict] | None:
+        """What the C fast path needs to render a process of this resolved pod (``match``'s result) as
+        ``process_dict`` does: the pod's JSON split where its container's ``pid`` goes (head, tail; tail b""
+        without a container), the ``docker`` value's JSON (b"" without a container) and the pod dict
+        (``pid`` not set). None if the split does not hold (the Python encoder then renders)."""
+        d0 = pod_dict(m, 0)
+        j0 = self._dumps(d0)
+        if "container" not in d0:
+            return j0, b"", b"", d0
+        j1 = self._dumps(pod_dict(m, 1))
+        i = next((k for k, (a, b) in enumerate(zip(j0, j1)) if a != b), len(j0))
+        if j1 != j0[:i] + b',"pid":1' + j0[i:]:
+            return None
+        return j0[:i], j0[i:], self._dumps(d0["container"]["id"][:15]), d0
 
     def _pod(self, p: Process) -> dict | None:
         ns = p.ns

@@ -9,6 +9,12 @@
  * the Python code would (clones, scripts, relative or unnormalised paths, truncated filenames, duplicates,
  * unknown parents, exits of unknown processes, short records) goes to the Python path (`slow`), in order.
  *
+ * With a pod resolver attached, the glue resolves the batch's distinct (netns inode, cgroup id) pairs once
+ * (pod_keys, then the resolver in Python) and passes them to handle: a process in a pod gets its `pod` and
+ * `docker` fields from the pair's preassembled parts (PodParts), a host process renders as before, and a
+ * pair the glue marked (anything but None or a PodParts tuple) has its process's JSON rendered by the
+ * Python encoder, once per process.
+ *
  * Record layouts are not defined here: the Python glue (sensors/fastproc.py) reads them from the object's
  * BTF (lanner/bpf/records.py) and passes each field's offset and size at init.
  * No compile at run time: `make fastpath` builds this file; without it the agent uses the Python path.
@@ -33,7 +39,7 @@ typedef struct { Py_ssize_t off, size; } Field;
 
 /* exec_event fields, in the order the glue passes them */
 enum { X_KTIME, X_PID, X_TID, X_PPID, X_NSPID, X_PKTIME, X_FLAGS, X_CGROUP, X_INO, X_UID, X_AUID,
-       X_FN_LEN, X_EXE_LEN, X_CWD_LEN, X_ARGS_LEN, X_NFIELDS };
+       X_FN_LEN, X_EXE_LEN, X_CWD_LEN, X_ARGS_LEN, X_NETNS, X_NFIELDS };
 /* exit_event fields */
 enum { T_KTIME, T_PID, T_EKTIME, T_CODE, T_NFIELDS };
 
@@ -68,6 +74,8 @@ typedef struct {
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
     PyObject *a_pid, *a_refcnt, *a_end, *a_evict, *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
+    PyObject *a_pod, *a_container;
+    PyObject *pods;  /* during handle: (netns, cgroup id) -> pod entry (PodParts), None without a resolver */
     long long last_sec; char sec_text[32];
     PyObject *run_kind, *run_bin; long long run_n;  /* events counted but not yet in the counters' dicts */
     Buf buf, obj;
@@ -444,11 +452,40 @@ static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
     last_keep(&s->last[L_NS], p + s->ns_off, s->ns_len, *ns);
     return 0;
 }
+/* PodParts (ProcessEventEncoder.pod_parts): (head, tail, docker, pod dict), the pod's JSON split where the
+ * container's pid goes (tail b"": no container, no pid), docker the "docker" value's JSON or b"" */
+static int pod_parts_ok(PyObject *e) {
+    return PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 4 && PyBytes_Check(PyTuple_GET_ITEM(e, 0)) &&
+           PyBytes_Check(PyTuple_GET_ITEM(e, 1)) && PyBytes_Check(PyTuple_GET_ITEM(e, 2)) &&
+           PyDict_Check(PyTuple_GET_ITEM(e, 3));
+}
+/* the container's pid in pod_dict: the nspid when it differs from the pid (and is known) */
+static int pod_pid(unsigned long long pid, unsigned long long nspid) { return nspid && nspid != pid; }
+/* ,"pod":{...}[,"docker":"..."] as process_dict writes them */
+static int render_pod(Buf *b, PyObject *parts, unsigned long long pid, unsigned long long nspid) {
+    PyObject *head = PyTuple_GET_ITEM(parts, 0), *tail = PyTuple_GET_ITEM(parts, 1), *dk = PyTuple_GET_ITEM(parts, 2);
+    if (PUTS(b, ",\"pod\":") || put(b, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))) return -1;
+    if (PyBytes_GET_SIZE(tail) && pod_pid(pid, nspid) && (PUTS(b, ",\"pid\":") || put_u64(b, nspid))) return -1;
+    if (put(b, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail))) return -1;
+    return PyBytes_GET_SIZE(dk) && (PUTS(b, ",\"docker\":") || put(b, PyBytes_AS_STRING(dk), PyBytes_GET_SIZE(dk)));
+}
+/* Process.pod as the encoder sets it: the pod dict, its container's pid added (a copy of the container) */
+static PyObject *pod_object(FastProc *s, PyObject *parts, unsigned long long pid, unsigned long long nspid) {
+    PyObject *d = PyDict_Copy(PyTuple_GET_ITEM(parts, 3));
+    if (!d || !PyBytes_GET_SIZE(PyTuple_GET_ITEM(parts, 1)) || !pod_pid(pid, nspid)) return d;
+    PyObject *c = PyDict_GetItemWithError(d, s->a_container);
+    PyObject *cc = c && PyDict_Check(c) ? PyDict_Copy(c) : NULL, *n = cc ? PyLong_FromUnsignedLongLong(nspid) : NULL;
+    if (!cc && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "pod parts: a container dict expected");
+    int bad = !n || PyDict_SetItem(cc, s->a_pid, n) || PyDict_SetItem(d, s->a_container, cc);
+    Py_XDECREF(cc); Py_XDECREF(n);
+    if (bad) Py_CLEAR(d);
+    return d;
+}
 /* the process object's JSON (Tetragon field order, as ProcessEventEncoder.process_dict) into s->obj */
 static int render_process(FastProc *s, PyObject *eid, unsigned long long pid, unsigned long long uid,
                           PyObject *cwd, PyObject *binary, PyObject *args_json, unsigned bits, long long wall,
-                          unsigned long long auid, PyObject *parent_eid, unsigned long long tid, PyObject *exe,
-                          unsigned long long ino) {
+                          unsigned long long auid, PyObject *pod, unsigned long long nspid, PyObject *parent_eid,
+                          unsigned long long tid, PyObject *exe, unsigned long long ino) {
     static const char *const flag_json[16] = {
         "execve", "execve clone", "execve truncArgs", "execve truncArgs clone", "execve rootcwd",
         "execve rootcwd clone", "execve truncArgs rootcwd", "execve truncArgs rootcwd clone", "execve errorCWD",
@@ -464,6 +501,8 @@ static int render_process(FastProc *s, PyObject *eid, unsigned long long pid, un
         return -1;
     if (PUTS(b, ",\"flags\":\"") || put(b, flag_json[bits], (Py_ssize_t)strlen(flag_json[bits])) ||
         PUTS(b, "\",\"start_time\":\"") || put_time(s, b, wall) || PUTS(b, "\",\"auid\":") || put_u64(b, auid))
+        return -1;
+    if (pod && render_pod(b, pod, pid, nspid))
         return -1;
     if (PyUnicode_GET_LENGTH(parent_eid) && (PUTS(b, ",\"parent_exec_id\":") || put_json_str(b, parent_eid)))
         return -1;
@@ -490,7 +529,7 @@ static int plain_abs(const unsigned char *fn, Py_ssize_t n) {
 typedef struct {
     const unsigned char *fn, *exe, *cwd, *argv;
     Py_ssize_t fn_n, exe_n, cwd_n, args_n;
-    unsigned long long ktime, pkt, pid, ppid, tid, nspid, uid, auid, cgroup, ino;
+    unsigned long long ktime, pkt, pid, ppid, tid, nspid, uid, auid, cgroup, ino, netns;
     unsigned flags;
 } ExecView;
 
@@ -510,7 +549,7 @@ static int exec_view(FastProc *s, PyObject *raw, ExecView *v) {
     v->ktime = rd(p, s->x[X_KTIME]); v->pkt = rd(p, s->x[X_PKTIME]); v->pid = rd(p, s->x[X_PID]);
     v->ppid = rd(p, s->x[X_PPID]); v->tid = rd(p, s->x[X_TID]); v->nspid = rd(p, s->x[X_NSPID]);
     v->uid = rd(p, s->x[X_UID]); v->auid = rd(p, s->x[X_AUID]); v->cgroup = rd(p, s->x[X_CGROUP]);
-    v->ino = rd(p, s->x[X_INO]);
+    v->ino = rd(p, s->x[X_INO]); v->netns = rd(p, s->x[X_NETNS]);
     return 1;
 }
 /* the parent ProcessCache.resolve gives (new reference); NULL without an error when it would miss */
@@ -553,40 +592,70 @@ static int exec_line(FastProc *s, PyObject *enc, PyObject *parent, long long wal
     Py_XDECREF(pj);
     return bad ? -1 : 0;
 }
+/* the values exec_process makes for a Process (o[...]) */
+enum { O_EID, O_TID, O_NSPID, O_BIN, O_CWD, O_CRED, O_NS, O_CG, O_EXE, O_INO, O_PEID, O_PKEY, O_ARGS_E, O_N };
+/* the exec's JSON onto Process.encoded (and its pod onto Process.pod): rendered here, or, for a pod the glue
+ * left to Python (py_render), by the encoder's process_json, once for this process */
+static int exec_encode(FastProc *s, PyObject *proc, const ExecView *v, PyObject *const *o, int bits, long long wall,
+                       PyObject *pod, int py_render) {
+    if (py_render) {
+        PyObject *j = PyObject_CallMethodOneArg(s->encoder, s->a_pjson, proc);
+        Py_XDECREF(j);
+        return j ? 0 : -1;
+    }
+    if (render_process(s, o[O_EID], v->pid, v->uid, o[O_CWD], o[O_BIN], PyTuple_GET_ITEM(o[O_ARGS_E], 1), bits, wall,
+                       v->auid, pod, v->nspid, o[O_PEID], v->tid, o[O_EXE], v->ino))
+        return -1;
+    PyObject *enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n);
+    int bad = !enc || PyObject_SetAttr(proc, s->a_encoded, enc);
+    Py_XDECREF(enc);
+    if (bad || !pod) return bad ? -1 : 0;
+    PyObject *d = pod_object(s, pod, v->pid, v->nspid);
+    bad = !d || PyObject_SetAttr(proc, s->a_pod, d);
+    Py_XDECREF(d);
+    return bad ? -1 : 0;
+}
 /* the exec's Process (new reference), built as ProcessEvents._on_exec builds it, inserted in the cache and
  * with its JSON on it */
 static PyObject *exec_process(FastProc *s, PyObject *raw, const ExecView *v, PyObject *key, PyObject *pid,
-                              PyObject *ktime, PyObject *parent, int bits, PyObject *now, long long offset) {
-    enum { EID, TID, NSPID, BIN, CWD, CRED, NS, CG, EXE, INO, PEID, PKEY, ARGS_E, N };
-    PyObject *o[N] = {0}, *proc = NULL;
+                              PyObject *ktime, PyObject *parent, int bits, PyObject *now, long long offset,
+                              PyObject *pod, int py_render) {
+    PyObject *o[O_N] = {0}, *proc = NULL;
     int same_exe = v->exe_n == v->fn_n && !memcmp(v->exe, v->fn, v->fn_n);
-    if ((o[EID] = exec_id(s, v->ktime, v->pid)) &&  /* tid and nspid are mostly the pid: one object (memory) */
-        (o[TID] = v->tid == v->pid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(v->tid)) &&
-        (o[NSPID] = v->nspid == v->pid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(v->nspid)) &&
-        (o[BIN] = text(s, &s->last[L_FN], (const char *)v->fn, v->fn_n)) &&
-        (o[ARGS_E] = args_entry(s, (const char *)v->argv, v->args_n)) &&
-        (o[CWD] = text(s, &s->last[L_CWD], (const char *)v->cwd, v->cwd_n)) && !creds_ns(s, raw, &o[CRED], &o[NS]) &&
-        (o[CG] = shared_int(s, v->cgroup)) &&
-        (o[EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, &s->last[L_EXE], (const char *)v->exe, v->exe_n)) &&
-        (o[INO] = shared_int(s, v->ino)) && (o[PEID] = PyObject_GetAttr(parent, s->a_exec_id)) &&
-        (o[PKEY] = PyObject_GetAttr(parent, s->a_key))) {
-        PyObject *cargs[17] = {key, o[EID], o[PKEY], o[PEID], pid, o[TID], o[NSPID], o[BIN],
-                               PyTuple_GET_ITEM(o[ARGS_E], 0), o[CWD], s->flag_tuples[bits], ktime, o[CRED], o[NS],
-                               o[CG], o[EXE], o[INO]};
+    if ((o[O_EID] = exec_id(s, v->ktime, v->pid)) &&  /* tid and nspid are mostly the pid: one object (memory) */
+        (o[O_TID] = v->tid == v->pid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(v->tid)) &&
+        (o[O_NSPID] = v->nspid == v->pid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(v->nspid)) &&
+        (o[O_BIN] = text(s, &s->last[L_FN], (const char *)v->fn, v->fn_n)) &&
+        (o[O_ARGS_E] = args_entry(s, (const char *)v->argv, v->args_n)) &&
+        (o[O_CWD] = text(s, &s->last[L_CWD], (const char *)v->cwd, v->cwd_n)) &&
+        !creds_ns(s, raw, &o[O_CRED], &o[O_NS]) && (o[O_CG] = shared_int(s, v->cgroup)) &&
+        (o[O_EXE] = same_exe ? Py_NewRef(s->s_empty) : text(s, &s->last[L_EXE], (const char *)v->exe, v->exe_n)) &&
+        (o[O_INO] = shared_int(s, v->ino)) && (o[O_PEID] = PyObject_GetAttr(parent, s->a_exec_id)) &&
+        (o[O_PKEY] = PyObject_GetAttr(parent, s->a_key))) {
+        PyObject *cargs[17] = {key, o[O_EID], o[O_PKEY], o[O_PEID], pid, o[O_TID], o[O_NSPID], o[O_BIN],
+                               PyTuple_GET_ITEM(o[O_ARGS_E], 0), o[O_CWD], s->flag_tuples[bits], ktime, o[O_CRED],
+                               o[O_NS], o[O_CG], o[O_EXE], o[O_INO]};
         proc = ctor_new(&s->process_ctor, cargs);
     }
-    PyObject *enc = NULL;
-    if (proc && !cache_insert(s, proc, key, pid, parent, now) &&
-        !render_process(s, o[EID], v->pid, v->uid, o[CWD], o[BIN], PyTuple_GET_ITEM(o[ARGS_E], 1), bits,
-                        (long long)v->ktime + offset, v->auid, o[PEID], v->tid, o[EXE], v->ino) &&
-        (enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n)) && !PyObject_SetAttr(proc, s->a_encoded, enc)) {
-        Py_DECREF(enc);
-    } else {
-        Py_XDECREF(enc);
+    if (proc && (cache_insert(s, proc, key, pid, parent, now) ||
+                 exec_encode(s, proc, v, o, bits, (long long)v->ktime + offset, pod, py_render)))
         Py_CLEAR(proc);
-    }
-    for (int i = 0; i < N; i++) Py_XDECREF(o[i]);
+    for (int i = 0; i < O_N; i++) Py_XDECREF(o[i]);
     return proc;
+}
+/* the exec's pod (*parts borrowed: NULL for a host process or without a resolver): 0 rendered here, 1 by the
+ * Python encoder (a pair the glue did not resolve, or left to Python), -1 on error */
+static int exec_pod(FastProc *s, const ExecView *v, PyObject **parts) {
+    *parts = NULL;
+    if (!s->pods) return 0;
+    PyObject *k = Py_BuildValue("(KK)", v->netns, v->cgroup);
+    PyObject *e = k ? PyDict_GetItemWithError(s->pods, k) : NULL;
+    Py_XDECREF(k);
+    if (!e) return PyErr_Occurred() ? -1 : 1;
+    if (e == Py_None) return 0;
+    if (!pod_parts_ok(e)) return 1;
+    *parts = e;
+    return 0;
 }
 /* 1: handled, 0: for the Python path (nothing changed), -1: error */
 static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, PyObject *out) {
@@ -601,8 +670,10 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     PyObject *prev = PyErr_Occurred() ? NULL : cache_current(s, pid);  /* borrowed; the cache keeps it */
     if (PyErr_Occurred()) goto done;
     if (!(parent = exec_parent(s, &v, ppid))) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* a "miss" */
-    int bits = exec_bits(s, &v, prev);
-    if (bits < 0 || !(proc = exec_process(s, raw, &v, key, pid, ktime, parent, bits, now, offset))) goto done;
+    PyObject *pod;
+    int bits = exec_bits(s, &v, prev), py_render = bits < 0 ? -1 : exec_pod(s, &v, &pod);
+    if (py_render < 0 || !(proc = exec_process(s, raw, &v, key, pid, ktime, parent, bits, now, offset, pod, py_render)))
+        goto done;
     PyObject *enc = PyObject_GetAttr(proc, s->a_encoded);
     int bad = !enc || exec_line(s, enc, parent, (long long)v.ktime + offset);
     Py_XDECREF(enc);
@@ -677,10 +748,38 @@ done:
 }
 
 /* ------------------------------------------------------------------ the type */
+static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long long offset);
 static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
-    PyObject *raws, *now, *out;
+    PyObject *raws, *now, *pods = Py_None;
     long long offset;
-    if (!PyArg_ParseTuple(args, "O!OL:handle", &PyList_Type, &raws, &now, &offset)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!OL|O:handle", &PyList_Type, &raws, &now, &offset, &pods)) return NULL;
+    if (pods != Py_None && !PyDict_Check(pods)) { PyErr_SetString(PyExc_TypeError, "pods: a dict or None"); return NULL; }
+    Py_XSETREF(s->pods, pods == Py_None ? NULL : Py_NewRef(pods));
+    PyObject *out = handle_batch(s, raws, now, offset);
+    Py_CLEAR(s->pods);
+    return out;
+}
+/* pod_keys(raws): the distinct (netns inode, cgroup id) pairs of the batch's exec records, for the resolver */
+static PyObject *FastProc_pod_keys(FastProc *s, PyObject *raws) {
+    if (!PyList_Check(raws)) { PyErr_SetString(PyExc_TypeError, "a list of records expected"); return NULL; }
+    PyObject *keys = PySet_New(NULL);
+    unsigned long long last_net = 0, last_cg = 0;
+    int have = 0;
+    for (Py_ssize_t i = 0; keys && i < PyList_GET_SIZE(raws); i++) {
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) < s->x_min || PyBytes_AS_STRING(raw)[0] != OP_EXEC) continue;
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+        unsigned long long net = rd(p, s->x[X_NETNS]), cg = rd(p, s->x[X_CGROUP]);
+        if (have && net == last_net && cg == last_cg) continue;
+        PyObject *k = Py_BuildValue("(KK)", net, cg);
+        if (!k || PySet_Add(keys, k)) Py_CLEAR(keys);
+        Py_XDECREF(k);
+        last_net = net; last_cg = cg; have = 1;
+    }
+    return keys;
+}
+static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long long offset) {
+    PyObject *out;
     PyObject *cap = PyObject_GetAttrString(s->cache, "capacity");
     s->capacity = cap ? PyLong_AsSsize_t(cap) : -1;
     Py_XDECREF(cap);
@@ -766,7 +865,8 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
         !(s->a_parent_key = intern("parent_key")) || !(s->a_binary = intern("binary")) ||
         !(s->a_flags = intern("flags")) || !(s->a_exec_id = intern("exec_id")) || !(s->a_insert = intern("insert")) ||
         !(s->a_exit = intern("exit")) || !(s->a_pid = intern("pid")) || !(s->a_refcnt = intern("refcnt")) ||
-        !(s->a_end = intern("_end")) || !(s->a_evict = intern("_evict")) || !(s->a_pjson = intern("process_json")))
+        !(s->a_end = intern("_end")) || !(s->a_evict = intern("_evict")) || !(s->a_pjson = intern("process_json")) ||
+        !(s->a_pod = intern("pod")) || !(s->a_container = intern("container")))
         return -1;
     /* Process.flags as the Python path builds them: execve, clone, truncArgs, errorCWD | rootcwd */
     for (unsigned bits = 0; bits < 12; bits++) {
@@ -798,7 +898,7 @@ static int FastProc_clear(FastProc *s) {
                         &s->s_clone, &s->s_empty, &s->empty_tuple, &s->a_key, &s->a_encoded, &s->a_alive,
                         &s->a_parent_key, &s->a_binary, &s->a_flags, &s->a_exec_id, &s->a_insert, &s->a_exit, &s->a_pid,
                         &s->a_refcnt, &s->a_end, &s->a_evict,
-                        &s->a_pjson};
+                        &s->a_pjson, &s->a_pod, &s->a_container, &s->pods};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) Py_CLEAR(*all[i]);
     for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);
     ctor_clear(&s->process_ctor);
@@ -853,7 +953,10 @@ end:
 
 static PyMethodDef FastProc_methods[] = {
     {"handle", (PyCFunction)FastProc_handle, METH_VARARGS,
-     "handle(raws, now_ns, clock_offset_ns) -> [OutEvent]: a batch of process records, in ring order"},
+     "handle(raws, now_ns, clock_offset_ns, pods=None) -> [OutEvent]: a batch of process records, in ring order;\n"
+     "pods: (netns_inode, cgroup_id) -> PodParts, None (a host process) or another value (the encoder renders)"},
+    {"pod_keys", (PyCFunction)FastProc_pod_keys, METH_O,
+     "pod_keys(raws) -> {(netns_inode, cgroup_id)}: the pairs of the batch's exec records, for the pod resolver"},
     {"memo_sizes", (PyCFunction)FastProc_memo_sizes, METH_NOARGS, "entries in each of the shared-value memos"},
     {NULL}};
 

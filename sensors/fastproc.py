@@ -6,9 +6,12 @@ the object's BTF (``lanner.bpf.records.RecordLayout``, the decoder's layouts) an
 works on the agent's own process cache, counters and classes: of the cache's insert and exit it does the dict
 updates and the parent's reference itself, and calls the cache's own ``_end`` and ``_evict`` for the rest. It
 sends every record it does not handle exactly as the Python path would (clones, scripts, unknown parents,
-duplicates, ...) to the Python path, in ring order. It renders the process JSON itself only while that JSON
-holds no optional part (credentials, namespaces, pods, redactions) and no gRPC client needs protobuf;
-otherwise the batch takes the Python path.
+duplicates, ...) to the Python path, in ring order. It renders the process JSON itself while that JSON holds
+no optional part but the pod (no credentials, namespaces or redactions) and no gRPC client needs protobuf;
+otherwise the batch takes the Python path. With a pod resolver attached to the encoder, each batch's
+distinct (netns inode, cgroup id) pairs of exec records are resolved once, before the C call (the Python
+path asks once per process: the same answers while the resolver does not change within a batch), and the C
+code renders a pod's process from the encoder's ``pod_parts``.
 
 Without the built module (or with ``LANNER_FASTPATH=0``) the agent runs the Python path and ``lanner status``
 says so (``fastpath``).
@@ -29,7 +32,8 @@ from lanner.exporter.pipeline import OutEvent
 from lanner.process_cache import Process
 
 EXEC_FIELDS = ("hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "flags", "cgroup_id", "exe_ino",
-               "creds.uid", "creds.auid", "filename_len", "exe_len", "cwd_len", "args_len")  # fastproc.c X_*
+               "creds.uid", "creds.auid", "filename_len", "exe_len", "cwd_len", "args_len", "ns.net")  # X_*
+PY_RENDER = False  # a pods-table value: this pair's processes are rendered by the Python encoder
 EXIT_FIELDS = ("hdr.ktime", "key.pid", "key.ktime", "exit_code")  # fastproc.c T_*
 
 
@@ -82,13 +86,16 @@ def _span(offsets: dict[str, tuple[int, int]], prefix: str) -> tuple[int, int]:
 class FastPath:
     """The C loop bound to one ProcessEvents (its cache, counters, encoder) and one decoder."""
 
-    def __init__(self, module: Any, decoder: Any, events: Any) -> None:
+    def __init__(self, module: Any, decoder: Any, events: Any, pods_in_python: bool = False) -> None:
+        """``pods_in_python``: processes in pods are rendered by the encoder's process_json (called from C once
+        per such process) instead of from pod parts in C (a measuring switch: bench/pipeline_breakdown.py)."""
         ex, xt = field_offsets(decoder.exec_layout), field_offsets(decoder.exit_layout)
         ctx = events.ctx
         self.events = events
         self.encoder = ctx.encoder
         self.counters = ctx.counters
         self.cache = ctx.cache
+        self.pods_in_python = pods_in_python
 
         def slow(raw: bytes) -> list[OutEvent]:
             records = decoder.decode((raw,))
@@ -105,12 +112,31 @@ class FastPath:
         )
 
     def usable(self, want_pb: bool) -> bool:
-        """Whether this batch can take the C path (no protobuf wanted, the process JSON has no optional part)."""
+        """Whether this batch can take the C path (no protobuf wanted, the process JSON has no optional part but
+        the pod)."""
         return not want_pb and self.encoder.renders_plain
+
+    def pods(self, raws: list[bytes]) -> dict[tuple[int, int], Any] | None:
+        """(netns inode, cgroup id) -> the encoder's pod parts, None (a host process) or PY_RENDER, for every
+        pair of the batch's exec records; None without a resolver."""
+        resolver = self.encoder.pod_resolver
+        if resolver is None:
+            return None
+        out: dict[tuple[int, int], Any] = {}
+        parts = self.encoder.pod_parts
+        for key in self._c.pod_keys(raws):
+            m = resolver.match(*key)
+            if m is not None:
+                m = PY_RENDER if self.pods_in_python else parts(m)
+                if m is None:  # a pod whose JSON the parts cannot express
+                    m = PY_RENDER
+            out[key] = m
+        return out
 
     def handle(self, raws: list[bytes]) -> list[OutEvent]:
         self.counters.records += len(raws)
-        out = self._c.handle(raws, time.monotonic_ns(), self.encoder.clock.offset_ns)
+        pods = self.pods(raws)
+        out = self._c.handle(raws, time.monotonic_ns(), self.encoder.clock.offset_ns, pods)
         cache = self.cache
         cache.stats.size = len(cache)  # as ProcessCache.insert leaves it
         return out

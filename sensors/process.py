@@ -309,7 +309,7 @@ class ProcessSensor:
             self.lost_map: Map = self.obj.map("lanner_lost", key=_KEY, value=Codec.struct("<Q"))
             self.events: Any = None  # sensors.process_events.ProcessEvents, bound by the agent
             self.fast: Any = None  # sensors.fastproc.FastPath: the C loop, when built
-            self.fastpath = "python"  # which path handles the records, for status
+            self._fastpath = "python"  # which path handles the records, for status
         except BaseException:
             self.obj.close()
             raise
@@ -372,14 +372,21 @@ class ProcessSensor:
         from .fastproc import FastPath, load_module
 
         self.events = events
-        module, self.fastpath = load_module()
+        module, self._fastpath = load_module()
         self.fast = None
         if module is not None:
             try:
                 self.fast = FastPath(module, self.decoder, events)
             except (TypeError, ValueError) as exc:  # a module built from another version of fastproc.c
-                self.fastpath = f"python (C fast path unusable, rebuild it with `make fastpath`: {exc})"
-                log.warning("process records take the Python path: %s", self.fastpath)
+                self._fastpath = f"python (C fast path unusable, rebuild it with `make fastpath`: {exc})"
+                log.warning("process records take the Python path: %s", self._fastpath)
+
+    @property
+    def fastpath(self) -> str:
+        """Which path handles process records, for ``lanner status``: "c" (pods included), or "python (why)";
+        batches taken while a gRPC client wants protobuf go to the Python path either way."""
+        why = self.fast.encoder.why_not_plain() if self.fast is not None else ""
+        return f"python ({why})" if why else self._fastpath
 
     def handle(self, raws: list, want_pb: bool) -> list:
         fast = self.fast

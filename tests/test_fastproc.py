@@ -4,7 +4,10 @@ The same raw records, built in the process object's BTF layouts, go through both
 cache, counters and encoder: exec and exit with the parent known and unknown, signals and status codes,
 duplicates, stubs, clones, scripts, relative paths, truncation flags, long arguments, arguments with spaces,
 quotes, backslashes, control characters, non-ASCII and invalid UTF-8, and node names with quotes,
-backslashes and non-ASCII. No BPF is loaded: the layouts come from the built object's BTF.
+backslashes and non-ASCII. With a pod resolver attached (the way --enable-k8s-api and the datapath's pod
+cache attach theirs): processes in pods (by cgroup, with and without a container, a container pid, labels,
+quotes and non-ASCII) and out of them, a pod unknown at exec and known later, a deleted pod, and pods left to
+the Python encoder. No BPF is loaded: the layouts come from the built object's BTF.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from lanner.bpf.btf import Btf
 from lanner.bpf.records import RecordLayout
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
 from lanner.exporter.pipeline import OutEvent
+from lanner.netdp.endpoint import ContainerInfo, PodInfo
+from lanner.netdp.podcache import PodMatch
 from lanner.process_cache import Process, ProcessCache
 from lanner.sensors import fastproc
 from lanner.sensors.process import (F_ERROR_CWD, F_SCRIPT, F_TRUNC_ARGS, F_TRUNC_FILENAME, OP_CLONE, OP_EXEC,
@@ -51,13 +56,15 @@ def _codes(fmt: str) -> list[str]:
 
 
 def exec_rec(pid: int, kt: int, filename: bytes, argv: list[bytes], cwd: bytes = b"/work", exe: bytes | None = None,
-             ppid: int = PARENT, pkt: int = PARENT_KT, flags: int = 0, uid: int = 1000, ino: int = 77) -> bytes:
+             ppid: int = PARENT, pkt: int = PARENT_KT, flags: int = 0, uid: int = 1000, ino: int = 77,
+             cg: int = 9, net: int = 4026531840, nspid: int | None = None) -> bytes:
     exe = filename if exe is None else exe
     args = b"".join(a + b"\0" for a in argv)
     v = {"hdr.op": OP_EXEC, "hdr.ktime": kt, "key.pid": pid, "key.ktime": kt, "parent.pid": ppid,
-         "parent.ktime": pkt, "tid": pid, "ppid": ppid, "flags": flags, "nspid": pid, "cgroup_id": 9,
+         "parent.ktime": pkt, "tid": pid, "ppid": ppid, "flags": flags, "nspid": pid if nspid is None else nspid,
+         "cgroup_id": cg,
          "exe_ino": ino, "creds.uid": uid, "creds.auid": 0xFFFFFFFF, "creds.euid": uid, "ns.mnt": 4026531841,
-         "ns.net": 4026531840, "args_size": len(args), "filename_len": len(filename), "exe_len": len(exe),
+         "ns.net": net, "args_size": len(args), "filename_len": len(filename), "exe_len": len(exe),
          "cwd_len": len(cwd), "args_len": len(args)}
     return _pack("exec_event", v, filename + exe + cwd + args)
 
@@ -117,19 +124,20 @@ def records() -> list[bytes]:
     return r
 
 
-def world(node: str, fast: bool):
+def world(node: str, fast: bool, pods=None, pods_in_python: bool = False):
     decoder = ProcessDecoder(_Obj())  # type: ignore[arg-type]
     cache = ProcessCache(node, capacity=20)  # small: the records make it evict
     clock = KtimeClock()
     clock.offset_ns = OFFSET_NS
     enc = ProcessEventEncoder(EncoderOptions(node), (0,) * 10, clock)
     counters = ProcessCounters()
+    enc.attach_pod_resolver(pods)
     events = ProcessEvents(ProcessEventsContext(node, cache, enc, None, counters))
     seeded = Process((PARENT, PARENT_KT), cache.exec_id(PARENT, PARENT_KT), None, "", PARENT, PARENT, PARENT,
                      "/usr/bin/bash", ("-l",), "/root", ("procFS",), PARENT_KT, Creds(*([0] * 13)), None, 0)
     cache.insert(seeded, 0)
     if fast:
-        fp = fastproc.FastPath(MODULE, decoder, events)
+        fp = fastproc.FastPath(MODULE, decoder, events, pods_in_python)
         assert fp.usable(False) and not fp.usable(True)
         return lambda raws: fp.handle(raws), cache, counters, events
     return lambda raws: events.handle(decoder.decode(raws), False), cache, counters, events
@@ -138,31 +146,162 @@ def world(node: str, fast: bool):
 def _cache_state(cache: ProcessCache) -> list:
     st = cache.stats
     return [dict(cache._by_pid), [k for _, k in cache._dead], (st.size, st.evictions, st.misses, st.collected)] + [(p.key, p.exec_id, p.parent_key, p.parent_exec_id, p.pid, p.tid, p.nspid, p.binary, p.args, p.cwd,
-             p.flags, p.start_ns, p.creds, p.ns, p.cgroup_id, p.exe, p.exe_ino, p.refcnt, p.alive, p.encoded)
+             p.flags, p.start_ns, p.creds, p.ns, p.cgroup_id, p.exe, p.exe_ino, p.refcnt, p.alive, p.encoded, p.pod)
             for p in cache._entries.values()]
 
 
-@pytest.mark.parametrize("node", ["node-1", 'we"ird\\node', "nœud-ü", "\x07bell"])
-@pytest.mark.parametrize("batch", [1, 7, 1000])
-def test_same_bytes_counters_and_cache(node, batch):
-    raws = records()
+def _run(worlds: dict, phases: list, batch: int) -> dict:
+    """Each world (fast or not) through the phases: (change to its resolver, records), in batches."""
     outs = {}
-    for fast in (False, True):
-        handle, cache, counters, _ = world(node, fast)
+    for fast, (handle, cache, counters, resolver) in worlds.items():
         lines: list[OutEvent] = []
-        for i in range(0, len(raws), batch):
-            lines += handle(raws[i:i + batch])
+        for change, raws in phases:
+            if change is not None:
+                change(resolver)
+            for i in range(0, len(raws), batch):
+                lines += handle(raws[i:i + batch])
         outs[fast] = ([(e.kind, e.line, e.proc.key, e.parent.key if e.parent else None) for e in lines],
                       _cache_state(cache), counters)
+    return outs
+
+
+def _assert_same(outs: dict) -> list:
     (py_lines, py_cache, py_c), (c_lines, c_cache, c_c) = outs[False], outs[True]
-    assert len(py_lines) > 40
     for a, b in zip(py_lines, c_lines):
         assert a == b
     assert len(py_lines) == len(c_lines)
     assert py_cache == c_cache
     assert (py_c.events, py_c.by_binary, py_c.records, py_c.exit_misses, py_c.parent_misses, py_c.duplicates) == \
         (c_c.events, c_c.by_binary, c_c.records, c_c.exit_misses, c_c.parent_misses, c_c.duplicates)
+    return py_lines
+
+
+def _worlds(node: str, pods=None, pods_in_python: bool = False) -> dict:
+    out = {}
+    for fast in (False, True):
+        resolver = pods() if pods is not None else None
+        handle, cache, counters, _ = world(node, fast, resolver, pods_in_python)
+        out[fast] = (handle, cache, counters, resolver)
+    return out
+
+
+@pytest.mark.parametrize("node", ["node-1", 'we"ird\\node', "nœud-ü", "\x07bell"])
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+@pytest.mark.parametrize("in_pod", [False, True])
+def test_same_bytes_counters_and_cache(node, batch, in_pod):
+    """Every record variant, as host processes and (in_pod) with a resolver placing their cgroup in a pod."""
+    pods = (lambda: FakePods({9: WEB})) if in_pod else None
+    outs = _run(_worlds(node, pods), [(None, records())], batch)
+    lines = _assert_same(outs)
+    assert len(lines) > 40
+    assert all((b'"pod":{' in line) == in_pod for kind, line, _, _ in lines if kind == "process_exec")
+    py_c = outs[False][2]
     assert py_c.duplicates == 2 and py_c.exit_misses == 2 and py_c.parent_misses >= 1
+
+
+class FakePods:
+    """A pod resolver as the k8s PodTable and the datapath's PodCache are to the encoder: by cgroup id (a
+    container), then by netns inode (the pod); changed between phases as pods come and go."""
+
+    def __init__(self, by_cgroup: dict | None = None, by_netns: dict | None = None) -> None:
+        self.by_cgroup: dict[int, PodMatch] = dict(by_cgroup or {})
+        self.by_netns: dict[int, PodMatch] = dict(by_netns or {})
+        self.calls = 0
+
+    def match(self, netns_inode: int, cgroup_id: int) -> PodMatch | None:
+        self.calls += 1
+        m = self.by_cgroup.get(cgroup_id)
+        return m if m is not None else self.by_netns.get(netns_inode)
+
+
+WEB = PodMatch(PodInfo("default", 'we"b-ü\\x', "uid-1", (("app", 'we"b'), ("tier", "front-ü")),
+                       workload="web", workload_kind="Deployment"),
+               ContainerInfo("0123456789abcdef0123", "nginx", "nginx:1.25"), "sha256:abc")
+BARE = PodMatch(PodInfo("kube-system", "bare"))  # by netns only: no container, uid, labels or workload
+SHORT = PodMatch(PodInfo("ns", "short", "u"), ContainerInfo("abc", "c"))  # a short id, no image
+LATE = PodMatch(PodInfo("late", "late-pod", "uid-late"), ContainerInfo("feedfacefeedfacefeed", "app", "img"))
+POD_NET, WEB_CG, SHORT_CG, LATE_CG = 4026532999, 501, 503, 777
+
+
+def pod_phases() -> list:
+    """(change to the resolver, records): pods known; a pod unknown at its first exec appears; a pod is deleted."""
+    kt, pid = 50_000_000_000, 40_000
+    a, a2, child, b, sh, h, late, scr, rel, cl, miss = range(pid, pid + 11)
+    one = [
+        exec_rec(a, kt, b"/bin/web", [b"web", b"-x y"], cg=WEB_CG, nspid=7),  # container pid 7
+        exec_rec(a2, kt + 1, b"/bin/web2", [b"web2"], cg=WEB_CG),  # nspid == pid: no container pid
+        exec_rec(child, kt + 2, b"/bin/kid", [b"kid"], ppid=a, pkt=kt, cg=WEB_CG, nspid=8),
+        exec_rec(b, kt + 3, b"/bin/bare", [b"bare"], cg=502, net=POD_NET, nspid=1),  # the netns's pod, no container
+        exec_rec(sh, kt + 4, b"/bin/short", [], cg=SHORT_CG, nspid=1, cwd=b"/"),
+        exec_rec(h, kt + 5, b"/bin/host", [b"host"]),
+        exec_rec(late, kt + 6, b"/bin/late", [b"late"], cg=LATE_CG, nspid=1),  # its pod is not known yet
+        exec_rec(scr, kt + 7, b"/tmp/s.sh", [b"/bin/sh", b"/tmp/s.sh"], flags=F_SCRIPT, exe=b"/bin/sh", cg=WEB_CG),
+        exec_rec(rel, kt + 8, b"bin/rel", [b"rel"], cg=WEB_CG, nspid=3),
+        clone_rec(cl, kt + 9), exec_rec(cl, kt + 10, b"/bin/cloned", [b"c"], cg=SHORT_CG),
+        exec_rec(miss, kt + 11, b"/bin/miss", [b"m"], ppid=31337, pkt=5, cg=WEB_CG),
+        exit_rec(a2, kt + 1, kt + 20, 0), exit_rec(b, kt + 3, kt + 21, 1 << 8), exit_rec(sh, kt + 4, kt + 22, 9),
+        exit_rec(scr, kt + 7, kt + 23, 0), exit_rec(rel, kt + 8, kt + 24, 0),
+    ]
+    two = [
+        exec_rec(pid + 20, kt + 30, b"/bin/late2", [b"l2"], cg=LATE_CG, nspid=2),
+        exec_rec(pid + 21, kt + 31, b"/bin/latekid", [b"lk"], ppid=late, pkt=kt + 6, cg=LATE_CG),
+        exit_rec(late, kt + 6, kt + 32, 0),  # rendered without its pod at exec: stays so
+        exit_rec(pid + 21, kt + 31, kt + 33, 0),
+    ]
+    three = [
+        exec_rec(pid + 30, kt + 40, b"/bin/after", [b"after"], cg=WEB_CG, nspid=4),  # its pod was deleted
+        exit_rec(a, kt, kt + 41, 15), exit_rec(child, kt + 2, kt + 42, 0), exit_rec(pid + 30, kt + 40, kt + 43, 0),
+        exit_rec(cl, kt + 10, kt + 44, 0), exit_rec(55_000, 77, kt + 45, 0),  # a stub
+    ]
+    return [(None, one), (lambda r: r.by_cgroup.__setitem__(LATE_CG, LATE), two),
+            (lambda r: r.by_cgroup.pop(WEB_CG), three)]
+
+
+def _pods() -> FakePods:
+    return FakePods({WEB_CG: WEB, SHORT_CG: SHORT}, {POD_NET: BARE})
+
+
+@pytest.mark.parametrize("batch", [1, 5, 1000])
+@pytest.mark.parametrize("pods_in_python", [False, True])
+def test_pods_same_bytes_counters_and_cache(batch, pods_in_python):
+    """Processes in and out of pods, a late pod, a deleted pod: the same bytes, counters, cache and Process.pod."""
+    lines = _assert_same(_run(_worlds("node-1", _pods, pods_in_python), pod_phases(), batch))
+    by = {(kind, key[0]): line for kind, line, key, _ in lines}
+    web = by[("process_exec", 40_000)]
+    assert b'"pod":{"namespace":"default","name":"we\\"b-\xc3\xbc\\\\x","uid":"uid-1","container":{"id":' in web
+    assert b'"image":{"id":"sha256:abc","name":"nginx:1.25"},"pid":7},"pod_labels":' in web
+    assert b'"workload":"web","workload_kind":"Deployment"},"docker":"0123456789abcde","parent_exec_id"' in web
+    assert b'"pid":' not in by[("process_exec", 40_001)].split(b'"container":')[1].split(b"}")[0]
+    assert b'"pod":{"namespace":"kube-system","name":"bare","workload":"bare","workload_kind":"Pod"},"parent' in \
+        by[("process_exec", 40_003)]
+    assert b'"docker":"abc"' in by[("process_exec", 40_004)]
+    assert b'"pod"' not in by[("process_exec", 40_006)] and b'"pod"' not in by[("process_exit", 40_006)]
+    assert b'"late-pod"' in by[("process_exec", 40_020)]
+    assert b'"pod"' not in by[("process_exec", 40_030)] and b'"pod"' in by[("process_exit", 40_000)]
+
+
+def test_pods_rendered_in_c_and_resolved_once_per_pair():
+    """A batch of pod processes: the resolver is asked once per (netns, cgroup) pair, the Python encoder renders
+    none of them (only the seeded parent, once), and Process.pod is set as the encoder sets it."""
+    resolver = _pods()
+    handle, cache, counters, events = world("n", True, resolver)
+    enc = events.ctx.encoder
+    rendered: list = []
+    real = enc.process_json
+    enc.process_json = lambda p: rendered.append(p.key) or real(p)  # type: ignore[method-assign]
+    raws = [exec_rec(60_000 + i, 7_000 + i, b"/bin/w", [b"w"], cg=WEB_CG,
+                     nspid=60_000 + i if i % 2 else 1) for i in range(8)]  # odd: the host's pid (no container pid)
+    out = handle(raws + [exit_rec(60_000 + i, 7_000 + i, 8_000 + i, 0) for i in range(8)])
+    # the resolver: once for the batch's one pair, once when the Python encoder renders the seeded parent
+    assert len(out) == 16 and resolver.calls == 2 and rendered == [(PARENT, PARENT_KT)]
+    p = cache.get((60_000, 7_000))
+    assert p.pod == {**_pod_dict(WEB), "container": {**_pod_dict(WEB)["container"], "pid": 1}}
+    assert cache.get((60_001, 7_001)).pod == _pod_dict(WEB)
+
+
+def _pod_dict(m: PodMatch) -> dict:
+    from lanner.exporter.encoder import pod_dict
+    return pod_dict(m, 0)
 
 
 def test_fast_path_takes_the_common_records():
