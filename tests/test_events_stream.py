@@ -97,3 +97,22 @@ def test_grpcio_reads_many_events_in_order(agent: tuple[RunningAgent, str]) -> N
                 break
         call.cancel()
     assert seen == [f"lanner-burst-{i}" for i in range(300)]
+
+
+def test_a_client_that_is_not_http2_is_dropped(agent: tuple[RunningAgent, str]) -> None:
+    import socket
+
+    a, address = agent
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(address[len("unix://"):])
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while True:  # our SETTINGS frame, then the connection is closed
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert got == b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame, nothing else
+    assert a.proc.poll() is None and a.status()["api"]["clients"] == 0

@@ -31,6 +31,7 @@ MAX_FRAME = 16384  # ours (the default): a client frame larger than this ends th
 MAX_REQUEST = 1 << 20  # a GetEventsRequest (filters) larger than this ends the connection
 BATCH = 512  # events joined per write run
 MAX_STREAMS = 16  # open calls per connection; more are refused (RST_STREAM REFUSED_STREAM)
+MAX_CONNECTIONS = 64  # more are closed at once (the gRPC server's client limit applies to calls as well)
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -301,7 +302,13 @@ class EventsServer:
                 return
             conn = Connection(sock, self.subscribe, self.unsubscribe, self.stopping)
             with self._lock:
-                self._conns.add(conn)
+                full = len(self._conns) >= MAX_CONNECTIONS
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                log.warning("events socket: %d connections already, closing a new one", MAX_CONNECTIONS)
+                sock.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="lanner-events-rx", daemon=True).start()
 
     def _serve(self, conn: Connection) -> None:
