@@ -25,6 +25,7 @@ _WRAPPERS = {f"google.protobuf.{n}Value" for n in ("UInt32", "Int32", "UInt64", 
 
 
 _SMALL = tuple(bytes((i,)) for i in range(128))
+MEMO_MAX = 4096  # values remembered per field (_memoised)
 
 
 def varint(n: int) -> bytes:
@@ -113,7 +114,8 @@ def field_encoder(f: FieldDescriptor) -> Encode:
             return lambda vs: ld(f.number, b"".join(one(v) for v in vs)) if vs else b""
         return lambda vs: b"".join(tag_ld + varint(len(p)) + p for p in map(one, vs))
     if f.type == _F.TYPE_MESSAGE:
-        return lambda v: (lambda p: tag_ld + varint(len(p)) + p)(one(v))  # present, even when empty
+        enc = lambda v: (lambda p: tag_ld + varint(len(p)) + p)(one(v))  # noqa: E731 - present, even when empty
+        return _memoised(enc) if f.message_type.full_name in _WRAPPERS else enc
     if f.type in _VARINT_TYPES:
         tag_v = varint(f.number << 3)
         if f.has_presence:  # proto3 optional: sent when set, default or not
@@ -122,7 +124,25 @@ def field_encoder(f: FieldDescriptor) -> Encode:
         return lambda v: (lambda p: b"" if p == zero else tag_v + p)(one(v))  # proto3: a default is not sent
     if f.has_presence:
         return lambda v: (lambda p: tag_ld + varint(len(p)) + p)(one(v))
-    return lambda v: (lambda p: tag_ld + varint(len(p)) + p)(one(v)) if v else b""
+    return _memoised(lambda v: (lambda p: tag_ld + varint(len(p)) + p)(one(v)) if v else b"")
+
+
+def _memoised(enc: Encode) -> Encode:
+    """A field's bytes remembered by value: strings and small integers repeat from process to process
+    (binary, cwd, flags, uid, parent_exec_id). The memo is emptied when it reaches MEMO_MAX entries, so
+    values that never repeat (exec_id, pid) cannot grow it."""
+    memo: dict = {}
+
+    def cached(v: Any) -> bytes:
+        b = memo.get(v)
+        if b is None:
+            b = enc(v)
+            if len(memo) >= MEMO_MAX:
+                memo.clear()
+            memo[v] = b
+        return b
+
+    return cached
 
 
 def _value_payload(f: FieldDescriptor) -> Encode:
