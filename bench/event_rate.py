@@ -21,7 +21,11 @@ process (as the agent is):
   * decode -- the same plus the process sensor's decoder (records -> typed Python objects), flooded.
 The agent adds the process cache, JSON encoding and the file write; the ratios show their cost.
 
-Usage: .venv/bin/python bench/event_rate.py [--steps 25,40,50,60,75,100,150,200,300] [--step-s 3]
+``--pods`` attaches a synthetic pod resolver to the agent's encoder (FloodPods, through the agent prelude
+LANNER_BENCH_AGENT_PRELUDE): every flood process is then in one pod with a container, as on a Kubernetes node
+with --enable-k8s-api, and its JSON carries ``pod`` and ``docker``.
+
+Usage: .venv/bin/python bench/event_rate.py [--steps 25,40,50,60,75,100,150,200,300] [--step-s 3] [--pods]
 """
 
 from __future__ import annotations
@@ -45,6 +49,50 @@ DRAIN_TIMEOUT_S = 10.0
 TARGET = 100_000
 STRETCH = 200_000
 _CNT = struct.Struct("<Q")
+FLOOD_NETNS = 0xF0000005  # bench/bpf/flood.bpf.c: every synthetic exec's ns.net
+
+
+class FloodPods:
+    """A synthetic pod resolver (the encoder's ProcessPodResolver) that places the flood's processes (their
+    netns) in one pod with one container, built per call as lanner/k8s/pods.py's PodTable.match builds it."""
+
+    def __init__(self) -> None:
+        from lanner.netdp.endpoint import ContainerInfo, PodInfo
+
+        self.pod = PodInfo("bench", "flood-7d9f8b6c5-x2x4z", "0b5e4c1e-6a3f-4d2b-9a57-2f1c3b8e9d10",
+                           (("app", "flood"), ("pod-template-hash", "7d9f8b6c5")), workload="flood",
+                           workload_kind="Deployment")
+        self.container = ContainerInfo("c0ffee" * 10 + "c0ff", "flood", "registry.example/flood:v1")
+        self.calls = 0
+
+    def match(self, netns_inode: int, cgroup_id: int) -> object:
+        from lanner.netdp.podcache import PodMatch
+
+        self.calls += 1
+        if netns_inode != FLOOD_NETNS:
+            return None
+        return PodMatch(self.pod, self.container, "sha256:" + "ab" * 32)
+
+
+def install_flood_pods() -> None:
+    """Run in the agent process (the prelude): every process event encoder made from now on gets FloodPods."""
+    from lanner.exporter.encoder import ProcessEventEncoder
+
+    init = ProcessEventEncoder.__init__
+
+    def with_pods(self: ProcessEventEncoder, *a: object, **kw: object) -> None:
+        init(self, *a, **kw)
+        self.attach_pod_resolver(FloodPods())
+
+    ProcessEventEncoder.__init__ = with_pods  # type: ignore[method-assign]
+
+
+def pods_prelude() -> str:
+    """The agent prelude that installs FloodPods (after any prelude already in the environment)."""
+    here = str(Path(__file__).resolve().parent)
+    return (os.environ.get("LANNER_BENCH_AGENT_PRELUDE", "") +
+            f"\nimport sys\nsys.path.insert(0, {here!r})\nfrom event_rate import install_flood_pods\n"
+            "install_flood_pods()")
 
 
 # ------------------------------------------------------------------------------------------ consumer
@@ -274,6 +322,7 @@ def main() -> int:
     ap.add_argument("--rb-size", default="8M", help="ring buffer size (agent and baselines)")
     ap.add_argument("--export-dir", default=None, help="where the agent writes its export file (default /tmp)")
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--pods", action="store_true", help="a synthetic pod resolver places the flood in a pod")
     ap.add_argument("--budget-s", type=float, default=115.0)
     ap.add_argument("--consumer", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -322,6 +371,8 @@ def main() -> int:
             raw_pin.unlink(missing_ok=True)
 
         # ---- the agent
+        if args.pods:
+            os.environ["LANNER_BENCH_AGENT_PRELUDE"] = pods_prelude()
         agent = C.start_agent(stack, work, "--skip-probe", "--rb-size", str(rb_size), pin_dir=pin, name="rate")
         st0 = agent.wait_ready()
         flood = C.Flood(pin_dir=pin)
@@ -354,6 +405,13 @@ def main() -> int:
             s["status_rtt_s"] = rtt[0] if rtt else None
             s["loop_age_s"], s["healthz_503"] = health.take()
             steps.append(s)
+            if len(steps) == 1:
+                with open(agent.export_file, "rb") as f:
+                    first = [f.readline() for _ in range(200)]
+                in_pod = sum(b'"pod":{"namespace":"bench"' in line for line in first)
+                print(f"  {in_pod} of the first {len(first)} exported lines name the flood's pod")
+                if args.pods != (in_pod > 100):
+                    raise RuntimeError(f"--pods {args.pods}, yet the export says otherwise: {first[0][:300]!r}")
             lines.truncate()  # keep the disk out of it: drop what was counted
             time.sleep(0.5)
         results["agent"] = steps
@@ -397,6 +455,7 @@ def main() -> int:
     print(f"  consumer positions caught half-written by this benchmark's reader: agent {agent_torn}"
           + (f", raw baseline {raw_torn}" if "raw" in results else "")
           + " (RingBuffer stores the position with struct.pack_into, byte by byte)")
+    print(f"  agent: pod resolver attached: {'yes (FloodPods: every flood process in one pod)' if args.pods else 'no'}")
     print(f"  agent: process records handled by: {st1.get('fastpath') or 'python'} "
           "(LANNER_FASTPATH=0 in this script's environment measures the Python path)")
     print(f"  agent: cache {st1['process_cache']}, misses {st1['misses']}, "

@@ -13,7 +13,12 @@ moves them. ``handle`` is also timed with Python's cyclic garbage collector disa
 the collector costs once the cache holds many objects. The sum gives the single-core ceiling of the
 agent's pipeline (the agent is one Python thread).
 
-Usage: .venv/bin/python bench/pipeline_breakdown.py [--pairs 30000] [--rounds 3]
+``--pods`` attaches a synthetic pod resolver (bench/event_rate.py's FloodPods: every flood process in one pod
+with a container) to every agent's encoder, as --enable-k8s-api does; the C path is then timed twice: pods
+rendered in C from the encoder's pod parts (what the agent does), and pods rendered by the Python encoder,
+called from C once per process ("C, pods by Python": the alternative, for comparison).
+
+Usage: .venv/bin/python bench/pipeline_breakdown.py [--pairs 30000] [--rounds 3] [--pods]
 """
 
 from __future__ import annotations
@@ -55,12 +60,16 @@ def make_records(n_pairs: int) -> list[bytes]:
         flood.close()
 
 
-def new_agent(work: Path, tag: str):
+def new_agent(work: Path, tag: str, pods: bool = False):
     from lanner.agent import Agent, AgentConfig
 
     a = Agent(AgentConfig(node_name="bench", export_stdout=False, export_file=str(work / f"{tag}.log"),
                           export_file_max_mb=1e6, grpc=None))
     a._open_sinks()
+    if pods:
+        from event_rate import FloodPods
+
+        a.encoder.attach_pod_resolver(FloodPods())
     # seed the cache from /proc as the agent does at start (the flood's parent is this process);
     # the kernel map seeding is skipped: there is no sensor here
     a.sensor = types.SimpleNamespace(seed=lambda entries: sum(1 for _ in entries), identities=lambda: {})
@@ -77,13 +86,15 @@ def handler(a):
     return lambda recs: ev.handle(recs, False)
 
 
-def fast_handler(a, module, decoder):
+def fast_handler(a, module, decoder, pods_in_python: bool = False):
     """The process sensor's C fast path (sensors/fastproc.py) on the agent's cache and encoders."""
     from lanner.sensors.fastproc import FastPath
     from lanner.sensors.process_events import ProcessEvents, ProcessEventsContext
 
     ev = ProcessEvents(ProcessEventsContext(a.cfg.node_name, a.cache, a.encoder, a.proto, a.counters))
-    return FastPath(module, decoder, ev).handle
+    fp = FastPath(module, decoder, ev, pods_in_python)
+    assert fp.usable(False)
+    return fp.handle
 
 
 def timed(fn, *args):
@@ -97,6 +108,7 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=30_000, help="exec+exit pairs per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=115.0)
+    ap.add_argument("--pods", action="store_true", help="a synthetic pod resolver places the flood in a pod")
     args = ap.parse_args()
     C.require_root()
     from lanner.bpf.btf import Btf
@@ -104,10 +116,12 @@ def main() -> int:
     from lanner.sensors.process import PROCESS_OBJECT, ProcessDecoder
 
     print(f"pipeline_breakdown: machine {C.machine()}; {args.pairs} exec+exit pairs per round, "
-          f"{args.rounds} rounds, CPU time per event (median)")
+          f"{args.rounds} rounds, CPU time per event (median); pod resolver: "
+          f"{'FloodPods (every flood process in one pod)' if args.pods else 'none'}")
     load = C.LoadMonitor()
     stages: dict[str, list[float]] = {k: [] for k in ("read", "decode", "handle", "handle (gc off)", "emit",
-                                                      "decode+handle (C)", "emit (C path)")}
+                                                      "decode+handle (C)", "emit (C path)",
+                                                      "decode+handle (C, pods by Python)")}
     from lanner.sensors.fastproc import load_module
     fast_module, fast_why = load_module()
     sizes = {}
@@ -140,14 +154,14 @@ def main() -> int:
             sizes = {"exec": len(raws[0]), "exit": len(raws[1])}
 
             recs, t_dec = timed(decoder.decode, raws)
-            a = new_agent(work, "gc-on")
+            a = new_agent(work, "gc-on", args.pods)
             gc.collect()
             out, t_handle = timed(handler(a), recs)
             _, t_emit = timed(lambda: (a.emit(out), a.export.flush()))
             a.close()
 
             recs2 = decoder.decode(raws)
-            b = new_agent(work, "gc-off")
+            b = new_agent(work, "gc-off", args.pods)
             gc.collect()
             gc.disable()
             try:
@@ -159,14 +173,26 @@ def main() -> int:
                          ("emit", t_emit)):
                 stages[k].append(t / n * 1e6)
             if fast_module is not None:  # the C fast path: decode and handle in one call (sensors/fastproc.c)
-                f = new_agent(work, "fast")
+                f = new_agent(work, "fast", args.pods)
                 fast = fast_handler(f, fast_module, decoder)
                 gc.collect()
                 fout, t_fast = timed(lambda: [e for i in range(0, n, 4096) for e in fast(raws[i:i + 4096])])
                 _, t_femit = timed(lambda: (f.emit(fout), f.export.flush()))
+                if args.pods and b'"pod":{' not in fout[0].line:
+                    raise RuntimeError(f"--pods: the first event names no pod: {fout[0].line[:200]!r}")
                 f.close()
                 stages["decode+handle (C)"].append(t_fast / n * 1e6)
                 stages["emit (C path)"].append(t_femit / n * 1e6)
+                if args.pods:
+                    g = new_agent(work, "fast-pypods", True)
+                    g.encoder.clock.offset_ns = f.encoder.clock.offset_ns  # the same times: comparable bytes
+                    gfast = fast_handler(g, fast_module, decoder, pods_in_python=True)
+                    gc.collect()
+                    gout, t_g = timed(lambda: [e for i in range(0, n, 4096) for e in gfast(raws[i:i + 4096])])
+                    if [e.line for e in gout] != [e.line for e in fout]:
+                        raise RuntimeError("pods rendered by Python from C: other bytes than rendered in C")
+                    g.close()
+                    stages["decode+handle (C, pods by Python)"].append(t_g / n * 1e6)
             for f in work.glob("*.log"):
                 f.unlink()
             del raws, recs, recs2, out
@@ -189,6 +215,10 @@ def main() -> int:
         print(f"\n  the C fast path (same records, same rounds): read {med['read']:.2f}, decode+handle "
               f"{med['decode+handle (C)']:.2f}, emit {med['emit (C path)']:.2f}; total {c_total:.2f} us/event "
               f"-> one core drains at most {C.fmt_rate(1e6 / c_total)} events/s")
+        if args.pods:
+            alt = med["decode+handle (C, pods by Python)"]
+            print(f"  pods rendered by the Python encoder (called from C once per process) instead: decode+handle "
+                  f"{alt:.2f} us/event; total {c_total - med['decode+handle (C)'] + alt:.2f}")
     print("\n" + load.report())
     return 0
 
