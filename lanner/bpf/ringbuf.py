@@ -3,8 +3,11 @@
 The map's fd is mmapped as the kernel lays it out:
 
 * page 0, read-write: the consumer position;
-* from one page on, read-only: the producer position page, then the data area mapped twice, so a
-  record that wraps around the end is still contiguous.
+* from one page on, read-only: the producer position page, then the data area. The kernel lays the data
+  area out twice in a row so that a record wrapping around the end is contiguous, and libbpf maps both
+  copies; this consumer maps it once and joins a wrapping record from its two pieces (one record per lap
+  of the ring at most): mapped twice, the same pages counted twice in the agent's RSS (16 MiB for the
+  default 8 MiB ring, docs/performance.md §3).
 
 ``read_batch`` walks every committed record (8-byte header: length with BUSY bit 31 and DISCARD bit
 30, then the payload padded to 8 bytes), copies out the payloads and publishes the new consumer
@@ -39,7 +42,7 @@ class RingBuffer:
         page = mmap.PAGESIZE
         self._page = page
         self._cons = mmap.mmap(self.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(self.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._prod = mmap.mmap(self.fd, page + self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         # the consumer position is read by the kernel concurrently: store it with one aligned 8-byte write
         # (struct.pack_into copies byte by byte, and a reader can see a torn value)
         self._cons_pos = ctypes.c_uint64.from_buffer(self._cons, 0)
@@ -64,6 +67,7 @@ class RingBuffer:
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(prod_map, 0)[0]
         base = self._page
+        end = base + self.size  # the data area's end: a record's payload may wrap past it to ``base``
         mask = self.mask
         out: list[bytes] = []
         append = out.append
@@ -78,7 +82,11 @@ class RingBuffer:
             if hdr & DISCARD_BIT:
                 discarded += 1
             else:
-                append(prod_map[off + HDR_SIZE : off + HDR_SIZE + length])
+                stop = off + HDR_SIZE + length  # a header never wraps: 8-byte aligned in a power-of-two ring
+                if stop <= end:
+                    append(prod_map[off + HDR_SIZE : stop])
+                else:
+                    append(prod_map[off + HDR_SIZE : end] + prod_map[base : base + stop - end])
             cons += (length + HDR_SIZE + 7) & ~7
         self._cons_pos.value = cons
         self.records += len(out)
