@@ -162,16 +162,13 @@ class ProcessEventEncoder:
 
     @property
     def renders_plain(self) -> bool:
-        """A process's JSON has no optional part but its pod (no credentials, namespaces or redactions): what the
-        C fast path (sensors/fastproc.c) renders itself, the pod from ``pod_parts``."""
-        return not (self.redactor or self.opts.process_cred or self.opts.process_ns)
+        """No redaction applies to a process's JSON: what the C fast path (sensors/fastproc.c) renders itself, the
+        pod from ``pod_parts``, credentials and namespaces from ``creds_parts`` and ``ns_part``."""
+        return not self.redactor
 
     def why_not_plain(self) -> str:
         """The options that keep process records on the Python path ("" when none does)."""
-        why = [n for n, on in (("--enable-process-cred", self.opts.process_cred),
-                               ("--enable-process-ns", self.opts.process_ns),
-                               ("--redaction-filters", bool(self.redactor))) if on]
-        return ", ".join(why)
+        return "--redaction-filters" if self.redactor else ""
 
     def pod_parts(self, m: Any) -> tuple[bytes, bytes, bytes, dict] | None:
         """What the C fast path needs to render a process of this resolved pod (``match``'s result) as
@@ -225,34 +222,62 @@ class ProcessEventEncoder:
         if p.parent_exec_id:
             d["parent_exec_id"] = p.parent_exec_id
         if self.opts.process_cred:
-            cap = {}
-            for name, mask in (("permitted", c.cap_permitted), ("effective", c.cap_effective),
-                               ("inheritable", c.cap_inheritable)):
-                if mask:
-                    cap[name] = cap_names(mask)
+            cap = self._cap(c)
             if cap:
                 d["cap"] = cap
         if self.opts.process_ns and p.ns is not None:
-            ns = {}
-            for name in NS_FIELDS:
-                inum = getattr(p.ns, name)
-                if inum:
-                    ns[name] = {"inum": inum, "is_host": True} if self.host_ns.get(name) == inum else {"inum": inum}
+            ns = self._ns(p.ns)
             if ns:
                 d["ns"] = ns
         d["tid"] = p.tid
         if self.opts.process_cred:
-            pc = {"uid": c.uid, "gid": c.gid, "euid": c.euid, "egid": c.egid, "suid": c.suid, "sgid": c.sgid,
-                  "fsuid": c.fsuid, "fsgid": c.fsgid}
-            if c.securebits:
-                pc["securebits"] = [SECUREBITS[i] for i in range(len(SECUREBITS)) if c.securebits >> i & 1]
-            d["process_credentials"] = pc
+            d["process_credentials"] = self._credentials(c)
         if p.exe and p.exe != p.binary:
             f: dict = {"path": p.exe}
             if p.exe_ino:
                 f["inode"] = {"number": str(p.exe_ino)}
             d["binary_properties"] = {"file": f}
         return d
+
+    @staticmethod
+    def _cap(c: Any) -> dict:
+        cap = {}
+        for name, mask in (("permitted", c.cap_permitted), ("effective", c.cap_effective),
+                           ("inheritable", c.cap_inheritable)):
+            if mask:
+                cap[name] = cap_names(mask)
+        return cap
+
+    def _ns(self, n: Any) -> dict:
+        ns = {}
+        for name in NS_FIELDS:
+            inum = getattr(n, name)
+            if inum:
+                ns[name] = {"inum": inum, "is_host": True} if self.host_ns.get(name) == inum else {"inum": inum}
+        return ns
+
+    @staticmethod
+    def _credentials(c: Any) -> dict:
+        pc = {"uid": c.uid, "gid": c.gid, "euid": c.euid, "egid": c.egid, "suid": c.suid, "sgid": c.sgid,
+              "fsuid": c.fsuid, "fsgid": c.fsgid}
+        if c.securebits:
+            pc["securebits"] = [SECUREBITS[i] for i in range(len(SECUREBITS)) if c.securebits >> i & 1]
+        return pc
+
+    def creds_parts(self, c: Any) -> tuple[bytes, bytes]:
+        """The ``cap`` and ``process_credentials`` members of a process with these credentials, as
+        ``process_dict`` renders them with this encoder's options (',"cap":{...}' or b"", likewise): what the C
+        fast path splices in, rendered once per distinct credentials."""
+        if not self.opts.process_cred:
+            return b"", b""
+        cap = self._cap(c)
+        return (b',"cap":' + self._dumps(cap) if cap else b"",
+                b',"process_credentials":' + self._dumps(self._credentials(c)))
+
+    def ns_part(self, n: Any) -> bytes:
+        """The ``ns`` member for these namespaces with this encoder's options (',"ns":{...}' or b"")."""
+        ns = self._ns(n) if self.opts.process_ns and n is not None else None
+        return b',"ns":' + self._dumps(ns) if ns else b""
 
     def process_json(self, p: Process) -> bytes:
         """The process's JSON object, rendered once and memoised on it (``Process.encoded``)."""

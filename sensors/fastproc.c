@@ -13,7 +13,8 @@
  * (pod_keys, then the resolver in Python) and passes them to handle: a process in a pod gets its `pod` and
  * `docker` fields from the pair's preassembled parts (PodParts), a host process renders as before, and a
  * pair the glue marked (anything but None or a PodParts tuple) has its process's JSON rendered by the
- * Python encoder, once per process.
+ * Python encoder, once per process. Credentials and namespaces (--enable-process-cred/ns) come as JSON members
+ * the glue renders once per distinct raw value (creds_ns: the memo's misses) and are spliced in here.
  *
  * Record layouts are not defined here: the Python glue (sensors/fastproc.py) reads them from the object's
  * BTF (lanner/bpf/records.py) and passes each field's offset and size at init.
@@ -69,7 +70,7 @@ typedef struct {
     Ctor process_ctor, event_ctor;
     Last last[L_COUNT];
     PyObject *process_type, *event_type, *cache, *entries, *by_pid, *events, *by_binary, *encoder;
-    PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (Creds, Namespaces) */
+    PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (CredsEntry, NsEntry) */
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
@@ -422,7 +423,17 @@ static PyObject *args_entry(FastProc *s, const char *p, Py_ssize_t n) {
     if (v) last_keep(&s->last[L_ARGS], p, n, v);
     return v;
 }
-/* the exec's shared Creds and Namespaces (new references in *c, *ns) */
+/* what the glue's creds_ns gives for one exec: (CredsEntry, NsEntry), CredsEntry (Creds, ',"cap":{..}' or b"",
+ * ',"process_credentials":{..}' or b""), NsEntry (Namespaces, ',"ns":{..}' or b""): the shared objects and
+ * their JSON as the encoder's options render it */
+static int creds_ns_ok(PyObject *pair) {
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) return 0;
+    PyObject *c = PyTuple_GET_ITEM(pair, 0), *n = PyTuple_GET_ITEM(pair, 1);
+    return PyTuple_Check(c) && PyTuple_GET_SIZE(c) == 3 && PyBytes_Check(PyTuple_GET_ITEM(c, 1)) &&
+           PyBytes_Check(PyTuple_GET_ITEM(c, 2)) && PyTuple_Check(n) && PyTuple_GET_SIZE(n) == 2 &&
+           PyBytes_Check(PyTuple_GET_ITEM(n, 1));
+}
+/* the exec's shared CredsEntry and NsEntry (new references in *c, *ns) */
 static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
     const char *p = PyBytes_AS_STRING(raw);
     if ((*c = last_hit(&s->last[L_CREDS], p + s->creds_off, s->creds_len))) {
@@ -439,10 +450,10 @@ static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
         else if (!PyErr_Occurred()) {
             Py_CLEAR(*c); Py_CLEAR(*ns);
             PyObject *pair = PyObject_CallOneArg(s->creds_ns, raw);  /* the decoder's own classes */
-            if (pair && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            if (pair && creds_ns_ok(pair)) {
                 *c = Py_NewRef(PyTuple_GET_ITEM(pair, 0)); *ns = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
                 rc = (memo_put(s->memo_cred, ck, *c) || memo_put(s->memo_ns, nk, *ns)) ? -1 : 0;
-            } else if (pair) PyErr_SetString(PyExc_TypeError, "creds_ns must return (creds, ns)");
+            } else if (pair) PyErr_SetString(PyExc_TypeError, "creds_ns must return ((creds, cap, pc), (ns, ns_json))");
             Py_XDECREF(pair);
         }
     }
@@ -485,7 +496,9 @@ static PyObject *pod_object(FastProc *s, PyObject *parts, unsigned long long pid
 static int render_process(FastProc *s, PyObject *eid, unsigned long long pid, unsigned long long uid,
                           PyObject *cwd, PyObject *binary, PyObject *args_json, unsigned bits, long long wall,
                           unsigned long long auid, PyObject *pod, unsigned long long nspid, PyObject *parent_eid,
-                          unsigned long long tid, PyObject *exe, unsigned long long ino) {
+                          PyObject *cred_e, PyObject *ns_e, unsigned long long tid, PyObject *exe,
+                          unsigned long long ino) {
+    PyObject *cap = PyTuple_GET_ITEM(cred_e, 1), *pc = PyTuple_GET_ITEM(cred_e, 2), *nsj = PyTuple_GET_ITEM(ns_e, 1);
     static const char *const flag_json[16] = {
         "execve", "execve clone", "execve truncArgs", "execve truncArgs clone", "execve rootcwd",
         "execve rootcwd clone", "execve truncArgs rootcwd", "execve truncArgs rootcwd clone", "execve errorCWD",
@@ -506,7 +519,8 @@ static int render_process(FastProc *s, PyObject *eid, unsigned long long pid, un
         return -1;
     if (PyUnicode_GET_LENGTH(parent_eid) && (PUTS(b, ",\"parent_exec_id\":") || put_json_str(b, parent_eid)))
         return -1;
-    if (PUTS(b, ",\"tid\":") || put_u64(b, tid))
+    if (put(b, PyBytes_AS_STRING(cap), PyBytes_GET_SIZE(cap)) || put(b, PyBytes_AS_STRING(nsj), PyBytes_GET_SIZE(nsj)) ||
+        PUTS(b, ",\"tid\":") || put_u64(b, tid) || put(b, PyBytes_AS_STRING(pc), PyBytes_GET_SIZE(pc)))
         return -1;
     if (PyUnicode_GET_LENGTH(exe)) {
         if (PUTS(b, ",\"binary_properties\":{\"file\":{\"path\":") || put_json_str(b, exe))
@@ -594,6 +608,7 @@ static int exec_line(FastProc *s, PyObject *enc, PyObject *parent, long long wal
 }
 /* the values exec_process makes for a Process (o[...]) */
 enum { O_EID, O_TID, O_NSPID, O_BIN, O_CWD, O_CRED, O_NS, O_CG, O_EXE, O_INO, O_PEID, O_PKEY, O_ARGS_E, O_N };
+/* (O_CRED and O_NS are the CredsEntry and NsEntry of creds_ns) */
 /* the exec's JSON onto Process.encoded (and its pod onto Process.pod): rendered here, or, for a pod the glue
  * left to Python (py_render), by the encoder's process_json, once for this process */
 static int exec_encode(FastProc *s, PyObject *proc, const ExecView *v, PyObject *const *o, int bits, long long wall,
@@ -604,7 +619,7 @@ static int exec_encode(FastProc *s, PyObject *proc, const ExecView *v, PyObject 
         return j ? 0 : -1;
     }
     if (render_process(s, o[O_EID], v->pid, v->uid, o[O_CWD], o[O_BIN], PyTuple_GET_ITEM(o[O_ARGS_E], 1), bits, wall,
-                       v->auid, pod, v->nspid, o[O_PEID], v->tid, o[O_EXE], v->ino))
+                       v->auid, pod, v->nspid, o[O_PEID], o[O_CRED], o[O_NS], v->tid, o[O_EXE], v->ino))
         return -1;
     PyObject *enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n);
     int bad = !enc || PyObject_SetAttr(proc, s->a_encoded, enc);
@@ -633,8 +648,9 @@ static PyObject *exec_process(FastProc *s, PyObject *raw, const ExecView *v, PyO
         (o[O_INO] = shared_int(s, v->ino)) && (o[O_PEID] = PyObject_GetAttr(parent, s->a_exec_id)) &&
         (o[O_PKEY] = PyObject_GetAttr(parent, s->a_key))) {
         PyObject *cargs[17] = {key, o[O_EID], o[O_PKEY], o[O_PEID], pid, o[O_TID], o[O_NSPID], o[O_BIN],
-                               PyTuple_GET_ITEM(o[O_ARGS_E], 0), o[O_CWD], s->flag_tuples[bits], ktime, o[O_CRED],
-                               o[O_NS], o[O_CG], o[O_EXE], o[O_INO]};
+                               PyTuple_GET_ITEM(o[O_ARGS_E], 0), o[O_CWD], s->flag_tuples[bits], ktime,
+                               PyTuple_GET_ITEM(o[O_CRED], 0), PyTuple_GET_ITEM(o[O_NS], 0), o[O_CG], o[O_EXE],
+                               o[O_INO]};
         proc = ctor_new(&s->process_ctor, cargs);
     }
     if (proc && (cache_insert(s, proc, key, pid, parent, now) ||

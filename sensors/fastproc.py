@@ -6,9 +6,10 @@ the object's BTF (``lanner.bpf.records.RecordLayout``, the decoder's layouts) an
 works on the agent's own process cache, counters and classes: of the cache's insert and exit it does the dict
 updates and the parent's reference itself, and calls the cache's own ``_end`` and ``_evict`` for the rest. It
 sends every record it does not handle exactly as the Python path would (clones, scripts, unknown parents,
-duplicates, ...) to the Python path, in ring order. It renders the process JSON itself while that JSON holds
-no optional part but the pod (no credentials, namespaces or redactions) and no gRPC client needs protobuf;
-otherwise the batch takes the Python path. With a pod resolver attached to the encoder, each batch's
+duplicates, ...) to the Python path, in ring order. It renders the process JSON itself while no redaction
+applies and no gRPC client needs protobuf (otherwise the batch takes the Python path): credentials and
+namespaces (--enable-process-cred/ns) from the encoder's ``creds_parts``/``ns_part``, rendered once per
+distinct value (the C memo's misses), and pods: with a pod resolver attached to the encoder, each batch's
 distinct (netns inode, cgroup id) pairs of exec records are resolved once, before the C call (the Python
 path asks once per process: the same answers while the resolver does not change within a batch), and the C
 code renders a pod's process from the encoder's ``pod_parts``.
@@ -103,17 +104,21 @@ class FastPath:
                 self.counters.records -= 1
             return events.handle_records(records, False, time.monotonic_ns())
 
+        def creds_ns(raw: bytes) -> tuple[tuple[Any, bytes, bytes], tuple[Any, bytes]]:
+            """An exec's shared Creds and Namespaces with their JSON members (the C code's memo misses)."""
+            c, n = decoder.creds_ns(raw)
+            return (c, *self.encoder.creds_parts(c)), (n, self.encoder.ns_part(n))
+
         self._c = module.FastProc(
             tuple(ex[n] for n in EXEC_FIELDS), tuple(xt[n] for n in EXIT_FIELDS), decoder.exec_layout.tail_offset,
             struct.calcsize(decoder.exec_layout.fmt), struct.calcsize(decoder.exit_layout.fmt), _span(ex, "creds."),
             _span(ex, "ns."), ctx.node_name, Process, OutEvent, ctx.cache, ctx.cache._entries, ctx.cache._by_pid,
-            ctx.counters.events, ctx.counters.by_binary, ctx.encoder, slow, decoder.creds_ns,
+            ctx.counters.events, ctx.counters.by_binary, ctx.encoder, slow, creds_ns,
             [signal_name(i).encode() for i in range(128)], ctor_spec(Process, 17), ctor_spec(OutEvent, 4),
         )
 
     def usable(self, want_pb: bool) -> bool:
-        """Whether this batch can take the C path (no protobuf wanted, the process JSON has no optional part but
-        the pod)."""
+        """Whether this batch can take the C path (no protobuf wanted, no redaction)."""
         return not want_pb and self.encoder.renders_plain
 
     def pods(self, raws: list[bytes]) -> dict[tuple[int, int], Any] | None:

@@ -7,7 +7,8 @@ quotes, backslashes, control characters, non-ASCII and invalid UTF-8, and node n
 backslashes and non-ASCII. With a pod resolver attached (the way --enable-k8s-api and the datapath's pod
 cache attach theirs): processes in pods (by cgroup, with and without a container, a container pid, labels,
 quotes and non-ASCII) and out of them, a pod unknown at exec and known later, a deleted pod, and pods left to
-the Python encoder. No BPF is loaded: the layouts come from the built object's BTF.
+the Python encoder; and with --enable-process-cred/--enable-process-ns (capabilities, securebits, host and
+other namespaces). No BPF is loaded: the layouts come from the built object's BTF.
 """
 
 from __future__ import annotations
@@ -57,13 +58,15 @@ def _codes(fmt: str) -> list[str]:
 
 def exec_rec(pid: int, kt: int, filename: bytes, argv: list[bytes], cwd: bytes = b"/work", exe: bytes | None = None,
              ppid: int = PARENT, pkt: int = PARENT_KT, flags: int = 0, uid: int = 1000, ino: int = 77,
-             cg: int = 9, net: int = 4026531840, nspid: int | None = None) -> bytes:
+             cg: int = 9, net: int = 4026531840, nspid: int | None = None, caps: int = 0) -> bytes:
     exe = filename if exe is None else exe
     args = b"".join(a + b"\0" for a in argv)
     v = {"hdr.op": OP_EXEC, "hdr.ktime": kt, "key.pid": pid, "key.ktime": kt, "parent.pid": ppid,
          "parent.ktime": pkt, "tid": pid, "ppid": ppid, "flags": flags, "nspid": pid if nspid is None else nspid,
          "cgroup_id": cg,
-         "exe_ino": ino, "creds.uid": uid, "creds.auid": 0xFFFFFFFF, "creds.euid": uid, "ns.mnt": 4026531841,
+         "exe_ino": ino, "creds.uid": uid, "creds.auid": 0xFFFFFFFF, "creds.euid": uid, "creds.cap_permitted": caps,
+         "creds.cap_effective": caps >> 1, "creds.cap_inheritable": caps & 0xF0, "creds.securebits": caps & 0x15,
+         "creds.gid": uid + 1, "creds.fsuid": uid, "ns.mnt": 4026531841, "ns.uts": 4026531838,
          "ns.net": net, "args_size": len(args), "filename_len": len(filename), "exe_len": len(exe),
          "cwd_len": len(cwd), "args_len": len(args)}
     return _pack("exec_event", v, filename + exe + cwd + args)
@@ -86,9 +89,9 @@ def records() -> list[bytes]:
            b"", b"--x=1 2"]
     variants = [
         (b"/usr/bin/env", [b"env"] + odd, {}),
-        (b"/bin/true", [b"true"], {"cwd": b"/"}),  # rootcwd
+        (b"/bin/true", [b"true"], {"cwd": b"/", "caps": 0x1FFFFFFFFFF}),  # rootcwd; every capability
         (b"/bin/true", [], {}),  # no argv at all
-        (b"/bin/ls", [b"ls", b"", b""], {"flags": F_TRUNC_ARGS}),
+        (b"/bin/ls", [b"ls", b"", b""], {"flags": F_TRUNC_ARGS, "caps": 0x35, "net": 4026532111}),
         (b"/bin/ls", [b"ls", b"-l"], {"flags": F_ERROR_CWD, "cwd": b""}),
         (b"/usr/bin/python3.11", [b"python3", b"x.py"], {"exe": b"/usr/lib/python3.11", "ino": 0}),
         (b"/usr/bin/python3.11", [b"python3"], {"exe": b"/usr/lib/py\"thon"}),  # exe != binary, with inode
@@ -124,12 +127,15 @@ def records() -> list[bytes]:
     return r
 
 
-def world(node: str, fast: bool, pods=None, pods_in_python: bool = False):
+HOST_NS = (4026531838, 0, 4026531841, 0, 0, 4026531840, 0, 0, 0, 0)  # the host's uts, mnt and net
+
+
+def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_ns: bool = False):
     decoder = ProcessDecoder(_Obj())  # type: ignore[arg-type]
     cache = ProcessCache(node, capacity=20)  # small: the records make it evict
     clock = KtimeClock()
     clock.offset_ns = OFFSET_NS
-    enc = ProcessEventEncoder(EncoderOptions(node), (0,) * 10, clock)
+    enc = ProcessEventEncoder(EncoderOptions(node, process_cred=cred_ns, process_ns=cred_ns), HOST_NS, clock)
     counters = ProcessCounters()
     enc.attach_pod_resolver(pods)
     events = ProcessEvents(ProcessEventsContext(node, cache, enc, None, counters))
@@ -176,11 +182,11 @@ def _assert_same(outs: dict) -> list:
     return py_lines
 
 
-def _worlds(node: str, pods=None, pods_in_python: bool = False) -> dict:
+def _worlds(node: str, pods=None, pods_in_python: bool = False, cred_ns: bool = False) -> dict:
     out = {}
     for fast in (False, True):
         resolver = pods() if pods is not None else None
-        handle, cache, counters, _ = world(node, fast, resolver, pods_in_python)
+        handle, cache, counters, _ = world(node, fast, resolver, pods_in_python, cred_ns)
         out[fast] = (handle, cache, counters, resolver)
     return out
 
@@ -188,12 +194,19 @@ def _worlds(node: str, pods=None, pods_in_python: bool = False) -> dict:
 @pytest.mark.parametrize("node", ["node-1", 'we"ird\\node', "nœud-ü", "\x07bell"])
 @pytest.mark.parametrize("batch", [1, 7, 1000])
 @pytest.mark.parametrize("in_pod", [False, True])
-def test_same_bytes_counters_and_cache(node, batch, in_pod):
-    """Every record variant, as host processes and (in_pod) with a resolver placing their cgroup in a pod."""
+@pytest.mark.parametrize("cred_ns", [False, True])
+def test_same_bytes_counters_and_cache(node, batch, in_pod, cred_ns):
+    """Every record variant, as host processes and (in_pod) with a resolver placing their cgroup in a pod, with
+    and without --enable-process-cred and --enable-process-ns."""
     pods = (lambda: FakePods({9: WEB})) if in_pod else None
-    outs = _run(_worlds(node, pods), [(None, records())], batch)
+    outs = _run(_worlds(node, pods, cred_ns=cred_ns), [(None, records())], batch)
     lines = _assert_same(outs)
     assert len(lines) > 40
+    joined = b"".join(line for _, line, _, _ in lines)
+    for member in (b'"cap":{"permitted":["CAP_CHOWN"', b'"process_credentials":{"uid":1000,"gid":1001',
+                   b'"securebits":["SecBitNoRoot"', b'"ns":{"uts":{"inum":4026531838,"is_host":true}',
+                   b'"net":{"inum":4026532111}'):
+        assert (member in joined) == cred_ns, member
     assert all((b'"pod":{' in line) == in_pod for kind, line, _, _ in lines if kind == "process_exec")
     py_c = outs[False][2]
     assert py_c.duplicates == 2 and py_c.exit_misses == 2 and py_c.parent_misses >= 1
@@ -262,10 +275,10 @@ def _pods() -> FakePods:
 
 
 @pytest.mark.parametrize("batch", [1, 5, 1000])
-@pytest.mark.parametrize("pods_in_python", [False, True])
-def test_pods_same_bytes_counters_and_cache(batch, pods_in_python):
+@pytest.mark.parametrize("pods_in_python,cred_ns", [(False, False), (True, False), (False, True)])
+def test_pods_same_bytes_counters_and_cache(batch, pods_in_python, cred_ns):
     """Processes in and out of pods, a late pod, a deleted pod: the same bytes, counters, cache and Process.pod."""
-    lines = _assert_same(_run(_worlds("node-1", _pods, pods_in_python), pod_phases(), batch))
+    lines = _assert_same(_run(_worlds("node-1", _pods, pods_in_python, cred_ns), pod_phases(), batch))
     by = {(kind, key[0]): line for kind, line, key, _ in lines}
     web = by[("process_exec", 40_000)]
     assert b'"pod":{"namespace":"default","name":"we\\"b-\xc3\xbc\\\\x","uid":"uid-1","container":{"id":' in web
@@ -304,9 +317,10 @@ def _pod_dict(m: PodMatch) -> dict:
     return pod_dict(m, 0)
 
 
-def test_fast_path_takes_the_common_records():
+@pytest.mark.parametrize("cred_ns", [False, True])
+def test_fast_path_takes_the_common_records(cred_ns):
     """The common records (absolute path, known parent) really go through C: the Python path is not called."""
-    handle, cache, counters, events = world("n", True)
+    handle, cache, counters, events = world("n", True, cred_ns=cred_ns)
     calls: list = []
     events.handle_records = lambda *a: calls.append(a) or []  # type: ignore[method-assign]
     out = handle([exec_rec(30_001, 5_000, b"/bin/a", [b"a", b"b c"]), exit_rec(30_001, 5_000, 5_001, 2 << 8)])
