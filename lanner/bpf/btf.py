@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 BTF_MAGIC = 0xEB9F
 
@@ -24,7 +26,7 @@ class BtfError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     name: str
     type_id: int
@@ -32,8 +34,14 @@ class Member:
     bitfield_size: int = 0
 
 
-@dataclass
+_NO_ENUMS: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class BtfType:
+    """One BTF type. Slotted, with shared empty payloads: an object's BTF has thousands of types and the agent keeps
+    each loaded object's (about 1.5 MiB for the process sensor's with a ``__dict__`` and four containers per
+    type, docs/performance.md §3)."""
     id: int
     kind: int
     name: str
@@ -44,10 +52,10 @@ class BtfType:
     int_bits: int = 0
     int_signed: bool = False
     array: tuple[int, int] | None = None  # (elem type, nelems)
-    members: list[Member] = field(default_factory=list)
-    enum_values: dict[str, int] = field(default_factory=dict)
-    secinfo: list[tuple[int, int, int]] = field(default_factory=list)  # DATASEC (var type, offset, size)
-    params: list[tuple[str, int]] = field(default_factory=list)  # FUNC_PROTO
+    members: Sequence[Member] = ()
+    enum_values: Mapping[str, int] = field(default_factory=lambda: _NO_ENUMS)  # shared, not a new dict
+    secinfo: Sequence[tuple[int, int, int]] = ()  # DATASEC (var type, offset, size)
+    params: Sequence[tuple[str, int]] = ()  # FUNC_PROTO
 
 
 class Btf:
@@ -127,34 +135,29 @@ class Btf:
                 pos += 12
                 t.array = (elem, n)
             elif kind in (KIND_STRUCT, KIND_UNION):
+                members = []
                 for _ in range(vlen):
                     m_name, m_type, m_off = unpack("<III", data, pos)
                     pos += 12
                     if kflag:
-                        t.members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
+                        members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
                     else:
-                        t.members.append(Member(self._str(m_name), m_type, m_off))
-            elif kind == KIND_ENUM:
-                for _ in range(vlen):
-                    e_name, e_val = unpack("<Ii", data, pos)
-                    pos += 8
-                    t.enum_values[self._str(e_name)] = e_val
-            elif kind == KIND_ENUM64:
-                for _ in range(vlen):
-                    e_name, lo, hi = unpack("<III", data, pos)
-                    pos += 12
-                    t.enum_values[self._str(e_name)] = (hi << 32) | lo
+                        members.append(Member(self._str(m_name), m_type, m_off))
+                t.members = tuple(members)
+            elif kind in (KIND_ENUM, KIND_ENUM64):
+                pos = self._parse_enum(t, data, pos, kind == KIND_ENUM64)
             elif kind == KIND_FUNC_PROTO:
+                params = []
                 for _ in range(vlen):
                     p_name, p_type = unpack("<II", data, pos)
                     pos += 8
-                    t.params.append((self._str(p_name), p_type))
+                    params.append((self._str(p_name), p_type))
+                t.params = tuple(params)
             elif kind == KIND_VAR:
                 pos += 4
             elif kind == KIND_DATASEC:
-                for _ in range(vlen):
-                    t.secinfo.append(unpack("<III", data, pos))
-                    pos += 12
+                t.secinfo = tuple(unpack("<III", data, pos + 12 * i) for i in range(vlen))
+                pos += 12 * vlen
             elif kind == KIND_DECL_TAG:
                 pos += 4
             elif kind not in (KIND_PTR, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT,
@@ -164,6 +167,21 @@ class Btf:
             if t.name:
                 self._by_name.setdefault((kind, t.name), tid)
             tid += 1
+
+    def _parse_enum(self, t: BtfType, data: bytes, pos: int, wide: bool) -> int:
+        """ENUM (4-byte signed values) or ENUM64 (two 4-byte halves) values of ``t``; returns the next position."""
+        values: dict[str, int] = {}
+        for _ in range(t.vlen):
+            if wide:
+                e_name, lo, hi = struct.unpack_from("<III", data, pos)
+                pos += 12
+                values[self._str(e_name)] = (hi << 32) | lo
+            else:
+                e_name, e_val = struct.unpack_from("<Ii", data, pos)
+                pos += 8
+                values[self._str(e_name)] = e_val
+        t.enum_values = values
+        return pos
 
     # ---------------------------------------------------------------- queries
     def find(self, name: str, kind: int) -> BtfType:
