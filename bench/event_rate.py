@@ -26,6 +26,7 @@ LANNER_BENCH_AGENT_PRELUDE): every flood process is then in one pod with a conta
 with --enable-k8s-api, and its JSON carries ``pod`` and ``docker``.
 
 Usage: .venv/bin/python bench/event_rate.py [--steps 25,40,50,60,75,100,150,200,300] [--step-s 3] [--pods]
+       [--agent-arg=--enable-process-cred ...]
 """
 
 from __future__ import annotations
@@ -323,6 +324,8 @@ def main() -> int:
     ap.add_argument("--export-dir", default=None, help="where the agent writes its export file (default /tmp)")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--pods", action="store_true", help="a synthetic pod resolver places the flood in a pod")
+    ap.add_argument("--agent-arg", action="append", default=[],
+                    help="one more agent flag (repeatable), e.g. --agent-arg=--enable-process-cred")
     ap.add_argument("--budget-s", type=float, default=115.0)
     ap.add_argument("--consumer", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -373,7 +376,8 @@ def main() -> int:
         # ---- the agent
         if args.pods:
             os.environ["LANNER_BENCH_AGENT_PRELUDE"] = pods_prelude()
-        agent = C.start_agent(stack, work, "--skip-probe", "--rb-size", str(rb_size), pin_dir=pin, name="rate")
+        agent = C.start_agent(stack, work, "--skip-probe", "--rb-size", str(rb_size), *args.agent_arg, pin_dir=pin,
+                              name="rate")
         st0 = agent.wait_ready()
         flood = C.Flood(pin_dir=pin)
         stack.callback(flood.close)
@@ -455,6 +459,7 @@ def main() -> int:
     print(f"  consumer positions caught half-written by this benchmark's reader: agent {agent_torn}"
           + (f", raw baseline {raw_torn}" if "raw" in results else "")
           + " (RingBuffer stores the position with struct.pack_into, byte by byte)")
+    print(f"  agent: extra flags: {' '.join(args.agent_arg) or 'none'}")
     print(f"  agent: pod resolver attached: {'yes (FloodPods: every flood process in one pod)' if args.pods else 'no'}")
     print(f"  agent: process records handled by: {st1.get('fastpath') or 'python'} "
           "(LANNER_FASTPATH=0 in this script's environment measures the Python path)")

@@ -18,7 +18,7 @@ with a container) to every agent's encoder, as --enable-k8s-api does; the C path
 rendered in C from the encoder's pod parts (what the agent does), and pods rendered by the Python encoder,
 called from C once per process ("C, pods by Python": the alternative, for comparison).
 
-Usage: .venv/bin/python bench/pipeline_breakdown.py [--pairs 30000] [--rounds 3] [--pods]
+Usage: .venv/bin/python bench/pipeline_breakdown.py [--pairs 30000] [--rounds 3] [--pods] [--cred-ns]
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def make_records(n_pairs: int) -> list[bytes]:
         flood.close()
 
 
-def new_agent(work: Path, tag: str, pods: bool = False):
+def new_agent(work: Path, tag: str, pods: bool = False, cred_ns: bool = False):
     from lanner.agent import Agent, AgentConfig
 
     a = Agent(AgentConfig(node_name="bench", export_stdout=False, export_file=str(work / f"{tag}.log"),
-                          export_file_max_mb=1e6, grpc=None))
+                          export_file_max_mb=1e6, grpc=None, process_cred=cred_ns, process_ns=cred_ns))
     a._open_sinks()
     if pods:
         from event_rate import FloodPods
@@ -109,6 +109,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=115.0)
     ap.add_argument("--pods", action="store_true", help="a synthetic pod resolver places the flood in a pod")
+    ap.add_argument("--cred-ns", action="store_true", help="as --enable-process-cred --enable-process-ns")
     args = ap.parse_args()
     C.require_root()
     from lanner.bpf.btf import Btf
@@ -117,7 +118,8 @@ def main() -> int:
 
     print(f"pipeline_breakdown: machine {C.machine()}; {args.pairs} exec+exit pairs per round, "
           f"{args.rounds} rounds, CPU time per event (median); pod resolver: "
-          f"{'FloodPods (every flood process in one pod)' if args.pods else 'none'}")
+          f"{'FloodPods (every flood process in one pod)' if args.pods else 'none'}"
+          f"{'; --enable-process-cred --enable-process-ns' if args.cred_ns else ''}")
     load = C.LoadMonitor()
     stages: dict[str, list[float]] = {k: [] for k in ("read", "decode", "handle", "handle (gc off)", "emit",
                                                       "decode+handle (C)", "emit (C path)",
@@ -154,14 +156,14 @@ def main() -> int:
             sizes = {"exec": len(raws[0]), "exit": len(raws[1])}
 
             recs, t_dec = timed(decoder.decode, raws)
-            a = new_agent(work, "gc-on", args.pods)
+            a = new_agent(work, "gc-on", args.pods, args.cred_ns)
             gc.collect()
             out, t_handle = timed(handler(a), recs)
             _, t_emit = timed(lambda: (a.emit(out), a.export.flush()))
             a.close()
 
             recs2 = decoder.decode(raws)
-            b = new_agent(work, "gc-off", args.pods)
+            b = new_agent(work, "gc-off", args.pods, args.cred_ns)
             gc.collect()
             gc.disable()
             try:
@@ -173,7 +175,7 @@ def main() -> int:
                          ("emit", t_emit)):
                 stages[k].append(t / n * 1e6)
             if fast_module is not None:  # the C fast path: decode and handle in one call (sensors/fastproc.c)
-                f = new_agent(work, "fast", args.pods)
+                f = new_agent(work, "fast", args.pods, args.cred_ns)
                 fast = fast_handler(f, fast_module, decoder)
                 gc.collect()
                 fout, t_fast = timed(lambda: [e for i in range(0, n, 4096) for e in fast(raws[i:i + 4096])])
@@ -184,7 +186,7 @@ def main() -> int:
                 stages["decode+handle (C)"].append(t_fast / n * 1e6)
                 stages["emit (C path)"].append(t_femit / n * 1e6)
                 if args.pods:
-                    g = new_agent(work, "fast-pypods", True)
+                    g = new_agent(work, "fast-pypods", True, args.cred_ns)
                     g.encoder.clock.offset_ns = f.encoder.clock.offset_ns  # the same times: comparable bytes
                     gfast = fast_handler(g, fast_module, decoder, pods_in_python=True)
                     gc.collect()
