@@ -346,10 +346,11 @@ def test_field_offsets_match_the_layout():
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("env,want", [({}, "c"), ({"LANNER_FASTPATH": "0"}, "python (LANNER_FASTPATH=0)")])
-def test_running_agent_reports_its_path_and_exports_exactly(tmp_path, env, want):
+@pytest.mark.parametrize("env,want,args", [({}, "c", ()), ({"LANNER_FASTPATH": "0"}, "python (LANNER_FASTPATH=0)", ()),
+                                           ({}, "c", ("--enable-process-cred", "--enable-process-ns"))])
+def test_running_agent_reports_its_path_and_exports_exactly(tmp_path, env, want, args):
     """The agent says in its status which path handles process records, and either exports a real exec exactly."""
-    a = start_agent(tmp_path, env={**os.environ, **env})
+    a = start_agent(tmp_path, *args, env={**os.environ, **env})
     try:
         assert a.status()["fastpath"] == want
         p = subprocess.Popen(["/bin/echo", "fast path", 'q"uote'], cwd="/", stdout=subprocess.DEVNULL)
@@ -358,6 +359,9 @@ def test_running_agent_reports_its_path_and_exports_exactly(tmp_path, env, want)
         assert ex["process"]["binary"] == "/bin/echo" and ex["process"]["arguments"] == '"fast path" q"uote'
         assert ex["process"]["flags"] == "execve rootcwd clone" and ex["parent"]["pid"] == os.getpid()
         assert wait_exit(a, pid=p.pid)["process"] == ex["process"]
+        if args:
+            assert ex["process"]["process_credentials"]["uid"] == os.getuid()
+            assert ex["process"]["ns"]["mnt"]["inum"] == os.stat("/proc/self/ns/mnt").st_ino
     finally:
         a.stop()
 
