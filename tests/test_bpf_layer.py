@@ -160,3 +160,20 @@ def test_ring_records_that_wrap_are_joined(process_obj_path, mounts):
             data_map.close()
             rb.close()
         assert checked > 60 and wrapped > 0, (checked, wrapped)
+
+
+def test_elf_reader_agrees_with_pyelftools(process_obj_path):
+    """lanner/bpf/elf.py (the BTF reader's ELF access, without pyelftools) sees the same sections and defined
+    symbols as pyelftools."""
+    from elftools.elf.elffile import ELFFile
+
+    from lanner.bpf.elf import ElfFile
+
+    ours = ElfFile.read(process_obj_path)
+    with open(process_obj_path, "rb") as fh:
+        ref = ELFFile(fh)
+        assert [s.name for s in ours.sections] == [ref.get_section(i).name for i in range(ref.num_sections())]
+        assert ours.contents(ours.section(".BTF")) == ref.get_section_by_name(".BTF").data()
+        want = sorted((s.name, s["st_shndx"], s["st_value"]) for s in ref.get_section_by_name(".symtab").iter_symbols()
+                      if isinstance(s["st_shndx"], int) and s["st_shndx"] > 0)
+    assert sorted(ours.symbols()) == want and want

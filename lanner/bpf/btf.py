@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
+from .elf import SHT_SYMTAB, ElfError, ElfFile
+
 BTF_MAGIC = 0xEB9F
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD, KIND_TYPEDEF = range(1, 9)
@@ -74,29 +76,26 @@ class Btf:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_elf(cls, path: str | Path) -> "Btf":
-        from elftools.elf.elffile import ELFFile
+        try:
+            elf = ElfFile.read(path)
+        except ElfError as exc:
+            raise BtfError(str(exc)) from None
+        sec = elf.section(".BTF")
+        if sec is None:
+            raise BtfError(f"{path}: no .BTF section (compile with clang -g)")
+        btf = cls(elf.contents(sec))
+        btf._fixup_datasecs(elf)
+        return btf
 
-        with open(path, "rb") as fh:
-            elf = ELFFile(fh)
-            sec = elf.get_section_by_name(".BTF")
-            if sec is None:
-                raise BtfError(f"{path}: no .BTF section (compile with clang -g)")
-            btf = cls(sec.data())
-            btf._fixup_datasecs(elf)
-            return btf
-
-    def _fixup_datasecs(self, elf) -> None:
+    def _fixup_datasecs(self, elf: ElfFile) -> None:
         """clang leaves DATASEC variable offsets at 0 in object files; take them from the symbol
         table, as libbpf does at open time."""
-        symtab = elf.get_section_by_name(".symtab")
-        if symtab is None:
+        if not any(s.type == SHT_SYMTAB for s in elf.sections):
             return
-        index = {elf.get_section(i).name: i for i in range(elf.num_sections())}
+        index = {s.name: s.index for s in elf.sections}
         by_sec: dict[int, dict[str, int]] = {}
-        for sym in symtab.iter_symbols():
-            shndx = sym["st_shndx"]
-            if isinstance(shndx, int):
-                by_sec.setdefault(shndx, {})[sym.name] = sym["st_value"]
+        for name, shndx, value in elf.symbols():
+            by_sec.setdefault(shndx, {})[name] = value
         for t in self.types:
             if t is None or t.kind != KIND_DATASEC or t.name not in index:
                 continue
