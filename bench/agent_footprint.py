@@ -13,7 +13,10 @@ Memory (VmRSS from /proc/PID/status, with its anon/file breakdown):
     writes 10,000 synthetic exec records with distinct pids into the agent's ring buffer; none exits,
     so all stay in the process cache (checked through status process_cache.size).
 
-Targets: ready <= 1.5 s, RSS <= 80 MB with 10k cached.
+Targets: ready <= 1.5 s, RSS <= 80 MB (80,000,000 bytes, 76.3 MiB) with 10k cached.
+
+The idle agent's /proc/PID/smaps is summed by kind (BPF map mappings, malloc heap, other anonymous memory, shared
+libraries) to say what the idle floor is made of.
 
 Usage: .venv/bin/python bench/agent_footprint.py [--starts 5] [--cached 10000]
 """
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 READY_TARGET_S = 1.5
-RSS_TARGET_MB = 80.0
+RSS_TARGET_MB = 80.0  # decimal megabytes, as the target is written; figures are printed in MiB
 
 
 def mib(kib: int) -> float:
@@ -49,6 +52,24 @@ def measure_starts(stack: C.Cleanup, work: Path, n: int, extra: tuple[str, ...],
             raise RuntimeError(f"agent exited with {rc}:\n{a.log_tail()}")
         time.sleep(0.2)
     return {"spawn_to_status": spawn_to_status, "ready_s": own}
+
+
+def smaps_kinds(pid: int) -> dict[str, float]:
+    """The process's resident memory in MiB by kind of mapping (/proc/PID/smaps)."""
+    kinds: dict[str, float] = {}
+    kind = ""
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and not head[0].endswith(":"):
+                name = head[5].strip() if len(head) > 5 else ""
+                kind = ("BPF maps (ring buffer)" if name.startswith("anon_inode:bpf") else
+                        "malloc heap [heap]" if name == "[heap]" else
+                        "anonymous (pymalloc arenas, mmap'd blocks, stacks)" if not name or name.startswith("[") else
+                        "shared libraries" if ".so" in name else "other files")
+            elif head[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0.0) + int(head[1]) / 1024
+    return kinds
 
 
 def wait_cache(agent: C.AgentProc, want: int, timeout: float = 30.0) -> dict:
@@ -149,6 +170,7 @@ def main() -> int:
         time.sleep(2.0)
         st0 = agent.status()
         idle = agent.memory()
+        kinds = smaps_kinds(agent.pid)
         base = st0["process_cache"]["size"]
 
         flood = C.Flood(pin_dir=pin)
@@ -174,6 +196,8 @@ def main() -> int:
     for label, m, st in (("idle", idle, st0), (f"+{added} cached", full, st1)):
         print(f"  {label:19} {mib(m['VmRSS']):7.1f} {mib(m['RssAnon']):8.1f} {mib(m['RssFile']):8.1f}"
               f" {mib(m['VmHWM']):7.1f}  {st['process_cache']['size']}")
+    print("  idle, by kind of mapping: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items(),
+                                                                                     key=lambda kv: -kv[1])))
     per = (full["VmRSS"] - idle["VmRSS"]) * 1024 / max(added, 1)
     print(f"  per cached process: {per:.0f} bytes of RSS; records lost while caching: {lost}")
 
@@ -183,12 +207,13 @@ def main() -> int:
 
     med_ready = C.median(ready["default"]["spawn_to_status"])
     rss_full = mib(full["VmRSS"])
+    met = full["VmRSS"] * 1024 <= RSS_TARGET_MB * 1e6
     print("\n" + load.report())
     print("\nsummary")
     print(f"  ready (spawn->status, default flags): {med_ready:.3f} s, target <= {READY_TARGET_S} s: "
           f"{'MET' if med_ready <= READY_TARGET_S else 'MISSED'}")
-    print(f"  RSS with {added} cached: {rss_full:.1f} MiB, target <= {RSS_TARGET_MB:.0f} MB: "
-          f"{'MET' if rss_full <= RSS_TARGET_MB else 'MISSED'} (idle {mib(idle['VmRSS']):.1f} MiB)")
+    print(f"  RSS with {added} cached: {rss_full:.1f} MiB ({full['VmRSS'] * 1024 / 1e6:.1f} MB), target <= "
+          f"{RSS_TARGET_MB:.0f} MB: {'MET' if met else 'MISSED'} (idle {mib(idle['VmRSS']):.1f} MiB)")
     if added < args.cached:
         print(f"  warning: only {added} of {args.cached} synthetic processes were cached")
     return 0
