@@ -327,6 +327,9 @@ def only_program(obj_path: Path, name: str) -> Iterator[tuple[BpfObject, Program
         yield obj, obj.program(name)
     finally:
         obj.close()
+        # each Program refers to its object: without this cycle the object and its BTF go at once, not at the
+        # agent's next cyclic collection (rare: raised thresholds, few allocations when idle)
+        obj.programs.clear()
 
 
 def load_only(obj: BpfObject, feature: str, where: str) -> Feature | None:
