@@ -8,6 +8,8 @@ C header stays the single definition of each record.
 from __future__ import annotations
 
 import struct
+from array import array
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -60,6 +62,40 @@ class BtfType:
     params: Sequence[tuple[str, int]] = ()  # FUNC_PROTO
 
 
+# bytes after the 12-byte header of a type, by kind: (fixed, per vlen entry)
+_TAIL = {KIND_INT: (4, 0), KIND_PTR: (0, 0), KIND_ARRAY: (12, 0), KIND_STRUCT: (0, 12), KIND_UNION: (0, 12),
+         KIND_ENUM: (0, 8), KIND_FWD: (0, 0), KIND_TYPEDEF: (0, 0), KIND_VOLATILE: (0, 0), KIND_CONST: (0, 0),
+         KIND_RESTRICT: (0, 0), KIND_FUNC: (0, 0), KIND_FUNC_PROTO: (0, 8), KIND_VAR: (4, 0), KIND_DATASEC: (0, 12),
+         KIND_FLOAT: (0, 0), KIND_DECL_TAG: (4, 0), KIND_TYPE_TAG: (0, 0), KIND_ENUM64: (0, 12)}
+
+
+class _Types(SequenceABC):
+    """The types by id (0 is void, None), each parsed on first access and kept: the agent keeps the BTF of every
+    loaded object and looks at a few hundred of its thousands of types (docs/performance.md §3)."""
+
+    def __init__(self, btf: "Btf", offsets: array) -> None:
+        self._btf = btf
+        self._offsets = offsets
+        self._parsed: dict[int, BtfType] = {}
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, tid):  # type: ignore[override]
+        if isinstance(tid, slice):
+            return [self[i] for i in range(*tid.indices(len(self)))]
+        if tid < 0:
+            tid += len(self)
+        if not 0 <= tid < len(self):
+            raise IndexError(f"BTF type id {tid} out of range")
+        if tid == 0:
+            return None
+        t = self._parsed.get(tid)
+        if t is None:
+            t = self._parsed[tid] = self._btf._parse_one(tid, self._offsets[tid])
+        return t
+
+
 class Btf:
     def __init__(self, data: bytes) -> None:
         if len(data) < 24:
@@ -68,10 +104,11 @@ class Btf:
         if magic != BTF_MAGIC:
             raise BtfError(f"bad BTF magic {magic:#x}")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self.types: list[BtfType | None] = [None]  # id 0 is void
+        self._data = data
+        self._str_base = hdr_len + str_off
         self._by_name: dict[tuple[int, str], int] = {}
-        self._parse(data, hdr_len + type_off, hdr_len + type_off + type_len)
+        self._datasecs: list[int] = []
+        self.types: Sequence[BtfType | None] = _Types(self, self._scan(hdr_len + type_off, hdr_len + type_off + type_len))
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -96,8 +133,9 @@ class Btf:
         by_sec: dict[int, dict[str, int]] = {}
         for name, shndx, value in elf.symbols():
             by_sec.setdefault(shndx, {})[name] = value
-        for t in self.types:
-            if t is None or t.kind != KIND_DATASEC or t.name not in index:
+        for tid in self._datasecs:
+            t = self.types[tid]
+            if t is None or t.name not in index:
                 continue
             values = by_sec.get(index[t.name], {})
             fixed = []
@@ -111,61 +149,60 @@ class Btf:
         return cls(Path(path).read_bytes())
 
     def _str(self, off: int) -> str:
-        end = self._strings.find(b"\0", off)
-        return self._strings[off:end].decode()
+        start = self._str_base + off
+        return self._data[start:self._data.index(b"\0", start)].decode()
 
-    def _parse(self, data: bytes, pos: int, end: int) -> None:
-        tid = 1
+    def _scan(self, pos: int, end: int) -> array:
+        """Where each type starts (index: type id), and the named ones by (kind, name)."""
+        offsets = array("I", [0])
         unpack = struct.unpack_from
         while pos < end:
-            name_off, info, size_or_type = unpack("<III", data, pos)
-            pos += 12
-            vlen = info & 0xFFFF
+            name_off, info, _ = unpack("<III", self._data, pos)
             kind = (info >> 24) & 0x1F
-            kflag = bool(info >> 31)
-            t = BtfType(tid, kind, self._str(name_off), size_or_type, vlen, kflag)
-            if kind == KIND_INT:
-                (enc,) = unpack("<I", data, pos)
-                pos += 4
-                t.int_bits = enc & 0xFF
-                t.int_signed = bool((enc >> 24) & 1)
-            elif kind == KIND_ARRAY:
-                elem, _idx, n = unpack("<III", data, pos)
-                pos += 12
-                t.array = (elem, n)
-            elif kind in (KIND_STRUCT, KIND_UNION):
-                members = []
-                for _ in range(vlen):
-                    m_name, m_type, m_off = unpack("<III", data, pos)
-                    pos += 12
-                    if kflag:
-                        members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
-                    else:
-                        members.append(Member(self._str(m_name), m_type, m_off))
-                t.members = tuple(members)
-            elif kind in (KIND_ENUM, KIND_ENUM64):
-                pos = self._parse_enum(t, data, pos, kind == KIND_ENUM64)
-            elif kind == KIND_FUNC_PROTO:
-                params = []
-                for _ in range(vlen):
-                    p_name, p_type = unpack("<II", data, pos)
-                    pos += 8
-                    params.append((self._str(p_name), p_type))
-                t.params = tuple(params)
-            elif kind == KIND_VAR:
-                pos += 4
-            elif kind == KIND_DATASEC:
-                t.secinfo = tuple(unpack("<III", data, pos + 12 * i) for i in range(vlen))
-                pos += 12 * vlen
-            elif kind == KIND_DECL_TAG:
-                pos += 4
-            elif kind not in (KIND_PTR, KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT,
-                              KIND_FUNC, KIND_FLOAT, KIND_TYPE_TAG):
-                raise BtfError(f"unknown BTF kind {kind} at type {tid}")
-            self.types.append(t)
-            if t.name:
-                self._by_name.setdefault((kind, t.name), tid)
-            tid += 1
+            tail = _TAIL.get(kind)
+            if tail is None:
+                raise BtfError(f"unknown BTF kind {kind} at type {len(offsets)}")
+            if name_off:
+                self._by_name.setdefault((kind, self._str(name_off)), len(offsets))
+            if kind == KIND_DATASEC:
+                self._datasecs.append(len(offsets))
+            offsets.append(pos)
+            pos += 12 + tail[0] + tail[1] * (info & 0xFFFF)
+        return offsets
+
+    def _parse_one(self, tid: int, pos: int) -> BtfType:
+        """The type ``tid`` whose 12-byte header is at ``pos``."""
+        data, unpack = self._data, struct.unpack_from
+        name_off, info, size_or_type = unpack("<III", data, pos)
+        pos += 12
+        vlen = info & 0xFFFF
+        kind = (info >> 24) & 0x1F
+        kflag = bool(info >> 31)
+        t = BtfType(tid, kind, self._str(name_off), size_or_type, vlen, kflag)
+        if kind == KIND_INT:
+            (enc,) = unpack("<I", data, pos)
+            t.int_bits = enc & 0xFF
+            t.int_signed = bool((enc >> 24) & 1)
+        elif kind == KIND_ARRAY:
+            elem, _idx, n = unpack("<III", data, pos)
+            t.array = (elem, n)
+        elif kind in (KIND_STRUCT, KIND_UNION):
+            members = []
+            for i in range(vlen):
+                m_name, m_type, m_off = unpack("<III", data, pos + 12 * i)
+                if kflag:
+                    members.append(Member(self._str(m_name), m_type, m_off & 0xFFFFFF, m_off >> 24))
+                else:
+                    members.append(Member(self._str(m_name), m_type, m_off))
+            t.members = tuple(members)
+        elif kind in (KIND_ENUM, KIND_ENUM64):
+            self._parse_enum(t, data, pos, kind == KIND_ENUM64)
+        elif kind == KIND_FUNC_PROTO:
+            t.params = tuple((self._str(p_name), p_type)
+                             for p_name, p_type in (unpack("<II", data, pos + 8 * i) for i in range(vlen)))
+        elif kind == KIND_DATASEC:
+            t.secinfo = tuple(unpack("<III", data, pos + 12 * i) for i in range(vlen))
+        return t
 
     def _parse_enum(self, t: BtfType, data: bytes, pos: int, wide: bool) -> int:
         """ENUM (4-byte signed values) or ENUM64 (two 4-byte halves) values of ``t``; returns the next position."""
