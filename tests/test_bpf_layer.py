@@ -177,3 +177,33 @@ def test_elf_reader_agrees_with_pyelftools(process_obj_path):
         want = sorted((s.name, s["st_shndx"], s["st_value"]) for s in ref.get_section_by_name(".symtab").iter_symbols()
                       if isinstance(s["st_shndx"], int) and s["st_shndx"] > 0)
     assert sorted(ours.symbols()) == want and want
+
+
+def test_lazy_btf_agrees_with_libbpf(process_obj_path):
+    """lanner/bpf/btf.py parses a type on first access: every type, read in any order, has the kind, size and
+    member count libbpf's own parse of the object gives, and nothing is parsed before it is asked for."""
+    import ctypes
+
+    from lanner.bpf.btf import Btf
+
+    lib = ctypes.CDLL("libbpf.so.1")
+    lib.btf__parse_elf.restype = ctypes.c_void_p
+    lib.btf__parse_elf.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+    lib.btf__type_cnt.argtypes = (ctypes.c_void_p,)
+    lib.btf__type_by_id.restype = ctypes.POINTER(ctypes.c_uint32 * 3)
+    lib.btf__type_by_id.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+    lib.btf__free.argtypes = (ctypes.c_void_p,)
+    ref = lib.btf__parse_elf(str(process_obj_path).encode(), None)
+    assert ref
+    try:
+        btf = Btf.from_elf(process_obj_path)
+        # only the DATASECs the symbol table fixed up and their variables are parsed at open
+        assert 0 < len(btf.types._parsed) < len(btf.types) // 10
+        assert len(btf.types) == lib.btf__type_cnt(ref)
+        for tid in reversed(range(1, len(btf.types))):
+            _name, info, size = lib.btf__type_by_id(ref, tid).contents
+            t = btf.types[tid]
+            assert (t.kind, t.vlen, t.size_or_type) == ((info >> 24) & 0x1F, info & 0xFFFF, size), tid
+            assert len(t.members) == (t.vlen if t.kind in (4, 5) else 0)
+    finally:
+        lib.btf__free(ref)
