@@ -5,7 +5,6 @@ offset = sym.st_value - segment.p_vaddr + segment.p_offset, for the PT_LOAD segm
 
 from __future__ import annotations
 
-from elftools.elf.elffile import ELFFile
 
 
 class SymbolError(LookupError):
@@ -16,6 +15,8 @@ def resolve_symbols(path: str, symbols: tuple[str, ...] | list[str]) -> dict[str
     """Every symbol's file offset; raises SymbolError naming what is missing."""
     want = set(symbols)
     found: dict[str, int] = {}
+    from elftools.elf.elffile import ELFFile  # imported on first use: 3 MiB an agent without uprobes never needs
+
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         segs = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]

@@ -14,7 +14,6 @@ import re
 import struct
 from dataclasses import dataclass
 
-from elftools.elf.elffile import ELFFile
 
 from .abi import GL_CONST, GL_MEM, GL_REG
 
@@ -95,6 +94,8 @@ def _file_offset(segs: list, addr: int) -> int | None:
 def find_probes(path: str, provider: str, name: str) -> list[UsdtProbe]:
     """Every site of ``provider:name`` in the ELF at ``path`` (a probe can be inlined at several)."""
     out: list[UsdtProbe] = []
+    from elftools.elf.elffile import ELFFile  # imported on first use: 3 MiB an agent without uprobes never needs
+
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
