@@ -55,7 +55,7 @@ def test_tiny_ring_buffer_makes_loss_counter_rise(tmp_path):
     a = start_agent(tmp_path, "--rb-size", "4096")
     try:
         assert a.status()["ringbuf"]["size_bytes"] == 4096
-        os.kill(a.proc.pid, signal.SIGSTOP)  # nobody consumes: the 4 KiB ring fills at once
+        os.kill(a.proc.pid, signal.SIGSTOP)  # nobody consumes: the 16 KiB ring fills at once
         try:
             _burst(200, "loss-marker")
         finally:
@@ -165,9 +165,10 @@ def test_one_ring_orders_policy_events_after_their_exec_and_counts_their_losses(
     watched.mkdir()
     policy = tmp_path / "ring.yaml"
     policy.write_text(policy_yaml("one-ring", openat_prefix(str(watched))))
-    a = start_agent(tmp_path, "--rb-size", "4096", "--tracing-policy", str(policy))
+    # 16 KiB: room for the three cats' records beside a busy machine's other execs, yet full at once when stopped
+    a = start_agent(tmp_path, "--rb-size", "16384", "--tracing-policy", str(policy))
     try:
-        assert a.status()["ringbuf"]["size_bytes"] == 4096
+        assert a.status()["ringbuf"]["size_bytes"] == 16384
         script = f"for i in 1 2 3; do /bin/cat {watched}/f$i 2>/dev/null; done"
         subprocess.run(["/bin/sh", "-c", script])
         evs = a.wait_for(lambda e: len([x for x in e if x.get("process_kprobe", {}).get("policy_name") == "one-ring"])
@@ -181,7 +182,7 @@ def test_one_ring_orders_policy_events_after_their_exec_and_counts_their_losses(
                 assert exec_at and exec_at[0] < i, "the policy event came before its process's exec"
         os.kill(a.proc.pid, signal.SIGSTOP)  # nobody consumes: the 4 KiB ring fills at once
         try:
-            subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 100 ]; do /bin/cat {watched}/g 2>/dev/null;"
+            subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 300 ]; do /bin/cat {watched}/g 2>/dev/null;"
                                              " i=$((i+1)); done"])
         finally:
             os.kill(a.proc.pid, signal.SIGCONT)
