@@ -13,7 +13,7 @@ paused (the difference is what waking the reader costs inside the programs). Eac
 the mean time per exec; the overhead is median(on) / median(off) - 1. The agent's CPU time during the
 "on" loops and the number of /bin/true execs it exported are printed too (it must see all of them).
 
-Target: <= 3 % overhead.
+Target: <= 1 % overhead (issue 16), on a quiet machine: the background line says how quiet it was.
 
 Usage: .venv/bin/python bench/exec_overhead.py [--iterations 1000] [--rounds 5]
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-TARGET = 0.03
+TARGET = 0.01  # issue 16: fork+exec overhead <= 1 % on a quiet machine
 TRUE = "/bin/true"
 
 
@@ -99,6 +99,8 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=1000, help="execs per loop")
     ap.add_argument("--rounds", type=int, default=5, help="off/on rounds")
     ap.add_argument("--budget-s", type=float, default=115.0)
+    ap.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                    help="one more agent flag (repeatable), e.g. --agent-arg=--tracing-policy-dir= for no rules")
     args = ap.parse_args()
     C.require_root()
     print(f"exec_overhead: machine {C.machine()}; {args.iterations} execs per loop, {args.rounds} rounds")
@@ -128,7 +130,7 @@ def main() -> int:
                     for k, v in measure(args.iterations).items():
                         res["off"][k].append(v)
                     continue
-                agent = C.start_agent(stack, work, "--skip-probe", pin_dir=pin, name=f"exec-{r}")
+                agent = C.start_agent(stack, work, "--skip-probe", *args.agent_arg, pin_dir=pin, name=f"exec-{r}")
                 agent.wait_ready(via="readyz")  # no gRPC client in this forking process
                 time.sleep(0.5)  # let the start-up settle (seeding, first housekeeping)
                 cpu0 = agent.cpu_s()
@@ -167,7 +169,8 @@ def main() -> int:
 
         # the in-kernel share: the agent's programs' own run time per exec (kernel BPF statistics are
         # on only for this extra agent, so they do not weigh on the rounds above), consumed and paused
-        agent = C.start_agent(stack, work, "--skip-probe", "--enable-bpf-stats", pin_dir=pin, name="exec-stats")
+        agent = C.start_agent(stack, work, "--skip-probe", "--enable-bpf-stats", *args.agent_arg, pin_dir=pin,
+                              name="exec-stats")
         agent.wait_ready(via="readyz")
         time.sleep(0.5)
         bpf_ns = {}
