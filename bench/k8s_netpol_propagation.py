@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as C  # noqa: E402
-from k8s_propagation import nearest_rank  # noqa: E402
+from k8s_propagation import apply_delete_percentiles  # noqa: E402
 
 PORT = 8080
 SETTLE_S = 0.5  # a state counts once it has held this long (a slow SYN on a busy machine is not a drop)
@@ -109,9 +109,7 @@ def rounds(cp, probe: Probe, n: int) -> dict:
             removed.append(t_ok - t2)
             print(f"round {i}: kubectl {t1 - t0:.3f} s, dropping {t_drop - t0:.3f} s after kubectl start "
                   f"({t_drop - t1:+.3f} s after its exit), connecting {t_ok - t2:.3f} s after delete", flush=True)
-    return {name: {"p50": round(nearest_rank(xs, 0.5), 4), "p99": round(nearest_rank(xs, 0.99), 4)}
-            for name, xs in (("apply_from_kubectl_start", start), ("apply_from_stored", stored),
-                             ("delete_from_kubectl_start", removed))}
+    return apply_delete_percentiles(start, stored, removed)
 
 
 def start_pods(stack: C.Cleanup, node) -> Probe:

@@ -39,6 +39,14 @@ def nearest_rank(xs: list[float], q: float) -> float:
     return s[max(0, math.ceil(q * len(s)) - 1)] if s else float("nan")
 
 
+def apply_delete_percentiles(start: list[float], stored: list[float], removed: list[float]) -> dict:
+    """p50/p99 of the three series both propagation benches report (apply from kubectl's start, from the
+    object stored, delete from kubectl's start)."""
+    return {name: {"p50": round(nearest_rank(xs, 0.5), 4), "p99": round(nearest_rank(xs, 0.99), 4)}
+            for name, xs in (("apply_from_kubectl_start", start), ("apply_from_stored", stored),
+                             ("delete_from_kubectl_start", removed))}
+
+
 def policy(name: str, prefix: str) -> str:
     """The Sigkill policy applied: openat of a path under ``prefix`` kills the opener."""
     return policy_yaml(name, "Prefix", [prefix], action="Sigkill")
@@ -76,9 +84,7 @@ def rounds(cp, n: int) -> dict:
             removed.append(t_free - t2)
             print(f"round {i}: kubectl {t1 - t0:.3f} s, enforcing {t_kill - t0:.3f} s after kubectl start, "
                   f"delete {t3 - t2:.3f} s, not enforcing {t_free - t2:.3f} s", flush=True)
-    return {name: {"p50": round(nearest_rank(xs, 0.5), 4), "p99": round(nearest_rank(xs, 0.99), 4)}
-            for name, xs in (("apply_from_kubectl_start", start), ("apply_from_stored", stored),
-                             ("delete_from_kubectl_start", removed))}
+    return apply_delete_percentiles(start, stored, removed)
 
 
 def pods_rss(cp, agent: C.AgentProc, n: int) -> dict:

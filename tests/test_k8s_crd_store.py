@@ -22,6 +22,7 @@ import pytest
 from lanner.netdp.kvstore.crd_liveness import NodeLiveness
 from lanner.netdp.kvstore.crd_store import CrdStore
 from tests.k8s_harness import MANIFESTS, ControlPlane
+from tests.test_multinode import wait
 
 CRDS = ("lanneridentities.lanner.io", "lannerendpoints.lanner.io", "lannernodes.lanner.io")
 
@@ -41,16 +42,6 @@ def delete_node_objects(k8s: ControlPlane, *nodes: str) -> None:
     for n in nodes:
         k8s.kubectl("delete", "lannerendpoints", "-l", f"lanner.io/node={n}", "--ignore-not-found", check=False)
         k8s.kubectl("delete", "lannernodes", n, "--ignore-not-found", check=False)
-
-
-def wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
