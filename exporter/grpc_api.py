@@ -201,6 +201,7 @@ class GrpcConfig:
     enable_deprecated_policy_rpcs: bool = False
     max_queue: int = 10000  # events per client before drops
     events_address: str | None = None  # unix:///path: GetEvents framed by lanner itself (exporter/api/h2events.py)
+    framed_events: bool = True  # a unix address: lanner's front routes GetEvents to its framing (api/front.py)
     max_clients: int = 64
     info_file: Path | None = DEFAULT_INFO_FILE
 
@@ -228,11 +229,14 @@ class GrpcApiServer:
         self._server = grpc.server(ThreadPoolExecutor(max_workers=config.max_clients + 8,
                                                       thread_name_prefix="lanner-grpc"),
                                    options=[("grpc.so_reuseport", 0)])
-        self._server.add_generic_rpc_handlers((self._handlers(), self._lanner_handlers()))
+        self._methods = self._unary_methods()
+        self._server.add_generic_rpc_handlers(self._handlers())
+        self._front: Path | None = None  # unix addresses: grpcio's private socket behind lanner's front
         self.address = self._bind()
         self._server.start()
-        if self._socket_path is not None:
+        if self._socket_path is not None and self._front is None:
             os.chmod(self._socket_path, 0o660)
+        self._main_front = self._start_front()
         self._events = self._start_events_listener()
         self._write_info()
         log.info("gRPC API on %s", self.address)
@@ -250,9 +254,12 @@ class GrpcApiServer:
                     raise RuntimeError(f"another agent is already serving {path}")
                 path.unlink()
             self._socket_path = path
-            old = os.umask(0o117)
+            if self.cfg.framed_events:  # grpcio listens privately; lanner's front owns the public socket
+                self._front = path.with_name(f".{path.name}.grpcio")
+                self._front.unlink(missing_ok=True)
+            old = os.umask(0o177 if self._front else 0o117)
             try:
-                self._server.add_insecure_port(addr)
+                self._server.add_insecure_port(f"unix://{self._front}" if self._front else addr)
             finally:
                 os.umask(old)
             return addr
@@ -271,6 +278,15 @@ class GrpcApiServer:
         host = addr.rsplit(":", 1)[0]
         return f"{host}:{port}"
 
+    def _start_front(self) -> Any:
+        """The public unix socket: GetEvents framed by lanner, other calls spliced to grpcio (front.py)."""
+        if self._front is None:
+            return None
+        from lanner.exporter.api.h2events import EventsServer
+
+        return EventsServer(self._socket_path, self._subscribe_raw, self._unsubscribe, self.call_unary,
+                            backend=self._front)
+
     def _start_events_listener(self) -> Any:
         addr = self.cfg.events_address
         if not addr:
@@ -279,7 +295,7 @@ class GrpcApiServer:
             raise ValueError(f"--server-events-address {addr}: only unix:///path is served")
         from lanner.exporter.api.h2events import EventsServer
 
-        srv = EventsServer(Path(addr[len("unix://"):]), self._subscribe_raw, self._unsubscribe)
+        srv = EventsServer(Path(addr[len("unix://"):]), self._subscribe_raw, self._unsubscribe, self.call_unary)
         log.info("GetEvents stream (framed by lanner) on %s", addr)
         return srv
 
@@ -313,44 +329,76 @@ class GrpcApiServer:
 
     def stats(self) -> dict:
         subs = self._subs
-        return {"clients": len(subs), "dropped": self.dropped_closed + sum(s.dropped for s in subs),
-                "sent": self.sent_closed + sum(s.sent for s in subs)}
+        out = {"clients": len(subs), "dropped": self.dropped_closed + sum(s.dropped for s in subs),
+               "sent": self.sent_closed + sum(s.sent for s in subs)}
+        if self._main_front is not None:  # connections of the main socket: framed by lanner / handed to grpcio
+            out["connections"] = dict(self._main_front.counts)
+        return out
 
     # ---- RPCs
+    def _unary_methods(self) -> dict[str, tuple[Callable, Any]]:
+        """Full path -> (handler(request, context), request class or None for raw bytes): every unary call,
+        for grpcio's server and for the calls lanner's own framing answers (exporter/api/h2events.py)."""
+        s = sensors_pb2
+        deprecated = self._deprecated
+        methods = {
+            "GetHealth": (self._get_health, tetragon_pb2.GetHealthStatusRequest),
+            "GetVersion": (lambda r, c: s.GetVersionResponse(version=self.agent.version()), s.GetVersionRequest),
+            "GetInfo": (self._get_info, s.GetInfoRequest),
+            "AddTracingPolicy": (self._add_policy, s.AddTracingPolicyRequest),
+            "DeleteTracingPolicy": (self._delete_policy, s.DeleteTracingPolicyRequest),
+            "ListTracingPolicies": (self._list_policies, s.ListTracingPoliciesRequest),
+            "ConfigureTracingPolicy": (self._configure_policy, s.ConfigureTracingPolicyRequest),
+            "EnableTracingPolicy": (self._enable_policy, s.EnableTracingPolicyRequest),
+            "DisableTracingPolicy": (self._disable_policy, s.DisableTracingPolicyRequest),
+            "ListDomains": (lambda r, c: s.ListDomainsResponse(domains=["grpc", "static"]), s.ListDomainsRequest),
+            "ListSensors": (deprecated("ListSensors"), s.ListSensorsRequest),
+            "EnableSensor": (deprecated("EnableSensor"), s.EnableSensorRequest),
+            "DisableSensor": (deprecated("DisableSensor"), s.DisableSensorRequest),
+            "RemoveSensor": (deprecated("RemoveSensor"), s.RemoveSensorRequest),
+            "RuntimeHook": (lambda r, c: tetragon_pb2.RuntimeHookResponse(), tetragon_pb2.RuntimeHookRequest),
+            "GetDebug": (self._get_debug, s.GetDebugRequest),
+            "SetDebug": (self._set_debug, s.SetDebugRequest),
+        }
+        out: dict[str, tuple[Callable, Any]] = {f"/{SERVICE}/{k}": v for k, v in methods.items()}
+        out[STATUS_METHOD] = (lambda req, ctx: orjson.dumps(self.agent.status()), None)
+        return out
+
     def _handlers(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable, req_cls: Any) -> grpc.RpcMethodHandler:
+            if req_cls is None:  # raw bytes in and out
+                return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=None, response_serializer=None)
             return grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=req_cls.FromString, response_serializer=lambda m: m.SerializeToString())
 
-        s = sensors_pb2
-        deprecated = self._deprecated
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "GetEvents": grpc.unary_stream_rpc_method_handler(
-                self._get_events, request_deserializer=events_pb2.GetEventsRequest.FromString,
-                response_serializer=None),  # the stream carries pre-encoded bytes
-            "GetHealth": unary(self._get_health, tetragon_pb2.GetHealthStatusRequest),
-            "GetVersion": unary(lambda r, c: s.GetVersionResponse(version=self.agent.version()), s.GetVersionRequest),
-            "GetInfo": unary(self._get_info, s.GetInfoRequest),
-            "AddTracingPolicy": unary(self._add_policy, s.AddTracingPolicyRequest),
-            "DeleteTracingPolicy": unary(self._delete_policy, s.DeleteTracingPolicyRequest),
-            "ListTracingPolicies": unary(self._list_policies, s.ListTracingPoliciesRequest),
-            "ConfigureTracingPolicy": unary(self._configure_policy, s.ConfigureTracingPolicyRequest),
-            "EnableTracingPolicy": unary(self._enable_policy, s.EnableTracingPolicyRequest),
-            "DisableTracingPolicy": unary(self._disable_policy, s.DisableTracingPolicyRequest),
-            "ListDomains": unary(lambda r, c: s.ListDomainsResponse(domains=["grpc", "static"]), s.ListDomainsRequest),
-            "ListSensors": unary(deprecated("ListSensors"), s.ListSensorsRequest),
-            "EnableSensor": unary(deprecated("EnableSensor"), s.EnableSensorRequest),
-            "DisableSensor": unary(deprecated("DisableSensor"), s.DisableSensorRequest),
-            "RemoveSensor": unary(deprecated("RemoveSensor"), s.RemoveSensorRequest),
-            "RuntimeHook": unary(lambda r, c: tetragon_pb2.RuntimeHookResponse(), tetragon_pb2.RuntimeHookRequest),
-            "GetDebug": unary(self._get_debug, s.GetDebugRequest),
-            "SetDebug": unary(self._set_debug, s.SetDebugRequest),
-        })
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for path, (fn, req_cls) in self._methods.items():
+            service, name = path[1:].split("/")
+            by_service.setdefault(service, {})[name] = unary(fn, req_cls)
+        by_service[SERVICE]["GetEvents"] = grpc.unary_stream_rpc_method_handler(
+            self._get_events, request_deserializer=events_pb2.GetEventsRequest.FromString,
+            response_serializer=None)  # the stream carries pre-encoded bytes
+        return [grpc.method_handlers_generic_handler(k, v) for k, v in by_service.items()]
 
-    def _lanner_handlers(self) -> grpc.GenericRpcHandler:
-        status = grpc.unary_unary_rpc_method_handler(
-            lambda req, ctx: orjson.dumps(self.agent.status()), request_deserializer=None, response_serializer=None)
-        return grpc.method_handlers_generic_handler("lanner.v1.Agent", {"Status": status})
+    def call_unary(self, path: str, request: bytes) -> tuple[int, str, bytes | None]:
+        """A unary call answered outside grpcio (lanner's framing): (grpc status code, message, response bytes
+        or None), as grpcio's server would answer it."""
+        entry = self._methods.get(path)
+        if entry is None:
+            return grpc.StatusCode.UNIMPLEMENTED.value[0], f"Method not found: {path}", None
+        fn, req_cls = entry
+        try:
+            req = req_cls.FromString(request) if req_cls is not None else request
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            return grpc.StatusCode.INTERNAL.value[0], f"request of {path}: {exc}", None
+        try:
+            resp = fn(req, _CallContext())
+        except _Aborted as exc:
+            return exc.code.value[0], exc.details, None
+        except Exception as exc:  # noqa: BLE001 - what grpcio answers for a handler's exception
+            log.warning("%s failed: %s", path, exc)
+            return grpc.StatusCode.UNKNOWN.value[0], f"Exception calling application: {exc}", None
+        return 0, "", resp if isinstance(resp, bytes) else resp.SerializeToString()
 
     def _subscribe(self, request: events_pb2.GetEventsRequest) -> GrpcSubscriber:
         """A new client with the request's filters (ValueError: a filter is invalid; OverflowError: the
@@ -478,14 +526,16 @@ class GrpcApiServer:
     # ---- shutdown
     def close(self) -> None:
         self._stopping.set()
-        if self._events is not None:
-            self._events.close()
+        for srv in (self._main_front, self._events):
+            if srv is not None:
+                srv.close()
         for sub in self._subs:
             with sub.cond:
                 sub.cond.notify_all()
         self._server.stop(grace=1.0).wait(3)
-        if self._socket_path is not None:
-            self._socket_path.unlink(missing_ok=True)
+        for path in (self._socket_path, self._front):
+            if path is not None:
+                path.unlink(missing_ok=True)
         if self.cfg.info_file is not None:
             try:
                 info = orjson.loads(self.cfg.info_file.read_bytes())
@@ -493,6 +543,28 @@ class GrpcApiServer:
                     self.cfg.info_file.unlink()
             except (OSError, orjson.JSONDecodeError):
                 pass
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _CallContext:
+    """The part of ``grpc.ServicerContext`` the unary handlers use, for calls answered outside grpcio."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+    def peer(self) -> str:
+        return "unix:"
+
+    def is_active(self) -> bool:
+        return True
+
+    def invocation_metadata(self) -> tuple:
+        return ()
 
 
 def _socket_in_use(path: Path) -> bool:

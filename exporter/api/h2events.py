@@ -6,9 +6,12 @@ the HTTP/2 and gRPC framing itself: each client's queued events (their wire byte
 clients) are joined into DATA frames, within the client's flow-control windows, one socket write per frame.
 Clients built on Tetragon's protos (``tetra getevents --server-address unix://...``) read it unchanged.
 
-It serves that one method: request headers are skipped, not decoded (every call on this socket is a
-``GetEvents``), the request message (filters) is. Everything else stays on ``--server-address``. Clients,
-queues, filters and drop counts are the gRPC server's (``GrpcApiServer``), shared with its own GetEvents.
+Request header blocks are decoded (HPACK) and each call is routed by its ``:path``: ``GetEvents`` streams as
+above; any other method of the API is answered in-process by ``unary(path, request) -> (code, message,
+response)`` (the same handlers grpcio's server runs), so a client may make any call on a connection that
+began with ``GetEvents``. Clients, queues, filters and drop counts are the gRPC server's (``GrpcApiServer``),
+shared with its own GetEvents. The same Connection serves the framed connections of the main API socket
+(exporter/api/front.py routes each connection by its first call).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
 log = logging.getLogger("lanner.grpc")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -32,6 +38,8 @@ MAX_REQUEST = 1 << 20  # a GetEventsRequest (filters) larger than this ends the 
 BATCH = 512  # events joined per write run
 MAX_STREAMS = 16  # open calls per connection; more are refused (RST_STREAM REFUSED_STREAM)
 MAX_CONNECTIONS = 64  # more are closed at once (the gRPC server's client limit applies to calls as well)
+GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
+Unary = Callable[[str, bytes], tuple[int, str, bytes | None]]  # (path, request) -> (grpc code, message, response)
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -58,12 +66,24 @@ class ProtocolError(Exception):
     pass
 
 
+def header_fragment(flags: int, pl: bytes) -> bytes:
+    """A HEADERS frame's header block fragment: padding and priority fields removed."""
+    pad = pl[0] if flags & PADDED and pl else 0
+    if flags & PADDED:
+        pl = pl[1:]
+    if flags & PRIORITY_FLAG:
+        pl = pl[5:]
+    return pl[:len(pl) - pad] if pad else pl
+
+
 class _Stream:
-    def __init__(self, sid: int, window: int) -> None:
+    def __init__(self, sid: int, window: int, path: str) -> None:
         self.sid = sid
         self.window = window
+        self.path = path
         self.body = bytearray()
         self.sub: Any = None  # the GrpcSubscriber once the request is complete
+        self.started = False
         self.closed = False
 
 
@@ -71,10 +91,17 @@ class Connection:
     """One client connection: a reader thread for its frames, a writer thread per open stream."""
 
     def __init__(self, sock: socket.socket, subscribe: Callable[[bytes], Any], unsubscribe: Callable[[Any], None],
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, unary: Unary | None = None, replay: bytes | None = None) -> None:
+        """``replay``: the client's frames after its preface, already read by the front (which also sent this
+        server's SETTINGS); None for a connection read from its start."""
         self.sock = sock
         self.subscribe, self.unsubscribe = subscribe, unsubscribe
+        self.unary = unary
         self.stopping = stopping
+        self.replay = replay
+        self.hpack = Decoder()
+        self.block = bytearray()  # a request header block being assembled (HEADERS + CONTINUATION)
+        self.block_sid = 0
         self.cond = threading.Condition()  # windows, streams, closed
         self.send_lock = threading.Lock()
         self.conn_window = 65535
@@ -85,7 +112,8 @@ class Connection:
 
     def serve(self) -> None:
         try:
-            self._send(frame(SETTINGS, 0, 0))
+            if self.replay is None:
+                self._send(frame(SETTINGS, 0, 0))
             self._read_frames()
         except (OSError, ProtocolError, ValueError) as exc:
             log.debug("events connection ended: %s", exc)
@@ -104,8 +132,8 @@ class Connection:
         return out
 
     def _read_frames(self) -> None:
-        buf = bytearray()
-        if self._recv_exact(len(PREFACE), buf) != PREFACE:
+        buf = bytearray(self.replay or b"")
+        if self.replay is None and self._recv_exact(len(PREFACE), buf) != PREFACE:
             raise ProtocolError("not an HTTP/2 client preface")
         while not self.closed:
             head = self._recv_exact(9, buf)
@@ -123,14 +151,16 @@ class Connection:
         elif kind == WINDOW_UPDATE:
             self._on_window_update(sid, pl)
         elif kind == HEADERS:
-            self._on_headers(sid, flags)
+            self._on_header_block(sid, flags, header_fragment(flags, pl), True)
+        elif kind == CONTINUATION:
+            self._on_header_block(sid, flags, pl, False)
         elif kind == DATA:
             self._on_data(sid, flags, pl)
         elif kind == RST_STREAM:
             self._end_stream(sid)
         elif kind == GOAWAY:
             raise ProtocolError("GOAWAY from the client")
-        # PRIORITY, CONTINUATION (header blocks are not decoded) and unknown frames are ignored
+        # PRIORITY and unknown frames are ignored
 
     def _on_settings(self, pl: bytes) -> None:
         if len(pl) % 6:
@@ -156,13 +186,32 @@ class Connection:
                 self.streams[sid].window += inc
             self.cond.notify_all()
 
-    def _on_headers(self, sid: int, flags: int) -> None:
+    def _on_header_block(self, sid: int, flags: int, fragment: bytes, first: bool) -> None:
+        """HEADERS and CONTINUATION: the block is decoded when complete (every block, to keep HPACK's table)."""
+        if first:
+            self.block, self.block_sid = bytearray(), sid
+        elif sid != self.block_sid:
+            raise ProtocolError("CONTINUATION of another stream")
+        self.block += fragment
+        if len(self.block) > MAX_REQUEST:
+            raise ProtocolError("header block too large")
+        if not flags & END_HEADERS:
+            return
+        try:
+            headers = self.hpack.decode(bytes(self.block))
+        except HPACKError as exc:
+            raise ProtocolError(f"request headers: {exc}") from None
+        self.block = bytearray()
+        path = next((v for k, v in headers if k == ":path"), "")
+        self._on_headers(sid, flags, path)
+
+    def _on_headers(self, sid: int, flags: int, path: str) -> None:
         with self.cond:
             if sid in self.streams or not sid & 1:
                 return  # trailers of a request, or not a client stream
             refused = len(self.streams) >= MAX_STREAMS
             if not refused:
-                st = self.streams[sid] = _Stream(sid, self.initial_window)
+                st = self.streams[sid] = _Stream(sid, self.initial_window, path)
         if refused:
             self._send(frame(RST_STREAM, 0, sid, (7).to_bytes(4, "big")))  # REFUSED_STREAM
             return
@@ -171,9 +220,12 @@ class Connection:
 
     def _on_data(self, sid: int, flags: int, pl: bytes) -> None:
         st = self.streams.get(sid)
+        if pl:  # what was received is consumed: give the client its windows back (large unary requests)
+            inc = len(pl).to_bytes(4, "big")
+            self._send(frame(WINDOW_UPDATE, 0, 0, inc) + (frame(WINDOW_UPDATE, 0, sid, inc) if st else b""))
         if flags & PADDED and pl:
             pl = pl[1:len(pl) - pl[0]]
-        if st is None or st.sub is not None:
+        if st is None or st.started:
             return
         st.body += pl
         if len(st.body) > MAX_REQUEST:
@@ -182,12 +234,16 @@ class Connection:
             self._start(st)
 
     def _start(self, st: _Stream) -> None:
+        st.started = True
         body = bytes(st.body)
         if len(body) >= 5:
             if body[0]:
                 self._finish(st, 12, "compressed requests are not supported")
                 return
             body = body[5:5 + int.from_bytes(body[1:5], "big")]
+        if st.path != GET_EVENTS:
+            threading.Thread(target=self._answer_unary, args=(st, body), name="lanner-api-unary", daemon=True).start()
+            return
         try:
             st.sub = self.subscribe(body)
         except ValueError as exc:
@@ -202,6 +258,24 @@ class Connection:
     def _finish(self, st: _Stream, code: int, message: str) -> None:
         self._send(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, RESPONSE_HEADERS + trailers(code, message)))
         self._end_stream(st.sid)
+
+    def _answer_unary(self, st: _Stream, body: bytes) -> None:
+        """Any other call of the API: its handler's answer, or UNIMPLEMENTED for a path the API does not have."""
+        if self.unary is None:
+            code, message, response = 12, f"{st.path}: not served on this socket", None
+        else:
+            code, message, response = self.unary(st.path, body)
+        try:
+            if response is None:
+                self._finish(st, code, message)
+                return
+            self._send(frame(HEADERS, END_HEADERS, st.sid, RESPONSE_HEADERS))
+            if self._send_data(st, b"\x00" + len(response).to_bytes(4, "big") + response):
+                self._send(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, trailers(code, message)))
+        except OSError:
+            pass
+        finally:
+            self._end_stream(st.sid)
 
     # ---- writing
     def _write_events(self, st: _Stream) -> None:
@@ -274,13 +348,18 @@ class Connection:
 
 
 class EventsServer:
-    """Listens on a unix socket (mode 0660) and serves each connection in its own thread."""
+    """Listens on a unix socket (mode 0660) and serves each connection in its own thread: every connection
+    framed by lanner, or, with a ``backend`` (the main API socket), routed by its first call (front.py)."""
 
-    def __init__(self, path: Path, subscribe: Callable[[bytes], Any], unsubscribe: Callable[[Any], None]) -> None:
+    def __init__(self, path: Path, subscribe: Callable[[bytes], Any], unsubscribe: Callable[[Any], None],
+                 unary: Unary | None = None, backend: Path | None = None) -> None:
         self.path = path
-        self.subscribe, self.unsubscribe = subscribe, unsubscribe
+        self.subscribe, self.unsubscribe, self.unary = subscribe, unsubscribe, unary
+        self.backend = backend
         self.stopping = threading.Event()
         self._conns: set[Connection] = set()
+        self._active = 0  # accepted connections not yet ended (framed or spliced)
+        self.counts = {"framed": 0, "grpcio": 0}  # connections served by lanner's framing / handed to grpcio
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
@@ -300,21 +379,41 @@ class EventsServer:
                 sock, _ = self._sock.accept()
             except OSError:
                 return
-            conn = Connection(sock, self.subscribe, self.unsubscribe, self.stopping)
             with self._lock:
-                full = len(self._conns) >= MAX_CONNECTIONS
-                if not full:
-                    self._conns.add(conn)
+                full = self._active >= MAX_CONNECTIONS
+                self._active += not full
             if full:
-                log.warning("events socket: %d connections already, closing a new one", MAX_CONNECTIONS)
+                log.warning("API socket %s: %d connections already, closing a new one", self.path, MAX_CONNECTIONS)
                 sock.close()
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="lanner-events-rx", daemon=True).start()
+            threading.Thread(target=self._serve, args=(sock,), name="lanner-events-rx", daemon=True).start()
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, sock: socket.socket) -> None:
         try:
-            conn.serve()
+            if self.backend is None:
+                self._framed(sock, None)
+            else:
+                from .front import serve_connection
+
+                serve_connection(sock, self.backend, self._framed, self._count_spliced)
         finally:
+            with self._lock:
+                self._active -= 1
+
+    def _count_spliced(self) -> None:
+        with self._lock:
+            self.counts["grpcio"] += 1
+
+    def _framed(self, sock: socket.socket, replay: bytes | None) -> None:
+        conn = Connection(sock, self.subscribe, self.unsubscribe, self.stopping, self.unary, replay)
+        with self._lock:
+            self._conns.add(conn)
+            self.counts["framed"] += 1
+        try:
+            if not self.stopping.is_set():
+                conn.serve()
+        finally:
+            conn.close()
             with self._lock:
                 self._conns.discard(conn)
 
