@@ -449,3 +449,90 @@ def test_hooks_of_one_syscall_share_what_they_read(agent, tmp_path):
     long_a = next(x for x in by["share-a"] if x["args"][0]["string_arg"] == longp[:253])
     long_c = next(x for x in by["share-c"] if x["args"][0]["string_arg"] == longp[:253])
     assert long_a["args"][0] == long_c["args"][0]  # the shared slot keeps its truncation
+
+
+# ------------------------------------------------- the prefilter: one trie look-up decides which hooks run
+def _pf_spec(sel: str) -> str:
+    return f"""
+    kprobes:
+    - call: sys_openat
+      syscall: true
+      args: [{{index: 1, type: string}}, {{index: 2, type: int}}]
+      selectors:
+      {sel}
+    """
+
+
+def _pf_paths(agent, e, run, names) -> dict[str, list[str]]:
+    """Per policy, the paths its events name."""
+    agent.drain()
+    e.handle(e.ring.read_batch(1 << 20), False)
+    run()
+    time.sleep(0.15)
+    agent.drain()
+    out: dict[str, list[str]] = {n: [] for n in names}
+    for _ in range(20):
+        raws = e.ring.read_batch(1 << 20)
+        if not raws:
+            break
+        for x in e.handle(raws, True):
+            if x.policy_name in out:
+                out[x.policy_name].append(body(orjson_loads(x.line))["args"][0]["string_arg"])
+    return out
+
+
+@pytest.mark.parametrize("flavour", ["tp_btf", "raw_tp"])
+def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_path):
+    """Hooks every selector of which needs a path prefix (Prefix, or Equal) run only for the paths that may match:
+    they still fire for theirs, the others are skipped (the dispatcher's counters); a hook with a selector
+    without such a filter always runs; hooks added and deleted at run time keep the trie right."""
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
+
+    t = str(tmp_path)
+    mycat = copy_bin(tmp_path, "mycat")
+    for d in ("hit", "third", "other"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x").write_text("x")
+    paths = [f"{t}/hit/x", f"{t}/third/x", f"{t}/other/x", f"{t}/hit"]
+    bins = f'matchBinaries: [{{operator: In, values: ["{mycat}"]}}]'
+    pre = _pf_spec(f'- matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/hit/"]}}]\n        {bins}')
+    eq = _pf_spec(f'- matchArgs: [{{index: 1, operator: Equal, values: ["{t}/hit"]}}]\n        {bins}')
+    third = _pf_spec(f'- matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/third/"]}}]\n        {bins}')
+    # the second selector has no path filter: the hook runs for every path
+    mixed = _pf_spec(f'- matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/hit/"]}}]\n        {bins}\n'
+                     f'      - {bins}')
+    probe = dict(HOST_PROBE)
+    probe.update(FLAVOURS[flavour][0])
+    e = PolicyEngine(EngineContext(probe, agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
+                                   agent.proto, agent.cfg.node_name))
+    names = ("pf-pre", "pf-eq", "pf-third", "pf-mixed")
+
+    def run():
+        subprocess.run([mycat, *paths], capture_output=True)
+
+    try:
+        with Loaded(e, policy_yaml("pf-pre", pre), "pf-pre"), Loaded(e, policy_yaml("pf-eq", eq), "pf-eq"), \
+                Loaded(e, policy_yaml("pf-mixed", mixed), "pf-mixed"):
+            st = e._sys_pf[257]
+            assert st.off == 1 and len(st.entries) == 2  # {t}/hit/ holds {t}/hit's slot too (a prefix of it)
+            before = e.sys_prefilter_stats()
+            got = _pf_paths(agent, e, run, names)
+            after = e.sys_prefilter_stats()
+            assert got["pf-pre"] == [f"{t}/hit/x"] and got["pf-eq"] == [f"{t}/hit"], got
+            assert [p for p in got["pf-mixed"] if p.startswith(t)] == paths, got  # always run
+            # mycat's ld.so opens and the paths outside both prefixes skipped both prefiltered hooks
+            assert after["calls"] - before["calls"] >= len(paths)
+            assert after["skipped"] - before["skipped"] >= 2 * 3, (before, after)
+            with Loaded(e, policy_yaml("pf-third", third), "pf-third"):  # added at run time
+                got = _pf_paths(agent, e, run, names)
+                assert got["pf-third"] == [f"{t}/third/x"] and got["pf-pre"] == [f"{t}/hit/x"], got
+                e.delete("pf-pre")  # deleted at run time: its prefix goes, {t}/hit stays
+                got = _pf_paths(agent, e, run, names)
+                assert got["pf-pre"] == [] and got["pf-eq"] == [f"{t}/hit"], got
+                assert got["pf-third"] == [f"{t}/third/x"], got
+                assert [p for p in got["pf-mixed"] if p.startswith(t)] == paths, got
+                assert len(e._sys_pf[257].entries) == 2  # {t}/hit, {t}/third/
+        assert not e._sys_pf and not e._sys_pf_of
+        assert list(e.sys.map("gen_sys_pf").keys()) == []
+    finally:
+        e.close()

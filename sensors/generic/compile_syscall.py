@@ -15,6 +15,7 @@ from .compile_args import INT_TYPES, tp_arg
 from .compile_config import config
 from .compile_ctx import HookArgs, HookContext, HookShape
 from .plan import ArgPlan, HookPlan, HookUnit, Unavailable
+from .prefilter import hook_prefilter
 from .targets import syscall_nr, tp_format
 from .tracefs import TpFormat
 
@@ -109,7 +110,7 @@ def _unit(ctx: HookContext, spec: KProbeSpec, call: str, how: Serving) -> tuple[
     elif nr is not None:
         cfg["flags"] |= GHF_SYSCALL
         cfg["sysnr"] = nr + 1
-        attach = [("sys", how.disp, 0, nr, name)]
+        attach = [("sys", how.disp, 0, nr, name, hook_prefilter(cfg, ctx.cp.lpm_sets, ctx.cp.str_sets))]
     else:
         attach = [("tp", "syscalls", f"sys_enter_{name}")]
     if cfg.pop("_override", False):  # sys_enter decides, fmod_ret on the syscall function returns it

@@ -34,12 +34,14 @@ from lanner.policy.workloads import scope_of
 
 from . import bpf_attach, status
 from .abi import (
-    GEN_OP, GEN_STR_HDR, GEN_STR_KEY32, GEN_STR_KEY64, GEN_STR_KEY128, GEN_STR_MAX, GEN_SYS_HOOKS, GHF_ENFORCE,
-    GHF_SCOPED, GHF_SCOPED_CG, GSO_ENTER, GSO_ENTER_BUF, GSO_EXIT, GSO_EXIT_BUF, GST_SLOTS,
+    GEN_OP, GEN_STR_HDR, GEN_STR_KEY32, GEN_STR_KEY64, GEN_STR_KEY128, GEN_STR_MAX, GEN_SYS_HOOKS, GEN_SYS_PF_ENTRIES,
+    GHF_ENFORCE, GHF_SCOPED, GHF_SCOPED_CG, GSO_ENTER, GSO_ENTER_BUF, GSO_EXIT, GSO_EXIT_BUF, GST_SLOTS,
 )
 from .compiler import GST_NAMES, CompiledPolicy, Compiler, HookUnit
 from .decoder import EventDecoder
 from .loaded import FailedPolicy, HookMeta, LoadedPolicy
+from .prefilter import VALUE as PF_VALUE
+from .prefilter import HookPrefilter, SysPrefilter
 from .scopes import WorkloadScopes
 from .stacks import Stacks
 
@@ -162,6 +164,8 @@ class PolicyEngine:
         self._sys_on: dict[int, int] = {}  # nr -> its gen_sys_on value (GSO_* bits)
         self._sys_links: dict[int, Link] = {}  # direction -> the dispatcher's link on sys_enter / sys_exit
         self._sys_count = 0  # hooks registered (each counts as a link in links())
+        self._sys_pf: dict[int, SysPrefilter] = {}  # nr -> the entry prefilter's state (prefilter.py)
+        self._sys_pf_of: dict[int, HookPrefilter] = {}  # hook id -> its prefilter (a prefilterable hook)
         self._load_failures: dict[str, str] = {}  # object file -> why it failed, within one add (no retry storm)
         self._batch = 0  # depth of batch(): the failure memo lives as long as the outermost batch
         self._kept = False  # keep() pinned the attachments: close() leaves them attached
@@ -457,7 +461,8 @@ class PolicyEngine:
             self.sys, self._sys_kind = obj, kind
             self._sys_on_map = obj.map("gen_sys_on", key=Codec.struct("<I"), value=Codec.struct("<I"))
             self._sys_list_map = obj.map("gen_sys_list", key=Codec.struct("<I"))
-            self._sys_list = struct.Struct(f"<I{GEN_SYS_HOOKS}I")
+            self._sys_list = struct.Struct(f"<IIIH2xQ{GEN_SYS_HOOKS}I")
+            self._sys_pf_map = obj.map("gen_sys_pf")
         elif self._sys_kind != kind:
             raise OSError(f"the syscall dispatcher is loaded as {self._sys_kind}, not {kind}")
         return self.sys
@@ -469,13 +474,37 @@ class PolicyEngine:
         present, buf_bit = (GSO_EXIT, GSO_EXIT_BUF) if direction else (GSO_ENTER, GSO_ENTER_BUF)
         nxt = 0 if on & buf_bit else 1
         ids = slots + [0] * (GEN_SYS_HOOKS - len(slots))
-        self._sys_list_map.update(nr * 4 + direction * 2 + nxt, self._sys_list.pack(len(slots), *ids))
+        pf, stale = self._sys_pf_write(nr, slots) if direction == 0 else ((0, 0, 0, 0), [])
+        self._sys_list_map.update(nr * 4 + direction * 2 + nxt, self._sys_list.pack(len(slots), *pf, *ids))
         on = (on & ~(present | buf_bit)) | (present if slots else 0) | (buf_bit if nxt else 0)
         self._sys_on_map.update(nr, on)
         self._sys_on[nr] = on
+        for key in stale:  # after the list that no longer needs them
+            self._sys_pf_map.delete(key)
 
-    def _sys_add(self, kind: str, direction: int, nr: int, name: str, hook_id: int) -> "_SysLink":
+    def _sys_pf_write(self, nr: int, slots: list[int]) -> tuple[tuple[int, int, int, int], list[bytes]]:
+        """The entry list's prefilter fields (pf_hook, pf_slot, pf_set, pf_always) for ``slots``; writes the
+        gen_sys_pf entries the new list needs (before it is published) and returns those it no longer needs."""
+        st = self._sys_pf.setdefault(nr, SysPrefilter(nr))
+        fields = st.fields(slots, self._sys_pf_of.get)
+        want = st.wanted(slots, self._sys_pf_of.get) if fields[0] else {}
+        others = sum(len(o.entries) for o in self._sys_pf.values() if o is not st)
+        if others + len(want) > GEN_SYS_PF_ENTRIES:  # the trie is full: this syscall runs every hook
+            fields, want = (0, 0, 0, 0), {}
+        for key, bits in want.items():
+            if st.entries.get(key) != bits:
+                self._sys_pf_map.update(key, PF_VALUE.pack(bits))
+        stale = [key for key in st.entries if key not in want]
+        st.entries = want
+        if not slots:
+            self._sys_pf.pop(nr, None)
+        return fields, stale
+
+    def _sys_add(self, kind: str, direction: int, nr: int, name: str, hook_id: int,
+                 pf: HookPrefilter | None = None) -> "_SysLink":
         obj = self._sys_obj(kind)
+        if pf is not None and direction == 0:
+            self._sys_pf_of[hook_id] = pf
         slots = self._sys_slots.setdefault((direction, nr), [])
         if 0 in slots:
             slots[slots.index(0)] = hook_id
@@ -494,6 +523,7 @@ class PolicyEngine:
         except BaseException:
             slots[slots.index(hook_id)] = 0
             self._sys_trim(direction, nr)
+            self._sys_pf_of.pop(hook_id, None)
             raise
         self._sys_count += 1
         return _SysLink(self, direction, nr, name, hook_id, prog, kind)
@@ -518,6 +548,8 @@ class PolicyEngine:
             slots[slots.index(sl.hook_id)] = 0
             self._sys_count -= 1
         self._sys_trim(sl.direction, sl.nr)
+        if sl.direction == 0:
+            self._sys_pf_of.pop(sl.hook_id, None)
 
     def _attach_unit(self, unit: HookUnit) -> list[Link]:
         links: list[Link] = []
@@ -529,7 +561,7 @@ class PolicyEngine:
             for hid, targets in ((unit.hook_id, enforcers), (unit.exit_id, unit.exit_attach), (unit.hook_id, entries)):
                 for t in targets:
                     if t[0] == "sys":
-                        links.append(self._sys_add(t[1], t[2], t[3], t[4], hid))
+                        links.append(self._sys_add(t[1], t[2], t[3], t[4], hid, t[5] if len(t) > 5 else None))
                     elif t[0] == "tp":
                         tp = (t[1], t[2])
                         i = self._tp_instance(tp)
@@ -784,6 +816,16 @@ class PolicyEngine:
         self.stacks.release()  # the stacks this batch read: deleted from gen_stacks
         return out
 
+    def sys_prefilter_stats(self) -> dict[str, int]:
+        """The dispatcher's prefilter counters, all CPUs: ``calls`` (syscalls whose entry list has a prefilter),
+        ``skipped`` (listed hooks not run: the string could not match), ``all`` (calls that ran every hook)."""
+        with self._lock:
+            if self.sys is None:
+                return {"calls": 0, "skipped": 0, "all": 0}
+            rows = self.sys.map("gen_sys_pf_stat", key=Codec.struct("<I"), value=Codec.struct("<QQQ")).lookup(0)
+        sums = [sum(r[i] for r in rows or []) for i in range(3)]
+        return dict(zip(("calls", "skipped", "all"), sums))
+
     def lost_total(self) -> dict[str, int]:
         return {"policy": self.lost_map.sum_percpu(GEN_OP)} if self.loaded else {}
 
@@ -849,6 +891,8 @@ class PolicyEngine:
                 link.destroy()
             self._sys_links.clear()
             self._sys_slots.clear()
+            self._sys_pf.clear()
+            self._sys_pf_of.clear()
             self._sys_count = 0
             for obj in (*self._inst.values(), self.kp, self.up, self.sys, *reversed(self._tp_pool), self.tp):
                 if obj is not None:

@@ -169,6 +169,8 @@ enum gen_sys {
 	GSO_EXIT = 2,
 	GSO_ENTER_BUF = 4,
 	GSO_EXIT_BUF = 8,
+	GEN_SYS_PF_ENTRIES = 8192, /* gen_sys_pf: the prefilter's prefixes, all syscalls together */
+	GEN_SYS_PF_ARG_BITS = 3, /* gen_sys_pf set = nr << GEN_SYS_PF_ARG_BITS | argument number */
 };
 
 /* namespace types (gen_ns.type), in struct proc_ns order */
@@ -294,6 +296,11 @@ struct gen_str {
 
 struct gen_sys_hooks {
 	__u32 n;                   /* slots in use (the highest used slot + 1) */
+	__u32 pf_hook;             /* the prefilter (entry only, 0 = none): this hook's args[pf_slot] is read once, */
+	__u32 pf_slot;             /* its string looked up in gen_sys_pf under pf_set; only the slots in the value */
+	__u16 pf_set;              /* found, or in pf_always, run (generic_sys.bpf.c) */
+	__u16 pad;
+	__u64 pf_always;           /* slots run whatever the string */
 	__u32 ids[GEN_SYS_HOOKS];  /* hook ids, 0 = free */
 };
 

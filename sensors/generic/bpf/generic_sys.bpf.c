@@ -16,6 +16,19 @@
  * slot while listed. Every listed id is checked against its gen_hooks entry (same syscall, same
  * direction) before it runs, so a list read during a change can only run or skip a hook of that
  * syscall that is being attached or detached.
+ *
+ * Prefilter (entry only): a hook every selector of which needs a string argument to start with one of
+ * a few prefixes (matchArgs Prefix, or Equal: the value is its own prefix) runs only when the string
+ * can. Such hooks of a syscall share the argument (same number, a user string); the list names one of
+ * them (pf_hook) and where it keeps the string (pf_slot). Before the hooks, the dispatcher reads it
+ * with that hook's own reader (gen_read_arg: the same bytes, length and truncation the hooks' filters
+ * see, kept for the hooks that read it the same way) and looks it up ONCE in gen_sys_pf, an LPM trie
+ * of every prefix of these hooks under set pf_set (nr and argument number); an entry's value is the
+ * slots whose hook has a prefix of the entry's string, so the longest match gives every slot that may
+ * match. Slots outside it and pf_always are skipped. An unreadable or empty string, or a pf_hook that
+ * is not (or no longer) this syscall's, runs every slot. The engine writes a prefix's new value before
+ * the list that needs it and deletes an entry after the list that no longer needs it: for a hook that
+ * stays listed, every entry along its strings' paths holds its slot in both the old and the new trie.
  */
 #include "generic_core.bpf.h"
 
@@ -35,8 +48,32 @@ struct {
 	__type(value, struct gen_sys_hooks);
 } gen_sys_list SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, GEN_SYS_PF_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct gen_str);
+	__type(value, __u64);
+} gen_sys_pf SEC(".maps");
+
+/* the prefilter's counters (per CPU, summed by the engine: PolicyEngine.sys_prefilter_stats) */
+struct gen_sys_pf_stats {
+	__u64 calls;   /* syscalls whose entry list has a prefilter */
+	__u64 skipped; /* listed hooks not run: the string cannot match */
+	__u64 all;     /* calls that ran every hook: the string unreadable or empty, pf_hook stale */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_sys_pf_stats);
+} gen_sys_pf_stat SEC(".maps");
+
 struct gen_sys_ctx {
 	struct gen_sys_hooks *list;
+	__u64 run;   /* the slots to run (the prefilter's verdict) */
+	__u64 skipped;
 	void *ctx;   /* the program's context: bpf_get_stackid (Post stack traces) */
 	__s64 ret;
 	__u32 sysnr; /* nr + 1 */
@@ -54,6 +91,10 @@ static long gen_sys_enter_step(__u32 k, void *data)
 	id = c->list->ids[GEN_BOUND(k, GEN_SYS_HOOKS)];
 	if (!id)
 		return 0;
+	if (!((c->run >> k) & 1)) {
+		c->skipped++;
+		return 0;
+	}
 	hook = bpf_map_lookup_elem(&gen_hooks, &id);
 	if (!hook || hook->sysnr != c->sysnr || (hook->flags & (GHF_EXIT | GHF_SYSCALL)) != GHF_SYSCALL)
 		return 0;
@@ -94,20 +135,63 @@ static __always_inline struct gen_sys_hooks *gen_sys_list_of(__u32 nr, __u32 dir
 	return bpf_map_lookup_elem(&gen_sys_list, &idx);
 }
 
-static __always_inline int gen_sys_run_enter(void *ctx, struct gen_sys_hooks *list, __u32 nr)
+/* the slots that may match this call (see Prefilter above): every slot unless the list has a prefilter */
+static __always_inline __u64 gen_sys_prefilter(struct gen_scratch *s, struct gen_sys_hooks *list, __u32 nr)
+{
+	__u32 id = list->pf_hook, slot = list->pf_slot, len;
+	struct gen_hook *hook;
+	struct gen_str *str;
+	__u64 *bits;
+
+	if (!id)
+		return ~0ULL;
+	hook = bpf_map_lookup_elem(&gen_hooks, &id);
+	if (!hook || hook->sysnr != nr + 1 || (hook->flags & (GHF_EXIT | GHF_SYSCALL)) != GHF_SYSCALL ||
+	    slot >= GEN_MAX_ARGS || slot >= hook->nargs)
+		return ~0ULL;
+	slot = GEN_BOUND(slot, GEN_MAX_ARGS);
+	if (hook->args[slot].type != GA_USTR || list->pf_set != ((nr << GEN_SYS_PF_ARG_BITS) | hook->args[slot].off))
+		return ~0ULL; /* not the string the trie's prefixes are for */
+	s->share = 1; /* as a dispatcher hook reads it: later hooks reading it the same way keep it */
+	s->ev.trunc = 0;
+	gen_read_arg(hook, 0, slot); /* a dispatcher hook's reader takes its args from sysargs, not ctx */
+	len = s->ev.lens[slot];
+	if (!len || len > GEN_STR_MAX)
+		return ~0ULL; /* unreadable (or empty): no verdict */
+	str = &s->ev.str[slot];
+	str->prefixlen = 16 + 8 * len;
+	str->set_hi = list->pf_set >> 8;
+	str->set_lo = list->pf_set & 0xff;
+	bits = bpf_map_lookup_elem(&gen_sys_pf, str);
+	return list->pf_always | (bits ? *bits : 0);
+}
+
+static __always_inline int gen_sys_run_enter(void *ctx, struct gen_sys_hooks *list, __u32 nr,
+					     struct gen_scratch *s)
 {
 	struct gen_sys_ctx c = { .list = list, .ctx = ctx, .sysnr = nr + 1 };
 	__u32 n = list->n;
 
+	c.run = gen_sys_prefilter(s, list, nr);
 	if (n > GEN_SYS_HOOKS)
 		n = GEN_SYS_HOOKS;
 	bpf_loop(n, gen_sys_enter_step, &c, 0);
+	if (list->pf_hook) {
+		__u32 zero = 0;
+		struct gen_sys_pf_stats *st = bpf_map_lookup_elem(&gen_sys_pf_stat, &zero);
+
+		if (st) {
+			st->calls++;
+			st->skipped += c.skipped;
+			st->all += c.run == ~0ULL;
+		}
+	}
 	return 0;
 }
 
 static __always_inline int gen_sys_run_exit(void *ctx, struct gen_sys_hooks *list, __u32 nr, long ret)
 {
-	struct gen_sys_ctx c = { .list = list, .ctx = ctx, .ret = ret, .sysnr = nr + 1 };
+	struct gen_sys_ctx c = { .list = list, .ctx = ctx, .run = ~0ULL, .ret = ret, .sysnr = nr + 1 };
 	__u32 n = list->n;
 
 	if (n > GEN_SYS_HOOKS)
@@ -149,7 +233,7 @@ int BPF_PROG(gen_sys_enter, struct pt_regs *regs, long id)
 	s->sysargs[3] = regs->r10;
 	s->sysargs[4] = regs->r8;
 	s->sysargs[5] = regs->r9;
-	return gen_sys_run_enter(ctx, list, (__u32)id);
+	return gen_sys_run_enter(ctx, list, (__u32)id, s);
 }
 
 SEC("tp_btf/sys_exit")
@@ -205,7 +289,7 @@ int gen_sys_enter_r(struct bpf_raw_tracepoint_args *ctx)
 	s->sysargs[3] = BPF_CORE_READ(regs, r10);
 	s->sysargs[4] = BPF_CORE_READ(regs, r8);
 	s->sysargs[5] = BPF_CORE_READ(regs, r9);
-	return gen_sys_run_enter(ctx, list, (__u32)id);
+	return gen_sys_run_enter(ctx, list, (__u32)id, s);
 }
 
 SEC("raw_tp/sys_exit")
