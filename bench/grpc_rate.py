@@ -8,16 +8,19 @@ received every event and the file has every line.
 
 Configurations, in the same run and the same agent build:
   * file   -- the JSON export file only (the baseline);
-  * grpc1  -- the file plus one GetEvents client;
+  * grpc1  -- the file plus one GetEvents client on the main API socket (``--server-address``, unix: its
+    GetEvents connections are framed by lanner, exporter/api/front.py);
   * grpc4  -- the file plus four GetEvents clients;
-  * framed1, framed4 -- the same, the clients on ``--server-events-address`` (GetEvents framed by lanner,
-    exporter/api/h2events.py) instead of grpcio's server.
+  * grpcio1, grpcio4 -- the same with ``--server-grpcio-events`` (grpcio's server streams GetEvents, one
+    message per write: the state before the front);
+  * framed1, framed4 -- the clients on ``--server-events-address`` (a second socket, every call framed).
 Each client is a separate process, so its CPU is not the agent's; on this 2-core machine they still
 compete with the agent for CPU. ``--client go`` (the default when built) is tools/tetragon's client on
 Tetragon's own generated Go stubs (``make tetragon-client``), decoding every event and counting it;
 ``--client python`` reads the stream with grpcio as raw messages (counting, not decoding).
 
 Usage: .venv/bin/python bench/grpc_rate.py [--steps 10,20,30,40,60,80] [--step-s 3] [--client go|python]
+       [--configs file,grpc1,grpc4,grpcio1]
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
                client: str) -> list[dict]:
     pin = stack.pin_dir(f"grpc-{name}")
     extra = ["--tracing-policy-dir", "", "--skip-probe"]
+    if name.startswith("grpcio"):
+        extra.append("--server-grpcio-events")
     if name.startswith("framed"):  # the clients read GetEvents framed by lanner (--server-events-address)
         extra += ["--server-events-address", f"unix://{work}/{name}-events.sock"]
     agent = C.start_agent(stack, work, *extra, pin_dir=pin, name=name)
@@ -134,10 +139,11 @@ def run_config(stack: C.Cleanup, work: Path, name: str, clients: int, steps: lis
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default="5,10,15,20,25,30,40,50,60,75,90,100,120",
+    ap.add_argument("--steps", default="5,10,20,30,40,50,60,75,90,100,120,150,200,250,300",
                     help="offered rates, thousands of events/s")
     ap.add_argument("--client", choices=("go", "python"), default="go" if GO_CLIENT.exists() else "python")
-    ap.add_argument("--configs", default="file,grpc1,grpc4,framed1,framed4", help="which configurations to run")
+    ap.add_argument("--configs", default="file,grpc1,grpc4,grpcio1", help="which configurations to run "
+                    "(file, grpc1, grpc4, grpcio1, grpcio4, framed1, framed4)")
     ap.add_argument("--step-s", type=float, default=3.0)
     args = ap.parse_args()
     C.require_root()
@@ -145,9 +151,10 @@ def main() -> int:
     print("grpc_rate:", C.machine(), "client:", args.client)
     best = {}
     load = C.LoadMonitor()
-    with C.Cleanup(budget_s=400) as stack:
+    with C.Cleanup(budget_s=900) as stack:
         work = stack.tempdir("lanner-grpc-bench-")
-        for name, clients in (("file", 0), ("grpc1", 1), ("grpc4", 4), ("framed1", 1), ("framed4", 4)):
+        for name, clients in (("file", 0), ("grpc1", 1), ("grpc4", 4), ("grpcio1", 1), ("grpcio4", 4), ("framed1", 1),
+                              ("framed4", 4)):
             if name not in args.configs.split(","):
                 continue
             print(f"\n{name}: {clients} gRPC client(s)")
