@@ -16,6 +16,12 @@
  * Python encoder, once per process. Credentials and namespaces (--enable-process-cred/ns) come as JSON members
  * the glue renders once per distinct raw value (creds_ns: the memo's misses) and are spliced in here.
  *
+ * With want_pb (a gRPC client follows) each event also gets its GetEventsResponse bytes (OutEvent.pb), as
+ * exporter/grpc_api.py's ProtoEventEncoder builds them: the process's tetragon.Process bytes are rendered here
+ * from the values its JSON is rendered from (render_process_pb, kept on Process.encoded_pb), with the
+ * credentials', namespaces' and pod's protobuf pieces the glue adds to their JSON parts; a process without
+ * them (rendered before, or by Python) gets them from the glue's proto_pb (ProtoEventEncoder.process_bytes).
+ *
  * Record layouts are not defined here: the Python glue (sensors/fastproc.py) reads them from the object's
  * BTF (lanner/bpf/records.py) and passes each field's offset and size at init.
  * No compile at run time: `make fastpath` builds this file; without it the agent uses the Python path.
@@ -71,15 +77,18 @@ typedef struct {
     Last last[L_COUNT];
     PyObject *process_type, *event_type, *cache, *entries, *by_pid, *events, *by_binary, *encoder;
     PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (CredsEntry, NsEntry) */
+    PyObject *proto_pb;  /* proto_pb(process) -> its tetragon.Process bytes (ProtoEventEncoder.process_bytes) */
+    PyObject *node_pb;   /* bytes: GetEventsResponse.node_name (field 1000) */
+    int want_pb;         /* during handle: OutEvent.pb wanted (a gRPC client follows) */
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
     PyObject *a_pid, *a_refcnt, *a_end, *a_evict, *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
-    PyObject *a_pod, *a_container;
+    PyObject *a_pod, *a_container, *a_encoded_pb, *a_pb;
     PyObject *pods;  /* during handle: (netns, cgroup id) -> pod entry (PodParts), None without a resolver */
     long long last_sec; char sec_text[32];
     PyObject *run_kind, *run_bin; long long run_n;  /* events counted but not yet in the counters' dicts */
-    Buf buf, obj;
+    Buf buf, obj, pbo, pbe;  /* the line, the process JSON, the process protobuf, the event protobuf */
 } FastProc;
 
 /* ------------------------------------------------------------------ small helpers */
@@ -102,6 +111,52 @@ static int put_u64(Buf *b, unsigned long long v) {
     char tmp[24]; int n = 0;
     do { tmp[23 - n++] = (char)('0' + v % 10); v /= 10; } while (v);
     return put(b, tmp + 24 - n, n);
+}
+/* protobuf wire format (exporter/api/wire.py): varints, tags, length-delimited fields */
+static int varint_len(unsigned long long v) {
+    int n = 1;
+    while (v > 0x7F) { v >>= 7; n++; }
+    return n;
+}
+static int put_varint(Buf *b, unsigned long long v) {
+    char tmp[10]; int n = 0;
+    while (v > 0x7F) { tmp[n++] = (char)((v & 0x7F) | 0x80); v >>= 7; }
+    tmp[n++] = (char)v;
+    return put(b, tmp, n);
+}
+/* the size of a length-delimited field of n payload bytes */
+static Py_ssize_t ld_size(unsigned field, Py_ssize_t n) {
+    return varint_len(field << 3 | 2) + varint_len((unsigned long long)n) + n;
+}
+static int put_ld_head(Buf *b, unsigned field, Py_ssize_t n) {
+    return put_varint(b, field << 3 | 2) || put_varint(b, (unsigned long long)n);
+}
+static int put_ld(Buf *b, unsigned field, const char *p, Py_ssize_t n) {
+    return put_ld_head(b, field, n) || put(b, p, n);
+}
+static int put_ld_bytes(Buf *b, unsigned field, PyObject *o) {
+    return put_ld(b, field, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
+}
+static int put_bytes(Buf *b, PyObject *o) { return put(b, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o)); }
+/* a proto3 string field: left out when empty */
+static int put_str_field(Buf *b, unsigned field, PyObject *u) {
+    Py_ssize_t n; const char *p = PyUnicode_AsUTF8AndSize(u, &n);
+    return !p ? -1 : n ? put_ld(b, field, p, n) : 0;
+}
+/* a google.protobuf.UInt32Value field: always there, its value left out when 0 */
+static int put_u32_wrapper(Buf *b, unsigned field, unsigned long long v) {
+    if (put_varint(b, field << 3 | 2)) return -1;
+    if (!v) return put_varint(b, 0);
+    return put_varint(b, 1 + varint_len(v)) || put_varint(b, 0x08) || put_varint(b, v);
+}
+/* google.protobuf.Timestamp's fields for a wall time (seconds, nanos; each left out when 0) into tmp */
+static int timestamp_pb(long long wall, char *tmp) {
+    long long sec = wall / 1000000000LL, ns = wall % 1000000000LL;
+    if (ns < 0) { ns += 1000000000LL; sec -= 1; }
+    Buf t = {tmp, 0, 32};
+    if (sec && (put_varint(&t, 0x08) || put_varint(&t, (unsigned long long)sec))) return -1;
+    if (ns && (put_varint(&t, 0x10) || put_varint(&t, (unsigned long long)ns))) return -1;
+    return (int)t.n;
 }
 /* a JSON string as orjson writes it: ", \ and control characters escaped, everything else as UTF-8 */
 static int put_json_utf8(Buf *b, const char *s, Py_ssize_t n) {
@@ -307,12 +362,15 @@ static PyObject *process_json(FastProc *s, PyObject *proc) {
     Py_XDECREF(j);
     return j ? PyObject_CallMethodOneArg(s->encoder, s->a_pjson, proc) : NULL;
 }
-static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *parent, Buf *b) {
+/* the OutEvent of a line in b, with its protobuf (pb: a new reference, NULL when not wanted) */
+static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *parent, Buf *b, PyObject *pb) {
     PyObject *line = PyBytes_FromStringAndSize(b->p, b->n);
-    if (!line) return NULL;
+    if (!line) { Py_XDECREF(pb); return NULL; }
     PyObject *args[4] = {kind, proc, parent, line};
     PyObject *ev = ctor_new(&s->event_ctor, args);
     Py_DECREF(line);
+    if (ev && pb && PyObject_SetAttr(ev, s->a_pb, pb)) Py_CLEAR(ev);
+    Py_XDECREF(pb);
     return ev;
 }
 
@@ -376,7 +434,8 @@ static int cache_exit(FastProc *s, PyObject *proc, PyObject *now) {
 }
 
 /* ------------------------------------------------------------------ exec */
-/* (arguments tuple, JSON string of join_arguments or b"") for an argv's raw NUL-separated bytes */
+/* (arguments tuple, JSON string of join_arguments or b"", join_arguments in UTF-8) for an argv's raw
+ * NUL-separated bytes */
 static PyObject *make_args(const char *p, Py_ssize_t n) {
     if (n && p[n - 1] == '\0') n--;
     const char *end = p + n, *a = n ? memchr(p, '\0', n) : NULL;
@@ -402,8 +461,9 @@ static PyObject *make_args(const char *p, Py_ssize_t n) {
         Buf js = {0};
         if (joined.n == 0 || !put_json_utf8(&js, joined.p, joined.n)) {
             PyObject *t = PyList_AsTuple(list), *j = PyBytes_FromStringAndSize(js.p ? js.p : "", js.n);
-            if (t && j) res = PyTuple_Pack(2, t, j);
-            Py_XDECREF(t); Py_XDECREF(j);
+            PyObject *u = PyBytes_FromStringAndSize(joined.p ? joined.p : "", joined.n);
+            if (t && j && u) res = PyTuple_Pack(3, t, j, u);
+            Py_XDECREF(t); Py_XDECREF(j); Py_XDECREF(u);
         }
         PyMem_Free(js.p);
     }
@@ -424,14 +484,19 @@ static PyObject *args_entry(FastProc *s, const char *p, Py_ssize_t n) {
     return v;
 }
 /* what the glue's creds_ns gives for one exec: (CredsEntry, NsEntry), CredsEntry (Creds, ',"cap":{..}' or b"",
- * ',"process_credentials":{..}' or b""), NsEntry (Namespaces, ',"ns":{..}' or b""): the shared objects and
- * their JSON as the encoder's options render it */
+ * ',"process_credentials":{..}' or b"", the cap and process_credentials fields' protobuf bytes or b""),
+ * NsEntry (Namespaces, ',"ns":{..}' or b"", the ns field's protobuf bytes or b""): the shared objects and
+ * their JSON and protobuf as the encoder's options render them */
+static int all_bytes(PyObject *t, Py_ssize_t from) {
+    for (Py_ssize_t i = from; i < PyTuple_GET_SIZE(t); i++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(t, i))) return 0;
+    return 1;
+}
 static int creds_ns_ok(PyObject *pair) {
     if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) return 0;
     PyObject *c = PyTuple_GET_ITEM(pair, 0), *n = PyTuple_GET_ITEM(pair, 1);
-    return PyTuple_Check(c) && PyTuple_GET_SIZE(c) == 3 && PyBytes_Check(PyTuple_GET_ITEM(c, 1)) &&
-           PyBytes_Check(PyTuple_GET_ITEM(c, 2)) && PyTuple_Check(n) && PyTuple_GET_SIZE(n) == 2 &&
-           PyBytes_Check(PyTuple_GET_ITEM(n, 1));
+    return PyTuple_Check(c) && PyTuple_GET_SIZE(c) == 5 && all_bytes(c, 1) && PyTuple_Check(n) &&
+           PyTuple_GET_SIZE(n) == 3 && all_bytes(n, 1);
 }
 /* the exec's shared CredsEntry and NsEntry (new references in *c, *ns) */
 static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
@@ -453,7 +518,8 @@ static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
             if (pair && creds_ns_ok(pair)) {
                 *c = Py_NewRef(PyTuple_GET_ITEM(pair, 0)); *ns = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
                 rc = (memo_put(s->memo_cred, ck, *c) || memo_put(s->memo_ns, nk, *ns)) ? -1 : 0;
-            } else if (pair) PyErr_SetString(PyExc_TypeError, "creds_ns must return ((creds, cap, pc), (ns, ns_json))");
+            } else if (pair) PyErr_SetString(PyExc_TypeError, "creds_ns must return ((creds, cap, pc, cap_pb, pc_pb), "
+                                                              "(ns, ns_json, ns_pb))");
             Py_XDECREF(pair);
         }
     }
@@ -463,12 +529,19 @@ static int creds_ns(FastProc *s, PyObject *raw, PyObject **c, PyObject **ns) {
     last_keep(&s->last[L_NS], p + s->ns_off, s->ns_len, *ns);
     return 0;
 }
-/* PodParts (ProcessEventEncoder.pod_parts): (head, tail, docker, pod dict), the pod's JSON split where the
- * container's pid goes (tail b"": no container, no pid), docker the "docker" value's JSON or b"" */
+/* PodParts (ProcessEventEncoder.pod_parts, then the glue's ProtoPieces.pod): (head, tail, docker, pod dict,
+ * pb head, pb container or None, pb tail, pb docker), the pod's JSON split where the container's pid goes
+ * (tail b"": no container, no pid), docker the "docker" value's JSON or b""; then the Pod message's fields
+ * before the container, the container's fields without its pid (None: no container), the fields after it,
+ * and the Process's docker field or b"" */
 static int pod_parts_ok(PyObject *e) {
-    return PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 4 && PyBytes_Check(PyTuple_GET_ITEM(e, 0)) &&
-           PyBytes_Check(PyTuple_GET_ITEM(e, 1)) && PyBytes_Check(PyTuple_GET_ITEM(e, 2)) &&
-           PyDict_Check(PyTuple_GET_ITEM(e, 3));
+    if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 8) return 0;
+    PyObject *pc = PyTuple_GET_ITEM(e, 5);
+    return PyBytes_Check(PyTuple_GET_ITEM(e, 0)) && PyBytes_Check(PyTuple_GET_ITEM(e, 1)) &&
+           PyBytes_Check(PyTuple_GET_ITEM(e, 2)) && PyDict_Check(PyTuple_GET_ITEM(e, 3)) &&
+           PyBytes_Check(PyTuple_GET_ITEM(e, 4)) && (pc == Py_None || PyBytes_Check(pc)) &&
+           PyBytes_Check(PyTuple_GET_ITEM(e, 6)) && PyBytes_Check(PyTuple_GET_ITEM(e, 7)) &&
+           (pc == Py_None) == (PyBytes_GET_SIZE(PyTuple_GET_ITEM(e, 1)) == 0);
 }
 /* the container's pid in pod_dict: the nspid when it differs from the pid (and is known) */
 static int pod_pid(unsigned long long pid, unsigned long long nspid) { return nspid && nspid != pid; }
@@ -609,6 +682,105 @@ static int exec_line(FastProc *s, PyObject *enc, PyObject *parent, long long wal
 /* the values exec_process makes for a Process (o[...]) */
 enum { O_EID, O_TID, O_NSPID, O_BIN, O_CWD, O_CRED, O_NS, O_CG, O_EXE, O_INO, O_PEID, O_PKEY, O_ARGS_E, O_N };
 /* (O_CRED and O_NS are the CredsEntry and NsEntry of creds_ns) */
+/* ------------------------------------------------------------------ protobuf */
+static const char *const flag_text[12] = {
+    "execve", "execve clone", "execve truncArgs", "execve truncArgs clone", "execve rootcwd",
+    "execve rootcwd clone", "execve truncArgs rootcwd", "execve truncArgs rootcwd clone", "execve errorCWD",
+    "execve errorCWD clone", "execve truncArgs errorCWD", "execve truncArgs errorCWD clone"};
+/* Process.pod (field 10) and docker (11) from the pod parts' protobuf pieces, the container's pid added as
+ * pod_object adds it */
+static int pb_pod(Buf *b, PyObject *parts, unsigned long long pid, unsigned long long nspid) {
+    PyObject *head = PyTuple_GET_ITEM(parts, 4), *body = PyTuple_GET_ITEM(parts, 5);
+    PyObject *tail = PyTuple_GET_ITEM(parts, 6), *dk = PyTuple_GET_ITEM(parts, 7);
+    int with_pid = body != Py_None && pod_pid(pid, nspid);
+    Py_ssize_t pid_n = with_pid ? 3 + varint_len(nspid) : 0;  /* tag, length, 0x08, the value */
+    Py_ssize_t c_n = body != Py_None ? PyBytes_GET_SIZE(body) + pid_n : 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(head) + (body != Py_None ? ld_size(4, c_n) : 0) + PyBytes_GET_SIZE(tail);
+    if (put_ld_head(b, 10, n) || put_bytes(b, head)) return -1;
+    if (body != Py_None && (put_ld_head(b, 4, c_n) || put_bytes(b, body))) return -1;
+    if (with_pid && (put_ld_head(b, 5, 1 + varint_len(nspid)) || put_varint(b, 0x08) || put_varint(b, nspid)))
+        return -1;
+    return put_bytes(b, tail) || put_bytes(b, dk);
+}
+/* Process.binary_properties (field 18): {file: {inode: {number}, path}} */
+static int pb_binary_properties(Buf *b, PyObject *exe, unsigned long long ino) {
+    Py_ssize_t pn; const char *path = PyUnicode_AsUTF8AndSize(exe, &pn);
+    if (!path) return -1;
+    Py_ssize_t inode_n = ino ? 1 + varint_len(ino) : 0;
+    Py_ssize_t file_n = (ino ? ld_size(1, inode_n) : 0) + (pn ? ld_size(2, pn) : 0);
+    if (put_ld_head(b, 18, ld_size(4, file_n)) || put_ld_head(b, 4, file_n)) return -1;
+    if (ino && (put_ld_head(b, 1, inode_n) || put_varint(b, 0x08) || put_varint(b, ino))) return -1;
+    return pn ? put_ld(b, 2, path, pn) : 0;
+}
+/* the process's tetragon.Process bytes into s->pbo: the fields of render_process's JSON in field-number order,
+ * proto3 defaults left out, as ProtoEventEncoder.process_bytes encodes that JSON */
+static int render_process_pb(FastProc *s, const ExecView *v, PyObject *const *o, int bits, long long wall,
+                             PyObject *pod) {
+    PyObject *joined = PyTuple_GET_ITEM(o[O_ARGS_E], 2);
+    char ts[32]; int ts_n = timestamp_pb(wall, ts);
+    Buf *b = &s->pbo;
+    b->n = 0;
+    if (ts_n < 0 || put_str_field(b, 1, o[O_EID]) || put_u32_wrapper(b, 2, v->pid) || put_u32_wrapper(b, 3, v->uid) ||
+        put_str_field(b, 4, o[O_CWD]) || put_str_field(b, 5, o[O_BIN]))
+        return -1;
+    if (PyBytes_GET_SIZE(joined) && put_ld_bytes(b, 6, joined)) return -1;
+    if (put_ld(b, 7, flag_text[bits], (Py_ssize_t)strlen(flag_text[bits])) || put_ld(b, 8, ts, ts_n) ||
+        put_u32_wrapper(b, 9, v->auid))
+        return -1;
+    if (pod && pb_pod(b, pod, v->pid, v->nspid)) return -1;
+    if (put_str_field(b, 12, o[O_PEID]) || put_bytes(b, PyTuple_GET_ITEM(o[O_CRED], 3)) ||
+        put_bytes(b, PyTuple_GET_ITEM(o[O_NS], 2)) || put_u32_wrapper(b, 16, v->tid) ||
+        put_bytes(b, PyTuple_GET_ITEM(o[O_CRED], 4)))
+        return -1;
+    return PyUnicode_GET_LENGTH(o[O_EXE]) ? pb_binary_properties(b, o[O_EXE], v->ino) : 0;
+}
+/* a process's memoised tetragon.Process bytes (new reference): Process.encoded_pb, else proto_pb renders them
+ * (and memoises them on it) */
+static PyObject *process_pb(FastProc *s, PyObject *proc) {
+    PyObject *pb = PyObject_GetAttr(proc, s->a_encoded_pb);
+    if (pb && pb != Py_None && PyBytes_Check(pb)) return pb;
+    Py_XDECREF(pb);
+    pb = pb ? PyObject_CallOneArg(s->proto_pb, proc) : NULL;
+    if (pb && !PyBytes_Check(pb)) { Py_CLEAR(pb); PyErr_SetString(PyExc_TypeError, "process_bytes: bytes expected"); }
+    return pb;
+}
+/* GetEventsResponse fields after the event: node_name (1000), time (1001) */
+static int pb_node_time(FastProc *s, Buf *b, const char *ts, int ts_n) {
+    return put_bytes(b, s->node_pb) || put_ld(b, 1001, ts, ts_n);
+}
+/* ProtoEventEncoder.exec_event's bytes (new reference) */
+static PyObject *exec_pb(FastProc *s, PyObject *proc, PyObject *parent, long long wall) {
+    char ts[32]; int ts_n = timestamp_pb(wall, ts);
+    PyObject *pb = process_pb(s, proc), *ppb = pb ? process_pb(s, parent) : NULL, *out = NULL;
+    Buf *b = &s->pbe;
+    b->n = 0;
+    if (ppb && ts_n >= 0 &&
+        !put_ld_head(b, 1, ld_size(1, PyBytes_GET_SIZE(pb)) + ld_size(2, PyBytes_GET_SIZE(ppb))) &&
+        !put_ld_bytes(b, 1, pb) && !put_ld_bytes(b, 2, ppb) && !pb_node_time(s, b, ts, ts_n))
+        out = PyBytes_FromStringAndSize(b->p, b->n);
+    Py_XDECREF(pb); Py_XDECREF(ppb);
+    return out;
+}
+/* ProtoEventEncoder.exit_event's bytes (new reference); parent may be None */
+static PyObject *exit_pb(FastProc *s, PyObject *proc, PyObject *parent, long long wall, unsigned sig, unsigned status) {
+    char ts[32]; int ts_n = timestamp_pb(wall, ts);
+    PyObject *pb = process_pb(s, proc), *ppb = pb && parent != Py_None ? process_pb(s, parent) : NULL, *out = NULL;
+    PyObject *name = sig ? PyList_GET_ITEM(s->signals, sig) : NULL;
+    if (!pb || (parent != Py_None && !ppb) || ts_n < 0) goto done;
+    Py_ssize_t n = ld_size(1, PyBytes_GET_SIZE(pb)) + (ppb ? ld_size(2, PyBytes_GET_SIZE(ppb)) : 0) +
+                   (name ? ld_size(3, PyBytes_GET_SIZE(name)) : 0) + (status ? 1 + varint_len(status) : 0) +
+                   ld_size(5, ts_n);
+    Buf *b = &s->pbe;
+    b->n = 0;
+    if (put_ld_head(b, 5, n) || put_ld_bytes(b, 1, pb) || (ppb && put_ld_bytes(b, 2, ppb)) ||
+        (name && put_ld_bytes(b, 3, name)) || (status && (put_varint(b, 4 << 3) || put_varint(b, status))) ||
+        put_ld(b, 5, ts, ts_n) || pb_node_time(s, b, ts, ts_n))
+        goto done;
+    out = PyBytes_FromStringAndSize(b->p, b->n);
+done:
+    Py_XDECREF(pb); Py_XDECREF(ppb);
+    return out;
+}
 /* the exec's JSON onto Process.encoded (and its pod onto Process.pod): rendered here, or, for a pod the glue
  * left to Python (py_render), by the encoder's process_json, once for this process */
 static int exec_encode(FastProc *s, PyObject *proc, const ExecView *v, PyObject *const *o, int bits, long long wall,
@@ -624,6 +796,12 @@ static int exec_encode(FastProc *s, PyObject *proc, const ExecView *v, PyObject 
     PyObject *enc = PyBytes_FromStringAndSize(s->obj.p, s->obj.n);
     int bad = !enc || PyObject_SetAttr(proc, s->a_encoded, enc);
     Py_XDECREF(enc);
+    if (!bad && s->want_pb) {  /* its protobuf too, while a gRPC client follows */
+        PyObject *pb = render_process_pb(s, v, o, bits, wall, pod) ? NULL
+                                                                    : PyBytes_FromStringAndSize(s->pbo.p, s->pbo.n);
+        bad = !pb || PyObject_SetAttr(proc, s->a_encoded_pb, pb);
+        Py_XDECREF(pb);
+    }
     if (bad || !pod) return bad ? -1 : 0;
     PyObject *d = pod_object(s, pod, v->pid, v->nspid);
     bad = !d || PyObject_SetAttr(proc, s->a_pod, d);
@@ -693,7 +871,10 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     PyObject *enc = PyObject_GetAttr(proc, s->a_encoded);
     int bad = !enc || exec_line(s, enc, parent, (long long)v.ktime + offset);
     Py_XDECREF(enc);
-    if (bad || !(bin = PyObject_GetAttr(proc, s->a_binary)) || !(ev = emit(s, s->s_exec, proc, parent, &s->buf)) ||
+    PyObject *pb = NULL;
+    if (bad || !(bin = PyObject_GetAttr(proc, s->a_binary)) ||
+        (s->want_pb && !(pb = exec_pb(s, proc, parent, (long long)v.ktime + offset))) ||
+        !(ev = emit(s, s->s_exec, proc, parent, &s->buf, pb)) ||
         PyList_Append(out, ev) || count(s, s->s_exec, bin))
         goto done;
     rc = 1;
@@ -753,7 +934,8 @@ static int on_exit_rec(FastProc *s, PyObject *raw, PyObject *now, long long offs
     memcpy(b->p + b->n, b->p + t0, tn);
     b->n += tn;
     if (PUTS(b, "\"}")) goto done;
-    if (!(ev = emit(s, s->s_exit, proc, parent, b)) || PyList_Append(out, ev)) goto done;
+    PyObject *pb = s->want_pb ? exit_pb(s, proc, parent, wall, sig, status) : NULL;
+    if ((s->want_pb && !pb) || !(ev = emit(s, s->s_exit, proc, parent, b, pb)) || PyList_Append(out, ev)) goto done;
     if (!(bin = PyObject_GetAttr(proc, s->a_binary)) || count(s, s->s_exit, bin)) goto done;
     if (cache_exit(s, proc, now)) goto done;
     rc = 1;
@@ -768,8 +950,11 @@ static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long l
 static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
     PyObject *raws, *now, *pods = Py_None;
     long long offset;
-    if (!PyArg_ParseTuple(args, "O!OL|O:handle", &PyList_Type, &raws, &now, &offset, &pods)) return NULL;
+    int want_pb = 0;
+    if (!PyArg_ParseTuple(args, "O!OL|Op:handle", &PyList_Type, &raws, &now, &offset, &pods, &want_pb)) return NULL;
     if (pods != Py_None && !PyDict_Check(pods)) { PyErr_SetString(PyExc_TypeError, "pods: a dict or None"); return NULL; }
+    if (want_pb && s->proto_pb == Py_None) { PyErr_SetString(PyExc_ValueError, "want_pb: no proto_pb"); return NULL; }
+    s->want_pb = want_pb;
     Py_XSETREF(s->pods, pods == Py_None ? NULL : Py_NewRef(pods));
     PyObject *out = handle_batch(s, raws, now, offset);
     Py_CLEAR(s->pods);
@@ -845,16 +1030,20 @@ static int fields(PyObject *seq, Field *f, Py_ssize_t n, const char *what) {
 static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
 
 static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
-    PyObject *xf, *tf, *node, *r[11], *pspec, *espec;
-    if (!PyArg_ParseTuple(args, "OOnnn(nn)(nn)UOOOOOOOOOOO!OO:FastProc", &xf, &tf, &s->x_tail, &s->x_min, &s->t_min,
+    PyObject *xf, *tf, *node, *r[12], *pspec, *espec;
+    if (!PyArg_ParseTuple(args, "OOnnn(nn)(nn)UOOOOOOOOOOO!OOO:FastProc", &xf, &tf, &s->x_tail, &s->x_min, &s->t_min,
                           &s->creds_off, &s->creds_len, &s->ns_off, &s->ns_len, &node, &r[0], &r[1], &r[2], &r[3],
-                          &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10], &pspec, &espec))
+                          &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10], &pspec, &espec, &r[11]))
         return -1;
+    if (r[11] != Py_None && !PyCallable_Check(r[11])) {
+        PyErr_SetString(PyExc_TypeError, "proto_pb: a callable or None");
+        return -1;
+    }
     ctor_clear(&s->process_ctor);
     ctor_clear(&s->event_ctor);
     if (ctor_init(&s->process_ctor, r[0], pspec, 17) || ctor_init(&s->event_ctor, r[1], espec, 4)) return -1;
     PyObject **refs[] = {&s->process_type, &s->event_type, &s->cache, &s->entries, &s->by_pid, &s->events,
-                         &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals};
+                         &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals, &s->proto_pb};
     for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_XSETREF(*refs[i], Py_NewRef(r[i]));
     if (fields(xf, s->x, X_NFIELDS, "exec fields") || fields(tf, s->t, T_NFIELDS, "exit fields")) return -1;
     if (!PyDict_Check(s->entries) || !PyDict_Check(s->by_pid) || !PyDict_Check(s->events) || !PyDict_Check(s->by_binary)) {
@@ -871,7 +1060,11 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
     Buf nj = {0};
     if (put_json_utf8(&nj, ns, nn)) return -1;
     s->node_json = PyBytes_FromStringAndSize(nj.p, nj.n);
+    nj.n = 0;
+    if (!s->node_json || put_ld(&nj, 1000, ns, nn)) { PyMem_Free(nj.p); return -1; }
+    Py_XSETREF(s->node_pb, PyBytes_FromStringAndSize(nj.p, nj.n));
     PyMem_Free(nj.p);
+    if (!s->node_pb) return -1;
     s->last_sec = -1;
     if (!s->node_json || !(s->memo_cred = PyDict_New()) || !(s->memo_ns = PyDict_New()) ||
         !(s->memo_text = PyDict_New()) || !(s->memo_args = PyDict_New()) || !(s->memo_int = PyDict_New()) || !(s->s_exec = intern("process_exec")) ||
@@ -882,7 +1075,8 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
         !(s->a_flags = intern("flags")) || !(s->a_exec_id = intern("exec_id")) || !(s->a_insert = intern("insert")) ||
         !(s->a_exit = intern("exit")) || !(s->a_pid = intern("pid")) || !(s->a_refcnt = intern("refcnt")) ||
         !(s->a_end = intern("_end")) || !(s->a_evict = intern("_evict")) || !(s->a_pjson = intern("process_json")) ||
-        !(s->a_pod = intern("pod")) || !(s->a_container = intern("container")))
+        !(s->a_pod = intern("pod")) || !(s->a_container = intern("container")) ||
+        !(s->a_encoded_pb = intern("encoded_pb")) || !(s->a_pb = intern("pb")))
         return -1;
     /* Process.flags as the Python path builds them: execve, clone, truncArgs, errorCWD | rootcwd */
     for (unsigned bits = 0; bits < 12; bits++) {
@@ -902,7 +1096,7 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
 static int FastProc_traverse(FastProc *s, visitproc visit, void *arg) {
     Py_VISIT(s->process_type); Py_VISIT(s->event_type); Py_VISIT(s->cache); Py_VISIT(s->entries);
     Py_VISIT(s->by_pid); Py_VISIT(s->events); Py_VISIT(s->by_binary); Py_VISIT(s->encoder); Py_VISIT(s->slow);
-    Py_VISIT(s->creds_ns); Py_VISIT(s->memo_cred); Py_VISIT(s->memo_ns);
+    Py_VISIT(s->creds_ns); Py_VISIT(s->memo_cred); Py_VISIT(s->memo_ns); Py_VISIT(s->proto_pb);
     for (int i = 0; i < L_COUNT; i++) Py_VISIT(s->last[i].obj);
     return 0;
 }
@@ -914,7 +1108,8 @@ static int FastProc_clear(FastProc *s) {
                         &s->s_clone, &s->s_empty, &s->empty_tuple, &s->a_key, &s->a_encoded, &s->a_alive,
                         &s->a_parent_key, &s->a_binary, &s->a_flags, &s->a_exec_id, &s->a_insert, &s->a_exit, &s->a_pid,
                         &s->a_refcnt, &s->a_end, &s->a_evict,
-                        &s->a_pjson, &s->a_pod, &s->a_container, &s->pods};
+                        &s->a_pjson, &s->a_pod, &s->a_container, &s->pods, &s->proto_pb, &s->node_pb,
+                        &s->a_encoded_pb, &s->a_pb};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) Py_CLEAR(*all[i]);
     for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);
     ctor_clear(&s->process_ctor);
@@ -930,6 +1125,8 @@ static void FastProc_dealloc(FastProc *s) {
     FastProc_clear(s);
     PyMem_Free(s->buf.p);
     PyMem_Free(s->obj.p);
+    PyMem_Free(s->pbo.p);
+    PyMem_Free(s->pbe.p);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -969,8 +1166,9 @@ end:
 
 static PyMethodDef FastProc_methods[] = {
     {"handle", (PyCFunction)FastProc_handle, METH_VARARGS,
-     "handle(raws, now_ns, clock_offset_ns, pods=None) -> [OutEvent]: a batch of process records, in ring order;\n"
-     "pods: (netns_inode, cgroup_id) -> PodParts, None (a host process) or another value (the encoder renders)"},
+     "handle(raws, now_ns, clock_offset_ns, pods=None, want_pb=False) -> [OutEvent]: a batch of process records, in\n"
+     "ring order; pods: (netns_inode, cgroup_id) -> PodParts, None (a host process) or another value (the encoder\n"
+     "renders); want_pb: each event's GetEventsResponse bytes too (OutEvent.pb)"},
     {"pod_keys", (PyCFunction)FastProc_pod_keys, METH_O,
      "pod_keys(raws) -> {(netns_inode, cgroup_id)}: the pairs of the batch's exec records, for the pod resolver"},
     {"memo_sizes", (PyCFunction)FastProc_memo_sizes, METH_NOARGS, "entries in each of the shared-value memos"},
@@ -1000,6 +1198,8 @@ static struct PyModuleDef fastproc_module = {PyModuleDef_HEAD_INIT, "_fastproc",
 PyMODINIT_FUNC PyInit__fastproc(void) {
     if (PyType_Ready(&FastProcType) < 0) return NULL;
     PyObject *m = PyModule_Create(&fastproc_module);
-    if (m && PyModule_AddObjectRef(m, "FastProc", (PyObject *)&FastProcType) < 0) Py_CLEAR(m);
+    if (m && (PyModule_AddObjectRef(m, "FastProc", (PyObject *)&FastProcType) < 0 ||
+              PyModule_AddIntConstant(m, "PB", 1) < 0))  /* renders OutEvent.pb (want_pb) */
+        Py_CLEAR(m);
     return m;
 }

@@ -383,15 +383,15 @@ class ProcessSensor:
 
     @property
     def fastpath(self) -> str:
-        """Which path handles process records, for ``lanner status``: "c" (pods included), or "python (why)";
-        batches taken while a gRPC client wants protobuf go to the Python path either way."""
+        """Which path handles process records, for ``lanner status``: "c" (pods, and the protobuf of batches a gRPC
+        client follows, included), or "python (why)"."""
         why = self.fast.encoder.why_not_plain() if self.fast is not None else ""
         return f"python ({why})" if why else self._fastpath
 
     def handle(self, raws: list, want_pb: bool) -> list:
         fast = self.fast
         if fast is not None and fast.usable(want_pb):
-            return fast.handle(raws)
+            return fast.handle(raws, want_pb)
         return self.events.handle(self.decoder.decode(raws), want_pb)
 
     def poll(self) -> list[bytes]:

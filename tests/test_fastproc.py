@@ -8,7 +8,10 @@ backslashes and non-ASCII. With a pod resolver attached (the way --enable-k8s-ap
 cache attach theirs): processes in pods (by cgroup, with and without a container, a container pid, labels,
 quotes and non-ASCII) and out of them, a pod unknown at exec and known later, a deleted pod, and pods left to
 the Python encoder; and with --enable-process-cred/--enable-process-ns (capabilities, securebits, host and
-other namespaces). No BPF is loaded: the layouts come from the built object's BTF.
+other namespaces). With a gRPC client following (want_pb) each event's GetEventsResponse bytes (OutEvent.pb)
+and each process's memoised protobuf (Process.encoded_pb) are compared too, and the bytes decode to the
+message the event's JSON line parses to; batches switch between with and without protobuf. No BPF is loaded:
+the layouts come from the built object's BTF.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import os
 import struct
 import subprocess
 
+import orjson
 import pytest
+from google.protobuf import json_format
 
 from lanner.bpf.btf import Btf
 from lanner.bpf.records import RecordLayout
+from lanner.exporter.api.gen.tetragon import events_pb2
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
+from lanner.exporter.grpc_api import ProtoEventEncoder
 from lanner.exporter.pipeline import OutEvent
 from lanner.netdp.endpoint import ContainerInfo, PodInfo
 from lanner.netdp.podcache import PodMatch
@@ -130,7 +137,9 @@ def records() -> list[bytes]:
 HOST_NS = (4026531838, 0, 4026531841, 0, 0, 4026531840, 0, 0, 0, 0)  # the host's uts, mnt and net
 
 
-def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_ns: bool = False):
+def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_ns: bool = False, pb=False):
+    """One path's handle(raws), cache, counters and events; ``pb``: each batch wants protobuf (a bool, or a
+    callable of the batch's index in the run)."""
     decoder = ProcessDecoder(_Obj())  # type: ignore[arg-type]
     cache = ProcessCache(node, capacity=20)  # small: the records make it evict
     clock = KtimeClock()
@@ -138,21 +147,24 @@ def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_n
     enc = ProcessEventEncoder(EncoderOptions(node, process_cred=cred_ns, process_ns=cred_ns), HOST_NS, clock)
     counters = ProcessCounters()
     enc.attach_pod_resolver(pods)
-    events = ProcessEvents(ProcessEventsContext(node, cache, enc, None, counters))
+    events = ProcessEvents(ProcessEventsContext(node, cache, enc, ProtoEventEncoder(enc, node), counters))
     seeded = Process((PARENT, PARENT_KT), cache.exec_id(PARENT, PARENT_KT), None, "", PARENT, PARENT, PARENT,
                      "/usr/bin/bash", ("-l",), "/root", ("procFS",), PARENT_KT, Creds(*([0] * 13)), None, 0)
     cache.insert(seeded, 0)
+    want = pb if callable(pb) else (lambda _: pb)
+    n = iter(range(1 << 30))
     if fast:
         fp = fastproc.FastPath(MODULE, decoder, events, pods_in_python)
-        assert fp.usable(False) and not fp.usable(True)
-        return lambda raws: fp.handle(raws), cache, counters, events
-    return lambda raws: events.handle(decoder.decode(raws), False), cache, counters, events
+        assert fp.usable(False) and fp.usable(True)
+        return lambda raws: fp.handle(raws, want(next(n))), cache, counters, events
+    return lambda raws: events.handle(decoder.decode(raws), want(next(n))), cache, counters, events
 
 
 def _cache_state(cache: ProcessCache) -> list:
     st = cache.stats
     return [dict(cache._by_pid), [k for _, k in cache._dead], (st.size, st.evictions, st.misses, st.collected)] + [(p.key, p.exec_id, p.parent_key, p.parent_exec_id, p.pid, p.tid, p.nspid, p.binary, p.args, p.cwd,
-             p.flags, p.start_ns, p.creds, p.ns, p.cgroup_id, p.exe, p.exe_ino, p.refcnt, p.alive, p.encoded, p.pod)
+             p.flags, p.start_ns, p.creds, p.ns, p.cgroup_id, p.exe, p.exe_ino, p.refcnt, p.alive, p.encoded, p.pod,
+             p.encoded_pb)
             for p in cache._entries.values()]
 
 
@@ -166,7 +178,7 @@ def _run(worlds: dict, phases: list, batch: int) -> dict:
                 change(resolver)
             for i in range(0, len(raws), batch):
                 lines += handle(raws[i:i + batch])
-        outs[fast] = ([(e.kind, e.line, e.proc.key, e.parent.key if e.parent else None) for e in lines],
+        outs[fast] = ([(e.kind, e.line, e.proc.key, e.parent.key if e.parent else None, e.pb) for e in lines],
                       _cache_state(cache), counters)
     return outs
 
@@ -182,11 +194,23 @@ def _assert_same(outs: dict) -> list:
     return py_lines
 
 
-def _worlds(node: str, pods=None, pods_in_python: bool = False, cred_ns: bool = False) -> dict:
+def _assert_pb_decodes(lines: list) -> int:
+    """Every event's protobuf parses as GetEventsResponse, to the message its JSON line parses to; the count."""
+    n = 0
+    for _, line, _, _, pb in lines:
+        if pb is None:
+            continue
+        got = events_pb2.GetEventsResponse.FromString(pb)
+        assert got == json_format.ParseDict(orjson.loads(line), events_pb2.GetEventsResponse())
+        n += 1
+    return n
+
+
+def _worlds(node: str, pods=None, pods_in_python: bool = False, cred_ns: bool = False, pb=False) -> dict:
     out = {}
     for fast in (False, True):
         resolver = pods() if pods is not None else None
-        handle, cache, counters, _ = world(node, fast, resolver, pods_in_python, cred_ns)
+        handle, cache, counters, _ = world(node, fast, resolver, pods_in_python, cred_ns, pb)
         out[fast] = (handle, cache, counters, resolver)
     return out
 
@@ -195,19 +219,21 @@ def _worlds(node: str, pods=None, pods_in_python: bool = False, cred_ns: bool = 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
 @pytest.mark.parametrize("in_pod", [False, True])
 @pytest.mark.parametrize("cred_ns", [False, True])
-def test_same_bytes_counters_and_cache(node, batch, in_pod, cred_ns):
+@pytest.mark.parametrize("pb", [False, True])
+def test_same_bytes_counters_and_cache(node, batch, in_pod, cred_ns, pb):
     """Every record variant, as host processes and (in_pod) with a resolver placing their cgroup in a pod, with
-    and without --enable-process-cred and --enable-process-ns."""
+    and without --enable-process-cred and --enable-process-ns, with and without protobuf."""
     pods = (lambda: FakePods({9: WEB})) if in_pod else None
-    outs = _run(_worlds(node, pods, cred_ns=cred_ns), [(None, records())], batch)
+    outs = _run(_worlds(node, pods, cred_ns=cred_ns, pb=pb), [(None, records())], batch)
     lines = _assert_same(outs)
     assert len(lines) > 40
-    joined = b"".join(line for _, line, _, _ in lines)
+    assert _assert_pb_decodes(lines) == (len(lines) if pb else 0)
+    joined = b"".join(line for _, line, _, _, _ in lines)
     for member in (b'"cap":{"permitted":["CAP_CHOWN"', b'"process_credentials":{"uid":1000,"gid":1001',
                    b'"securebits":["SecBitNoRoot"', b'"ns":{"uts":{"inum":4026531838,"is_host":true}',
                    b'"net":{"inum":4026532111}'):
         assert (member in joined) == cred_ns, member
-    assert all((b'"pod":{' in line) == in_pod for kind, line, _, _ in lines if kind == "process_exec")
+    assert all((b'"pod":{' in line) == in_pod for kind, line, _, _, _ in lines if kind == "process_exec")
     py_c = outs[False][2]
     assert py_c.duplicates == 2 and py_c.exit_misses == 2 and py_c.parent_misses >= 1
 
@@ -276,10 +302,13 @@ def _pods() -> FakePods:
 
 @pytest.mark.parametrize("batch", [1, 5, 1000])
 @pytest.mark.parametrize("pods_in_python,cred_ns", [(False, False), (True, False), (False, True)])
-def test_pods_same_bytes_counters_and_cache(batch, pods_in_python, cred_ns):
-    """Processes in and out of pods, a late pod, a deleted pod: the same bytes, counters, cache and Process.pod."""
-    lines = _assert_same(_run(_worlds("node-1", _pods, pods_in_python, cred_ns), pod_phases(), batch))
-    by = {(kind, key[0]): line for kind, line, key, _ in lines}
+@pytest.mark.parametrize("pb", [False, True])
+def test_pods_same_bytes_counters_and_cache(batch, pods_in_python, cred_ns, pb):
+    """Processes in and out of pods, a late pod, a deleted pod: the same bytes (JSON and protobuf), counters,
+    cache and Process.pod."""
+    lines = _assert_same(_run(_worlds("node-1", _pods, pods_in_python, cred_ns, pb), pod_phases(), batch))
+    assert _assert_pb_decodes(lines) == (len(lines) if pb else 0)
+    by = {(kind, key[0]): line for kind, line, key, _, _ in lines}
     web = by[("process_exec", 40_000)]
     assert b'"pod":{"namespace":"default","name":"we\\"b-\xc3\xbc\\\\x","uid":"uid-1","container":{"id":' in web
     assert b'"image":{"id":"sha256:abc","name":"nginx:1.25"},"pid":7},"pod_labels":' in web
@@ -331,6 +360,50 @@ def test_fast_path_takes_the_common_records(cred_ns):
     assert counters.records == 2 and counters.events == {"process_exec": 1, "process_exit": 1}
     handle([clone_rec(30_002, 6_000)])  # a clone is the Python path's
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("batch", [1, 4, 1000])
+@pytest.mark.parametrize("cred_ns", [False, True])
+@pytest.mark.parametrize("every", [2, 3])
+def test_pb_some_batches(batch, cred_ns, every):
+    """A gRPC client that comes and goes: batches with and without protobuf alternate, so processes rendered
+    without their protobuf (by C or by Python) exit or parent execs while one is wanted; pods included."""
+    pb = lambda i: i % every == 1  # noqa: E731
+    recs = records()
+    phases = [(None, recs)] + pod_phases()
+    lines = _assert_same(_run(_worlds("node-1", _pods, cred_ns=cred_ns, pb=pb), phases, batch))
+    n = _assert_pb_decodes(lines)
+    assert 0 < n < len(lines)
+
+
+@pytest.mark.parametrize("cred_ns", [False, True])
+def test_pb_rendered_in_c(cred_ns):
+    """With protobuf wanted, the common records stay in C: ProtoEventEncoder renders only the seeded parent's
+    Process (rendered earlier by Python), once; the processes' Process bytes are memoised on them."""
+    handle, cache, counters, events = world("n", True, _pods(), cred_ns=cred_ns, pb=True)
+    proto = events.ctx.proto
+    rendered: list = []
+    real = proto._process.encode
+    proto._process.encode = lambda d: rendered.append(d.get("pid")) or real(d)  # the Process renderer (wire.py)
+    calls: list = []
+    events.handle_records = lambda *a: calls.append(a) or []  # type: ignore[method-assign]
+    raws = [exec_rec(61_000 + i, 9_000 + i, b"/bin/w", [b"w", b"a b"], cg=WEB_CG if i % 2 else 9, nspid=7)
+            for i in range(6)]
+    out = handle(raws + [exit_rec(61_000 + i, 9_000 + i, 9_500 + i, (i << 8) | (i & 1) * 9) for i in range(6)])
+    assert len(out) == 12 and calls == [] and [pid for pid in rendered if pid] == [PARENT]
+    assert all(e.pb is not None for e in out) and _assert_pb_decodes(
+        [(e.kind, e.line, None, None, e.pb) for e in out]) == 12
+    p = out[0].proc
+    assert p.encoded_pb is not None and out[0].pb.count(p.encoded_pb) == 1 and out[6].pb.count(p.encoded_pb) == 1
+    assert counters.events == {"process_exec": 6, "process_exit": 6}
+
+
+def test_pb_redaction_stays_in_python():
+    """Redaction keeps every batch on the Python path, protobuf or not."""
+    handle, cache, counters, events = world("n", True)
+    fp = fastproc.FastPath(MODULE, ProcessDecoder(_Obj()), events)  # type: ignore[arg-type]
+    events.ctx.encoder.redactor = object()
+    assert not fp.usable(True) and not fp.usable(False)
 
 
 def test_field_offsets_match_the_layout():
