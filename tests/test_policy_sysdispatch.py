@@ -536,3 +536,42 @@ def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_p
         assert list(e.sys.map("gen_sys_pf").keys()) == []
     finally:
         e.close()
+
+
+def test_postfix_reversals_are_shared_only_while_the_slot_holds_the_same_string(agent, tmp_path):
+    """Hooks of one invocation reuse the reversal (Postfix) an earlier hook made of the same slot's string; a hook
+    whose slot 0 holds the other name of rename(2) reverses its own string."""
+    import ctypes
+
+    from lanner.sensors.generic.engine import EngineContext, PolicyEngine
+
+    t = str(tmp_path)
+
+    def spec(index: int, suffix: str) -> str:
+        return f"""
+    kprobes:
+    - call: sys_rename
+      syscall: true
+      args: [{{index: {index}, type: string}}]
+      selectors: [{{matchArgs: [{{index: {index}, operator: Postfix, values: ["{suffix}"]}}]}}]
+    """
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def run():
+        for old, new in (("x.a", "y.c"), ("x.c", "y.b"), ("z.a", "z.b")):
+            (tmp_path / old).write_text("x")
+            libc.syscall(82, f"{t}/{old}".encode(), f"{t}/{new}".encode())  # __NR_rename
+
+    e = PolicyEngine(EngineContext(dict(HOST_PROBE), agent.sensor.obj.map("execve_map").fd, agent.cache,
+                                   agent.encoder, agent.proto, agent.cfg.node_name))
+    names = ("rv-old", "rv-old2", "rv-new")
+    try:
+        with Loaded(e, policy_yaml("rv-old", spec(0, ".a")), "rv-old"), \
+                Loaded(e, policy_yaml("rv-old2", spec(0, "a")), "rv-old2"), \
+                Loaded(e, policy_yaml("rv-new", spec(1, ".b")), "rv-new"):
+            got = _pf_paths(agent, e, run, names)
+    finally:
+        e.close()
+    assert got["rv-old"] == got["rv-old2"] == [f"{t}/x.a", f"{t}/z.a"], got
+    assert got["rv-new"] == [f"{t}/y.b", f"{t}/z.b"], got

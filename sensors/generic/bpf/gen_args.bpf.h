@@ -463,6 +463,7 @@ static __always_inline void gen_arg_read(struct gen_scratch *s, struct gen_arg *
 	s->arg_desc[i] = gen_arg_desc(a);
 	s->arg_flags[i] = a->flags;
 	s->arg_trunc = (s->arg_trunc & ~(1U << i)) | (s->ev.trunc & (1U << i));
+	s->rev_shared &= ~(1U << i); /* a new string in slot i: its reversal is to be made again */
 }
 
 /* argument i of hook into the event's slot i; ctx: the tracepoint record or pt_regs address (a scalar: it

@@ -46,6 +46,27 @@ GEN_STAGE int gen_reverse(struct gen_str *dst, struct gen_str *src, __u32 len)
 	return 0;
 }
 
+/* rev[a] already holds slot a reversed: made by an earlier hook of this dispatcher invocation from the string
+ * slot a still holds (a new read of the slot clears the bit: gen_arg_read) */
+static __always_inline bool gen_rev_cached(struct gen_scratch *s, __u32 a)
+{
+	return s->share && s->rev_inv == s->sysinv + 1 && (s->rev_shared & (1U << a));
+}
+
+/* rev[a] now holds slot a reversed: for the later hooks of this invocation (or nobody, outside the dispatcher) */
+static __always_inline void gen_rev_made(struct gen_scratch *s, __u32 a)
+{
+	if (!s->share) {
+		s->rev_shared &= ~(1U << a);
+		return;
+	}
+	if (s->rev_inv != s->sysinv + 1) {
+		s->rev_inv = s->sysinv + 1;
+		s->rev_shared = 0;
+	}
+	s->rev_shared |= 1U << a;
+}
+
 /* exact match of str (len bytes, zero padded) in hash set set_id */
 /* str is the key itself (its header is set here): the string must be zero padded (GAF_ZERO) */
 static __always_inline bool gen_str_in_set(struct gen_scratch *s, struct gen_str *str, __u32 len, bool trunc,
@@ -163,7 +184,10 @@ GEN_STAGE int gen_filter(struct gen_filter *f, __u32 phase_ret)
 		break;
 	case GF_STR_POSTFIX:
 		if (!(s->rev_done & (1 << a))) {
-			gen_reverse(&s->rev[a], &s->ev.str[a], len);
+			if (!gen_rev_cached(s, a)) {
+				gen_reverse(&s->rev[a], &s->ev.str[a], len);
+				gen_rev_made(s, a);
+			}
 			s->rev_done |= 1 << a;
 		}
 		hit = gen_str_in_lpm(s, &s->rev[a], len, f->set_id);

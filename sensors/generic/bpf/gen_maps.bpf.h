@@ -171,6 +171,8 @@ struct gen_scratch {
 	__u64 arg_desc[GEN_MAX_ARGS];     /* the first 8 bytes of the struct gen_arg it was read for */
 	__u16 arg_flags[GEN_MAX_ARGS];    /* and its flags (GAF_ZERO) */
 	__u32 arg_trunc;                  /* bit i: the cached slot i was truncated */
+	__u32 rev_shared;                 /* bit i: rev[i] is slot i reversed, made in invocation rev_inv - 1 */
+	__u64 rev_inv;
 	__u32 share;                      /* this hook may use and fill the caches above (a dispatcher hook) */
 	struct lanner_path_buf pb;
 };

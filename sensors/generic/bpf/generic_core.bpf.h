@@ -182,6 +182,8 @@ GEN_STAGE int gen_exit_stage(__s64 ret, struct gen_hook *exit_hook)
 	bpf_probe_read_kernel(&s->ev, sizeof(s->ev), saved);
 	bpf_map_delete_elem(&gen_inflight, &key);
 	s->rev_done = 0;
+	s->share = 0; /* the event is the entry's, not what this invocation's hooks read and reversed */
+	s->rev_shared = 0;
 	s->ev.ret = ret;
 	s->ev.flags |= GEF_RETURN;
 	if ((hook->flags & GHF_RET_SOCK) && ret && hook->ret_slot < GEN_MAX_ARGS) {
