@@ -483,9 +483,9 @@ def _pf_paths(agent, e, run, names) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("flavour", ["tp_btf", "raw_tp"])
 def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_path):
-    """Hooks every selector of which needs a path prefix (Prefix, or Equal) run only for the paths that may match:
-    they still fire for theirs, the others are skipped (the dispatcher's counters); a hook with a selector
-    without such a filter always runs; hooks added and deleted at run time keep the trie right."""
+    """Hooks every selector of which needs a path prefix (Prefix, or Equal) or postfix run only for the paths that
+    may match: they still fire for theirs, the others are skipped (the dispatcher's counters); a hook with a
+    selector without such a filter always runs; hooks added and deleted at run time keep the trie right."""
     from lanner.sensors.generic.engine import EngineContext, PolicyEngine
 
     t = str(tmp_path)
@@ -493,10 +493,12 @@ def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_p
     for d in ("hit", "third", "other"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "x").write_text("x")
-    paths = [f"{t}/hit/x", f"{t}/third/x", f"{t}/other/x", f"{t}/hit"]
+    paths = [f"{t}/hit/x", f"{t}/third/x", f"{t}/other/x", f"{t}/hit", f"{t}/other/y.pem"]
+    (tmp_path / "other" / "y.pem").write_text("x")
     bins = f'matchBinaries: [{{operator: In, values: ["{mycat}"]}}]'
     pre = _pf_spec(f'- matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/hit/"]}}]\n        {bins}')
     eq = _pf_spec(f'- matchArgs: [{{index: 1, operator: Equal, values: ["{t}/hit"]}}]\n        {bins}')
+    post = _pf_spec(f'- matchArgs: [{{index: 1, operator: Postfix, values: [".pem"]}}]\n        {bins}')
     third = _pf_spec(f'- matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/third/"]}}]\n        {bins}')
     # the second selector has no path filter: the hook runs for every path
     mixed = _pf_spec(f'- matchArgs: [{{index: 1, operator: Prefix, values: ["{t}/hit/"]}}]\n        {bins}\n'
@@ -505,24 +507,25 @@ def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_p
     probe.update(FLAVOURS[flavour][0])
     e = PolicyEngine(EngineContext(probe, agent.sensor.obj.map("execve_map").fd, agent.cache, agent.encoder,
                                    agent.proto, agent.cfg.node_name))
-    names = ("pf-pre", "pf-eq", "pf-third", "pf-mixed")
+    names = ("pf-pre", "pf-eq", "pf-third", "pf-mixed", "pf-post")
 
     def run():
         subprocess.run([mycat, *paths], capture_output=True)
 
     try:
         with Loaded(e, policy_yaml("pf-pre", pre), "pf-pre"), Loaded(e, policy_yaml("pf-eq", eq), "pf-eq"), \
-                Loaded(e, policy_yaml("pf-mixed", mixed), "pf-mixed"):
+                Loaded(e, policy_yaml("pf-mixed", mixed), "pf-mixed"), Loaded(e, policy_yaml("pf-post", post), "pf-post"):
             st = e._sys_pf[257]
-            assert st.off == 1 and len(st.entries) == 2  # {t}/hit/ holds {t}/hit's slot too (a prefix of it)
+            assert st.off == 1 and len(st.entries) == 3  # {t}/hit/ holds {t}/hit's slot too (a prefix of it); mep.
             before = e.sys_prefilter_stats()
             got = _pf_paths(agent, e, run, names)
             after = e.sys_prefilter_stats()
             assert got["pf-pre"] == [f"{t}/hit/x"] and got["pf-eq"] == [f"{t}/hit"], got
+            assert got["pf-post"] == [f"{t}/other/y.pem"], got
             assert [p for p in got["pf-mixed"] if p.startswith(t)] == paths, got  # always run
             # mycat's ld.so opens and the paths outside both prefixes skipped both prefiltered hooks
             assert after["calls"] - before["calls"] >= len(paths)
-            assert after["skipped"] - before["skipped"] >= 2 * 3, (before, after)
+            assert after["skipped"] - before["skipped"] >= 3 * 4, (before, after)
             with Loaded(e, policy_yaml("pf-third", third), "pf-third"):  # added at run time
                 got = _pf_paths(agent, e, run, names)
                 assert got["pf-third"] == [f"{t}/third/x"] and got["pf-pre"] == [f"{t}/hit/x"], got
@@ -531,7 +534,7 @@ def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_p
                 assert got["pf-pre"] == [] and got["pf-eq"] == [f"{t}/hit"], got
                 assert got["pf-third"] == [f"{t}/third/x"], got
                 assert [p for p in got["pf-mixed"] if p.startswith(t)] == paths, got
-                assert len(e._sys_pf[257].entries) == 2  # {t}/hit, {t}/third/
+                assert len(e._sys_pf[257].entries) == 3  # {t}/hit, {t}/third/, mep.
         assert not e._sys_pf and not e._sys_pf_of
         assert list(e.sys.map("gen_sys_pf").keys()) == []
     finally:

@@ -1,13 +1,13 @@
 """The syscall dispatcher's prefilter, without BPF: which hooks are prefilterable (every selector needs a prefix
-of one user string: Prefix, or Equal as its own prefix) and what the engine writes for a hook list (pf_* fields,
-gen_sys_pf entries: per prefix, every slot with a prefix of it)."""
+of one user string: Prefix, or Equal as its own prefix; or a postfix) and what the engine writes for a hook list
+(pf_* fields, gen_sys_pf entries: per prefix, every slot with a prefix of it; the same for reversed postfixes)."""
 
 from __future__ import annotations
 
 from lanner.sensors.generic.abi import GA_INT, GA_USTR, GF_INT, GF_STR_EQ, GF_STR_POSTFIX, GF_STR_PREFIX, GFF_NEGATE
-from lanner.sensors.generic.prefilter import KEY, HookPrefilter, SysPrefilter, hook_prefilter
+from lanner.sensors.generic.prefilter import KEY, PF_REVERSED, HookPrefilter, SysPrefilter, hook_prefilter
 
-LPM = {1: [(8 * len(b"/etc/"), b"/etc/"), (8 * len(b"/proc/"), b"/proc/")], 3: [(16, b"ab")]}
+LPM = {1: [(8 * len(b"/etc/"), b"/etc/"), (8 * len(b"/proc/"), b"/proc/")], 3: [(16, b"ab")], 4: [(24, b"hs/")]}
 EQ = {2: [b"/etc/shadow"]}
 
 
@@ -28,13 +28,16 @@ def _cfg(*selectors: list[tuple[int, int, int, int]], types=(GA_INT, GA_USTR), o
 def test_prefilterable_hooks():
     assert hook_prefilter(_cfg([(1, GF_STR_PREFIX, 1, 0)], [(0, GF_INT, 0, 0), (1, GF_STR_EQ, 2, 0)]), LPM, EQ) == \
         HookPrefilter(1, 1, (b"/etc/", b"/etc/shadow", b"/proc/"))
+    # a Postfix selector (its set holds the values reversed); Prefix wins over Postfix within a selector
+    assert hook_prefilter(_cfg([(1, GF_STR_POSTFIX, 4, 0)], [(1, GF_STR_POSTFIX, 4, 0), (1, GF_STR_PREFIX, 1, 0)]),
+                          LPM, EQ) == HookPrefilter(1, 1, (b"/etc/", b"/proc/"), (b"hs/",))
 
 
 def test_hooks_that_always_run():
     assert hook_prefilter(_cfg(), LPM, EQ) is None  # no selectors: every call matches
     assert hook_prefilter(_cfg([(1, GF_STR_PREFIX, 1, 0)], [(0, GF_INT, 0, 0)]), LPM, EQ) is None  # no path filter
     assert hook_prefilter(_cfg([(1, GF_STR_PREFIX, 1, GFF_NEGATE)]), LPM, EQ) is None  # NotPrefix
-    assert hook_prefilter(_cfg([(1, GF_STR_POSTFIX, 1, 0)]), LPM, EQ) is None
+    assert hook_prefilter(_cfg([(1, GF_STR_POSTFIX, 4, GFF_NEGATE)]), LPM, EQ) is None  # NotPostfix
     # every selector filters a string, not the same one
     two = _cfg([(0, GF_STR_PREFIX, 1, 0)], [(1, GF_STR_PREFIX, 3, 0)], types=(GA_USTR, GA_USTR))
     assert hook_prefilter(two, LPM, EQ) is None
@@ -46,8 +49,7 @@ def test_trie_entries_hold_every_shorter_prefix():
              12: None, 13: HookPrefilter(1, 2, (b"",))}
     st = SysPrefilter(257)
     slots = [10, 0, 11, 12, 13]
-    hook, slot, pset, always = st.fields(slots, specs.get)
-    assert (hook, slot, pset, always) == (10, 0, 257 << 3 | 1, 1 << 3)
+    assert st.fields(slots, specs.get) == (10, 0, 257 << 4 | 1, 1, 1 << 3)
     got = {KEY.unpack(k)[3].rstrip(b"\0"): (KEY.unpack(k)[0], v) for k, v in st.wanted(slots, specs.get).items()}
     assert got == {b"/etc/": (16 + 40, 1 | 16), b"/etc/shadow": (16 + 88, 1 | 4 | 16), b"/x": (32, 4 | 16),
                    b"": (16, 16)}
@@ -56,7 +58,16 @@ def test_trie_entries_hold_every_shorter_prefix():
 def test_the_argument_stays_while_a_hook_needs_it():
     specs = {1: HookPrefilter(2, 0, (b"/a",)), 2: HookPrefilter(1, 0, (b"/b",)), 3: HookPrefilter(1, 0, (b"/c",))}
     st = SysPrefilter(82)
-    assert st.fields([1], specs.get) == (1, 0, 82 << 3 | 2, 0)
-    assert st.fields([1, 2, 3], specs.get) == (1, 0, 82 << 3 | 2, 2 | 4)  # argument 2 stays
-    assert st.fields([0, 2, 3], specs.get) == (2, 0, 82 << 3 | 1, 0)  # its last hook went: argument 1
-    assert st.fields([], specs.get) == (0, 0, 0, 0)
+    assert st.fields([1], specs.get) == (1, 0, 82 << 4 | 2, 1, 0)
+    assert st.fields([1, 2, 3], specs.get) == (1, 0, 82 << 4 | 2, 1, 2 | 4)  # argument 2 stays
+    assert st.fields([0, 2, 3], specs.get) == (2, 0, 82 << 4 | 1, 1, 0)  # its last hook went: argument 1
+    assert st.fields([], specs.get) == (0, 0, 0, 0, 0)
+
+
+def test_postfixes_are_looked_up_reversed():
+    specs = {5: HookPrefilter(1, 0, (), (b"hs/",)), 6: HookPrefilter(1, 0, (b"/a",), (b"hs/ab",))}
+    st = SysPrefilter(257)
+    assert st.fields([5, 6], specs.get) == (5, 0, 257 << 4 | 1, 3, 0)
+    got = {KEY.unpack(k)[1:3] + (KEY.unpack(k)[3].rstrip(b"\0"),): v for k, v in st.wanted([5, 6], specs.get).items()}
+    rev = (257 << 4 | 1 | PF_REVERSED) >> 8, (257 << 4 | 1 | PF_REVERSED) & 0xFF
+    assert got == {(16, 17, b"/a"): 2, (*rev, b"hs/"): 1, (*rev, b"hs/ab"): 3}

@@ -461,7 +461,7 @@ class PolicyEngine:
             self.sys, self._sys_kind = obj, kind
             self._sys_on_map = obj.map("gen_sys_on", key=Codec.struct("<I"), value=Codec.struct("<I"))
             self._sys_list_map = obj.map("gen_sys_list", key=Codec.struct("<I"))
-            self._sys_list = struct.Struct(f"<IIIH2xQ{GEN_SYS_HOOKS}I")
+            self._sys_list = struct.Struct(f"<IIIHHQ{GEN_SYS_HOOKS}I")
             self._sys_pf_map = obj.map("gen_sys_pf")
         elif self._sys_kind != kind:
             raise OSError(f"the syscall dispatcher is loaded as {self._sys_kind}, not {kind}")
@@ -474,7 +474,7 @@ class PolicyEngine:
         present, buf_bit = (GSO_EXIT, GSO_EXIT_BUF) if direction else (GSO_ENTER, GSO_ENTER_BUF)
         nxt = 0 if on & buf_bit else 1
         ids = slots + [0] * (GEN_SYS_HOOKS - len(slots))
-        pf, stale = self._sys_pf_write(nr, slots) if direction == 0 else ((0, 0, 0, 0), [])
+        pf, stale = self._sys_pf_write(nr, slots) if direction == 0 else ((0, 0, 0, 0, 0), [])
         self._sys_list_map.update(nr * 4 + direction * 2 + nxt, self._sys_list.pack(len(slots), *pf, *ids))
         on = (on & ~(present | buf_bit)) | (present if slots else 0) | (buf_bit if nxt else 0)
         self._sys_on_map.update(nr, on)
@@ -482,15 +482,15 @@ class PolicyEngine:
         for key in stale:  # after the list that no longer needs them
             self._sys_pf_map.delete(key)
 
-    def _sys_pf_write(self, nr: int, slots: list[int]) -> tuple[tuple[int, int, int, int], list[bytes]]:
-        """The entry list's prefilter fields (pf_hook, pf_slot, pf_set, pf_always) for ``slots``; writes the
+    def _sys_pf_write(self, nr: int, slots: list[int]) -> tuple[tuple[int, ...], list[bytes]]:
+        """The entry list's prefilter fields (pf_hook, pf_slot, pf_set, pf_kinds, pf_always) for ``slots``; writes the
         gen_sys_pf entries the new list needs (before it is published) and returns those it no longer needs."""
         st = self._sys_pf.setdefault(nr, SysPrefilter(nr))
         fields = st.fields(slots, self._sys_pf_of.get)
         want = st.wanted(slots, self._sys_pf_of.get) if fields[0] else {}
         others = sum(len(o.entries) for o in self._sys_pf.values() if o is not st)
         if others + len(want) > GEN_SYS_PF_ENTRIES:  # the trie is full: this syscall runs every hook
-            fields, want = (0, 0, 0, 0), {}
+            fields, want = (0, 0, 0, 0, fields[4] | sum(1 << k for k, h in enumerate(slots) if h)), {}
         for key, bits in want.items():
             if st.entries.get(key) != bits:
                 self._sys_pf_map.update(key, PF_VALUE.pack(bits))

@@ -170,7 +170,10 @@ enum gen_sys {
 	GSO_ENTER_BUF = 4,
 	GSO_EXIT_BUF = 8,
 	GEN_SYS_PF_ENTRIES = 8192, /* gen_sys_pf: the prefilter's prefixes, all syscalls together */
-	GEN_SYS_PF_ARG_BITS = 3, /* gen_sys_pf set = nr << GEN_SYS_PF_ARG_BITS | argument number */
+	GEN_SYS_PF_ARG_BITS = 4, /* gen_sys_pf set = nr << GEN_SYS_PF_ARG_BITS | GSP_REVERSED? | argument number */
+	GSP_REVERSED = 8, /* gen_sys_pf set bit: the postfixes' entries, reversed */
+	GSP_PREFIX = 1, /* gen_sys_hooks.pf_kinds: look the string up */
+	GSP_POSTFIX = 2, /* and / or the reversed string */
 };
 
 /* namespace types (gen_ns.type), in struct proc_ns order */
@@ -299,7 +302,7 @@ struct gen_sys_hooks {
 	__u32 pf_hook;             /* the prefilter (entry only, 0 = none): this hook's args[pf_slot] is read once, */
 	__u32 pf_slot;             /* its string looked up in gen_sys_pf under pf_set; only the slots in the value */
 	__u16 pf_set;              /* found, or in pf_always, run (generic_sys.bpf.c) */
-	__u16 pad;
+	__u16 pf_kinds;            /* GSP_PREFIX, GSP_POSTFIX: the look-ups to make */
 	__u64 pf_always;           /* slots run whatever the string */
 	__u32 ids[GEN_SYS_HOOKS];  /* hook ids, 0 = free */
 };

@@ -18,14 +18,16 @@
  * syscall that is being attached or detached.
  *
  * Prefilter (entry only): a hook every selector of which needs a string argument to start with one of
- * a few prefixes (matchArgs Prefix, or Equal: the value is its own prefix) runs only when the string
- * can. Such hooks of a syscall share the argument (same number, a user string); the list names one of
- * them (pf_hook) and where it keeps the string (pf_slot). Before the hooks, the dispatcher reads it
- * with that hook's own reader (gen_read_arg: the same bytes, length and truncation the hooks' filters
- * see, kept for the hooks that read it the same way) and looks it up ONCE in gen_sys_pf, an LPM trie
- * of every prefix of these hooks under set pf_set (nr and argument number); an entry's value is the
- * slots whose hook has a prefix of the entry's string, so the longest match gives every slot that may
- * match. Slots outside it and pf_always are skipped. An unreadable or empty string, or a pf_hook that
+ * a few prefixes (matchArgs Prefix, or Equal: the value is its own prefix) or to end with one of a few
+ * postfixes (Postfix) runs only when the string can. Such hooks of a syscall share the argument (same
+ * number, a user string); the list names one of them (pf_hook) and where it keeps the string (pf_slot).
+ * Before the hooks, the dispatcher reads it with that hook's own reader (gen_read_arg: the same bytes,
+ * length and truncation the hooks' filters see, kept for the hooks that read it the same way) and looks
+ * it up ONCE in gen_sys_pf, an LPM trie of every prefix of these hooks under set pf_set (nr and
+ * argument number); an entry's value is the slots whose hook has a prefix of the entry's string, so the
+ * longest match gives every slot that may match. Postfixes: the same, reversed, under pf_set |
+ * GSP_REVERSED, looked up with the string reversed (gen_reverse, as a Postfix filter does; the hooks then
+ * keep that reversal: gen_rev_made). Slots outside both and pf_always are skipped. An unreadable or empty string, or a pf_hook that
  * is not (or no longer) this syscall's, runs every slot. The engine writes a prefix's new value before
  * the list that needs it and deletes an entry after the list that no longer needs it: for a hook that
  * stays listed, every entry along its strings' paths holds its slot in both the old and the new trie.
@@ -141,7 +143,7 @@ static __always_inline __u64 gen_sys_prefilter(struct gen_scratch *s, struct gen
 	__u32 id = list->pf_hook, slot = list->pf_slot, len;
 	struct gen_hook *hook;
 	struct gen_str *str;
-	__u64 *bits;
+	__u64 *bits, run;
 
 	if (!id)
 		return ~0ULL;
@@ -162,8 +164,22 @@ static __always_inline __u64 gen_sys_prefilter(struct gen_scratch *s, struct gen
 	str->prefixlen = 16 + 8 * len;
 	str->set_hi = list->pf_set >> 8;
 	str->set_lo = list->pf_set & 0xff;
-	bits = bpf_map_lookup_elem(&gen_sys_pf, str);
-	return list->pf_always | (bits ? *bits : 0);
+	run = list->pf_always;
+	if (list->pf_kinds & GSP_PREFIX) {
+		bits = bpf_map_lookup_elem(&gen_sys_pf, str);
+		run |= bits ? *bits : 0;
+	}
+	if (list->pf_kinds & GSP_POSTFIX) {
+		str = &s->rev[slot];
+		gen_reverse(str, &s->ev.str[slot], len);
+		gen_rev_made(s, slot);
+		str->prefixlen = 16 + 8 * len;
+		str->set_hi = (list->pf_set | GSP_REVERSED) >> 8;
+		str->set_lo = (list->pf_set | GSP_REVERSED) & 0xff;
+		bits = bpf_map_lookup_elem(&gen_sys_pf, str);
+		run |= bits ? *bits : 0;
+	}
+	return run;
 }
 
 static __always_inline int gen_sys_run_enter(void *ctx, struct gen_sys_hooks *list, __u32 nr,
