@@ -125,30 +125,72 @@ def request_filters(req: events_pb2.GetEventsRequest) -> tuple[FilterSet, FieldF
 
 @dataclass(eq=False)
 class GrpcSubscriber:
+    """One GetEvents client: its filters and its bounded queue. A grpcio stream's queue holds each event's
+    ``GetEventsResponse`` bytes; a framed stream's (``framed``: lanner's HTTP/2 writer) holds (gRPC messages
+    with their 5-byte prefixes, how many events) runs, and a client without filters gets the batch's one
+    shared run (``offer``'s ``run``), so its cost per batch does not grow with the batch."""
+
     filters: FilterSet
     field_filters: FieldFilterSet
     max_queue: int
+    framed: bool = False
     queue: deque = field(default_factory=deque)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    queued: int = 0  # events in the queue (changed under cond)
+    inflight: int = 0  # events taken by the writer and not yet written
     sent: int = 0
     dropped: int = 0
     closed: bool = False
 
-    def offer(self, events: list[OutEvent]) -> None:
-        added = 0
+    @property
+    def takes_shared_run(self) -> bool:
+        return self.framed and self.filters.empty and not self.field_filters
+
+    def offer(self, events: list[OutEvent], run: tuple[bytes, int] | None = None) -> None:
+        """Queue what this client admits of a batch; ``run``: the batch's messages framed once for every
+        client that takes them whole."""
+        if run is not None and self.takes_shared_run:
+            items, n = [run], run[1]
+        else:
+            items = self._select(events)
+            n = len(items)
+        if not n:
+            return
+        with self.cond:
+            if run is not None and self.takes_shared_run:
+                if self.queued >= self.max_queue:  # a run goes whole while there is room: the queue may
+                    self.dropped += n  # pass max_queue by less than one batch
+                    return
+            else:
+                room = max(self.max_queue - self.queued, 0)
+                if room < n:
+                    self.dropped += n - room
+                    items = items[:room]
+                    n = room
+                if not n:
+                    return
+            self.queue.extend(items)
+            self.queued += n
+            self.cond.notify()
+
+    def _select(self, events: list[OutEvent]) -> list:
+        """The queue items of the events this client admits (no pb: encoded before this client joined)."""
         admits = self.filters.admits
-        q = self.queue
-        for ev in events:
-            if ev.pb is None or not admits(ev):
-                continue  # (no pb: the batch was encoded before this client joined)
-            if len(q) >= self.max_queue:
-                self.dropped += 1
-                continue
-            q.append(ev.pb if not self.field_filters else self._filtered(ev))
-            added += 1
-        if added:
-            with self.cond:
-                self.cond.notify()
+        pbs = [ev.pb if not self.field_filters else self._filtered(ev)
+               for ev in events if ev.pb is not None and admits(ev)]
+        return [(_message(pb), 1) for pb in pbs] if self.framed else pbs
+
+    def take(self, limit: int) -> tuple[list, int]:
+        """Up to ``limit`` events' queue items (at least one item) and their event count; for the writers."""
+        out, n = [], 0
+        with self.cond:
+            q = self.queue
+            while q and (n < limit or not out):
+                item = q.popleft()
+                out.append(item)
+                n += item[1] if self.framed else 1
+            self.queued -= n
+        return out, n
 
     def drop(self, events: list[OutEvent]) -> None:
         """Count the events this client would have been offered (they were not encoded: its queue was full)."""
@@ -158,6 +200,17 @@ class GrpcSubscriber:
     def _filtered(self, ev: OutEvent) -> bytes:
         d = self.field_filters.apply(ev.kind, orjson.loads(ev.line))
         return json_format.ParseDict(d, events_pb2.GetEventsResponse(), ignore_unknown_fields=True).SerializeToString()
+
+
+def _message(pb: bytes) -> bytes:
+    """One gRPC message: uncompressed flag, big-endian length, the bytes."""
+    return b"\x00" + len(pb).to_bytes(4, "big") + pb
+
+
+def framed_run(events: list[OutEvent]) -> tuple[bytes, int]:
+    """A batch's events as consecutive gRPC messages, and how many: built once for every framed client."""
+    pbs = [ev.pb for ev in events if ev.pb is not None]
+    return b"".join(map(_message, pbs)), len(pbs)
 
 
 # ---------------------------------------------------------------------------------------- policies
@@ -315,17 +368,20 @@ class GrpcApiServer:
         only be dropped, and it would take the event loop's time), and the next ``publish`` counts its
         events as dropped for every client, as if they had been offered."""
         subs = self._subs
-        room = any(len(s.queue) < s.max_queue for s in subs)
+        room = any(s.queued < s.max_queue for s in subs)
         self._skipping = bool(subs) and not room
         return room
 
     def publish(self, events: list[OutEvent]) -> None:
         skipping = self._skipping
+        run = None
         for sub in self._subs:
             if skipping:
                 sub.drop(events)
-            else:
-                sub.offer(events)
+                continue
+            if run is None and sub.takes_shared_run:
+                run = framed_run(events)
+            sub.offer(events, run)
 
     def stats(self) -> dict:
         subs = self._subs
@@ -400,11 +456,11 @@ class GrpcApiServer:
             return grpc.StatusCode.UNKNOWN.value[0], f"Exception calling application: {exc}", None
         return 0, "", resp if isinstance(resp, bytes) else resp.SerializeToString()
 
-    def _subscribe(self, request: events_pb2.GetEventsRequest) -> GrpcSubscriber:
+    def _subscribe(self, request: events_pb2.GetEventsRequest, framed: bool = False) -> GrpcSubscriber:
         """A new client with the request's filters (ValueError: a filter is invalid; OverflowError: the
-        agent already has ``max_clients`` GetEvents clients)."""
+        agent already has ``max_clients`` GetEvents clients); ``framed``: lanner's writer serves it."""
         flt, ff = request_filters(request)
-        sub = GrpcSubscriber(flt, ff, self.cfg.max_queue)
+        sub = GrpcSubscriber(flt, ff, self.cfg.max_queue, framed)
         with self._subs_lock:
             if len(self._subs) >= self.cfg.max_clients:
                 raise OverflowError(f"this agent serves at most {self.cfg.max_clients} GetEvents clients")
@@ -416,7 +472,7 @@ class GrpcApiServer:
             req = events_pb2.GetEventsRequest.FromString(request)
         except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
             raise ValueError(f"GetEventsRequest: {exc}") from None
-        return self._subscribe(req)
+        return self._subscribe(req, framed=True)
 
     def _unsubscribe(self, sub: GrpcSubscriber) -> None:
         with self._subs_lock:
@@ -438,11 +494,10 @@ class GrpcApiServer:
                 with sub.cond:
                     if not sub.queue:
                         sub.cond.wait(timeout=0.5)
-                q = sub.queue
-                while q:
-                    item = q.popleft()
-                    sub.sent += 1
-                    yield item
+                while sub.queue:
+                    items, n = sub.take(1)
+                    sub.sent += n
+                    yield items[0]
         finally:
             self._unsubscribe(sub)
 

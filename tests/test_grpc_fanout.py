@@ -1,6 +1,6 @@
 """The GetEvents fan-out under overload (exporter/grpc_api.py): when every client's queue is full the agent is
 told not to encode the next batch, and that batch's events are counted as dropped for every client, so each
-client's offered = sent + dropped + still queued, exactly."""
+client's offered = sent + dropped + still queued (or taken by the blocked writer), exactly."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ class FakeAgent:
 
 
 def batch(encoded: bool) -> list[OutEvent]:
-    return [OutEvent("process_exec", None, None, b"{}", pb=b"\x0a\x00" if encoded else None) for _ in range(BATCH)]
+    """BATCH events of 1 KB each (so a client's flow-control windows, however large it asks them, fill)."""
+    pb = b"\x0a\x00" + b"x" * 1000
+    return [OutEvent("process_exec", None, None, b"{}", pb=pb if encoded else None) for _ in range(BATCH)]
 
 
 def test_full_queues_skip_encoding_and_count_every_drop(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_full_queues_skip_encoding_and_count_every_drop(tmp_path: Path) -> None:
         sub = srv._subs[0]
         st = srv.stats()
         assert st["dropped"] >= 5 * BATCH
-        assert st["sent"] + st["dropped"] + len(sub.queue) == offered
+        assert st["sent"] + st["dropped"] + sub.queued + sub.inflight == offered
         stuck.cancel()
         ch.close()
     finally:

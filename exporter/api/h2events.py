@@ -280,20 +280,20 @@ class Connection:
     # ---- writing
     def _write_events(self, st: _Stream) -> None:
         sub = st.sub
-        q = sub.queue
         try:
             while not (st.closed or self.closed or self.stopping.is_set()):
                 with sub.cond:
-                    if not q:
+                    if not sub.queue:
                         sub.cond.wait(timeout=0.5)
-                n = min(len(q), BATCH)
-                if not n:
+                if not sub.queue:
                     continue
-                items = [q.popleft() for _ in range(n)]
-                data = b"".join(b"\x00" + len(pb).to_bytes(4, "big") + pb for pb in items)
+                items, n = sub.take(BATCH)  # runs of gRPC messages, framed once per batch (GrpcSubscriber)
+                data = items[0][0] if len(items) == 1 else b"".join(b for b, _ in items)
+                sub.inflight = n
                 if not self._send_data(st, data):
                     break
                 sub.sent += n
+                sub.inflight = 0
             if self.stopping.is_set() and not self.closed:
                 self._send(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, trailers(0)))
         except OSError:
