@@ -208,9 +208,23 @@ def _message(pb: bytes) -> bytes:
 
 
 def framed_run(events: list[OutEvent]) -> tuple[bytes, int]:
-    """A batch's events as consecutive gRPC messages, and how many: built once for every framed client."""
+    """A batch's events as consecutive gRPC messages, and how many: built once for every framed client (in C
+    when the fast path is built: sensors/fastproc.c grpc_run; tests/test_grpc_fanout.py compares both)."""
+    if _grpc_run is not None:
+        return _grpc_run(events)
     pbs = [ev.pb for ev in events if ev.pb is not None]
     return b"".join(map(_message, pbs)), len(pbs)
+
+
+def _load_grpc_run() -> Callable[[list], tuple[bytes, int]] | None:
+    try:
+        from lanner.sensors._fastproc import grpc_run  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return grpc_run
+
+
+_grpc_run = _load_grpc_run()
 
 
 # ---------------------------------------------------------------------------------------- policies

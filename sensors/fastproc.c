@@ -1164,6 +1164,38 @@ end:
     return out;
 }
 
+/* grpc_run(events): (the events' pb bytes as consecutive gRPC messages -- a 0 byte, the big-endian length, the
+ * bytes -- and how many), skipping events without pb: exporter/grpc_api.py framed_run, one pass in C */
+static PyObject *grpc_run(PyObject *mod, PyObject *events) {
+    if (!PyList_Check(events)) { PyErr_SetString(PyExc_TypeError, "a list of OutEvent expected"); return NULL; }
+    static PyObject *a_pb;
+    if (!a_pb && !(a_pb = PyUnicode_InternFromString("pb"))) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(events), total = 0, count = 0;
+    PyObject *pbs = PyList_New(0);
+    if (!pbs) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pb = PyObject_GetAttr(PyList_GET_ITEM(events, i), a_pb);
+        if (!pb) { Py_DECREF(pbs); return NULL; }
+        if (PyBytes_Check(pb) && PyBytes_GET_SIZE(pb) <= 0xffffffffLL) {
+            total += 5 + PyBytes_GET_SIZE(pb); count++;
+            if (PyList_Append(pbs, pb)) { Py_DECREF(pb); Py_DECREF(pbs); return NULL; }
+        }
+        Py_DECREF(pb);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) { Py_DECREF(pbs); return NULL; }
+    char *o = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pb = PyList_GET_ITEM(pbs, i);
+        Py_ssize_t len = PyBytes_GET_SIZE(pb);
+        o[0] = 0; o[1] = (char)(len >> 24); o[2] = (char)(len >> 16); o[3] = (char)(len >> 8); o[4] = (char)len;
+        memcpy(o + 5, PyBytes_AS_STRING(pb), len);
+        o += 5 + len;
+    }
+    Py_DECREF(pbs);
+    return Py_BuildValue("(Nn)", out, count);
+}
+
 static PyMethodDef FastProc_methods[] = {
     {"handle", (PyCFunction)FastProc_handle, METH_VARARGS,
      "handle(raws, now_ns, clock_offset_ns, pods=None, want_pb=False) -> [OutEvent]: a batch of process records, in\n"
@@ -1190,6 +1222,7 @@ static PyTypeObject FastProcType = {
 
 static PyMethodDef module_methods[] = {
     {"op_runs", op_runs, METH_VARARGS, "op_runs(raws, table) -> [(start, end, table[op])]: runs of one value"},
+    {"grpc_run", grpc_run, METH_O, "grpc_run(events) -> (bytes, n): the events' pb as consecutive gRPC messages"},
     {NULL}};
 
 static struct PyModuleDef fastproc_module = {PyModuleDef_HEAD_INIT, "_fastproc",

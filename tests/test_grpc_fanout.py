@@ -64,3 +64,23 @@ def test_full_queues_skip_encoding_and_count_every_drop(tmp_path: Path) -> None:
         ch.close()
     finally:
         srv.close()
+
+
+def test_framed_run_in_c_equals_python() -> None:
+    """sensors/fastproc.c grpc_run frames a batch exactly as the Python fallback does."""
+    import pytest
+
+    from lanner.exporter import grpc_api
+
+    if grpc_api._grpc_run is None:
+        pytest.skip("the C fast path is not built (make fastpath)")
+    events = [OutEvent("process_exec", None, None, b"{}", pb=bytes(range(i % 256)) * (i % 7) if i % 5 else None)
+              for i in range(300)]
+    events.append(OutEvent("process_exit", None, None, b"{}", pb=b"x" * 70000))  # a length over 16 bits
+    c = grpc_api.framed_run(events)
+    saved, grpc_api._grpc_run = grpc_api._grpc_run, None
+    try:
+        py = grpc_api.framed_run(events)
+    finally:
+        grpc_api._grpc_run = saved
+    assert c == py and c[1] == 241
