@@ -71,3 +71,42 @@ def test_postfixes_are_looked_up_reversed():
     got = {KEY.unpack(k)[1:3] + (KEY.unpack(k)[3].rstrip(b"\0"),): v for k, v in st.wanted([5, 6], specs.get).items()}
     rev = (257 << 4 | 1 | PF_REVERSED) >> 8, (257 << 4 | 1 | PF_REVERSED) & 0xFF
     assert got == {(16, 17, b"/a"): 2, (*rev, b"hs/"): 1, (*rev, b"hs/ab"): 3}
+
+
+class _Trie:
+    """gen_sys_pf as a dict; full past ``room`` entries."""
+
+    def __init__(self, room: int) -> None:
+        self.d: dict[bytes, bytes] = {}
+        self.room = room
+
+    def update(self, k: bytes, v: bytes) -> None:
+        if k not in self.d and len(self.d) >= self.room:
+            raise OSError(7, "Argument list too long")
+        self.d[k] = v
+
+    def delete(self, k: bytes) -> None:
+        del self.d[k]
+
+
+def _engine(room: int, specs: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(_sys_pf={}, _sys_pf_of=specs, _sys_pf_map=_Trie(room))
+
+
+def test_the_engine_writes_before_and_deletes_after_and_a_full_trie_runs_every_hook():
+    from lanner.sensors.generic.engine import PolicyEngine
+
+    specs = {1: HookPrefilter(1, 0, (b"/a", b"/b")), 2: HookPrefilter(1, 0, (b"/c",))}
+    e = _engine(8, specs)
+    fields, stale = PolicyEngine._sys_pf_write(e, 257, [1, 2])
+    assert fields[0] == 1 and stale == [] and len(e._sys_pf_map.d) == 3
+    fields, stale = PolicyEngine._sys_pf_write(e, 257, [0, 2])  # hook 1 goes: /a, /b are deleted after the list
+    assert fields[0] == 2 and len(stale) == 2 and len(e._sys_pf_map.d) == 3
+    for k in stale:
+        e._sys_pf_map.delete(k)
+    e = _engine(2, specs)  # room for 2 of the 3 prefixes: the list has no prefilter, what was written goes
+    fields, stale = PolicyEngine._sys_pf_write(e, 257, [1, 2])
+    assert fields == (0, 0, 0, 0, 0) and sorted(stale) == sorted(e._sys_pf_map.d) and len(stale) == 2
+    assert e._sys_pf[257].entries == {}

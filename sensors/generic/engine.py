@@ -489,12 +489,20 @@ class PolicyEngine:
         fields = st.fields(slots, self._sys_pf_of.get)
         want = st.wanted(slots, self._sys_pf_of.get) if fields[0] else {}
         others = sum(len(o.entries) for o in self._sys_pf.values() if o is not st)
-        if others + len(want) > GEN_SYS_PF_ENTRIES:  # the trie is full: this syscall runs every hook
-            fields, want = (0, 0, 0, 0, fields[4] | sum(1 << k for k, h in enumerate(slots) if h)), {}
-        for key, bits in want.items():
-            if st.entries.get(key) != bits:
-                self._sys_pf_map.update(key, PF_VALUE.pack(bits))
-        stale = [key for key in st.entries if key not in want]
+        full = others + len(want) > GEN_SYS_PF_ENTRIES
+        written: list[bytes] = []
+        try:
+            for key, bits in ({} if full else want).items():
+                if st.entries.get(key) != bits:
+                    self._sys_pf_map.update(key, PF_VALUE.pack(bits))
+                    written.append(key)
+        except OSError as exc:  # full with the entries still needed by the published list
+            log.warning("policy engine: syscall %d runs every hook: gen_sys_pf: %s", nr, exc)
+            full = True
+        if full:  # this syscall runs every hook
+            fields, want = (0, 0, 0, 0, 0), {}
+        stale = [key for key in st.entries if key not in want] + [key for key in written if key not in want and
+                                                                   key not in st.entries]
         st.entries = want
         if not slots:
             self._sys_pf.pop(nr, None)
