@@ -10,6 +10,7 @@ Every benchmark:
 from __future__ import annotations
 
 import contextlib
+import json
 import ctypes
 import os
 import shutil
@@ -280,6 +281,22 @@ class AgentProc:
                 raise RuntimeError(f"agent not ready after {timeout} s:\n" + self.log_tail())
             time.sleep(poll_s)
 
+    def wait_policies_loaded(self, timeout: float = 60.0) -> None:
+        """Until no tracing policy is still loading (they load in the background after ready), asked through
+        ``lanner status`` in a child process (no gRPC client in a process that forks)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run([PY, "-m", "lanner", "status", "--server-address", self.address, "-o", "json"],
+                                 capture_output=True, text=True, cwd=str(ROOT))
+            try:
+                if not json.loads(out.stdout).get("policy_states", {}).get("loading"):
+                    return
+            except ValueError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"policies still loading after {timeout} s:\n" + self.log_tail())
+            time.sleep(0.2)
+
     def log_tail(self, n: int = 3000) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")[-n:]
@@ -325,15 +342,12 @@ class AgentProc:
 
 
 def cpu_s(pid: int) -> float:
-    """CPU time of a process, all threads, from the scheduler's ns-precise run time (schedstat)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
-                total += int(fh.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total / 1e9
+    """CPU time of a process, all its threads, those that have ended included (user + system from
+    /proc/PID/stat, in clock ticks: a sum over the live threads' schedstat loses the ended ones and can go
+    backwards between two readings)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pinned_lost(pin_dir: Path) -> int:

@@ -5,7 +5,8 @@ Two loops, each ``--iterations`` executions of /bin/true waited for one by one:
   * posix_spawn: glibc's vfork-style spawn (cheaper per exec, so the agent's share is larger).
 
 Rounds alternate agent off / agent on (the order flips every round so drift cancels); the agent is a
-real ``lanner agent`` writing every event to an export file. After each "on" loop the same loop runs
+real ``lanner agent`` (default flags but ``--skip-probe``: the built-in rules) writing every event to an
+export file, measured once its rules have loaded (they load in the background after it is ready). After each "on" loop the same loop runs
 with the agent paused (SIGSTOP): its BPF programs still run, but no record wakes a reader and the
 agent does no work, which separates the in-kernel cost from the rest. A last agent, with the
 kernel's BPF statistics on, gives its programs' own run time per exec, with the reader consuming and
@@ -15,7 +16,7 @@ the mean time per exec; the overhead is median(on) / median(off) - 1. The agent'
 
 Target: <= 1 % overhead (issue 16), on a quiet machine: the background line says how quiet it was.
 
-Usage: .venv/bin/python bench/exec_overhead.py [--iterations 1000] [--rounds 5]
+Usage: .venv/bin/python bench/exec_overhead.py [--iterations 1000] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def count_true_execs(path: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=1000, help="execs per loop")
-    ap.add_argument("--rounds", type=int, default=5, help="off/on rounds")
-    ap.add_argument("--budget-s", type=float, default=115.0)
+    ap.add_argument("--rounds", type=int, default=9, help="off/on rounds")
+    ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                     help="one more agent flag (repeatable), e.g. --agent-arg=--tracing-policy-dir= for no rules")
     args = ap.parse_args()
@@ -132,6 +133,7 @@ def main() -> int:
                     continue
                 agent = C.start_agent(stack, work, "--skip-probe", *args.agent_arg, pin_dir=pin, name=f"exec-{r}")
                 agent.wait_ready(via="readyz")  # no gRPC client in this forking process
+                agent.wait_policies_loaded()  # the built-in rules load in the background after ready
                 time.sleep(0.5)  # let the start-up settle (seeding, first housekeeping)
                 cpu0 = agent.cpu_s()
                 t0 = time.perf_counter()
@@ -172,6 +174,7 @@ def main() -> int:
         agent = C.start_agent(stack, work, "--skip-probe", "--enable-bpf-stats", *args.agent_arg, pin_dir=pin,
                               name="exec-stats")
         agent.wait_ready(via="readyz")
+        agent.wait_policies_loaded()
         time.sleep(0.5)
         bpf_ns = {}
         n_stats = min(args.iterations, 1000)
