@@ -72,15 +72,17 @@ def own_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def measure(n: int, agent: C.AgentProc | None = None) -> dict[str, tuple[float, float]]:
-    """Per loop: (wall seconds per exec, CPU seconds per exec of the whole workload, agent included)."""
+def measure(n: int, agent: C.AgentProc | None = None) -> dict[str, tuple[float, float, float]]:
+    """Per loop: (wall seconds per exec, CPU seconds per exec of the whole workload with the agent, CPU seconds
+    per exec of the workload alone: this process and its children, the BPF programs that ran in them included)."""
     out = {}
     for name, fn in LOOPS.items():
         a0 = agent.cpu_s() if agent else 0.0
         c0 = own_cpu_s()
         wall = fn(n)
-        cpu = own_cpu_s() - c0 + ((agent.cpu_s() - a0) if agent else 0.0)
-        out[name] = (wall, cpu / n)
+        own = own_cpu_s() - c0
+        cpu = own + ((agent.cpu_s() - a0) if agent else 0.0)
+        out[name] = (wall, cpu / n, own / n)
     return out
 
 
@@ -107,7 +109,7 @@ def main() -> int:
     print(f"exec_overhead: machine {C.machine()}; {args.iterations} execs per loop, {args.rounds} rounds")
 
     phases = ("off", "on", "paused")
-    res: dict[str, dict[str, list[tuple[float, float]]]] = {p: {k: [] for k in LOOPS} for p in phases}
+    res: dict[str, dict[str, list[tuple[float, float, float]]]] = {p: {k: [] for k in LOOPS} for p in phases}
     agent_cpu: list[float] = []
     seen: list[tuple[int, int]] = []
     load = C.LoadMonitor()
@@ -192,21 +194,23 @@ def main() -> int:
             time.sleep(0.3)
         agent.stop()
 
-    def med(xs: list[tuple[float, float]], i: int) -> float:
+    def med(xs: list[tuple[float, float, float]], i: int) -> float:
         return C.median([x[i] for x in xs])
 
     print(f"\nper exec (median of {done} rounds; each round the mean of {args.iterations} execs)")
     print(f"  {'loop':12} {'wall off':>9} {'wall on':>9} {'overhead':>9} {'paired':>8} {'paused':>9} {'overhead':>9}"
-          f"   {'CPU off':>8} {'CPU on':>8} {'CPU overhead':>12}")
+          f"   {'CPU off':>8} {'CPU on':>8} {'CPU overhead':>12} {'own CPU':>9}")
     for k in LOOPS:
         off, on, paused = res["off"][k], res["on"][k], res["paused"][k]
         w_off, w_on, w_p, c_off, c_on = med(off, 0), med(on, 0), med(paused, 0), med(off, 1), med(on, 1)
         paired = C.median([b[0] / a[0] - 1 for a, b in zip(off, on)])
         print(f"  {k:12} {w_off * 1e6:6.0f} us {w_on * 1e6:6.0f} us {(w_on / w_off - 1) * 100:+8.2f}% "
               f"{paired * 100:+7.2f}% {w_p * 1e6:6.0f} us {(w_p / w_off - 1) * 100:+8.2f}%   "
-              f"{c_off * 1e6:5.0f} us {c_on * 1e6:5.0f} us {(c_on / c_off - 1) * 100:+11.2f}%")
+              f"{c_off * 1e6:5.0f} us {c_on * 1e6:5.0f} us {(c_on / c_off - 1) * 100:+11.2f}% "
+              f"{(med(on, 2) / med(off, 2) - 1) * 100:+8.2f}%")
     print("  paused: the agent SIGSTOPped: its BPF programs run, nothing wakes a reader, no user-space work")
-    print("  CPU: this process + the reaped /bin/true children + the agent, per exec (less sensitive to other load)")
+    print("  CPU: this process + the reaped /bin/true children + the agent, per exec (less sensitive to other load);")
+    print("  own CPU: the same without the agent's CPU (the workload's own, the BPF programs that ran in it included)")
     print(f"  agent CPU while the loops ran: {C.median(agent_cpu) * 100:.1f}% of one core (median)")
     for mode, st in bpf_ns.items():
         total = sum(ns for ns, _ in st.values())
