@@ -19,9 +19,8 @@ import grpc
 import pytest
 
 from lanner.exporter.api.gen.tetragon import events_pb2, sensors_pb2, tetragon_pb2
-from tests.conftest import ROOT, RunningAgent, start_agent
-
-CLIENT = ROOT / "build" / "tetragon" / "bin" / "tetragon-client"
+from tests.conftest import RunningAgent, start_agent
+from tests.go_client import CLIENT, require_client, trigger_until_answered, unique_binary
 SERVICE = "/tetragon.FineGuidanceSensors/"
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # not a connection shared with another channel
 
@@ -54,30 +53,20 @@ def test_private_socket_is_root_only(agent: RunningAgent) -> None:
 
 
 def test_go_getevents_is_framed(agent: RunningAgent, tmp_path: Path) -> None:
-    if not CLIENT.exists():
-        pytest.skip(f"{CLIENT} is missing: run 'make tetragon-client'")
+    require_client()
     before = counts(agent)
-    binary = tmp_path / "lanner-front-id"
-    binary.write_bytes(Path("/usr/bin/id").read_bytes())
-    binary.chmod(0o755)
+    binary = unique_binary(tmp_path, "lanner-front-id")
     proc = subprocess.Popen([str(CLIENT), "--server-address", agent.address, "--timeout", "20s", "--strict",
                              "getevents", "--process", f"{binary}$", "--count", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(100):
-            subprocess.run([str(binary)], stdout=subprocess.DEVNULL)
-            try:
-                out, err = proc.communicate(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        else:
-            raise AssertionError("no event for the Go client")
+        out = trigger_until_answered(proc, [str(binary)])
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
     ev = json.loads(out)
     assert ev[next(k for k in ev if k.startswith("process_"))]["process"]["binary"] == str(binary)
+    after = counts(agent)
+    assert after["framed"] == before["framed"] + 1 and after["grpcio"] == before["grpcio"] + 1
 
 
 def test_unary_first_goes_to_grpcio(agent: RunningAgent) -> None:

@@ -8,7 +8,6 @@ agent's status while connected, and many events per frame arrive whole and in or
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -17,9 +16,8 @@ import grpc
 import pytest
 
 from lanner.exporter.api.gen.tetragon import events_pb2
-from tests.conftest import ROOT, RunningAgent, start_agent
-
-CLIENT = ROOT / "build" / "tetragon" / "bin" / "tetragon-client"
+from tests.conftest import RunningAgent, start_agent
+from tests.go_client import CLIENT, require_client, trigger_until_answered, unique_binary
 
 
 @pytest.fixture(scope="module")
@@ -33,33 +31,19 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningAgent, str]:
 
 
 def go_client(address: str, *args: str) -> subprocess.Popen:
-    if not CLIENT.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CLIENT} is missing: run 'make tetragon-client'")
-        pytest.skip(f"{CLIENT} is missing: run 'make tetragon-client'")
+    require_client()
     return subprocess.Popen([str(CLIENT), "--server-address", address, "--timeout", "20s", "--strict", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_go_stubs_read_filtered_events(agent: tuple[RunningAgent, str], tmp_path: Path) -> None:
     a, address = agent
-    binary = tmp_path / "lanner-events-id"  # a name no other process runs
-    binary.write_bytes(Path("/usr/bin/id").read_bytes())
-    binary.chmod(0o755)
+    binary = unique_binary(tmp_path, "lanner-events-id")
     stream = go_client(address, "getevents", "--process", f"{binary}$", "--count", "2")
     try:
-        for _ in range(100):  # until the client is connected and answered
-            subprocess.run([str(binary), "-u"], stdout=subprocess.DEVNULL)
-            try:
-                out, err = stream.communicate(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        else:
-            raise AssertionError("no events for the Go client")
+        out = trigger_until_answered(stream, [str(binary), "-u"])
     finally:
         stream.kill()
-    assert stream.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert len(events) == 2
     exec_ = next(e["process_exec"] for e in events if "process_exec" in e)

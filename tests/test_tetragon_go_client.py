@@ -17,19 +17,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, RunningAgent, start_agent
+from tests.go_client import CLIENT, require_client, trigger_until_answered, unique_binary
 
-CLIENT = ROOT / "build" / "tetragon" / "bin" / "tetragon-client"
 SHARED_POLICIES = ROOT.parent / "shared" / "tetragon-policies"
 SETUID_POLICY = SHARED_POLICIES / "sys_setuid.yaml"
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> RunningAgent:
     """A real agent with one corpus policy (skipped without the client; failed under CI, where make builds it)."""
-    if not CLIENT.exists():
-        message = f"{CLIENT} is missing: run 'make tetragon-client'"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_client()
     if not SETUID_POLICY.is_file():
         pytest.skip(f"{SETUID_POLICY} is absent")
     a = start_agent(tmp_path_factory.mktemp("agent"), "--tracing-policy", str(SETUID_POLICY))
@@ -61,14 +57,12 @@ def test_tracingpolicy_list(agent: RunningAgent) -> None:
 
 
 def test_getevents_exec_and_exit(agent: RunningAgent, tmp_path: Path) -> None:
-    binary = tmp_path / "lanner-go-client-id"  # a name no other process on the machine runs
-    binary.write_bytes(Path("/usr/bin/id").read_bytes())
-    binary.chmod(0o755)
+    binary = unique_binary(tmp_path, "lanner-go-client-id")
     stream = subprocess.Popen([str(CLIENT), "--server-address", agent.address, "--timeout", "20s", "--strict",
                                "getevents", "--process", f"{binary}$", "--count", "4"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out = _trigger_until_answered(stream, [str(binary), "-u"])
+        out = trigger_until_answered(stream, [str(binary), "-u"])
     finally:
         stream.kill()
     events = [json.loads(line) for line in out.splitlines()]
@@ -101,19 +95,6 @@ def test_getevents_kprobe_of_a_policy(agent: RunningAgent) -> None:
     assert kprobe["process"]["pid"] == trigger.pid
     (arg,) = kprobe["args"]
     assert arg.get("int_arg", 0) == 0  # setuid(0); protojson leaves zero values out
-
-
-def _trigger_until_answered(stream: subprocess.Popen, command: list[str]) -> str:
-    """Run the command until the stream (subscribed at an unknown moment) has printed its events."""
-    for _ in range(40):
-        subprocess.run(command, capture_output=True, check=True)
-        try:
-            out, err = stream.communicate(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            continue
-        assert stream.returncode == 0, err
-        return out
-    raise AssertionError("the client saw no event in 20 s")
 
 
 def test_strict_mode_names_fields_tetragon_does_not_define() -> None:
