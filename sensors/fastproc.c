@@ -1,13 +1,16 @@
 /* lanner.sensors._fastproc: the process sensor's ring -> JSON loop in C (the fast path).
  *
- * One call (FastProc.handle) takes a batch of raw exec/exit records as the ring gave them and does, per
+ * One call (FastProc.handle) takes a batch of raw exec/clone/exit records as the ring gave them and does, per
  * record, what sensors/process_events.py does in Python: decode, resolve the parent in the process cache,
  * build the cached Process, render its Tetragon JSON once (kept on Process.encoded) and assemble the event
- * line. The process cache stays the Python one (lanner/process_cache.py): its dicts are read and updated here
- * (cache_insert, cache_exit: the tests compare the cache's state after both paths), and its own _end() and
- * _evict() are called for references and eviction. Every record this file does not handle exactly as
- * the Python code would (clones, scripts, relative or unnormalised paths, truncated filenames, duplicates,
- * unknown parents, exits of unknown processes, short records) goes to the Python path (`slow`), in order.
+ * line. A clone (on_clone, no event) inserts the child's Process, its parent's details with its own identity,
+ * as ProcessEvents._on_clone does. The process cache stays the Python one (lanner/process_cache.py): its
+ * dicts are read and updated here (cache_insert, cache_exit: the tests compare the cache's state after both
+ * paths), and its own _end() and _evict() are called for references and eviction. Every record this file
+ * does not handle exactly as the Python code would (scripts, relative or unnormalised paths, truncated
+ * filenames, duplicate execs, clones and exits, unknown parents of execs and clones, exits of unknown
+ * processes, short records) goes to the Python path (`slow`), in order. The module's CLONE constant says it
+ * takes the clone layout (fastproc.py refuses a module without it, as one without PB).
  *
  * With a pod resolver attached, the glue resolves the batch's distinct (netns inode, cgroup id) pairs once
  * (pod_keys, then the resolver in Python) and passes them to handle: a process in a pod gets its `pod` and
@@ -38,6 +41,7 @@
 #define F_ERROR_CWD (1u << 3)
 #define F_SCRIPT (1u << 5)
 #define OP_EXEC 1
+#define OP_CLONE 2
 #define OP_EXIT 5
 #define MEMO_MAX 1024     /* INTERN_MAX in sensors/process.py */
 #define MEMO_KEY_MAX 256  /* INTERN_KEY_MAX */
@@ -49,6 +53,12 @@ enum { X_KTIME, X_PID, X_TID, X_PPID, X_NSPID, X_PKTIME, X_FLAGS, X_CGROUP, X_IN
        X_FN_LEN, X_EXE_LEN, X_CWD_LEN, X_ARGS_LEN, X_NETNS, X_NFIELDS };
 /* exit_event fields */
 enum { T_KTIME, T_PID, T_EKTIME, T_CODE, T_NFIELDS };
+/* clone_event fields (the decoder's CloneRecord order) */
+enum { C_KTIME, C_PID, C_TID, C_NSPID, C_PPID, C_PKTIME, C_NFIELDS };
+/* what a clone's child inherits from its parent (ProcessEvents._on_clone), by Process attribute */
+enum { I_KEY, I_EID, I_BIN, I_ARGS, I_CWD, I_CREDS, I_NS, I_CG, I_EXE, I_INO, I_N };
+static const char *const inherit_names[I_N] = {"key", "exec_id", "binary", "args", "cwd", "creds", "ns", "cgroup_id",
+                                               "exe", "exe_ino"};
 
 typedef struct { char *p; Py_ssize_t n, cap; } Buf;
 
@@ -68,9 +78,9 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    Field x[X_NFIELDS], t[T_NFIELDS];
+    Field x[X_NFIELDS], t[T_NFIELDS], c[C_NFIELDS];
     Py_ssize_t capacity;                 /* the cache's, read at each batch */
-    Py_ssize_t x_tail, x_min, t_min, creds_off, creds_len, ns_off, ns_len;
+    Py_ssize_t x_tail, x_min, t_min, c_min, creds_off, creds_len, ns_off, ns_len;
     char node[256]; Py_ssize_t node_n;   /* the node name, UTF-8, for exec_ids */
     PyObject *node_json;                 /* bytes: the node name as a JSON string */
     Ctor process_ctor, event_ctor;
@@ -82,6 +92,8 @@ typedef struct {
     int want_pb;         /* during handle: OutEvent.pb wanted (a gRPC client follows) */
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
+    PyObject *clone_flags;               /* ("clone",): a clone's child until it execs */
+    PyObject *a_inherit[I_N];            /* inherit_names, interned */
     PyObject *s_exec, *s_exit, *s_execve, *s_clone, *s_empty, *empty_tuple;
     PyObject *a_pid, *a_refcnt, *a_end, *a_evict, *a_key, *a_encoded, *a_alive, *a_parent_key, *a_binary, *a_flags, *a_exec_id, *a_insert, *a_exit, *a_pjson;
     PyObject *a_pod, *a_container, *a_encoded_pb, *a_pb;
@@ -639,11 +651,12 @@ static int exec_view(FastProc *s, PyObject *raw, ExecView *v) {
     v->ino = rd(p, s->x[X_INO]); v->netns = rd(p, s->x[X_NETNS]);
     return 1;
 }
-/* the parent ProcessCache.resolve gives (new reference); NULL without an error when it would miss */
-static PyObject *exec_parent(FastProc *s, const ExecView *v, PyObject *ppid) {
+/* the parent ProcessCache.resolve(ppid, pkt) gives (new reference); NULL without an error when it would miss
+ * (the Python path then counts the miss) */
+static PyObject *cache_resolve(FastProc *s, PyObject *ppid, unsigned long long pkt) {
     PyObject *parent = NULL;
-    if (v->pkt) {
-        PyObject *pk = PyLong_FromUnsignedLongLong(v->pkt), *key = pk ? PyTuple_Pack(2, ppid, pk) : NULL;
+    if (pkt) {
+        PyObject *pk = PyLong_FromUnsignedLongLong(pkt), *key = pk ? PyTuple_Pack(2, ppid, pk) : NULL;
         Py_XDECREF(pk);
         if (!key) return NULL;
         parent = PyDict_GetItemWithError(s->entries, key);
@@ -863,7 +876,7 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     if (PyDict_GetItemWithError(s->entries, key)) { rc = 0; goto done; }  /* seen: duplicate or re-seeded */
     PyObject *prev = PyErr_Occurred() ? NULL : cache_current(s, pid);  /* borrowed; the cache keeps it */
     if (PyErr_Occurred()) goto done;
-    if (!(parent = exec_parent(s, &v, ppid))) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* a "miss" */
+    if (!(parent = cache_resolve(s, ppid, v.pkt))) { rc = PyErr_Occurred() ? -1 : 0; goto done; }  /* a "miss" */
     PyObject *pod;
     int bits = exec_bits(s, &v, prev), py_render = bits < 0 ? -1 : exec_pod(s, &v, &pod);
     if (py_render < 0 || !(proc = exec_process(s, raw, &v, key, pid, ktime, parent, bits, now, offset, pod, py_render)))
@@ -945,6 +958,47 @@ done:
     return rc;
 }
 
+/* ------------------------------------------------------------------ clone */
+/* the clone's child as ProcessEvents._on_clone builds it (new reference): its parent's details (inh: the
+ * parent's inherit_names values), its own identity, pid, tid and nspid, flags ("clone",), no JSON yet */
+static PyObject *clone_process(FastProc *s, const unsigned char *p, PyObject *key, PyObject *pid, PyObject *ktime,
+                               PyObject *const *inh) {
+    unsigned long long vpid = rd(p, s->c[C_PID]), tid = rd(p, s->c[C_TID]), nspid = rd(p, s->c[C_NSPID]);
+    PyObject *eid = exec_id(s, rd(p, s->c[C_KTIME]), vpid), *proc = NULL;
+    PyObject *t = eid ? (tid == vpid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(tid)) : NULL;
+    PyObject *n = t ? (nspid == vpid ? Py_NewRef(pid) : PyLong_FromUnsignedLongLong(nspid)) : NULL;
+    if (n) {
+        PyObject *cargs[17] = {key, eid, inh[I_KEY], inh[I_EID], pid, t, n, inh[I_BIN], inh[I_ARGS], inh[I_CWD],
+                               s->clone_flags, ktime, inh[I_CREDS], inh[I_NS], inh[I_CG], inh[I_EXE], inh[I_INO]};
+        proc = ctor_new(&s->process_ctor, cargs);
+    }
+    Py_XDECREF(eid); Py_XDECREF(t); Py_XDECREF(n);
+    return proc;
+}
+/* a clone record: its child inserted in the cache (no event). 1: handled, 0: for the Python path (short, a
+ * duplicate, an unknown parent: counted there), -1: error */
+static int on_clone(FastProc *s, PyObject *raw, PyObject *now) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    if (PyBytes_GET_SIZE(raw) < s->c_min) return 0;
+    PyObject *pid = PyLong_FromUnsignedLongLong(rd(p, s->c[C_PID]));
+    PyObject *ktime = PyLong_FromUnsignedLongLong(rd(p, s->c[C_KTIME]));
+    PyObject *ppid = PyLong_FromUnsignedLongLong(rd(p, s->c[C_PPID]));
+    PyObject *key = pid && ktime ? PyTuple_Pack(2, pid, ktime) : NULL, *parent = NULL, *proc = NULL, *inh[I_N] = {0};
+    int rc = -1;
+    if (!key || !ppid) goto done;
+    if (PyDict_GetItemWithError(s->entries, key)) { rc = 0; goto done; }  /* seen: a duplicate */
+    if (PyErr_Occurred()) goto done;
+    if (!(parent = cache_resolve(s, ppid, rd(p, s->c[C_PKTIME])))) { rc = PyErr_Occurred() ? -1 : 0; goto done; }
+    for (int i = 0; i < I_N; i++)
+        if (!(inh[i] = PyObject_GetAttr(parent, s->a_inherit[i]))) goto done;
+    if (!(proc = clone_process(s, p, key, pid, ktime, inh)) || cache_insert(s, proc, key, pid, parent, now)) goto done;
+    rc = 1;
+done:
+    Py_XDECREF(pid); Py_XDECREF(ktime); Py_XDECREF(ppid); Py_XDECREF(key); Py_XDECREF(parent); Py_XDECREF(proc);
+    for (int i = 0; i < I_N; i++) Py_XDECREF(inh[i]);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ the type */
 static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long long offset);
 static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
@@ -991,7 +1045,10 @@ static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long l
         if (PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) > 0) {
             unsigned char op = (unsigned char)PyBytes_AS_STRING(raw)[0];
             Py_INCREF(raw);  /* the list is the caller's: keep the record alive while Python code runs */
-            rc = op == OP_EXEC ? on_exec(s, raw, now, offset, out) : op == OP_EXIT ? on_exit_rec(s, raw, now, offset, out) : 0;
+            rc = op == OP_EXEC    ? on_exec(s, raw, now, offset, out)
+                 : op == OP_EXIT  ? on_exit_rec(s, raw, now, offset, out)
+                 : op == OP_CLONE ? on_clone(s, raw, now)
+                                  : 0;
             Py_DECREF(raw);
         }
         if (rc == 0) {  /* the Python path, for this record, in order */
@@ -1030,10 +1087,11 @@ static int fields(PyObject *seq, Field *f, Py_ssize_t n, const char *what) {
 static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
 
 static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
-    PyObject *xf, *tf, *node, *r[12], *pspec, *espec;
-    if (!PyArg_ParseTuple(args, "OOnnn(nn)(nn)UOOOOOOOOOOO!OOO:FastProc", &xf, &tf, &s->x_tail, &s->x_min, &s->t_min,
-                          &s->creds_off, &s->creds_len, &s->ns_off, &s->ns_len, &node, &r[0], &r[1], &r[2], &r[3],
-                          &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10], &pspec, &espec, &r[11]))
+    PyObject *xf, *tf, *cf, *node, *r[12], *pspec, *espec;
+    if (!PyArg_ParseTuple(args, "OOOnnnn(nn)(nn)UOOOOOOOOOOO!OOO:FastProc", &xf, &tf, &cf, &s->x_tail, &s->x_min,
+                          &s->t_min, &s->c_min, &s->creds_off, &s->creds_len, &s->ns_off, &s->ns_len, &node,
+                          &r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &PyList_Type, &r[10],
+                          &pspec, &espec, &r[11]))
         return -1;
     if (r[11] != Py_None && !PyCallable_Check(r[11])) {
         PyErr_SetString(PyExc_TypeError, "proto_pb: a callable or None");
@@ -1045,7 +1103,9 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
     PyObject **refs[] = {&s->process_type, &s->event_type, &s->cache, &s->entries, &s->by_pid, &s->events,
                          &s->by_binary, &s->encoder, &s->slow, &s->creds_ns, &s->signals, &s->proto_pb};
     for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_XSETREF(*refs[i], Py_NewRef(r[i]));
-    if (fields(xf, s->x, X_NFIELDS, "exec fields") || fields(tf, s->t, T_NFIELDS, "exit fields")) return -1;
+    if (fields(xf, s->x, X_NFIELDS, "exec fields") || fields(tf, s->t, T_NFIELDS, "exit fields") ||
+        fields(cf, s->c, C_NFIELDS, "clone fields"))
+        return -1;
     if (!PyDict_Check(s->entries) || !PyDict_Check(s->by_pid) || !PyDict_Check(s->events) || !PyDict_Check(s->by_binary)) {
         PyErr_SetString(PyExc_TypeError, "the cache's and counters' tables must be dicts");
         return -1;
@@ -1078,6 +1138,9 @@ static int FastProc_init(FastProc *s, PyObject *args, PyObject *kw) {
         !(s->a_pod = intern("pod")) || !(s->a_container = intern("container")) ||
         !(s->a_encoded_pb = intern("encoded_pb")) || !(s->a_pb = intern("pb")))
         return -1;
+    for (int i = 0; i < I_N; i++)
+        if (!s->a_inherit[i] && !(s->a_inherit[i] = intern(inherit_names[i]))) return -1;
+    if (!s->clone_flags && !(s->clone_flags = PyTuple_Pack(1, s->s_clone))) return -1;
     /* Process.flags as the Python path builds them: execve, clone, truncArgs, errorCWD | rootcwd */
     for (unsigned bits = 0; bits < 12; bits++) {
         PyObject *l = PyList_New(0);
@@ -1112,6 +1175,8 @@ static int FastProc_clear(FastProc *s) {
                         &s->a_encoded_pb, &s->a_pb};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) Py_CLEAR(*all[i]);
     for (int i = 0; i < 16; i++) Py_CLEAR(s->flag_tuples[i]);
+    for (int i = 0; i < I_N; i++) Py_CLEAR(s->a_inherit[i]);
+    Py_CLEAR(s->clone_flags);
     ctor_clear(&s->process_ctor);
     ctor_clear(&s->event_ctor);
     for (int i = 0; i < L_COUNT; i++) last_clear(&s->last[i]);
@@ -1232,7 +1297,8 @@ PyMODINIT_FUNC PyInit__fastproc(void) {
     if (PyType_Ready(&FastProcType) < 0) return NULL;
     PyObject *m = PyModule_Create(&fastproc_module);
     if (m && (PyModule_AddObjectRef(m, "FastProc", (PyObject *)&FastProcType) < 0 ||
-              PyModule_AddIntConstant(m, "PB", 1) < 0))  /* renders OutEvent.pb (want_pb) */
+              PyModule_AddIntConstant(m, "PB", 1) < 0 ||  /* renders OutEvent.pb (want_pb) */
+              PyModule_AddIntConstant(m, "CLONE", 1) < 0))  /* handles clone records (takes their layout) */
         Py_CLEAR(m);
     return m;
 }

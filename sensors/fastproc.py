@@ -1,18 +1,20 @@
 """The process sensor's C fast path: loads ``lanner.sensors._fastproc`` (sensors/fastproc.c, built by
 ``make fastpath``) and hands it what it needs, so the ring -> JSON loop runs in C.
 
-The C code defines no record layout: the offsets and sizes of the exec and exit records' fields come from
-the object's BTF (``lanner.bpf.records.RecordLayout``, the decoder's layouts) and are passed at init. It
+The C code defines no record layout: the offsets and sizes of the exec, exit and clone records' fields come
+from the object's BTF (``lanner.bpf.records.RecordLayout``, the decoder's layouts) and are passed at init. It
 works on the agent's own process cache, counters and classes: of the cache's insert and exit it does the dict
-updates and the parent's reference itself, and calls the cache's own ``_end`` and ``_evict`` for the rest. It
-sends every record it does not handle exactly as the Python path would (clones, scripts, unknown parents,
-duplicates, ...) to the Python path, in ring order. It renders the process JSON itself while no redaction
-applies (otherwise the batch takes the Python path): credentials and namespaces (--enable-process-cred/ns)
-from the encoder's ``creds_parts``/``ns_part``, rendered once per distinct value (the C memo's misses), and
-pods: with a pod resolver attached to the encoder, each batch's
-distinct (netns inode, cgroup id) pairs of exec records are resolved once, before the C call (the Python
-path asks once per process: the same answers while the resolver does not change within a batch), and the C
-code renders a pod's process from the encoder's ``pod_parts``.
+updates and the parent's reference itself, and calls the cache's own ``_end`` and ``_evict`` for the rest. A
+clone inserts its child as ``ProcessEvents._on_clone`` does (the parent's details, its own identity, flags
+``clone``; no event). It sends every record it does not handle exactly as the Python path would (scripts,
+unknown parents, duplicates, ...) to the Python path, in ring order. A module without ``PB`` or ``CLONE``
+(built from an older fastproc.c) is refused: the agent runs the Python path and says to rebuild it. It renders
+the process JSON itself while no redaction applies (otherwise the batch takes the Python path): credentials
+and namespaces (--enable-process-cred/ns) from the encoder's ``creds_parts``/``ns_part``, rendered once per
+distinct value (the C memo's misses), and pods: with a pod resolver attached to the encoder, each batch's
+distinct (netns inode, cgroup id) pairs of exec records are resolved once, before the C call (the Python path
+asks once per process: the same answers while the resolver does not change within a batch), and the C code
+renders a pod's process from the encoder's ``pod_parts``.
 
 While a gRPC client follows (``want_pb``) it also gives each event its ``GetEventsResponse`` bytes (OutEvent.pb),
 the bytes ``ProtoEventEncoder`` gives: a process's ``tetragon.Process`` bytes are rendered in C from the same
@@ -48,6 +50,7 @@ EXEC_FIELDS = ("hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "
                "creds.uid", "creds.auid", "filename_len", "exe_len", "cwd_len", "args_len", "ns.net")  # X_*
 PY_RENDER = False  # a pods-table value: this pair's processes are rendered by the Python encoder
 EXIT_FIELDS = ("hdr.ktime", "key.pid", "key.ktime", "exit_code")  # fastproc.c T_*
+CLONE_VALUES = 6  # the decoder's CloneRecord (ktime, pid, tid, nspid, parent_pid, parent_ktime): fastproc.c C_*
 
 
 def load_module() -> tuple[Any, str]:
@@ -63,18 +66,37 @@ def load_module() -> tuple[Any, str]:
 
 def field_offsets(layout: RecordLayout) -> dict[str, tuple[int, int]]:
     """name -> (byte offset, size) of every field of a layout, from its struct format."""
-    out: dict[str, tuple[int, int]] = {}
-    names = iter(layout.names)
+    offsets = value_offsets(layout.fmt)
+    assert len(offsets) == len(layout.names)
+    return dict(zip(layout.names, offsets))
+
+
+def value_offsets(fmt: str) -> list[tuple[int, int]]:
+    """(byte offset, size) of each value a little-endian, unaligned struct format unpacks to, in order."""
+    out: list[tuple[int, int]] = []
     pos = 0
-    for count, code in re.findall(r"(\d*)([a-zA-Z?])", layout.fmt):
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt):
         n = int(count) if count else 1
         if code == "x":
             pos += n
             continue
         size = n if code == "s" else struct.calcsize("<" + code)
-        out[next(names)] = (pos, size)
+        if code == "s":
+            out.append((pos, size))
+        else:
+            out += [(pos + i * size, size) for i in range(n)]
+            size *= n
         pos += size
     return out
+
+
+def clone_offsets(decoder: Any) -> tuple[tuple[int, int], ...]:
+    """(offset, size) of the clone record's values the decoder's CloneRecord takes, in its order (the decoder
+    keeps the clone layout's struct and those values' indexes)."""
+    offsets = value_offsets(decoder._clone.format)
+    if len(decoder._cl_i) != CLONE_VALUES:
+        raise ValueError(f"the decoder's CloneRecord takes {len(decoder._cl_i)} values, fastproc.c {CLONE_VALUES}")
+    return tuple(offsets[i] for i in decoder._cl_i)
 
 
 def ctor_spec(cls: type, npos: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -150,6 +172,8 @@ class FastPath:
         self.proto = ctx.proto if ctx.proto is not None else ProtoEventEncoder(ctx.encoder, ctx.node_name)
         if not getattr(module, "PB", 0):  # ProcessSensor.bind: the Python path, "rebuild it"
             raise TypeError("a module built from an older fastproc.c (no protobuf)")
+        if not getattr(module, "CLONE", 0):  # its FastProc takes no clone layout
+            raise TypeError("a module built from an older fastproc.c (no clones)")
         self._want_pb = False  # the batch's, for the records the C code hands back (slow)
         self._pod_pb: dict[bytes, Any] = {}  # a pod's JSON -> its protobuf pieces (ProtoPieces.pod)
         self.pieces = ProtoPieces()
@@ -170,8 +194,9 @@ class FastPath:
             return (c, cap, pc, members(cap), members(pc)), (n, ns, members(ns))
 
         self._c = module.FastProc(
-            tuple(ex[n] for n in EXEC_FIELDS), tuple(xt[n] for n in EXIT_FIELDS), decoder.exec_layout.tail_offset,
-            struct.calcsize(decoder.exec_layout.fmt), struct.calcsize(decoder.exit_layout.fmt), _span(ex, "creds."),
+            tuple(ex[n] for n in EXEC_FIELDS), tuple(xt[n] for n in EXIT_FIELDS), clone_offsets(decoder),
+            decoder.exec_layout.tail_offset, struct.calcsize(decoder.exec_layout.fmt),
+            struct.calcsize(decoder.exit_layout.fmt), decoder._clone.size, _span(ex, "creds."),
             _span(ex, "ns."), ctx.node_name, Process, OutEvent, ctx.cache, ctx.cache._entries, ctx.cache._by_pid,
             ctx.counters.events, ctx.counters.by_binary, ctx.encoder, slow, creds_ns,
             [signal_name(i).encode() for i in range(128)], ctor_spec(Process, 17), ctor_spec(OutEvent, 4),

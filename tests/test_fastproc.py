@@ -2,7 +2,8 @@
 
 The same raw records, built in the process object's BTF layouts, go through both paths, each with its own
 cache, counters and encoder: exec and exit with the parent known and unknown, signals and status codes,
-duplicates, stubs, clones, scripts, relative paths, truncation flags, long arguments, arguments with spaces,
+duplicates, stubs, clones (of known, unknown, cloned and exited parents, duplicated, exiting without an exec,
+evicted), scripts, relative paths, truncation flags, long arguments, arguments with spaces,
 quotes, backslashes, control characters, non-ASCII and invalid UTF-8, and node names with quotes,
 backslashes and non-ASCII. With a pod resolver attached (the way --enable-k8s-api and the datapath's pod
 cache attach theirs): processes in pods (by cgroup, with and without a container, a container pid, labels,
@@ -84,9 +85,40 @@ def exit_rec(pid: int, exec_kt: int, kt: int, code: int) -> bytes:
                                 "tid": pid, "exit_code": code})
 
 
-def clone_rec(pid: int, kt: int, ppid: int = PARENT, pkt: int = PARENT_KT) -> bytes:
+def clone_rec(pid: int, kt: int, ppid: int = PARENT, pkt: int = PARENT_KT, tid: int | None = None,
+              nspid: int | None = None) -> bytes:
     return _pack("clone_event", {"hdr.op": OP_CLONE, "hdr.ktime": kt, "key.pid": pid, "key.ktime": kt,
-                                 "parent.pid": ppid, "parent.ktime": pkt, "tid": pid, "nspid": pid})
+                                 "parent.pid": ppid, "parent.ktime": pkt, "tid": pid if tid is None else tid,
+                                 "nspid": pid if nspid is None else nspid})
+
+
+def clone_records(pid: int, kt: int) -> list[bytes]:
+    """Clones: of known (seeded, exec'd in C, cloned, exited) and unknown parents, duplicates, children that exec,
+    exit without exec, are cloned themselves, or take a pid whose identity lives on; the pid+1 .. pid+40 range."""
+    c = pid
+    r = [exec_rec(c, kt, b"/bin/forker", [b"forker", b"a b"], cwd=b"/", nspid=9)]  # a parent rendered in C
+    r += [clone_rec(c + 1, kt + 1, c, kt), exec_rec(c + 1, kt + 2, b"/bin/kid", [b"kid"], ppid=c, pkt=kt),
+          exit_rec(c + 1, kt + 2, kt + 3, 0)]  # clone, exec ("execve clone"), exit
+    r += [clone_rec(c + 2, kt + 4, c, kt, tid=c + 31, nspid=3), exit_rec(c + 2, kt + 4, kt + 5, 9)]  # no exec
+    r += [clone_rec(c + 3, kt + 6, c, kt), clone_rec(c + 3, kt + 6, c, kt),  # a duplicate clone
+          exit_rec(c + 3, 0, kt + 7, 1 << 8)]  # its exit by pid only
+    r += [clone_rec(c + 4, kt + 8, 31337, 5), exit_rec(c + 4, kt + 8, kt + 9, 0)]  # unknown parent: a stub exit
+    r += [clone_rec(c + 5, kt + 10, c, 0),  # parent ktime unknown: the pid's current identity
+          clone_rec(c + 6, kt + 11, c + 5, kt + 10),  # a clone of a clone (inherits the inherited)
+          exec_rec(c + 6, kt + 12, b"/bin/grandkid", [b"g"], ppid=c + 5, pkt=kt + 10),
+          exit_rec(c + 5, kt + 10, kt + 13, 0), exit_rec(c + 6, kt + 12, kt + 14, 0)]
+    r += [clone_rec(c + 7, kt + 15, c, kt, tid=c + 30),  # tid != pid
+          clone_rec(c + 7, kt + 16, c, kt),  # the same pid again, its first identity alive: ended by the insert
+          exit_rec(c + 7, kt + 16, kt + 17, 0), exit_rec(c + 7, kt + 15, kt + 18, 0)]
+    r += [clone_rec(c + 8, kt + 19), exec_rec(c + 8, kt + 20, b"/usr/bin/env", [b"env", b"x"]),
+          clone_rec(c + 9, kt + 21, c + 8, kt + 20), exec_rec(c + 9, kt + 22, b"bin/rel", [b"rel"], ppid=c + 8,
+                                                              pkt=kt + 20)]  # its exec is the Python path's
+    r += [exit_rec(c, kt, kt + 23, 0), clone_rec(c + 10, kt + 24, c, kt),  # the clone of an exited parent
+          exit_rec(c + 10, kt + 24, kt + 25, 0)]
+    r += [clone_rec(c + 11 + i, kt + 26 + i, c + 8, kt + 20) for i in range(25)]  # evictions (capacity 20)
+    r += [exit_rec(c + 11 + i, kt + 26 + i, kt + 60 + i, 0) for i in range(0, 25, 4)]
+    r += [exit_rec(c + 9, kt + 22, kt + 90, 0), exit_rec(c + 8, kt + 20, kt + 91, 0)]
+    return r
 
 
 def records() -> list[bytes]:
@@ -130,6 +162,7 @@ def records() -> list[bytes]:
     # clone, then the child execs (flags "execve clone"), then exits
     pid += 1
     r += [clone_rec(pid, kt + 10), exec_rec(pid, kt + 11, b"/bin/cloned", [b"cloned"]), exit_rec(pid, kt + 11, kt + 12, 0)]
+    r += clone_records(pid + 1, kt + 100)
     r.append(struct.pack("<B", 99) + bytes(40))  # an op the process sensor does not know
     return r
 
@@ -235,7 +268,8 @@ def test_same_bytes_counters_and_cache(node, batch, in_pod, cred_ns, pb):
         assert (member in joined) == cred_ns, member
     assert all((b'"pod":{' in line) == in_pod for kind, line, _, _, _ in lines if kind == "process_exec")
     py_c = outs[False][2]
-    assert py_c.duplicates == 2 and py_c.exit_misses == 2 and py_c.parent_misses >= 1
+    assert py_c.duplicates == 4 and py_c.exit_misses >= 3 and py_c.parent_misses >= 2  # (evictions: more misses)
+    assert joined.count(b'"flags":"execve clone"') >= 3 and b'"flags":"clone"' in joined  # clones exec, or exit
 
 
 class FakePods:
@@ -277,6 +311,7 @@ def pod_phases() -> list:
         exec_rec(scr, kt + 7, b"/tmp/s.sh", [b"/bin/sh", b"/tmp/s.sh"], flags=F_SCRIPT, exe=b"/bin/sh", cg=WEB_CG),
         exec_rec(rel, kt + 8, b"bin/rel", [b"rel"], cg=WEB_CG, nspid=3),
         clone_rec(cl, kt + 9), exec_rec(cl, kt + 10, b"/bin/cloned", [b"c"], cg=SHORT_CG),
+        clone_rec(pid + 12, kt + 12, a, kt), exit_rec(pid + 12, kt + 12, kt + 13, 0),  # a pod process's clone
         exec_rec(miss, kt + 11, b"/bin/miss", [b"m"], ppid=31337, pkt=5, cg=WEB_CG),
         exit_rec(a2, kt + 1, kt + 20, 0), exit_rec(b, kt + 3, kt + 21, 1 << 8), exit_rec(sh, kt + 4, kt + 22, 9),
         exit_rec(scr, kt + 7, kt + 23, 0), exit_rec(rel, kt + 8, kt + 24, 0),
@@ -358,8 +393,38 @@ def test_fast_path_takes_the_common_records(cred_ns):
     assert b'"arguments":"\\"b c\\""' in out[0].line and b'"status":2,' in out[1].line
     assert out[0].proc.encoded is not None and cache.get((30_001, 5_000)).alive is False
     assert counters.records == 2 and counters.events == {"process_exec": 1, "process_exit": 1}
-    handle([clone_rec(30_002, 6_000)])  # a clone is the Python path's
-    assert len(calls) == 1
+    handle([clone_rec(30_002, 6_000), clone_rec(30_003, 6_001, 30_001, 5_000)])  # clones too (an exited parent)
+    assert calls == [] and cache.get((30_002, 6_000)).flags == ("clone",) and cache.get((30_001, 5_000)).refcnt == 1
+    handle([clone_rec(30_002, 6_000)])  # a duplicate: the Python path's (it counts it)
+    handle([clone_rec(30_004, 6_002, 31_337, 1)])  # an unknown parent: the Python path's (it counts the miss)
+    assert len(calls) == 2 and counters.records == 6
+
+
+def test_clones_in_c():
+    """A fork-heavy batch (clone, exec of the child, exit) runs without the Python path, and a clone's child is
+    the Process the Python path inserts: its parent's details, its own identity, the parent's reference."""
+    handle, cache, counters, events = world("n", True)
+    calls: list = []
+    real = events.handle_records
+    events.handle_records = lambda *a: calls.append(a) or real(*a)  # type: ignore[method-assign]
+    raws = []
+    for i in range(5):
+        pid, kt = 70_000 + i, 11_000 + 3 * i
+        raws += [clone_rec(pid, kt, tid=70_100 + i, nspid=7), exec_rec(pid, kt + 1, b"/bin/t", [b"t"]),
+                 exit_rec(pid, kt + 1, kt + 2, 0)]
+    handle(raws[:1])
+    seeded = cache.get((PARENT, PARENT_KT))
+    child = cache.get((70_000, 11_000))
+    assert calls == [] and seeded.refcnt == 2 and child.refcnt == 1 and child.alive
+    assert (child.exec_id, child.parent_key, child.parent_exec_id, child.pid, child.tid, child.nspid, child.flags,
+            child.start_ns) == (cache.exec_id(70_000, 11_000), seeded.key, seeded.exec_id, 70_000, 70_100, 7,
+                                ("clone",), 11_000)
+    assert (child.binary, child.args, child.cwd, child.creds, child.ns, child.cgroup_id, child.exe, child.exe_ino) == \
+        (seeded.binary, seeded.args, seeded.cwd, seeded.creds, seeded.ns, seeded.cgroup_id, seeded.exe, seeded.exe_ino)
+    assert child.encoded is None and child.encoded_pb is None and child.pod is None
+    out = handle(raws[1:])
+    assert calls == [] and len(out) == 10 and all(b'"flags":"execve clone"' in e.line for e in out)
+    assert seeded.refcnt == 1 and counters.events == {"process_exec": 5, "process_exit": 5}
 
 
 @pytest.mark.parametrize("batch", [1, 4, 1000])
@@ -404,6 +469,28 @@ def test_pb_redaction_stays_in_python():
     fp = fastproc.FastPath(MODULE, ProcessDecoder(_Obj()), events)  # type: ignore[arg-type]
     events.ctx.encoder.redactor = object()
     assert not fp.usable(True) and not fp.usable(False)
+
+
+def test_an_older_module_is_refused():
+    """A module built from an older fastproc.c (its FastProc takes no clone layout) is refused with a TypeError,
+    which ProcessSensor.bind turns into the Python path and a "rebuild it" status."""
+    import types
+    _, _, _, events = world("n", False)
+    for consts, why in (({"PB": 1}, "no clones"), ({"CLONE": 1}, "no protobuf")):
+        old = types.SimpleNamespace(FastProc=MODULE.FastProc, **consts)
+        with pytest.raises(TypeError, match=why):
+            fastproc.FastPath(old, ProcessDecoder(_Obj()), events)  # type: ignore[arg-type]
+    assert MODULE.CLONE == 1 and MODULE.PB == 1
+
+
+def test_clone_offsets_match_the_decoder():
+    """The clone values the C code reads are the decoder's CloneRecord's."""
+    decoder = ProcessDecoder(_Obj())  # type: ignore[arg-type]
+    raw = clone_rec(4321, 98_765, 1234, 5_678, tid=4322, nspid=12)
+    got = [int.from_bytes(raw[o:o + n], "little") for o, n in fastproc.clone_offsets(decoder)]
+    rec = decoder.decode([raw])[0]
+    assert got == [rec.ktime, rec.pid, rec.tid, rec.nspid, rec.parent_pid, rec.parent_ktime]
+    assert got == [98_765, 4321, 4322, 12, 1234, 5_678]
 
 
 def test_field_offsets_match_the_layout():
