@@ -50,7 +50,7 @@ EXEC_FIELDS = ("hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "
                "creds.uid", "creds.auid", "filename_len", "exe_len", "cwd_len", "args_len", "ns.net")  # X_*
 PY_RENDER = False  # a pods-table value: this pair's processes are rendered by the Python encoder
 EXIT_FIELDS = ("hdr.ktime", "key.pid", "key.ktime", "exit_code")  # fastproc.c T_*
-CLONE_VALUES = 6  # the decoder's CloneRecord (ktime, pid, tid, nspid, parent_pid, parent_ktime): fastproc.c C_*
+CLONE_FIELDS = ("hdr.ktime", "key.pid", "tid", "nspid", "parent.pid", "parent.ktime")  # fastproc.c C_*
 
 
 def load_module() -> tuple[Any, str]:
@@ -91,12 +91,9 @@ def value_offsets(fmt: str) -> list[tuple[int, int]]:
 
 
 def clone_offsets(decoder: Any) -> tuple[tuple[int, int], ...]:
-    """(offset, size) of the clone record's values the decoder's CloneRecord takes, in its order (the decoder
-    keeps the clone layout's struct and those values' indexes)."""
-    offsets = value_offsets(decoder._clone.format)
-    if len(decoder._cl_i) != CLONE_VALUES:
-        raise ValueError(f"the decoder's CloneRecord takes {len(decoder._cl_i)} values, fastproc.c {CLONE_VALUES}")
-    return tuple(offsets[i] for i in decoder._cl_i)
+    """(offset, size) of the clone record's fields the C code reads (the decoder's CloneRecord's), in its order."""
+    offsets = field_offsets(decoder.clone_layout)
+    return tuple(offsets[n] for n in CLONE_FIELDS)
 
 
 def ctor_spec(cls: type, npos: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -196,7 +193,7 @@ class FastPath:
         self._c = module.FastProc(
             tuple(ex[n] for n in EXEC_FIELDS), tuple(xt[n] for n in EXIT_FIELDS), clone_offsets(decoder),
             decoder.exec_layout.tail_offset, struct.calcsize(decoder.exec_layout.fmt),
-            struct.calcsize(decoder.exit_layout.fmt), decoder._clone.size, _span(ex, "creds."),
+            struct.calcsize(decoder.exit_layout.fmt), struct.calcsize(decoder.clone_layout.fmt), _span(ex, "creds."),
             _span(ex, "ns."), ctx.node_name, Process, OutEvent, ctx.cache, ctx.cache._entries, ctx.cache._by_pid,
             ctx.counters.events, ctx.counters.by_binary, ctx.encoder, slow, creds_ns,
             [signal_name(i).encode() for i in range(128)], ctor_spec(Process, 17), ctor_spec(OutEvent, 4),

@@ -184,7 +184,7 @@ class ProcessDecoder:
         ex = RecordLayout.from_btf(obj.btf, "exec_event")
         cl = RecordLayout.from_btf(obj.btf, "clone_event")
         xt = RecordLayout.from_btf(obj.btf, "exit_event")
-        self.exec_layout, self.exit_layout = ex, xt  # the C fast path takes its offsets from these
+        self.exec_layout, self.exit_layout, self.clone_layout = ex, xt, cl  # the C fast path's offsets
         self._exec = ex.struct
         self._exec_tail = ex.tail_offset
         self._clone = cl.struct
