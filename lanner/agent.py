@@ -43,8 +43,11 @@ log = logging.getLogger("lanner.agent")
 BATCH = 4096
 HOUSEKEEPING_S = 1.0
 # The programs wake the agent only when a ring is filling up (lanner_wakeup_flags in common.bpf.h);
-# otherwise the agent drains every POLL_S, which bounds an event's latency on a quiet host.
-POLL_S = 0.01
+# otherwise the agent drains every POLL_S, which bounds an event's latency on a quiet host. 100 ms: on a
+# 2-core node a 10 ms cadence cost a fork+exec loop 1.3 % of its wall time (each turn takes a CPU the
+# workload wanted), 100 ms nothing measurable (docs/performance.md §1, 7 Dec); a busy ring wakes the agent
+# at once whatever the cadence.
+POLL_S = 0.1
 # One drain turn stops after DRAIN_MAX_S (checked between batches of BATCH records), so the loop (housekeeping,
 # /healthz's liveness) turns several times a second however far the ring is behind (bench/overload.py).
 DRAIN_MAX_S = 0.1
