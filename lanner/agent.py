@@ -48,6 +48,7 @@ HOUSEKEEPING_S = 1.0
 # workload wanted), 100 ms nothing measurable (docs/performance.md §1, 7 Dec); a busy ring wakes the agent
 # at once whatever the cadence.
 POLL_S = 0.1
+POLLED_S = 0.01  # the cadence while a sensor with a source of its own is polled (the datapath's flow ring)
 # One drain turn stops after DRAIN_MAX_S (checked between batches of BATCH records), so the loop (housekeeping,
 # /healthz's liveness) turns several times a second however far the ring is behind (bench/overload.py).
 DRAIN_MAX_S = 0.1
@@ -475,7 +476,7 @@ class Agent:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         try:
             while not self._stop.is_set():
-                sel.select(timeout=POLL_S)
+                sel.select(timeout=POLLED_S if self.sensors.polled else POLL_S)
                 self.drain()
                 now = self.last_loop = time.monotonic()
                 if now >= next_housekeeping:

@@ -84,6 +84,11 @@ class SensorSet:
                 emit(sensor.handle(raws if end - start == n else raws[start:end], want_pb))
             start = end
 
+    @property
+    def polled(self) -> bool:
+        """Whether some sensor has a source of its own (nothing wakes the agent for it: it is polled)."""
+        return any(not s.ops for s in self._sensors)
+
     def poll(self, write_lines: Callable[[list[bytes]], None]) -> int:
         """Poll the sensors with a source of their own; their lines go straight to the export."""
         total = 0

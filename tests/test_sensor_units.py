@@ -55,3 +55,14 @@ def test_an_op_belongs_to_one_sensor_and_lost_and_programs_sum_over_sensors():
     assert [r[0] for r in ss.programs()] == ["process", "flow"]
     written: list[list[bytes]] = []
     assert ss.poll(written.append) == 1 and written == [[b'{"flow":{}}']]  # only the polled sensor is asked
+
+
+def test_a_sensor_with_its_own_source_makes_the_set_polled():
+    """The agent drains every 100 ms unless a sensor is polled (the datapath's flows: every 10 ms)."""
+    ss = SensorSet()
+    ss.add(FakeSensor("process", {1, 5}))
+    assert not ss.polled
+    ss.add(FakeSensor("flow", set(), lines=[b"{}"]))
+    assert ss.polled
+    got: list[list[bytes]] = []
+    assert ss.poll(got.append) == 1 and got == [[b"{}"]]
