@@ -41,6 +41,7 @@ from lanner.sensors.process_events import ProcessCounters, ProcessEvents, Proces
 log = logging.getLogger("lanner.agent")
 
 BATCH = 4096
+MIN_BATCH = 64
 HOUSEKEEPING_S = 1.0
 # The programs wake the agent only when a ring is filling up (lanner_wakeup_flags in common.bpf.h);
 # otherwise the agent drains every POLL_S, which bounds an event's latency on a quiet host. 100 ms: on a
@@ -49,8 +50,10 @@ HOUSEKEEPING_S = 1.0
 # at once whatever the cadence.
 POLL_S = 0.1
 POLLED_S = 0.01  # the cadence while a sensor with a source of its own is polled (the datapath's flow ring)
-# One drain turn stops after DRAIN_MAX_S (checked between batches of BATCH records), so the loop (housekeeping,
-# /healthz's liveness) turns several times a second however far the ring is behind (bench/overload.py).
+# One drain turn stops after DRAIN_MAX_S, so the loop (housekeeping, /healthz's liveness) turns several times a
+# second however far the ring is behind (bench/overload.py). The deadline is checked between batches, and each
+# batch is sized from the last measured cost per record to fit the time left (at most BATCH): on a slow machine
+# (a TCG guest) one batch of 4,096 records took most of a second.
 DRAIN_MAX_S = 0.1
 SENSOR_FEATURES = ("tp_btf", "ringbuf", "bpf_loop")  # what the process sensor cannot do without
 
@@ -125,6 +128,7 @@ class Agent:
         self.k8s = None  # lanner.k8s.integration.K8sIntegration with --enable-k8s-api
         self._bpf_stats_fd = -1
         self.last_loop = time.monotonic()
+        self._record_s = 0.0  # the last drained batch's cost per record (sizes the next batch)
         self.clock = KtimeClock()
         self.cache = ProcessCache(config.node_name, config.process_cache_size,
                                   int(config.process_cache_grace_s * 1e9))
@@ -490,19 +494,30 @@ class Agent:
         (housekeeping, /healthz) even when the agent is overloaded."""
         assert self.ring is not None and self.sensor is not None
         total = 0
-        deadline = time.monotonic() + max_s
+        wants = self.server is not None and self.server.wants_events()
+        now = time.monotonic()
+        deadline = now + max_s
         for _ in range(max_batches):
-            if time.monotonic() > deadline:
-                break
-            raws = self.ring.read_batch(BATCH)
+            raws = self.ring.read_batch(self._batch_size(deadline - now))
             if not raws:
                 break
             total += len(raws)
-            self.sensors.dispatch(raws, self.server is not None and self.server.wants_events(), self.emit)
+            self.sensors.dispatch(raws, wants, self.emit)
+            done = time.monotonic()
+            self._record_s = (done - now) / len(raws)
+            now = done
+            if now > deadline:
+                break
         total += self.sensors.poll(self._write_polled)
         if total:
             self.export.flush()
         return total
+
+    def _batch_size(self, left_s: float) -> int:
+        """How many records fit in ``left_s`` at the last measured cost per record (MIN_BATCH..BATCH)."""
+        if self._record_s <= 0:
+            return BATCH
+        return max(MIN_BATCH, min(BATCH, int(left_s / self._record_s)))
 
     def _write_polled(self, lines: list[bytes]) -> None:
         """Flow events from the datapath, exported alongside the security events (not process-filtered)."""

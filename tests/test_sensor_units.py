@@ -3,6 +3,8 @@ their op, in ring order, one batch per run; a polled sensor's lines go to the ex
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lanner.sensors.base import SensorSet
@@ -66,3 +68,47 @@ def test_a_sensor_with_its_own_source_makes_the_set_polled():
     assert ss.polled
     got: list[list[bytes]] = []
     assert ss.poll(got.append) == 1 and got == [[b"{}"]]
+
+
+class SlowRing:
+    """A ring that always has records; remembers how many each read asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def read_batch(self, n: int) -> list[bytes]:
+        self.asked.append(n)
+        return [b"\x01x"] * n
+
+
+class SlowSensor(FakeSensor):
+    def __init__(self, per_record_s: float) -> None:
+        super().__init__("process", {1})
+        self.per_record_s = per_record_s
+
+    def handle(self, raws: list, want_pb: bool) -> list:
+        time.sleep(self.per_record_s * len(raws))
+        return []
+
+
+def test_drain_sizes_its_batches_to_the_time_left():
+    """On a slow machine one batch of BATCH records must not hold the loop past the drain's deadline: after
+    the first batch, each batch is sized from the measured cost per record to fit the time left."""
+    from lanner import agent as agent_mod
+
+    ag = agent_mod.Agent(agent_mod.AgentConfig())
+    ring = ag.ring = SlowRing()
+    ag.sensor = object()  # drain() only needs one
+    ag.sensors = SensorSet()
+    ag.sensors.add(SlowSensor(per_record_s=20e-6))  # 4,096 records: 82 ms
+    t0 = time.monotonic()
+    ag.drain(max_s=0.05)
+    first = time.monotonic() - t0
+    assert ring.asked[0] == agent_mod.BATCH and first < 0.2
+    ring.asked.clear()
+    t0 = time.monotonic()
+    ag.drain(max_s=0.05)  # now the cost per record is known: batches fit in 50 ms
+    took = time.monotonic() - t0
+    assert ring.asked and max(ring.asked) < agent_mod.BATCH, ring.asked
+    assert min(ring.asked) >= agent_mod.MIN_BATCH
+    assert took < 0.05 + 0.04, took
