@@ -14,6 +14,9 @@
  * Every record gets a distinct synthetic pid (pid_base + counter; real pids are < 2^22) and the
  * parent is the driver process (ppid = target_tgid, parent ktime 0: the agent resolves the pid's
  * current identity, which its /proc seeding knows).
+ *
+ * Records are submitted as the process sensor submits them (lanner_wakeup_flags): the reader is woken only
+ * when the ring's unread data crosses 1/8 of it, otherwise it drains on its own cadence.
  */
 #include <lanner/common.bpf.h>
 #include "../../sensors/bpf/process.h"
@@ -119,7 +122,7 @@ static long emit_one(__u64 i, void *data)
 		__builtin_memcpy(p + L_FILENAME, T_EXE, L_EXE);
 		__builtin_memcpy(p + L_FILENAME + L_EXE, T_CWD, L_CWD);
 		__builtin_memcpy(p + L_FILENAME + L_EXE + L_CWD, T_ARGS, L_ARGS);
-		bpf_ringbuf_submit(ev, 0);
+		bpf_ringbuf_submit(ev, lanner_wakeup_flags(sizeof(*ev), true));
 		c->submitted_exec++;
 	}
 	if (!(c->flags & FLOOD_EXITS))
@@ -138,7 +141,7 @@ static long emit_one(__u64 i, void *data)
 	xt->key.ktime = ktime;
 	xt->tid = pid;
 	xt->exit_code = 0;
-	bpf_ringbuf_submit(xt, 0);
+	bpf_ringbuf_submit(xt, lanner_wakeup_flags(sizeof(*xt), true));
 	c->submitted_exit++;
 	return 0;
 }
