@@ -209,7 +209,11 @@ def _message(pb: bytes) -> bytes:
 
 def framed_run(events: list[OutEvent]) -> tuple[bytes, int]:
     """A batch's events as consecutive gRPC messages, and how many: built once for every framed client (in C
-    when the fast path is built: sensors/fastproc.c grpc_run; tests/test_grpc_fanout.py compares both)."""
+    when the fast path is built: sensors/fastproc.c grpc_run; tests/test_grpc_fanout.py compares both). A
+    batch that carries its run (``EventBatch``: the C fast path framed it while encoding) is not walked again."""
+    run = getattr(events, "run", None)
+    if run is not None:
+        return run
     if _grpc_run is not None:
         return _grpc_run(events)
     pbs = [ev.pb for ev in events if ev.pb is not None]

@@ -35,6 +35,18 @@ class OutEvent:
     pb: bytes | None = None  # GetEventsResponse wire bytes, built only while gRPC clients follow
 
 
+class EventBatch(list):
+    """A batch of events whose producer also framed their ``pb`` bytes as one run of gRPC messages, in order
+    (``run``: the bytes and how many messages; what ``exporter.grpc_api.framed_run`` would build), so the
+    gRPC server does not walk the batch again (sensors/fastproc.c take_run)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, events: list[OutEvent], run: tuple[bytes, int]) -> None:
+        super().__init__(events)
+        self.run = run
+
+
 @dataclass
 class ExportCounters:
     exported: int = 0

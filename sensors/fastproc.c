@@ -101,6 +101,7 @@ typedef struct {
     long long last_sec; char sec_text[32];
     PyObject *run_kind, *run_bin; long long run_n;  /* events counted but not yet in the counters' dicts */
     Buf buf, obj, pbo, pbe;  /* the line, the process JSON, the process protobuf, the event protobuf */
+    Buf grun; Py_ssize_t grun_count;  /* with want_pb: the batch's pb bytes as gRPC messages (take_run) */
 } FastProc;
 
 /* ------------------------------------------------------------------ small helpers */
@@ -375,7 +376,21 @@ static PyObject *process_json(FastProc *s, PyObject *proc) {
     return j ? PyObject_CallMethodOneArg(s->encoder, s->a_pjson, proc) : NULL;
 }
 /* the OutEvent of a line in b, with its protobuf (pb: a new reference, NULL when not wanted) */
+/* one gRPC message onto the batch's run: a 0 byte (uncompressed), the big-endian length, the bytes */
+static int run_add(FastProc *s, PyObject *pb) {
+    if (!PyBytes_Check(pb) || PyBytes_GET_SIZE(pb) > 0xffffffffLL) return 0;
+    Py_ssize_t len = PyBytes_GET_SIZE(pb);
+    Buf *b = &s->grun;
+    if (buf_grow(b, 5 + len)) return -1;
+    char *o = b->p + b->n;
+    o[0] = 0; o[1] = (char)(len >> 24); o[2] = (char)(len >> 16); o[3] = (char)(len >> 8); o[4] = (char)len;
+    memcpy(o + 5, PyBytes_AS_STRING(pb), len);
+    b->n += 5 + len;
+    s->grun_count++;
+    return 0;
+}
 static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *parent, Buf *b, PyObject *pb) {
+    if (pb && run_add(s, pb)) { Py_DECREF(pb); return NULL; }
     PyObject *line = PyBytes_FromStringAndSize(b->p, b->n);
     if (!line) { Py_XDECREF(pb); return NULL; }
     PyObject *args[4] = {kind, proc, parent, line};
@@ -1009,6 +1024,8 @@ static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
     if (pods != Py_None && !PyDict_Check(pods)) { PyErr_SetString(PyExc_TypeError, "pods: a dict or None"); return NULL; }
     if (want_pb && s->proto_pb == Py_None) { PyErr_SetString(PyExc_ValueError, "want_pb: no proto_pb"); return NULL; }
     s->want_pb = want_pb;
+    s->grun.n = 0;
+    s->grun_count = 0;
     Py_XSETREF(s->pods, pods == Py_None ? NULL : Py_NewRef(pods));
     PyObject *out = handle_batch(s, raws, now, offset);
     Py_CLEAR(s->pods);
@@ -1033,6 +1050,27 @@ static PyObject *FastProc_pod_keys(FastProc *s, PyObject *raws) {
     }
     return keys;
 }
+/* the Python path's events (a record handed back) onto the run too, in order */
+static int slow_run(FastProc *s, PyObject *more) {
+    PyObject *it = PyObject_GetIter(more), *ev;
+    if (!it) return -1;
+    while ((ev = PyIter_Next(it))) {
+        PyObject *pb = PyObject_GetAttr(ev, s->a_pb);
+        int bad = !pb || run_add(s, pb);
+        Py_XDECREF(pb); Py_DECREF(ev);
+        if (bad) { Py_DECREF(it); return -1; }
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+/* take_run(): (the last handle's pb bytes as consecutive gRPC messages, how many), what grpc_run(events) gives for
+ * its events; the run is emptied */
+static PyObject *FastProc_take_run(FastProc *s, PyObject *unused) {
+    PyObject *out = Py_BuildValue("(y#n)", s->grun.p ? s->grun.p : "", s->grun.n, s->grun_count);
+    s->grun.n = 0;
+    s->grun_count = 0;
+    return out;
+}
 static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long long offset) {
     PyObject *out;
     PyObject *cap = PyObject_GetAttrString(s->cache, "capacity");
@@ -1053,7 +1091,7 @@ static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long l
         }
         if (rc == 0) {  /* the Python path, for this record, in order */
             PyObject *more = count_flush(s) ? NULL : PyObject_CallOneArg(s->slow, raw);
-            PyObject *r = more ? _PyList_Extend((PyListObject *)out, more) : NULL;
+            PyObject *r = more && !(s->want_pb && slow_run(s, more)) ? _PyList_Extend((PyListObject *)out, more) : NULL;
             Py_XDECREF(more);
             if (!r) rc = -1;
             Py_XDECREF(r);
@@ -1192,6 +1230,7 @@ static void FastProc_dealloc(FastProc *s) {
     PyMem_Free(s->obj.p);
     PyMem_Free(s->pbo.p);
     PyMem_Free(s->pbe.p);
+    PyMem_Free(s->grun.p);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -1265,7 +1304,10 @@ static PyMethodDef FastProc_methods[] = {
     {"handle", (PyCFunction)FastProc_handle, METH_VARARGS,
      "handle(raws, now_ns, clock_offset_ns, pods=None, want_pb=False) -> [OutEvent]: a batch of process records, in\n"
      "ring order; pods: (netns_inode, cgroup_id) -> PodParts, None (a host process) or another value (the encoder\n"
-     "renders); want_pb: each event's GetEventsResponse bytes too (OutEvent.pb)"},
+     "renders); want_pb: each event's GetEventsResponse bytes too (OutEvent.pb), and all of them as one run of\n"
+     "gRPC messages (take_run)"},
+    {"take_run", (PyCFunction)FastProc_take_run, METH_NOARGS,
+     "take_run() -> (bytes, count): the last want_pb handle's events as consecutive gRPC messages (grpc_run's framing)"},
     {"pod_keys", (PyCFunction)FastProc_pod_keys, METH_O,
      "pod_keys(raws) -> {(netns_inode, cgroup_id)}: the pairs of the batch's exec records, for the pod resolver"},
     {"memo_sizes", (PyCFunction)FastProc_memo_sizes, METH_NOARGS, "entries in each of the shared-value memos"},
@@ -1298,7 +1340,8 @@ PyMODINIT_FUNC PyInit__fastproc(void) {
     PyObject *m = PyModule_Create(&fastproc_module);
     if (m && (PyModule_AddObjectRef(m, "FastProc", (PyObject *)&FastProcType) < 0 ||
               PyModule_AddIntConstant(m, "PB", 1) < 0 ||  /* renders OutEvent.pb (want_pb) */
-              PyModule_AddIntConstant(m, "CLONE", 1) < 0))  /* handles clone records (takes their layout) */
+              PyModule_AddIntConstant(m, "CLONE", 1) < 0 ||  /* handles clone records (takes their layout) */
+              PyModule_AddIntConstant(m, "RUN", 1) < 0))  /* frames the batch's gRPC messages as it goes (take_run) */
         Py_CLEAR(m);
     return m;
 }

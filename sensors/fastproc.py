@@ -21,6 +21,8 @@ the bytes ``ProtoEventEncoder`` gives: a process's ``tetragon.Process`` bytes ar
 values as its JSON and memoised on it (``Process.encoded_pb``), the protobuf of the credentials, namespaces and
 pod members comes from ``ProtoPieces`` (wire.py's DictEncoder) once per distinct value, and a process
 without them (rendered earlier, or its pod left to Python) gets them from ``ProtoEventEncoder.process_bytes``.
+The batch comes back as an ``EventBatch`` whose ``run`` already holds those bytes framed as gRPC messages, so the
+gRPC server does not walk the batch again to frame it.
 
 Without the built module (or with ``LANNER_FASTPATH=0``) the agent runs the Python path and ``lanner status``
 says so (``fastpath``).
@@ -43,7 +45,7 @@ from lanner.exporter.api.gen.tetragon import tetragon_pb2
 from lanner.exporter.api.wire import DictEncoder
 from lanner.exporter.encoder import signal_name
 from lanner.exporter.grpc_api import ProtoEventEncoder
-from lanner.exporter.pipeline import OutEvent
+from lanner.exporter.pipeline import EventBatch, OutEvent
 from lanner.process_cache import Process
 
 EXEC_FIELDS = ("hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "flags", "cgroup_id", "exe_ino",
@@ -171,6 +173,8 @@ class FastPath:
             raise TypeError("a module built from an older fastproc.c (no protobuf)")
         if not getattr(module, "CLONE", 0):  # its FastProc takes no clone layout
             raise TypeError("a module built from an older fastproc.c (no clones)")
+        if not getattr(module, "RUN", 0):  # its FastProc frames no gRPC run
+            raise TypeError("a module built from an older fastproc.c (no gRPC run)")
         self._want_pb = False  # the batch's, for the records the C code hands back (slow)
         self._pod_pb: dict[bytes, Any] = {}  # a pod's JSON -> its protobuf pieces (ProtoPieces.pod)
         self.pieces = ProtoPieces()
@@ -241,4 +245,4 @@ class FastPath:
         out = self._c.handle(raws, time.monotonic_ns(), self.encoder.clock.offset_ns, pods, want_pb)
         cache = self.cache
         cache.stats.size = len(cache)  # as ProcessCache.insert leaves it
-        return out
+        return EventBatch(out, self._c.take_run()) if want_pb else out

@@ -29,6 +29,7 @@ from lanner.bpf.btf import Btf
 from lanner.bpf.records import RecordLayout
 from lanner.exporter.api.gen.tetragon import events_pb2
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
+from lanner.exporter import grpc_api
 from lanner.exporter.grpc_api import ProtoEventEncoder
 from lanner.exporter.pipeline import OutEvent
 from lanner.netdp.endpoint import ContainerInfo, PodInfo
@@ -189,7 +190,16 @@ def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_n
     if fast:
         fp = fastproc.FastPath(MODULE, decoder, events, pods_in_python)
         assert fp.usable(False) and fp.usable(True)
-        return lambda raws: fp.handle(raws, want(next(n))), cache, counters, events
+
+        def fast_handle(raws: list) -> list:
+            w = want(next(n))
+            out = fp.handle(raws, w)
+            if w:  # the batch's gRPC run, framed in C as it encoded: what framing its events' pb gives
+                pbs = [e.pb for e in out if e.pb is not None]
+                assert out.run == (b"".join(map(grpc_api._message, pbs)), len(pbs))
+            return out
+
+        return fast_handle, cache, counters, events
     return lambda raws: events.handle(decoder.decode(raws), want(next(n))), cache, counters, events
 
 
