@@ -100,3 +100,53 @@ def test_a_client_that_is_not_http2_is_dropped(agent: tuple[RunningAgent, str]) 
     s.close()
     assert got == b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame, nothing else
     assert a.proc.poll() is None and a.status()["api"]["clients"] == 0
+
+
+def test_data_frames_slice_the_buffers_and_partial_sends_resume() -> None:
+    """The writer's frames are headers plus slices of the queued runs themselves (no copy), never longer than
+    the peer's frame size nor spanning two runs; a sendmsg that takes part of them is resumed where it
+    stopped, so the peer reads exactly the runs' bytes."""
+    import socket
+    import threading
+
+    from lanner.exporter.api import h2events as h2
+
+    runs = [bytes(range(256)) * 40, b"x" * 7000]  # 10,240 and 7,000 bytes
+    bufs = [memoryview(b) for b in runs]
+    parts, pos = h2.data_frames(bufs, (0, 0), 12_000, 4096, 3)
+    assert pos == (1, 1760)
+    sizes = [len(p) for p in parts[1::2]]
+    assert sizes == [4096, 4096, 2048, 1760]  # the third frame ends with the first run
+    assert parts[1].obj is runs[0]  # a slice of the run, not a copy
+    assert all(len(h) == 9 and h[3] == h2.DATA and int.from_bytes(h[5:9], "big") == 3 for h in parts[0::2])
+    assert all(int.from_bytes(h[:3], "big") == n for h, n in zip(parts[0::2], sizes))
+    more, pos = h2.data_frames(bufs, pos, 7000 - 1760, 16384, 3)
+    assert pos == (2, 0) and len(more) == 2
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.settimeout(10)  # non-blocking underneath: each sendmsg takes what the small buffer has room for
+    partial = []
+    real = a.sendmsg
+
+    class Sock:  # counts the sendmsg calls that took only part of what they were given
+        def sendmsg(self, bufs: list) -> int:
+            n = real(bufs)
+            partial.append(n < sum(map(len, bufs)))
+            return n
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := b.recv(1 << 16):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    conn = h2.Connection.__new__(h2.Connection)
+    conn.sock, conn.send_lock = Sock(), threading.Lock()
+    big = [memoryview(bytes([i % 251]) * 3000) for i in range(1500)]  # 4.5 MB in more than IOV_MAX buffers
+    conn._sendmsg(list(big))
+    a.close()
+    reader.join(10)
+    assert bytes(got) == b"".join(big)
+    assert any(partial) and len(partial) > 2

@@ -3,7 +3,8 @@
 grpcio sends one streamed message per completion-queue round trip (20-40k messages/s per core, sync or
 aio: docs/performance.md §5). This unix-socket listener serves Tetragon's ``GetEvents`` stream by writing
 the HTTP/2 and gRPC framing itself: each client's queued events (their wire bytes, assembled once for all
-clients) are joined into DATA frames, within the client's flow-control windows, one socket write per frame.
+clients) go out as DATA frames within the client's flow-control windows, one sendmsg per window's worth: the
+frames' headers and slices of the shared bytes, nothing copied in user space.
 Clients built on Tetragon's protos (``tetra getevents --server-address unix://...``) read it unchanged.
 
 Request header blocks are decoded (HPACK) and each call is routed by its ``:path``: ``GetEvents`` streams as
@@ -39,11 +40,32 @@ BATCH = 512  # events joined per write run
 MAX_STREAMS = 16  # open calls per connection; more are refused (RST_STREAM REFUSED_STREAM)
 MAX_CONNECTIONS = 64  # more are closed at once (the gRPC server's client limit applies to calls as well)
 GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
+IOV_MAX = 1024  # buffers per sendmsg (Linux's UIO_MAXIOV)
+JOIN_ITEMS = 16  # more queued items than this (a filtered client's single messages) are joined before framing
+_DATA_HEAD = struct.Struct(">HBBBI")  # a DATA frame's 9-byte header: length (24 bits), type, flags, stream
 Unary = Callable[[str, bytes], tuple[int, str, bytes | None]]  # (path, request) -> (grpc code, message, response)
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"") -> bytes:
     return b"".join((struct.pack(">I", len(payload))[1:], bytes((kind, flags)), struct.pack(">I", stream), payload))
+
+
+def data_frames(bufs: list[memoryview], pos: tuple[int, int], room: int, step: int, sid: int) -> tuple[list, tuple]:
+    """``room`` bytes of ``bufs`` from ``pos`` (buffer index, offset) as DATA frames of at most ``step`` bytes:
+    their headers and slices of the buffers themselves (nothing copied), for one sendmsg; and the new position.
+    A frame does not span two buffers."""
+    i, off = pos
+    parts: list = []
+    while room:
+        b = bufs[i]
+        n = min(step, len(b) - off, room)
+        parts.append(_DATA_HEAD.pack(n >> 8, n & 0xFF, DATA, 0, sid))
+        parts.append(b[off:off + n])
+        off += n
+        room -= n
+        if off == len(b):
+            i, off = i + 1, 0
+    return parts, (i, off)
 
 
 def _literal(name: bytes, value: bytes) -> bytes:
@@ -288,7 +310,7 @@ class Connection:
                 if not sub.queue:
                     continue
                 items, n = sub.take(BATCH)  # runs of gRPC messages, framed once per batch (GrpcSubscriber)
-                data = items[0][0] if len(items) == 1 else b"".join(b for b, _ in items)
+                data = [b for b, _ in items] if len(items) <= JOIN_ITEMS else [b"".join(b for b, _ in items)]
                 sub.inflight = n
                 if not self._send_data(st, data):
                     break
@@ -301,12 +323,14 @@ class Connection:
         finally:
             self._end_stream(st.sid)
 
-    def _send_data(self, st: _Stream, data: bytes) -> bool:
-        """DATA frames of ``data`` within the windows: whatever the windows allow now goes in one socket write
-        (several frames of at most the peer's frame size), so a run costs few writes and GIL hand-offs."""
-        off = 0
-        view = memoryview(data)
-        while off < len(data):
+    def _send_data(self, st: _Stream, data: bytes | list[bytes]) -> bool:
+        """DATA frames of ``data`` (one buffer, or several sent back to back) within the windows: whatever the
+        windows allow now goes in one sendmsg of frame headers and slices of the buffers (no copy in user space,
+        no GIL while the kernel copies), so a run costs few writes and GIL hand-offs."""
+        bufs = [memoryview(b) for b in (data if isinstance(data, list) else (data,))]
+        left = sum(map(len, bufs))
+        pos = (0, 0)
+        while left:
             with self.cond:
                 while min(self.conn_window, st.window) <= 0 and not (st.closed or self.closed):
                     self.cond.wait(timeout=0.5)
@@ -314,18 +338,31 @@ class Connection:
                         return False
                 if st.closed or self.closed:
                     return False
-                room = min(self.conn_window, st.window, len(data) - off)
+                room = min(self.conn_window, st.window, left)
                 self.conn_window -= room
                 st.window -= room
                 step = self.peer_max_frame
-            frames = [frame(DATA, 0, st.sid, view[i:min(i + step, off + room)]) for i in range(off, off + room, step)]
-            self._send(frames[0] if len(frames) == 1 else b"".join(frames))
-            off += room
+            parts, pos = data_frames(bufs, pos, room, step, st.sid)
+            self._sendmsg(parts)
+            left -= room
         return True
 
     def _send(self, data: bytes) -> None:
         with self.send_lock:
             self.sock.sendall(data)
+
+    def _sendmsg(self, parts: list) -> None:
+        """Every byte of ``parts`` in order, IOV_MAX buffers per sendmsg, resuming after a partial send."""
+        with self.send_lock:
+            while parts:
+                sent = self.sock.sendmsg(parts[:IOV_MAX])
+                k = 0
+                while k < len(parts) and sent >= len(parts[k]):
+                    sent -= len(parts[k])
+                    k += 1
+                parts = parts[k:]
+                if sent:
+                    parts[0] = memoryview(parts[0])[sent:]
 
     def _end_stream(self, sid: int) -> None:
         with self.cond:
