@@ -31,6 +31,7 @@ import orjson
 from google.protobuf import json_format
 
 from lanner.exporter.api.gen.tetragon import events_pb2, sensors_pb2, tetragon_pb2
+from lanner.exporter.api.h2events import grpc_message
 from lanner.exporter.api.wire import DictEncoder, ld, varint
 from lanner.exporter.fieldfilters import FieldFilter, FieldFilterSet
 from lanner.exporter.filters import EVENT_TYPES, FilterError, FilterSet
@@ -149,7 +150,8 @@ class GrpcSubscriber:
     def offer(self, events: list[OutEvent], run: tuple[bytes, int] | None = None) -> None:
         """Queue what this client admits of a batch; ``run``: the batch's messages framed once for every
         client that takes them whole."""
-        if run is not None and self.takes_shared_run:
+        shared = run is not None and self.takes_shared_run
+        if shared:
             items, n = [run], run[1]
         else:
             items = self._select(events)
@@ -157,7 +159,7 @@ class GrpcSubscriber:
         if not n:
             return
         with self.cond:
-            if run is not None and self.takes_shared_run:
+            if shared:
                 if self.queued >= self.max_queue:  # a run goes whole while there is room: the queue may
                     self.dropped += n  # pass max_queue by less than one batch
                     return
@@ -178,7 +180,7 @@ class GrpcSubscriber:
         admits = self.filters.admits
         pbs = [ev.pb if not self.field_filters else self._filtered(ev)
                for ev in events if ev.pb is not None and admits(ev)]
-        return [(_message(pb), 1) for pb in pbs] if self.framed else pbs
+        return [(grpc_message(pb), 1) for pb in pbs] if self.framed else pbs
 
     def take(self, limit: int) -> tuple[list, int]:
         """Up to ``limit`` events' queue items (at least one item) and their event count; for the writers."""
@@ -202,11 +204,6 @@ class GrpcSubscriber:
         return json_format.ParseDict(d, events_pb2.GetEventsResponse(), ignore_unknown_fields=True).SerializeToString()
 
 
-def _message(pb: bytes) -> bytes:
-    """One gRPC message: uncompressed flag, big-endian length, the bytes."""
-    return b"\x00" + len(pb).to_bytes(4, "big") + pb
-
-
 def framed_run(events: list[OutEvent]) -> tuple[bytes, int]:
     """A batch's events as consecutive gRPC messages, and how many: built once for every framed client (in C
     when the fast path is built: sensors/fastproc.c grpc_run; tests/test_grpc_fanout.py compares both). A
@@ -217,7 +214,7 @@ def framed_run(events: list[OutEvent]) -> tuple[bytes, int]:
     if _grpc_run is not None:
         return _grpc_run(events)
     pbs = [ev.pb for ev in events if ev.pb is not None]
-    return b"".join(map(_message, pbs)), len(pbs)
+    return b"".join(map(grpc_message, pbs)), len(pbs)
 
 
 def _load_grpc_run() -> Callable[[list], tuple[bytes, int]] | None:

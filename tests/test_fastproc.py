@@ -29,7 +29,7 @@ from lanner.bpf.btf import Btf
 from lanner.bpf.records import RecordLayout
 from lanner.exporter.api.gen.tetragon import events_pb2
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
-from lanner.exporter import grpc_api
+from lanner.exporter.api.h2events import grpc_message
 from lanner.exporter.grpc_api import ProtoEventEncoder
 from lanner.exporter.pipeline import OutEvent
 from lanner.netdp.endpoint import ContainerInfo, PodInfo
@@ -196,7 +196,7 @@ def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_n
             out = fp.handle(raws, w)
             if w:  # the batch's gRPC run, framed in C as it encoded: what framing its events' pb gives
                 pbs = [e.pb for e in out if e.pb is not None]
-                assert out.run == (b"".join(map(grpc_api._message, pbs)), len(pbs))
+                assert out.run == (b"".join(map(grpc_message, pbs)), len(pbs))
             return out
 
         return fast_handle, cache, counters, events

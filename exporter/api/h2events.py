@@ -88,6 +88,11 @@ class ProtocolError(Exception):
     pass
 
 
+def grpc_message(pb: bytes) -> bytes:
+    """One gRPC message on the wire: the uncompressed flag, the big-endian length, the bytes."""
+    return b"\x00" + len(pb).to_bytes(4, "big") + pb
+
+
 def header_fragment(flags: int, pl: bytes) -> bytes:
     """A HEADERS frame's header block fragment: padding and priority fields removed."""
     pad = pl[0] if flags & PADDED and pl else 0
@@ -292,7 +297,7 @@ class Connection:
                 self._finish(st, code, message)
                 return
             self._send(frame(HEADERS, END_HEADERS, st.sid, RESPONSE_HEADERS))
-            if self._send_data(st, b"\x00" + len(response).to_bytes(4, "big") + response):
+            if self._send_data(st, grpc_message(response)):
                 self._send(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, trailers(code, message)))
         except OSError:
             pass
