@@ -35,7 +35,7 @@ from lanner.exporter.api.h2events import grpc_message
 from lanner.exporter.api.wire import DictEncoder, ld, varint
 from lanner.exporter.fieldfilters import FieldFilter, FieldFilterSet
 from lanner.exporter.filters import EVENT_TYPES, FilterError, FilterSet
-from lanner.exporter.pipeline import OutEvent
+from lanner.exporter.pipeline import PB_EVENTS, PB_NONE, PB_RUN, OutEvent
 
 log = logging.getLogger("lanner.grpc")
 
@@ -377,15 +377,18 @@ class GrpcApiServer:
         tmp.replace(self.cfg.info_file)
 
     # ---- event fan-out (called from the agent's thread)
-    def wants_events(self) -> bool:
-        """Whether the next batch should carry wire bytes: some client follows and has room in its queue.
-        When every client's queue is full the batch is not encoded at all (under overload that work would
-        only be dropped, and it would take the event loop's time), and the next ``publish`` counts its
-        events as dropped for every client, as if they had been offered."""
+    def wants_events(self) -> int:
+        """What the next batch should carry (exporter/pipeline.py PB_*): nothing unless some client follows and
+        has room in its queue; only the batch's run of messages when every client takes the batch whole
+        (framed, no filters); else each event's bytes. When every client's queue is full the batch is not
+        encoded at all (under overload that work would only be dropped, and it would take the event loop's
+        time), and the next ``publish`` counts its events as dropped for every client, as if offered."""
         subs = self._subs
         room = any(s.queued < s.max_queue for s in subs)
         self._skipping = bool(subs) and not room
-        return room
+        if not room:
+            return PB_NONE
+        return PB_RUN if all(s.takes_shared_run for s in subs) else PB_EVENTS
 
     def publish(self, events: list[OutEvent]) -> None:
         skipping = self._skipping

@@ -35,6 +35,13 @@ class OutEvent:
     pb: bytes | None = None  # GetEventsResponse wire bytes, built only while gRPC clients follow
 
 
+# What a batch's producer renders for gRPC (a sensor's ``handle(raws, want_pb)``; the server's ``wants_events``):
+# nothing; each event's GetEventsResponse bytes (OutEvent.pb); or, when every client takes the batch whole, only
+# the batch's run of gRPC messages (EventBatch.run). A producer that cannot frame a run renders OutEvent.pb for
+# any true value.
+PB_NONE, PB_EVENTS, PB_RUN = 0, 1, 2
+
+
 class EventBatch(list):
     """A batch of events whose producer also framed their ``pb`` bytes as one run of gRPC messages, in order
     (``run``: the bytes and how many messages; what ``exporter.grpc_api.framed_run`` would build), so the

@@ -26,8 +26,9 @@ class Sensor(Protocol):
     name: str
     ops: frozenset[int]  # the lanner_event_hdr ops of its records in the ring (empty: it is polled)
 
-    def handle(self, raws: list, want_pb: bool) -> list[OutEvent]:
-        """Decode a batch of this sensor's records (in ring order) into events."""
+    def handle(self, raws: list, want_pb: int) -> list[OutEvent]:
+        """Decode a batch of this sensor's records (in ring order) into events; ``want_pb``: what they carry
+        for gRPC (exporter/pipeline.py PB_*; a sensor that frames no run treats any true value as PB_EVENTS)."""
 
     def poll(self) -> list[bytes]:
         """Export lines from a source of the sensor's own (the ring's sensors return [])."""
@@ -62,7 +63,7 @@ class SensorSet:
             self._table[op] = len(self._sensors)
         self._sensors.append(sensor)
 
-    def dispatch(self, raws: list, want_pb: bool, emit: Callable[[list[OutEvent]], None]) -> None:
+    def dispatch(self, raws: list, want_pb: int, emit: Callable[[list[OutEvent]], None]) -> None:
         """Hand each run of consecutive records of one op's sensor to it, in ring order; emit each run's events."""
         if self._op_runs is not None:
             sensors, n = self._sensors, len(raws)

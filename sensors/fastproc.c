@@ -61,6 +61,8 @@ static const char *const inherit_names[I_N] = {"key", "exec_id", "binary", "args
                                                "exe", "exe_ino"};
 
 typedef struct { char *p; Py_ssize_t n, cap; } Buf;
+/* handle's want_pb (exporter/pipeline.py PB_*): nothing, each event's protobuf and the batch's run, the run only */
+enum { PB_NONE, PB_EVENTS, PB_RUN };
 
 /* A slotted dataclass built without running its generated __init__: each field's slot offset comes from the
  * class's own member descriptors, and the fields past the positional ones take their dataclass defaults
@@ -89,7 +91,7 @@ typedef struct {
     PyObject *slow, *creds_ns, *signals;  /* slow(raw) -> [OutEvent]; creds_ns(raw) -> (CredsEntry, NsEntry) */
     PyObject *proto_pb;  /* proto_pb(process) -> its tetragon.Process bytes (ProtoEventEncoder.process_bytes) */
     PyObject *node_pb;   /* bytes: GetEventsResponse.node_name (field 1000) */
-    int want_pb;         /* during handle: OutEvent.pb wanted (a gRPC client follows) */
+    int want_pb;         /* during handle: PB_NONE, PB_EVENTS (OutEvent.pb and the run) or PB_RUN (the run only) */
     PyObject *memo_cred, *memo_ns, *memo_text, *memo_args, *memo_int;
     PyObject *flag_tuples[16];           /* by (clone, truncArgs, rootcwd, errorCWD) bits */
     PyObject *clone_flags;               /* ("clone",): a clone's child until it execs */
@@ -375,22 +377,27 @@ static PyObject *process_json(FastProc *s, PyObject *proc) {
     Py_XDECREF(j);
     return j ? PyObject_CallMethodOneArg(s->encoder, s->a_pjson, proc) : NULL;
 }
-/* the OutEvent of a line in b, with its protobuf (pb: a new reference, NULL when not wanted) */
 /* one gRPC message onto the batch's run: a 0 byte (uncompressed), the big-endian length, the bytes */
-static int run_add(FastProc *s, PyObject *pb) {
-    if (!PyBytes_Check(pb) || PyBytes_GET_SIZE(pb) > 0xffffffffLL) return 0;
-    Py_ssize_t len = PyBytes_GET_SIZE(pb);
+static int run_add(FastProc *s, const char *p, Py_ssize_t len) {
+    if (len > 0xffffffffLL) return 0;
     Buf *b = &s->grun;
     if (buf_grow(b, 5 + len)) return -1;
     char *o = b->p + b->n;
     o[0] = 0; o[1] = (char)(len >> 24); o[2] = (char)(len >> 16); o[3] = (char)(len >> 8); o[4] = (char)len;
-    memcpy(o + 5, PyBytes_AS_STRING(pb), len);
+    memcpy(o + 5, p, len);
     b->n += 5 + len;
     s->grun_count++;
     return 0;
 }
+/* the event protobuf just built in s->pbe: onto the batch's run, and as OutEvent.pb's bytes (*pb, a new reference)
+ * unless only the run is wanted (PB_RUN: *pb stays NULL); 0, or -1 on error */
+static int pb_out(FastProc *s, PyObject **pb) {
+    *pb = NULL;
+    if (run_add(s, s->pbe.p, s->pbe.n)) return -1;
+    return s->want_pb == PB_EVENTS && !(*pb = PyBytes_FromStringAndSize(s->pbe.p, s->pbe.n)) ? -1 : 0;
+}
+/* the OutEvent of a line in b, with its protobuf (pb: a new reference, NULL when not wanted) */
 static PyObject *emit(FastProc *s, PyObject *kind, PyObject *proc, PyObject *parent, Buf *b, PyObject *pb) {
-    if (pb && run_add(s, pb)) { Py_DECREF(pb); return NULL; }
     PyObject *line = PyBytes_FromStringAndSize(b->p, b->n);
     if (!line) { Py_XDECREF(pb); return NULL; }
     PyObject *args[4] = {kind, proc, parent, line};
@@ -776,23 +783,23 @@ static PyObject *process_pb(FastProc *s, PyObject *proc) {
 static int pb_node_time(FastProc *s, Buf *b, const char *ts, int ts_n) {
     return put_bytes(b, s->node_pb) || put_ld(b, 1001, ts, ts_n);
 }
-/* ProtoEventEncoder.exec_event's bytes (new reference) */
-static PyObject *exec_pb(FastProc *s, PyObject *proc, PyObject *parent, long long wall) {
-    char ts[32]; int ts_n = timestamp_pb(wall, ts);
-    PyObject *pb = process_pb(s, proc), *ppb = pb ? process_pb(s, parent) : NULL, *out = NULL;
+/* ProtoEventEncoder.exec_event's bytes into s->pbe (then pb_out); 0, or -1 */
+static int exec_pb(FastProc *s, PyObject *proc, PyObject *parent, long long wall) {
+    char ts[32]; int ts_n = timestamp_pb(wall, ts), rc = -1;
+    PyObject *pb = process_pb(s, proc), *ppb = pb ? process_pb(s, parent) : NULL;
     Buf *b = &s->pbe;
     b->n = 0;
     if (ppb && ts_n >= 0 &&
         !put_ld_head(b, 1, ld_size(1, PyBytes_GET_SIZE(pb)) + ld_size(2, PyBytes_GET_SIZE(ppb))) &&
         !put_ld_bytes(b, 1, pb) && !put_ld_bytes(b, 2, ppb) && !pb_node_time(s, b, ts, ts_n))
-        out = PyBytes_FromStringAndSize(b->p, b->n);
+        rc = 0;
     Py_XDECREF(pb); Py_XDECREF(ppb);
-    return out;
+    return rc;
 }
-/* ProtoEventEncoder.exit_event's bytes (new reference); parent may be None */
-static PyObject *exit_pb(FastProc *s, PyObject *proc, PyObject *parent, long long wall, unsigned sig, unsigned status) {
-    char ts[32]; int ts_n = timestamp_pb(wall, ts);
-    PyObject *pb = process_pb(s, proc), *ppb = pb && parent != Py_None ? process_pb(s, parent) : NULL, *out = NULL;
+/* ProtoEventEncoder.exit_event's bytes into s->pbe (then pb_out); parent may be None; 0, or -1 */
+static int exit_pb(FastProc *s, PyObject *proc, PyObject *parent, long long wall, unsigned sig, unsigned status) {
+    char ts[32]; int ts_n = timestamp_pb(wall, ts), rc = -1;
+    PyObject *pb = process_pb(s, proc), *ppb = pb && parent != Py_None ? process_pb(s, parent) : NULL;
     PyObject *name = sig ? PyList_GET_ITEM(s->signals, sig) : NULL;
     if (!pb || (parent != Py_None && !ppb) || ts_n < 0) goto done;
     Py_ssize_t n = ld_size(1, PyBytes_GET_SIZE(pb)) + (ppb ? ld_size(2, PyBytes_GET_SIZE(ppb)) : 0) +
@@ -804,10 +811,10 @@ static PyObject *exit_pb(FastProc *s, PyObject *proc, PyObject *parent, long lon
         (name && put_ld_bytes(b, 3, name)) || (status && (put_varint(b, 4 << 3) || put_varint(b, status))) ||
         put_ld(b, 5, ts, ts_n) || pb_node_time(s, b, ts, ts_n))
         goto done;
-    out = PyBytes_FromStringAndSize(b->p, b->n);
+    rc = 0;
 done:
     Py_XDECREF(pb); Py_XDECREF(ppb);
-    return out;
+    return rc;
 }
 /* the exec's JSON onto Process.encoded (and its pod onto Process.pod): rendered here, or, for a pod the glue
  * left to Python (py_render), by the encoder's process_json, once for this process */
@@ -901,7 +908,7 @@ static int on_exec(FastProc *s, PyObject *raw, PyObject *now, long long offset, 
     Py_XDECREF(enc);
     PyObject *pb = NULL;
     if (bad || !(bin = PyObject_GetAttr(proc, s->a_binary)) ||
-        (s->want_pb && !(pb = exec_pb(s, proc, parent, (long long)v.ktime + offset))) ||
+        (s->want_pb && (exec_pb(s, proc, parent, (long long)v.ktime + offset) || pb_out(s, &pb))) ||
         !(ev = emit(s, s->s_exec, proc, parent, &s->buf, pb)) ||
         PyList_Append(out, ev) || count(s, s->s_exec, bin))
         goto done;
@@ -962,8 +969,10 @@ static int on_exit_rec(FastProc *s, PyObject *raw, PyObject *now, long long offs
     memcpy(b->p + b->n, b->p + t0, tn);
     b->n += tn;
     if (PUTS(b, "\"}")) goto done;
-    PyObject *pb = s->want_pb ? exit_pb(s, proc, parent, wall, sig, status) : NULL;
-    if ((s->want_pb && !pb) || !(ev = emit(s, s->s_exit, proc, parent, b, pb)) || PyList_Append(out, ev)) goto done;
+    PyObject *pb = NULL;
+    if ((s->want_pb && (exit_pb(s, proc, parent, wall, sig, status) || pb_out(s, &pb))) ||
+        !(ev = emit(s, s->s_exit, proc, parent, b, pb)) || PyList_Append(out, ev))
+        goto done;
     if (!(bin = PyObject_GetAttr(proc, s->a_binary)) || count(s, s->s_exit, bin)) goto done;
     if (cache_exit(s, proc, now)) goto done;
     rc = 1;
@@ -1019,8 +1028,9 @@ static PyObject *handle_batch(FastProc *s, PyObject *raws, PyObject *now, long l
 static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
     PyObject *raws, *now, *pods = Py_None;
     long long offset;
-    int want_pb = 0;
-    if (!PyArg_ParseTuple(args, "O!OL|Op:handle", &PyList_Type, &raws, &now, &offset, &pods, &want_pb)) return NULL;
+    int want_pb = PB_NONE;
+    if (!PyArg_ParseTuple(args, "O!OL|Oi:handle", &PyList_Type, &raws, &now, &offset, &pods, &want_pb)) return NULL;
+    if (want_pb < PB_NONE || want_pb > PB_RUN) { PyErr_SetString(PyExc_ValueError, "want_pb: 0, 1 or 2"); return NULL; }
     if (pods != Py_None && !PyDict_Check(pods)) { PyErr_SetString(PyExc_TypeError, "pods: a dict or None"); return NULL; }
     if (want_pb && s->proto_pb == Py_None) { PyErr_SetString(PyExc_ValueError, "want_pb: no proto_pb"); return NULL; }
     s->want_pb = want_pb;
@@ -1056,7 +1066,7 @@ static int slow_run(FastProc *s, PyObject *more) {
     if (!it) return -1;
     while ((ev = PyIter_Next(it))) {
         PyObject *pb = PyObject_GetAttr(ev, s->a_pb);
-        int bad = !pb || run_add(s, pb);
+        int bad = !pb || (PyBytes_Check(pb) && run_add(s, PyBytes_AS_STRING(pb), PyBytes_GET_SIZE(pb)));
         Py_XDECREF(pb); Py_DECREF(ev);
         if (bad) { Py_DECREF(it); return -1; }
     }
@@ -1304,8 +1314,8 @@ static PyMethodDef FastProc_methods[] = {
     {"handle", (PyCFunction)FastProc_handle, METH_VARARGS,
      "handle(raws, now_ns, clock_offset_ns, pods=None, want_pb=False) -> [OutEvent]: a batch of process records, in\n"
      "ring order; pods: (netns_inode, cgroup_id) -> PodParts, None (a host process) or another value (the encoder\n"
-     "renders); want_pb: each event's GetEventsResponse bytes too (OutEvent.pb), and all of them as one run of\n"
-     "gRPC messages (take_run)"},
+     "renders); want_pb: 1, each event's GetEventsResponse bytes too (OutEvent.pb) and all of them as one run of\n"
+     "gRPC messages (take_run); 2, the run only (every client takes the batch whole)"},
     {"take_run", (PyCFunction)FastProc_take_run, METH_NOARGS,
      "take_run() -> (bytes, count): the last want_pb handle's events as consecutive gRPC messages (grpc_run's framing)"},
     {"pod_keys", (PyCFunction)FastProc_pod_keys, METH_O,
@@ -1341,7 +1351,7 @@ PyMODINIT_FUNC PyInit__fastproc(void) {
     if (m && (PyModule_AddObjectRef(m, "FastProc", (PyObject *)&FastProcType) < 0 ||
               PyModule_AddIntConstant(m, "PB", 1) < 0 ||  /* renders OutEvent.pb (want_pb) */
               PyModule_AddIntConstant(m, "CLONE", 1) < 0 ||  /* handles clone records (takes their layout) */
-              PyModule_AddIntConstant(m, "RUN", 1) < 0))  /* frames the batch's gRPC messages as it goes (take_run) */
+              PyModule_AddIntConstant(m, "RUN", 2) < 0))  /* frames the batch's gRPC messages as it goes (take_run) */
         Py_CLEAR(m);
     return m;
 }

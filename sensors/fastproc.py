@@ -45,7 +45,7 @@ from lanner.exporter.api.gen.tetragon import tetragon_pb2
 from lanner.exporter.api.wire import DictEncoder
 from lanner.exporter.encoder import signal_name
 from lanner.exporter.grpc_api import ProtoEventEncoder
-from lanner.exporter.pipeline import EventBatch, OutEvent
+from lanner.exporter.pipeline import PB_NONE, EventBatch, OutEvent
 from lanner.process_cache import Process
 
 EXEC_FIELDS = ("hdr.ktime", "key.pid", "tid", "ppid", "nspid", "parent.ktime", "flags", "cgroup_id", "exe_ino",
@@ -237,8 +237,9 @@ class FastPath:
             self._pod_pb[key] = pb
         return PY_RENDER if pb is PY_RENDER else (*parts, *pb)
 
-    def handle(self, raws: list[bytes], want_pb: bool = False) -> list[OutEvent]:
-        """The batch's events; with ``want_pb`` each with its GetEventsResponse bytes (``usable`` said yes)."""
+    def handle(self, raws: list[bytes], want_pb: int = PB_NONE) -> list[OutEvent]:
+        """The batch's events; with ``want_pb`` (``usable`` said yes) an EventBatch whose run holds their
+        GetEventsResponse bytes as gRPC messages, and with PB_EVENTS each event's bytes too (OutEvent.pb)."""
         self.counters.records += len(raws)
         pods = self.pods(raws)
         self._want_pb = want_pb

@@ -388,7 +388,7 @@ class ProcessSensor:
         why = self.fast.encoder.why_not_plain() if self.fast is not None else ""
         return f"python ({why})" if why else self._fastpath
 
-    def handle(self, raws: list, want_pb: bool) -> list:
+    def handle(self, raws: list, want_pb: int) -> list:
         fast = self.fast
         if fast is not None and fast.usable(want_pb):
             return fast.handle(raws, want_pb)

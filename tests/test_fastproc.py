@@ -31,7 +31,7 @@ from lanner.exporter.api.gen.tetragon import events_pb2
 from lanner.exporter.encoder import EncoderOptions, KtimeClock, ProcessEventEncoder
 from lanner.exporter.api.h2events import grpc_message
 from lanner.exporter.grpc_api import ProtoEventEncoder
-from lanner.exporter.pipeline import OutEvent
+from lanner.exporter.pipeline import PB_EVENTS, PB_RUN, OutEvent
 from lanner.netdp.endpoint import ContainerInfo, PodInfo
 from lanner.netdp.podcache import PodMatch
 from lanner.process_cache import Process, ProcessCache
@@ -194,7 +194,7 @@ def world(node: str, fast: bool, pods=None, pods_in_python: bool = False, cred_n
         def fast_handle(raws: list) -> list:
             w = want(next(n))
             out = fp.handle(raws, w)
-            if w:  # the batch's gRPC run, framed in C as it encoded: what framing its events' pb gives
+            if w == PB_EVENTS:  # the batch's gRPC run, framed in C as it encoded: what framing its events' pb gives
                 pbs = [e.pb for e in out if e.pb is not None]
                 assert out.run == (b"".join(map(grpc_message, pbs)), len(pbs))
             return out
@@ -256,6 +256,28 @@ def _worlds(node: str, pods=None, pods_in_python: bool = False, cred_ns: bool = 
         handle, cache, counters, _ = world(node, fast, resolver, pods_in_python, cred_ns, pb)
         out[fast] = (handle, cache, counters, resolver)
     return out
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+@pytest.mark.parametrize("in_pod", [False, True])
+def test_run_only_batches_frame_the_same_run(batch, in_pod):
+    """PB_RUN (every gRPC client takes batches whole): the C path frames the same run of messages as with each
+    event's bytes (PB_EVENTS), renders the same lines, and leaves OutEvent.pb unset for the events it rendered
+    itself; records it hands back to Python keep theirs (they are in the run too)."""
+    pods = FakePods({9: WEB}) if in_pod else None
+    raws = records()
+    got = {}
+    for mode in (PB_EVENTS, PB_RUN):
+        handle, _, _, _ = world("node-1", True, pods, pb=mode)
+        got[mode] = [handle(raws[i:i + batch]) for i in range(0, len(raws), batch)]
+    runs = [b.run for b in got[PB_EVENTS]]
+    assert [b.run for b in got[PB_RUN]] == runs and sum(n for _, n in runs) > 40
+    assert [[e.line for e in b] for b in got[PB_RUN]] == [[e.line for e in b] for b in got[PB_EVENTS]]
+    run_only = [e for b in got[PB_RUN] for e in b]
+    assert sum(e.pb is None for e in run_only) > 40  # rendered in C: no per-event bytes
+    by_python = [e for e in run_only if e.pb is not None]  # handed back: Python renders OutEvent.pb itself
+    joined = b"".join(r for r, _ in runs)
+    assert all(grpc_message(e.pb) in joined for e in by_python)
 
 
 @pytest.mark.parametrize("node", ["node-1", 'we"ird\\node', "nœud-ü", "\x07bell"])

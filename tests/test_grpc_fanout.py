@@ -84,3 +84,30 @@ def test_framed_run_in_c_equals_python() -> None:
     finally:
         grpc_api._grpc_run = saved
     assert c == py and c[1] == 241
+
+
+def test_what_a_batch_carries_follows_the_clients(tmp_path: Path) -> None:
+    """Nothing without clients; only the batch's run when every client is framed and unfiltered (they take the
+    run whole); each event's bytes as soon as one client filters or reads through grpcio's server."""
+    from lanner.exporter.api.gen.tetragon import events_pb2
+    from lanner.exporter.pipeline import PB_EVENTS, PB_NONE, PB_RUN, EventBatch
+
+    srv = GrpcApiServer(FakeAgent(), GrpcConfig(address=f"unix://{tmp_path}/api.sock", max_queue=100, info_file=None))
+    try:
+        assert srv.wants_events() == PB_NONE
+        plain = srv._subscribe(events_pb2.GetEventsRequest(), framed=True)
+        assert srv.wants_events() == PB_RUN
+        filtered = srv._subscribe(events_pb2.GetEventsRequest(
+            allow_list=[events_pb2.Filter(binary_regex=["bash"])]), framed=True)
+        assert srv.wants_events() == PB_EVENTS
+        srv._unsubscribe(filtered)
+        assert srv.wants_events() == PB_RUN
+        via_grpcio = srv._subscribe(events_pb2.GetEventsRequest())
+        assert srv.wants_events() == PB_EVENTS
+        srv._unsubscribe(via_grpcio)
+        assert srv.wants_events() == PB_RUN
+        # a run-only batch: its events have no bytes of their own, the client queues the batch's run
+        srv.publish(EventBatch([OutEvent("process_exec", None, None, b"{}") for _ in range(3)], (b"RUN", 3)))
+        assert plain.queued == 3 and plain.queue[-1] == (b"RUN", 3)
+    finally:
+        srv.close()
