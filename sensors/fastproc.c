@@ -1036,6 +1036,11 @@ static PyObject *FastProc_handle(FastProc *s, PyObject *args) {
     s->want_pb = want_pb;
     s->grun.n = 0;
     s->grun_count = 0;
+    if (!want_pb && s->grun.p) {  /* no client follows now: the run's buffer (megabytes) goes back */
+        PyMem_Free(s->grun.p);
+        s->grun.p = NULL;
+        s->grun.cap = 0;
+    }
     Py_XSETREF(s->pods, pods == Py_None ? NULL : Py_NewRef(pods));
     PyObject *out = handle_batch(s, raws, now, offset);
     Py_CLEAR(s->pods);
