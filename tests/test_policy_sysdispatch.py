@@ -515,7 +515,7 @@ def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_p
     try:
         with Loaded(e, policy_yaml("pf-pre", pre), "pf-pre"), Loaded(e, policy_yaml("pf-eq", eq), "pf-eq"), \
                 Loaded(e, policy_yaml("pf-mixed", mixed), "pf-mixed"), Loaded(e, policy_yaml("pf-post", post), "pf-post"):
-            st = e._sys_pf[257]
+            st = e._sys_pf.by_nr[257]
             assert st.off == 1 and len(st.entries) == 3  # {t}/hit/ holds {t}/hit's slot too (a prefix of it); mep.
             before = e.sys_prefilter_stats()
             got = _pf_paths(agent, e, run, names)
@@ -534,8 +534,8 @@ def test_prefilter_skips_hooks_whose_prefixes_cannot_match(agent, flavour, tmp_p
                 assert got["pf-pre"] == [] and got["pf-eq"] == [f"{t}/hit"], got
                 assert got["pf-third"] == [f"{t}/third/x"], got
                 assert [p for p in got["pf-mixed"] if p.startswith(t)] == paths, got
-                assert len(e._sys_pf[257].entries) == 3  # {t}/hit, {t}/third/, mep.
-        assert not e._sys_pf and not e._sys_pf_of
+                assert len(e._sys_pf.by_nr[257].entries) == 3  # {t}/hit, {t}/third/, mep.
+        assert not e._sys_pf.by_nr and not e._sys_pf.of_hook
         assert list(e.sys.map("gen_sys_pf").keys()) == []
     finally:
         e.close()

@@ -4,8 +4,12 @@ of one user string: Prefix, or Equal as its own prefix; or a postfix) and what t
 
 from __future__ import annotations
 
-from lanner.sensors.generic.abi import GA_INT, GA_USTR, GF_INT, GF_STR_EQ, GF_STR_POSTFIX, GF_STR_PREFIX, GFF_NEGATE
-from lanner.sensors.generic.prefilter import KEY, PF_REVERSED, HookPrefilter, SysPrefilter, hook_prefilter
+from lanner.sensors.generic.abi import (
+    GA_INT, GA_USTR, GEN_SYS_PF_ENTRIES, GF_INT, GF_STR_EQ, GF_STR_POSTFIX, GF_STR_PREFIX, GFF_NEGATE,
+)
+from lanner.sensors.generic.prefilter import (
+    KEY, PF_REVERSED, HookPrefilter, SysPrefilter, SysPrefilterTable, hook_prefilter,
+)
 
 LPM = {1: [(8 * len(b"/etc/"), b"/etc/"), (8 * len(b"/proc/"), b"/proc/")], 3: [(16, b"ab")], 4: [(24, b"hs/")]}
 EQ = {2: [b"/etc/shadow"]}
@@ -89,24 +93,25 @@ class _Trie:
         del self.d[k]
 
 
-def _engine(room: int, specs: dict):
-    from types import SimpleNamespace
+def _table(room: int, specs: dict) -> SysPrefilterTable:
+    t = SysPrefilterTable(GEN_SYS_PF_ENTRIES)
+    t.of_hook.update(specs)
+    t.pf_map = _Trie(room)
+    return t
 
-    return SimpleNamespace(_sys_pf={}, _sys_pf_of=specs, _sys_pf_map=_Trie(room))
 
-
-def test_the_engine_writes_before_and_deletes_after_and_a_full_trie_runs_every_hook():
-    from lanner.sensors.generic.engine import PolicyEngine
-
+def test_the_table_writes_before_and_deletes_after_and_a_full_trie_runs_every_hook():
     specs = {1: HookPrefilter(1, 0, (b"/a", b"/b")), 2: HookPrefilter(1, 0, (b"/c",))}
-    e = _engine(8, specs)
-    fields, stale = PolicyEngine._sys_pf_write(e, 257, [1, 2])
-    assert fields[0] == 1 and stale == [] and len(e._sys_pf_map.d) == 3
-    fields, stale = PolicyEngine._sys_pf_write(e, 257, [0, 2])  # hook 1 goes: /a, /b are deleted after the list
-    assert fields[0] == 2 and len(stale) == 2 and len(e._sys_pf_map.d) == 3
-    for k in stale:
-        e._sys_pf_map.delete(k)
-    e = _engine(2, specs)  # room for 2 of the 3 prefixes: the list has no prefilter, what was written goes
-    fields, stale = PolicyEngine._sys_pf_write(e, 257, [1, 2])
-    assert fields == (0, 0, 0, 0, 0) and sorted(stale) == sorted(e._sys_pf_map.d) and len(stale) == 2
-    assert e._sys_pf[257].entries == {}
+    t = _table(8, specs)
+    fields, stale = t.list_fields(257, [1, 2])
+    assert fields[0] == 1 and stale == [] and len(t.pf_map.d) == 3
+    fields, stale = t.list_fields(257, [0, 2])  # hook 1 goes: /a, /b are deleted after the list
+    assert fields[0] == 2 and len(stale) == 2 and len(t.pf_map.d) == 3
+    t.delete(stale)
+    assert len(t.pf_map.d) == 1
+    t = _table(2, specs)  # room for 2 of the 3 prefixes: the list has no prefilter, what was written goes
+    fields, stale = t.list_fields(257, [1, 2])
+    assert fields == (0, 0, 0, 0, 0) and sorted(stale) == sorted(t.pf_map.d) and len(stale) == 2
+    assert t.by_nr[257].entries == {}
+    t.list_fields(257, [])  # the syscall's last hook goes: its state goes too
+    assert 257 not in t.by_nr

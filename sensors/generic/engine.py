@@ -40,8 +40,7 @@ from .abi import (
 from .compiler import GST_NAMES, CompiledPolicy, Compiler, HookUnit
 from .decoder import EventDecoder
 from .loaded import FailedPolicy, HookMeta, LoadedPolicy
-from .prefilter import VALUE as PF_VALUE
-from .prefilter import HookPrefilter, SysPrefilter
+from .prefilter import HookPrefilter, SysPrefilterTable
 from .scopes import WorkloadScopes
 from .stacks import Stacks
 
@@ -164,8 +163,7 @@ class PolicyEngine:
         self._sys_on: dict[int, int] = {}  # nr -> its gen_sys_on value (GSO_* bits)
         self._sys_links: dict[int, Link] = {}  # direction -> the dispatcher's link on sys_enter / sys_exit
         self._sys_count = 0  # hooks registered (each counts as a link in links())
-        self._sys_pf: dict[int, SysPrefilter] = {}  # nr -> the entry prefilter's state (prefilter.py)
-        self._sys_pf_of: dict[int, HookPrefilter] = {}  # hook id -> its prefilter (a prefilterable hook)
+        self._sys_pf = SysPrefilterTable(GEN_SYS_PF_ENTRIES)  # the entry lists' prefilters (prefilter.py)
         self._load_failures: dict[str, str] = {}  # object file -> why it failed, within one add (no retry storm)
         self._batch = 0  # depth of batch(): the failure memo lives as long as the outermost batch
         self._kept = False  # keep() pinned the attachments: close() leaves them attached
@@ -462,7 +460,7 @@ class PolicyEngine:
             self._sys_on_map = obj.map("gen_sys_on", key=Codec.struct("<I"), value=Codec.struct("<I"))
             self._sys_list_map = obj.map("gen_sys_list", key=Codec.struct("<I"))
             self._sys_list = struct.Struct(f"<IIIHHQ{GEN_SYS_HOOKS}I")
-            self._sys_pf_map = obj.map("gen_sys_pf")
+            self._sys_pf.pf_map = obj.map("gen_sys_pf")
         elif self._sys_kind != kind:
             raise OSError(f"the syscall dispatcher is loaded as {self._sys_kind}, not {kind}")
         return self.sys
@@ -474,45 +472,18 @@ class PolicyEngine:
         present, buf_bit = (GSO_EXIT, GSO_EXIT_BUF) if direction else (GSO_ENTER, GSO_ENTER_BUF)
         nxt = 0 if on & buf_bit else 1
         ids = slots + [0] * (GEN_SYS_HOOKS - len(slots))
-        pf, stale = self._sys_pf_write(nr, slots) if direction == 0 else ((0, 0, 0, 0, 0), [])
+        pf, stale = self._sys_pf.list_fields(nr, slots) if direction == 0 else ((0, 0, 0, 0, 0), [])
         self._sys_list_map.update(nr * 4 + direction * 2 + nxt, self._sys_list.pack(len(slots), *pf, *ids))
         on = (on & ~(present | buf_bit)) | (present if slots else 0) | (buf_bit if nxt else 0)
         self._sys_on_map.update(nr, on)
         self._sys_on[nr] = on
-        for key in stale:  # after the list that no longer needs them
-            self._sys_pf_map.delete(key)
-
-    def _sys_pf_write(self, nr: int, slots: list[int]) -> tuple[tuple[int, ...], list[bytes]]:
-        """The entry list's prefilter fields (pf_hook, pf_slot, pf_set, pf_kinds, pf_always) for ``slots``; writes the
-        gen_sys_pf entries the new list needs (before it is published) and returns those it no longer needs."""
-        st = self._sys_pf.setdefault(nr, SysPrefilter(nr))
-        fields = st.fields(slots, self._sys_pf_of.get)
-        want = st.wanted(slots, self._sys_pf_of.get) if fields[0] else {}
-        others = sum(len(o.entries) for o in self._sys_pf.values() if o is not st)
-        full = others + len(want) > GEN_SYS_PF_ENTRIES
-        written: list[bytes] = []
-        try:
-            for key, bits in ({} if full else want).items():
-                if st.entries.get(key) != bits:
-                    self._sys_pf_map.update(key, PF_VALUE.pack(bits))
-                    written.append(key)
-        except OSError as exc:  # full with the entries still needed by the published list
-            log.warning("policy engine: syscall %d runs every hook: gen_sys_pf: %s", nr, exc)
-            full = True
-        if full:  # this syscall runs every hook
-            fields, want = (0, 0, 0, 0, 0), {}
-        stale = [key for key in st.entries if key not in want] + [key for key in written if key not in want and
-                                                                   key not in st.entries]
-        st.entries = want
-        if not slots:
-            self._sys_pf.pop(nr, None)
-        return fields, stale
+        self._sys_pf.delete(stale)  # after the list that no longer needs them
 
     def _sys_add(self, kind: str, direction: int, nr: int, name: str, hook_id: int,
                  pf: HookPrefilter | None = None) -> "_SysLink":
         obj = self._sys_obj(kind)
         if pf is not None and direction == 0:
-            self._sys_pf_of[hook_id] = pf
+            self._sys_pf.of_hook[hook_id] = pf
         slots = self._sys_slots.setdefault((direction, nr), [])
         if 0 in slots:
             slots[slots.index(0)] = hook_id
@@ -531,7 +502,7 @@ class PolicyEngine:
         except BaseException:
             slots[slots.index(hook_id)] = 0
             self._sys_trim(direction, nr)
-            self._sys_pf_of.pop(hook_id, None)
+            self._sys_pf.of_hook.pop(hook_id, None)
             raise
         self._sys_count += 1
         return _SysLink(self, direction, nr, name, hook_id, prog, kind)
@@ -557,7 +528,7 @@ class PolicyEngine:
             self._sys_count -= 1
         self._sys_trim(sl.direction, sl.nr)
         if sl.direction == 0:
-            self._sys_pf_of.pop(sl.hook_id, None)
+            self._sys_pf.of_hook.pop(sl.hook_id, None)
 
     def _attach_unit(self, unit: HookUnit) -> list[Link]:
         links: list[Link] = []
@@ -900,7 +871,6 @@ class PolicyEngine:
             self._sys_links.clear()
             self._sys_slots.clear()
             self._sys_pf.clear()
-            self._sys_pf_of.clear()
             self._sys_count = 0
             for obj in (*self._inst.values(), self.kp, self.up, self.sys, *reversed(self._tp_pool), self.tp):
                 if obj is not None:

@@ -17,6 +17,7 @@ hook (:func:`hook_prefilter`); the engine keeps, per syscall, one argument numbe
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .abi import (
     GA_USTR, GEN_MAX_ARGS, GEN_STR_MAX, GEN_SYS_PF_ARG_BITS, GF_STR_EQ, GF_STR_POSTFIX, GF_STR_PREFIX, GFF_NEGATE,
     GFF_RET, GSP_POSTFIX, GSP_PREFIX, GSP_REVERSED,
 )
+
+log = logging.getLogger("lanner.sensors.generic.engine")
 
 KEY = struct.Struct(f"<IBB{GEN_STR_MAX}s")  # struct gen_str
 VALUE = struct.Struct("<Q")
@@ -134,3 +137,51 @@ def _closure(registered: set[tuple[int, bytes]], pset: int) -> dict[bytes, int]:
                 bits |= b
         out[KEY.pack(16 + 8 * len(pre), pset >> 8, pset & 0xFF, pre)] = bits
     return out
+
+
+class SysPrefilterTable:
+    """Every syscall's prefilter (:class:`SysPrefilter`, by number) and every prefilterable dispatcher hook's spec
+    (by hook id), over the dispatcher's ``gen_sys_pf`` map (``pf_map``: set when the dispatcher is loaded; at most
+    ``capacity`` entries, over all syscalls). The engine asks :meth:`list_fields` before it publishes a syscall's
+    entry list, and deletes what that returns as stale after publishing it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.by_nr: dict[int, SysPrefilter] = {}
+        self.of_hook: dict[int, HookPrefilter] = {}
+        self.pf_map: Any = None
+
+    def list_fields(self, nr: int, slots: list[int]) -> tuple[tuple[int, ...], list[bytes]]:
+        """The entry list's prefilter fields (pf_hook, pf_slot, pf_set, pf_kinds, pf_always) for ``slots``; writes the
+        gen_sys_pf entries the new list needs (before it is published) and returns those it no longer needs. When
+        the map has no room, the syscall runs every hook (all fields 0)."""
+        st = self.by_nr.setdefault(nr, SysPrefilter(nr))
+        fields = st.fields(slots, self.of_hook.get)
+        want = st.wanted(slots, self.of_hook.get) if fields[0] else {}
+        others = sum(len(o.entries) for o in self.by_nr.values() if o is not st)
+        full = others + len(want) > self.capacity
+        written: list[bytes] = []
+        try:
+            for key, bits in ({} if full else want).items():
+                if st.entries.get(key) != bits:
+                    self.pf_map.update(key, VALUE.pack(bits))
+                    written.append(key)
+        except OSError as exc:  # full with the entries still needed by the published list
+            log.warning("policy engine: syscall %d runs every hook: gen_sys_pf: %s", nr, exc)
+            full = True
+        if full:
+            fields, want = (0, 0, 0, 0, 0), {}
+        stale = [key for key in st.entries if key not in want] + [key for key in written if key not in want and
+                                                                   key not in st.entries]
+        st.entries = want
+        if not slots:
+            self.by_nr.pop(nr, None)
+        return fields, stale
+
+    def delete(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self.pf_map.delete(key)
+
+    def clear(self) -> None:
+        self.by_nr.clear()
+        self.of_hook.clear()
