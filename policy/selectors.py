@@ -567,19 +567,7 @@ def _action(raw: Mapping[str, Any], path: str, sink: Sink, ctx: HookContext, in_
 
     rate_seconds = None
     if name == "Post":
-        if "rateLimit" in raw:
-            try:
-                rate_seconds = V.parse_rate_limit(raw["rateLimit"])
-            except ValueError as e:
-                sink.error(child(path, "rateLimit"), str(e))
-        if "rateLimitScope" in raw:
-            if raw["rateLimitScope"] not in ("thread", "process", "global"):
-                sink.error(child(path, "rateLimitScope"),
-                           f"{raw['rateLimitScope']!r} is not one of ['thread', 'process', 'global']")
-            elif "rateLimit" not in raw:
-                sink.warn(child(path, "rateLimitScope"), "has no effect without rateLimit")
-        if raw.get("imaHash") and ctx.kind != "lsmhooks":
-            sink.warn(child(path, "imaHash"), "IMA hashes are collected on LSM hooks only")
+        rate_seconds = _check_post(raw, path, sink, ctx)
     elif name == "Signal":
         if "argSig" not in raw:
             sink.error(child(path, "argSig"), "required by the Signal action")
@@ -591,14 +579,8 @@ def _action(raw: Mapping[str, Any], path: str, sink: Sink, ctx: HookContext, in_
         sink.error(child(path, "argFqdn"), "required by the DnsLookup action")
     elif name in ("TrackSock", "UntrackSock"):
         _check_sock_arg(raw.get("argSock", 0), path, sink, ctx)
-    elif name == "NotifyEnforcer":
-        if not ctx.has_enforcer:
-            sink.error(apath, "NotifyEnforcer needs an enforcer in spec.enforcers, and none is defined")
-        if "argError" not in raw and "argSig" not in raw:
-            sink.warn(apath, "sets neither argError nor argSig: the enforcer will neither fail nor signal the call")
-    elif name == "CleanupEnforcerNotification":
-        if not ctx.has_enforcer:
-            sink.warn(apath, "has nothing to clean up: spec.enforcers is empty")
+    elif name in ("NotifyEnforcer", "CleanupEnforcerNotification"):
+        _check_enforcer_action(name, raw, apath, sink, ctx)
     elif name == "Set":
         _check_set(raw, path, sink, ctx)
     elif name in ("FollowFD", "UnfollowFD", "CopyFD"):
@@ -619,6 +601,36 @@ def _action(raw: Mapping[str, Any], path: str, sink: Sink, ctx: HookContext, in_
         kernel_stack_trace=raw.get("kernelStackTrace", False), user_stack_trace=raw.get("userStackTrace", False),
         ima_hash=raw.get("imaHash", False), rate_limit_seconds=rate_seconds,
     )
+
+
+def _check_post(raw: Mapping[str, Any], path: str, sink: Sink, ctx: HookContext) -> float | None:
+    """A Post action's rateLimit (its seconds, or None), rateLimitScope and imaHash."""
+    rate_seconds = None
+    if "rateLimit" in raw:
+        try:
+            rate_seconds = V.parse_rate_limit(raw["rateLimit"])
+        except ValueError as e:
+            sink.error(child(path, "rateLimit"), str(e))
+    if "rateLimitScope" in raw:
+        if raw["rateLimitScope"] not in ("thread", "process", "global"):
+            sink.error(child(path, "rateLimitScope"),
+                       f"{raw['rateLimitScope']!r} is not one of ['thread', 'process', 'global']")
+        elif "rateLimit" not in raw:
+            sink.warn(child(path, "rateLimitScope"), "has no effect without rateLimit")
+    if raw.get("imaHash") and ctx.kind != "lsmhooks":
+        sink.warn(child(path, "imaHash"), "IMA hashes are collected on LSM hooks only")
+    return rate_seconds
+
+
+def _check_enforcer_action(name: str, raw: Mapping[str, Any], apath: str, sink: Sink, ctx: HookContext) -> None:
+    """NotifyEnforcer needs an enforcer and something to do; CleanupEnforcerNotification something to clean."""
+    if name == "NotifyEnforcer":
+        if not ctx.has_enforcer:
+            sink.error(apath, "NotifyEnforcer needs an enforcer in spec.enforcers, and none is defined")
+        if "argError" not in raw and "argSig" not in raw:
+            sink.warn(apath, "sets neither argError nor argSig: the enforcer will neither fail nor signal the call")
+    elif not ctx.has_enforcer:
+        sink.warn(apath, "has nothing to clean up: spec.enforcers is empty")
 
 
 def _check_override(raw: Mapping[str, Any], path: str, sink: Sink, ctx: HookContext) -> None:
