@@ -192,6 +192,8 @@ run: setup
 	$(VENV)/bin/lanner agent $(AGENT_ARGS)
 
 test: setup k8s-bins tetragon-client
+	@echo "==> go test $(TETRAGON_DIR) (the bench and test client's own checks)"
+	@cd $(TETRAGON_DIR) && GOTOOLCHAIN=local $(GO) test -count=1 ./...
 	@echo "==> test suite"
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory vmtest
